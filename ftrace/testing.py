@@ -1,0 +1,37 @@
+"""A tiny, randomly initialised causal LM with a tokenizer trained on the given texts, saved as a
+normal Hugging Face model directory: what tests and quick demos pass as `--model`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+
+def make_tiny_model(out_dir: Path, texts: Iterable[str], seed: int = 0, vocab_size: int = 400,
+                    hidden_size: int = 32, layers: int = 2) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists():
+        return out_dir
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="</s>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=fast.vocab_size if len(fast) <= fast.vocab_size else len(fast),
+                         hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    fast.save_pretrained(out_dir)
+    return out_dir
