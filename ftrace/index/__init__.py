@@ -1,0 +1,1 @@
+"""Stores: Qdrant vectors (`vectors`), Lucene BM25 (`lexical`), and the index manifest."""

@@ -1,0 +1,86 @@
+"""BM25 over a Lucene index built with Pyserini's Anserini classes.
+
+Search and candidate scoring run the same Lucene query (Anserini's bag-of-words query over the
+`contents` field, Anserini's default English analyzer, BM25 k1/b), so a sentence's score is the same
+whether it was retrieved or scored as a candidate. Candidate sets are scored in one Lucene call: the
+query plus a non-scoring `id IN (...)` filter.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ftrace import FtraceError
+from ftrace.index.jvm import autoclass, jstring_ref
+
+K1, B = 0.9, 0.4  # Anserini's defaults
+
+
+class LexicalError(FtraceError):
+    pass
+
+
+def build_lucene(path: Path, docs: Iterable[tuple[str, str]], total: int | None = None, threads: int = 2) -> None:
+    """Index (id, text) pairs into `path`, atomically: built beside it, then renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    indexer = autoclass("io.anserini.index.SimpleIndexer")(str(tmp), False, threads)
+    doc = autoclass("io.anserini.collection.JsonCollection$Document")
+    try:
+        for doc_id, text in tqdm(docs, total=total, desc="bm25 index", unit="doc", leave=False):
+            indexer.addJsonDocument(doc.fromFields(doc_id, text))
+    finally:
+        indexer.close()
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+class LuceneBM25:
+    def __init__(self, path: Path, k1: float = K1, b: float = B):
+        path = Path(path)
+        if not path.is_dir():
+            raise LexicalError(f"{path}: no Lucene index here")
+        self.reader = autoclass("io.anserini.index.IndexReaderUtils").getReader(str(path))
+        self.searcher = autoclass("org.apache.lucene.search.IndexSearcher")(self.reader)
+        self.searcher.setSimilarity(autoclass("org.apache.lucene.search.similarities.BM25Similarity")(k1, b))
+        self.fields = self.searcher.storedFields()
+        self.analyzer = autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
+        self.generator = autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+
+    def _query(self, text: str):
+        return self.generator.buildQuery("contents", self.analyzer, text)
+
+    def _run(self, query, k: int) -> list[tuple[str, float]]:
+        hits = self.searcher.search(query, k).scoreDocs
+        return [(self.fields.document(h.doc).get("id"), float(h.score)) for h in hits]
+
+    def search(self, text: str, k: int) -> list[tuple[str, float]]:
+        """Top-k (sentence id, BM25 score)."""
+        return self._run(self._query(text), k)
+
+    def score(self, text: str, ids: Sequence[str]) -> dict[str, float]:
+        """BM25 score of every listed sentence (0 where no query term occurs), in one Lucene call."""
+        if not ids:
+            return {}
+        terms = autoclass("java.util.ArrayList")()
+        for i in ids:
+            terms.add(jstring_ref(i))
+        occur = autoclass("org.apache.lucene.search.BooleanClause$Occur")
+        q = autoclass("org.apache.lucene.search.BooleanQuery$Builder")()
+        q.add(self._query(text), occur.MUST)
+        q.add(autoclass("org.apache.lucene.search.TermInSetQuery")("id", terms), occur.FILTER)
+        scores = dict.fromkeys(ids, 0.0)
+        scores.update(self._run(q.build(), len(ids)))
+        return scores
+
+    def count(self) -> int:
+        return int(self.reader.numDocs())
+
+    def close(self) -> None:
+        self.reader.close()

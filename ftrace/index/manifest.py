@@ -1,0 +1,101 @@
+"""The manifest: one JSON file per index directory recording what made the index.
+
+Every command that opens an index compares what it is about to do with the manifest's `identity`
+(corpus, model, vector specs) and refuses a mismatch with a message saying what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from ftrace import FtraceError, __version__
+
+FILENAME = "manifest.json"
+FORMAT = 1
+
+
+class ManifestError(FtraceError):
+    pass
+
+
+class CorpusInfo(BaseModel):
+    source: str
+    fingerprint: str
+    sentences: int
+    examples: int
+    queries: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    fingerprint: str
+    checkpoints: list[str] = Field(default_factory=list)
+
+
+class StoreInfo(BaseModel):
+    backend: str  # "edge" | "local" | "remote"
+    collection: str = "ftrace"
+    url: str | None = None
+    float16: bool = True
+    hnsw: bool = False  # False: exact search
+
+
+class Manifest(BaseModel):
+    format: int = FORMAT
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    corpus: CorpusInfo
+    model: ModelInfo
+    vectors: dict[str, dict]  # vector name -> featuriser spec (kind, layers, sizes, seeds, ...)
+    store: StoreInfo
+    bm25: dict = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    complete: bool = False  # every example's vectors are stored
+
+    def identity(self) -> dict:
+        return {"corpus": self.corpus.fingerprint, "model": self.model.model_dump(),
+                "vectors": self.vectors, "store": self.store.model_dump()}
+
+    def differences(self, other: "Manifest") -> list[str]:
+        mine, theirs = self.identity(), other.identity()
+        return _diff(mine, theirs, "")
+
+    def write(self, index_dir: Path) -> None:
+        path = Path(index_dir) / FILENAME
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)  # atomic: a crash never leaves half a manifest
+
+    @classmethod
+    def read(cls, index_dir: Path) -> "Manifest":
+        path = Path(index_dir) / FILENAME
+        if not path.exists():
+            raise ManifestError(f"{index_dir}: not an ftrace index ({FILENAME} missing); run `ftrace ingest` first")
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValidationError) as e:
+            raise ManifestError(f"{path}: unreadable manifest ({str(e).splitlines()[0]})") from None
+
+
+def _diff(a, b, where: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if a == b else [f"{where}: index has {a!r}, asked for {b!r}"]
+
+
+def versions() -> dict[str, str]:
+    out = {"ftrace": __version__, "python": platform.python_version()}
+    for dist in ("torch", "transformers", "qdrant-edge-py", "qdrant-client", "pyserini"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,187 @@
+"""The vector store: one small interface, two Qdrant back ends. Nothing else imports Qdrant.
+
+- `EdgeStore`: Qdrant's own engine in process (`qdrant-edge-py`), persisted in a directory.
+- `ClientStore`: `qdrant-client`, for a server or cluster (`url`) or its local mode (`path`).
+
+Points are keyed by a UUID derived from the example id (so re-ingesting is idempotent) and carry
+the example and sentence ids as payload. Vectors are compared by cosine; scores: higher is better.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ftrace import FtraceError
+
+_NAMESPACE = uuid.UUID("6f1d3c52-96a4-4f0c-9a4e-1f3b8f1e2a10")
+MAX_DIM = 65_535  # Qdrant's largest dense vector
+
+
+class StoreError(FtraceError):
+    pass
+
+
+def point_id(example_id: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, example_id))
+
+
+def _check_sizes(sizes: dict[str, int]) -> None:
+    for name, size in sizes.items():
+        if not 0 < size <= MAX_DIM:
+            raise StoreError(f"vector {name!r} has size {size}; Qdrant takes 1..{MAX_DIM}")
+
+
+class VectorStore(ABC):
+    @abstractmethod
+    def create(self, sizes: dict[str, int], float16: bool = True) -> None: ...
+
+    @abstractmethod
+    def exists(self) -> bool: ...
+
+    @abstractmethod
+    def upsert(self, ids: Sequence[str], vectors: dict[str, np.ndarray], payloads: Sequence[dict]) -> None: ...
+
+    @abstractmethod
+    def search(self, name: str, vector: np.ndarray, k: int, ids: Sequence[str] | None = None,
+               exact: bool = False) -> list[tuple[str, float]]:
+        """Top-k (example id, cosine); with `ids`, only among those examples (a candidate set)."""
+
+    @abstractmethod
+    def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of these example ids are stored."""
+
+    @abstractmethod
+    def count(self) -> int: ...
+
+    def optimize(self) -> None:
+        """Build the ANN index where the back end does it on request (search is exact before)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class EdgeStore(VectorStore):
+    def __init__(self, path: Path):
+        import qdrant_edge as qe
+
+        self.qe, self.path, self._shard = qe, Path(path), None
+
+    @property
+    def shard(self):
+        if self._shard is None:
+            if not self.exists():
+                raise StoreError(f"{self.path}: no Qdrant Edge shard here")
+            self._shard = self.qe.EdgeShard.load(str(self.path))
+        return self._shard
+
+    def exists(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def create(self, sizes: dict[str, int], float16: bool = True) -> None:
+        _check_sizes(sizes)
+        qe = self.qe
+        dtype = qe.VectorStorageDatatype.Float16 if float16 else qe.VectorStorageDatatype.Float32
+        config = qe.EdgeConfig(vectors={n: qe.EdgeVectorParams(size=s, distance=qe.Distance.Cosine, datatype=dtype)
+                                        for n, s in sizes.items()})
+        self._shard = qe.EdgeShard.create(str(self.path), config)
+
+    def upsert(self, ids, vectors, payloads) -> None:
+        qe = self.qe
+        points = [qe.Point(point_id(i), {n: v[j].tolist() for n, v in vectors.items()}, payloads[j])
+                  for j, i in enumerate(ids)]
+        self.shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def search(self, name, vector, k, ids=None, exact=False):
+        qe = self.qe
+        flt = qe.Filter(must=[qe.HasIdCondition({point_id(i) for i in ids})]) if ids is not None else None
+        hits = self.shard.query(qe.QueryRequest(
+            limit=k, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=name),
+            filter=flt, with_payload=["example_id"], params=qe.SearchParams(exact=exact)))
+        return [(h.payload["example_id"], h.score) for h in hits]
+
+    def present(self, ids):
+        if not ids:
+            return set()
+        recs = self.shard.retrieve([point_id(i) for i in ids], with_payload=["example_id"], with_vector=False)
+        return {r.payload["example_id"] for r in recs}
+
+    def count(self) -> int:
+        return self.shard.count(self.qe.CountRequest(exact=True))
+
+    def optimize(self) -> None:
+        self.shard.optimize()
+
+    def close(self) -> None:
+        if self._shard is not None:
+            self._shard.flush()
+            self._shard.close()
+            self._shard = None
+
+
+class ClientStore(VectorStore):
+    """qdrant-client: `url` for a Qdrant server or cluster, `path` for its pure-Python local mode."""
+
+    def __init__(self, collection: str, url: str | None = None, path: Path | None = None, api_key: str | None = None):
+        from qdrant_client import QdrantClient, models
+
+        self.models, self.collection, self.where, self.remote = models, collection, url or str(path), bool(url)
+        try:
+            self.client = QdrantClient(url=url, api_key=api_key, timeout=10) if url else QdrantClient(path=str(path))
+            self.client.get_collections()  # fail here, clearly, if the server is unreachable
+        except Exception as e:  # noqa: BLE001 - any connection failure is reported the same way
+            raise StoreError(f"--qdrant-url {self.where}: cannot reach Qdrant ({type(e).__name__}: {str(e)[:120]})") from None
+
+    def exists(self) -> bool:
+        return self.client.collection_exists(self.collection)
+
+    def create(self, sizes: dict[str, int], float16: bool = True) -> None:
+        _check_sizes(sizes)
+        m = self.models
+        dtype = m.Datatype.FLOAT16 if float16 else m.Datatype.FLOAT32
+        self.client.create_collection(self.collection, vectors_config={
+            n: m.VectorParams(size=s, distance=m.Distance.COSINE, datatype=dtype) for n, s in sizes.items()})
+
+    def upsert(self, ids, vectors, payloads) -> None:
+        m = self.models
+        points = [m.PointStruct(id=point_id(i), vector={n: v[j].tolist() for n, v in vectors.items()}, payload=payloads[j])
+                  for j, i in enumerate(ids)]
+        self.client.upsert(self.collection, points=points, wait=True)
+
+    def search(self, name, vector, k, ids=None, exact=False):
+        m = self.models
+        flt = m.Filter(must=[m.HasIdCondition(has_id=[point_id(i) for i in ids])]) if ids is not None else None
+        res = self.client.query_points(self.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=name,
+                                       limit=k, query_filter=flt, with_payload=["example_id"],
+                                       search_params=m.SearchParams(exact=True) if exact and self.remote else None)
+        return [(p.payload["example_id"], p.score) for p in res.points]
+
+    def present(self, ids):
+        if not ids:
+            return set()
+        recs = self.client.retrieve(self.collection, [point_id(i) for i in ids], with_payload=["example_id"])
+        return {r.payload["example_id"] for r in recs}
+
+    def count(self) -> int:
+        return self.client.count(self.collection, exact=True).count
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_store(backend: str, index_dir: Path, collection: str = "ftrace", url: str | None = None) -> VectorStore:
+    """The store an index uses: Qdrant Edge in the index directory (default), qdrant-client's local
+    mode in the index directory, or a remote Qdrant at `url`."""
+    if backend == "edge":
+        return EdgeStore(Path(index_dir) / "qdrant")
+    if backend == "local":
+        return ClientStore(collection, path=Path(index_dir) / "qdrant-local")
+    if backend == "remote":
+        if not url:
+            raise StoreError("a remote Qdrant needs --qdrant-url")
+        return ClientStore(collection, url=url)
+    raise StoreError(f"unknown Qdrant back end {backend!r} (edge, local, remote)")

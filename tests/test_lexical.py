@@ -1,0 +1,55 @@
+import pytest
+
+from ftrace.index.jvm import autoclass
+from ftrace.index.lexical import LexicalError, LuceneBM25, build_lucene
+
+
+@pytest.fixture(scope="module")
+def bm25(tmp_path_factory, sample):
+    path = tmp_path_factory.mktemp("lucene") / "bm25"
+    build_lucene(path, ((s.id, s.text) for s in sample.sentences))
+    index = LuceneBM25(path)
+    yield index
+    index.close()
+
+
+QUERY = "Toyota Avanza is produced by Toyota"
+
+
+def test_index_holds_every_sentence(bm25, sample):
+    assert bm25.count() == len(sample.sentences)
+
+
+def test_scores_equal_lucenes_own(bm25, sample):
+    """Our search and candidate scores equal Anserini's own per-document BM25 computation."""
+    own = autoclass("io.anserini.index.IndexReaderUtils")
+    hits = bm25.search(QUERY, 20)
+    assert len(hits) == 20 and hits == sorted(hits, key=lambda h: -h[1])
+    for doc_id, score in hits:
+        assert score == pytest.approx(own.computeQueryDocumentScore(bm25.reader, doc_id, QUERY), rel=1e-6)
+    others = [s.id for s in sample.sentences[:40]]
+    scored = bm25.score(QUERY, [h[0] for h in hits] + others)
+    for doc_id in scored:
+        assert scored[doc_id] == pytest.approx(own.computeQueryDocumentScore(bm25.reader, doc_id, QUERY), rel=1e-6, abs=1e-9)
+    assert any(v == 0.0 for v in scored.values())  # sentences sharing no term score 0
+
+
+def test_proponent_found_by_bm25(bm25, sample):
+    [q] = [q for q in sample.queries if q.prompt == "Toyota Avanza is produced by"]
+    top10 = [doc for doc, _ in bm25.search(f"{q.prompt} {q.target}", 10)]
+    assert set(q.proponents) & set(top10)
+
+
+def test_rebuild_replaces_atomically(tmp_path):
+    path = tmp_path / "bm25"
+    build_lucene(path, [("a", "alpha beta"), ("b", "gamma")])
+    build_lucene(path, [("c", "alpha delta")])
+    index = LuceneBM25(path)
+    assert index.count() == 1 and [d for d, _ in index.search("alpha", 5)] == ["c"]
+    assert not (tmp_path / "bm25.building").exists()
+    index.close()
+
+
+def test_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(LexicalError, match="no Lucene index"):
+        LuceneBM25(tmp_path / "none")

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from ftrace.index.vectors import ClientStore, EdgeStore, StoreError, open_store
+
+BACKENDS = ["edge", "local"]
+
+
+def make(backend, path):
+    return open_store(backend, path, collection="t")
+
+
+@pytest.fixture(params=BACKENDS)
+def filled(request, tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = {"embed": rng.normal(size=(60, 16)).astype(np.float32), "tracin": rng.normal(size=(60, 8)).astype(np.float32)}
+    ids = [f"s{i}:lm" for i in range(60)]
+    store = make(request.param, tmp_path)
+    store.create({"embed": 16, "tracin": 8})
+    store.upsert(ids, vectors, [{"example_id": i, "sentence_id": i.split(":")[0]} for i in ids])
+    yield request.param, tmp_path, store, ids, vectors
+    store.close()
+
+
+def cosine(matrix, q):
+    return matrix @ q / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(q))
+
+
+def test_search_is_cosine_nearest_neighbours(filled):
+    _, _, store, ids, vectors = filled
+    q = np.random.default_rng(1).normal(size=16).astype(np.float32)
+    hits = store.search("embed", q, 5, exact=True)
+    expected = cosine(vectors["embed"], q)
+    order = np.argsort(-expected)[:5]
+    assert [h[0] for h in hits] == [ids[i] for i in order]
+    assert [h[1] for h in hits] == pytest.approx(expected[order], abs=2e-3)  # float16 storage
+
+
+def test_candidate_set_restricts_search(filled):
+    _, _, store, ids, vectors = filled
+    q = vectors["tracin"][7]
+    cands = [ids[3], ids[7], ids[50]]
+    hits = dict(store.search("tracin", q, 10, ids=cands))
+    assert set(hits) == set(cands)
+    assert hits[ids[7]] == pytest.approx(1.0, abs=2e-3)
+
+
+def test_present_count_idempotent_upsert_and_reopen(filled):
+    backend, path, store, ids, vectors = filled
+    assert store.present([ids[0], "missing:lm"]) == {ids[0]}
+    store.upsert(ids[:5], {k: v[:5] for k, v in vectors.items()}, [{"example_id": i, "sentence_id": i} for i in ids[:5]])
+    assert store.count() == 60
+    store.close()
+    again = make(backend, path)
+    assert again.exists() and again.count() == 60
+    assert again.search("embed", vectors["embed"][2], 1)[0][0] == ids[2]
+    again.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_oversized_vectors_are_refused(backend, tmp_path):
+    store = make(backend, tmp_path)
+    with pytest.raises(StoreError, match="65535"):
+        store.create({"tracin": 70_000})
+    store.close()
+
+
+def test_unreachable_server_is_a_clear_error():
+    with pytest.raises(StoreError, match=r"--qdrant-url http://127\.0\.0\.1:9: cannot reach Qdrant"):
+        ClientStore("c", url="http://127.0.0.1:9")
+
+
+def test_edge_float16_is_really_stored(tmp_path):
+    store = EdgeStore(tmp_path / "q")
+    store.create({"v": 4}, float16=True)
+    v = np.array([[1.0, 1e-4, 0.0, 0.0]], dtype=np.float32)
+    store.upsert(["a:lm"], {"v": v}, [{"example_id": "a:lm", "sentence_id": "a"}])
+    q = np.array([0.0, 1.0, 0.0, 0.0], dtype=np.float32)
+    score = store.search("v", q, 1)[0][1]
+    assert score != pytest.approx(1e-4, rel=1e-6) and score == pytest.approx(1e-4, rel=1e-2)
+    store.close()
