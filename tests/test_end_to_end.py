@@ -1,0 +1,199 @@
+"""ingest -> query through the CLI, on the sample corpus with a tiny random transformer."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ftrace.cli import app
+from ftrace.index.manifest import Manifest
+from ftrace.index.vectors import open_store
+from ftrace.ingest.embeddings import EmbeddingFeaturizer
+from ftrace.ingest.pipeline import IngestSettings, ingest
+
+runner = CliRunner()
+AVANZA = "Toyota Avanza is produced by"
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_ingest_records_what_made_the_index(sample_index, sample, tiny_model_dir):
+    m = Manifest.read(sample_index)
+    assert m.complete and m.model.name == tiny_model_dir and len(m.model.fingerprint) == 16
+    assert m.corpus.sentences == len(sample.sentences) and m.corpus.fingerprint == sample.fingerprint()
+    assert m.vectors["embed"]["layers"] == [0, 2] and m.vectors["embed"]["size"] == 64
+    assert m.store.backend == "edge" and {"torch", "qdrant-edge-py", "pyserini"} <= set(m.versions)
+    store = open_store("edge", sample_index)
+    assert store.count() == len(sample.sentences)
+    store.close()
+
+
+def test_query_json_marks_proponents_and_fuses(sample_index, sample):
+    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--json", "-k", "15")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["target"] == "Toyota" and out["target_from"] == "user" and out["method"] == "bm25+embed"
+    [q] = [q for q in sample.queries if q.prompt == AVANZA]
+    assert set(out["ground_truth"]["proponents"]) == set(q.proponents)
+    rows = out["rows"]
+    assert [r["rank"] for r in rows] == list(range(1, 16))
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert all(set(r["scores"]) == {"bm25", "embed"} for r in rows)
+    assert any(r["proponent"] for r in rows[:10])  # BM25 half of the fusion finds the Avanza sentences
+    for row in rows:
+        assert row["proponent"] == (row["sentence_id"] in q.proponents)
+
+
+def test_each_method_and_rrf(sample_index):
+    for method in ("bm25", "embed"):
+        r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", method, "--json")
+        assert r.exit_code == 0, r.output
+        rows = json.loads(r.output)["rows"]
+        assert len(rows) == 10 and list(rows[0]["scores"]) == [method]
+    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--fusion", "rrf", "--json")
+    rows = json.loads(r.output)["rows"]
+    assert rows[0]["score"] <= 2 / 61 + 1e-9  # RRF scores are sums of 1/(60 + rank)
+
+
+def test_embed_scores_equal_cosine_of_featuriser_vectors(sample_index, sample, tiny_model_dir):
+    from ftrace.query.tracer import Tracer
+
+    tracer = Tracer(sample_index)
+    try:
+        qvec = tracer.query_vectors(AVANZA, "Toyota")["embed"]
+        ids = [s.id for s in sample.sentences[:12]]
+        scores = tracer.score("embed", AVANZA, "Toyota", ids)
+        from ftrace.model import example_batch
+        batch = example_batch(tracer.lm.tokenizer, [s.text for s in sample.sentences[:12]])
+        expected = tracer.featurizers["embed"].vectors(batch) @ qvec
+        assert [scores[i] for i in ids] == pytest.approx(list(expected), abs=3e-3)  # float16 storage
+    finally:
+        tracer.close()
+
+
+def test_human_table(sample_index):
+    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota")
+    assert r.exit_code == 0, r.output
+    assert "rank" in r.output and "bm25" in r.output and "embed" in r.output and "*" in r.output
+
+
+def test_model_answer_is_used_without_target(sample_index):
+    r = cli("query", AVANZA, "--index", sample_index, "--json", "--method", "bm25")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["target_from"] == "model" and isinstance(out["target"], str)
+
+
+def test_second_ingest_is_a_no_op(sample_index, tiny_model_dir):
+    before = (sample_index / "manifest.json").read_text()
+    r = cli("ingest", "--index", sample_index, "--model", tiny_model_dir, "--embed-layers", "0,2")
+    assert r.exit_code == 0, r.output
+    assert (sample_index / "manifest.json").read_text() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["query", AVANZA, "--model", "other-model"], "built with model"),
+    (["query", AVANZA, "--embed-layers", "1"], "layers [0, 2], not [1]"),
+    (["query", "  "], "PROMPT is empty"),
+    (["query", AVANZA, "--target", " "], "--target is empty"),
+    (["query", AVANZA, "--method", "tracin"], "--method 'tracin'"),
+    (["query", AVANZA, "--weight", "2"], "--weight 2.0"),
+])
+def test_query_refusals(sample_index, args, message):
+    r = cli(*args, "--index", sample_index)
+    assert r.exit_code == 1 and message in r.output, r.output
+
+
+def test_ingest_with_other_settings_is_refused_and_index_kept(sample_index, tiny_model_dir):
+    before = {p.name: p.stat().st_mtime_ns for p in sample_index.iterdir()}
+    r = cli("ingest", "--index", sample_index, "--model", tiny_model_dir, "--embed-layers", "1")
+    assert r.exit_code == 1 and "built differently" in r.output and "vectors.embed" in r.output
+    assert {p.name: p.stat().st_mtime_ns for p in sample_index.iterdir()} == before
+    assert cli("query", AVANZA, "--index", sample_index, "--target", "Toyota").exit_code == 0
+
+
+def test_changed_model_weights_are_refused(tmp_path, sample_index, tiny_model_dir):
+    index = tmp_path / "copy"
+    shutil.copytree(sample_index, index)
+    m = Manifest.read(index)
+    m.model.fingerprint = "0" * 16  # as if the model at that path had been retrained
+    m.write(index)
+    r = cli("query", AVANZA, "--index", index)
+    assert r.exit_code == 1 and "has changed since the index was built" in r.output
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine."}\n{"text": \n')
+    r = cli("ingest", "--index", tmp_path / "i1", "--corpus", bad, "--model", tiny_model_dir)
+    assert r.exit_code == 1 and f"{bad}:2: not valid JSON" in r.output
+    assert not (tmp_path / "i1").exists()
+    r = cli("ingest", "--index", tmp_path / "i2", "--model", tmp_path / "no-such-model")
+    assert r.exit_code == 1 and "cannot load a Hugging Face causal LM" in r.output
+    r = cli("ingest", "--index", tmp_path / "i3", "--model", tiny_model_dir, "--qdrant-url", "http://127.0.0.1:9")
+    assert r.exit_code == 1 and "cannot reach Qdrant" in r.output
+    assert not (tmp_path / "i3").exists()
+    r = cli("query", AVANZA, "--index", tmp_path / "nothing")
+    assert r.exit_code == 1 and "not an ftrace index" in r.output
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    r = cli("ingest", "--index", tmp_path / "busy", "--model", tiny_model_dir)
+    assert r.exit_code == 1 and "not empty" in r.output
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_interrupted_ingest_resumes(tmp_path, tiny_model_dir, sample, monkeypatch):
+    index = tmp_path / "resume"
+    settings = IngestSettings(index=index, model=tiny_model_dir, batch_size=32)
+    real = EmbeddingFeaturizer.vectors
+    calls = {"n": 0}
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of ingest
+        return real(self, batch)
+
+    monkeypatch.setattr(EmbeddingFeaturizer, "vectors", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(settings)
+    monkeypatch.setattr(EmbeddingFeaturizer, "vectors", real)
+    assert not Manifest.read(index).complete
+    r = cli("query", AVANZA, "--index", index)
+    assert r.exit_code == 1 and "did not finish" in r.output
+    store = open_store("edge", index)
+    assert store.count() == 3 * 32
+    store.close()
+    assert ingest(settings).complete
+    store = open_store("edge", index)
+    assert store.count() == len(sample.sentences)
+    store.close()
+
+
+def test_qdrant_client_back_end_end_to_end(tmp_path, tiny_model_dir, sample):
+    index = tmp_path / "local"
+    r = cli("ingest", "--index", index, "--model", tiny_model_dir, "--qdrant", "local")
+    assert r.exit_code == 0, r.output
+    assert Manifest.read(index).store.backend == "local" and (index / "qdrant-local").is_dir()
+    r = cli("query", AVANZA, "--index", index, "--target", "Toyota", "--method", "embed", "--json")
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)["rows"]) == 10
+
+
+def test_padding_does_not_change_embeddings(tiny_model_dir):
+    from ftrace.ingest.embeddings import EmbeddingConfig
+    from ftrace.model import example_batch, load_model
+
+    lm = load_model(tiny_model_dir)
+    f = EmbeddingFeaturizer(lm.model, EmbeddingConfig(layers=[0, 1, 2]))
+    short = "Toyota makes cars."
+    alone = f.vectors(example_batch(lm.tokenizer, [short]))[0]
+    padded = f.vectors(example_batch(lm.tokenizer, [short, "A much longer sentence that needs padding " * 3]))[0]
+    assert alone == pytest.approx(padded, abs=1e-5)
+    assert float(alone @ alone) == pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():
+        assert f.size == 3 * lm.model.config.hidden_size
