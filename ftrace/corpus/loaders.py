@@ -182,6 +182,7 @@ def load_lama(
                     target=fact.obj_label,
                     fact=triple,
                     proponents=list(dict.fromkeys(proponents)),
+                    split=split,
                 ))
     source = f"lama:{root}:{','.join(rels)}:{','.join(splits)}:{limit or 'all'}"
     return Corpus(source=source, sentences=list(sentences.values()), queries=queries).link_proponents()

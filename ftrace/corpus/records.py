@@ -33,6 +33,7 @@ class Query(BaseModel):
     target: str
     fact: Triple | None = None
     proponents: list[str] = Field(default_factory=list)  # sentence ids
+    split: str | None = None  # e.g. LAMA's train/dev/test: tune on one, report on another
 
 
 class Example(BaseModel):

@@ -131,7 +131,7 @@ class ClientStore(VectorStore):
 
         self.models, self.collection, self.where, self.remote = models, collection, url or str(path), bool(url)
         try:
-            self.client = QdrantClient(url=url, api_key=api_key, timeout=10) if url else QdrantClient(path=str(path))
+            self.client = QdrantClient(url=url, api_key=api_key, timeout=10, check_compatibility=False) if url else QdrantClient(path=str(path))
             self.client.get_collections()  # fail here, clearly, if the server is unreachable
         except Exception as e:  # noqa: BLE001 - any connection failure is reported the same way
             raise StoreError(f"--qdrant-url {self.where}: cannot reach Qdrant ({type(e).__name__}: {str(e)[:120]})") from None
