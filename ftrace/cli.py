@@ -57,6 +57,15 @@ def ingest(
     limit: Annotated[Optional[int], typer.Option(help="First N facts of each LAMA relation/split file.")] = None,
     model: Annotated[str, typer.Option(help="'smollm2-135m' (built in) or a Hugging Face causal LM id or path.")] = "smollm2-135m",
     embed_layers: Annotated[Optional[list[str]], typer.Option(help="Hidden-state layers to pool (0 = embedding layer).")] = None,
+    tracin: Annotated[bool, typer.Option("--tracin/--no-tracin", help="Store projected loss gradients (TracIn/TrackStar).")] = True,
+    tracin_layers: Annotated[Optional[list[str]], typer.Option(help="Module name patterns whose weight gradients are projected (default: the input embedding).")] = None,
+    tracin_dim: Annotated[int, typer.Option(min=1, help="Projection size per layer block (total at most 65535).")] = 4096,
+    tracin_seed: Annotated[int, typer.Option(help="Seed of the random projection.")] = 0,
+    tracin_projection: Annotated[str, typer.Option(help="factored (LoGra-style, default) or dense (reference, small layers).")] = "factored",
+    optimizer_state: Annotated[Optional[str], typer.Option(help="Adam/AdamW state (torch file): divide gradients by sqrt of second moments.")] = None,
+    whiten: Annotated[bool, typer.Option("--whiten", help="TrackStar whitening by R^-1/2, fitted on a calibration sample.")] = False,
+    whiten_samples: Annotated[int, typer.Option(min=1, help="Training examples in the whitening calibration sample.")] = 512,
+    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="Checkpoint(s) to take gradients at (repeat); default: --model.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     qdrant: Annotated[str, typer.Option(help="Vector back end: edge (in process), local (qdrant-client local mode), remote.")] = "edge",
     qdrant_url: Annotated[Optional[str], typer.Option(help="Qdrant server or cluster URL (implies --qdrant remote).")] = None,
@@ -71,6 +80,9 @@ def ingest(
     settings = IngestSettings(
         index=index, corpus=corpus, relations=_split(relation), splits=_split(split) or ["train", "dev", "test"],
         limit=limit, model=model, embed_layers=_layers(embed_layers) or [0], batch_size=batch_size,
+        tracin=tracin, tracin_layers=_split(tracin_layers), tracin_dim=tracin_dim, tracin_seed=tracin_seed,
+        tracin_projection=tracin_projection, optimizer_state=optimizer_state, whiten=whiten,
+        whiten_samples=whiten_samples, checkpoints=checkpoint or None,
         qdrant="remote" if qdrant_url else qdrant, qdrant_url=qdrant_url, collection=collection,
         float16=not float32, hnsw=hnsw)
     run(settings)
@@ -83,7 +95,7 @@ def query(
     index: IndexOpt = DEFAULT_INDEX,
     target: Annotated[Optional[str], typer.Option(help="The answer to trace (default: the model's greedy answer).")] = None,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Sentences to show.")] = 10,
-    method: Annotated[str, typer.Option(help="bm25, embed, or a fusion such as bm25+embed.")] = "bm25+embed",
+    method: Annotated[str, typer.Option(help="bm25, embed, tracin, or a fusion such as bm25+embed or tracin+bm25.")] = "bm25+embed",
     fusion: Annotated[str, typer.Option(help="sum (min-max normalised, weighted) or rrf.")] = "sum",
     weight: Annotated[float, typer.Option(help="Fusion weight of the first method (the second gets 1 - weight).")] = 0.5,
     depth: Annotated[int, typer.Option(min=1, help="Candidates each method retrieves before fusion.")] = 100,
@@ -112,6 +124,15 @@ def info(index: IndexOpt = DEFAULT_INDEX):
     from ftrace.index.manifest import Manifest
 
     typer.echo(json.dumps(Manifest.read(index).model_dump(), indent=2))
+
+
+def _register_bench() -> None:
+    from ftrace.bench.command import bench
+
+    app.command(help=bench.__doc__)(friendly(bench))
+
+
+_register_bench()
 
 
 def main() -> None:  # pragma: no cover

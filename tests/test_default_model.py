@@ -17,7 +17,8 @@ from conftest import LAMA, needs_shared
 @pytest.fixture(scope="module")
 def p176_index(tmp_path_factory):
     index = tmp_path_factory.mktemp("p176") / "index"
-    r = CliRunner().invoke(app, ["ingest", "--index", str(index), "--corpus", str(LAMA), "--relation", "P176"])
+    r = CliRunner().invoke(app, ["ingest", "--index", str(index), "--corpus", str(LAMA), "--relation", "P176",
+                                     "--no-tracin"])
     assert r.exit_code == 0, r.output
     return index
 

@@ -26,6 +26,9 @@ def test_ingest_records_what_made_the_index(sample_index, sample, tiny_model_dir
     assert m.complete and m.model.name == tiny_model_dir and len(m.model.fingerprint) == 16
     assert m.corpus.sentences == len(sample.sentences) and m.corpus.fingerprint == sample.fingerprint()
     assert m.vectors["embed"]["layers"] == [0, 2] and m.vectors["embed"]["size"] == 64
+    tracin = m.vectors["tracin"]
+    assert tracin["kind"] == "gradient" and tracin["layers"] == ["model.embed_tokens"] and tracin["seed"] == 0
+    assert tracin["checkpoints"] == [{"name": tiny_model_dir, "fingerprint": m.model.fingerprint}]
     assert m.store.backend == "edge" and {"torch", "qdrant-edge-py", "pyserini"} <= set(m.versions)
     store = open_store("edge", sample_index)
     assert store.count() == len(sample.sentences)
@@ -49,11 +52,11 @@ def test_query_json_marks_proponents_and_fuses(sample_index, sample):
 
 
 def test_each_method_and_rrf(sample_index):
-    for method in ("bm25", "embed"):
+    for method in ("bm25", "embed", "tracin", "tracin+bm25", "tracin+embed"):
         r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", method, "--json")
         assert r.exit_code == 0, r.output
         rows = json.loads(r.output)["rows"]
-        assert len(rows) == 10 and list(rows[0]["scores"]) == [method]
+        assert len(rows) == 10 and list(rows[0]["scores"]) == method.split("+")
     r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--fusion", "rrf", "--json")
     rows = json.loads(r.output)["rows"]
     assert rows[0]["score"] <= 2 / 61 + 1e-9  # RRF scores are sums of 1/(60 + rank)
@@ -100,7 +103,7 @@ def test_second_ingest_is_a_no_op(sample_index, tiny_model_dir):
     (["query", AVANZA, "--embed-layers", "1"], "layers [0, 2], not [1]"),
     (["query", "  "], "PROMPT is empty"),
     (["query", AVANZA, "--target", " "], "--target is empty"),
-    (["query", AVANZA, "--method", "tracin"], "--method 'tracin'"),
+    (["query", AVANZA, "--method", "bm26"], "--method 'bm26'"),
     (["query", AVANZA, "--weight", "2"], "--weight 2.0"),
 ])
 def test_query_refusals(sample_index, args, message):
@@ -197,3 +200,40 @@ def test_padding_does_not_change_embeddings(tiny_model_dir):
     assert float(alone @ alone) == pytest.approx(1.0, abs=1e-5)
     with torch.no_grad():
         assert f.size == 3 * lm.model.config.hidden_size
+
+
+def test_tracin_scores_equal_cosine_of_gradient_vectors(sample_index, sample):
+    from ftrace.model import example_batch
+    from ftrace.query.tracer import Tracer
+
+    tracer = Tracer(sample_index)
+    try:
+        qvec = tracer.query_vectors(AVANZA, "Toyota")["tracin"]
+        texts = sample.sentences[:10]
+        scores = tracer.score("tracin", AVANZA, "Toyota", [s.id for s in texts])
+        stored = tracer.featurizers["tracin"].vectors(example_batch(tracer.lm.tokenizer, [s.text for s in texts]))
+        assert [scores[s.id] for s in texts] == pytest.approx(list(stored @ qvec), abs=3e-3)
+    finally:
+        tracer.close()
+
+
+def test_checkpoints_and_whitening(tmp_path, tiny_model_dir, sample):
+    from ftrace.testing import make_tiny_model
+
+    texts = [s.text for s in sample.sentences] + [f"{q.prompt} {q.target}" for q in sample.queries]
+    other = str(make_tiny_model(tmp_path / "ckpt1", texts, seed=1))
+    index = tmp_path / "ckpts"
+    r = cli("ingest", "--index", index, "--model", tiny_model_dir, "--checkpoint", tiny_model_dir,
+            "--checkpoint", other, "--whiten", "--whiten-samples", "64", "--tracin-dim", "64", "--no-tracin",
+            "--tracin")
+    assert r.exit_code == 0, r.output
+    m = Manifest.read(index)
+    assert [c["name"] for c in m.vectors["tracin"]["checkpoints"]] == [tiny_model_dir, other]
+    assert m.vectors["tracin"]["size"] == 2 * 64 and m.vectors["tracin"]["corrections"]["whitening"]["enabled"]
+    assert (index / "tracin-state-0.pt").exists() and (index / "tracin-state-1.pt").exists()
+    r = cli("query", AVANZA, "--index", index, "--target", "Toyota", "--method", "tracin", "--json")
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)["rows"]) == 10
+    (index / "tracin-state-1.pt").unlink()  # queries cannot be whitened like the index any more
+    r = cli("query", AVANZA, "--index", index, "--target", "Toyota", "--method", "tracin")
+    assert r.exit_code == 1 and "tracin-state-1.pt" in r.output

@@ -17,7 +17,8 @@ Blocks, sizes and projections
   nn.Linear or nn.Embedding (or a transformers Conv1D). Only weights are blocks (biases are left out).
 - `dim` is the size of EACH block (not a budget shared by the blocks): the total size is the sum
   over blocks and must not exceed 65,535 (Qdrant's limit). A block never gets more numbers than its
-  weight has: factored k_r x k_c is capped at R x C per side, dense k at R * C.
+  weight has: factored k_r x k_c is capped at R x C per side (the other side then takes up to
+  dim // R, resp. dim // C), dense k at R * C.
 - `projection="factored"` (LoGra): two seeded Gaussian matrices per block, P_r (R x k_r) and
   P_c (C x k_c), k_r * k_c = dim with k_r as close to sqrt(dim) as divisors allow (the larger factor
   goes to the larger side; use squares or powers of two). The projected gradient is
@@ -46,7 +47,9 @@ How it runs
 One batched forward and ONE backward per batch: forward hooks on every module that uses a chosen
 weight project its input (Linear) or gather P_r rows (Embedding) right away and register a hook on
 its output; the output-gradient hook projects the gradient and accumulates the per-example
-(k_r x k_c) outer products. The backward is `torch.autograd.grad(loss, input embeddings)`, so no
+(k_r x k_c) outer products. For plain-head architectures (Llama, Qwen, GPT-2, ...) the LM head and
+the vocabulary-sized softmax run only at the labelled positions, not at padding and prompts. The
+backward is `torch.autograd.grad(loss, input embeddings)`, so no
 parameter gets `.grad` and the weight-gradient matmuls of the whole model are skipped. Padding
 positions get exactly zero output gradient (right padding, causal attention, no loss there); their
 projected terms are masked out as well. The model runs in eval mode; its mode is restored.
@@ -94,6 +97,10 @@ from ftrace.model.batching import IGNORE, LossBatch
 MAX_SIZE = 65535  # Qdrant's largest vector
 DENSE_MAX_ELEMENTS = 1 << 27  # 512 MB of float32 for one dense projection matrix
 FORMAT_VERSION = 1
+WHITEN_MAX = 8192  # largest block whose k x k whitening matrix we keep
+# model types whose logits are exactly `lm_head(last hidden state)` (no soft-capping or scaling)
+_PLAIN_HEAD = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gpt2", "gpt_neox",
+               "olmo", "olmo2", "phi3", "smollm3", "starcoder2", "gemma"}
 
 
 class GradientError(FtraceError):
@@ -221,11 +228,16 @@ class GradientFeaturizer:
             raise GradientError(
                 f"gradient dim {config.dim} x {len(self.blocks)} blocks = {self.size} numbers, over the "
                 f"limit of {MAX_SIZE}: lower dim or select fewer layers")
+        big = [b for b in self.blocks if b.size > WHITEN_MAX]
+        if config.whiten and big:
+            raise GradientError(f"gradient whiten: block {big[0].name} has {big[0].size} numbers and whitening keeps "
+                                f"a k x k matrix per block (at most {WHITEN_MAX}); lower dim")
         self._optimizer: dict | None = None
         if config.optimizer_state is not None:
             self._apply_optimizer_state(config.optimizer_state)
         self._whitening: dict | None = None  # {"damping", "samples"} once fitted
         self._run: dict | None = None
+        self._fast_head = True  # LM head on labelled positions only, where the architecture allows
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -273,7 +285,10 @@ class GradientFeaturizer:
             return Block(name, param, uses, (R, C), (k, 1), k, mats)
         small, large = _factor(k)
         kr, kc = (large, small) if R >= C else (small, large)
-        kr, kc = min(kr, R), min(kc, C)
+        if kr > R:  # a side never gets more numbers than it has; the other side may then get more
+            kr, kc = R, min(C, k // R)
+        if kc > C:
+            kc, kr = C, min(R, k // C)
         mats = {"rows": gaussian(seed, name, "rows", R, kr).to(self.device),
                 "cols": gaussian(seed, name, "cols", C, kc).to(self.device)}
         return Block(name, param, uses, (R, C), (kr, kc), kr * kc, mats)
@@ -345,18 +360,36 @@ class GradientFeaturizer:
 
     # --- the batched pass ---------------------------------------------------------------------
 
+    def _as_examples(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """A module input / output gradient as (B, L, d): (B, T, ...) tensors are reshaped; the
+        (N, d) rows of the LM head at labelled positions only are padded per example."""
+        run = self._run
+        B = run["B"]
+        rows = run.get("rows")
+        if rows is not None and t.dim() == 2 and t.shape[0] == len(rows[0]):
+            out = t.new_zeros(B, rows[2], t.shape[-1])
+            out[rows[0], rows[1]] = t
+            return out
+        if t.dim() < 2 or t.shape[0] != B:
+            raise GradientError(f"gradient layers: cannot attribute the tensors of {name} (shape {tuple(t.shape)}) "
+                                f"to the {B} examples")
+        return t.reshape(B, -1, t.shape[-1])
+
     def _forward_hook(self, block: Block, use: _Use):
         dense = self.config.projection == "dense"
 
         def hook(module, args, output):
             run = self._run
-            if run is None:
+            if run is None or not output.requires_grad:
                 return None
             B, T = run["B"], run["T"]
-            if not output.requires_grad:
-                return None
             if use.kind == "embedding":
                 ids = args[0]
+                if ids.shape[0] == 1 and B > 1 and ids.dim() == 2:
+                    # shared position ids (GPT-2's wpe): give each example its own copy of the output
+                    # so that its gradient stays per example
+                    ids = ids.expand(B, -1)
+                    output = output.expand(B, *output.shape[1:])
                 keep = run["mask"] if ids.shape == (B, T) else torch.ones_like(ids, dtype=torch.float32)
                 if module.padding_idx is not None:
                     keep = keep * (ids != module.padding_idx)
@@ -364,17 +397,14 @@ class GradientFeaturizer:
                 ids = ids.reshape(B, -1)
                 saved = (ids, keep) if dense else (block.mats["rows"][ids] * keep)
             else:
-                x = args[0]
-                if x.dim() < 2 or x.shape[0] != B:
-                    raise GradientError(f"gradient layers: cannot attribute the inputs of {use.module_name} "
-                                        f"(shape {tuple(x.shape)}) to the {B} examples")
-                x = x.detach().reshape(B, -1, x.shape[-1]).float()
+                x = args[0].detach()
                 side = "cols" if use.kind == "linear" else "rows"
-                saved = x if dense else x @ block.mats[side]
+                x = x.float() if dense else x.float() @ block.mats[side]
+                saved = self._as_examples(x, use.module_name)
                 if saved.shape[1] == T:  # padding gets no gradient anyway; make sure of it
                     saved = saved * run["mask"].unsqueeze(-1)
             output.register_hook(self._grad_hook(block, use, saved))
-            return None
+            return output
 
         return hook
 
@@ -384,8 +414,9 @@ class GradientFeaturizer:
         def hook(grad):
             run = self._run
             B = run["B"]
-            g = grad.detach().reshape(B, -1, grad.shape[-1]).float()
+            g = grad.detach().float()
             if dense:
+                g = self._as_examples(g, use.module_name)
                 if use.kind == "embedding":
                     ids, keep = saved
                     G = torch.zeros((B, *block.shape), dtype=torch.float32, device=g.device)
@@ -397,16 +428,41 @@ class GradientFeaturizer:
                 else:
                     G = torch.bmm(saved.transpose(1, 2), g)
             elif use.kind == "embedding":  # rows: gathered P_r rows, cols: projected output grads
-                G = torch.bmm(saved.transpose(1, 2), g @ block.mats["cols"])
+                G = torch.bmm(saved.transpose(1, 2), self._as_examples(g @ block.mats["cols"], use.module_name))
             elif use.kind == "linear":  # rows: projected output grads, cols: projected inputs
-                G = torch.bmm((g @ block.mats["rows"]).transpose(1, 2), saved)
+                G = torch.bmm(self._as_examples(g @ block.mats["rows"], use.module_name).transpose(1, 2), saved)
             else:  # conv1d, W: in x out
-                G = torch.bmm(saved.transpose(1, 2), g @ block.mats["cols"])
+                G = torch.bmm(saved.transpose(1, 2), self._as_examples(g @ block.mats["cols"], use.module_name))
             acc = run["acc"]
             acc[block.name] = G if block.name not in acc else acc[block.name] + G
             return None
 
         return hook
+
+    def _loss(self, batch: LossBatch) -> torch.Tensor:
+        """Sum over the batch of the per-example summed token cross-entropy. For architectures whose
+        logits are just the LM head of the last hidden state, the head runs on the labelled
+        positions only (same loss, a fraction of the vocabulary-sized work)."""
+        model = self.model
+        B = batch.input_ids.shape[0]
+        nxt = batch.labels[:, 1:]  # labels[b, t] is predicted from position t - 1
+        head = model.get_output_embeddings()
+        base = getattr(model, "base_model", None)
+        if (self._fast_head and head is not None and base is not None and base is not model
+                and getattr(model.config, "model_type", None) in _PLAIN_HEAD):
+            hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          use_cache=False).last_hidden_state
+            b_idx, t_idx = (nxt != IGNORE).nonzero(as_tuple=True)
+            counts = torch.bincount(b_idx, minlength=B)
+            starts = torch.cumsum(counts, 0) - counts
+            within = torch.arange(len(b_idx), device=b_idx.device) - starts[b_idx]
+            self._run["rows"] = (b_idx, within, int(counts.max()) if len(b_idx) else 0)
+            logits = head(hidden[b_idx, t_idx])
+            return torch.nn.functional.cross_entropy(logits.float(), nxt[b_idx, t_idx], reduction="sum")
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        labels = torch.cat([nxt, torch.full((B, 1), IGNORE, dtype=nxt.dtype, device=nxt.device)], 1)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                 ignore_index=IGNORE, reduction="sum")
 
     def _raw(self, batch: LossBatch) -> list[torch.Tensor]:
         """Per block, the (B, size) projected (and optimizer-corrected) per-example gradients."""
@@ -433,18 +489,11 @@ class GradientFeaturizer:
         self._run = {"B": B, "T": T, "mask": batch.attention_mask.to(torch.float32), "acc": {}}
         try:
             with torch.enable_grad():
-                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-                logits = out.logits
-                # labels[b, t] is predicted from position t - 1: shift left, IGNORE the last position
-                labels = torch.cat([batch.labels[:, 1:],
-                                    torch.full((B, 1), IGNORE, dtype=batch.labels.dtype, device=self.device)], 1)
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                    ignore_index=IGNORE, reduction="sum")
-                del out, logits
+                loss = self._loss(batch)
                 wanted = [t for t in targets if t.requires_grad]
                 if loss.requires_grad and wanted:
                     torch.autograd.grad(loss, wanted, allow_unused=True)
+                del loss
             acc = self._run["acc"]
         finally:
             self._run = None

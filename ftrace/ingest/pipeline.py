@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel
 from tqdm import tqdm
 
@@ -15,7 +16,9 @@ from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import B, K1, build_lucene
 from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, StoreInfo, versions
 from ftrace.ingest.embeddings import EmbeddingConfig, EmbeddingFeaturizer
-from ftrace.ingest.featurizers import Featurizer
+from ftrace.ingest.featurizers import Featurizer, input_embedding_name, load_checkpoints
+from ftrace.ingest.gradients import GradientConfig
+from ftrace.ingest.tracin import TracInFeaturizer
 from ftrace.model import DEFAULT_MODEL, LoadedModel, example_batch, load_model
 from ftrace.model.batching import token_lengths
 
@@ -28,6 +31,15 @@ class IngestSettings(BaseModel):
     limit: int | None = None
     model: str = DEFAULT_MODEL
     embed_layers: list[int] = [0]
+    tracin: bool = True
+    tracin_layers: list[str] | None = None  # module name patterns; None = the input embedding
+    tracin_dim: int = 4096  # per layer block
+    tracin_seed: int = 0
+    tracin_projection: str = "factored"
+    optimizer_state: str | None = None
+    whiten: bool = False
+    whiten_samples: int = 512
+    checkpoints: list[str] | None = None  # gradient checkpoints; None = the model itself
     batch_size: int = 32
     max_length: int = 128
     qdrant: str = "edge"  # edge | local | remote
@@ -42,14 +54,31 @@ def log(msg: str) -> None:
 
 
 def build_featurizers(lm: LoadedModel, s: IngestSettings) -> list[Featurizer]:
-    return [EmbeddingFeaturizer(lm.model, EmbeddingConfig(layers=s.embed_layers))]
+    out: list[Featurizer] = [EmbeddingFeaturizer(lm.model, EmbeddingConfig(layers=s.embed_layers))]
+    if s.tracin:
+        config = GradientConfig(layers=s.tracin_layers or [input_embedding_name(lm.model)], dim=s.tracin_dim,
+                                seed=s.tracin_seed, projection=s.tracin_projection,
+                                optimizer_state=s.optimizer_state, whiten=s.whiten)
+        models, checkpoints = load_checkpoints(lm, s.checkpoints or [lm.name])
+        out.append(TracInFeaturizer(models, checkpoints, config, s.whiten_samples if s.whiten else 0))
+    return out
+
+
+def calibration_batches(corpus: Corpus, lm: LoadedModel, s: IngestSettings):
+    """A seeded sample of training examples, for fitting whitening."""
+    examples = corpus.examples()
+    rng = np.random.default_rng(s.tracin_seed)
+    pick = sorted(rng.choice(len(examples), size=min(s.whiten_samples, len(examples)), replace=False))
+    texts = [examples[i].text for i in pick]
+    for i in tqdm(range(0, len(texts), s.batch_size), desc="whitening calibration", unit="batch", leave=False):
+        yield example_batch(lm.tokenizer, texts[i:i + s.batch_size], s.max_length)
 
 
 def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], s: IngestSettings) -> Manifest:
     return Manifest(
         corpus=CorpusInfo(source=corpus.source, fingerprint=corpus.fingerprint(), sentences=len(corpus.sentences),
                           examples=len(corpus.examples()), queries=len(corpus.queries)),
-        model=ModelInfo(name=lm.name, fingerprint=lm.fingerprint, checkpoints=[lm.name]),
+        model=ModelInfo(name=lm.name, fingerprint=lm.fingerprint, checkpoints=s.checkpoints or [lm.name]),
         vectors={f.name: f.spec() for f in featurizers},
         store=StoreInfo(backend=s.qdrant, collection=s.collection, url=s.qdrant_url, float16=s.float16, hnsw=s.hnsw),
         bm25={"k1": K1, "b": B},
@@ -93,6 +122,9 @@ def ingest(s: IngestSettings) -> Manifest:
             build_lucene(index.bm25_dir, ((x.id, x.text) for x in corpus.sentences), total=len(corpus.sentences))
         if not store.exists():
             store.create({f.name: f.size for f in featurizers}, float16=s.float16)
+        for f in featurizers:
+            if getattr(f, "needs_fit", False):
+                f.fit(lambda: calibration_batches(corpus, lm, s), index.path)
         _store_vectors(store, corpus, lm, featurizers, s)
         if s.hnsw:
             log("building HNSW (blocking)")

@@ -62,7 +62,7 @@ class Tracer:
         if self.lm.fingerprint != m.model.fingerprint:
             raise ManifestError(f"{index}: model {m.model.name!r} has changed since the index was built "
                                 f"(weights {self.lm.fingerprint}, index {m.model.fingerprint})")
-        self.featurizers = {f.name: f for f in from_specs(self.lm.model, m.vectors)}
+        self.featurizers = {f.name: f for f in from_specs(self.lm, m.vectors, self.index.path)}
         self.corpus = self.index.corpus
         self.sentences = self.corpus.by_id()
         self.sentence_of = {e.id: e.sentence_id for e in self.corpus.examples()}

@@ -1,0 +1,148 @@
+"""The benchmark's outputs: results.json, table.md, plot.png and rankings.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftrace.bench.metrics import LABELS, METRICS
+
+TOP = 10
+
+
+def _cell(stat: dict) -> str:
+    if stat.get("mean") is None:
+        return "n/a"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "n/a"  # the paired differences have no variance (e.g. identical rankings)
+    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+def markdown_table(results: dict) -> str:
+    """FTRACE Table 2 style: one table per slice, rows methods, columns the metrics (mean ± std)."""
+    s = results["settings"]
+    mode = results["mode"]
+    lines = [f"# ftrace bench: {Path(results['index']['path']).name} ({mode})", ""]
+    what = (f"candidate sets of proponents + BM25 top {s['sizes']['bm25']} + {s['sizes']['same_target']} same-target "
+            f"+ {s['sizes']['random']} random sentences" if mode == "rerank"
+            else f"retrieval from the whole corpus ({results['index']['corpus']['sentences']} sentences), "
+                 f"top {s['depth']}, {results['index']['search']} search")
+    lines.append(f"- index: `{results['index']['path']}` (model {results['index']['model']}, "
+                 f"{results['index']['corpus']['sentences']} sentences)")
+    lines.append(f"- mode: {mode}: {what}")
+    lines.append(f"- queries: {s['queries']} per seed from split {s['split'] or 'all'} "
+                 f"({results['queries']['eligible']} eligible), seeds {results['seeds']}; mean ± std over seeds")
+    w = results["fusion"]["weights"]
+    if w:
+        lines.append("- fusion weights (first method): " + ", ".join(f"{f} {v['weight']} ({v['source']})"
+                                                                    for f, v in w.items()))
+    a = results["answers"]
+    lines.append(f"- model answers correct (pre-train-learned): {a['correct']} of {a['of']} distinct queries")
+    for name, why in results["skipped"].items():
+        lines.append(f"- skipped {name}: {why}")
+    lines.append("")
+    for sl, table in results["metrics"].items():
+        counts = results["query_counts"][sl]
+        lines.append(f"## {sl} (queries per seed: {', '.join(map(str, counts))})")
+        lines.append("")
+        lines.append("| Method | " + " | ".join(LABELS[m] for m in METRICS) + " |")
+        lines.append("|---|" + "---|" * len(METRICS))
+        for method, row in table.items():
+            lines.append(f"| {method} | " + " | ".join(_cell(row[m]) for m in METRICS) + " |")
+        sig = results["significance"].get(sl, {})
+        lines.append("")
+        if "best" in sig:
+            a_, b_ = sig["compared"]
+            main = sig["main_test"]
+            other = "fisher" if main == "student" else "student"
+            ps = ", ".join(f"{LABELS[m]} p={_p(sig[main][m])}" for m in METRICS)
+            po = ", ".join(f"{LABELS[m]} p={_p(sig[other][m])}" for m in METRICS)
+            lines.append(f"Best by MRR: **{sig['best']}**. Paired {main} t-test, {a_} vs {b_} over "
+                         f"{sig['pairs']} (seed, query) pairs: {ps}. Fisher randomisation: {po}."
+                         if main == "student" else
+                         f"Best by MRR: **{sig['best']}**. Paired {main} test, {a_} vs {b_} over "
+                         f"{sig['pairs']} (seed, query) pairs: {ps}. Student t-test: {po}.")
+        elif sig:
+            lines.append(f"Significance: {sig.get('note')}")
+        lines.append("")
+    lines.append(f"Rerun: `{results['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """Grouped bars of MRR and the two Recall@10s per method, one panel per slice, std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    slices = list(results["metrics"])
+    methods = list(results["methods"])
+    fig, axes = plt.subplots(1, len(slices), figsize=(max(7, 1.3 * len(methods)) * len(slices), 4.8),
+                             squeeze=False, sharey=True)
+    width = 0.8 / len(METRICS)
+    x = np.arange(len(methods))
+    for ax, sl in zip(axes[0], slices, strict=True):
+        table = results["metrics"][sl]
+        counts = results["query_counts"][sl]
+        for j, m in enumerate(METRICS):
+            have = [i for i, k in enumerate(methods) if table[k][m]["mean"] is not None]
+            if not have:
+                continue
+            bars = ax.bar(x[have] + (j - (len(METRICS) - 1) / 2) * width,
+                          [table[methods[i]][m]["mean"] for i in have], width,
+                          yerr=[table[methods[i]][m]["std"] for i in have], capsize=3,
+                          label=LABELS[m], color=f"C{j}")
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+        if not any(counts):
+            ax.text(0.5, 0.5, "no queries in this slice", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=11, color="0.4")
+        ax.set_title(f"{sl} (queries/seed: {', '.join(map(str, counts))})", fontsize=10)
+        ax.set_xticks(x, methods, rotation=20, ha="right")
+        ax.set_xlim(-0.6, len(methods) - 0.4)
+        ax.set_ylim(0, 1.12)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("score (mean ± std over seeds)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(METRICS))]
+    fig.legend(handles, [LABELS[m] for m in METRICS], loc="upper center", ncol=len(METRICS), fontsize=9,
+               bbox_to_anchor=(0.5, 0.945), frameon=False)
+    name = Path(results["index"]["path"]).name
+    fig.suptitle(f"ftrace bench: {name}, {results['mode']} mode, {len(results['seeds'])} seeds", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_rankings(bench, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for seed, qs in bench.per_seed.items():
+            for q in qs:
+                props = set(q.proponents)
+                for m in bench.methods:
+                    ranked = bench.rankings[(seed, q.id, m)]
+                    ranks = sorted(r for r, (i, _) in enumerate(ranked, 1) if i in props)
+                    f.write(json.dumps({
+                        "seed": seed, "query": q.id, "method": m, "prompt": q.prompt, "target": q.target,
+                        "answer": bench.answers_.get(q.id), "learned": bench.learned[q.id],
+                        "top": [[i, round(sc, 6)] for i, sc in ranked[:TOP]],
+                        "proponents": len(props), "proponent_ranks": ranks,
+                        "unranked_proponents": len(props) - len(ranks), "ranked": len(ranked),
+                    }, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def write_reports(bench, results: dict) -> dict[str, Path]:
+    out = Path(bench.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {n: out / n for n in ("results.json", "table.md", "plot.png", "rankings.jsonl")}
+    paths["results.json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    paths["table.md"].write_text(markdown_table(results))
+    plot(results, paths["plot.png"])
+    write_rankings(bench, paths["rankings.jsonl"])
+    return paths

@@ -1,0 +1,326 @@
+"""Projected per-example gradients against naive per-example autograd on a real tiny Llama."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ftrace import FtraceError
+from ftrace.ingest.gradients import GradientConfig, GradientFeaturizer, combine_checkpoints
+from ftrace.model import example_batch, load_model, query_batch
+from ftrace.model.batching import IGNORE
+from ftrace.testing import make_tiny_model
+
+MAKERS = ["Toyota", "Honda", "Nokia", "IBM", "Apple", "Sony", "Boeing", "Airbus", "Nintendo", "Fiat"]
+THINGS = ["Avanza", "Civic", "X6", "ThinkPad", "iPod", "Walkman", "747", "A380", "Switch", "Panda"]
+TEMPLATES = ["The {m} {t} is produced by {m}.", "{t} was made by {m} in Japan.",
+             "{m} released the {t} in 2009, and it sold well.", "Before the {t}, {m} sold other devices."]
+TEXTS = [tpl.format(m=m, t=t) for tpl in TEMPLATES for m, t in zip(MAKERS, THINGS)]
+
+LINEARS = ["model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj",
+           "model.layers.1.self_attn.v_proj", "model.layers.1.mlp.gate_proj"]  # in model order
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    path = make_tiny_model(tmp_path_factory.mktemp("tiny"), TEXTS, seed=0)
+    return load_model(str(path))
+
+
+def naive_grads(lm, batch, names):
+    """Per example: loss.backward() on that example alone, the weights' .grad (tied LM head included)."""
+    model = lm.model
+    params = dict(model.named_parameters())
+    out = {n: [] for n in names}
+    for b in range(len(batch)):
+        n_tok = int(batch.attention_mask[b].sum())
+        ids = batch.input_ids[b:b + 1, :n_tok]
+        labels = batch.labels[b:b + 1, :n_tok]
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=IGNORE,
+                                                 reduction="sum")
+        loss.backward()
+        for n in names:
+            out[n].append(params[n].grad.detach().clone())
+    model.zero_grad(set_to_none=True)
+    return {n: torch.stack(v) for n, v in out.items()}
+
+
+def factored_reference(feat, grads):
+    """P_r^T G P_c per block, flattened, from the naive gradients."""
+    refs = []
+    for b in feat.blocks:
+        mats = feat.projection(b.name)
+        refs.append(torch.einsum("ir,bij,jc->brc", mats["rows"], grads[b.name], mats["cols"]).reshape(len(grads[b.name]), -1))
+    return refs
+
+
+def finish(blocks):
+    """Per-block unit, concatenated, unit: what vectors() documents."""
+    parts = [torch.nn.functional.normalize(p, dim=-1) for p in blocks]
+    return torch.nn.functional.normalize(torch.cat(parts, 1), dim=-1).numpy()
+
+
+def close(got, ref, rtol=1e-4):
+    ref = np.asarray(ref)
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * 0.1 * np.abs(ref).max())
+
+
+def test_factored_equals_projection_of_naive_gradient_per_block(lm):
+    feat = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64, seed=3))
+    assert [b.name for b in feat.blocks] == [p + ".weight" for p in LINEARS]
+    # the tied LM head is part of the embedding block
+    assert feat.blocks[0].param is lm.model.lm_head.weight
+    assert [u.module_name for u in feat.blocks[0].uses] == ["model.embed_tokens", "lm_head"]
+    batch = example_batch(lm.tokenizer, TEXTS[:6])
+    grads = naive_grads(lm, batch, [b.name for b in feat.blocks])
+    refs = factored_reference(feat, grads)
+    raw = feat.projections(batch, normalize_blocks=False)
+    start = 0
+    for b, ref in zip(feat.blocks, refs):
+        assert ref.abs().max() > 0
+        close(raw[:, start:start + b.size], ref)
+        start += b.size
+    assert start == feat.size == raw.shape[1]
+    vec = feat.vectors(batch)
+    close(vec, finish(refs))
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, rtol=1e-5)
+
+
+def test_lm_head_on_labelled_positions_only_equals_full_logits(lm):
+    feat = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64))
+    batch = example_batch(lm.tokenizer, [TEXTS[1], TEXTS[2] + " " + TEXTS[3], TEXTS[4]])
+    fast = feat.projections(batch, normalize_blocks=False)
+    feat._fast_head = False  # logits of every position through model(), the generic path
+    full = feat.projections(batch, normalize_blocks=False)
+    close(fast, full)
+
+
+def test_gpt2_conv1d_and_position_embeddings(lm):
+    """Conv1D weights (in x out) and an embedding that is not downstream of the token embedding."""
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(lm.tokenizer), n_positions=128, n_embd=16, n_layer=1,
+                                      n_head=2, attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0)).eval()
+    layers = ["transformer.wte", "transformer.wpe", "transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj"]
+    feat = GradientFeaturizer(gpt2, GradientConfig(layers=layers, dim=16))
+    assert [u.kind for b in feat.blocks for u in b.uses] == ["embedding", "linear", "embedding", "conv1d", "conv1d"]
+    batch = example_batch(lm.tokenizer, [TEXTS[7], TEXTS[8] + " " + TEXTS[9]])
+    grads = naive_grads(SimpleNamespace(model=gpt2), batch, [b.name for b in feat.blocks])
+    refs = factored_reference(feat, grads)
+    assert all(r.abs().max() > 0 for r in refs)
+    close(feat.projections(batch, normalize_blocks=False), torch.cat(refs, 1))
+
+
+def test_dense_projection_matches_naive_reference(lm):
+    feat = GradientFeaturizer(lm.model, GradientConfig(layers=["model.embed_tokens", "model.layers.1.mlp.up_proj"],
+                                                       dim=48, projection="dense"))
+    batch = example_batch(lm.tokenizer, TEXTS[3:8])
+    grads = naive_grads(lm, batch, [b.name for b in feat.blocks])
+    refs = [grads[b.name].reshape(len(batch), -1) @ feat.projection(b.name)["dense"] for b in feat.blocks]
+    close(feat.projections(batch, normalize_blocks=False), torch.cat(refs, 1))
+    close(feat.vectors(batch), finish(refs))
+
+
+def test_padding_and_batch_composition_do_not_change_a_vector(lm):
+    feat = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64))
+    short = "The Sony Walkman is produced by Sony."
+    longer = [TEXTS[10] + " " + TEXTS[20] + " " + TEXTS[30], TEXTS[5] + " " + TEXTS[15]]
+    alone = feat.vectors(example_batch(lm.tokenizer, [short]))
+    mixed_batch = example_batch(lm.tokenizer, [longer[0], short, longer[1]])
+    assert mixed_batch.attention_mask[1].sum() < mixed_batch.attention_mask.shape[1]  # really padded
+    mixed = feat.vectors(mixed_batch)
+    np.testing.assert_allclose(mixed[1], alone[0], atol=2e-6)
+    # the long examples themselves match their solo vectors too
+    np.testing.assert_allclose(mixed[0], feat.vectors(example_batch(lm.tokenizer, [longer[0]]))[0], atol=2e-6)
+
+
+def test_dot_product_is_cosine_of_projected_naive_gradients(lm):
+    batch = example_batch(lm.tokenizer, [TEXTS[0], TEXTS[10], TEXTS[25]])
+    one = GradientFeaturizer(lm.model, GradientConfig(dim=256))  # default: the embedding block only
+    grads = naive_grads(lm, batch, [b.name for b in one.blocks])
+    (ref,) = factored_reference(one, grads)
+    v = one.vectors(batch)
+    cos = torch.nn.functional.cosine_similarity(ref[0], ref[1], dim=0).item()
+    assert abs(float(v[0] @ v[1]) - cos) < 1e-4
+    assert abs(float(v[0] @ v[2]) - cos) > 1e-3  # a different pair scores differently
+    # several blocks: dot = mean of per-block cosines
+    many = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64))
+    grads = naive_grads(lm, batch, [b.name for b in many.blocks])
+    refs = factored_reference(many, grads)
+    mean_cos = np.mean([torch.nn.functional.cosine_similarity(r[0], r[2], dim=0).item() for r in refs])
+    w = many.vectors(batch)
+    assert abs(float(w[0] @ w[2]) - mean_cos) < 1e-4
+
+
+def test_same_seed_same_vectors_in_another_process_different_seed_differs(lm, tmp_path):
+    batch = example_batch(lm.tokenizer, TEXTS[:4])
+    a = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64, seed=7)).vectors(batch)
+    b = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64, seed=7)).vectors(batch)
+    c = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64, seed=8)).vectors(batch)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 0.05
+    here = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64, seed=7)).projection(
+        "model.embed_tokens.weight")["rows"]
+    code = ("from ftrace.ingest.gradients import gaussian; import sys;"
+            "m = gaussian(7, 'model.embed_tokens.weight', 'rows', %d, %d); sys.stdout.write(m.numpy().tobytes().hex())"
+            % tuple(here.shape))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout
+    assert bytes.fromhex(out) == here.numpy().tobytes()
+
+
+def test_query_batches_score_only_the_target(lm):
+    feat = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64))
+    prompts, targets = ["The Toyota Avanza is produced by", "The X6 was made by"], ["Toyota", "Nokia"]
+    batch = query_batch(lm.tokenizer, prompts, targets)
+    assert (batch.labels != IGNORE).sum() < batch.attention_mask.sum() - len(batch)  # prompt tokens ignored
+    grads = naive_grads(lm, batch, [b.name for b in feat.blocks])
+    q = feat.vectors(batch)
+    close(q, finish(factored_reference(feat, grads)))
+    # scoring the whole sentence is a different vector
+    full = feat.vectors(example_batch(lm.tokenizer, [p + " " + t for p, t in zip(prompts, targets)]))
+    assert np.abs(full - q).max() > 0.05
+
+
+def test_no_parameter_grads_and_mode_restored(lm):
+    model = lm.model
+    model.train()
+    try:
+        GradientFeaturizer(model, GradientConfig(layers=LINEARS, dim=16)).vectors(example_batch(lm.tokenizer, TEXTS[:3]))
+        assert model.training
+        assert all(p.grad is None for p in model.parameters())
+    finally:
+        model.eval()
+
+
+def test_whitening_gives_identity_autocorrelation_and_round_trips(lm, tmp_path):
+    cfg = GradientConfig(layers=["model.embed_tokens", "model.layers.0.mlp.up_proj"], dim=9, whiten=True)
+    feat = GradientFeaturizer(lm.model, cfg)
+    batches = [example_batch(lm.tokenizer, TEXTS[i:i + 10]) for i in range(0, len(TEXTS), 10)]
+    with pytest.raises(FtraceError, match="whiten"):
+        feat.vectors(batches[0])  # not fitted yet
+    before = np.concatenate([feat.projections(b) for b in batches])
+    feat.fit_whitening(batches, damping=1e-4)
+    after = np.concatenate([feat.projections(b) for b in batches])
+    assert feat.spec()["corrections"]["whitening"]["fitted"] is True
+    assert feat.spec()["corrections"]["whitening"]["samples"] == len(TEXTS)
+    start = 0
+    for b in feat.blocks:
+        U, W = before[:, start:start + b.size], after[:, start:start + b.size]
+        R_before, R_after = U.T @ U / len(U), W.T @ W / len(W)
+        assert np.abs(R_before - np.eye(b.size)).max() > 0.1  # it really was not white
+        np.testing.assert_allclose(R_after, np.eye(b.size), atol=0.02)
+        start += b.size
+    vec = feat.vectors(batches[0])
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, rtol=1e-5)
+    # stored with the index, reloaded for queries in a fresh featuriser
+    feat.save(tmp_path / "grad.pt")
+    again = GradientFeaturizer(lm.model, cfg)
+    again.load(tmp_path / "grad.pt")
+    np.testing.assert_allclose(again.vectors(batches[0]), vec, atol=1e-6)
+    other = GradientFeaturizer(lm.model, cfg.model_copy(update={"seed": 1}))
+    with pytest.raises(FtraceError, match="seed"):
+        other.load(tmp_path / "grad.pt")
+    with pytest.raises(FtraceError, match="whiten"):
+        GradientFeaturizer(lm.model, cfg.model_copy(update={"whiten": False})).fit_whitening(batches)
+
+
+@pytest.fixture(scope="module")
+def adam_state(lm, tmp_path_factory):
+    """A real Adam state after two steps on a copy of the model."""
+    model = copy.deepcopy(lm.model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-6)
+    for i in range(2):
+        batch = example_batch(lm.tokenizer, TEXTS[i * 8:(i + 1) * 8])
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    path = tmp_path_factory.mktemp("opt") / "optimizer.pt"
+    torch.save(opt.state_dict(), path)
+    sq = {n: opt.state[p]["exp_avg_sq"] for n, p in model.named_parameters()}
+    return path, sq
+
+
+def test_optimizer_correction_dense_exact_and_factored_rank1(lm, adam_state, tmp_path):
+    path, sq = adam_state
+    layers = ["model.embed_tokens", "model.layers.1.self_attn.q_proj"]
+    batch = example_batch(lm.tokenizer, TEXTS[30:35])
+    dense = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=40, projection="dense",
+                                                        optimizer_state=str(path)))
+    grads = naive_grads(lm, batch, [b.name for b in dense.blocks])
+    refs = [(grads[b.name] / (sq[b.name].sqrt() + 1e-6)).reshape(len(batch), -1) @ dense.projection(b.name)["dense"]
+            for b in dense.blocks]
+    close(dense.projections(batch, normalize_blocks=False), torch.cat(refs, 1))
+    plain = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=40, projection="dense"))
+    assert np.abs(dense.vectors(batch) - plain.vectors(batch)).max() > 0.05
+    assert dense.spec()["corrections"]["optimizer"]["eps"] == pytest.approx(1e-6)
+    # factored: G / S with S ~= a b^T (row means, column means / mean), same naive gradients
+    names = tmp_path / "sq.pt"
+    torch.save(sq, names)  # the {parameter name: exp_avg_sq} form (eps 1e-8)
+    for source, eps in ((path, 1e-6), (names, 1e-8)):
+        fac = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=36, optimizer_state=str(source)))
+        refs = []
+        for b in fac.blocks:
+            S = sq[b.name].double().sqrt() + eps
+            approx = torch.outer(S.mean(1), S.mean(0) / S.mean()).float()
+            m = fac.projection(b.name)
+            refs.append(torch.einsum("ir,bij,jc->brc", m["rows"], grads[b.name] / approx, m["cols"]).reshape(len(batch), -1))
+        close(fac.projections(batch, normalize_blocks=False), torch.cat(refs, 1), rtol=2e-4)
+    uncorrected = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=36)).vectors(batch)
+    assert np.abs(fac.vectors(batch) - uncorrected).max() > 0.05
+
+
+def test_bad_arguments_raise_ftrace_errors_naming_them(lm, tmp_path):
+    with pytest.raises(FtraceError, match="dim 70000"):
+        GradientFeaturizer(lm.model, GradientConfig(dim=70000))
+    every = ["model.layers.*.self_attn.*_proj", "model.layers.*.mlp.*_proj", "model.embed_tokens"]
+    # blocks are capped at their weight's size; the tiny model's weights hold 31,232 numbers in all
+    assert GradientFeaturizer(lm.model, GradientConfig(layers=every, dim=16384)).size == 31232
+    wider = load_model(str(make_tiny_model(tmp_path / "wide", TEXTS, hidden_size=64)))
+    with pytest.raises(FtraceError, match="dim 16384 x 15 blocks = 90112 numbers"):
+        GradientFeaturizer(wider.model, GradientConfig(layers=every, dim=16384))
+    with pytest.raises(FtraceError, match="layers pattern 'model.decoder.*'"):
+        GradientFeaturizer(lm.model, GradientConfig(layers=["model.decoder.*"]))
+    with pytest.raises(FtraceError, match="'model.norm' matches only LlamaRMSNorm"):
+        GradientFeaturizer(lm.model, GradientConfig(layers=["model.norm"]))
+    with pytest.raises(FtraceError, match="optimizer_state .*no such file"):
+        GradientFeaturizer(lm.model, GradientConfig(optimizer_state=str(tmp_path / "missing.pt")))
+    with pytest.raises(FtraceError, match="whiten: block model.embed_tokens.weight has 12800 numbers"):
+        GradientFeaturizer(lm.model, GradientConfig(dim=12800, whiten=True))
+    with pytest.raises(FtraceError, match="projection 'dense'"):
+        GradientFeaturizer(lm.model, GradientConfig(dim=65000, projection="dense"))
+
+
+def test_spec_describes_the_vectors(lm):
+    feat = GradientFeaturizer(lm.model, GradientConfig(layers=["lm_head", "model.layers.*.mlp.down_proj"], dim=100))
+    spec = json.loads(json.dumps(feat.spec()))
+    assert [b["name"] for b in spec["blocks"]] == ["model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight",
+                                                   "model.layers.1.mlp.down_proj.weight"]
+    assert spec["blocks"][0]["modules"] == ["model.embed_tokens", "lm_head"]
+    assert spec["blocks"][1]["shape"] == [32, 64] and spec["blocks"][1]["factors"] == [10, 10]
+    assert spec["size"] == feat.size == 300
+    assert spec["projection"] == "factored" and spec["seed"] == 0
+    assert spec["corrections"] == {"optimizer": None, "whitening": {"enabled": False, "fitted": False}}
+
+
+def test_combine_checkpoints_averages_per_checkpoint_scores(lm):
+    batch = example_batch(lm.tokenizer, TEXTS[:3])
+    per = [GradientFeaturizer(lm.model, GradientConfig(dim=64, seed=s)).vectors(batch) for s in (0, 1, 2)]
+    both = combine_checkpoints(per)
+    assert both.shape == (3, 192)
+    assert float(both[0] @ both[1]) == pytest.approx(np.mean([float(v[0] @ v[1]) for v in per]), abs=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(FtraceError, match="combine_checkpoints"):
+        combine_checkpoints([per[0], per[1][:2]])
