@@ -258,12 +258,18 @@ def test_resume_reuses_cache_and_never_mixes_settings(sample_index, answers, pla
         f.write('{"k": "torn')  # a run killed mid-write
     again = run_bench(s, write=False)
     assert [c for c in calls if c != "retrieve"] == [] and again["cache"]["computed"] == 0
+    assert again["cache"]["reused"] == len(lines) and again["cache"]["compute_s"] == first["cache"]["compute_s"]
     assert again["metrics"] == first["metrics"] and again["significance"] == first["significance"]
     assert calls.count("retrieve") == 12  # only BM25's candidate lists, which are not cached
     assert len(cache.read_text().splitlines()) == len(lines) + 1
 
     fewer = run_bench(s.model_copy(update={"queries": 3}), write=False)  # a prefix of the same draws
     assert fewer["cache"]["computed"] == 0
+
+    calls.clear()
+    beside = run_bench(s.model_copy(update={"out": tmp_path / "beside"}), write=False)
+    assert "answer" not in calls and calls.count("score") == 2 * 6 * n  # answers come from ../resume
+    assert beside["metrics"] == first["metrics"] and beside["answers"] == first["answers"]
 
     calls.clear()
     other = run_bench(s.model_copy(update={"sizes": CandidateSizes(bm25=20, same_target=10, random=5)}), write=False)
@@ -307,12 +313,27 @@ def test_tune_split_is_used_and_recorded(sample_index, answers, tmp_path):
     s = BenchSettings(index=sample_index, split=None, tune_split=None, queries=4, seeds=1, out=tmp_path / "t",
                       methods=["bm25", "embed+bm25"], sizes=CandidateSizes(bm25=10, same_target=5, random=10))
     r = run_bench(s, write=False)
-    assert r["fusion"]["weights"]["embed+bm25"]["source"].startswith("default")
+    assert r["fusion"]["weights"]["embed+bm25"] == {"weight": 0.5, "source": "default, no --tune-split"}
     from ftrace import FtraceError
     with pytest.raises(FtraceError, match="--tune-split train: no queries"):
         run_bench(s.model_copy(update={"tune_split": "train"}), write=False)  # the sample has no splits
     with pytest.raises(FtraceError, match="--split dev: no queries"):
         run_bench(s.model_copy(update={"split": "dev"}), write=False)
+
+    tracer = Tracer(sample_index)  # give the sample's queries splits: odd ones train, even ones dev
+    try:
+        for i, q in enumerate(tracer.corpus.queries):
+            q.split = "train" if i % 2 else "dev"
+        tuned = run_bench(s.model_copy(update={"split": "dev", "tune_split": "train", "queries": 6}), tracer=tracer,
+                          write=False)
+    finally:
+        tracer.close()
+    w = tuned["fusion"]["weights"]["embed+bm25"]
+    assert w["source"].startswith("tuned on split 'train'") and w["queries"] == 6
+    mrr = {float(k): v for k, v in w["mrr_by_weight"].items()}
+    assert sorted(mrr) == s.grid and mrr[w["weight"]] == max(mrr.values())
+    train = {q.id for i, q in enumerate(tracer.corpus.queries) if i % 2}
+    assert not set(tuned["queries"]["per_seed"]["0"]) & train  # evaluated on dev only
 
 
 def test_bench_command(sample_index, answers, tmp_path):

@@ -1,6 +1,7 @@
 """The resumable score cache: OUT/cache.jsonl, one JSON line per computed entry.
 
-Each line is {"k": settings hash, "seed": int | null, "q": query id, "m": method, "v": value}.
+Each line is {"k": settings hash, "seed": int | null, "q": query id, "m": method, "v": value,
+"t": seconds it took to compute}.
 The settings hash covers everything the value depends on (index identity, mode, candidate sizes or
 depth, cache format), so a run with other settings never reads another run's entries, even in the
 same file. Lines are appended and flushed as they are computed: an interrupted run loses at most
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ class ScoreCache:
         """Load the entries of `keys` (the settings hashes this run may use) from `path`."""
         self.path = Path(path)
         self.entries: dict[tuple, Any] = {}
+        self.seconds: dict[tuple, float] = {}
+        self.used: set[tuple] = set()
         self.other = 0  # entries written under other settings (kept, never used)
         self.torn = 0
         self.hits = 0
@@ -41,28 +45,44 @@ class ScoreCache:
                         continue
                     if e["k"] in keys:
                         self.entries[key] = e["v"]
+                        self.seconds[key] = float(e.get("t", 0.0))
                     else:
                         self.other += 1
+        self.loaded = set(self.entries)
         self._f = None
+
+    @property
+    def reused(self) -> int:
+        """Distinct entries of earlier runs that this run used."""
+        return len(self.used & self.loaded)
 
     def get(self, k: str, seed: int | None, query: str, method: str) -> Any | None:
         v = self.entries.get((k, seed, query, method))
         if v is not None:
             self.hits += 1
+            self.used.add((k, seed, query, method))
         return v
 
-    def put(self, k: str, seed: int | None, query: str, method: str, value: Any) -> Any:
+    def put(self, k: str, seed: int | None, query: str, method: str, value: Any, seconds: float = 0.0) -> Any:
+        seconds = round(seconds, 4)  # as written, so a resumed run sums exactly the same times
         if self._f is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "a", encoding="utf-8")
             if self._f.tell() > 0 and not _ends_with_newline(self.path):
                 self._f.write("\n")  # never glue a new entry onto a torn line
-        self._f.write(json.dumps({"k": k, "seed": seed, "q": query, "m": method, "v": value},
-                                 ensure_ascii=False) + "\n")
+        self._f.write(json.dumps({"k": k, "seed": seed, "q": query, "m": method, "v": value,
+                                  "t": seconds}, ensure_ascii=False) + "\n")
         self._f.flush()
         self.entries[(k, seed, query, method)] = value
+        self.seconds[(k, seed, query, method)] = seconds
+        self.used.add((k, seed, query, method))
         self.written += 1
         return value
+
+    @property
+    def used_s(self) -> float:
+        """Compute time of the entries this run used, whether cached earlier or computed now."""
+        return math.fsum(self.seconds.get(key, 0.0) for key in self.used)  # exact: independent of order
 
     def lines(self) -> int:
         if not self.path.exists():

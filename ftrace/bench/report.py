@@ -16,10 +16,10 @@ def _cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-def _p(p: float | None) -> str:
+def _p(p: float | None, floor: float = 1e-4) -> str:
     if p is None:
         return "n/a"  # the paired differences have no variance (e.g. identical rankings)
-    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+    return f"{p:.2g}" if p >= floor else f"<{floor:g}"
 
 
 def markdown_table(results: dict) -> str:
@@ -59,10 +59,11 @@ def markdown_table(results: dict) -> str:
             a_, b_ = sig["compared"]
             main = sig["main_test"]
             other = "fisher" if main == "student" else "student"
-            ps = ", ".join(f"{LABELS[m]} p={_p(sig[main][m])}" for m in METRICS)
-            po = ", ".join(f"{LABELS[m]} p={_p(sig[other][m])}" for m in METRICS)
+            floor = {"student": 1e-4, "fisher": 1e-3}  # 1000 permutations resolve no p below 0.001
+            ps = ", ".join(f"{LABELS[m]} p={_p(sig[main][m], floor[main])}" for m in METRICS)
+            po = ", ".join(f"{LABELS[m]} p={_p(sig[other][m], floor[other])}" for m in METRICS)
             lines.append(f"Best by MRR: **{sig['best']}**. Paired {main} t-test, {a_} vs {b_} over "
-                         f"{sig['pairs']} (seed, query) pairs: {ps}. Fisher randomisation: {po}."
+                         f"{sig['pairs']} (seed, query) pairs: {ps}. Fisher randomisation (1000 permutations): {po}."
                          if main == "student" else
                          f"Best by MRR: **{sig['best']}**. Paired {main} test, {a_} vs {b_} over "
                          f"{sig['pairs']} (seed, query) pairs: {ps}. Student t-test: {po}.")
@@ -83,11 +84,11 @@ def plot(results: dict, path: Path) -> None:
 
     slices = list(results["metrics"])
     methods = list(results["methods"])
-    fig, axes = plt.subplots(1, len(slices), figsize=(max(7, 1.3 * len(methods)) * len(slices), 4.8),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(slices), 1, figsize=(max(8, 1.35 * len(methods)), 1.0 + 3.9 * len(slices)),
+                             squeeze=False, sharex=True)
     width = 0.8 / len(METRICS)
     x = np.arange(len(methods))
-    for ax, sl in zip(axes[0], slices, strict=True):
+    for ax, sl in zip(axes[:, 0], slices, strict=True):
         table = results["metrics"][sl]
         counts = results["query_counts"][sl]
         for j, m in enumerate(METRICS):
@@ -107,13 +108,14 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlim(-0.6, len(methods) - 0.4)
         ax.set_ylim(0, 1.12)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("score (mean ± std over seeds)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean ± std over seeds")
     handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(METRICS))]
     fig.legend(handles, [LABELS[m] for m in METRICS], loc="upper center", ncol=len(METRICS), fontsize=9,
-               bbox_to_anchor=(0.5, 0.945), frameon=False)
+               bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)
     name = Path(results["index"]["path"]).name
     fig.suptitle(f"ftrace bench: {name}, {results['mode']} mode, {len(results['seeds'])} seeds", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

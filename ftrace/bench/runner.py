@@ -15,7 +15,8 @@ standard deviations are over seeds.
 
 Scores of the single methods are cached per (seed, query, method) in OUT/cache.jsonl (seed null
 in full mode, where nothing depends on it); fusions and the baseline are recomputed from them, so
-tuning never calls the model again.
+tuning never calls the model again. The model's answers (for the "pre-train-learned" slice) are
+cached too, and taken from other runs' caches beside OUT when they were made with the same model.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ GRID = [round(i / 10, 1) for i in range(11)]
 FTRACE_FUSIONS = (("tracin", "embed"), ("tracin", "bm25"), ("embed", "bm25"))
 RANDOM_TARGET = "random-target"
 SLICES = ("all", "pre-train-learned")
-TOP = 10  # sentences per ranking in rankings.jsonl
 
 
 class BenchSettings(BaseModel):
@@ -174,10 +174,15 @@ class Bench:
         self.s = s
         self.own_tracer = tracer is None
         self.tracer = tracer or Tracer(Path(s.index))
+        try:
+            self.methods, self.skipped = plan_methods(s.methods, self.tracer.methods)
+        except FtraceError:
+            if self.own_tracer:
+                self.tracer.close()
+            raise
         self.manifest = self.tracer.index.manifest
         self.corpus = self.tracer.corpus
         self.view = CorpusView(self.corpus)
-        self.methods, self.skipped = plan_methods(s.methods, self.tracer.methods)
         self.bases = base_methods(self.methods)
         self.fusions = [m for m in self.methods if "+" in m]
         identity = self.manifest.identity()
@@ -213,17 +218,20 @@ class Bench:
         name, digest = tag or method, _ids_digest(ids)
         v = self.cache.get(self.key, seed, q.id, name)
         if v is None or v.get("ids") != digest or len(v["s"]) != len(ids):
+            t0 = time.perf_counter()
             got = self.tracer.score(method, q.prompt, q.target, ids, self._vectors(q))
             v = self.cache.put(self.key, seed, q.id, name,
-                               {"ids": digest, "s": [_round(got.get(i, 0.0)) for i in ids]})
+                               {"ids": digest, "s": [_round(got.get(i, 0.0)) for i in ids]}, time.perf_counter() - t0)
             self.computed += 1
         return dict(zip(ids, v["s"], strict=True))
 
     def _retrieved(self, q: Query, method: str) -> dict[str, float]:
         v = self.cache.get(self.key, None, q.id, method)
         if v is None:
+            t0 = time.perf_counter()
             got = self.tracer.retrieve(method, q.prompt, q.target, self.s.depth, self._vectors(q))
-            v = self.cache.put(self.key, None, q.id, method, [[i, _round(x)] for i, x in got.items()])
+            v = self.cache.put(self.key, None, q.id, method, [[i, _round(x)] for i, x in got.items()],
+                               time.perf_counter() - t0)
             self.computed += 1
         return {i: x for i, x in v}
 
@@ -281,11 +289,32 @@ class Bench:
                 todo.append(q)
             else:
                 out[q.id] = v["answer"]
+        if todo:
+            found = self.sibling_answers()
+            for q in [q for q in todo if q.id in found]:
+                v, t = found[q.id]
+                self.cache.put(self.answer_key, None, q.id, "@answer", v, t)
+                out[q.id] = v["answer"]
+            todo = [q for q in todo if q.id not in found]
         for q in tqdm(todo, desc="model answers", unit="query", disable=not todo):
+            t0 = time.perf_counter()
             a = self.tracer.answer(q.prompt)
-            self.cache.put(self.answer_key, None, q.id, "@answer", {"prompt": q.prompt, "answer": a})
+            self.cache.put(self.answer_key, None, q.id, "@answer", {"prompt": q.prompt, "answer": a},
+                           time.perf_counter() - t0)
             out[q.id] = a
         return out
+
+    def sibling_answers(self) -> dict[str, tuple[dict, float]]:
+        """The same model's answers cached by other runs beside OUT (e.g. the other mode's)."""
+        found: dict[str, tuple[dict, float]] = {}
+        for path in sorted(self.out.parent.glob("*/cache.jsonl")):
+            if path.resolve() == self.cache.path.resolve():
+                continue
+            other = ScoreCache(path, {self.answer_key})
+            for (_, _, qid, m), v in other.entries.items():
+                if m == "@answer" and isinstance(v, dict) and "answer" in v:
+                    found.setdefault(qid, (v, other.seconds[(self.answer_key, None, qid, m)]))
+        return found
 
     # ---- tuning
 
@@ -294,7 +323,7 @@ class Bench:
         if not self.fusions:
             return {}
         if not s.tune_split:
-            return {f: {"weight": s.default_weight, "source": "default (no --tune-split)"} for f in self.fusions}
+            return {f: {"weight": s.default_weight, "source": "default, no --tune-split"} for f in self.fusions}
         pool = self.eligible(s.tune_split, "--tune-split")
         tune_qs = sample_queries(pool, s.queries, 0, purpose="tune")
         parts: dict[str, dict[str, tuple]] = {f: {} for f in self.fusions}
@@ -417,8 +446,11 @@ class Bench:
                         "rule": "greedy answer == target, case-insensitive, stripped"},
             "metric_names": M.LABELS,
             "std": "sample standard deviation over seeds (ddof=1)",
-            "cache": {"file": str(self.cache.path), "reused": self.cache.hits, "computed": self.computed,
-                      "other_settings_entries": self.cache.other},
+            "cache": {"file": str(self.cache.path), "reused": self.cache.reused, "computed": self.computed,
+                      "other_settings_entries": self.cache.other,
+                      "compute_s": round(self.cache.used_s, 1),
+                      "note": "compute_s: model/index time of every cached entry this run used, whether "
+                              "computed now or by an earlier run; wall_time_s: this invocation only"},
             "versions": vers,
         }
 
