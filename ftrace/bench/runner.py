@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +39,7 @@ from ftrace.bench.cache import ScoreCache, settings_hash
 from ftrace.bench.candidates import (CandidateSet, CandidateSizes, CorpusView, candidate_set, draw, norm, ranking,
                                      rng_for, sample_queries)
 from ftrace.corpus import Query
+from ftrace.index.manifest import versions
 from ftrace.query.fusion import weighted_sum
 
 GRID = [round(i / 10, 1) for i in range(11)]
@@ -421,7 +421,7 @@ class Bench:
 
     def describe(self, per_seed, pool, weights_info, answers, learned) -> dict:
         s, m = self.s, self.manifest
-        vers = {**m.versions, **_versions()}
+        vers = {**m.versions, **versions(("ranx", "numpy", "matplotlib", "scipy", "numba"))}
         return {
             "benchmark": "FTRACE-style fact tracing (Akyurek et al. 2022) + TrackStar recall@10",
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -453,16 +453,6 @@ class Bench:
                               "computed now or by an earlier run; wall_time_s: this invocation only"},
             "versions": vers,
         }
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("ranx", "numpy", "matplotlib", "scipy", "numba"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def run_bench(s: BenchSettings, tracer=None, write: bool = True) -> dict:

@@ -91,9 +91,13 @@ def _diff(a, b, where: str) -> list[str]:
     return [] if a == b else [f"{where}: index has {a!r}, asked for {b!r}"]
 
 
-def versions() -> dict[str, str]:
+INDEX_DISTRIBUTIONS = ("torch", "transformers", "qdrant-edge-py", "qdrant-client", "pyserini")
+
+
+def versions(dists: tuple[str, ...] = INDEX_DISTRIBUTIONS) -> dict[str, str]:
+    """ftrace's, Python's and the installed versions of `dists` (missing ones are left out)."""
     out = {"ftrace": __version__, "python": platform.python_version()}
-    for dist in ("torch", "transformers", "qdrant-edge-py", "qdrant-client", "pyserini"):
+    for dist in dists:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
