@@ -92,9 +92,10 @@ class Tracer:
     def answer(self, prompt: str) -> str:
         return greedy_answer(self.lm, prompt)
 
-    def query_vectors(self, prompt: str, target: str) -> dict[str, np.ndarray]:
+    def query_vectors(self, prompt: str, target: str, names=None) -> dict[str, np.ndarray]:
+        """The query's vectors (only `names`, when given: a gradient costs a forward+backward)."""
         batch = query_batch(self.lm.tokenizer, [prompt], [target])
-        return {n: f.vectors(batch)[0] for n, f in self.featurizers.items()}
+        return {n: f.vectors(batch)[0] for n, f in self.featurizers.items() if names is None or n in names}
 
     def _check(self, method: str) -> None:
         if method != "bm25" and method not in self.featurizers:
@@ -105,7 +106,7 @@ class Tracer:
         self._check(method)
         if method == "bm25":
             return dict(self.bm25.search(f"{prompt} {target}", depth))
-        vec = (qvec or self.query_vectors(prompt, target))[method]
+        vec = (qvec or self.query_vectors(prompt, target, [method]))[method]
         return by_sentence(dict(self.store.search(method, vec, depth)), self.sentence_of)
 
     def score(self, method: str, prompt: str, target: str, sentence_ids: list[str], qvec: dict | None = None) -> dict[str, float]:
@@ -113,15 +114,17 @@ class Tracer:
         self._check(method)
         if method == "bm25":
             return self.bm25.score(f"{prompt} {target}", sentence_ids)
-        vec = (qvec or self.query_vectors(prompt, target))[method]
+        vec = (qvec or self.query_vectors(prompt, target, [method]))[method]
         examples = [e for s in sentence_ids for e in self.examples_of[s]]
         hits = self.store.search(method, vec, len(examples), ids=examples, exact=True)
         return by_sentence(dict(hits), self.sentence_of)
 
-    def ground_truth(self, prompt: str, target: str) -> GroundTruth | None:
+    def same_prompt(self, prompt: str) -> list:
         key = prompt.strip().lower()
-        same_prompt = [q for q in self.corpus.queries if q.prompt.strip().lower() == key]
-        hits = [q for q in same_prompt if q.target.strip().lower() == target.strip().lower()]
+        return [q for q in self.corpus.queries if q.prompt.strip().lower() == key]
+
+    def ground_truth(self, prompt: str, target: str) -> GroundTruth | None:
+        hits = [q for q in self.same_prompt(prompt) if q.target.strip().lower() == target.strip().lower()]
         if not hits:
             return None
         props = list(dict.fromkeys(p for q in hits for p in q.proponents))
@@ -144,7 +147,7 @@ class Tracer:
             self._check(p)
         target_from = "user" if target else "model"
         target = target.strip() if target else self.answer(prompt)
-        qvec = self.query_vectors(prompt, target) if any(p != "bm25" for p in parts) else None
+        qvec = self.query_vectors(prompt, target, parts)
         if len(parts) == 1:
             scores = self.retrieve(method, prompt, target, max(k, depth), qvec)
             per_method = {method: scores}
@@ -159,9 +162,7 @@ class Tracer:
                     scores={p: per_method[p].get(s, float("nan")) for p in per_method},
                     proponent=(s in props) if props is not None else None)
                 for r, (s, sc) in enumerate(top(scores, k), 1)]
-        note = None
-        if truth is None and any(q.prompt.strip().lower() == prompt.strip().lower() for q in self.corpus.queries):
-            known = sorted({q.target for q in self.corpus.queries if q.prompt.strip().lower() == prompt.strip().lower()})
-            note = f"the corpus knows this prompt with target(s) {known[:3]}, not {target!r}"
+        known = sorted({q.target for q in self.same_prompt(prompt)}) if truth is None else []
+        note = f"the corpus knows this prompt with target(s) {known[:3]}, not {target!r}" if known else None
         return QueryResult(prompt=prompt, target=target, target_from=target_from, method=method,
                            fusion=fusion if len(parts) > 1 else None, rows=rows, ground_truth=truth, note=note)
