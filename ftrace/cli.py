@@ -1,44 +1,36 @@
-"""The `ftrace` command line: thin wrappers that parse options and call one function each."""
+"""The `ftrace` command line. Each command takes its config (`ftrace.config`): the options are built
+from the config's fields, parsed into the config (pydantic validates it, before any model loads) and
+handed to one function. Heavy modules are imported inside the commands, so `--help` is fast."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 
 from ftrace import FtraceError
+from ftrace.config import DEFAULT_INDEX, BenchConfig, Cli, IngestConfig, QueryConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fact tracing: find the training sentences behind a language model's prediction.")
 
-DEFAULT_INDEX = Path("indexes/sample")
-IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index directory.")]
+C = TypeVar("C", bound=BaseModel)
 
 
-def _split(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
-
-
-def _layers(values: list[str] | None) -> list[int] | None:
-    items = _split(values)
-    if items is None:
-        return None
-    try:
-        return [int(v) for v in items]
-    except ValueError:
-        raise FtraceError(f"--embed-layers {','.join(items)}: layers are integers (0 = embedding layer)") from None
-
-
-def friendly(fn):
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Print an FtraceError as one line on stderr and exit 1."""
     @wraps(fn)
-    def run(*args, **kwargs):
+    def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except FtraceError as e:
@@ -47,92 +39,170 @@ def friendly(fn):
     return run
 
 
+# --- options from configs ----------------------------------------------------------------------------
+
+@dataclass
+class _Option:
+    path: tuple[str, ...]  # field path in the config, e.g. ("tracin", "dim")
+    mark: Cli
+    annotation: Any
+    default: Any  # the config's default (... when required)
+
+    @property
+    def primary(self) -> str:
+        return self.mark.names[0].split("/")[0] if self.mark.names else "--" + self.path[-1].replace("_", "-")
+
+    @property
+    def param(self) -> str:
+        return self.path[-1] if self.mark.argument else self.primary.lstrip("-").replace("-", "_")
+
+    def typer_annotation(self) -> Any:
+        """The type typer parses: lists as repeatable strings, choices as plain strings (the config
+        validates them, with the same one-line errors as every other check)."""
+        t, optional = _strip_optional(self.annotation)
+        origin = typing.get_origin(t)
+        if origin is list:
+            base: Any = list[str]
+        elif origin is Literal:
+            base = str
+        else:
+            base = t
+        if self.mark.argument:
+            info = typer.Argument(help=self.mark.help, show_default=False)
+        else:
+            info = typer.Option(*self.mark.names or (self.primary,), help=self.mark.help, min=self.mark.min,
+                                metavar=self.mark.metavar, show_default=base is not list[str])
+        nullable = optional or origin is list
+        return Annotated[base | None if nullable else base, info]  # type: ignore[operator]
+
+    def typer_default(self) -> Any:
+        if self.default is ... or typing.get_origin(_strip_optional(self.annotation)[0]) is list:
+            return inspect.Parameter.empty if self.default is ... else None
+        return self.default
+
+
+def _strip_optional(t: Any) -> tuple[Any, bool]:
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return t, False
+
+
+def config_options(cls: type[BaseModel], path: tuple[str, ...] = ()) -> Iterator[_Option]:
+    """The CLI options of a config: its fields marked `Cli`, sections (nested configs) flattened."""
+    for name, field in cls.model_fields.items():
+        t = field.annotation
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            yield from config_options(t, (*path, name))
+            continue
+        marks = [m for m in field.metadata if isinstance(m, Cli)]
+        if marks:
+            default = ... if field.is_required() else field.get_default(call_default_factory=True)
+            yield _Option((*path, name), marks[0], t, default)
+
+
+def parse_config(cls: type[C], options: list[_Option], values: dict[str, Any]) -> C:
+    """The config from parsed option values; a validation error becomes one line naming the option."""
+    data: dict[str, Any] = {}
+    for opt in options:
+        v = values.get(opt.param)
+        if v is None:
+            continue
+        if opt.mark.split and isinstance(v, list):
+            v = [x.strip() for item in v for x in item.split(",") if x.strip()]
+        node = data
+        for key in opt.path[:-1]:
+            node = node.setdefault(key, {})
+        node[opt.path[-1]] = v
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise FtraceError(_describe(e, options, values)) from None
+
+
+def _describe(err: ValidationError, options: list[_Option], values: dict[str, Any]) -> str:
+    e = err.errors()[0]
+    msg = e["msg"].removeprefix("Value error, ")
+    loc = tuple(str(p) for p in e["loc"])
+    for opt in options:
+        if loc[:len(opt.path)] == opt.path:
+            v = values.get(opt.param)
+            shown = repr(v) if isinstance(v, str) else ",".join(map(str, v)) if isinstance(v, list) else v
+            return f"{opt.primary if not opt.mark.argument else opt.param.upper()} {shown}: {msg}"
+    return msg
+
+
+def command_from_config(cls: type[C]) -> Callable[[Callable[[C], Any]], Callable[..., Any]]:
+    """Turn `fn(config)` into a typer command whose options are the config's `Cli` fields."""
+    options = list(config_options(cls))
+
+    def wrap(fn: Callable[[C], Any]) -> Callable[..., Any]:
+        def command(**values: Any) -> Any:
+            return fn(parse_config(cls, options, values))
+
+        params = [inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=o.typer_default(),
+                                    annotation=o.typer_annotation()) for o in options]
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        return friendly(command)
+
+    return wrap
+
+
+# --- commands ------------------------------------------------------------------------------------------
+
 @app.command()
-@friendly
-def ingest(
-    index: IndexOpt = DEFAULT_INDEX,
-    corpus: Annotated[str, typer.Option(help="'sample', a .jsonl corpus, a LAMA T-REx directory or a raw T-REx .json file.")] = "sample",
-    relation: Annotated[Optional[list[str]], typer.Option("--relation", "-r", help="LAMA relations to load (e.g. P176); repeat or comma-separate.")] = None,
-    split: Annotated[Optional[list[str]], typer.Option("--split", help="LAMA splits (train, dev, test).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="First N facts of each LAMA relation/split file.")] = None,
-    model: Annotated[str, typer.Option(help="'smollm2-135m' (built in) or a Hugging Face causal LM id or path.")] = "smollm2-135m",
-    embed_layers: Annotated[Optional[list[str]], typer.Option(help="Hidden-state layers to pool (0 = embedding layer).")] = None,
-    tracin: Annotated[bool, typer.Option("--tracin/--no-tracin", help="Store projected loss gradients (TracIn/TrackStar).")] = True,
-    tracin_layers: Annotated[Optional[list[str]], typer.Option(help="Module name patterns whose weight gradients are projected (default: the input embedding).")] = None,
-    tracin_dim: Annotated[int, typer.Option(min=1, help="Projection size per layer block (total at most 65535).")] = 4096,
-    tracin_seed: Annotated[int, typer.Option(help="Seed of the random projection.")] = 0,
-    tracin_projection: Annotated[str, typer.Option(help="factored (LoGra-style, default) or dense (reference, small layers).")] = "factored",
-    optimizer_state: Annotated[Optional[str], typer.Option(help="Adam/AdamW state (torch file): divide gradients by sqrt of second moments.")] = None,
-    whiten: Annotated[bool, typer.Option("--whiten", help="TrackStar whitening by R^-1/2, fitted on a calibration sample.")] = False,
-    whiten_samples: Annotated[int, typer.Option(min=1, help="Training examples in the whitening calibration sample.")] = 512,
-    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="Checkpoint(s) to take gradients at (repeat); default: --model.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    qdrant: Annotated[str, typer.Option(help="Vector back end: edge (in process), local (qdrant-client local mode), remote.")] = "edge",
-    qdrant_url: Annotated[Optional[str], typer.Option(help="Qdrant server or cluster URL (implies --qdrant remote).")] = None,
-    collection: Annotated[str, typer.Option(help="Qdrant collection name (client back ends).")] = "ftrace",
-    float32: Annotated[bool, typer.Option("--float32", help="Store vectors as float32 (default float16).")] = False,
-    hnsw: Annotated[bool, typer.Option("--hnsw", help="Build an HNSW index after ingest (default: exact search).")] = False,
-):
+@command_from_config(IngestConfig)
+def ingest(config: IngestConfig) -> None:
     """Index a corpus: BM25 (Lucene) plus per-example model vectors (Qdrant)."""
-    from ftrace.ingest.pipeline import IngestSettings
     from ftrace.ingest.pipeline import ingest as run
 
-    settings = IngestSettings(
-        index=index, corpus=corpus, relations=_split(relation), splits=_split(split) or ["train", "dev", "test"],
-        limit=limit, model=model, embed_layers=_layers(embed_layers) or [0], batch_size=batch_size,
-        tracin=tracin, tracin_layers=_split(tracin_layers), tracin_dim=tracin_dim, tracin_seed=tracin_seed,
-        tracin_projection=tracin_projection, optimizer_state=optimizer_state, whiten=whiten,
-        whiten_samples=whiten_samples, checkpoints=checkpoint or None,
-        qdrant="remote" if qdrant_url else qdrant, qdrant_url=qdrant_url, collection=collection,
-        float16=not float32, hnsw=hnsw)
-    run(settings)
+    run(config)
 
 
 @app.command()
-@friendly
-def query(
-    prompt: Annotated[str, typer.Argument(help="What the model completes, e.g. 'Toyota Avanza is produced by'.")],
-    index: IndexOpt = DEFAULT_INDEX,
-    target: Annotated[Optional[str], typer.Option(help="The answer to trace (default: the model's greedy answer).")] = None,
-    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Sentences to show.")] = 10,
-    method: Annotated[str, typer.Option(help="bm25, embed, tracin, or a fusion such as bm25+embed or tracin+bm25.")] = "bm25+embed",
-    fusion: Annotated[str, typer.Option(help="sum (min-max normalised, weighted) or rrf.")] = "sum",
-    weight: Annotated[float, typer.Option(help="Fusion weight of the first method (the second gets 1 - weight).")] = 0.5,
-    depth: Annotated[int, typer.Option(min=1, help="Candidates each method retrieves before fusion.")] = 100,
-    model: Annotated[Optional[str], typer.Option(help="Must match the index's model (checked).")] = None,
-    embed_layers: Annotated[Optional[list[str]], typer.Option(help="Must match the index's layers (checked).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
-):
+@command_from_config(QueryConfig)
+def query(config: QueryConfig) -> None:
     """Trace one prediction: nearest training sentences by BM25, model vectors and their fusions."""
     from ftrace.query.render import render
     from ftrace.query.tracer import Tracer
 
-    if not prompt.strip():
+    if not config.prompt.strip():
         raise FtraceError("PROMPT is empty: give the text the model completes, e.g. 'Toyota Avanza is produced by'")
-    tracer = Tracer(index, model=model, embed_layers=_layers(embed_layers))
+    tracer = Tracer(config.index, model=config.model, embed_layers=config.embed_layers)
     try:
-        result = tracer.query(prompt, target=target, k=k, method=method, fusion=fusion, weight=weight, depth=depth)
+        result = tracer.query(config.prompt, target=config.target, k=config.k, method=config.method,
+                              fusion=config.fusion, weight=config.weight, depth=config.depth)
     finally:
         tracer.close()
-    typer.echo(result.model_dump_json(indent=2) if as_json else render(result))
+    typer.echo(result.model_dump_json(indent=2) if config.as_json else render(result))
 
 
 @app.command()
 @friendly
-def info(index: IndexOpt = DEFAULT_INDEX):
+def info(index: Annotated[Path, typer.Option("--index", "-i", help="Index directory.")] = DEFAULT_INDEX) -> None:
     """Show what made an index (its manifest)."""
     from ftrace.index.manifest import Manifest
 
     typer.echo(json.dumps(Manifest.read(index).model_dump(), indent=2))
 
 
-def _register_bench() -> None:
-    from ftrace.bench.command import bench
+@app.command()
+@command_from_config(BenchConfig)
+def bench(config: BenchConfig) -> None:
+    """Evaluate fact tracing on the index's queries (FTRACE MRR/Recall@10, TrackStar Recall@10)."""
+    from ftrace.bench.runner import run_bench
 
-    app.command(help=bench.__doc__)(friendly(bench))
-
-
-_register_bench()
+    if not Path(config.index).exists():
+        raise FtraceError(f"--index {config.index}: no such directory; build one with `ftrace ingest`")
+    run = run_bench(config)
+    if config.as_json:
+        typer.echo(json.dumps(run.results, indent=2, ensure_ascii=False))
+    else:
+        typer.echo((run.out / "table.md").read_text())
+        typer.echo(f"wrote {run.out}/results.json, table.md, plot.png, rankings.jsonl", err=True)
 
 
 def main() -> None:  # pragma: no cover

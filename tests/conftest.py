@@ -30,8 +30,10 @@ def tiny_model_dir(tmp_path_factory, sample):
 @pytest.fixture(scope="session")
 def sample_index(tmp_path_factory, tiny_model_dir):
     """The sample corpus ingested with the tiny model into Qdrant Edge + Lucene."""
-    from ftrace.ingest.pipeline import IngestSettings, ingest
+    from ftrace.config import IngestConfig
+    from ftrace.ingest.pipeline import ingest
 
     index = tmp_path_factory.mktemp("idx") / "sample"
-    ingest(IngestSettings(index=index, corpus="sample", model=tiny_model_dir, embed_layers=[0, 2], batch_size=16))
+    ingest(IngestConfig.model_validate({"index": index, "model": tiny_model_dir, "embed": {"layers": [0, 2]},
+                                        "batch_size": 16}))
     return index

@@ -5,13 +5,28 @@ import json
 import math
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from ftrace.bench import metrics as M
-from ftrace.bench.candidates import CandidateSizes, CorpusView, candidate_set, norm, ranking, sample_queries
-from ftrace.bench.runner import BenchSettings, plan_methods, run_bench, tune_weight
+from ftrace.bench.candidates import CorpusView, candidate_set, sample_queries, seeded_tiebreak
+from ftrace.bench.runner import plan_methods, run_bench, tune_weight
+from ftrace.config import BenchConfig, CandidateSizes
+from ftrace.corpus import normalize as norm
+from ftrace.query.fusion import ranking
+from ftrace.query.methods import Method
 from ftrace.query.tracer import Tracer
+
+
+def bench_results(*args, **kwargs):
+    return run_bench(*args, **kwargs).results
+
+
+def pairs(parts):
+    """tune_weight's input from (scores of a, scores of b) per query."""
+    return {q: {"a": a, "b": b} for q, (a, b) in parts.items()}
+
+
+AB = Method(("a", "b"))
 
 METHODS = ["bm25", "embed", "embed+bm25", "random-target"]  # on an index without gradient vectors
 
@@ -141,9 +156,9 @@ def test_paired_test():
 
 def test_ties_are_broken_by_a_seeded_random_order():
     scores = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.0}
-    orders = {tuple(i for i, _ in ranking(scores, seed, "q")) for seed in range(20)}
+    orders = {tuple(i for i, _ in ranking(scores, seeded_tiebreak(seed, "q"))) for seed in range(20)}
     assert len(orders) > 1 and all(o[-1] == "d" for o in orders)
-    assert ranking(scores, 3, "q") == ranking(scores, 3, "q")
+    assert ranking(scores, seeded_tiebreak(3, "q")) == ranking(scores, seeded_tiebreak(3, "q"))
 
 
 # --- fusion weights ------------------------------------------------------------------------------
@@ -153,14 +168,14 @@ def test_tuning_picks_the_right_weight():
     # a ranks the proponent first by a small margin; b is misleading: only w = 1 gets it right.
     a = {"p": 1.0, "d": 0.9, "e": 0.0}
     b = {"p": 0.0, "d": 1.0, "e": 0.5}
-    w, mrr = tune_weight({q: (a, b) for q in props}, props)
+    w, mrr = tune_weight(pairs({q: (a, b) for q in props}), props, AB)
     assert w == 1.0 and mrr[1.0] == 1.0 and all(v < 1.0 for k, v in mrr.items() if k < 1.0)
-    w, _ = tune_weight({q: (b, a) for q in props}, props)
+    w, _ = tune_weight(pairs({q: (b, a) for q in props}), props, AB)
     assert w == 0.0
     # each part alone is fooled by a different distractor; any blend in (0.1, 0.9) is right: 0.5 wins ties.
     a = {"p": 0.9, "d1": 1.0, "d2": 0.0}
     b = {"p": 0.9, "d1": 0.0, "d2": 1.0}
-    w, mrr = tune_weight({q: (a, b) for q in props}, props)
+    w, mrr = tune_weight(pairs({q: (a, b) for q in props}), props, AB)
     assert w == 0.5 and mrr[0.0] < 1.0 and mrr[1.0] < 1.0 and mrr[0.3] == 1.0
 
 
@@ -187,8 +202,8 @@ def read_jsonl(path):
 
 def test_rerank_run_reports_and_slices(sample_index, sample, answers, planned, tmp_path):
     out = tmp_path / "rerank"
-    s = BenchSettings(index=sample_index, split=None, queries=8, seeds=2, out=out)
-    r = run_bench(s)
+    s = BenchConfig(index=sample_index, split=None, queries=8, seeds=2, out=out)
+    r = bench_results(s)
     METHODS = planned["methods"]
     assert {"bm25", "embed", "embed+bm25", "random-target"} <= set(METHODS)
     assert r["methods"] == METHODS and r["skipped"] == planned["skipped"]
@@ -241,9 +256,9 @@ def test_rerank_run_reports_and_slices(sample_index, sample, answers, planned, t
 def test_resume_reuses_cache_and_never_mixes_settings(sample_index, answers, planned, tmp_path, monkeypatch):
     n = len(planned["singles"])  # single methods, each cached per (seed, query)
     out = tmp_path / "resume"
-    s = BenchSettings(index=sample_index, split=None, queries=6, seeds=2, out=out,
+    s = BenchConfig(index=sample_index, split=None, queries=6, seeds=2, out=out,
                       sizes=CandidateSizes(bm25=20, same_target=10, random=20))
-    first = run_bench(s, write=False)
+    first = bench_results(s, write=False)
     cache = out / "cache.jsonl"
     lines = cache.read_text().splitlines()
     distinct = len({q for ids in first["queries"]["per_seed"].values() for q in ids})
@@ -256,36 +271,36 @@ def test_resume_reuses_cache_and_never_mixes_settings(sample_index, answers, pla
         monkeypatch.setattr(Tracer, name, lambda self, *a, _n=name, _f=real, **k: calls.append(_n) or _f(self, *a, **k))
     with cache.open("a") as f:
         f.write('{"k": "torn')  # a run killed mid-write
-    again = run_bench(s, write=False)
+    again = bench_results(s, write=False)
     assert [c for c in calls if c != "retrieve"] == [] and again["cache"]["computed"] == 0
     assert again["cache"]["reused"] == len(lines) and again["cache"]["compute_s"] == first["cache"]["compute_s"]
     assert again["metrics"] == first["metrics"] and again["significance"] == first["significance"]
     assert calls.count("retrieve") == 12  # only BM25's candidate lists, which are not cached
     assert len(cache.read_text().splitlines()) == len(lines) + 1
 
-    fewer = run_bench(s.model_copy(update={"queries": 3}), write=False)  # a prefix of the same draws
+    fewer = bench_results(s.model_copy(update={"queries": 3}), write=False)  # a prefix of the same draws
     assert fewer["cache"]["computed"] == 0
 
     calls.clear()
-    beside = run_bench(s.model_copy(update={"out": tmp_path / "beside"}), write=False)
+    beside = bench_results(s.model_copy(update={"out": tmp_path / "beside"}), write=False)
     assert "answer" not in calls and calls.count("score") == 2 * 6 * n  # answers come from ../resume
     assert beside["metrics"] == first["metrics"] and beside["answers"] == first["answers"]
 
     calls.clear()
-    other = run_bench(s.model_copy(update={"sizes": CandidateSizes(bm25=20, same_target=10, random=5)}), write=False)
+    other = bench_results(s.model_copy(update={"sizes": CandidateSizes(bm25=20, same_target=10, random=5)}), write=False)
     assert other["cache"]["computed"] == 2 * 6 * n and calls.count("score") == 2 * 6 * n  # nothing stale reused
     assert other["cache"]["other_settings_entries"] == 2 * 6 * n
     assert "answer" not in calls  # the model's answers do not depend on the candidate sets
     assert other["queries"] == first["queries"]
-    full = run_bench(s.model_copy(update={"mode": "full", "depth": 15}), write=False)
+    full = bench_results(s.model_copy(update={"mode": "full", "depth": 15}), write=False)
     assert full["cache"]["computed"] > 0 and full["cache"]["other_settings_entries"] == 2 * 2 * 6 * n
 
 
 def test_full_mode_matches_tracer_query(sample_index, sample, answers, planned, tmp_path):
     METHODS = planned["methods"]
     out = tmp_path / "full"
-    s = BenchSettings(index=sample_index, mode="full", split=None, queries=5, seeds=2, depth=20, out=out)
-    r = run_bench(s)
+    s = BenchConfig(index=sample_index, mode="full", split=None, queries=5, seeds=2, depth=20, out=out)
+    r = bench_results(s)
     assert r["index"]["search"] == "exact" and r["depth"] == 20
     for sl in ("all", "pre-train-learned"):
         for method in METHODS:
@@ -310,21 +325,21 @@ def test_full_mode_matches_tracer_query(sample_index, sample, answers, planned, 
 
 
 def test_tune_split_is_used_and_recorded(sample_index, answers, tmp_path):
-    s = BenchSettings(index=sample_index, split=None, tune_split=None, queries=4, seeds=1, out=tmp_path / "t",
+    s = BenchConfig(index=sample_index, split=None, tune_split=None, queries=4, seeds=1, out=tmp_path / "t",
                       methods=["bm25", "embed+bm25"], sizes=CandidateSizes(bm25=10, same_target=5, random=10))
-    r = run_bench(s, write=False)
+    r = bench_results(s, write=False)
     assert r["fusion"]["weights"]["embed+bm25"] == {"weight": 0.5, "source": "default, no --tune-split"}
     from ftrace import FtraceError
     with pytest.raises(FtraceError, match="--tune-split train: no queries"):
-        run_bench(s.model_copy(update={"tune_split": "train"}), write=False)  # the sample has no splits
+        bench_results(s.model_copy(update={"tune_split": "train"}), write=False)  # the sample has no splits
     with pytest.raises(FtraceError, match="--split dev: no queries"):
-        run_bench(s.model_copy(update={"split": "dev"}), write=False)
+        bench_results(s.model_copy(update={"split": "dev"}), write=False)
 
     tracer = Tracer(sample_index)  # give the sample's queries splits: odd ones train, even ones dev
     try:
         for i, q in enumerate(tracer.corpus.queries):
             q.split = "train" if i % 2 else "dev"
-        tuned = run_bench(s.model_copy(update={"split": "dev", "tune_split": "train", "queries": 6}), tracer=tracer,
+        tuned = bench_results(s.model_copy(update={"split": "dev", "tune_split": "train", "queries": 6}), tracer=tracer,
                           write=False)
     finally:
         tracer.close()
@@ -337,12 +352,8 @@ def test_tune_split_is_used_and_recorded(sample_index, answers, tmp_path):
 
 
 def test_bench_command(sample_index, answers, tmp_path):
-    from ftrace.bench.command import bench
-    from ftrace.cli import friendly
+    from ftrace.cli import app
 
-    app = typer.Typer()
-    app.command()(friendly(bench))
-    app.command("other")(lambda: None)  # two commands, so `bench` is a subcommand as in ftrace's app
     runner = CliRunner()
     out = tmp_path / "cli"
     r = runner.invoke(app, ["bench", "--index", str(sample_index), "--split", "all", "--queries", "3", "--seeds", "1",

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 from ftrace.cli import app
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import open_store
-from ftrace.ingest.embeddings import EmbeddingFeaturizer
-from ftrace.ingest.pipeline import IngestSettings, ingest
+from ftrace.config import IngestConfig
+from ftrace.features.embedding import EmbeddingFeaturizer
+from ftrace.ingest.pipeline import ingest
 
 runner = CliRunner()
 AVANZA = "Toyota Avanza is produced by"
@@ -72,7 +73,7 @@ def test_embed_scores_equal_cosine_of_featuriser_vectors(sample_index, sample, t
         scores = tracer.score("embed", AVANZA, "Toyota", ids)
         from ftrace.model import example_batch
         batch = example_batch(tracer.lm.tokenizer, [s.text for s in sample.sentences[:12]])
-        expected = tracer.featurizers["embed"].vectors(batch) @ qvec
+        expected = tracer.featurizer("embed").vectors(batch) @ qvec
         assert [scores[i] for i in ids] == pytest.approx(list(expected), abs=3e-3)  # float16 storage
     finally:
         tracer.close()
@@ -151,7 +152,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model_dir):
 
 def test_interrupted_ingest_resumes(tmp_path, tiny_model_dir, sample, monkeypatch):
     index = tmp_path / "resume"
-    settings = IngestSettings(index=index, model=tiny_model_dir, batch_size=32)
+    settings = IngestConfig(index=index, model=tiny_model_dir, batch_size=32)
     real = EmbeddingFeaturizer.vectors
     calls = {"n": 0}
 
@@ -188,7 +189,7 @@ def test_qdrant_client_back_end_end_to_end(tmp_path, tiny_model_dir, sample):
 
 
 def test_padding_does_not_change_embeddings(tiny_model_dir):
-    from ftrace.ingest.embeddings import EmbeddingConfig
+    from ftrace.config import EmbeddingConfig
     from ftrace.model import example_batch, load_model
 
     lm = load_model(tiny_model_dir)
@@ -211,7 +212,7 @@ def test_tracin_scores_equal_cosine_of_gradient_vectors(sample_index, sample):
         qvec = tracer.query_vectors(AVANZA, "Toyota")["tracin"]
         texts = sample.sentences[:10]
         scores = tracer.score("tracin", AVANZA, "Toyota", [s.id for s in texts])
-        stored = tracer.featurizers["tracin"].vectors(example_batch(tracer.lm.tokenizer, [s.text for s in texts]))
+        stored = tracer.featurizer("tracin").vectors(example_batch(tracer.lm.tokenizer, [s.text for s in texts]))
         assert [scores[s.id] for s in texts] == pytest.approx(list(stored @ qvec), abs=3e-3)
     finally:
         tracer.close()

@@ -2,7 +2,9 @@ import math
 
 import pytest
 
-from ftrace.query.fusion import by_sentence, minmax, ranks, rrf, top, weighted_sum
+from ftrace.query.fusion import by_sentence, minmax, ranking, rrf, weighted_sum
+from ftrace.query.methods import Method, fuse, parse_method
+from ftrace import FtraceError
 
 
 def test_minmax():
@@ -33,9 +35,26 @@ def test_rrf_by_hand():
     assert weighted["a"] == pytest.approx(2.5)
 
 
-def test_ranks_and_top_break_ties_by_id():
-    assert ranks({"b": 1.0, "a": 1.0, "c": 2.0}) == {"c": 1, "a": 2, "b": 3}
-    assert top({"b": 1.0, "a": 1.0, "c": 2.0}, 2) == [("c", 2.0), ("a", 1.0)]
+def test_ranking_breaks_ties_by_id_or_a_given_key():
+    assert ranking({"b": 1.0, "a": 1.0, "c": 2.0}) == [("c", 2.0), ("a", 1.0), ("b", 1.0)]
+    assert ranking({"b": 1.0, "a": 1.0, "c": 2.0}, tiebreak=lambda i: -ord(i)) == [("c", 2.0), ("b", 1.0), ("a", 1.0)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("bm26", "not 'bm26'"), ("a+b+c", "joins two methods"), ("embed+embed", "two different"), ("+bm25", "joins two methods"),
+])
+def test_one_method_grammar(text, message):
+    assert parse_method("bm25", ["bm25", "embed"]) == Method(("bm25",))
+    assert str(parse_method("embed+bm25", ["bm25", "embed"])) == "embed+bm25"
+    with pytest.raises(FtraceError, match=message):
+        parse_method(text, ["bm25", "embed", "a", "b", "c"] if text != "bm26" else ["bm25"])
+
+
+def test_fuse_weights_the_first_component():
+    runs = {"x": {"a": 1.0, "b": 0.0}, "y": {"a": 0.0, "b": 1.0}}
+    assert fuse(runs, Method(("x", "y")), 0.8) == pytest.approx({"a": 0.8, "b": 0.2})
+    assert fuse(runs, Method(("x", "y")), 0.8, "rrf") == pytest.approx({"a": 0.8 / 61 + 0.2 / 62,
+                                                                       "b": 0.8 / 62 + 0.2 / 61})
 
 
 def test_sentence_score_is_max_over_examples():

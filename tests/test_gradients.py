@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from ftrace import FtraceError
-from ftrace.ingest.gradients import GradientConfig, GradientFeaturizer, combine_checkpoints
+from ftrace.config import GradientConfig
+from ftrace.features.gradients import GradientFeaturizer, combine_checkpoints
 from ftrace.model import example_batch, load_model, query_batch
 from ftrace.model.batching import IGNORE
 from ftrace.testing import make_tiny_model
@@ -98,7 +99,7 @@ def test_lm_head_on_labelled_positions_only_equals_full_logits(lm):
     feat = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64))
     batch = example_batch(lm.tokenizer, [TEXTS[1], TEXTS[2] + " " + TEXTS[3], TEXTS[4]])
     fast = feat.projections(batch, normalize_blocks=False)
-    feat._fast_head = False  # logits of every position through model(), the generic path
+    feat.collector.fast_head = False  # logits of every position through model(), the generic path
     full = feat.projections(batch, normalize_blocks=False)
     close(fast, full)
 
@@ -172,7 +173,7 @@ def test_same_seed_same_vectors_in_another_process_different_seed_differs(lm, tm
     assert np.abs(a - c).max() > 0.05
     here = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64, seed=7)).projection(
         "model.embed_tokens.weight")["rows"]
-    code = ("from ftrace.ingest.gradients import gaussian; import sys;"
+    code = ("from ftrace.features.gradients.projection import gaussian; import sys;"
             "m = gaussian(7, 'model.embed_tokens.weight', 'rows', %d, %d); sys.stdout.write(m.numpy().tobytes().hex())"
             % tuple(here.shape))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

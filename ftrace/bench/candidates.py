@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel
 
-from ftrace.corpus import Corpus, Query
+from ftrace.config import CandidateSizes
+from ftrace.corpus import Corpus, Query, normalize
 
 
 def stable_seed(*parts: object) -> int:
@@ -35,16 +35,6 @@ def rng_for(*parts: object) -> np.random.Generator:
     return np.random.default_rng(stable_seed(*parts))
 
 
-def norm(text: str) -> str:
-    return text.strip().lower()
-
-
-class CandidateSizes(BaseModel):
-    bm25: int = 100
-    same_target: int = 100
-    random: int = 100
-
-
 class CorpusView:
     """The lookups the benchmark needs: sentence ids in corpus order and sentences by fact object."""
 
@@ -52,12 +42,12 @@ class CorpusView:
         self.ids = [s.id for s in corpus.sentences]
         self.by_object: dict[str, list[str]] = {}
         for s in corpus.sentences:
-            for obj in dict.fromkeys(norm(t[2]) for t in s.facts):
+            for obj in dict.fromkeys(normalize(t[2]) for t in s.facts):
                 self.by_object.setdefault(obj, []).append(s.id)
 
     def same_target(self, target: str) -> list[str]:
         """Sentences stating a fact whose object is `target` (case-insensitive), in corpus order."""
-        return self.by_object.get(norm(target), [])
+        return self.by_object.get(normalize(target), [])
 
 
 def draw(pool: Sequence[str], n: int, rng: np.random.Generator, exclude: set[str]) -> list[str]:
@@ -107,11 +97,9 @@ def sample_queries(queries: Sequence[Query], n: int, seed: int, purpose: str = "
     return [queries[int(i)] for i in order[:n]]
 
 
-def tiebreak_key(seed: int, query_id: str, sentence_id: str) -> bytes:
-    """A seeded random order of sentences, used to break score ties (the same for every method)."""
-    return hashlib.blake2b(f"{seed}\x1f{query_id}\x1f{sentence_id}".encode(), digest_size=8).digest()
-
-
-def ranking(scores: dict[str, float], seed: int, query_id: str) -> list[tuple[str, float]]:
-    """(sentence id, score) best first; equal scores in a seeded random order."""
-    return sorted(scores.items(), key=lambda p: (-p[1], tiebreak_key(seed, query_id, p[0])))
+def seeded_tiebreak(seed: int, query_id: str) -> Callable[[str], bytes]:
+    """A seeded random order of sentences, used to break score ties (the same for every method):
+    pass it to `query.fusion.ranking`."""
+    def key(sentence_id: str) -> bytes:
+        return hashlib.blake2b(f"{seed}\x1f{query_id}\x1f{sentence_id}".encode(), digest_size=8).digest()
+    return key

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ftrace.bench.metrics import LABELS, METRICS
+from ftrace.bench.runner import BenchRun
 
 TOP = 10
 
@@ -120,18 +121,18 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_rankings(bench, path: Path) -> None:
+def write_rankings(run: BenchRun, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for seed, qs in bench.per_seed.items():
+        for seed, qs in run.per_seed.items():
             for q in qs:
                 props = set(q.proponents)
-                for m in bench.methods:
-                    ranked = bench.rankings[(seed, q.id, m)]
+                for m in run.methods:
+                    ranked = run.rankings[(seed, q.id, m)]
                     ranks = sorted(r for r, (i, _) in enumerate(ranked, 1) if i in props)
                     f.write(json.dumps({
                         "seed": seed, "query": q.id, "method": m, "prompt": q.prompt, "target": q.target,
-                        "answer": bench.answers_.get(q.id), "learned": bench.learned[q.id],
+                        "answer": run.answers.get(q.id), "learned": run.learned[q.id],
                         "top": [[i, round(sc, 6)] for i, sc in ranked[:TOP]],
                         "proponents": len(props), "proponent_ranks": ranks,
                         "unranked_proponents": len(props) - len(ranks), "ranked": len(ranked),
@@ -139,12 +140,12 @@ def write_rankings(bench, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_reports(bench, results: dict) -> dict[str, Path]:
-    out = Path(bench.out)
+def write_reports(run: BenchRun) -> dict[str, Path]:
+    out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {n: out / n for n in ("results.json", "table.md", "plot.png", "rankings.jsonl")}
-    paths["results.json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    paths["table.md"].write_text(markdown_table(results))
-    plot(results, paths["plot.png"])
-    write_rankings(bench, paths["rankings.jsonl"])
+    paths["results.json"].write_text(json.dumps(run.results, indent=2, ensure_ascii=False) + "\n")
+    paths["table.md"].write_text(markdown_table(run.results))
+    plot(run.results, paths["plot.png"])
+    write_rankings(run, paths["rankings.jsonl"])
     return paths

@@ -15,9 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ftrace import FtraceError
+from ftrace.config import SPLITS
 from ftrace.corpus.records import Corpus, Query, Sentence, sentence_id
-
-SPLITS = ("train", "dev", "test")
 
 
 class CorpusError(FtraceError):

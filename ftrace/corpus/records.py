@@ -17,6 +17,11 @@ def sentence_id(text: str) -> str:
     return "t" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
+def normalize(text: str) -> str:
+    """How prompts, targets and answers are compared: stripped, case-insensitive."""
+    return text.strip().lower()
+
+
 def fact_key(triple: Iterable[str]) -> str:
     return "|".join(triple)
 
@@ -37,7 +42,7 @@ class Query(BaseModel):
 
 
 class Example(BaseModel):
-    """One training example: a sentence under a masking. The LM loss covers the `loss_span`."""
+    """One training example: a sentence under a masking ("lm": the LM loss of the whole sentence)."""
 
     id: str
     sentence_id: str

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from ftrace import FtraceError, __version__
+from ftrace.config import StoreConfig
 
 FILENAME = "manifest.json"
 FORMAT = 1
@@ -38,21 +39,13 @@ class ModelInfo(BaseModel):
     checkpoints: list[str] = Field(default_factory=list)
 
 
-class StoreInfo(BaseModel):
-    backend: str  # "edge" | "local" | "remote"
-    collection: str = "ftrace"
-    url: str | None = None
-    float16: bool = True
-    hnsw: bool = False  # False: exact search
-
-
 class Manifest(BaseModel):
     format: int = FORMAT
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     corpus: CorpusInfo
     model: ModelInfo
     vectors: dict[str, dict]  # vector name -> featuriser spec (kind, layers, sizes, seeds, ...)
-    store: StoreInfo
+    store: StoreConfig
     bm25: dict = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     complete: bool = False  # every example's vectors are stored

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from ftrace import FtraceError
-
-DEFAULT_MODEL = "smollm2-135m"
+from ftrace.config import DEFAULT_MODEL
 
 
 class ModelError(FtraceError):

@@ -1,15 +1,22 @@
-"""Score fusion over sentence-level score maps (id -> score, higher is better).
+"""Score maps (sentence id -> score, higher is better): ranking, fusion primitives, sentence level.
 
-- `weighted_sum`: each method's scores min-max normalised to [0, 1] over the candidates, then
-  summed with weights. A candidate a method did not score counts as that method's minimum.
-- `rrf`: reciprocal rank fusion, sum over methods of weight / (k + rank), rank starting at 1.
+- `weighted_sum`: each run's scores min-max normalised to [0, 1] over the candidates, then summed
+  with weights. A candidate a run did not score counts as that run's minimum.
+- `rrf`: reciprocal rank fusion, sum over runs of weight / (k + rank), rank starting at 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 Scores = Mapping[str, float]
+
+
+def ranking(scores: Scores, tiebreak: Callable[[str], Any] | None = None) -> list[tuple[str, float]]:
+    """(id, score) best first; equal scores ordered by `tiebreak(id)` (default: the id itself)."""
+    key = tiebreak or (lambda i: i)
+    return sorted(scores.items(), key=lambda p: (-p[1], key(p[0])))
 
 
 def minmax(scores: Scores) -> dict[str, float]:
@@ -31,23 +38,13 @@ def weighted_sum(runs: Mapping[str, Scores], weights: Mapping[str, float]) -> di
     return fused
 
 
-def ranks(scores: Scores) -> dict[str, int]:
-    """1-based ranks, ties broken by id so that results are deterministic."""
-    order = sorted(scores, key=lambda i: (-scores[i], i))
-    return {i: r for r, i in enumerate(order, 1)}
-
-
 def rrf(runs: Mapping[str, Scores], k: int = 60, weights: Mapping[str, float] | None = None) -> dict[str, float]:
     fused: dict[str, float] = {}
     for name, run in runs.items():
         w = (weights or {}).get(name, 1.0)
-        for i, r in ranks(run).items():
+        for r, (i, _) in enumerate(ranking(run), 1):
             fused[i] = fused.get(i, 0.0) + w / (k + r)
     return fused
-
-
-def top(scores: Scores, k: int) -> list[tuple[str, float]]:
-    return sorted(scores.items(), key=lambda p: (-p[1], p[0]))[:k]
 
 
 def by_sentence(example_scores: Scores, sentence_of: Mapping[str, str]) -> dict[str, float]:

@@ -1,24 +1,29 @@
 """Tracing one prediction: the model's answer, the query's vectors, retrieval and fusion.
 
-Method names: "bm25", any stored vector name ("embed", "tracin", ...), and fusions "a+b"
-(weight w on a, 1-w on b; normalised score sum or reciprocal rank fusion). All scores are at the
-sentence level: a sentence's score is the max over its examples.
+Methods follow `query.methods` (bm25, a stored vector's name, or a fusion a+b). All scores are at
+the sentence level: a sentence's score is the max over its examples. The model is loaded only
+when something needs it (an answer or a query vector): a BM25 query with a given target runs
+without it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
 from ftrace import FtraceError
+from ftrace.corpus import Query, normalize
+from ftrace.features.base import Featurizer, from_specs
 from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import ManifestError
-from ftrace.ingest.featurizers import from_specs
-from ftrace.model import greedy_answer, load_model, query_batch
-from ftrace.query.fusion import by_sentence, rrf, top, weighted_sum
+from ftrace.model import LoadedModel, greedy_answer, load_model, query_batch
+from ftrace.query.fusion import by_sentence, ranking
+from ftrace.query.methods import Fusion, Method, fuse, fusion_pool, parse_method
 
 
 class Row(BaseModel):
@@ -58,29 +63,40 @@ class Tracer:
         if embed_layers is not None and "embed" in m.vectors and m.vectors["embed"]["layers"] != embed_layers:
             raise ManifestError(f"{index}: embeddings were built from layers {m.vectors['embed']['layers']}, "
                                 f"not {embed_layers}")
-        self.lm = load_model(m.model.name)
-        if self.lm.fingerprint != m.model.fingerprint:
-            raise ManifestError(f"{index}: model {m.model.name!r} has changed since the index was built "
-                                f"(weights {self.lm.fingerprint}, index {m.model.fingerprint})")
-        self.featurizers = {f.name: f for f in from_specs(self.lm, m.vectors, self.index.path)}
         self.corpus = self.index.corpus
         self.sentences = self.corpus.by_id()
         self.sentence_of = {e.id: e.sentence_id for e in self.corpus.examples()}
         self.examples_of: dict[str, list[str]] = {}
         for e, s in self.sentence_of.items():
             self.examples_of.setdefault(s, []).append(e)
+        self._featurizers: dict[str, Featurizer] = {}
 
     @cached_property
-    def store(self):
+    def lm(self) -> LoadedModel:
+        m = self.index.manifest
+        lm = load_model(m.model.name)
+        if lm.fingerprint != m.model.fingerprint:
+            raise ManifestError(f"{self.index.path}: model {m.model.name!r} has changed since the index was built "
+                                f"(weights {lm.fingerprint}, index {m.model.fingerprint})")
+        return lm
+
+    def featurizer(self, name: str) -> Featurizer:
+        """The featurizer of a stored vector, built on first use (a gradient one loads checkpoints)."""
+        if name not in self._featurizers:
+            self._featurizers.update(from_specs(self.lm, self.index.manifest.vectors, self.index.path, [name]))
+        return self._featurizers[name]
+
+    @cached_property
+    def store(self) -> Any:
         return self.index.open_store()
 
     @cached_property
-    def bm25(self):
+    def bm25(self) -> Any:
         return self.index.open_bm25()
 
     @property
     def methods(self) -> list[str]:
-        return ["bm25", *self.featurizers]
+        return ["bm25", *self.index.manifest.vectors]
 
     def close(self) -> None:
         for name in ("store", "bm25"):
@@ -92,25 +108,30 @@ class Tracer:
     def answer(self, prompt: str) -> str:
         return greedy_answer(self.lm, prompt)
 
-    def query_vectors(self, prompt: str, target: str, names=None) -> dict[str, np.ndarray]:
+    def query_vectors(self, prompt: str, target: str, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """The query's vectors (only `names`, when given: a gradient costs a forward+backward)."""
+        wanted = [n for n in self.index.manifest.vectors if names is None or n in set(names)]
+        if not wanted:
+            return {}
         batch = query_batch(self.lm.tokenizer, [prompt], [target])
-        return {n: f.vectors(batch)[0] for n, f in self.featurizers.items() if names is None or n in names}
+        return {n: self.featurizer(n).vectors(batch)[0] for n in wanted}
 
     def _check(self, method: str) -> None:
-        if method != "bm25" and method not in self.featurizers:
+        if method not in self.methods:
             raise FtraceError(f"--method {method!r}: this index has {self.methods} (and their a+b fusions)")
 
-    def retrieve(self, method: str, prompt: str, target: str, depth: int, qvec: dict | None = None) -> dict[str, float]:
-        """Top sentences of one method over the whole corpus."""
+    def retrieve(self, method: str, prompt: str, target: str, depth: int,
+                 qvec: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+        """Top sentences of one single method over the whole corpus."""
         self._check(method)
         if method == "bm25":
             return dict(self.bm25.search(f"{prompt} {target}", depth))
         vec = (qvec or self.query_vectors(prompt, target, [method]))[method]
         return by_sentence(dict(self.store.search(method, vec, depth)), self.sentence_of)
 
-    def score(self, method: str, prompt: str, target: str, sentence_ids: list[str], qvec: dict | None = None) -> dict[str, float]:
-        """Scores of exactly these sentences under one method (a candidate set)."""
+    def score(self, method: str, prompt: str, target: str, sentence_ids: list[str],
+              qvec: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+        """Scores of exactly these sentences under one single method (a candidate set)."""
         self._check(method)
         if method == "bm25":
             return self.bm25.score(f"{prompt} {target}", sentence_ids)
@@ -119,12 +140,22 @@ class Tracer:
         hits = self.store.search(method, vec, len(examples), ids=examples, exact=True)
         return by_sentence(dict(hits), self.sentence_of)
 
-    def same_prompt(self, prompt: str) -> list:
-        key = prompt.strip().lower()
-        return [q for q in self.corpus.queries if q.prompt.strip().lower() == key]
+    def runs(self, method: Method, prompt: str, target: str, depth: int,
+             qvec: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+        """Per component, the scores a method ranks by: a single method's top `depth`; for a fusion,
+        both components' scores of the union of their top `depth` (the one fusion path)."""
+        if not method.is_fusion:
+            (name,) = method.components
+            return {name: self.retrieve(name, prompt, target, depth, qvec)}
+        pool = fusion_pool({c: self.retrieve(c, prompt, target, depth, qvec) for c in method.components})
+        return {c: self.score(c, prompt, target, pool, qvec) for c in method.components}
 
-    def ground_truth(self, prompt: str, target: str) -> GroundTruth | None:
-        hits = [q for q in self.same_prompt(prompt) if q.target.strip().lower() == target.strip().lower()]
+    def same_prompt(self, prompt: str) -> list[Query]:
+        key = normalize(prompt)
+        return [q for q in self.corpus.queries if normalize(q.prompt) == key]
+
+    def ground_truth(self, same_prompt: list[Query], target: str) -> GroundTruth | None:
+        hits = [q for q in same_prompt if normalize(q.target) == normalize(target)]
         if not hits:
             return None
         props = list(dict.fromkeys(p for q in hits for p in q.proponents))
@@ -133,7 +164,7 @@ class Tracer:
     # --- one query, end to end ----------------------------------------------------------------
 
     def query(self, prompt: str, target: str | None = None, k: int = 10, method: str = "bm25+embed",
-              fusion: str = "sum", weight: float = 0.5, depth: int = 100) -> QueryResult:
+              fusion: Fusion = "sum", weight: float = 0.5, depth: int = 100) -> QueryResult:
         if not prompt.strip():
             raise FtraceError("PROMPT is empty: give the text the model completes, e.g. 'Toyota Avanza is produced by'")
         if target is not None and not target.strip():
@@ -142,27 +173,20 @@ class Tracer:
             raise FtraceError(f"--fusion {fusion!r}: choose sum or rrf")
         if not 0.0 <= weight <= 1.0:
             raise FtraceError(f"--weight {weight}: must be within [0, 1]")
-        parts = method.split("+")
-        for p in parts:
-            self._check(p)
+        m = parse_method(method, self.methods)
         target_from = "user" if target else "model"
         target = target.strip() if target else self.answer(prompt)
-        qvec = self.query_vectors(prompt, target, parts)
-        if len(parts) == 1:
-            scores = self.retrieve(method, prompt, target, max(k, depth), qvec)
-            per_method = {method: scores}
-        else:
-            candidates = sorted({s for p in parts for s in self.retrieve(p, prompt, target, depth, qvec)})
-            per_method = {p: self.score(p, prompt, target, candidates, qvec) for p in parts}
-            weights = {parts[0]: weight, parts[1]: 1.0 - weight} if len(parts) == 2 else {}
-            scores = weighted_sum(per_method, weights) if fusion == "sum" else rrf(per_method, weights=weights or None)
-        truth = self.ground_truth(prompt, target)
+        qvec = self.query_vectors(prompt, target, m.components)
+        per_method = self.runs(m, prompt, target, depth if m.is_fusion else max(k, depth), qvec)
+        scores = fuse(per_method, m, weight, fusion) if m.is_fusion else per_method[str(m)]
+        same = self.same_prompt(prompt)
+        truth = self.ground_truth(same, target)
         props = set(truth.proponents) if truth else None
         rows = [Row(rank=r, sentence_id=s, text=self.sentences[s].text, score=sc,
                     scores={p: per_method[p].get(s, float("nan")) for p in per_method},
                     proponent=(s in props) if props is not None else None)
-                for r, (s, sc) in enumerate(top(scores, k), 1)]
-        known = sorted({q.target for q in self.same_prompt(prompt)}) if truth is None else []
+                for r, (s, sc) in enumerate(ranking(scores)[:k], 1)]
+        known = sorted({q.target for q in same}) if truth is None else []
         note = f"the corpus knows this prompt with target(s) {known[:3]}, not {target!r}" if known else None
-        return QueryResult(prompt=prompt, target=target, target_from=target_from, method=method,
-                           fusion=fusion if len(parts) > 1 else None, rows=rows, ground_truth=truth, note=note)
+        return QueryResult(prompt=prompt, target=target, target_from=target_from, method=str(m),
+                           fusion=fusion if m.is_fusion else None, rows=rows, ground_truth=truth, note=note)

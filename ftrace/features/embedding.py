@@ -3,17 +3,16 @@ concatenated, and the whole unit-normalised (so cosine = dot = mean of per-layer
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
-from pydantic import BaseModel
 
 from ftrace import FtraceError
+from ftrace.config import EmbeddingConfig
 from ftrace.model.batching import LossBatch
-
-
-class EmbeddingConfig(BaseModel):
-    # hidden_states index: 0 = the embedding layer's output (FTRACE's best), i = output of block i.
-    layers: list[int] = [0]
 
 
 class EmbeddingFeaturizer:
@@ -27,20 +26,32 @@ class EmbeddingFeaturizer:
         self.model, self.config = model, config
         self.size = model.config.hidden_size * len(config.layers)
 
+    @classmethod
+    def from_spec(cls, lm: Any, spec: dict, index_dir: Path) -> EmbeddingFeaturizer:
+        return cls(lm.model, EmbeddingConfig(layers=spec["layers"]))
+
     def spec(self) -> dict:
         return {"kind": "embedding", "pooling": "mean", "layers": self.config.layers, "size": self.size}
 
+    def fit(self, batches: Callable[[], Iterable[LossBatch]], index_dir: Path) -> None:
+        """Nothing to fit."""
+
+    def load(self, index_dir: Path) -> None:
+        """Nothing to load."""
+
     @torch.no_grad()
     def vectors(self, batch: LossBatch) -> np.ndarray:
+        device = next(self.model.parameters()).device
+        input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)
         if set(self.config.layers) == {0}:  # the embedding layer alone needs no forward pass
-            hidden = [self.model.get_input_embeddings()(batch.input_ids)]
+            hidden = [self.model.get_input_embeddings()(input_ids)]
         else:
-            hidden = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
                                 output_hidden_states=True).hidden_states
-        mask = batch.attention_mask.unsqueeze(-1).to(torch.float32)
-        parts = []
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        pooled = []
         for i in self.config.layers:
-            pooled = (hidden[i] * mask).sum(1) / mask.sum(1).clamp(min=1)
-            parts.append(torch.nn.functional.normalize(pooled, dim=-1))
-        vec = torch.nn.functional.normalize(torch.cat(parts, dim=-1), dim=-1)
-        return vec.numpy().astype(np.float32)
+            mean = (hidden[i] * mask).sum(1) / mask.sum(1).clamp(min=1)
+            pooled.append(torch.nn.functional.normalize(mean, dim=-1))
+        vec = torch.nn.functional.normalize(torch.cat(pooled, dim=-1), dim=-1)
+        return vec.float().cpu().numpy()

@@ -1,0 +1,153 @@
+"""Every score and answer a bench run uses, from the resumable cache or computed once.
+
+Scores of the single methods are cached per (seed, query, method) in OUT/cache.jsonl (seed null
+in full mode, where nothing depends on it); fusions and the baseline are recomputed from them, so
+tuning never calls the model again. The model's answers (for the learned slices) are cached too,
+and taken from other runs' caches beside OUT when they were made with the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ftrace.bench.cache import ScoreCache, settings_hash
+from ftrace.bench.candidates import CandidateSet, CorpusView, candidate_set
+from ftrace.config import BenchConfig
+from ftrace.corpus import Query
+from ftrace.query.methods import fusion_pool
+from ftrace.query.tracer import Tracer
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+
+
+def _round(x: float) -> float:
+    """Scores as cached (7 significant digits), so a resumed run ranks exactly as a fresh one."""
+    return float(f"{float(x):.7g}")
+
+
+@dataclass
+class QueryScores:
+    """What one (seed, query)'s rankings are made from: each single method's scores (rerank: of the
+    candidate set; full: its retrieved list) and, in full mode, each fusion's component scores of
+    the fusion's pool."""
+
+    single: dict[str, dict[str, float]]
+    fused_parts: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    candidates: CandidateSet | None = None
+
+    def components(self, fusion: str) -> dict[str, dict[str, float]]:
+        if fusion in self.fused_parts:
+            return self.fused_parts[fusion]
+        return {c: self.single[c] for c in fusion.split("+")}
+
+
+class Scorer:
+    def __init__(self, config: BenchConfig, tracer: Tracer, singles: list[str], fusions: list[str], out: Path):
+        self.c, self.tracer, self.singles, self.fusions = config, tracer, singles, fusions
+        self.view = CorpusView(tracer.corpus)
+        identity = tracer.index.manifest.identity()
+        scope = {"sizes": config.sizes.model_dump()} if config.mode == "rerank" else {"depth": config.depth}
+        self.key = settings_hash({"index": identity, "mode": config.mode, **scope})
+        self.answer_key = settings_hash({"answers": identity["model"]})
+        self.cache = ScoreCache(out / "cache.jsonl", {self.key, self.answer_key})
+        self.computed = 0
+        self._qvec: dict[str, dict[str, np.ndarray]] = {}
+
+    def _vectors(self, q: Query) -> dict[str, np.ndarray] | None:
+        """The query's vectors, for the vector methods this run uses (computed once per query)."""
+        names = [m for m in self.singles if m != "bm25"]
+        if not names:
+            return None
+        if q.id not in self._qvec:
+            self._qvec[q.id] = self.tracer.query_vectors(q.prompt, q.target, names)
+        return self._qvec[q.id]
+
+    def scored(self, seed: int | None, q: Query, method: str, ids: list[str], tag: str | None = None) -> dict[str, float]:
+        """Scores of exactly `ids` under one method, from the cache or tracer.score."""
+        name, digest = tag or method, _ids_digest(ids)
+        v = self.cache.get(self.key, seed, q.id, name)
+        if v is None or v.get("ids") != digest or len(v["s"]) != len(ids):
+            t0 = time.perf_counter()
+            got = self.tracer.score(method, q.prompt, q.target, ids, self._vectors(q))
+            v = self.cache.put(self.key, seed, q.id, name,
+                               {"ids": digest, "s": [_round(got.get(i, 0.0)) for i in ids]}, time.perf_counter() - t0)
+            self.computed += 1
+        return dict(zip(ids, v["s"], strict=True))
+
+    def retrieved(self, q: Query, method: str) -> dict[str, float]:
+        v = self.cache.get(self.key, None, q.id, method)
+        if v is None:
+            t0 = time.perf_counter()
+            got = self.tracer.retrieve(method, q.prompt, q.target, self.c.depth, self._vectors(q))
+            v = self.cache.put(self.key, None, q.id, method, [[i, _round(x)] for i, x in got.items()],
+                               time.perf_counter() - t0)
+            self.computed += 1
+        return {i: x for i, x in v}
+
+    def candidates(self, seed: int, q: Query) -> CandidateSet:
+        def bm25(k: int) -> list[str]:
+            return list(self.tracer.retrieve("bm25", q.prompt, q.target, k))
+        return candidate_set(q, self.view, bm25, seed, self.c.sizes)
+
+    def query_scores(self, seed: int, q: Query) -> QueryScores:
+        if self.c.mode == "rerank":
+            cands = self.candidates(seed, q)
+            return QueryScores({m: self.scored(seed, q, m, cands.ids) for m in self.singles}, candidates=cands)
+        single = {m: self.retrieved(q, m) for m in self.singles}
+        fused: dict[str, dict[str, dict[str, float]]] = {}
+        for f in self.fusions:
+            parts = f.split("+")
+            pool = fusion_pool({p: single[p] for p in parts})
+            fused[f] = {p: self.scored(None, q, p, pool, f"{f}:{p}") for p in parts}
+        return QueryScores(single, fused)
+
+    # ---- answers
+
+    def answers(self, queries: Sequence[Query]) -> dict[str, str]:
+        out = {}
+        todo = []
+        for q in dict((q.id, q) for q in queries).values():
+            v = self.cache.get(self.answer_key, None, q.id, "@answer")
+            if v is None:
+                todo.append(q)
+            else:
+                out[q.id] = v["answer"]
+        if todo:
+            found = self.sibling_answers()
+            for q in [q for q in todo if q.id in found]:
+                v, t = found[q.id]
+                self.cache.put(self.answer_key, None, q.id, "@answer", v, t)
+                out[q.id] = v["answer"]
+            todo = [q for q in todo if q.id not in found]
+        for q in tqdm(todo, desc="model answers", unit="query", disable=not todo):
+            t0 = time.perf_counter()
+            a = self.tracer.answer(q.prompt)
+            self.cache.put(self.answer_key, None, q.id, "@answer", {"prompt": q.prompt, "answer": a},
+                           time.perf_counter() - t0)
+            out[q.id] = a
+        return out
+
+    def sibling_answers(self) -> dict[str, tuple[dict, float]]:
+        """The same model's answers cached by other runs beside OUT (e.g. the other mode's)."""
+        found: dict[str, tuple[dict, float]] = {}
+        for path in sorted(self.cache.path.parent.parent.glob("*/cache.jsonl")):
+            if path.resolve() == self.cache.path.resolve():
+                continue
+            other = ScoreCache(path, {self.answer_key})
+            for (_, _, qid, m), v in other.entries.items():
+                if m == "@answer" and isinstance(v, dict) and "answer" in v:
+                    found.setdefault(qid, (v, other.seconds[(self.answer_key, None, qid, m)]))
+        return found
+
+    def close(self) -> None:
+        self.cache.close()
+

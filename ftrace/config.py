@@ -1,0 +1,215 @@
+"""Every command's settings, declared once: pydantic models composed per command.
+
+A setting is a field: its type, default, validation and help live here, and `ftrace.cli` turns the
+fields marked with `Cli(...)` into the command's options (`cli.command_from_config`). Sections
+(corpus selection, embedding, gradients, store) are models of their own, reused by the commands
+that need them; the featurizers take their section (e.g. `GradientConfig`) as it is.
+
+Names: "gradient" is the machinery (projected per-example loss gradients, kind "gradient" in
+manifests); "tracin" is the stored vector and the retrieval method built from it (TracIn /
+TrackStar scores), hence the `--tracin-*` options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_INDEX = Path("indexes/sample")
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Cli:
+    """Marks a config field as a CLI option (or, with argument=True, the positional argument).
+
+    names: option names (default: --field-name); "--a/--no-a" for a boolean flag pair.
+    split: a list option that may be repeated and comma-separated ("--split dev,test").
+    """
+
+    help: str
+    names: tuple[str, ...] = ()
+    argument: bool = False
+    split: bool = False
+    min: float | None = None
+    metavar: str | None = None
+
+
+def cli(help: str, *names: str, split: bool = False, min: float | None = None, argument: bool = False,
+        metavar: str | None = None) -> Cli:
+    return Cli(help=help, names=names, split=split, min=min, argument=argument, metavar=metavar)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+class CorpusSelection(Strict):
+    corpus: Annotated[str, cli("'sample', a .jsonl corpus, a LAMA T-REx directory or a raw T-REx .json file.")] = \
+        "sample"
+    relations: Annotated[list[str] | None, cli("LAMA relations to load (e.g. P176); repeat or comma-separate.",
+                                               "--relation", "-r", split=True)] = None
+    splits: Annotated[list[str], cli("LAMA splits (train, dev, test).", "--split", split=True)] = list(SPLITS)
+    limit: Annotated[int | None, cli("First N facts of each LAMA relation/split file.")] = None
+
+
+class EmbeddingConfig(Strict):
+    # hidden_states index: 0 = the embedding layer's output (FTRACE's best), i = output of block i.
+    layers: Annotated[list[int], cli("Hidden-state layers to pool (0 = embedding layer).", "--embed-layers",
+                                     split=True)] = [0]
+
+
+class GradientConfig(Strict):
+    """What one gradient featurizer computes (recorded verbatim in the manifest's vector spec)."""
+
+    # fnmatch patterns over module names; the default is the (tied) embedding matrix.
+    layers: Annotated[list[str], cli("Module name patterns whose weight gradients are projected "
+                                     "(default: the input embedding).", "--tracin-layers", split=True)] = \
+        ["model.embed_tokens"]
+    # size of EACH block's projection; the sum over blocks must be <= 65535
+    dim: Annotated[int, cli("Projection size per layer block (total at most 65535).", "--tracin-dim", min=1)] = 4096
+    seed: Annotated[int, cli("Seed of the random projection.", "--tracin-seed")] = 0
+    projection: Annotated[Literal["factored", "dense"],
+                          cli("factored (LoGra-style, default) or dense (reference, small layers).",
+                              "--tracin-projection")] = "factored"
+    # torch file: Adam/AdamW state_dict or {parameter name: exp_avg_sq}
+    optimizer_state: Annotated[str | None, cli("Adam/AdamW state (torch file): divide gradients by sqrt of "
+                                               "second moments.", "--optimizer-state")] = None
+    # TrackStar R^-1/2, fitted on a calibration sample
+    whiten: Annotated[bool, cli("TrackStar whitening by R^-1/2, fitted on a calibration sample.", "--whiten")] = False
+
+
+class TracInConfig(GradientConfig):
+    """The ingest-time "tracin" vector: gradients at one or more checkpoints, optionally whitened."""
+
+    enabled: Annotated[bool, cli("Store projected loss gradients (TracIn/TrackStar).", "--tracin/--no-tracin")] = True
+    whiten_samples: Annotated[int, cli("Training examples in the whitening calibration sample.",
+                                       "--whiten-samples", min=1)] = 512
+    checkpoints: Annotated[list[str] | None, cli("Checkpoint(s) to take gradients at (repeat); default: --model.",
+                                                 "--checkpoint")] = None
+    # None: the model's input embedding, whatever its module name
+    layers: Annotated[list[str] | None, cli("Module name patterns whose weight gradients are projected "  # type: ignore[assignment]
+                                            "(default: the input embedding).", "--tracin-layers", split=True)] = None
+
+    def gradient(self, input_embedding: str) -> GradientConfig:
+        """The featurizer's own part of these settings (`input_embedding`: the default layer)."""
+        return GradientConfig(**self.model_dump(include=set(GradientConfig.model_fields) - {"layers"}),
+                              layers=self.layers or [input_embedding])
+
+
+class StoreConfig(Strict):
+    """Where the vectors live (recorded in the manifest)."""
+
+    backend: Annotated[Literal["edge", "local", "remote"],
+                       cli("Vector back end: edge (in process), local (qdrant-client local mode), remote.",
+                           "--qdrant")] = "edge"
+    collection: Annotated[str, cli("Qdrant collection name (client back ends).", "--collection")] = "ftrace"
+    url: Annotated[str | None, cli("Qdrant server or cluster URL (implies --qdrant remote).", "--qdrant-url")] = None
+    float16: Annotated[bool, cli("Vector storage type (default float16).", "--float16/--float32")] = True
+    hnsw: Annotated[bool, cli("Build an HNSW index after ingest (default: exact search).", "--hnsw")] = False
+
+    @model_validator(mode="after")
+    def _url_means_remote(self) -> StoreConfig:
+        if self.url and self.backend == "edge":
+            self.backend = "remote"
+        return self
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+IndexPath = Annotated[Path, cli("Index directory.", "--index", "-i")]
+
+
+class IngestConfig(Strict):
+    index: IndexPath = DEFAULT_INDEX
+    corpus: CorpusSelection = CorpusSelection()
+    model: Annotated[str, cli("'smollm2-135m' (built in) or a Hugging Face causal LM id or path.")] = DEFAULT_MODEL
+    embed: EmbeddingConfig = EmbeddingConfig()
+    tracin: TracInConfig = TracInConfig()
+    store: StoreConfig = StoreConfig()
+    batch_size: Annotated[int, cli("Examples per forward/backward batch.", min=1)] = 32
+    max_length: int = 128  # tokens per sentence given to the model
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> IngestConfig:
+        if self.store.backend == "remote" and not self.store.url:
+            raise ValueError("--qdrant remote needs --qdrant-url")
+        return self
+
+
+class QueryConfig(Strict):
+    prompt: Annotated[str, cli("What the model completes, e.g. 'Toyota Avanza is produced by'.", argument=True)]
+    index: IndexPath = DEFAULT_INDEX
+    target: Annotated[str | None, cli("The answer to trace (default: the model's greedy answer).")] = None
+    k: Annotated[int, cli("Sentences to show.", "--k", "-k", min=1)] = 10
+    method: Annotated[str, cli("bm25, embed, tracin, or a fusion of two such as bm25+embed or tracin+bm25.")] = \
+        "bm25+embed"
+    fusion: Annotated[Literal["sum", "rrf"], cli("sum (min-max normalised, weighted) or rrf.")] = "sum"
+    weight: Annotated[float, Field(ge=0.0, le=1.0),
+                      cli("Fusion weight of the first method (the second gets 1 - weight).")] = 0.5
+    depth: Annotated[int, cli("Candidates each method retrieves before fusion.", min=1)] = 100
+    model: Annotated[str | None, cli("Must match the index's model (checked).")] = None
+    embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
+    as_json: Annotated[bool, Field(exclude=True), cli("JSON output for scripts.", "--json")] = False
+
+
+class CandidateSizes(Strict):
+    """FTRACE's re-ranking candidate groups besides the proponents."""
+
+    bm25: int = 100
+    same_target: int = 100
+    random: int = 100
+
+
+GRID = [round(i / 10, 1) for i in range(11)]
+
+
+class BenchConfig(Strict):
+    index: Annotated[Path, cli("Index directory (from `ftrace ingest`).", "--index", "-i")]
+    mode: Annotated[Literal["rerank", "full"],
+                    cli("rerank: score FTRACE candidate sets; full: retrieve from the whole corpus.")] = "rerank"
+    queries: Annotated[int, Field(ge=1), cli("Queries per seed, drawn with the seed from those with >= 1 "
+                                             "proponent.", min=1)] = 100
+    seeds: Annotated[int, Field(ge=1), cli("Seeds 0..S-1; tables show mean ± std over seeds.", min=1)] = 3
+    split: Annotated[str | None, cli("Queries of this split (e.g. dev); 'all' for every query.")] = "dev"
+    tune_split: Annotated[str | None, cli("Split to tune fusion weights on (grid 0, 0.1, ..., 1; max MRR). "
+                                          "Default: weight 0.5.")] = None
+    methods: Annotated[list[str] | None, cli("Methods, comma-separated: bm25, embed, tracin, a+b fusions, "
+                                             "random-target. Default: all the index has.", split=True)] = None
+    depth: Annotated[int, Field(ge=1), cli("Full mode: sentences each method retrieves (and ranking length).",
+                                           min=1)] = 100
+    out: Annotated[Path | None, cli("Output directory (default results/bench/<index name>-<mode>).")] = None
+    as_json: Annotated[bool, Field(exclude=True), cli("Print results.json instead of the table.", "--json")] = False
+    sizes: CandidateSizes = CandidateSizes()
+    grid: list[float] = GRID
+    default_weight: float = 0.5
+    stat_test: Literal["student", "fisher"] = "student"  # main paired test; the other is reported too
+
+    @model_validator(mode="after")
+    def _normalise(self) -> BenchConfig:
+        if self.split is not None and self.split.strip().lower() in ("all", "none", ""):
+            self.split = None
+        if not self.grid or any(not 0.0 <= w <= 1.0 for w in self.grid):
+            raise ValueError(f"fusion weight grid {self.grid}: weights lie within [0, 1]")
+        return self
+
+    def out_dir(self) -> Path:
+        return self.out or Path("results") / "bench" / f"{Path(self.index).resolve().name}-{self.mode}"
+
+    def command(self) -> str:
+        parts = ["ftrace bench", f"--index {self.index}", f"--mode {self.mode}", f"--queries {self.queries}",
+                 f"--seeds {self.seeds}", f"--out {self.out_dir()}"]
+        if self.mode == "full":
+            parts.append(f"--depth {self.depth}")
+        parts.append(f"--split {self.split}" if self.split else "--split all")
+        if self.tune_split:
+            parts.append(f"--tune-split {self.tune_split}")
+        if self.methods:
+            parts.append(f"--methods {','.join(self.methods)}")
+        return " ".join(parts)

@@ -1,0 +1,68 @@
+"""The featurizer protocol and the registry of featurizer kinds.
+
+A featurizer turns a `LossBatch` into one unit vector per example. Its `spec()` is recorded in the
+index manifest under the vector's name; `from_specs` rebuilds the same featurizers from a manifest,
+so a query is featurized exactly as the training examples were. `fit` prepares state from training
+examples before any vector is stored (e.g. whitening) and saves it beside the index; `load` reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ftrace.features.embedding import EmbeddingFeaturizer
+from ftrace.features.gradients import TracInFeaturizer
+from ftrace.index.manifest import ManifestError
+from ftrace.model import LoadedModel, load_model
+from ftrace.model.batching import LossBatch
+
+
+class Featurizer(Protocol):
+    name: str  # the stored vector's name ("embed", "tracin")
+    size: int
+
+    def spec(self) -> dict: ...
+
+    def fit(self, batches: Callable[[], Iterable[LossBatch]], index_dir: Path) -> None: ...
+
+    def load(self, index_dir: Path) -> None: ...
+
+    def vectors(self, batch: LossBatch) -> np.ndarray: ...
+
+
+# manifest "kind" -> how to rebuild that featurizer from its spec
+KINDS: dict[str, Callable[[LoadedModel, dict, Path], Any]] = {
+    "embedding": EmbeddingFeaturizer.from_spec,
+    "gradient": TracInFeaturizer.from_spec,
+}
+
+
+def from_specs(lm: LoadedModel, specs: dict[str, dict], index_dir: Path,
+               names: Iterable[str] | None = None) -> dict[str, Featurizer]:
+    """The featurizers recorded in a manifest (only `names`, when given), by vector name."""
+    out: dict[str, Featurizer] = {}
+    for name, spec in specs.items():
+        if names is not None and name not in names:
+            continue
+        make = KINDS.get(spec.get("kind", ""))
+        if make is None:
+            raise ManifestError(f"{index_dir}: vector {name!r} has unknown featurizer kind {spec.get('kind')!r} "
+                                f"(this ftrace knows {sorted(KINDS)})")
+        out[name] = make(lm, spec, index_dir)
+    return out
+
+
+def input_embedding_name(model: Any) -> str:
+    """The module name of the model's input embedding (FTRACE's best gradient layer, "G.0")."""
+    emb = model.get_input_embeddings()
+    return next(name for name, m in model.named_modules() if m is emb)
+
+
+def load_checkpoints(lm: LoadedModel, names: list[str]) -> tuple[list, list[dict]]:
+    """The models gradients are taken at (the main model is reused, not reloaded)."""
+    models = [lm if n == lm.name else load_model(n) for n in names]
+    return [m.model for m in models], [{"name": m.name, "fingerprint": m.fingerprint} for m in models]

@@ -1,0 +1,12 @@
+"""Projected per-example loss gradients (TracIn / TrackStar), computed LoGra-style without ever
+forming a per-example gradient. The math and every convention: docs/gradients.md.
+
+blocks.py      which weight matrices are blocks        projection.py  seeded projection matrices
+optimizer.py   Adam second-moment correction           collector.py   the hooked forward+backward
+whitening.py   TrackStar's R^-1/2                      featurizer.py  per-model and per-checkpoint featurizers
+"""
+
+from ftrace.features.gradients.featurizer import (GradientError, GradientFeaturizer, TracInFeaturizer,
+                                                  combine_checkpoints)
+
+__all__ = ["GradientError", "GradientFeaturizer", "TracInFeaturizer", "combine_checkpoints"]

@@ -1,0 +1,204 @@
+"""The hooked pass: per-example projected gradients of every block from ONE batched forward and
+ONE backward (docs/gradients.md, "How it runs").
+
+Forward hooks on every module that uses a block project its input (Linear, Conv1D) or gather P_r
+rows (Embedding) and hook its output; the output-gradient hook projects the gradient and adds the
+per-example (k_r x k_c) outer products. The backward is `torch.autograd.grad(loss, input
+embeddings)`: no parameter gets `.grad`, the weight-gradient matmuls are skipped. For plain-head
+architectures the LM head runs at the labelled positions only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ftrace.features.gradients.blocks import Block, GradientError, Use
+from ftrace.model.batching import IGNORE, LossBatch
+
+# model types whose logits are exactly `lm_head(last hidden state)` (no soft-capping or scaling)
+PLAIN_HEAD = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gpt2", "gpt_neox",
+              "olmo", "olmo2", "phi3", "smollm3", "starcoder2", "gemma"}
+
+
+@dataclass
+class LabelledRows:
+    """Where the LM head ran when it ran at labelled positions only: row i of its (N, d) tensors is
+    example `example[i]`, its `within[i]`-th labelled position; `most` = the largest count."""
+
+    example: torch.Tensor
+    within: torch.Tensor
+    most: int
+
+
+@dataclass
+class PassState:
+    """What the hooks of one batched pass share."""
+
+    batch_size: int
+    seq_len: int
+    mask: torch.Tensor  # (B, T) float, 1 = real token
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # block name -> (B, k_r, k_c) or (B, R, C)
+    rows: LabelledRows | None = None
+
+
+class GradientCollector:
+    def __init__(self, model: torch.nn.Module, blocks: list[Block], dense: bool):
+        self.model, self.blocks, self.dense = model, blocks, dense
+        self.device = next(model.parameters()).device
+        self.fast_head = True  # LM head on labelled positions only, where the architecture allows
+        self._state: PassState | None = None
+
+    def _as_examples(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """A module input / output gradient as (B, L, d): (B, T, ...) tensors are reshaped; the
+        (N, d) rows of the LM head at labelled positions only are padded per example."""
+        state = self._state
+        assert state is not None
+        B, rows = state.batch_size, state.rows
+        if rows is not None and t.dim() == 2 and t.shape[0] == len(rows.example):
+            out = t.new_zeros(B, rows.most, t.shape[-1])
+            out[rows.example, rows.within] = t
+            return out
+        if t.dim() < 2 or t.shape[0] != B:
+            raise GradientError(f"gradient layers: cannot attribute the tensors of {name} (shape {tuple(t.shape)}) "
+                                f"to the {B} examples")
+        return t.reshape(B, -1, t.shape[-1])
+
+    def _forward_hook(self, block: Block, use: Use) -> Callable:
+        def hook(module, args, output):
+            state = self._state
+            if state is None or not output.requires_grad:
+                return None
+            B, T = state.batch_size, state.seq_len
+            saved: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+            if use.kind == "embedding":
+                ids = args[0]
+                if ids.shape[0] == 1 and B > 1 and ids.dim() == 2:
+                    # shared position ids (GPT-2's wpe): give each example its own copy of the output
+                    # so that its gradient stays per example
+                    ids = ids.expand(B, -1)
+                    output = output.expand(B, *output.shape[1:])
+                keep = state.mask if ids.shape == (B, T) else torch.ones_like(ids, dtype=torch.float32)
+                if module.padding_idx is not None:
+                    keep = keep * (ids != module.padding_idx)
+                keep = keep.reshape(B, -1, 1)
+                ids = ids.reshape(B, -1)
+                saved = (ids, keep) if self.dense else (block.mats["rows"][ids] * keep)
+            else:
+                x = args[0].detach()
+                side = "cols" if use.kind == "linear" else "rows"
+                x = x.float() if self.dense else x.float() @ block.mats[side]
+                saved = self._as_examples(x, use.module_name)
+                if saved.shape[1] == T:  # padding gets no gradient anyway; make sure of it
+                    saved = saved * state.mask.unsqueeze(-1)
+            output.register_hook(self._grad_hook(block, use, saved))
+            return output
+
+        return hook
+
+    def _grad_hook(self, block: Block, use: Use, saved) -> Callable:
+        def hook(grad):
+            state = self._state
+            assert state is not None
+            B = state.batch_size
+            g = grad.detach().float()
+            if self.dense:
+                g = self._as_examples(g, use.module_name)
+                if use.kind == "embedding":
+                    ids, keep = saved
+                    G = torch.zeros((B, *block.shape), dtype=torch.float32, device=g.device)
+                    rows = torch.arange(B, device=g.device).unsqueeze(1).expand_as(ids)
+                    G.index_put_((rows.reshape(-1), ids.reshape(-1)), (g * keep).reshape(-1, g.shape[-1]),
+                                 accumulate=True)
+                elif use.kind == "linear":
+                    G = torch.bmm(g.transpose(1, 2), saved)
+                else:
+                    G = torch.bmm(saved.transpose(1, 2), g)
+            elif use.kind == "embedding":  # rows: gathered P_r rows, cols: projected output grads
+                G = torch.bmm(saved.transpose(1, 2), self._as_examples(g @ block.mats["cols"], use.module_name))
+            elif use.kind == "linear":  # rows: projected output grads, cols: projected inputs
+                G = torch.bmm(self._as_examples(g @ block.mats["rows"], use.module_name).transpose(1, 2), saved)
+            else:  # conv1d, W: in x out
+                G = torch.bmm(saved.transpose(1, 2), self._as_examples(g @ block.mats["cols"], use.module_name))
+            sums = state.sums
+            sums[block.name] = G if block.name not in sums else sums[block.name] + G
+            return None
+
+        return hook
+
+    def _loss(self, batch: LossBatch) -> torch.Tensor:
+        """Sum over the batch of the per-example summed token cross-entropy. For architectures whose
+        logits are just the LM head of the last hidden state, the head runs on the labelled
+        positions only (same loss, a fraction of the vocabulary-sized work)."""
+        model, state = self.model, self._state
+        assert state is not None
+        B = batch.input_ids.shape[0]
+        nxt = batch.labels[:, 1:]  # labels[b, t] is predicted from position t - 1
+        head = model.get_output_embeddings()
+        base = getattr(model, "base_model", None)
+        if (self.fast_head and head is not None and base is not None and base is not model
+                and getattr(model.config, "model_type", None) in PLAIN_HEAD):
+            hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          use_cache=False).last_hidden_state
+            b_idx, t_idx = (nxt != IGNORE).nonzero(as_tuple=True)
+            counts = torch.bincount(b_idx, minlength=B)
+            starts = torch.cumsum(counts, 0) - counts
+            within = torch.arange(len(b_idx), device=b_idx.device) - starts[b_idx]
+            state.rows = LabelledRows(b_idx, within, int(counts.max()) if len(b_idx) else 0)
+            logits = head(hidden[b_idx, t_idx])
+            return torch.nn.functional.cross_entropy(logits.float(), nxt[b_idx, t_idx], reduction="sum")
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        labels = torch.cat([nxt, torch.full((B, 1), IGNORE, dtype=nxt.dtype, device=nxt.device)], 1)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                 ignore_index=IGNORE, reduction="sum")
+
+    def collect(self, batch: LossBatch) -> list[torch.Tensor]:
+        """Per block, the (B, size) projected (and optimizer-corrected) per-example gradients."""
+        batch = batch.to(self.device)
+        B, T = batch.input_ids.shape
+        model = self.model
+        was_training = model.training
+        model.eval()
+        targets: list[torch.Tensor] = []
+        embed = model.get_input_embeddings()
+
+        def capture(module, args, output):
+            if self._state is not None:
+                if not output.requires_grad and output.grad_fn is None and output.is_floating_point():
+                    output.requires_grad_()
+                targets.append(output)
+
+        handles = [embed.register_forward_hook(capture)]
+        for b in self.blocks:
+            for u in b.uses:
+                handles.append(u.module.register_forward_hook(self._forward_hook(b, u)))
+                if u.kind == "embedding" and u.module is not embed:
+                    handles.append(u.module.register_forward_hook(capture))
+        self._state = PassState(B, T, batch.attention_mask.to(torch.float32))
+        try:
+            with torch.enable_grad():
+                loss = self._loss(batch)
+                wanted = [t for t in targets if t.requires_grad]
+                if loss.requires_grad and wanted:
+                    torch.autograd.grad(loss, wanted, allow_unused=True)
+                del loss
+            sums = self._state.sums
+        finally:
+            self._state = None
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        out = []
+        for b in self.blocks:
+            G = sums.get(b.name)
+            if G is None:
+                out.append(torch.zeros(B, b.size, device=self.device))
+            elif self.dense:
+                if b.scale is not None:
+                    G = G / b.scale
+                out.append(G.reshape(B, -1) @ b.mats["dense"])
+            else:
+                out.append(G.reshape(B, -1))
+        return out

@@ -1,0 +1,228 @@
+"""Gradient featurizers: `GradientFeaturizer` (one model's per-example projected gradients, per
+block unit-normalised, optionally whitened) and `TracInFeaturizer` (the stored "tracin" vector:
+gradients at one or more checkpoints, combined so that the stored cosine is the mean of
+per-checkpoint TracIn/TrackStar scores). Conventions: docs/gradients.md."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ftrace.config import GradientConfig
+from ftrace.features.gradients.blocks import Block, GradientError, find_block, resolve_blocks
+from ftrace.features.gradients.collector import GradientCollector
+from ftrace.features.gradients.optimizer import apply_optimizer_state
+from ftrace.features.gradients.projection import assign_projection, seeded_matrices
+from ftrace.features.gradients.whitening import check_whitenable, fit_whiteners, unit
+from ftrace.model.batching import LossBatch
+
+MAX_SIZE = 65535  # Qdrant's largest vector
+FORMAT_VERSION = 1
+
+__all__ = ["GradientError", "GradientFeaturizer", "TracInFeaturizer", "combine_checkpoints"]
+
+
+class GradientFeaturizer:
+    """Per-example projected loss gradients of one model (docs/gradients.md)."""
+
+    def __init__(self, model: torch.nn.Module, config: GradientConfig):
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            raise GradientError("gradient features need a decoder-only causal LM, not an encoder-decoder")
+        if config.dim < 1:
+            raise GradientError(f"gradient dim {config.dim}: must be at least 1")
+        if config.dim > MAX_SIZE:
+            raise GradientError(f"gradient dim {config.dim}: a vector may have at most {MAX_SIZE} numbers")
+        if not config.layers:
+            raise GradientError("gradient layers: give at least one module name pattern")
+        self.model, self.config = model, config
+        self.device = next(model.parameters()).device
+        self.dense = config.projection == "dense"
+        self.blocks: list[Block] = resolve_blocks(model, config.layers)
+        for b in self.blocks:
+            assign_projection(b, config.dim, config.seed, self.dense, self.device)
+        self.size = sum(b.size for b in self.blocks)
+        if self.size > MAX_SIZE:
+            raise GradientError(
+                f"gradient dim {config.dim} x {len(self.blocks)} blocks = {self.size} numbers, over the "
+                f"limit of {MAX_SIZE}: lower dim or select fewer layers")
+        if config.whiten:
+            check_whitenable(self.blocks)
+        self._optimizer: dict | None = None
+        if config.optimizer_state is not None:
+            self._optimizer = apply_optimizer_state(self.blocks, config.optimizer_state, model, self.dense,
+                                                    self.device)
+        self._whitening: dict | None = None  # {"damping", "samples", ...} once fitted
+        self.collector = GradientCollector(model, self.blocks, self.dense)
+
+    def projection(self, name: str) -> dict[str, torch.Tensor]:
+        """The seeded matrices of block `name`, before any optimizer correction: {"rows", "cols"}
+        (factored; projected = rows^T G cols) or {"dense"} (projected = vec(G) @ dense)."""
+        return seeded_matrices(find_block(self.blocks, name), self.config.seed, self.dense)
+
+    def spec(self) -> dict:
+        return {
+            "kind": "gradient",
+            "format": FORMAT_VERSION,
+            "loss": "sum of token cross-entropy over labelled positions",
+            "layers": list(self.config.layers),
+            "blocks": [{"name": b.name, "modules": [u.module_name for u in b.uses], "shape": list(b.shape),
+                        "factors": list(b.factors), "size": b.size} for b in self.blocks],
+            "dim": self.config.dim,
+            "size": self.size,
+            "seed": self.config.seed,
+            "projection": self.config.projection,
+            "normalization": "per block unit, concatenated, unit (dot = mean of per-block cosines)",
+            "corrections": {
+                "optimizer": self._optimizer,
+                "whitening": ({"enabled": self.config.whiten, "fitted": self._whitening is not None}
+                              | (self._whitening or {})),
+            },
+        }
+
+    # --- vectors ------------------------------------------------------------------------------
+
+    def projections(self, batch: LossBatch, normalize_blocks: bool = True, whiten: bool = True) -> np.ndarray:
+        """(B, size) per-block projected gradients before the final normalisation: raw when
+        normalize_blocks=False; else each block unit-normalised and, when fitted and whiten=True,
+        mapped by (R + lambda I)^-1/2 (without re-normalising)."""
+        per_block = self.collector.collect(batch)
+        if normalize_blocks:
+            per_block = [unit(p) for p in per_block]
+            if whiten and self._whitening is not None:
+                per_block = [p @ b.whitener for p, b in zip(per_block, self.blocks, strict=True)]
+        return torch.cat(per_block, 1).cpu().numpy().astype(np.float32)
+
+    def vectors(self, batch: LossBatch) -> np.ndarray:
+        if self.config.whiten and self._whitening is None:
+            raise GradientError("gradient whiten: fit_whitening (or load the index's whitening state) first")
+        per_block = [unit(p) for p in self.collector.collect(batch)]
+        if self._whitening is not None:
+            per_block = [unit(p @ b.whitener) for p, b in zip(per_block, self.blocks, strict=True)]
+        return unit(torch.cat(per_block, 1)).cpu().numpy().astype(np.float32)
+
+    # --- whitening state ------------------------------------------------------------------------
+
+    def fit_whitening(self, batches: Iterable[LossBatch], damping: float = 1e-3) -> None:
+        """Fit per-block (R + lambda I)^-1/2 on per-block-normalised projected training gradients."""
+        if not self.config.whiten:
+            raise GradientError("gradient whiten is off: set whiten=True to fit whitening")
+        self._whitening = fit_whiteners(self.blocks, (self.collector.collect(b) for b in batches), damping,
+                                        self.device)
+
+    def _identity(self) -> dict:
+        s = self.spec()
+        opt = s["corrections"]["optimizer"]
+        s["corrections"] = {"optimizer": opt and {k: v for k, v in opt.items() if k != "path"}}
+        return s
+
+    def state_dict(self) -> dict:
+        """What queries need besides the config: the fitted whitening (if any) and the spec."""
+        return {"format": FORMAT_VERSION, "spec": json.dumps(self._identity(), sort_keys=True),
+                "whitening": None if self._whitening is None else dict(self._whitening),
+                "whiteners": {b.name: b.whitener.cpu() for b in self.blocks if b.whitener is not None}}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self._identity()
+        theirs = json.loads(state.get("spec", "{}"))
+        if theirs != mine:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise GradientError(f"gradient state was made with a different configuration ({', '.join(diff)} differ)")
+        if state.get("whitening") is not None:
+            if not self.config.whiten:
+                raise GradientError("gradient state holds whitening but whiten is off in this configuration")
+            for b in self.blocks:
+                b.whitener = state["whiteners"][b.name].float().to(self.device)
+            self._whitening = dict(state["whitening"])
+
+    def save(self, path: str | Path) -> None:
+        torch.save(self.state_dict(), path)
+
+    def load(self, path: str | Path) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise GradientError(f"{path}: no gradient state file") from None
+        self.load_state_dict(state)
+
+
+def combine_checkpoints(vectors: list[np.ndarray]) -> np.ndarray:
+    """Concatenate per-checkpoint unit vectors (each (N, d)) scaled by 1/sqrt(C): the dot product
+    of two combined vectors is the mean over the C checkpoints of their per-checkpoint dot products
+    (cosines), i.e. TracIn's checkpoint sum with equal weights, up to the constant C."""
+    if not vectors:
+        raise GradientError("combine_checkpoints: no checkpoint vectors")
+    n = {v.shape[0] for v in vectors}
+    if len(n) != 1 or any(v.ndim != 2 for v in vectors):
+        raise GradientError(f"combine_checkpoints: per-checkpoint arrays must be (N, d) with the same N, got "
+                            f"{[v.shape for v in vectors]}")
+    total = sum(v.shape[1] for v in vectors)
+    if total > MAX_SIZE:
+        raise GradientError(f"combine_checkpoints: {len(vectors)} checkpoints give {total} numbers, over {MAX_SIZE}")
+    return (np.concatenate(vectors, axis=1) / np.sqrt(len(vectors))).astype(np.float32)
+
+
+def state_file(index_dir: Path, checkpoint: int) -> Path:
+    return Path(index_dir) / f"tracin-state-{checkpoint}.pt"
+
+
+class TracInFeaturizer:
+    """The "tracin" vector: one `GradientFeaturizer` per checkpoint. Whitening, when asked for, is
+    fitted per checkpoint on a seeded calibration sample and saved beside the index
+    (tracin-state-<i>.pt) so queries are whitened the same way."""
+
+    name = "tracin"
+
+    def __init__(self, models: list[torch.nn.Module], checkpoints: list[dict], config: GradientConfig,
+                 whiten_samples: int = 0):
+        self.per_checkpoint = [GradientFeaturizer(m, config) for m in models]
+        self.checkpoints, self.config, self.whiten_samples = checkpoints, config, whiten_samples
+        self.size = self.per_checkpoint[0].size * len(self.per_checkpoint)
+
+    @classmethod
+    def from_spec(cls, lm: Any, spec: dict, index_dir: Path) -> TracInFeaturizer:
+        from ftrace.features.base import load_checkpoints
+        from ftrace.index.manifest import ManifestError
+
+        models, checkpoints = load_checkpoints(lm, [c["name"] for c in spec["checkpoints"]])
+        if checkpoints != spec["checkpoints"]:
+            raise ManifestError(f"{index_dir}: a gradient checkpoint has changed since the index was built "
+                                f"(index {spec['checkpoints']}, now {checkpoints})")
+        f = cls(models, checkpoints, GradientConfig(**spec["config"]), spec["corrections"]["whitening"]["samples"])
+        f.load(index_dir)
+        return f
+
+    def spec(self) -> dict:
+        """What made the vectors; stable before and after whitening is fitted (it names the
+        calibration, the fitted matrices live in the state files)."""
+        spec = self.per_checkpoint[0].spec()
+        spec["corrections"]["whitening"] = {"enabled": self.config.whiten, "samples": self.whiten_samples,
+                                            "fitted_on": "seeded sample of training examples"}
+        spec["per_checkpoint_size"] = spec.pop("size")
+        spec.update(size=self.size, checkpoints=self.checkpoints, config=self.config.model_dump(),
+                    combination="per-checkpoint unit vectors / sqrt(C): dot = mean of per-checkpoint cosines")
+        return spec
+
+    def fit(self, batches: Callable[[], Iterable[LossBatch]], index_dir: Path) -> None:
+        if not self.config.whiten:
+            return
+        for i, f in enumerate(self.per_checkpoint):
+            path = state_file(index_dir, i)
+            if path.exists():  # resumed ingest: reuse the fitted whitening, never refit under stored vectors
+                f.load(path)
+                continue
+            f.fit_whitening(batches())
+            f.save(path)
+
+    def load(self, index_dir: Path) -> None:
+        if self.config.whiten:
+            for i, f in enumerate(self.per_checkpoint):
+                f.load(state_file(index_dir, i))
+
+    def vectors(self, batch: LossBatch) -> np.ndarray:
+        per = [f.vectors(batch) for f in self.per_checkpoint]
+        return per[0] if len(per) == 1 else combine_checkpoints(per)

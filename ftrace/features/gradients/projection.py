@@ -1,0 +1,62 @@
+"""Seeded projection matrices of a block (docs/gradients.md, "Blocks, sizes and projections").
+
+Factored (LoGra): P_r (R x k_r) and P_c (C x k_c), k_r * k_c = dim with k_r as close to sqrt(dim)
+as divisors allow, the larger factor on the larger side, and no side given more numbers than it
+has. Dense: one (R*C x k) matrix, for small layers (the reference path). Entries are N(0, 1/k) per
+matrix, from a generator seeded by sha256(seed, parameter name, side): the same in every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+from ftrace.features.gradients.blocks import Block, GradientError
+
+DENSE_MAX_ELEMENTS = 1 << 27  # 512 MB of float32 for one dense projection matrix
+
+
+def gaussian(seed: int, name: str, side: str, rows: int, cols: int) -> torch.Tensor:
+    """A (rows x cols) N(0, 1/cols) matrix that depends only on (seed, name, side)."""
+    digest = hashlib.sha256(f"ftrace-grad/{seed}/{name}/{side}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return torch.randn(rows, cols, generator=gen, dtype=torch.float32) / math.sqrt(cols)
+
+
+def _factor(k: int) -> tuple[int, int]:
+    a = math.isqrt(k)
+    while k % a:
+        a -= 1
+    return a, k // a
+
+
+def assign_projection(block: Block, dim: int, seed: int, dense: bool, device: torch.device) -> None:
+    """Give the block its factors, size and (uncorrected) projection matrices."""
+    R, C = block.shape
+    if dense:
+        k = min(dim, R * C)
+        if R * C * k > DENSE_MAX_ELEMENTS:
+            raise GradientError(f"gradient projection 'dense' would need a {R * C} x {k} matrix for "
+                                f"{block.name}; use projection 'factored' or a smaller dim")
+        block.factors, block.size = (k, 1), k
+        block.mats = {"dense": gaussian(seed, block.name, "dense", R * C, k).to(device)}
+        return
+    small, large = _factor(dim)
+    kr, kc = (large, small) if R >= C else (small, large)
+    if kr > R:  # a side never gets more numbers than it has; the other side may then get more
+        kr, kc = R, min(C, dim // R)
+    if kc > C:
+        kc, kr = C, min(R, dim // C)
+    block.factors, block.size = (kr, kc), kr * kc
+    block.mats = {"rows": gaussian(seed, block.name, "rows", R, kr).to(device),
+                  "cols": gaussian(seed, block.name, "cols", C, kc).to(device)}
+
+
+def seeded_matrices(block: Block, seed: int, dense: bool) -> dict[str, torch.Tensor]:
+    """The block's seeded matrices before any optimizer correction (for references and tests)."""
+    if dense:
+        return {"dense": gaussian(seed, block.name, "dense", block.shape[0] * block.shape[1], block.size)}
+    return {"rows": gaussian(seed, block.name, "rows", block.shape[0], block.factors[0]),
+            "cols": gaussian(seed, block.name, "cols", block.shape[1], block.factors[1])}
