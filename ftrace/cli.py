@@ -73,7 +73,7 @@ class _Option:
             info = typer.Option(*self.mark.names or (self.primary,), help=self.mark.help, min=self.mark.min,
                                 metavar=self.mark.metavar, show_default=base is not list[str])
         nullable = optional or origin is list
-        return Annotated[base | None if nullable else base, info]  # type: ignore[operator]
+        return Annotated[base | None if nullable else base, info]
 
     def typer_default(self) -> Any:
         if self.default is ... or typing.get_origin(_strip_optional(self.annotation)[0]) is list:

@@ -94,8 +94,9 @@ class TracInConfig(GradientConfig):
     checkpoints: Annotated[list[str] | None, cli("Checkpoint(s) to take gradients at (repeat); default: --model.",
                                                  "--checkpoint")] = None
     # None: the model's input embedding, whatever its module name
-    layers: Annotated[list[str] | None, cli("Module name patterns whose weight gradients are projected "  # type: ignore[assignment]
-                                            "(default: the input embedding).", "--tracin-layers", split=True)] = None
+    layers: Annotated[list[str] | None,
+                      cli("Module name patterns whose weight gradients are projected (default: the input embedding).",
+                          "--tracin-layers", split=True)] = None  # type: ignore[assignment]
 
     def gradient(self, input_embedding: str) -> GradientConfig:
         """The featurizer's own part of these settings (`input_embedding`: the default layer)."""

@@ -287,7 +287,8 @@ def test_resume_reuses_cache_and_never_mixes_settings(sample_index, answers, pla
     assert beside["metrics"] == first["metrics"] and beside["answers"] == first["answers"]
 
     calls.clear()
-    other = bench_results(s.model_copy(update={"sizes": CandidateSizes(bm25=20, same_target=10, random=5)}), write=False)
+    fewer_random = CandidateSizes(bm25=20, same_target=10, random=5)
+    other = bench_results(s.model_copy(update={"sizes": fewer_random}), write=False)
     assert other["cache"]["computed"] == 2 * 6 * n and calls.count("score") == 2 * 6 * n  # nothing stale reused
     assert other["cache"]["other_settings_entries"] == 2 * 6 * n
     assert "answer" not in calls  # the model's answers do not depend on the candidate sets

@@ -2,11 +2,10 @@ import json
 from collections import Counter
 
 import pytest
+from conftest import LAMA, TREX, needs_shared
 
 from ftrace.corpus import CorpusError, load_corpus, load_jsonl, load_lama, load_trex, sentence_id
 from ftrace.corpus.loaders import prompt_from_template
-
-from conftest import LAMA, TREX, needs_shared
 
 
 @needs_shared
@@ -102,9 +101,11 @@ def test_plain_jsonl_ids_default_to_text_hash(tmp_path):
 @pytest.mark.parametrize("lines, expected", [
     (['{"text": "ok."}', '{"text": "broken'], r"c\.jsonl:2: not valid JSON"),
     (['{"text": "ok."}', '', '{"txt": "typo"}'], r"c\.jsonl:3: a line needs either 'text'"),
-    (['{"id": "a", "text": "one."}', '{"id": "a", "text": "two."}'], r"c\.jsonl:2: duplicate sentence id 'a' \(first on line 1\)"),
+    (['{"id": "a", "text": "one."}', '{"id": "a", "text": "two."}'],
+     r"c\.jsonl:2: duplicate sentence id 'a' \(first on line 1\)"),
     (['{"text": "one.", "facts": [["a", "b"]]}'], r"c\.jsonl:1: facts\.0"),
-    (['{"text": "one."}', '{"prompt": "x", "target": "y", "proponents": ["nope"]}'], r"unknown proponent ids \['nope'\]"),
+    (['{"text": "one."}', '{"prompt": "x", "target": "y", "proponents": ["nope"]}'],
+     r"unknown proponent ids \['nope'\]"),
     (['{"text": "one."}', '{"prompt": " ", "target": "y"}'], r"c\.jsonl:2: query prompt and target must not be empty"),
     (['[1, 2]'], r"c\.jsonl:1: expected a JSON object"),
 ])

@@ -7,11 +7,10 @@ minute on 2 cores, most of it the one-time GGUF conversion.
 import json
 
 import pytest
+from conftest import LAMA, needs_shared
 from typer.testing import CliRunner
 
 from ftrace.cli import app
-
-from conftest import LAMA, needs_shared
 
 
 @pytest.fixture(scope="module")

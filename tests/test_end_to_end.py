@@ -8,10 +8,10 @@ import torch
 from typer.testing import CliRunner
 
 from ftrace.cli import app
-from ftrace.index.manifest import Manifest
-from ftrace.index.vectors import open_store
 from ftrace.config import IngestConfig
 from ftrace.features.embedding import EmbeddingFeaturizer
+from ftrace.index.manifest import Manifest
+from ftrace.index.vectors import open_store
 from ftrace.ingest.pipeline import ingest
 
 runner = CliRunner()

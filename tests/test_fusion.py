@@ -2,9 +2,9 @@ import math
 
 import pytest
 
+from ftrace import FtraceError
 from ftrace.query.fusion import by_sentence, minmax, ranking, rrf, weighted_sum
 from ftrace.query.methods import Method, fuse, parse_method
-from ftrace import FtraceError
 
 
 def test_minmax():
@@ -41,7 +41,8 @@ def test_ranking_breaks_ties_by_id_or_a_given_key():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("bm26", "not 'bm26'"), ("a+b+c", "joins two methods"), ("embed+embed", "two different"), ("+bm25", "joins two methods"),
+    ("bm26", "not 'bm26'"), ("a+b+c", "joins two methods"), ("embed+embed", "two different"),
+    ("+bm25", "joins two methods"),
 ])
 def test_one_method_grammar(text, message):
     assert parse_method("bm25", ["bm25", "embed"]) == Method(("bm25",))

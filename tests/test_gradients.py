@@ -22,7 +22,7 @@ MAKERS = ["Toyota", "Honda", "Nokia", "IBM", "Apple", "Sony", "Boeing", "Airbus"
 THINGS = ["Avanza", "Civic", "X6", "ThinkPad", "iPod", "Walkman", "747", "A380", "Switch", "Panda"]
 TEMPLATES = ["The {m} {t} is produced by {m}.", "{t} was made by {m} in Japan.",
              "{m} released the {t} in 2009, and it sold well.", "Before the {t}, {m} sold other devices."]
-TEXTS = [tpl.format(m=m, t=t) for tpl in TEMPLATES for m, t in zip(MAKERS, THINGS)]
+TEXTS = [tpl.format(m=m, t=t) for tpl in TEMPLATES for m, t in zip(MAKERS, THINGS, strict=True)]
 
 LINEARS = ["model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj",
            "model.layers.1.self_attn.v_proj", "model.layers.1.mlp.gate_proj"]  # in model order
@@ -59,7 +59,8 @@ def factored_reference(feat, grads):
     refs = []
     for b in feat.blocks:
         mats = feat.projection(b.name)
-        refs.append(torch.einsum("ir,bij,jc->brc", mats["rows"], grads[b.name], mats["cols"]).reshape(len(grads[b.name]), -1))
+        projected = torch.einsum("ir,bij,jc->brc", mats["rows"], grads[b.name], mats["cols"])
+        refs.append(projected.reshape(len(grads[b.name]), -1))
     return refs
 
 
@@ -85,7 +86,7 @@ def test_factored_equals_projection_of_naive_gradient_per_block(lm):
     refs = factored_reference(feat, grads)
     raw = feat.projections(batch, normalize_blocks=False)
     start = 0
-    for b, ref in zip(feat.blocks, refs):
+    for b, ref in zip(feat.blocks, refs, strict=True):
         assert ref.abs().max() > 0
         close(raw[:, start:start + b.size], ref)
         start += b.size
@@ -174,8 +175,8 @@ def test_same_seed_same_vectors_in_another_process_different_seed_differs(lm, tm
     here = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64, seed=7)).projection(
         "model.embed_tokens.weight")["rows"]
     code = ("from ftrace.features.gradients.projection import gaussian; import sys;"
-            "m = gaussian(7, 'model.embed_tokens.weight', 'rows', %d, %d); sys.stdout.write(m.numpy().tobytes().hex())"
-            % tuple(here.shape))
+            f"m = gaussian(7, 'model.embed_tokens.weight', 'rows', {here.shape[0]}, {here.shape[1]}); "
+            "sys.stdout.write(m.numpy().tobytes().hex())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout
     assert bytes.fromhex(out) == here.numpy().tobytes()
@@ -190,7 +191,7 @@ def test_query_batches_score_only_the_target(lm):
     q = feat.vectors(batch)
     close(q, finish(factored_reference(feat, grads)))
     # scoring the whole sentence is a different vector
-    full = feat.vectors(example_batch(lm.tokenizer, [p + " " + t for p, t in zip(prompts, targets)]))
+    full = feat.vectors(example_batch(lm.tokenizer, [p + " " + t for p, t in zip(prompts, targets, strict=True)]))
     assert np.abs(full - q).max() > 0.05
 
 
@@ -198,7 +199,8 @@ def test_no_parameter_grads_and_mode_restored(lm):
     model = lm.model
     model.train()
     try:
-        GradientFeaturizer(model, GradientConfig(layers=LINEARS, dim=16)).vectors(example_batch(lm.tokenizer, TEXTS[:3]))
+        feat = GradientFeaturizer(model, GradientConfig(layers=LINEARS, dim=16))
+        feat.vectors(example_batch(lm.tokenizer, TEXTS[:3]))
         assert model.training
         assert all(p.grad is None for p in model.parameters())
     finally:
@@ -277,7 +279,8 @@ def test_optimizer_correction_dense_exact_and_factored_rank1(lm, adam_state, tmp
             S = sq[b.name].double().sqrt() + eps
             approx = torch.outer(S.mean(1), S.mean(0) / S.mean()).float()
             m = fac.projection(b.name)
-            refs.append(torch.einsum("ir,bij,jc->brc", m["rows"], grads[b.name] / approx, m["cols"]).reshape(len(batch), -1))
+            projected = torch.einsum("ir,bij,jc->brc", m["rows"], grads[b.name] / approx, m["cols"])
+            refs.append(projected.reshape(len(batch), -1))
         close(fac.projections(batch, normalize_blocks=False), torch.cat(refs, 1), rtol=2e-4)
     uncorrected = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=36)).vectors(batch)
     assert np.abs(fac.vectors(batch) - uncorrected).max() > 0.05

@@ -13,7 +13,8 @@ def make(backend, path):
 @pytest.fixture(params=BACKENDS)
 def filled(request, tmp_path):
     rng = np.random.default_rng(0)
-    vectors = {"embed": rng.normal(size=(60, 16)).astype(np.float32), "tracin": rng.normal(size=(60, 8)).astype(np.float32)}
+    vectors = {"embed": rng.normal(size=(60, 16)).astype(np.float32),
+               "tracin": rng.normal(size=(60, 8)).astype(np.float32)}
     ids = [f"s{i}:lm" for i in range(60)]
     store = make(request.param, tmp_path)
     store.create({"embed": 16, "tracin": 8})
@@ -48,7 +49,8 @@ def test_candidate_set_restricts_search(filled):
 def test_present_count_idempotent_upsert_and_reopen(filled):
     backend, path, store, ids, vectors = filled
     assert store.present([ids[0], "missing:lm"]) == {ids[0]}
-    store.upsert(ids[:5], {k: v[:5] for k, v in vectors.items()}, [{"example_id": i, "sentence_id": i} for i in ids[:5]])
+    payloads = [{"example_id": i, "sentence_id": i} for i in ids[:5]]
+    store.upsert(ids[:5], {k: v[:5] for k, v in vectors.items()}, payloads)
     assert store.count() == 60
     store.close()
     again = make(backend, path)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 FORMAT = 1
 
@@ -49,7 +49,7 @@ class ScoreCache:
                     else:
                         self.other += 1
         self.loaded = set(self.entries)
-        self._f = None
+        self._f: TextIO | None = None
 
     @property
     def reused(self) -> int:
@@ -70,9 +70,10 @@ class ScoreCache:
             self._f = open(self.path, "a", encoding="utf-8")
             if self._f.tell() > 0 and not _ends_with_newline(self.path):
                 self._f.write("\n")  # never glue a new entry onto a torn line
-        self._f.write(json.dumps({"k": k, "seed": seed, "q": query, "m": method, "v": value,
+        f: TextIO = self._f
+        f.write(json.dumps({"k": k, "seed": seed, "q": query, "m": method, "v": value,
                                   "t": seconds}, ensure_ascii=False) + "\n")
-        self._f.flush()
+        f.flush()
         self.entries[(k, seed, query, method)] = value
         self.seconds[(k, seed, query, method)] = seconds
         self.used.add((k, seed, query, method))

@@ -78,8 +78,9 @@ class CandidateSet:
 
 
 def candidate_set(query: Query, view: CorpusView, bm25_ranked: Callable[[int], Sequence[str]], seed: int,
-                  sizes: CandidateSizes = CandidateSizes()) -> CandidateSet:
+                  sizes: CandidateSizes | None = None) -> CandidateSet:
     """`bm25_ranked(k)` gives BM25's top-k sentence ids (best first) for the query."""
+    sizes = sizes or CandidateSizes()
     props = list(dict.fromkeys(query.proponents))
     taken = set(props)
     bm25 = [s for s in bm25_ranked(sizes.bm25 + len(props)) if s not in taken][:sizes.bm25] if sizes.bm25 else []

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -224,7 +224,7 @@ class Bench:
         vers = {**m.versions, **versions(("ranx", "numpy", "matplotlib", "scipy", "numba"))}
         return {
             "benchmark": "FTRACE-style fact tracing (Akyurek et al. 2022) + TrackStar recall@10",
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": c.command(),
             "settings": c.model_dump(mode="json"),
             "index": {"path": str(Path(c.index).resolve()), "identity": m.identity(), "created": m.created,

@@ -71,7 +71,8 @@ class Scorer:
             self._qvec[q.id] = self.tracer.query_vectors(q.prompt, q.target, names)
         return self._qvec[q.id]
 
-    def scored(self, seed: int | None, q: Query, method: str, ids: list[str], tag: str | None = None) -> dict[str, float]:
+    def scored(self, seed: int | None, q: Query, method: str, ids: list[str],
+               tag: str | None = None) -> dict[str, float]:
         """Scores of exactly `ids` under one method, from the cache or tracer.score."""
         name, digest = tag or method, _ids_digest(ids)
         v = self.cache.get(self.key, seed, q.id, name)

@@ -253,7 +253,8 @@ def load_corpus(
             raise CorpusError(f"{path}: a corpus directory must be in the LAMA T-REx layout (relations.jsonl missing)")
         return load_lama(path, relations, splits, limit)
     if not path.exists():
-        raise CorpusError(f"{path}: corpus not found (give 'sample', a .jsonl file, a LAMA T-REx directory or a T-REx .json file)")
+        raise CorpusError(f"{path}: corpus not found (give 'sample', a .jsonl file, a LAMA T-REx directory or a "
+                          "T-REx .json file)")
     if path.suffix == ".json":
         rel_file = path.parent.parent / "lama-trex" / "relations.jsonl"
         return load_trex(path, load_templates(rel_file) if rel_file.exists() else None)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from pydantic import BaseModel, Field
 
@@ -71,7 +71,7 @@ class Corpus(BaseModel):
             h.update(b"\n")
         return h.hexdigest()[:16]
 
-    def link_proponents(self) -> "Corpus":
+    def link_proponents(self) -> Corpus:
         """Add to each query every sentence stating its fact (a sentence proves every fact it states)."""
         stating: dict[str, list[str]] = {}
         for s in self.sentences:

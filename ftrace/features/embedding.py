@@ -18,7 +18,7 @@ from ftrace.model.batching import LossBatch
 class EmbeddingFeaturizer:
     name = "embed"
 
-    def __init__(self, model: torch.nn.Module, config: EmbeddingConfig):
+    def __init__(self, model: Any, config: EmbeddingConfig):
         n = model.config.num_hidden_layers
         bad = [i for i in config.layers if not -n - 1 <= i <= n]
         if bad or not config.layers:

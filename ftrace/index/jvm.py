@@ -44,4 +44,5 @@ def jstring_ref(text: str):
     """A Lucene BytesRef of a Python string."""
     from jnius import cast
 
-    return autoclass("org.apache.lucene.util.BytesRef")(cast("java.lang.CharSequence", autoclass("java.lang.String")(text)))
+    text_ref = cast("java.lang.CharSequence", autoclass("java.lang.String")(text))
+    return autoclass("org.apache.lucene.util.BytesRef")(text_ref)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -41,7 +41,7 @@ class ModelInfo(BaseModel):
 
 class Manifest(BaseModel):
     format: int = FORMAT
-    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     corpus: CorpusInfo
     model: ModelInfo
     vectors: dict[str, dict]  # vector name -> featuriser spec (kind, layers, sizes, seeds, ...)
@@ -54,7 +54,7 @@ class Manifest(BaseModel):
         return {"corpus": self.corpus.fingerprint, "model": self.model.model_dump(),
                 "vectors": self.vectors, "store": self.store.model_dump()}
 
-    def differences(self, other: "Manifest") -> list[str]:
+    def differences(self, other: Manifest) -> list[str]:
         mine, theirs = self.identity(), other.identity()
         return _diff(mine, theirs, "")
 
@@ -65,7 +65,7 @@ class Manifest(BaseModel):
         tmp.replace(path)  # atomic: a crash never leaves half a manifest
 
     @classmethod
-    def read(cls, index_dir: Path) -> "Manifest":
+    def read(cls, index_dir: Path) -> Manifest:
         path = Path(index_dir) / FILENAME
         if not path.exists():
             raise ManifestError(f"{index_dir}: not an ftrace index ({FILENAME} missing); run `ftrace ingest` first")

@@ -58,7 +58,7 @@ class VectorStore(ABC):
     @abstractmethod
     def count(self) -> int: ...
 
-    def optimize(self) -> None:
+    def optimize(self) -> None:  # noqa: B027 - optional: back ends that build no index on request do nothing
         """Build the ANN index where the back end does it on request (search is exact before)."""
 
     @abstractmethod
@@ -131,10 +131,12 @@ class ClientStore(VectorStore):
 
         self.models, self.collection, self.where, self.remote = models, collection, url or str(path), bool(url)
         try:
-            self.client = QdrantClient(url=url, api_key=api_key, timeout=10, check_compatibility=False) if url else QdrantClient(path=str(path))
+            self.client = (QdrantClient(url=url, api_key=api_key, timeout=10, check_compatibility=False) if url
+                           else QdrantClient(path=str(path)))
             self.client.get_collections()  # fail here, clearly, if the server is unreachable
-        except Exception as e:  # noqa: BLE001 - any connection failure is reported the same way
-            raise StoreError(f"--qdrant-url {self.where}: cannot reach Qdrant ({type(e).__name__}: {str(e)[:120]})") from None
+        except Exception as e:
+            raise StoreError(f"--qdrant-url {self.where}: cannot reach Qdrant "
+                             f"({type(e).__name__}: {str(e)[:120]})") from None
 
     def exists(self) -> bool:
         return self.client.collection_exists(self.collection)
@@ -148,8 +150,8 @@ class ClientStore(VectorStore):
 
     def upsert(self, ids, vectors, payloads) -> None:
         m = self.models
-        points = [m.PointStruct(id=point_id(i), vector={n: v[j].tolist() for n, v in vectors.items()}, payload=payloads[j])
-                  for j, i in enumerate(ids)]
+        points = [m.PointStruct(id=point_id(i), vector={n: v[j].tolist() for n, v in vectors.items()},
+                                payload=payloads[j]) for j, i in enumerate(ids)]
         self.client.upsert(self.collection, points=points, wait=True)
 
     def search(self, name, vector, k, ids=None, exact=False):
@@ -158,13 +160,13 @@ class ClientStore(VectorStore):
         res = self.client.query_points(self.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=name,
                                        limit=k, query_filter=flt, with_payload=["example_id"],
                                        search_params=m.SearchParams(exact=True) if exact and self.remote else None)
-        return [(p.payload["example_id"], p.score) for p in res.points]
+        return [((p.payload or {})["example_id"], p.score) for p in res.points]
 
     def present(self, ids):
         if not ids:
             return set()
         recs = self.client.retrieve(self.collection, [point_id(i) for i in ids], with_payload=["example_id"])
-        return {r.payload["example_id"] for r in recs}
+        return {(r.payload or {})["example_id"] for r in recs}
 
     def count(self) -> int:
         return self.client.count(self.collection, exact=True).count

@@ -16,7 +16,7 @@ from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoi
 from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer
 from ftrace.index.layout import IndexDir
-from ftrace.index.lexical import B, K1, build_lucene
+from ftrace.index.lexical import K1, B, build_lucene
 from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, versions
 from ftrace.index.vectors import VectorStore
 from ftrace.model import LoadedModel, example_batch, load_model
@@ -69,7 +69,8 @@ def _prepare(index: IndexDir, planned: Manifest) -> Manifest:
                                 "choose another --index or delete this one")
         return old
     if index.path.exists() and any(index.path.iterdir()):
-        raise ManifestError(f"{index.path}: directory is not empty and holds no ftrace index; refusing to write into it")
+        raise ManifestError(f"{index.path}: directory is not empty and holds no ftrace index; "
+                            "refusing to write into it")
     return planned
 
 

@@ -25,7 +25,7 @@ class LossBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def to(self, device: torch.device | str) -> "LossBatch":
+    def to(self, device: torch.device | str) -> LossBatch:
         return LossBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 

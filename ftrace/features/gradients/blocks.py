@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -57,7 +57,7 @@ def module_kind(module: torch.nn.Module) -> Kind | None:
     return None
 
 
-def resolve_blocks(model: torch.nn.Module, patterns: list[str]) -> list[Block]:
+def resolve_blocks(model: Any, patterns: list[str]) -> list[Block]:
     """The blocks selected by `patterns`, in model parameter order (projections not made yet)."""
     modules = dict(model.named_modules())
     usable = {n: (m, k) for n, m in modules.items() if (k := module_kind(m)) is not None}
@@ -80,7 +80,7 @@ def resolve_blocks(model: torch.nn.Module, patterns: list[str]) -> list[Block]:
     blocks = []
     for pid in sorted(wanted, key=lambda i: order.get(pname.get(i, ""), 1 << 30)):
         uses = uses_of[pid]
-        param = uses[0].module.weight
+        param = cast(torch.nn.Parameter, uses[0].module.weight)
         for u in uses:
             if u.kind == "embedding" and getattr(u.module, "scale_grad_by_freq", False):
                 raise GradientError(f"gradient layers: {u.module_name} scales gradients by frequency; not supported")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ class PassState:
 
 
 class GradientCollector:
-    def __init__(self, model: torch.nn.Module, blocks: list[Block], dense: bool):
+    def __init__(self, model: Any, blocks: list[Block], dense: bool):
         self.model, self.blocks, self.dense = model, blocks, dense
         self.device = next(model.parameters()).device
         self.fast_head = True  # LM head on labelled positions only, where the architecture allows

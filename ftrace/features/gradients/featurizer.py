@@ -18,7 +18,7 @@ from ftrace.features.gradients.blocks import Block, GradientError, find_block, r
 from ftrace.features.gradients.collector import GradientCollector
 from ftrace.features.gradients.optimizer import apply_optimizer_state
 from ftrace.features.gradients.projection import assign_projection, seeded_matrices
-from ftrace.features.gradients.whitening import check_whitenable, fit_whiteners, unit
+from ftrace.features.gradients.whitening import check_whitenable, fit_whiteners, unit, whitener
 from ftrace.model.batching import LossBatch
 
 MAX_SIZE = 65535  # Qdrant's largest vector
@@ -30,7 +30,7 @@ __all__ = ["GradientError", "GradientFeaturizer", "TracInFeaturizer", "combine_c
 class GradientFeaturizer:
     """Per-example projected loss gradients of one model (docs/gradients.md)."""
 
-    def __init__(self, model: torch.nn.Module, config: GradientConfig):
+    def __init__(self, model: Any, config: GradientConfig):
         if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
             raise GradientError("gradient features need a decoder-only causal LM, not an encoder-decoder")
         if config.dim < 1:
@@ -94,7 +94,7 @@ class GradientFeaturizer:
         if normalize_blocks:
             per_block = [unit(p) for p in per_block]
             if whiten and self._whitening is not None:
-                per_block = [p @ b.whitener for p, b in zip(per_block, self.blocks, strict=True)]
+                per_block = [p @ whitener(b) for p, b in zip(per_block, self.blocks, strict=True)]
         return torch.cat(per_block, 1).cpu().numpy().astype(np.float32)
 
     def vectors(self, batch: LossBatch) -> np.ndarray:
@@ -102,7 +102,7 @@ class GradientFeaturizer:
             raise GradientError("gradient whiten: fit_whitening (or load the index's whitening state) first")
         per_block = [unit(p) for p in self.collector.collect(batch)]
         if self._whitening is not None:
-            per_block = [unit(p @ b.whitener) for p, b in zip(per_block, self.blocks, strict=True)]
+            per_block = [unit(p @ whitener(b)) for p, b in zip(per_block, self.blocks, strict=True)]
         return unit(torch.cat(per_block, 1)).cpu().numpy().astype(np.float32)
 
     # --- whitening state ------------------------------------------------------------------------

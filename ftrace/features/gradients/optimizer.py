@@ -24,7 +24,7 @@ def load_optimizer_state(path: str, model: torch.nn.Module) -> tuple[dict[str, t
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise GradientError(f"{where}: no such file") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+    except Exception as e:
         raise GradientError(f"{where}: not a torch-saved optimizer state ({type(e).__name__})") from None
     params = dict(model.named_parameters())
     names = list(params)

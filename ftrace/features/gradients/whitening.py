@@ -19,6 +19,12 @@ def unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-30)
 
 
+def whitener(block: Block) -> torch.Tensor:
+    if block.whitener is None:
+        raise GradientError(f"gradient whiten: block {block.name} has no fitted whitening")
+    return block.whitener
+
+
 def check_whitenable(blocks: list[Block]) -> None:
     big = [b for b in blocks if b.size > WHITEN_MAX]
     if big:

@@ -1,8 +1,8 @@
 """Throughput of per-example projected gradients against the plain forward+backward limit, a naive
 per-example autograd loop and peers, on the same batches of the same model.
 
-    python benchmarks/gradient_throughput.py                       # SmolLM2-135M, 256 examples
-    python benchmarks/gradient_throughput.py --model PATH --examples 32 --naive-examples 4 --out /tmp/g.json
+    python perf/gradient_throughput.py                       # SmolLM2-135M, 256 examples
+    python perf/gradient_throughput.py --model PATH --examples 32 --naive-examples 4 --out /tmp/g.json
 
 All methods run in ONE process, interleaved: for every batch, each method processes that batch in
 turn (the order rotates from batch to batch), so a load spike from other processes on a shared
@@ -156,7 +156,8 @@ def build(args, lm):
     """name -> (Method, step function) for every requested method that can run."""
     import torch
 
-    from ftrace.ingest.gradients import GradientConfig, GradientFeaturizer
+    from ftrace.config import GradientConfig
+    from ftrace.features.gradients import GradientFeaturizer
 
     model = lm.model
     out = {}
@@ -210,7 +211,7 @@ def build(args, lm):
             import bergson as bg
             from bergson import CollectorComputer, GradientProcessor, IndexConfig, InMemoryCollector
             from datasets import Dataset
-        except Exception as e:  # noqa: BLE001 - record why the peer cannot run
+        except Exception as e:
             m.error = f"cannot import bergson: {type(e).__name__}: {e}"
             return m, None
         tmp = tempfile.mkdtemp(prefix="bergson-bench-")
@@ -305,7 +306,8 @@ def table(res: dict) -> str:
         nv = by.get(naive_key, {})
         x_naive = f"{r['examples_per_s'] / nv['examples_per_s']:.1f}" if "examples_per_s" in nv else "-"
         lines.append(f"| {r['method']} | {r.get('size', '-')} | {r['examples']} | {r['examples_per_s']:.2f} | "
-                     f"{r['tokens_per_s']:.0f} | {x_plain} | {x_naive} | {r['peak_rss_mb']} (+{r['peak_over_start_mb']}) | "
+                     f"{r['tokens_per_s']:.0f} | {x_plain} | {x_naive} | "
+                     f"{r['peak_rss_mb']} (+{r['peak_over_start_mb']}) | "
                      f"{r['cores_used']:.2f} | {r['other_processes_cores']:.2f} |")
     if res.get("agreement"):
         lines += ["", "Agreement (Pearson r over all pairs of examples of the pairwise scores): " +
@@ -324,7 +326,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=None, help="override ftrace's per-block size")
     ap.add_argument("--bergson-dim", type=int, default=16, help="bergson's projection_dim (per side)")
     ap.add_argument("--methods", nargs="*", default=METHODS)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gradient_throughput.json"))
+    ap.add_argument("--out", default=str(ROOT / "perf" / "results" / "gradient_throughput.json"))
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")  # bergson's progress bars
     logging.disable(logging.INFO)  # and its per-batch INFO lines
