@@ -8,6 +8,7 @@ the sentence; queries count only the target tokens after the prompt, with no end
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,3 +65,50 @@ def query_batch(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_l
 
 def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
+
+
+def find_object(text: str, obj: str) -> tuple[int, int] | None:
+    """Character span [start, end) of the first occurrence of `obj` in `text`: case-sensitive first,
+    then case-insensitive; None when absent or empty. (A regex keeps offsets into the original text,
+    which str.lower() would not for characters whose lower case is longer.)"""
+    obj = obj.strip()
+    if not obj:
+        return None
+    at = text.find(obj)
+    if at >= 0:
+        return at, at + len(obj)
+    m = re.search(re.escape(obj), text, flags=re.IGNORECASE)
+    return (m.start(), m.end()) if m else None
+
+
+def object_span_rows(tokenizer, texts: Sequence[str], objects: Sequence[str],
+                     max_length: int = 128) -> list[tuple[list[int], list[int]] | None]:
+    """(input ids, labels) per text with exactly the tokens overlapping the first occurrence of the
+    object labelled (the loss of the object given the sentence before it); None where the object is
+    absent, or only covered by the first token (never labelled) or by tokens cut by `max_length`."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("object spans need a fast tokenizer (character offsets)")
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True)
+    rows: list[tuple[list[int], list[int]] | None] = []
+    for text, obj, ids, offsets in zip(texts, objects, enc["input_ids"], enc["offset_mapping"], strict=True):
+        span = find_object(text, obj)
+        if span is None:
+            rows.append(None)
+            continue
+        a, b = span
+        # end > start skips special tokens, whose offsets are (0, 0).
+        lab = [tok if i > 0 and e > s and s < b and e > a else IGNORE
+               for i, (tok, (s, e)) in enumerate(zip(ids, offsets, strict=True))]
+        rows.append((list(ids), lab) if any(t != IGNORE for t in lab) else None)
+    return rows
+
+
+def object_span_batch(tokenizer, texts: Sequence[str], objects: Sequence[str],
+                      max_length: int = 128) -> LossBatch:
+    """Loss of each object's tokens given the sentence prefix (see `object_span_rows`); every object
+    must have a labelled token (filter with `object_span_rows` first)."""
+    rows = object_span_rows(tokenizer, texts, objects, max_length)
+    for text, obj, row in zip(texts, objects, rows, strict=True):
+        if row is None:
+            raise ValueError(f"object {obj!r} has no labelled token in {text[:60]!r}")
+    return _pad([r for r in rows if r is not None], tokenizer.pad_token_id)

@@ -1,0 +1,9 @@
+"""`ftrace train`: fine-tune a causal LM on a corpus, saving checkpoints (weights, second moments)
+to trace with. See trainer.py for the run, layout.py and checkpoints.py for the output directory."""
+
+from ftrace.train.checkpoints import checkpoint_dirs
+from ftrace.train.config import TrainConfig, TrainError
+from ftrace.train.select import select_checkpoints
+from ftrace.train.trainer import TrainRun, train
+
+__all__ = ["TrainConfig", "TrainError", "TrainRun", "checkpoint_dirs", "select_checkpoints", "train"]

@@ -1,0 +1,219 @@
+"""`train(config, corpus, out)`: fine-tune a causal LM on a corpus, saving checkpoints to trace with.
+
+The loss of a batch is the mean token cross-entropy over its scored positions (examples.py says
+which). Order of events (plan.py fixes the steps and batches):
+
+1. If `out` holds a run: refuse a different identity (config except device, base weights, corpus,
+   training examples) with nothing touched; if it is complete, say so and return.
+2. Seed torch with `seed`, turn on deterministic algorithms (warn-only where an op has none), save
+   the base model as step-0 (or, resuming, remove half-written checkpoints and continue from the
+   latest complete one: its weights, optimizer, scheduler and RNG states).
+3. Train, writing a checkpoint at each planned step; mark run.json complete at the end.
+
+On the same device and software, a run resumed from any checkpoint ends with bit-identical weights
+to an uninterrupted one, and two runs with the same seed are identical.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ftrace.corpus import Corpus
+from ftrace.index.manifest import versions
+from ftrace.model.batching import IGNORE, LossBatch
+from ftrace.model.loading import LoadedModel, load_model
+from ftrace.train import checkpoints as ckpt
+from ftrace.train.config import TrainConfig, TrainError, resolve_device
+from ftrace.train.examples import TrainExample, build_examples, loss_batch
+from ftrace.train.layout import (FORMAT, LOSS, PLOT, RUN, check_identity, locked, read_run, remove_partial,
+                                 write_json)
+from ftrace.train.losslog import LossLog, read_losses, truncate_losses
+from ftrace.train.optim import make_optimizer, second_moments
+from ftrace.train.plan import Plan
+from ftrace.train.plot import plot_losses
+
+
+@dataclass
+class TrainRun:
+    out: Path
+    checkpoints: list[Path]  # complete checkpoints, step 0 first
+    total_steps: int
+    examples: int
+    skipped_sentences: int  # loss "object": sentences without a fact object in their text
+    resumed_from: int | None  # the step a resumed run continued from; None when it started afresh
+    already_complete: bool  # nothing was done: the directory held this run, finished
+
+
+def log(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+def lm_loss(model: torch.nn.Module, batch: LossBatch) -> torch.Tensor:
+    """Mean cross-entropy over the batch's scored tokens (labels[b, t] is predicted at t - 1)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    logits, labels = logits[:, :-1], batch.labels[:, 1:]
+    if not (labels != IGNORE).any():  # nothing scored (every text a single token): no gradient
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=IGNORE)
+
+
+@contextmanager
+def deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels for the duration (warn-only: an op without one still runs)."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    if device.type == "cuda":  # cuBLAS is only deterministic with a fixed workspace
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
+    out = Path(out)
+    run = read_run(out)
+    if run is not None:  # cheap checks first: no model load to refuse a different run
+        check_identity(out, run["identity"], {"config": config.identity(),
+                                              "corpus_fingerprint": corpus.fingerprint()})
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    base = load_model(config.model)
+    if base.is_seq2seq:
+        raise TrainError(f"--model {config.model}: ftrace train fine-tunes causal LMs, not encoder-decoders")
+    exset = build_examples(corpus, config.loss, base.tokenizer, config.max_length)
+    plan = Plan(len(exset.examples), config.batch_size, config.epochs, config.max_steps, config.seed,
+                config.checkpoints)
+    identity = {"config": config.identity(), "corpus_fingerprint": corpus.fingerprint(),
+                "model_fingerprint": base.fingerprint, "examples_fingerprint": exset.fingerprint()}
+    result = TrainRun(out, [], plan.total_steps, len(exset.examples), exset.skipped_sentences, None, False)
+    if run is not None:
+        check_identity(out, run["identity"], identity)
+        if run.get("complete"):
+            log(f"{out}: already complete ({plan.total_steps} steps); nothing to do")
+            result.checkpoints, result.already_complete = ckpt.checkpoint_dirs(out), True
+            return result
+    log(f"model {base.name} ({base.fingerprint}) on {device}; {config.optimizer}, lr {config.lr:g}, "
+        f"loss {config.loss}")
+    skipped = f"; {exset.skipped_sentences} sentences skipped (no fact object in their text)" \
+        if config.loss == "object" else ""
+    log(f"{len(exset.examples)} examples from {len(corpus.sentences)} sentences ({corpus.source}){skipped}")
+    log(f"{plan.total_steps} steps ({plan.steps_per_epoch} per epoch, batch {config.batch_size}); "
+        f"checkpoints at steps 0, {', '.join(map(str, plan.checkpoint_steps()))}")
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out), deterministic(device):
+        record = run or {
+            "format": FORMAT, "identity": identity, "config": config.model_dump(),
+            "model": {"name": base.name, "fingerprint": base.fingerprint},
+            "corpus": {"source": corpus.source, "fingerprint": corpus.fingerprint(),
+                       "sentences": len(corpus.sentences)},
+            "examples": len(exset.examples), "skipped_sentences": exset.skipped_sentences,
+            "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+            "checkpoint_steps": [0, *plan.checkpoint_steps()], "checkpoints": [], "complete": False,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(("torch", "transformers")),
+        }
+        result.resumed_from = _run(config, plan, base, exset.examples, record, out, device)
+    result.checkpoints = ckpt.checkpoint_dirs(out)
+    log(f"{out}: done, {plan.total_steps} steps; final weights in {result.checkpoints[-1]}")
+    return result
+
+
+def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[TrainExample],
+         record: dict[str, Any], out: Path, device: torch.device) -> int | None:
+    """The training loop proper (inside the lock); returns the step it resumed from, if any."""
+    removed = remove_partial(out)
+    done = ckpt.checkpoint_dirs(out)
+    model, resumed = base.model, None
+    if done:
+        resumed = ckpt.read_state(done[-1])["step"]
+        trainer = ckpt.load_trainer(done[-1])
+        model = load_model(str(done[-1])).model  # the exact saved weights
+        base.model = None  # free the base copy
+        truncate_losses(out / LOSS, resumed)
+        partial = f" (removed partial {', '.join(removed)})" if removed else ""
+        log(f"resuming from {done[-1].name}{partial}")
+    else:
+        (out / LOSS).unlink(missing_ok=True)
+    record["checkpoints"] = [ckpt.read_state(d) for d in done]
+    write_json(out / RUN, record)
+    model.to(device).train()
+    optimizer, scheduler = make_optimizer(model, config, plan.total_steps)
+    if resumed is not None:
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+        _set_rng_state(trainer["rng"], device)
+    targets = set(plan.checkpoint_steps())
+
+    def checkpoint(step: int, train_loss: float | None, lr: float | None) -> None:
+        state = {"step": step, "epoch": plan.epoch_of(step), "train_loss": train_loss, "lr": lr,
+                 "optimizer": config.optimizer, "device": str(device)}
+        trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "step": step, "rng": _rng_state(device)}
+        moments = second_moments(optimizer, model) if step > 0 else None
+        path = ckpt.write_checkpoint(out, step, model, base.tokenizer, state, moments, trainer_state)
+        record["checkpoints"].append(ckpt.read_state(path))
+        write_json(out / RUN, record)
+        plot_losses(out / PLOT, read_losses(out / LOSS), record["checkpoints"], title=f"{base.name} on "
+                    f"{record['corpus']['source']}")
+        if step > 0:
+            log(f"checkpoint {path.name}: epoch {state['epoch']:.2f}, loss {train_loss:.4f}, lr {lr:.3g}")
+
+    start = resumed or 0
+    if not done:
+        checkpoint(0, None, None)
+    losses = LossLog(out / LOSS)
+    since: list[float] = []
+    try:
+        with tqdm(total=plan.total_steps, initial=start, desc="train", unit="step", file=sys.stderr) as bar:
+            for step in range(start, plan.total_steps):
+                batch = loss_batch([examples[i] for i in plan.batch(step)], base.tokenizer, config.max_length)
+                lr = scheduler.get_last_lr()[0]
+                loss = lm_loss(model, batch.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainError(f"step {step + 1}: the loss is {value}; try a lower --lr")
+                since.append(value)
+                losses.add(step + 1, plan.epoch_of(step + 1), value, lr)
+                bar.update()
+                bar.set_postfix(loss=f"{sum(since) / len(since):.4f}", refresh=False)
+                if step + 1 in targets:
+                    losses.flush()
+                    checkpoint(step + 1, sum(since) / len(since), lr)
+                    since = []
+    finally:
+        losses.close()
+    record["complete"] = True
+    write_json(out / RUN, record)
+    return resumed

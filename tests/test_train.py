@@ -1,0 +1,265 @@
+"""ftrace train: checkpoints, determinism, resume, refusals, object spans, second moments, selection.
+
+All runs use the tiny random Llama on the sample corpus with a high learning rate and a handful of
+steps, so the whole file takes well under a minute on two CPU cores.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftrace.corpus import Corpus, Sentence
+from ftrace.model import load_model
+from ftrace.model.batching import IGNORE, object_span_batch, object_span_rows
+from ftrace.train import TrainConfig, TrainError, checkpoint_dirs, select_checkpoints, train
+from ftrace.train import checkpoints as ckpt
+from ftrace.train.examples import build_examples
+from ftrace.train.optim import second_moments
+from ftrace.train.trainer import lm_loss
+
+STEPS = 12  # with 3 checkpoints: steps 0, 4, 8, 12
+
+
+def config(model: str, **kw) -> TrainConfig:
+    return TrainConfig(**{"model": model, "lr": 1e-2, "max_steps": STEPS, "batch_size": 8, **kw})
+
+
+def weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    return load_model(str(ckpt_dir)).model.state_dict()
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and mtime: to show a refused call touched nothing."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, sample, tiny_model_dir):
+    out = tmp_path_factory.mktemp("train") / "run"
+    return out, train(config(tiny_model_dir), sample, out)
+
+
+def test_checkpoints_are_complete_and_loadable(full_run, tiny_model_dir):
+    out, run = full_run
+    dirs = checkpoint_dirs(out)
+    assert [d.name for d in dirs] == ["step-0", "step-4", "step-8", "step-12"]
+    assert dirs == run.checkpoints
+    states = [json.loads((d / "state.json").read_text()) for d in dirs]
+    assert [s["step"] for s in states] == [0, 4, 8, 12] and all(s["complete"] for s in states)
+    assert states[0]["second_moments"] is None and not (dirs[0] / "exp_avg_sq.pt").exists()
+    assert states[0]["train_loss"] is None and states[-1]["lr"] > 0
+    # Only the latest checkpoint keeps the resume state.
+    assert [(d / "trainer.pt").exists() for d in dirs] == [False, False, False, True]
+    base = load_model(tiny_model_dir)
+    params = dict(base.model.named_parameters())
+    for d in dirs[1:]:
+        moments = torch.load(d / "exp_avg_sq.pt", weights_only=True)
+        assert moments.keys() == params.keys()
+        assert all(moments[k].shape == params[k].shape and (moments[k] >= 0).all() for k in params)
+    final = load_model(str(dirs[-1]))
+    assert final.fingerprint != base.fingerprint
+    assert same_weights(dirs[0], Path(tiny_model_dir))
+    record = json.loads((out / "run.json").read_text())
+    assert record["complete"] and record["total_steps"] == STEPS and record["examples"] == 337
+    assert [c["step"] for c in record["checkpoints"]] == [0, 4, 8, 12]
+    assert record["model"]["fingerprint"] == base.fingerprint
+    lines = (out / "loss.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, STEPS + 1))
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_loss_decreases(full_run, sample, tiny_model_dir):
+    out, _ = full_run
+    losses = [json.loads((d / "state.json").read_text())["train_loss"] for d in checkpoint_dirs(out)[1:]]
+    assert losses[-1] < losses[0] - 0.5
+    # The same held-fixed batch scores better under the final weights than under the base model.
+    from ftrace.model.batching import example_batch
+
+    texts = [s.text for s in sample.sentences[:32]]
+    with torch.no_grad():
+        before, after = (lm_loss(m.model, example_batch(m.tokenizer, texts)).item()
+                         for m in (load_model(tiny_model_dir), load_model(str(out / f"step-{STEPS}"))))
+    assert after < before - 0.5
+
+
+def test_same_seed_same_weights(full_run, tmp_path, sample, tiny_model_dir):
+    out, _ = full_run
+    again = train(config(tiny_model_dir), sample, tmp_path / "again")
+    assert same_weights(again.checkpoints[-1], out / f"step-{STEPS}")
+    other = train(config(tiny_model_dir, seed=1), sample, tmp_path / "seed1")  # other batches
+    assert not same_weights(other.checkpoints[-1], out / f"step-{STEPS}")
+
+
+def test_resume_after_interruption_is_bit_identical(full_run, tmp_path, sample, tiny_model_dir, monkeypatch):
+    out, _ = full_run
+    real = ckpt.write_checkpoint
+
+    def killed_at_step_8(where, step, *args, **kwargs):
+        if step == 8:  # die half-way through writing the second checkpoint
+            partial = where / f"step-8.tmp-{os.getpid() + 1}"
+            partial.mkdir()
+            (partial / "model.safetensors").write_bytes(b"half")
+            raise KeyboardInterrupt
+        return real(where, step, *args, **kwargs)
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(ckpt, "write_checkpoint", killed_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_model_dir), sample, run_dir)
+    monkeypatch.setattr(ckpt, "write_checkpoint", real)
+    assert [d.name for d in checkpoint_dirs(run_dir)] == ["step-0", "step-4"]
+    assert not json.loads((run_dir / "run.json").read_text())["complete"]
+
+    resumed = train(config(tiny_model_dir), sample, run_dir)
+    assert resumed.resumed_from == 4
+    assert not any(".tmp-" in p.name for p in run_dir.iterdir())
+    assert same_weights(run_dir / f"step-{STEPS}", out / f"step-{STEPS}")
+    # The per-step losses, including the steps retrained after the kill, match too.
+    assert (run_dir / "loss.jsonl").read_text() == (out / "loss.jsonl").read_text()
+    for name in ("exp_avg_sq.pt", "state.json"):
+        a, b = (torch.load(d / f"step-{STEPS}" / name, weights_only=True) if name.endswith(".pt")
+                else json.loads((d / f"step-{STEPS}" / name).read_text()) for d in (run_dir, out))
+        assert a.keys() == b.keys() and all(
+            torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+def test_rerun_after_completion_does_nothing(full_run, sample, tiny_model_dir, capsys):
+    out, _ = full_run
+    before = snapshot(out)
+    again = train(config(tiny_model_dir), sample, out)
+    assert again.already_complete and [d.name for d in again.checkpoints][-1] == f"step-{STEPS}"
+    assert snapshot(out) == before
+    assert "nothing to do" in capsys.readouterr().err
+
+
+def test_different_run_is_refused_untouched(full_run, sample, tiny_model_dir):
+    out, _ = full_run
+    before = snapshot(out)
+    with pytest.raises(TrainError, match=r"lr: run has 0\.01, asked for 0\.001") as e:
+        train(config(tiny_model_dir).model_copy(update={"lr": 1e-3}), sample, out)
+    assert "\n" not in str(e.value)
+    smaller = Corpus(source=sample.source, sentences=sample.sentences[:-1])
+    with pytest.raises(TrainError, match="corpus_fingerprint: run has"):
+        train(config(tiny_model_dir), smaller, out)
+    with pytest.raises(TrainError, match="model_fingerprint: run has"):  # same name, other weights
+        run = json.loads((out / "run.json").read_text())
+        other = {**run, "identity": {**run["identity"], "model_fingerprint": "0" * 16}}
+        (out / "run.json").write_text(json.dumps(other))
+        try:
+            train(config(tiny_model_dir), sample, out)
+        finally:
+            (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    after = snapshot(out)
+    after["run.json"] = before["run.json"]  # rewritten by this test itself
+    assert after == before
+
+
+def test_bad_input_is_refused(tmp_path, sample, tiny_model_dir):
+    for kw, msg in [({"optimizer": "sgd"}, "--optimizer sgd: choose one of adamw, adafactor"),
+                    ({"loss": "subject"}, "--loss subject"), ({"device": "tpu"}, "--device tpu"),
+                    ({"checkpoints": 0}, "--checkpoints 0"), ({"batch_size": 0}, "--batch-size 0"),
+                    ({"epochs": 0}, "--epochs 0: must be at least 1"), ({"max_steps": 0}, "--max-steps 0")]:
+        with pytest.raises(TrainError, match=msg):
+            TrainConfig(**kw)
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="--device cuda: no CUDA device is available"):
+            train(config(tiny_model_dir, device="cuda"), sample, tmp_path / "cuda")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(TrainError, match="not an ftrace train run"):
+        train(config(tiny_model_dir), sample, foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    no_objects = Corpus(source="x", sentences=[Sentence(id="a", text="Paris is big.",
+                                                         facts=[("X", "r", "Rome")])])
+    with pytest.raises(TrainError, match="no sentence of the corpus states a fact whose object appears"):
+        train(config(tiny_model_dir, loss="object"), no_objects, tmp_path / "obj")
+
+
+def test_object_spans_label_exactly_the_object(tiny_model_dir):
+    tok = load_model(tiny_model_dir).tokenizer
+    texts = ["The Googleplex in Mountain View serves as the main headquarters of Google.",
+             "He was born in pisa, in Tuscany.",  # only a case-insensitive match
+             "Mombasa lies on the coast of the Indian Ocean.",
+             "Whales are mammals."]
+    objects = ["Mountain View", "Pisa", "Indian Ocean", "Kenya"]
+    rows = object_span_rows(tok, texts, objects, max_length=64)
+    assert rows[3] is None  # absent
+    for (ids, labels), obj in zip(rows[:3], objects):
+        scored = [i for i, lab in enumerate(labels) if lab != IGNORE]
+        assert scored == list(range(scored[0], scored[-1] + 1)) and scored[-1] < len(ids) - 1  # mid-sentence
+        assert tok.decode([ids[i] for i in scored]).strip().lower() == obj.lower()
+    batch = object_span_batch(tok, texts[:3], objects[:3], max_length=64)
+    assert batch.labels.shape == batch.input_ids.shape and (batch.labels != IGNORE).sum() == sum(
+        sum(lab != IGNORE for lab in r[1]) for r in rows[:3])
+    with pytest.raises(ValueError):
+        object_span_batch(tok, texts, objects)
+
+
+def test_object_examples_skip_sentences_without_their_object(tiny_model_dir):
+    tok = load_model(tiny_model_dir).tokenizer
+    corpus = Corpus(source="x", sentences=[
+        Sentence(id="a", text="Apple developed macOS and iOS.", facts=[("macOS", "developer", "Apple"),
+                                                                       ("iOS", "developer", "Apple"),
+                                                                       ("macOS", "platform", "iOS")]),
+        Sentence(id="b", text="Beethoven kept composing.", facts=[]),
+        Sentence(id="c", text="Mombasa is a port.", facts=[("Mombasa", "country", "Kenya")]),
+        Sentence(id="d", text="The cat sat.", facts=[("cat", "article", "The")]),  # first token only
+    ])
+    exset = build_examples(corpus, "object", tok, max_length=64)
+    assert tok.tokenize("The cat sat.")[0] == "The"
+    # One example per distinct object; the first token of a text is never scored.
+    assert [(e.sentence_id, e.object) for e in exset.examples] == [("a", "Apple"), ("a", "iOS")]
+    assert exset.skipped_sentences == 3
+
+
+def test_adafactor_second_moments(tmp_path, sample, tiny_model_dir):
+    run = train(config(tiny_model_dir, optimizer="adafactor", max_steps=2, checkpoints=1), sample,
+                tmp_path / "af")
+    model = load_model(str(run.checkpoints[-1])).model
+    moments = torch.load(run.checkpoints[-1] / "exp_avg_sq.pt", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in moments.items()} == {
+        k: tuple(p.shape) for k, p in model.named_parameters()}
+    # The reconstruction is exactly what Adafactor's update divides by.
+    from transformers.optimization import Adafactor
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5)
+    opt = Adafactor(layer.parameters(), lr=1e-2, relative_step=False, scale_parameter=False,
+                    warmup_init=False)
+    for _ in range(2):
+        layer(torch.randn(4, 6)).square().sum().backward()
+        opt.step()
+    state = opt.state[layer.weight]
+    v = second_moments(opt, layer)["weight"]
+    expected = Adafactor._approx_sq_grad(state["exp_avg_sq_row"], state["exp_avg_sq_col"])
+    assert torch.allclose(v.rsqrt(), expected)
+    assert torch.equal(second_moments(opt, layer)["bias"], opt.state[layer.bias]["exp_avg_sq"])
+
+
+def _fake_run(root: Path, losses: list[float | None]) -> None:
+    for step, loss in enumerate(losses):
+        d = root / f"step-{step * 10}"
+        d.mkdir(parents=True)
+        (d / "state.json").write_text(json.dumps({"step": step * 10, "train_loss": loss, "complete": True}))
+
+
+def test_select_checkpoints(tmp_path):
+    _fake_run(tmp_path / "r", [None, 4.0, 3.0, 2.5, 2.2, 2.1, 2.0])
+    (tmp_path / "r" / "step-70.tmp-1").mkdir()  # incomplete: never listed
+    assert [d.name for d in select_checkpoints(tmp_path / "r", "all")] == [f"step-{10 * i}" for i in range(7)]
+    # Inverse perplexities exp(-loss): 0.018 .. 0.135; the middle target 0.077 is nearest step-30's 0.082.
+    assert [d.name for d in select_checkpoints(tmp_path / "r", "ftrace")] == ["step-10", "step-30", "step-60"]
+    _fake_run(tmp_path / "few", [None, 3.0, 2.0])
+    assert [d.name for d in select_checkpoints(tmp_path / "few", "ftrace")] == ["step-10", "step-20"]
+    with pytest.raises(TrainError):
+        select_checkpoints(tmp_path / "r", "best")
