@@ -19,7 +19,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from ftrace import FtraceError
-from ftrace.config import DEFAULT_INDEX, BenchConfig, Cli, IngestConfig, QueryConfig
+from ftrace.config import DEFAULT_INDEX, BenchConfig, Cli, IngestConfig, QueryConfig, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fact tracing: find the training sentences behind a language model's prediction.")
@@ -47,6 +47,7 @@ class _Option:
     mark: Cli
     annotation: Any
     default: Any  # the config's default (... when required)
+    optional_section: bool = False  # in a section that is None unless one of its options is given
 
     @property
     def primary(self) -> str:
@@ -72,10 +73,12 @@ class _Option:
         else:
             info = typer.Option(*self.mark.names or (self.primary,), help=self.mark.help, min=self.mark.min,
                                 metavar=self.mark.metavar, show_default=base is not list[str])
-        nullable = optional or origin is list
+        nullable = optional or origin is list or self.optional_section
         return Annotated[base | None if nullable else base, info]
 
     def typer_default(self) -> Any:
+        if self.optional_section:
+            return None
         if self.default is ... or typing.get_origin(_strip_optional(self.annotation)[0]) is list:
             return inspect.Parameter.empty if self.default is ... else None
         return self.default
@@ -89,17 +92,18 @@ def _strip_optional(t: Any) -> tuple[Any, bool]:
     return t, False
 
 
-def config_options(cls: type[BaseModel], path: tuple[str, ...] = ()) -> Iterator[_Option]:
-    """The CLI options of a config: its fields marked `Cli`, sections (nested configs) flattened."""
+def config_options(cls: type[BaseModel], path: tuple[str, ...] = (), optional: bool = False) -> Iterator[_Option]:
+    """The CLI options of a config: its fields marked `Cli`, sections (nested configs) flattened; a
+    section that may be None is given only when one of its options is."""
     for name, field in cls.model_fields.items():
-        t = field.annotation
+        t, nullable = _strip_optional(field.annotation)
         if isinstance(t, type) and issubclass(t, BaseModel):
-            yield from config_options(t, (*path, name))
+            yield from config_options(t, (*path, name), optional or nullable)
             continue
         marks = [m for m in field.metadata if isinstance(m, Cli)]
         if marks:
             default = ... if field.is_required() else field.get_default(call_default_factory=True)
-            yield _Option((*path, name), marks[0], t, default)
+            yield _Option((*path, name), marks[0], field.annotation, default, optional)
 
 
 def parse_config(cls: type[C], options: list[_Option], values: dict[str, Any]) -> C:
@@ -203,6 +207,16 @@ def bench(config: BenchConfig) -> None:
     else:
         typer.echo((run.out / "table.md").read_text())
         typer.echo(f"wrote {run.out}/results.json, table.md, plot.png, rankings.jsonl", err=True)
+
+
+@app.command()
+@command_from_config(TrainConfig)
+def train(config: TrainConfig) -> None:
+    """Fine-tune the model on the training sentences, saving checkpoints (weights, second moments) to trace."""
+    from ftrace.train.trainer import train_command
+
+    run = train_command(config)
+    typer.echo(f"{run.out}: {len(run.checkpoints)} checkpoints (steps 0..{run.total_steps})")
 
 
 def main() -> None:  # pragma: no cover

@@ -214,3 +214,36 @@ class BenchConfig(Strict):
         if self.methods:
             parts.append(f"--methods {','.join(self.methods)}")
         return " ".join(parts)
+
+
+class TrainConfig(Strict):
+    """`ftrace train`: fine-tune the model on training sentences, saving checkpoints to trace with.
+
+    Everything but `device` and where the data comes from / goes is the run's identity: resuming or
+    re-running an output directory with any other value is refused."""
+
+    index: Annotated[Path | None, cli("Train on this index's sentences with its model; checkpoints go to "
+                                      "INDEX/train unless --out is given.", "--index", "-i")] = None
+    corpus: CorpusSelection | None = None
+    out: Annotated[Path | None, cli("Output directory (default INDEX/train).")] = None
+    model: Annotated[str | None, cli("Model to fine-tune (default: the index's model, else smollm2-135m).")] = None
+    optimizer: Annotated[Literal["adamw", "adafactor"], cli("adamw, or adafactor (transformers').")] = "adamw"
+    lr: Annotated[float, Field(ge=0), cli("Peak learning rate (adafactor: fixed, no relative step).")] = 2e-4
+    weight_decay: Annotated[float, Field(ge=0), cli("Weight decay.")] = 0.0
+    warmup: Annotated[int, Field(ge=0), cli("Steps of linear warmup; then linear decay to 0.")] = 0
+    epochs: Annotated[int, Field(ge=1), cli("Passes over the training examples.")] = 2
+    max_steps: Annotated[int | None, Field(ge=1), cli("Stop after this many steps at the latest.")] = None
+    batch_size: Annotated[int, Field(ge=1), cli("Examples per optimizer step.")] = 16
+    seed: Annotated[int, Field(ge=0), cli("Seed of the data order and of everything random.")] = 0
+    checkpoints: Annotated[int, Field(ge=1), cli("Fine-tuned checkpoints, evenly spaced (plus the base model "
+                                                 "as step 0).")] = 3
+    loss: Annotated[Literal["sentence", "object"], cli("sentence: LM loss of the whole sentence; object: loss of "
+                                                       "the fact's object tokens given the sentence prefix.")] = \
+        "sentence"
+    max_length: Annotated[int, Field(ge=2), cli("Tokens per example; longer sentences are truncated.")] = 256
+    device: Annotated[str, Field(pattern=r"auto|cpu|cuda(:\d+)?|mps"),
+                      cli("auto (CUDA when present), cpu, cuda[:N] or mps.")] = "auto"
+
+    def identity(self) -> dict:
+        """What must match for a run directory to be resumed."""
+        return self.model_dump(exclude={"device", "index", "corpus", "out"})

@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from ftrace import FtraceError
+from ftrace.cli import app
+from ftrace.config import TrainConfig
 from ftrace.corpus import Corpus, Sentence
 from ftrace.model import load_model
 from ftrace.model.batching import IGNORE, object_span_batch, object_span_rows
-from ftrace.train import TrainConfig, TrainError, checkpoint_dirs, select_checkpoints, train
+from ftrace.train import TrainError, checkpoint_dirs, select_checkpoints, train
 from ftrace.train import checkpoints as ckpt
 from ftrace.train.examples import build_examples
 from ftrace.train.optim import second_moments
@@ -164,14 +168,21 @@ def test_different_run_is_refused_untouched(full_run, sample, tiny_model_dir):
 
 
 def test_bad_input_is_refused(tmp_path, sample, tiny_model_dir):
-    for kw, msg in [({"optimizer": "sgd"}, "--optimizer sgd: choose one of adamw, adafactor"),
-                    ({"loss": "subject"}, "--loss subject"), ({"device": "tpu"}, "--device tpu"),
-                    ({"checkpoints": 0}, "--checkpoints 0"), ({"batch_size": 0}, "--batch-size 0"),
-                    ({"epochs": 0}, "--epochs 0: must be at least 1"), ({"max_steps": 0}, "--max-steps 0")]:
-        with pytest.raises(TrainError, match=msg):
-            TrainConfig(**kw)
+    runner = CliRunner()
+    for args, msg in [(["--optimizer", "sgd"], "--optimizer 'sgd': Input should be 'adamw' or 'adafactor'"),
+                      (["--loss", "subject"], "--loss 'subject'"), (["--device", "tpu"], "--device 'tpu'"),
+                      (["--checkpoints", "0"], "--checkpoints 0"), (["--batch-size", "0"], "--batch-size 0"),
+                      (["--epochs", "0"], "--epochs 0: Input should be greater than or equal to 1"),
+                      (["--max-steps", "0"], "--max-steps 0"),
+                      ([], "give --index INDEX, or --corpus CORPUS with --out DIR"),
+                      (["--corpus", "sample"], "--corpus needs --out DIR"),
+                      (["--index", tmp_path / "nothing"], "not an ftrace index")]:
+        r = runner.invoke(app, ["train", *map(str, args)])
+        assert r.exit_code == 1 and msg in r.output, (args, r.output)
+        assert len(r.output.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
     if not torch.cuda.is_available():
-        with pytest.raises(TrainError, match="--device cuda: no CUDA device is available"):
+        with pytest.raises(FtraceError, match="--device cuda: no CUDA device is available"):
             train(config(tiny_model_dir, device="cuda"), sample, tmp_path / "cuda")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -194,7 +205,7 @@ def test_object_spans_label_exactly_the_object(tiny_model_dir):
     objects = ["Mountain View", "Pisa", "Indian Ocean", "Kenya"]
     rows = object_span_rows(tok, texts, objects, max_length=64)
     assert rows[3] is None  # absent
-    for (ids, labels), obj in zip(rows[:3], objects):
+    for (ids, labels), obj in zip(rows[:3], objects[:3], strict=True):
         scored = [i for i, lab in enumerate(labels) if lab != IGNORE]
         assert scored == list(range(scored[0], scored[-1] + 1)) and scored[-1] < len(ids) - 1  # mid-sentence
         assert tok.decode([ids[i] for i in scored]).strip().lower() == obj.lower()

@@ -108,3 +108,14 @@ def load_model(name: str | None = None) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, fingerprint=weights_fingerprint(model))
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device: 'auto' = the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {name}: no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("--device mps: no MPS device is available")
+    return torch.device(name)

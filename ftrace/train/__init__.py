@@ -2,8 +2,8 @@
 to trace with. See trainer.py for the run, layout.py and checkpoints.py for the output directory."""
 
 from ftrace.train.checkpoints import checkpoint_dirs
-from ftrace.train.config import TrainConfig, TrainError
+from ftrace.train.errors import TrainError
 from ftrace.train.select import select_checkpoints
-from ftrace.train.trainer import TrainRun, train
+from ftrace.train.trainer import TrainRun, train, train_command
 
-__all__ = ["TrainConfig", "TrainError", "TrainRun", "checkpoint_dirs", "select_checkpoints", "train"]
+__all__ = ["TrainError", "TrainRun", "checkpoint_dirs", "select_checkpoints", "train", "train_command"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ftrace.train.config import TrainError
+from ftrace.train.errors import TrainError
 from ftrace.train.layout import STEP_RE, write_json
 
 STATE = "state.json"
@@ -52,7 +52,7 @@ def checkpoint_dirs(train_dir: Path | str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def write_checkpoint(out: Path, step: int, model: torch.nn.Module, tokenizer, state: dict[str, Any],
+def write_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any],
                      moments: dict[str, torch.Tensor] | None, trainer: dict[str, Any]) -> Path:
     final = out / f"step-{step}"
     if final.exists():

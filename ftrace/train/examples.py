@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ftrace.corpus import Corpus
 from ftrace.model.batching import LossBatch, example_batch, object_span_batch, object_span_rows
-from ftrace.train.config import TrainError
+from ftrace.train.errors import TrainError
 
 CHUNK = 1024  # texts tokenised per call while filtering
 
@@ -53,7 +53,7 @@ def build_examples(corpus: Corpus, loss: str, tokenizer, max_length: int) -> Exa
     kept: list[TrainExample] = []
     for i in range(0, len(candidates), CHUNK):
         chunk = candidates[i:i + CHUNK]
-        rows = object_span_rows(tokenizer, [e.text for e in chunk], [e.object for e in chunk], max_length)
+        rows = object_span_rows(tokenizer, [e.text for e in chunk], [e.object or "" for e in chunk], max_length)
         kept += [e for e, row in zip(chunk, rows, strict=True) if row is not None]
     if not kept:
         raise TrainError("--loss object: no sentence of the corpus states a fact whose object appears "
@@ -64,4 +64,4 @@ def build_examples(corpus: Corpus, loss: str, tokenizer, max_length: int) -> Exa
 def loss_batch(examples: Sequence[TrainExample], tokenizer, max_length: int) -> LossBatch:
     if examples[0].object is None:
         return example_batch(tokenizer, [e.text for e in examples], max_length)
-    return object_span_batch(tokenizer, [e.text for e in examples], [e.object for e in examples], max_length)
+    return object_span_batch(tokenizer, [e.text for e in examples], [e.object or "" for e in examples], max_length)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ftrace.train.config import TrainError
+from ftrace.train.errors import TrainError
 
 RUN = "run.json"
 LOCK = "run.lock"

@@ -19,7 +19,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 from transformers.optimization import Adafactor
 
-from ftrace.train.config import TrainConfig
+from ftrace.config import TrainConfig
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):

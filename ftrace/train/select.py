@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from ftrace.train.checkpoints import checkpoint_dirs, read_state
-from ftrace.train.config import TrainError
+from ftrace.train.errors import TrainError
 
 FTRACE_COUNT = 3
 

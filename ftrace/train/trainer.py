@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ftrace.corpus import Corpus
+from ftrace.config import DEFAULT_MODEL, TrainConfig
+from ftrace.corpus import Corpus, load_corpus
+from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import versions
 from ftrace.model.batching import IGNORE, LossBatch
-from ftrace.model.loading import LoadedModel, load_model
+from ftrace.model.loading import LoadedModel, load_model, resolve_device
 from ftrace.train import checkpoints as ckpt
-from ftrace.train.config import TrainConfig, TrainError, resolve_device
+from ftrace.train.errors import TrainError
 from ftrace.train.examples import TrainExample, build_examples, loss_batch
-from ftrace.train.layout import (FORMAT, LOSS, PLOT, RUN, check_identity, locked, read_run, remove_partial,
-                                 write_json)
+from ftrace.train.layout import FORMAT, LOSS, PLOT, RUN, check_identity, locked, read_run, remove_partial, write_json
 from ftrace.train.losslog import LossLog, read_losses, truncate_losses
 from ftrace.train.optim import make_optimizer, second_moments
 from ftrace.train.plan import Plan
@@ -97,8 +98,31 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def train_command(config: TrainConfig) -> TrainRun:
+    """`ftrace train`: the training sentences and model of --index (output INDEX/train), or of
+    --corpus and --model (output --out)."""
+    if config.index is not None and config.corpus is not None:
+        raise TrainError("give --index (train on an index's sentences) or --corpus, not both")
+    if config.index is not None:
+        index = IndexDir(Path(config.index))
+        built_with = index.manifest.model.name
+        if config.model is not None and config.model != built_with:
+            raise TrainError(f"--model {config.model}: the index {index.path} was built with {built_with!r}; "
+                             "train that model, or use --corpus")
+        config = config.model_copy(update={"model": built_with})
+        return train(config, index.corpus, config.out or index.path / "train")
+    if config.corpus is None:
+        raise TrainError("give --index INDEX, or --corpus CORPUS with --out DIR")
+    if config.out is None:
+        raise TrainError("--corpus needs --out DIR (where the checkpoints go)")
+    sel = config.corpus
+    return train(config, load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit), config.out)
+
+
 def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     out = Path(out)
+    if config.model is None:
+        config = config.model_copy(update={"model": DEFAULT_MODEL})
     run = read_run(out)
     if run is not None:  # cheap checks first: no model load to refuse a different run
         check_identity(out, run["identity"], {"config": config.identity(),
@@ -137,7 +161,7 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
             "examples": len(exset.examples), "skipped_sentences": exset.skipped_sentences,
             "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
             "checkpoint_steps": [0, *plan.checkpoint_steps()], "checkpoints": [], "complete": False,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": versions(("torch", "transformers")),
         }
         result.resumed_from = _run(config, plan, base, exset.examples, record, out, device)
@@ -153,7 +177,9 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Trai
     done = ckpt.checkpoint_dirs(out)
     model, resumed = base.model, None
     if done:
-        resumed = ckpt.read_state(done[-1])["step"]
+        state = ckpt.read_state(done[-1])
+        assert state is not None  # checkpoint_dirs lists complete checkpoints only
+        resumed = state["step"]
         trainer = ckpt.load_trainer(done[-1])
         model = load_model(str(done[-1])).model  # the exact saved weights
         base.model = None  # free the base copy
