@@ -34,9 +34,14 @@ class CorpusInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    name: str
+    name: str  # the model queries are answered and featurized with (a training run's final checkpoint)
     fingerprint: str
     checkpoints: list[str] = Field(default_factory=list)
+    # the model before fine-tuning, when the index was built from an `ftrace train` run (for the
+    # learned slices: what the base model already knew)
+    base: str | None = None
+    base_fingerprint: str | None = None
+    train_dir: str | None = None
 
 
 class Manifest(BaseModel):

@@ -154,7 +154,7 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     out.mkdir(parents=True, exist_ok=True)
     with locked(out), deterministic(device):
         record = run or {
-            "format": FORMAT, "identity": identity, "config": config.model_dump(),
+            "format": FORMAT, "identity": identity, "config": config.model_dump(mode="json"),
             "model": {"name": base.name, "fingerprint": base.fingerprint},
             "corpus": {"source": corpus.source, "fingerprint": corpus.fingerprint(),
                        "sentences": len(corpus.sentences)},
