@@ -93,6 +93,15 @@ class TracInConfig(GradientConfig):
                                        "--whiten-samples", min=1)] = 512
     checkpoints: Annotated[list[str] | None, cli("Checkpoint(s) to take gradients at (repeat); default: --model.",
                                                  "--checkpoint")] = None
+    train_dir: Annotated[Path | None, cli("An `ftrace train` output directory: gradients at its checkpoints, "
+                                          "answers and embeddings from its final checkpoint.", "--checkpoints",
+                                          metavar="TRAIN_DIR")] = None
+    select: Annotated[Literal["all", "ftrace", "final"],
+                      cli("With --checkpoints: every fine-tuned checkpoint, FTRACE's 3 spaced in inverse "
+                          "perplexity, or the final one.", "--checkpoint-select")] = "ftrace"
+    checkpoint_optimizer: Annotated[bool, cli("With --checkpoints: divide each checkpoint's gradients by its own "
+                                              "Adam second moments.",
+                                              "--checkpoint-optimizer/--no-checkpoint-optimizer")] = True
     # None: the model's input embedding, whatever its module name
     layers: Annotated[list[str] | None,
                       cli("Module name patterns whose weight gradients are projected (default: the input embedding).",
@@ -130,7 +139,8 @@ IndexPath = Annotated[Path, cli("Index directory.", "--index", "-i")]
 class IngestConfig(Strict):
     index: IndexPath = DEFAULT_INDEX
     corpus: CorpusSelection = CorpusSelection()
-    model: Annotated[str, cli("'smollm2-135m' (built in) or a Hugging Face causal LM id or path.")] = DEFAULT_MODEL
+    model: Annotated[str | None, cli("'smollm2-135m' (built in, the default) or a Hugging Face causal LM id or "
+                                     "path; with --checkpoints, the run's final checkpoint.")] = None
     embed: EmbeddingConfig = EmbeddingConfig()
     tracin: TracInConfig = TracInConfig()
     store: StoreConfig = StoreConfig()
@@ -138,9 +148,11 @@ class IngestConfig(Strict):
     max_length: int = 128  # tokens per sentence given to the model
 
     @model_validator(mode="after")
-    def _remote_needs_url(self) -> IngestConfig:
+    def _consistent(self) -> IngestConfig:
         if self.store.backend == "remote" and not self.store.url:
             raise ValueError("--qdrant remote needs --qdrant-url")
+        if self.tracin.train_dir is not None and self.tracin.checkpoints:
+            raise ValueError("--checkpoint and --checkpoints: give model checkpoints or a training run, not both")
         return self
 
 

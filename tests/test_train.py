@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -274,3 +275,65 @@ def test_select_checkpoints(tmp_path):
     assert [d.name for d in select_checkpoints(tmp_path / "few", "ftrace")] == ["step-10", "step-20"]
     with pytest.raises(TrainError):
         select_checkpoints(tmp_path / "r", "best")
+
+
+# --- train -> checkpoints -> ingest -> query ------------------------------------------------------
+
+def test_ingest_and_query_from_a_training_run(full_run, tmp_path, sample, tiny_model_dir):
+    from ftrace.config import GradientConfig
+    from ftrace.features.gradients import GradientFeaturizer
+    from ftrace.index.manifest import Manifest
+    from ftrace.model import example_batch
+    from ftrace.query.tracer import Tracer
+
+    out, _ = full_run
+    runner = CliRunner()
+    index = tmp_path / "traced"
+    r = runner.invoke(app, ["ingest", "--index", str(index), "--checkpoints", str(out), "--checkpoint-select", "all",
+                            "--tracin-dim", "64", "--batch-size", "64"])
+    assert r.exit_code == 0, r.output
+    m = Manifest.read(index)
+    steps = [str((out / f"step-{n}").resolve()) for n in (4, 8, 12)]
+    assert m.model.name == steps[-1] and m.model.checkpoints == steps  # the base (step 0) is never traced
+    assert m.model.base == tiny_model_dir and m.model.train_dir == str(out.resolve())
+    optimizer = m.vectors["tracin"]["corrections"]["optimizer"]
+    assert [o["path"] for o in optimizer] == [f"{s}/exp_avg_sq.pt" for s in steps]
+    assert len({o["sha256"] for o in optimizer}) == 3  # each checkpoint its own second moments
+
+    # the stored vector is the mean over checkpoints, each corrected by ITS OWN optimizer state
+    tracer = Tracer(index)
+    try:
+        texts = [s.text for s in sample.sentences[:4]]
+        stored = tracer.featurizer("tracin").vectors(example_batch(tracer.lm.tokenizer, texts))
+        per = []
+        for s in steps:
+            lm = load_model(s)
+            cfg = GradientConfig(layers=["model.embed_tokens"], dim=64, optimizer_state=f"{s}/exp_avg_sq.pt")
+            per.append(GradientFeaturizer(lm.model, cfg).vectors(example_batch(lm.tokenizer, texts)))
+        np.testing.assert_allclose(stored, np.concatenate(per, 1) / np.sqrt(3), atol=1e-5)
+        wrong = GradientFeaturizer(load_model(steps[0]).model, GradientConfig(
+            layers=["model.embed_tokens"], dim=64, optimizer_state=f"{steps[2]}/exp_avg_sq.pt")).vectors(
+            example_batch(tracer.lm.tokenizer, texts))
+        assert np.abs(wrong - per[0]).max() > 1e-3  # another checkpoint's moments give other vectors
+    finally:
+        tracer.close()
+    r = runner.invoke(app, ["query", "Toyota Avanza is produced by", "--index", str(index), "--method", "tracin+bm25"])
+    assert r.exit_code == 0, r.output
+
+    # refusals: one line each, nothing written
+    (tmp_path / "copy").mkdir()
+    for args, msg in [(["--checkpoints", str(tmp_path / "copy")], "no complete ftrace train run"),
+                      (["--checkpoints", str(out), "--model", "other-model"], "leave --model out"),
+                      (["--checkpoints", str(out), "--checkpoint", tiny_model_dir], "not both")]:
+        r = runner.invoke(app, ["ingest", "--index", str(tmp_path / "refused"), *args])
+        assert r.exit_code == 1 and msg in r.output, (args, r.output)
+        assert not (tmp_path / "refused").exists()
+    moments = out / "step-8" / "exp_avg_sq.pt"
+    moments.rename(tmp_path / "moved.pt")
+    try:
+        r = runner.invoke(app, ["ingest", "--index", str(tmp_path / "refused"), "--checkpoints", str(out),
+                                "--checkpoint-select", "all"])
+        assert r.exit_code == 1 and "has no saved second moments" in r.output, r.output
+        assert not (tmp_path / "refused").exists()
+    finally:
+        (tmp_path / "moved.pt").rename(moments)

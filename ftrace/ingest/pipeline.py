@@ -21,18 +21,29 @@ from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo
 from ftrace.index.vectors import VectorStore
 from ftrace.model import LoadedModel, example_batch, load_model
 from ftrace.model.batching import LossBatch, token_lengths
+from ftrace.train import TracedRun, traced_run
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def build_featurizers(lm: LoadedModel, c: IngestConfig) -> list[Featurizer]:
+def build_featurizers(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -> list[Featurizer]:
     out: list[Featurizer] = [EmbeddingFeaturizer(lm.model, c.embed)]
     t = c.tracin
     if t.enabled:
         gradient = t.gradient(input_embedding_name(lm.model))
-        models, checkpoints = load_checkpoints(lm, t.checkpoints or [lm.name])
+        names = [str(p) for p in run.checkpoints] if run else t.checkpoints or [lm.name]
+        models, checkpoints = load_checkpoints(lm, names)
+        if run and t.checkpoint_optimizer:
+            if t.optimizer_state:
+                raise FtraceError("--optimizer-state and --checkpoint-optimizer: a training run's checkpoints bring "
+                                  "their own second moments; give --no-checkpoint-optimizer to use one file")
+            for entry, moments in zip(checkpoints, run.moments, strict=True):
+                if moments is None:
+                    raise FtraceError(f"--checkpoints: {entry['name']} has no saved second moments; "
+                                      "give --no-checkpoint-optimizer")
+                entry["optimizer_state"] = str(moments)
         out.append(TracInFeaturizer(models, checkpoints, gradient, t.whiten_samples if t.whiten else 0))
     return out
 
@@ -47,11 +58,15 @@ def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig) -> Ite
         yield example_batch(lm.tokenizer, texts[i:i + c.batch_size], c.max_length)
 
 
-def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], c: IngestConfig) -> Manifest:
+def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], c: IngestConfig,
+                  run: TracedRun | None) -> Manifest:
     return Manifest(
         corpus=CorpusInfo(source=corpus.source, fingerprint=corpus.fingerprint(), sentences=len(corpus.sentences),
                           examples=len(corpus.examples()), queries=len(corpus.queries)),
-        model=ModelInfo(name=lm.name, fingerprint=lm.fingerprint, checkpoints=c.tracin.checkpoints or [lm.name]),
+        model=ModelInfo(name=lm.name, fingerprint=lm.fingerprint,
+                        checkpoints=[str(p) for p in run.checkpoints] if run else c.tracin.checkpoints or [lm.name],
+                        base=run.base if run else None, base_fingerprint=run.base_fingerprint if run else None,
+                        train_dir=str(run.train_dir) if run else None),
         vectors={f.name: f.spec() for f in featurizers},
         store=c.store,
         bm25={"k1": K1, "b": B},
@@ -79,11 +94,15 @@ def ingest(c: IngestConfig) -> Manifest:
     corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
     if c.store.backend == "remote" and not c.store.url:
         raise FtraceError("--qdrant remote needs --qdrant-url")
+    run = traced_run(c.tracin.train_dir, c.tracin.select) if c.tracin.train_dir else None
+    if run and c.model not in (None, str(run.final), run.base):
+        raise FtraceError(f"--model {c.model}: with --checkpoints the model is the run's final checkpoint "
+                          f"({run.final}); leave --model out")
     log(f"corpus: {len(corpus.sentences)} sentences, {len(corpus.queries)} queries ({corpus.source})")
-    lm = load_model(c.model)
-    featurizers = build_featurizers(lm, c)
+    lm = load_model(str(run.final) if run else c.model)
+    featurizers = build_featurizers(lm, c, run)
     index = IndexDir(Path(c.index))
-    manifest = _prepare(index, plan_manifest(corpus, lm, featurizers, c))
+    manifest = _prepare(index, plan_manifest(corpus, lm, featurizers, c, run))
     if manifest.complete:
         log(f"{index.path}: already complete; nothing to do")
         return manifest

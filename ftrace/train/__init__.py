@@ -3,7 +3,8 @@ to trace with. See trainer.py for the run, layout.py and checkpoints.py for the 
 
 from ftrace.train.checkpoints import checkpoint_dirs
 from ftrace.train.errors import TrainError
-from ftrace.train.select import select_checkpoints
+from ftrace.train.select import TracedRun, select_checkpoints, traced_run
 from ftrace.train.trainer import TrainRun, train, train_command
 
-__all__ = ["TrainError", "TrainRun", "checkpoint_dirs", "select_checkpoints", "train", "train_command"]
+__all__ = ["TracedRun", "TrainError", "TrainRun", "checkpoint_dirs", "select_checkpoints", "traced_run", "train",
+           "train_command"]

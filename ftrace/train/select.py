@@ -13,13 +13,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ftrace.train.checkpoints import checkpoint_dirs, read_state
+from ftrace.train.checkpoints import MOMENTS, checkpoint_dirs, read_state
 from ftrace.train.errors import TrainError
+from ftrace.train.layout import read_run
 
 FTRACE_COUNT = 3
 
@@ -45,3 +47,32 @@ def select_checkpoints(train_dir: Path | str, which: Literal["all", "ftrace"] = 
         free = [i for i in range(len(tuned)) if i not in taken]
         taken.append(min(free, key=lambda i: (abs(inv[i] - target), i)))
     return [tuned[i][0] for i in sorted(taken)]
+
+
+@dataclass
+class TracedRun:
+    """What an index built from a train run uses: gradients at `checkpoints` (each with its own
+    second moments), answers and embeddings from `final`, the learned slices from `base`."""
+
+    train_dir: Path
+    final: Path
+    checkpoints: list[Path]
+    moments: list[Path | None]  # exp_avg_sq.pt per checkpoint (None: none saved)
+    base: str
+    base_fingerprint: str
+
+
+def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final"] = "ftrace") -> TracedRun:
+    """The checkpoints of a complete train run to trace with (step 0, the base, is never one: its
+    optimizer state is fresh). Paths are absolute, so the index works from any directory."""
+    train_dir = Path(train_dir).resolve()
+    run = read_run(train_dir)
+    if run is None or not run.get("complete"):
+        raise TrainError(f"--checkpoints {train_dir}: no complete ftrace train run there (run or resume "
+                         "`ftrace train` first)")
+    tuned = [d for d in checkpoint_dirs(train_dir) if (read_state(d) or {}).get("step", 0) > 0]
+    if not tuned:
+        raise TrainError(f"--checkpoints {train_dir}: the run has no fine-tuned checkpoint")
+    picked = tuned[-1:] if which == "final" else [d for d in select_checkpoints(train_dir, which) if d in tuned]
+    moments = [d / MOMENTS if (d / MOMENTS).exists() else None for d in picked]
+    return TracedRun(train_dir, tuned[-1], picked, moments, run["model"]["name"], run["model"]["fingerprint"])

@@ -166,6 +166,11 @@ def combine_checkpoints(vectors: list[np.ndarray]) -> np.ndarray:
     return (np.concatenate(vectors, axis=1) / np.sqrt(len(vectors))).astype(np.float32)
 
 
+def _own_optimizer(config: GradientConfig, checkpoint: dict) -> GradientConfig:
+    state = checkpoint.get("optimizer_state")
+    return config if state is None else config.model_copy(update={"optimizer_state": state})
+
+
 def state_file(index_dir: Path, checkpoint: int) -> Path:
     return Path(index_dir) / f"tracin-state-{checkpoint}.pt"
 
@@ -179,7 +184,10 @@ class TracInFeaturizer:
 
     def __init__(self, models: list[torch.nn.Module], checkpoints: list[dict], config: GradientConfig,
                  whiten_samples: int = 0):
-        self.per_checkpoint = [GradientFeaturizer(m, config) for m in models]
+        """`checkpoints`: {"name", "fingerprint"} per model, plus "optimizer_state" where that
+        checkpoint's gradients are divided by its own second moments (a training run's)."""
+        self.per_checkpoint = [GradientFeaturizer(m, _own_optimizer(config, c)) for m, c in
+                               zip(models, checkpoints, strict=True)]
         self.checkpoints, self.config, self.whiten_samples = checkpoints, config, whiten_samples
         self.size = self.per_checkpoint[0].size * len(self.per_checkpoint)
 
@@ -189,9 +197,11 @@ class TracInFeaturizer:
         from ftrace.index.manifest import ManifestError
 
         models, checkpoints = load_checkpoints(lm, [c["name"] for c in spec["checkpoints"]])
-        if checkpoints != spec["checkpoints"]:
+        recorded = [{"name": c["name"], "fingerprint": c["fingerprint"]} for c in spec["checkpoints"]]
+        if checkpoints != recorded:
             raise ManifestError(f"{index_dir}: a gradient checkpoint has changed since the index was built "
-                                f"(index {spec['checkpoints']}, now {checkpoints})")
+                                f"(index {recorded}, now {checkpoints})")
+        checkpoints = spec["checkpoints"]
         f = cls(models, checkpoints, GradientConfig(**spec["config"]), spec["corrections"]["whitening"]["samples"])
         f.load(index_dir)
         return f
@@ -200,6 +210,8 @@ class TracInFeaturizer:
         """What made the vectors; stable before and after whitening is fitted (it names the
         calibration, the fitted matrices live in the state files)."""
         spec = self.per_checkpoint[0].spec()
+        if any("optimizer_state" in c for c in self.checkpoints):
+            spec["corrections"]["optimizer"] = [f.spec()["corrections"]["optimizer"] for f in self.per_checkpoint]
         spec["corrections"]["whitening"] = {"enabled": self.config.whiten, "samples": self.whiten_samples,
                                             "fitted_on": "seeded sample of training examples"}
         spec["per_checkpoint_size"] = spec.pop("size")
