@@ -7,8 +7,13 @@ SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", Path(__file__).resolve().pare
 LAMA = SHARED / "lama-trex"
 TREX = SHARED / "t-rex-sample" / "sample-output.json"
 
-needs_shared = pytest.mark.skipif(
+_skip_without_shared = pytest.mark.skipif(
     not LAMA.is_dir(), reason=f"shared data not found at {SHARED} (set FTRACE_SHARED_DATA); CI always has it")
+
+
+def needs_shared(test):
+    """Marks a test `shared_data` and skips it, saying why, where ../shared/data is absent."""
+    return pytest.mark.shared_data(_skip_without_shared(test))
 
 
 @pytest.fixture(scope="session")

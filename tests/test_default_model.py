@@ -22,6 +22,7 @@ def p176_index(tmp_path_factory):
     return index
 
 
+@pytest.mark.slow
 @needs_shared
 def test_default_model_answers_and_traces_toyota_avanza(p176_index):
     for method in ("bm25", "bm25+embed"):

@@ -165,6 +165,7 @@ def test_dot_product_is_cosine_of_projected_naive_gradients(lm):
     assert abs(float(w[0] @ w[2]) - mean_cos) < 1e-4
 
 
+@pytest.mark.slow
 def test_same_seed_same_vectors_in_another_process_different_seed_differs(lm, tmp_path):
     batch = example_batch(lm.tokenizer, TEXTS[:4])
     a = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64, seed=7)).vectors(batch)

@@ -279,6 +279,7 @@ def test_select_checkpoints(tmp_path):
 
 # --- train -> checkpoints -> ingest -> query ------------------------------------------------------
 
+@pytest.mark.slow
 def test_ingest_and_query_from_a_training_run(full_run, tmp_path, sample, tiny_model_dir):
     from ftrace.config import GradientConfig
     from ftrace.features.gradients import GradientFeaturizer
