@@ -116,6 +116,13 @@ def test_plain_jsonl_errors_name_file_and_line(tmp_path, lines, expected):
         load_jsonl(path)
 
 
+def test_non_utf8_line_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"text": "fine."}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(CorpusError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xe9\)"):
+        load_jsonl(path)
+
+
 def test_missing_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(CorpusError, match="corpus not found"):
         load_corpus(str(tmp_path / "nope.jsonl"))

@@ -32,11 +32,15 @@ def _describe(err: ValidationError) -> str:
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a bad line raises CorpusError."""
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")  # lines decoded one by one, so a bad byte is reported on its own line
     except OSError as e:
         raise CorpusError(f"{path}: cannot read corpus file ({e.strerror})") from None
     with f:
-        for n, line in enumerate(f, 1):
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{path}:{n}: not UTF-8 text (byte {e.object[e.start]:#04x})") from None
             if not line.strip():
                 continue
             try:

@@ -176,6 +176,8 @@ class Tracer:
         m = parse_method(method, self.methods)
         target_from = "user" if target else "model"
         target = target.strip() if target else self.answer(prompt)
+        if not target:
+            raise FtraceError(f"the model's answer to {prompt!r} is empty; give the answer to trace with --target")
         qvec = self.query_vectors(prompt, target, m.components)
         per_method = self.runs(m, prompt, target, depth if m.is_fusion else max(k, depth), qvec)
         scores = fuse(per_method, m, weight, fusion) if m.is_fusion else per_method[str(m)]
