@@ -83,6 +83,18 @@ class GradientConfig(Strict):
                                                "second moments.", "--optimizer-state")] = None
     # TrackStar R^-1/2, fitted on a calibration sample
     whiten: Annotated[bool, cli("TrackStar whitening by R^-1/2, fitted on a calibration sample.", "--whiten")] = False
+    # lambda = whiten_damping x the mean eigenvalue of R over the calibration sample's span (whitening.py)
+    whiten_damping: Annotated[float, Field(gt=0), cli("Whitening regulariser: (R + lambda I)^-1/2 with lambda = this "
+                                                      "x the mean eigenvalue of R.", "--whiten-damping")] = 0.1
+    # a weight shared by an Embedding and another module (SmolLM2's input embedding = LM head)
+    tied: Annotated[Literal["both", "input", "output"],
+                    cli("Gradient of a tied weight: both (the true gradient), input (its embedding lookup only) "
+                        "or output (its LM-head use only).", "--tracin-tied")] = "both"
+    # the loss of each stored training example; queries always score their target tokens
+    example_loss: Annotated[Literal["sentence", "object"],
+                            cli("Training examples' loss: sentence (LM loss of the whole sentence) or object (the "
+                                "object tokens of the sentence's first fact found in it, given the text before; "
+                                "whole sentence where none).", "--tracin-loss")] = "sentence"
 
 
 class TracInConfig(GradientConfig):

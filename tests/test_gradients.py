@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ import torch
 
 from ftrace import FtraceError
 from ftrace.config import GradientConfig
-from ftrace.features.gradients import GradientFeaturizer, combine_checkpoints
+from ftrace.corpus import Corpus, Example, Sentence
+from ftrace.features.gradients import GradientFeaturizer, combine_checkpoints, example_loss_batch, tied_norm_ratio
 from ftrace.model import example_batch, load_model, query_batch
-from ftrace.model.batching import IGNORE
+from ftrace.model.batching import IGNORE, object_span_batch
 from ftrace.testing import make_tiny_model
 
 MAKERS = ["Toyota", "Honda", "Nokia", "IBM", "Apple", "Sony", "Boeing", "Airbus", "Nintendo", "Fiat"]
@@ -107,8 +109,6 @@ def test_lm_head_on_labelled_positions_only_equals_full_logits(lm):
 
 def test_gpt2_conv1d_and_position_embeddings(lm):
     """Conv1D weights (in x out) and an embedding that is not downstream of the token embedding."""
-    from types import SimpleNamespace
-
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -329,3 +329,111 @@ def test_combine_checkpoints_averages_per_checkpoint_scores(lm):
     np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(FtraceError, match="combine_checkpoints"):
         combine_checkpoints([per[0], per[1][:2]])
+
+
+def test_whitening_with_fewer_samples_than_dims_does_not_blow_up_unseen_directions(lm):
+    """8 calibration examples, a 64-number block: R has rank 8. The 56 directions the sample never saw
+    are scaled like the mean eigenvalue, not by lambda^-1/2: a near-duplicate pair stays close (the
+    old lambda = 1e-3 trace(R) / k took it from 0.85 to 0.02)."""
+    cfg = GradientConfig(dim=64, whiten=True)  # the embedding block, 8 x 8
+    feat = GradientFeaturizer(lm.model, cfg)
+    assert feat.size == 64
+    calibration = [example_batch(lm.tokenizer, TEXTS[:8])]
+    pair = example_batch(lm.tokenizer, ["The Toyota Avanza is produced by Toyota.",
+                                        "The Toyota Avanza is made by Toyota."])
+    raw = feat.projections(pair)  # per-block unit, not whitened yet
+    assert float(raw[0] @ raw[1]) > 0.8
+    feat.fit_whitening(calibration)
+    white = feat.vectors(pair)
+    assert float(white[0] @ white[1]) > 0.5
+    fitted = feat.spec()["corrections"]["whitening"]
+    assert fitted["rank"] == {"model.embed_tokens.weight": 8} and fitted["samples"] == 8
+    assert fitted["damping"] == cfg.whiten_damping == 0.1 and "mean eigenvalue" in fitted["lambda"]
+    # W exactly: trace(R) = 1 (unit vectors), so the mean in-span eigenvalue is 1/8 and lambda = 0.1/8;
+    # the complement (56 directions) is scaled by (1/8 + lambda)^-1/2, no direction more than sqrt(11) times that
+    ev = np.linalg.eigvalsh(feat.blocks[0].whitener.double().numpy())
+    outside = (1 / 8 * 1.1) ** -0.5
+    assert np.isclose(ev, outside, rtol=1e-4).sum() == 56
+    assert ev.max() <= outside * np.sqrt(11) * (1 + 1e-4)
+    # within the sample's span the calibration vectors come out white (as damping -> 0)
+    sharp = GradientFeaturizer(lm.model, cfg.model_copy(update={"whiten_damping": 1e-4}))
+    sharp.fit_whitening(calibration)
+    U, W = sharp.projections(calibration[0], whiten=False), sharp.projections(calibration[0])
+    basis = np.linalg.svd(U, full_matrices=False)[2]  # (8, 64): orthonormal rows spanning the sample
+    np.testing.assert_allclose(basis @ (W.T @ W / len(W)) @ basis.T, np.eye(8), atol=0.02)
+    np.testing.assert_allclose(W.T @ W / len(W), basis.T @ basis, atol=0.02)  # nothing outside the span
+
+
+def untied(lm):
+    """A copy of the model whose LM head has its own (equal) weight."""
+    model = copy.deepcopy(lm.model)
+    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    return SimpleNamespace(model=model)
+
+
+def test_tied_embedding_split_into_input_and_output_terms(lm):
+    layers = ["model.embed_tokens", "model.layers.0.mlp.down_proj"]
+    batch = example_batch(lm.tokenizer, TEXTS[:5])
+    feats = {t: GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=64, tied=t))
+             for t in ("both", "input", "output")}
+    assert [u.module_name for u in feats["input"].blocks[0].uses] == ["model.embed_tokens"]
+    assert [u.module_name for u in feats["output"].blocks[0].uses] == ["lm_head"]
+    assert [b.tied for b in feats["input"].blocks] == [True, False]
+    spec = feats["output"].spec()
+    assert spec["tied"] == "output" and spec["blocks"][0]["modules"] == ["lm_head"]
+    grads = naive_grads(untied(lm), batch, ["model.embed_tokens.weight", "lm_head.weight"])
+    m = feats["both"].projection("model.embed_tokens.weight")
+    ref = {side: torch.einsum("ir,bij,jc->brc", m["rows"], grads[name], m["cols"]).reshape(len(batch), -1)
+           for side, name in (("input", "model.embed_tokens.weight"), ("output", "lm_head.weight"))}
+    raw = {t: f.projections(batch, normalize_blocks=False) for t, f in feats.items()}
+    k = feats["both"].blocks[0].size
+    close(raw["input"][:, :k], ref["input"])
+    close(raw["output"][:, :k], ref["output"])
+    close(raw["input"][:, :k] + raw["output"][:, :k], raw["both"][:, :k])
+    for t in ("input", "output"):  # an untied block is the same whatever `tied` says
+        close(raw[t][:, k:], raw["both"][:, k:])
+    # the mean norm ratio ||output side|| / ||input side|| of the tied block
+    ratio = tied_norm_ratio(lm.model, batch, GradientConfig(layers=layers, dim=64))
+    assert list(ratio) == ["model.embed_tokens.weight"]
+    expected = (ref["output"].norm(dim=1) / ref["input"].norm(dim=1)).mean().item()
+    assert 0 < ratio["model.embed_tokens.weight"] < np.inf
+    assert ratio["model.embed_tokens.weight"] == pytest.approx(expected, rel=1e-3)
+    print(f"tiny model: mean ||output-side|| / ||input-side|| = {ratio['model.embed_tokens.weight']:.3f}")
+    with pytest.raises(FtraceError, match="no block .* is tied"):
+        tied_norm_ratio(lm.model, batch, GradientConfig(layers=["model.layers.0.mlp.down_proj"], dim=16))
+
+
+def test_corpus_examples_carry_the_first_fact_object_found_in_the_text():
+    corpus = Corpus(source="t", sentences=[
+        Sentence(id="a", text="The Avanza is made by Toyota in Indonesia.",
+                 facts=[("Avanza", "made_in", "Japan"), ("Avanza", "maker", "toyota"), ("x", "y", "Indonesia")]),
+        Sentence(id="b", text="Nothing here.", facts=[("N", "r", "Paris")]),
+        Sentence(id="c", text="No facts.")])
+    assert [(e.id, e.object) for e in corpus.examples()] == [("a:lm", "toyota"), ("b:lm", None), ("c:lm", None)]
+
+
+def test_object_span_examples_take_the_gradient_of_the_object_tokens(lm):
+    """The object loss: the object's tokens given the text before them; the whole sentence where no
+    object token can be scored (no object, object absent, object only in the first token)."""
+    texts = [TEXTS[10], TEXTS[11], TEXTS[0], TEXTS[21], "Honda released the Walkman in 2009.", TEXTS[12]]
+    objects = ["Toyota", "Honda", None, "Apple", "Honda", "Nokia"]  # Honda: one first token
+    examples = [Example(id=str(i), sentence_id=str(i), text=t, object=o)
+                for i, (t, o) in enumerate(zip(texts, objects, strict=True))]
+    batch, fallbacks = example_loss_batch(lm.tokenizer, examples, "object")
+    sentence, none = example_loss_batch(lm.tokenizer, examples, "sentence")
+    assert (fallbacks, none) == (3, 0)
+    assert torch.equal(batch.input_ids, sentence.input_ids)  # same rows, only the labels differ
+    spans, whole = [0, 1, 5], [2, 3, 4]
+    by_object = object_span_batch(lm.tokenizer, [texts[i] for i in spans], [objects[i] or "" for i in spans])
+    for j, i in enumerate(spans):
+        assert 0 < (by_object.labels[j] != IGNORE).sum() < (sentence.labels[i] != IGNORE).sum()
+    # naive per-example gradients of each example's own loss, built independently
+    feat = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=64))
+    ref: dict[str, torch.Tensor] = {}
+    for rows, part in ((spans, by_object), (whole, example_batch(lm.tokenizer, [texts[i] for i in whole]))):
+        for name, g in naive_grads(lm, part, [b.name for b in feat.blocks]).items():
+            ref.setdefault(name, torch.zeros(len(examples), *g.shape[1:]))[rows] = g
+    close(feat.projections(batch, normalize_blocks=False), torch.cat(factored_reference(feat, ref), 1))
+    assert np.abs(feat.vectors(batch) - feat.vectors(sentence))[spans].max() > 0.05
+    assert "object span" in GradientFeaturizer(lm.model, GradientConfig(example_loss="object")).spec()["loss"]

@@ -42,12 +42,18 @@ class Query(BaseModel):
 
 
 class Example(BaseModel):
-    """One training example: a sentence under a masking ("lm": the LM loss of the whole sentence)."""
+    """One training example: a sentence under a masking ("lm": the LM loss of the whole sentence).
+
+    `object`: the object of the sentence's first fact (in `facts` order) that occurs in its text
+    (`find_object`: case-sensitive, else case-insensitive), None when no fact's does. It is what the
+    object-span loss scores (`--tracin-loss object`: the object's tokens given the text before them);
+    the example, its id and the index layout are the same whichever loss is used."""
 
     id: str
     sentence_id: str
     text: str
     masking: str = "lm"  # whole-sentence language-model loss
+    object: str | None = None
 
 
 class Corpus(BaseModel):
@@ -57,7 +63,13 @@ class Corpus(BaseModel):
 
     def examples(self) -> list[Example]:
         # One example per sentence for now; maskings (subject/object) add more per sentence later.
-        return [Example(id=f"{s.id}:lm", sentence_id=s.id, text=s.text) for s in self.sentences]
+        from ftrace.model.batching import find_object  # here: ftrace.model imports torch
+
+        def first_object(s: Sentence) -> str | None:
+            return next((o.strip() for _, _, o in s.facts if find_object(s.text, o) is not None), None)
+
+        return [Example(id=f"{s.id}:lm", sentence_id=s.id, text=s.text, object=first_object(s))
+                for s in self.sentences]
 
     def by_id(self) -> dict[str, Sentence]:
         return {s.id: s for s in self.sentences}

@@ -14,12 +14,12 @@ from ftrace.config import IngestConfig
 from ftrace.corpus import Corpus, load_corpus
 from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoints
 from ftrace.features.embedding import EmbeddingFeaturizer
-from ftrace.features.gradients import TracInFeaturizer
+from ftrace.features.gradients import TracInFeaturizer, example_loss_batch
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import K1, B, build_lucene
 from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, versions
 from ftrace.index.vectors import VectorStore
-from ftrace.model import LoadedModel, example_batch, load_model
+from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch, token_lengths
 from ftrace.train import TracedRun, traced_run
 
@@ -49,13 +49,13 @@ def build_featurizers(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -
 
 
 def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig) -> Iterator[LossBatch]:
-    """A seeded sample of training examples, for fitting whitening."""
+    """A seeded sample of training examples, for fitting whitening (under the gradients' example loss)."""
     examples = corpus.examples()
     rng = np.random.default_rng(c.tracin.seed)
     pick = sorted(rng.choice(len(examples), size=min(c.tracin.whiten_samples, len(examples)), replace=False))
-    texts = [examples[i].text for i in pick]
-    for i in tqdm(range(0, len(texts), c.batch_size), desc="whitening calibration", unit="batch", leave=False):
-        yield example_batch(lm.tokenizer, texts[i:i + c.batch_size], c.max_length)
+    chosen = [examples[i] for i in pick]
+    for i in tqdm(range(0, len(chosen), c.batch_size), desc="whitening calibration", unit="batch", leave=False):
+        yield example_loss_batch(lm.tokenizer, chosen[i:i + c.batch_size], c.tracin.example_loss, c.max_length)[0]
 
 
 def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], c: IngestConfig,
@@ -142,11 +142,20 @@ def _store_vectors(store: VectorStore, corpus: Corpus, lm: LoadedModel, featuriz
     # Similar lengths together: less padding, same vectors (padding does not change an example's vector).
     lengths = token_lengths(lm.tokenizer, [e.text for e in todo]) if todo else []
     todo = [e for _, e in sorted(zip(lengths, todo, strict=True), key=lambda p: p[0])]
+    # each featurizer's example loss: gradients may score object spans, embeddings read whole sentences
+    loss_of = {f.name: getattr(f, "example_loss", "sentence") for f in featurizers}
+    fallbacks = 0
     with tqdm(total=len(todo), desc="vectors", unit="ex") as bar:
         for i in range(0, len(todo), c.batch_size):
             chunk = todo[i:i + c.batch_size]
-            batch = example_batch(lm.tokenizer, [e.text for e in chunk], c.max_length)
-            vectors = {f.name: f.vectors(batch) for f in featurizers}
+            batches = {}
+            for loss in sorted(set(loss_of.values())):
+                batches[loss], fell_back = example_loss_batch(lm.tokenizer, chunk, loss, c.max_length)
+                fallbacks += fell_back
+            vectors = {f.name: f.vectors(batches[loss_of[f.name]]) for f in featurizers}
             store.upsert([e.id for e in chunk], vectors,
                          [{"example_id": e.id, "sentence_id": e.sentence_id} for e in chunk])
             bar.update(len(chunk))
+    if "object" in loss_of.values():
+        log(f"--tracin-loss object: {fallbacks} of the {len(todo)} examples embedded in this run have no object "
+            "span (no fact's object in the text); their gradients use the whole-sentence loss")

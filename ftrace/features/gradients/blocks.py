@@ -4,6 +4,16 @@
 transformers Conv1D modules; each distinct weight TENSOR is one block, named by its first name in
 `model.named_parameters()`, with every module that uses it (a tied LM head shares the embedding's
 block). Biases are never blocks.
+
+Tied weights: a block is `tied` when its weight is used by an Embedding AND by another module (the
+LM head of SmolLM2, GPT-2, ...). Its true gradient is the sum of one term per use:
+G = G_input + G_output, G_input = sum_t onehot(x_t) dL/de_t^T (the lookup: rows of the example's
+tokens only) and G_output = sum_t dL/dz_t h_t^T ((softmax - onehot) h^T: dense over the
+vocabulary). `tied` "both" keeps every use (G), "input" only the Embedding uses (G_input: the
+gradient an untied input embedding would get), "output" only the others (G_output: an untied LM
+head's). Filtering the uses is exact: each use's hooks add its own term and nothing else. The
+projection matrices depend on the block name only, so projected(input) + projected(output) =
+projected(both).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import torch
 from ftrace import FtraceError
 
 Kind = Literal["linear", "embedding", "conv1d"]  # W: out x in, vocab x hidden, in x out
+Tied = Literal["both", "input", "output"]
 
 
 class GradientError(FtraceError):
@@ -44,6 +55,7 @@ class Block:
     mats: dict[str, torch.Tensor] = field(default_factory=dict)
     scale: torch.Tensor | None = None  # dense + optimizer state: S = sqrt(v) + eps
     whitener: torch.Tensor | None = None  # (size, size), once whitening is fitted or loaded
+    tied: bool = False  # used by an Embedding and by another module (before `uses` was filtered)
 
 
 def module_kind(module: torch.nn.Module) -> Kind | None:
@@ -57,8 +69,9 @@ def module_kind(module: torch.nn.Module) -> Kind | None:
     return None
 
 
-def resolve_blocks(model: Any, patterns: list[str]) -> list[Block]:
-    """The blocks selected by `patterns`, in model parameter order (projections not made yet)."""
+def resolve_blocks(model: Any, patterns: list[str], tied: Tied = "both") -> list[Block]:
+    """The blocks selected by `patterns`, in model parameter order (projections not made yet); a
+    tied block keeps the uses `tied` names (module docstring)."""
     modules = dict(model.named_modules())
     usable = {n: (m, k) for n, m in modules.items() if (k := module_kind(m)) is not None}
     chosen: list[str] = []
@@ -81,11 +94,15 @@ def resolve_blocks(model: Any, patterns: list[str]) -> list[Block]:
     for pid in sorted(wanted, key=lambda i: order.get(pname.get(i, ""), 1 << 30)):
         uses = uses_of[pid]
         param = cast(torch.nn.Parameter, uses[0].module.weight)
+        is_tied = any(u.kind == "embedding" for u in uses) and any(u.kind != "embedding" for u in uses)
+        if is_tied and tied != "both":
+            uses = [u for u in uses if (u.kind == "embedding") == (tied == "input")]
         for u in uses:
             if u.kind == "embedding" and getattr(u.module, "scale_grad_by_freq", False):
                 raise GradientError(f"gradient layers: {u.module_name} scales gradients by frequency; not supported")
         rows, cols = param.shape
-        blocks.append(Block(pname.get(pid, uses[0].module_name + ".weight"), param, uses, (rows, cols)))
+        blocks.append(Block(pname.get(pid, uses_of[pid][0].module_name + ".weight"), param, uses, (rows, cols),
+                            tied=is_tied))
     return blocks
 
 

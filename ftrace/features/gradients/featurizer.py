@@ -18,13 +18,23 @@ from ftrace.features.gradients.blocks import Block, GradientError, find_block, r
 from ftrace.features.gradients.collector import GradientCollector
 from ftrace.features.gradients.optimizer import apply_optimizer_state
 from ftrace.features.gradients.projection import assign_projection, seeded_matrices
-from ftrace.features.gradients.whitening import check_whitenable, fit_whiteners, unit, whitener
+from ftrace.features.gradients.whitening import (
+                                                  COMPLEMENT_RULE,
+                                                  LAMBDA_RULE,
+                                                  check_whitenable,
+                                                  fit_whiteners,
+                                                  unit,
+                                                  whitener,
+)
 from ftrace.model.batching import LossBatch
 
 MAX_SIZE = 65535  # Qdrant's largest vector
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: whitening lambda relative to the spectrum, rank-deficient R handled; tied, example loss
+EXAMPLE_LOSS = {"sentence": "whole sentence",
+                "object": "object span (first fact's object found in the text, given the text before it; "
+                          "whole sentence where none)"}
 
-__all__ = ["GradientError", "GradientFeaturizer", "TracInFeaturizer", "combine_checkpoints"]
+__all__ = ["GradientError", "GradientFeaturizer", "TracInFeaturizer", "combine_checkpoints", "tied_norm_ratio"]
 
 
 class GradientFeaturizer:
@@ -42,7 +52,7 @@ class GradientFeaturizer:
         self.model, self.config = model, config
         self.device = next(model.parameters()).device
         self.dense = config.projection == "dense"
-        self.blocks: list[Block] = resolve_blocks(model, config.layers)
+        self.blocks: list[Block] = resolve_blocks(model, config.layers, config.tied)
         for b in self.blocks:
             assign_projection(b, config.dim, config.seed, self.dense, self.device)
         self.size = sum(b.size for b in self.blocks)
@@ -68,8 +78,10 @@ class GradientFeaturizer:
         return {
             "kind": "gradient",
             "format": FORMAT_VERSION,
-            "loss": "sum of token cross-entropy over labelled positions",
+            "loss": f"sum of token cross-entropy over labelled positions; examples: "
+                    f"{EXAMPLE_LOSS[self.config.example_loss]}",
             "layers": list(self.config.layers),
+            "tied": self.config.tied,
             "blocks": [{"name": b.name, "modules": [u.module_name for u in b.uses], "shape": list(b.shape),
                         "factors": list(b.factors), "size": b.size} for b in self.blocks],
             "dim": self.config.dim,
@@ -107,10 +119,13 @@ class GradientFeaturizer:
 
     # --- whitening state ------------------------------------------------------------------------
 
-    def fit_whitening(self, batches: Iterable[LossBatch], damping: float = 1e-3) -> None:
-        """Fit per-block (R + lambda I)^-1/2 on per-block-normalised projected training gradients."""
+    def fit_whitening(self, batches: Iterable[LossBatch], damping: float | None = None) -> None:
+        """Fit per-block (R + lambda I)^-1/2 (whitening.py: lambda = damping x mean eigenvalue, rank
+        deficiency handled) on per-block-normalised projected training gradients; damping defaults
+        to the config's whiten_damping."""
         if not self.config.whiten:
             raise GradientError("gradient whiten is off: set whiten=True to fit whitening")
+        damping = self.config.whiten_damping if damping is None else damping
         self._whitening = fit_whiteners(self.blocks, (self.collector.collect(b) for b in batches), damping,
                                         self.device)
 
@@ -148,6 +163,23 @@ class GradientFeaturizer:
         except FileNotFoundError:
             raise GradientError(f"{path}: no gradient state file") from None
         self.load_state_dict(state)
+
+
+def tied_norm_ratio(model: Any, batch: LossBatch, config: GradientConfig) -> dict[str, float]:
+    """Per tied block of `config.layers` (blocks.py: a weight used by an Embedding and another
+    module, e.g. SmolLM2's embedding = LM head): the mean over the batch's examples of
+    ||projected output-side gradient|| / ||projected input-side gradient|| (tied "output" over tied
+    "input"; raw projections, optimizer correction as configured, no normalisation or whitening).
+    The projections preserve squared norms in expectation, so this estimates the ratio of the
+    per-example gradient norms."""
+    sides = [GradientFeaturizer(model, config.model_copy(update={"tied": t, "whiten": False}))
+             for t in ("input", "output")]
+    tied = [i for i, b in enumerate(sides[0].blocks) if b.tied]
+    if not tied:
+        raise GradientError(f"tied_norm_ratio: no block of layers {config.layers} is tied")
+    inp, out = (f.collector.collect(batch) for f in sides)
+    return {sides[0].blocks[i].name: float((out[i].norm(dim=1) / inp[i].norm(dim=1).clamp(min=1e-30)).mean())
+            for i in tied}
 
 
 def combine_checkpoints(vectors: list[np.ndarray]) -> np.ndarray:
@@ -217,7 +249,16 @@ class TracInFeaturizer:
         spec["per_checkpoint_size"] = spec.pop("size")
         spec.update(size=self.size, checkpoints=self.checkpoints, config=self.config.model_dump(),
                     combination="per-checkpoint unit vectors / sqrt(C): dot = mean of per-checkpoint cosines")
+        if self.config.whiten:  # the fitted ranks are in the state files (tracin-state-<i>.pt)
+            spec["corrections"]["whitening"] |= {"damping": self.config.whiten_damping, "lambda": LAMBDA_RULE,
+                                                 "rank_deficient": COMPLEMENT_RULE}
         return spec
+
+    @property
+    def example_loss(self) -> str:
+        """Which LossBatch `vectors` wants for training examples ("sentence" or "object"):
+        `example_loss_batch(tokenizer, examples, f.example_loss, max_length)`."""
+        return self.config.example_loss
 
     def fit(self, batches: Callable[[], Iterable[LossBatch]], index_dir: Path) -> None:
         if not self.config.whiten:

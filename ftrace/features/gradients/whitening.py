@@ -1,8 +1,28 @@
-"""TrackStar whitening: each per-block-normalised projected gradient u is mapped to
-(R + lambda I)^-1/2 u, R = mean(u u^T) over a calibration sample of training examples,
-lambda = damping * trace(R) / k, and re-normalised (so dot products stay means of per-block
-cosines). R is per block (block-diagonal over the whole vector); with one block it is TrackStar's
-full R."""
+"""TrackStar whitening: each per-block-normalised projected gradient u is mapped to W u and
+re-normalised (so dot products stay means of per-block cosines). W ~= (R + lambda I)^-1/2, R =
+mean(u u^T) over a calibration sample of training examples, per block (block-diagonal over the
+whole vector; with one block it is TrackStar's full R).
+
+Exactly, per block of size k, from the eigendecomposition R = sum_i e_i v_i v_i^T:
+
+- span: the r eigenvectors with e_i > RANK_TOL * max_i e_i (r = the calibration sample's rank,
+  at most its size n; V = [v_1 .. v_r]);
+- e_bar = mean of those r eigenvalues (= trace(R) / r; = trace(R) / k when R has full rank);
+- lambda = damping * e_bar (`whiten_damping`, default 0.1);
+- W = V diag((e_i + lambda)^-1/2) V^T + (e_bar + lambda)^-1/2 (I - V V^T).
+
+Why the second term: with n < k (the default 512 samples for 4096 numbers per block) R has rank
+<= n and says nothing about the other k - r directions. Plain (R + lambda I)^-1/2 scales them by
+lambda^-1/2, the largest factor there is, so whatever a new example has outside the sample's span
+dominates its whitened vector (two near-duplicate sentences went from cosine 0.85 to 0.02). Here
+an unseen direction is treated as if its variance were the mean one, e_bar: it is scaled like a
+typical in-span direction, and the most amplified in-span direction gets at most
+sqrt(1 + 1/damping) times its factor (3.3 at 0.1). Within the span W is TrackStar's
+(R + lambda I)^-1/2: the calibration vectors' whitened autocorrelation is
+V diag(e_i / (e_i + lambda)) V^T (identity on the span as damping -> 0). With full rank (no
+eigenvalue under the tolerance) the second term vanishes and W is exactly (R + lambda I)^-1/2 with
+lambda = damping * trace(R) / k, the former rule (whose default damping was 1e-3).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +33,9 @@ import torch
 from ftrace.features.gradients.blocks import Block, GradientError
 
 WHITEN_MAX = 8192  # largest block whose k x k whitening matrix we keep
+RANK_TOL = 1e-6  # eigenvalues at most this times the largest are outside the calibration span
+LAMBDA_RULE = "damping * mean eigenvalue of R over its span (trace(R) / rank)"
+COMPLEMENT_RULE = "directions outside the calibration span scaled by (mean eigenvalue + lambda)^-1/2"
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -32,10 +55,25 @@ def check_whitenable(blocks: list[Block]) -> None:
                             f"a k x k matrix per block (at most {WHITEN_MAX}); lower dim")
 
 
+def whitening_matrix(R: torch.Tensor, damping: float) -> tuple[torch.Tensor, int]:
+    """W for the (k x k) autocorrelation R (module docstring) and the rank r it kept."""
+    evals, evecs = torch.linalg.eigh(R.double())
+    top = float(evals.max())
+    if top <= 0:
+        raise GradientError("whitening: every calibration gradient of a block is zero")
+    keep = evals > RANK_TOL * top
+    e, V = evals[keep], evecs[:, keep]
+    lam = damping * float(e.mean())
+    W = (V * (e + lam).rsqrt()) @ V.T
+    if len(e) < len(evals):
+        W += (float(e.mean()) + lam) ** -0.5 * (torch.eye(len(R), dtype=W.dtype) - V @ V.T)
+    return W, len(e)
+
+
 def fit_whiteners(blocks: list[Block], projected: Iterable[list[torch.Tensor]], damping: float,
                   device: torch.device) -> dict:
     """Set each block's whitener from batches of per-block raw projected gradients; returns the
-    description recorded in the state."""
+    description recorded in the state and the spec (with each block's rank)."""
     if damping <= 0:
         raise GradientError(f"whitening damping {damping}: must be positive")
     sums = [torch.zeros(b.size, b.size, dtype=torch.float64) for b in blocks]
@@ -47,10 +85,12 @@ def fit_whiteners(blocks: list[Block], projected: Iterable[list[torch.Tensor]], 
         n += len(per_block[0])
     if n == 0:
         raise GradientError("whitening: the calibration sample is empty")
+    ranks = {}
     for s, b in zip(sums, blocks, strict=True):
-        R = s / n
-        lam = damping * float(torch.trace(R)) / b.size
-        evals, evecs = torch.linalg.eigh(R)
-        W = (evecs * (evals.clamp(min=0) + lam).rsqrt()) @ evecs.T
+        try:
+            W, ranks[b.name] = whitening_matrix(s / n, damping)
+        except GradientError as e:
+            raise GradientError(f"{e} ({b.name})") from None
         b.whitener = W.float().to(device)
-    return {"damping": damping, "samples": n, "scope": "per block", "lambda": "damping * trace(R) / k"}
+    return {"damping": damping, "samples": n, "scope": "per block", "lambda": LAMBDA_RULE,
+            "rank": ranks, "size": {b.name: b.size for b in blocks}, "rank_deficient": COMPLEMENT_RULE}

@@ -1,0 +1,53 @@
+"""`ftrace ingest --tracin-loss object`: object-span gradients end to end, through the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+from typer.testing import CliRunner
+
+from ftrace.cli import app
+from ftrace.features.base import from_specs
+from ftrace.features.gradients import example_loss_batch
+from ftrace.index.layout import IndexDir
+from ftrace.index.manifest import Manifest
+from ftrace.model import example_batch, load_model
+
+
+def test_ingest_with_object_loss_stores_object_span_gradients(tmp_path, tiny_model_dir):
+    index = tmp_path / "object"
+    r = CliRunner().invoke(app, ["ingest", "--index", str(index), "--model", tiny_model_dir, "--tracin-loss", "object",
+                                 "--tracin-dim", "64", "--whiten", "--whiten-samples", "16", "--batch-size", "16",
+                                 "--tracin-tied", "input"])
+    assert r.exit_code == 0, r.output
+    assert "--tracin-loss object:" in r.output and "whole-sentence loss" in r.output  # fallbacks reported
+    spec = Manifest.read(index).vectors["tracin"]
+    assert spec["config"]["example_loss"] == "object" and "examples: object span" in spec["loss"]
+    assert spec["config"]["tied"] == spec["tied"] == "input"
+    assert spec["blocks"][0]["modules"] == ["model.embed_tokens"]
+    whitening = spec["corrections"]["whitening"]
+    assert whitening["damping"] == 0.1 and "mean eigenvalue" in whitening["lambda"] and whitening["samples"] == 16
+    assert "embed" in Manifest.read(index).vectors  # sentence embeddings stored beside
+
+    # the stored vectors are the object-span gradients (whitened as the index's state says), and an
+    # example without an object span got the whole-sentence one
+    examples = IndexDir(index).corpus.examples()
+    lm = load_model(tiny_model_dir)
+    tracin = from_specs(lm, Manifest.read(index).vectors, index, ["tracin"])["tracin"]
+    with_span = [e for e in examples if e.object][:3]
+    without = [e for e in examples if not e.object][:2]
+    chosen = with_span + without
+    batch, fallbacks = example_loss_batch(lm.tokenizer, chosen, "object")
+    assert fallbacks == len(without)
+    expected = tracin.vectors(batch)
+    whole = tracin.vectors(example_batch(lm.tokenizer, [e.text for e in chosen]))
+    store = IndexDir(index).open_store()
+    try:
+        for e, v, w in zip(chosen, expected, whole, strict=True):
+            ((hit, score),) = store.search("tracin", v, 1, ids=[e.id], exact=True)
+            assert hit == e.id and score > 0.999  # float16 storage
+            if e.object:
+                assert float(v @ w) < 0.99  # really not the whole-sentence gradient
+            else:
+                np.testing.assert_allclose(v, w, atol=1e-6)
+    finally:
+        store.close()
