@@ -8,9 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from ftrace.bench import metrics as M
+from ftrace.bench import scoring
 from ftrace.bench.candidates import CorpusView, candidate_set, sample_queries, seeded_tiebreak
+from ftrace.bench.evaluate import evaluate
 from ftrace.bench.runner import plan_methods, run_bench, tune_weight
+from ftrace.bench.slices import answer_is_right, learned_slice
 from ftrace.config import BenchConfig, CandidateSizes
+from ftrace.corpus import Query
 from ftrace.corpus import normalize as norm
 from ftrace.query.fusion import ranking
 from ftrace.query.methods import Method
@@ -55,12 +59,18 @@ def planned(sample_index):
     return {"singles": singles, "methods": methods, "skipped": skipped}
 
 
+def fake_answers(known):
+    """A stand-in for greedy_answers: the model 'knows' the facts of `known` (prompt -> target) and
+    answers them in another case, with spaces and more words; anything else it answers wrongly."""
+    def answers(lm, prompts, batch_size=16, max_new_tokens=8):
+        return [f"  {known[p].upper()}   and more " if p in known else "something else" for p in prompts]
+    return answers
+
+
 @pytest.fixture
 def answers(monkeypatch, sample):
-    """The model 'knows' every third query's fact (answered in another case, with spaces), fast."""
-    known = {q.prompt: q.target for q in sample.queries[::3]}
-    monkeypatch.setattr(Tracer, "answer", lambda self, prompt: f"  {known[prompt].upper()} " if prompt in known
-                        else "something else")
+    """The model 'knows' every third query's fact, fast."""
+    monkeypatch.setattr(scoring, "greedy_answers", fake_answers({q.prompt: q.target for q in sample.queries[::3]}))
     return {q.id for q in sample.queries[::3]}
 
 
@@ -144,14 +154,66 @@ def test_metrics_by_hand():
     assert M.mean_std([float("nan")])["mean"] is None
 
 
-def test_paired_test():
-    props = {f"q{i}": ["p"] for i in range(30)}
-    good = {q: ["p", "x", "y"] for q in props}
-    bad = {q: ["x", "y", "p"] if i % 5 else ["p", "x", "y"] for i, q in enumerate(props)}
-    p = M.paired_test(props, good, bad, ("good", "bad"))
-    assert p["mrr"] < 1e-4 and p["hit_rate@10"] is None  # both always hit: no difference, no p
-    assert M.paired_test(props, good, bad, ("good", "bad"), stat_test="fisher")["mrr"] < 0.01
-    assert M.paired_test(props, good, good, ("a", "b"))["mrr"] is None
+def test_paired_pvalues_by_hand():
+    from scipy import stats
+
+    # differences 1, 2, 3, 4: t = 2.5 / (sd / 2) with 3 degrees of freedom; of the 16 sign flips only
+    # all + and all - reach |mean| >= 2.5, so the exact randomisation p is 2/16
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]
+    p = M.paired_pvalues(a, b)
+    t = 2.5 / (math.sqrt(5 / 3) / 2)
+    assert p["student"] == pytest.approx(2 * stats.t.sf(t, 3)) == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert p["fisher"] == pytest.approx(2 / 16)
+    assert M.paired_pvalues(b, a) == pytest.approx(p)  # two-sided
+    assert M.paired_pvalues(a, a) == {"student": None, "fisher": None}  # no difference, nothing to test
+    assert M.paired_pvalues([1.0], [0.0]) == {"student": None, "fisher": None}
+    good = [1.0] * 30  # 24 of 30 queries better: both tests reject, the randomisation one at its 10,000 resamples
+    bad = [1 / 3 if i % 5 else 1.0 for i in range(30)]
+    p = M.paired_pvalues(good, bad)
+    assert p["student"] < 1e-4 and p["fisher"] < 1e-3
+    assert M.paired_pvalues(good, bad) == p  # seeded
+
+
+def q_(qid):
+    return Query(id=qid, prompt=f"prompt {qid}", target="t", proponents=["p"])
+
+
+def test_significance_is_over_distinct_queries():
+    q1, q2, q3 = q_("q1"), q_("q2"), q_("q3")
+    per_seed = {0: [q1, q2], 1: [q1, q3]}  # q1 is drawn by both seeds
+    at = {1: [("p", 3.0), ("a", 2.0), ("b", 1.0)], 2: [("a", 3.0), ("p", 2.0), ("b", 1.0)],
+          3: [("a", 3.0), ("b", 2.0), ("p", 1.0)]}  # the proponent at rank 1, 2, 3
+    ranks = {(0, "q1"): (1, 2), (0, "q2"): (1, 3), (1, "q1"): (2, 1), (1, "q3"): (1, 2)}  # (x, bm25)
+    rankings = {(seed, q, m): at[r[i]] for (seed, q), r in ranks.items() for i, m in enumerate(["x", "bm25"])}
+    slice_of = {"q1": "pre-train-learned", "q2": "not-learned", "q3": "pre-train-learned"}
+    r = evaluate(per_seed, rankings, ["bm25", "x"], slice_of, ["all", "pre-train-learned", "not-learned"], "student")
+    assert r["metrics"]["all"]["x"]["mrr"]["per_seed"] == [1.0, 0.75]
+    assert r["query_counts"] == {"all": [2, 2], "pre-train-learned": [1, 2], "not-learned": [1, 0]}
+    sig = r["significance"]["all"]
+    assert sig["best"] == "x" and sig["queries"] == 3 and sig["seed_query_pairs"] == 4
+    assert sig["unit"] == "distinct queries (each averaged over the seeds that drew it)"
+    # per distinct query, MRR averaged over seeds: q1 (1 + 1/2)/2 for both; q2 1 vs 1/3; q3 1 vs 1/2
+    x, bm = [0.75, 1.0, 1.0], [0.75, 1 / 3, 0.5]
+    from scipy import stats
+    assert sig["student"]["mrr"] == pytest.approx(stats.ttest_rel(x, bm).pvalue)
+    pooled = stats.ttest_rel([1, 1, 0.5, 1], [0.5, 1 / 3, 1, 0.5]).pvalue  # (seed, query) pairs: another p
+    assert sig["student"]["mrr"] != pytest.approx(pooled)
+    assert sig["fisher"]["mrr"] == pytest.approx(4 / 8)  # differences 0, 2/3, 1/2: 4 of 8 flips reach 7/6
+    assert sig["vs_bm25"]["x"]["mean_difference"]["mrr"] == pytest.approx((2 / 3 + 1 / 2) / 3)
+    assert sig["student"]["hit_rate@10"] is None  # every ranking hits
+    assert r["significance"]["not-learned"] == {"note": "too few distinct queries (1) for a paired test"}
+
+
+def test_answer_rule():
+    for answer, target in [("Toyota", "Toyota"), ("toyota motor", "Toyota"), ("  TOYOTA  ", "toyota"),
+                           ("Toyota's", "Toyota"), ("Toyota-based", "Toyota"), ("New  York City", "new york")]:
+        assert answer_is_right(answer, target), (answer, target)
+    for answer, target in [("Toyotas", "Toyota"), ("the Toyota", "Toyota"), ("Toy", "Toyota"), ("", "Toyota"),
+                           ("Toyota", ""), ("New Yorker", "New York"), ("Honda", "Toyota")]:
+        assert not answer_is_right(answer, target), (answer, target)
+    assert learned_slice(True, None) == "pre-train-learned" and learned_slice(False, None) == "not-learned"
+    assert learned_slice(True, True) == learned_slice(False, True) == "pre-train-learned"
+    assert learned_slice(True, False) == "fine-tune-learned" and learned_slice(False, False) == "not-learned"
 
 
 def test_ties_are_broken_by_a_seeded_random_order():
@@ -211,14 +273,23 @@ def test_rerank_run_reports_and_slices(sample_index, sample, answers, planned, t
     per_seed = r["queries"]["per_seed"]
     assert len(per_seed["0"]) == len(per_seed["1"]) == 8 and per_seed["0"] != per_seed["1"]
     assert r["query_counts"]["all"] == [8, 8]
+    assert list(r["metrics"]) == list(r["query_counts"]) == ["all", "pre-train-learned", "not-learned"]
     assert r["query_counts"]["pre-train-learned"] == [len(set(ids) & answers) for ids in per_seed.values()]
-    for sl in ("all", "pre-train-learned"):
+    assert r["query_counts"]["not-learned"] == [len(set(ids) - answers) for ids in per_seed.values()]
+    distinct = {q for ids in per_seed.values() for q in ids}
+    assert r["answers"]["slices"] == {"all": len(distinct), "pre-train-learned": len(distinct & answers),
+                                      "not-learned": len(distinct - answers)}
+    assert r["answers"]["base"] is None and "prefix" in r["answers"]["rule"]
+    for sl in ("all", "pre-train-learned", "not-learned"):
         for method in METHODS:
             for m in M.METRICS:
                 stat = r["metrics"][sl][method][m]
                 assert 0.0 <= stat["mean"] <= 1.0 and stat["std"] >= 0.0 and len(stat["per_seed"]) == 2
     sig = r["significance"]["all"]
-    assert sig["compared"][1] == "bm25" and sig["pairs"] == 16 and set(sig["student"]) == set(M.METRICS)
+    assert sig["compared"][1] == "bm25" and set(sig["student"]) == set(M.METRICS)
+    assert sig["queries"] == len(distinct) < sig["seed_query_pairs"] == 16  # the seeds share queries
+    assert set(sig["vs_bm25"]) == set(METHODS) - {"bm25"}
+    assert sig["vs_bm25"][sig["compared"][0]]["fisher"] == sig["fisher"]
     assert r["index"]["identity"]["corpus"] == sample.fingerprint() and r["index"]["search"] == "exact"
 
     # the report files
@@ -226,7 +297,8 @@ def test_rerank_run_reports_and_slices(sample_index, sample, answers, planned, t
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "table.md").read_text()
     for method in METHODS:
-        assert table.count(f"| {method} |") == 2  # one row per slice
+        assert table.count(f"| {method} |") == 3  # one row per slice
+    assert r["answers"]["rule"] in table and f"over {len(distinct)} distinct queries" in table
     assert "| Method | MRR | Recall@10 (FTRACE) | Recall@10 (TrackStar) |" in table
     assert "queries per seed: 8, 8" in table
     assert all(f"skipped {m}" in table for m in planned["skipped"])
@@ -244,6 +316,7 @@ def test_rerank_run_reports_and_slices(sample_index, sample, answers, planned, t
         assert len(x["top"]) == 10 and x["unranked_proponents"] == 0  # rerank ranks every candidate
         q = queries[x["query"]]
         assert x["ranked"] <= len(q.proponents) + 300 and x["learned"] == (q.id in answers)
+        assert x["slice"] == ("pre-train-learned" if q.id in answers else "not-learned") and "base_answer" not in x
     # the random-target baseline puts same-target sentences first
     view = CorpusView(sample)
     for x in rows:
@@ -266,9 +339,11 @@ def test_resume_reuses_cache_and_never_mixes_settings(sample_index, answers, pla
     assert len(lines) == first["cache"]["computed"] + distinct  # + the model's answers
 
     calls = []
-    for name in ("score", "retrieve", "query_vectors", "answer"):
+    for name in ("score", "retrieve", "query_vectors"):
         real = getattr(Tracer, name)
         monkeypatch.setattr(Tracer, name, lambda self, *a, _n=name, _f=real, **k: calls.append(_n) or _f(self, *a, **k))
+    real_answers = scoring.greedy_answers
+    monkeypatch.setattr(scoring, "greedy_answers", lambda *a, **k: calls.append("answer") or real_answers(*a, **k))
     with cache.open("a") as f:
         f.write('{"k": "torn')  # a run killed mid-write
     again = bench_results(s, write=False)
@@ -303,13 +378,13 @@ def test_full_mode_matches_tracer_query(sample_index, sample, answers, planned, 
     s = BenchConfig(index=sample_index, mode="full", split=None, queries=5, seeds=2, depth=20, out=out)
     r = bench_results(s)
     assert r["index"]["search"] == "exact" and r["depth"] == 20
-    for sl in ("all", "pre-train-learned"):
+    for sl in ("all", "pre-train-learned", "not-learned"):
         for method in METHODS:
             for m in M.METRICS:
                 v = r["metrics"][sl][method][m]["mean"]
                 assert v is None and r["query_counts"][sl] == [0, 0] or 0.0 <= v <= 1.0
     table = (out / "table.md").read_text()
-    assert all(table.count(f"| {m} |") == 2 for m in METHODS) and "whole corpus" in table
+    assert all(table.count(f"| {m} |") == 3 for m in METHODS) and "whole corpus" in table
     rows = read_jsonl(out / "rankings.jsonl")
     assert all(x["ranked"] <= 20 for x in rows)
     # the bench's fused ranking is Tracer.query's
@@ -372,3 +447,64 @@ def test_bench_command(sample_index, answers, tmp_path):
         assert r.exit_code == 1 and message in r.output, r.output
     r = runner.invoke(app, ["bench", "--index", str(tmp_path / "nothing")])
     assert r.exit_code == 1 and "no such directory" in r.output
+
+
+def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp_path):
+    """An index built from a training run records its base model: three learned slices, by the
+    answers of the base and the final model (each batched, cached, and the base checked)."""
+    import shutil
+
+    from ftrace.index.manifest import Manifest, ManifestError
+    from ftrace.model import load_model
+    from ftrace.testing import make_tiny_model
+
+    base = str(make_tiny_model(tmp_path / "base", [s.text for s in sample.sentences], seed=1))
+    index = tmp_path / "index"
+    shutil.copytree(sample_index, index)
+    m = Manifest.read(index)
+    m.model.base, m.model.base_fingerprint = base, load_model(base).fingerprint
+    m.write(index)
+
+    fakes = {base: fake_answers({q.prompt: q.target for q in sample.queries[::3]}),
+             m.model.name: fake_answers({q.prompt: q.target for q in sample.queries[::2]})}
+    calls = []
+
+    def answers(lm, prompts, batch_size=16, max_new_tokens=8):
+        calls.append((lm.name, len(prompts)))
+        return fakes[lm.name](lm, prompts)
+
+    monkeypatch.setattr(scoring, "greedy_answers", answers)
+    out = tmp_path / "bench"
+    s = BenchConfig(index=index, split=None, queries=20, seeds=2, out=out, methods=["bm25", "embed"],
+                    sizes=CandidateSizes(bm25=10, same_target=5, random=10))
+    r = bench_results(s)
+    at_base, at_final = {q.id for q in sample.queries[::3]}, {q.id for q in sample.queries[::2]}
+    expect = {"all": lambda ids: ids, "fine-tune-learned": lambda ids: ids & at_final - at_base,
+              "pre-train-learned": lambda ids: ids & at_base, "not-learned": lambda ids: ids - at_base - at_final}
+    per_seed = [set(ids) for ids in r["queries"]["per_seed"].values()]
+    distinct = set.union(*per_seed)
+    assert list(r["metrics"]) == list(r["significance"]) == list(expect)
+    for sl, members in expect.items():
+        assert r["query_counts"][sl] == [len(members(ids)) for ids in per_seed]
+        assert r["answers"]["slices"][sl] == len(members(distinct)) > 0
+    assert r["answers"]["base"] == {"model": base, "correct": len(distinct & at_base)}
+    assert r["answers"]["correct"] == len(distinct & at_final) and r["index"]["base_model"] == base
+    batches = [min(16, len(distinct) - i) for i in range(0, len(distinct), 16)]
+    assert calls == [(m.model.name, n) for n in batches] + [(base, n) for n in batches]
+    rows = read_jsonl(out / "rankings.jsonl")
+    for x in rows:
+        want = next(sl for sl in list(expect)[1:] if x["query"] in expect[sl]({x["query"]}))
+        assert x["slice"] == want and ("and more" in x["base_answer"]) == (x["query"] in at_base)
+    table = (out / "table.md").read_text()
+    assert all(f"## {sl} (" in table for sl in expect) and f"at the base model ({base})" in table
+
+    calls.clear()  # resumed: every answer of both models comes from the cache
+    again = bench_results(s, write=False)
+    assert calls == [] and again["query_counts"] == r["query_counts"]
+    assert again["cache"]["reused"] == len((out / "cache.jsonl").read_text().splitlines())
+
+    m.model.base_fingerprint = "0" * 16  # the base model changed since the index was built
+    m.write(index)
+    with pytest.raises(ManifestError, match="base model .* has changed since the index was built") as e:
+        bench_results(s.model_copy(update={"out": tmp_path / "changed"}), write=False)
+    assert "\n" not in str(e.value)

@@ -1,4 +1,4 @@
-"""Metrics with ranx: qrels from proponents, runs from rankings, paired significance tests.
+"""Metrics with ranx (qrels from proponents, runs from rankings); paired significance tests with scipy.
 
 - "mrr": mean reciprocal rank of the first proponent (0 when no proponent is ranked).
 - "recall@10": FTRACE's recall, the fraction of a query's proponents in the top 10.
@@ -69,22 +69,26 @@ def mean_std(values: Sequence[float]) -> dict:
     return {"mean": float(np.mean(vals)), "std": std, "n": len(vals)}
 
 
-def paired_test(proponents: Mapping[str, Iterable[str]], a: Rankings, b: Rankings, names: tuple[str, str],
-                metrics: Sequence[str] = METRICS, stat_test: str = "student",
-                seed: int = 42) -> dict[str, float | None]:
-    """Two-sided p-value per metric of a paired test (ranx.compare) between two rankings of the
-    same queries: 'student' (paired t-test) or 'fisher' (randomisation test, 1000 permutations)."""
-    ranx = _ranx()
-    if len(proponents) < 2:
-        return dict.fromkeys(metrics)
-    q = qrels(proponents)
-    ra = run({qid: a.get(qid, []) for qid in proponents}, names[0]).make_comparable(q)
-    rb = run({qid: b.get(qid, []) for qid in proponents}, names[1]).make_comparable(q)
+FISHER_RESAMPLES = 10_000
+
+
+def paired_pvalues(a: Sequence[float], b: Sequence[float], seed: int = 42) -> dict[str, float | None]:
+    """Two-sided p-values of paired tests of a vs b (one value per query each): "student", the paired
+    t-test (scipy.stats.ttest_rel), and "fisher", the randomisation test that flips the signs of
+    the differences (scipy.stats.permutation_test, 10,000 seeded resamples; exact when 2^n <= 10,000).
+    None for both when fewer than 2 pairs or every difference is 0 (nothing to test)."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) < 2 or not np.any(x != y):
+        return {"student": None, "fisher": None}
     with np.errstate(all="ignore"):
-        report = ranx.compare(q, [ra, rb], metrics=list(metrics), stat_test=stat_test, random_seed=seed,
-                              make_comparable=True)
-    out: dict[str, float | None] = {}
-    for m in metrics:
-        p = float(report.to_dict()[names[0]]["comparisons"][names[1]][m])
-        out[m] = None if math.isnan(p) else p
-    return out
+        t = float(stats.ttest_rel(x, y).pvalue)
+    fisher = stats.permutation_test((x, y), _mean_difference, permutation_type="samples", vectorized=True,
+                                    n_resamples=FISHER_RESAMPLES, alternative="two-sided",
+                                    random_state=np.random.default_rng(seed))
+    return {"student": None if math.isnan(t) else t, "fisher": float(fisher.pvalue)}
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x - y, axis=axis)

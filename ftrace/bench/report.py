@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftrace.bench.metrics import LABELS, METRICS
+from ftrace.bench.metrics import FISHER_RESAMPLES, LABELS, METRICS
 from ftrace.bench.runner import BenchRun
 
 TOP = 10
@@ -42,7 +42,10 @@ def markdown_table(results: dict) -> str:
         lines.append("- fusion weights (first method): " + ", ".join(f"{f} {v['weight']} ({v['source']})"
                                                                     for f, v in w.items()))
     a = results["answers"]
-    lines.append(f"- model answers correct (pre-train-learned): {a['correct']} of {a['of']} distinct queries")
+    lines.append(f"- answers: {a['rule']}")
+    lines.append(f"- right at the index's model: {a['correct']} of {a['of']} distinct queries"
+                 + (f"; at the base model ({a['base']['model']}): {a['base']['correct']}" if a["base"] else ""))
+    lines.append("- distinct queries per slice: " + ", ".join(f"{k} {v}" for k, v in a["slices"].items()))
     for name, why in results["skipped"].items():
         lines.append(f"- skipped {name}: {why}")
     lines.append("")
@@ -60,14 +63,14 @@ def markdown_table(results: dict) -> str:
             a_, b_ = sig["compared"]
             main = sig["main_test"]
             other = "fisher" if main == "student" else "student"
-            floor = {"student": 1e-4, "fisher": 1e-3}  # 1000 permutations resolve no p below 0.001
-            ps = ", ".join(f"{LABELS[m]} p={_p(sig[main][m], floor[main])}" for m in METRICS)
-            po = ", ".join(f"{LABELS[m]} p={_p(sig[other][m], floor[other])}" for m in METRICS)
-            lines.append(f"Best by MRR: **{sig['best']}**. Paired {main} t-test, {a_} vs {b_} over "
-                         f"{sig['pairs']} (seed, query) pairs: {ps}. Fisher randomisation (1000 permutations): {po}."
-                         if main == "student" else
-                         f"Best by MRR: **{sig['best']}**. Paired {main} test, {a_} vs {b_} over "
-                         f"{sig['pairs']} (seed, query) pairs: {ps}. Student t-test: {po}.")
+            ps = ", ".join(f"{LABELS[m]} p={_p(sig[main][m])}" for m in METRICS)
+            po = ", ".join(f"{LABELS[m]} p={_p(sig[other][m])}" for m in METRICS)
+            over = f"{a_} vs {b_} over {sig['queries']} {sig['unit']}"
+            n = f"{FISHER_RESAMPLES:,} resamples"
+            lines.append(f"Best by MRR: **{sig['best']}**. Paired t-test, {over}: {ps}. "
+                         f"Fisher randomisation ({n}): {po}." if main == "student" else
+                         f"Best by MRR: **{sig['best']}**. Fisher randomisation ({n}), {over}: {ps}. "
+                         f"Paired t-test: {po}.")
         elif sig:
             lines.append(f"Significance: {sig.get('note')}")
         lines.append("")
@@ -133,6 +136,8 @@ def write_rankings(run: BenchRun, path: Path) -> None:
                     f.write(json.dumps({
                         "seed": seed, "query": q.id, "method": m, "prompt": q.prompt, "target": q.target,
                         "answer": run.answers.get(q.id), "learned": run.learned[q.id],
+                        "slice": run.slice_of[q.id],
+                        **({"base_answer": run.base_answers.get(q.id)} if run.base_answers is not None else {}),
                         "top": [[i, round(sc, 6)] for i, sc in ranked[:TOP]],
                         "proponents": len(props), "proponent_ranks": ranks,
                         "unranked_proponents": len(props) - len(ranks), "ranked": len(ranked),

@@ -12,6 +12,10 @@ standard deviations are over seeds.
   ties in a seeded random order (as for every method).
 - "a+b": `query.methods.fuse` (min-max weighted sum), weight w on a and 1-w on b; w tuned on
   `tune_split` over `grid` (max MRR) or 0.5.
+
+Every table is reported for "all" queries and for each learned slice (`slices.py`: by the greedy
+answers of the index's model and, when the index records one, of its base model). Significance:
+paired tests against BM25 over the distinct queries, each averaged over the seeds that drew it.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from ftrace.bench import metrics as M
 from ftrace.bench.candidates import draw, rng_for, sample_queries, seeded_tiebreak
 from ftrace.bench.evaluate import evaluate
 from ftrace.bench.scoring import QueryScores, Scorer
+from ftrace.bench.slices import ALL, RULE, answer_is_right, learned_slices, slice_names
 from ftrace.config import GRID, BenchConfig
-from ftrace.corpus import Query, normalize
+from ftrace.corpus import Query
 from ftrace.index.manifest import versions
 from ftrace.query.fusion import ranking
 from ftrace.query.methods import Method, fuse, parse_method
@@ -118,8 +123,10 @@ class BenchRun:
     methods: list[str]
     per_seed: dict[int, list[Query]]
     rankings: dict[tuple[int, str, str], list[tuple[str, float]]]
-    learned: dict[str, bool]
+    learned: dict[str, bool]  # query id -> the index's model answers it right
     answers: dict[str, str]
+    slice_of: dict[str, str]  # query id -> its learned slice
+    base_answers: dict[str, str] | None = None
 
 
 class Bench:
@@ -197,8 +204,13 @@ class Bench:
             per_seed = {seed: sample_queries(pool, c.queries, seed) for seed in range(c.seeds)}
             weights_info = self.tune()
             weights = {f: w["weight"] for f, w in weights_info.items()}
-            answers = self.scorer.answers([q for qs in per_seed.values() for q in qs])
-            learned = {q.id: normalize(answers[q.id]) == normalize(q.target) for qs in per_seed.values() for q in qs}
+            drawn = list({q.id: q for qs in per_seed.values() for q in qs}.values())
+            answers = self.scorer.answers(drawn)
+            learned = {q.id: answer_is_right(answers[q.id], q.target) for q in drawn}
+            base_answers = self.scorer.answers(drawn, base=True) if self.manifest.model.base else None
+            base_learned = None if base_answers is None else \
+                {q.id: answer_is_right(base_answers[q.id], q.target) for q in drawn}
+            slice_of = learned_slices(learned, base_learned)
             rankings: dict[tuple[int, str, str], list[tuple[str, float]]] = {}
             total = sum(len(qs) for qs in per_seed.values())
             with tqdm(total=total, desc=f"bench {c.mode}", unit="query") as bar:
@@ -213,13 +225,25 @@ class Bench:
             self.scorer.close()
             if self.own_tracer:
                 self.tracer.close()
-        results = evaluate(per_seed, rankings, self.methods, learned, c.stat_test)
-        results.update(self.describe(per_seed, pool, weights_info, learned))
+        names = slice_names(base_learned is not None)
+        results = evaluate(per_seed, rankings, self.methods, slice_of, names, c.stat_test)
+        results.update(self.describe(per_seed, pool, weights_info, self.answers_info(learned, base_learned, slice_of,
+                                                                                     names)))
         results["wall_time_s"] = round(time.time() - t0, 2)
-        return BenchRun(c, self.out, results, self.methods, per_seed, rankings, learned, answers)
+        return BenchRun(c, self.out, results, self.methods, per_seed, rankings, learned, answers, slice_of,
+                        base_answers)
+
+    def answers_info(self, learned: dict[str, bool], base_learned: dict[str, bool] | None, slice_of: dict[str, str],
+                     names: list[str]) -> dict:
+        m = self.manifest.model
+        return {"rule": RULE, "of": len(learned), "model": m.name, "correct": sum(learned.values()),
+                "base": None if base_learned is None else {"model": m.base, "correct": sum(base_learned.values())},
+                "slices": {sl: len(slice_of) if sl == ALL else sum(v == sl for v in slice_of.values())
+                           for sl in names},
+                "note": "counts of distinct queries (drawn by any seed); query_counts has them per seed"}
 
     def describe(self, per_seed: dict[int, list[Query]], pool: list[Query], weights_info: dict,
-                 learned: dict[str, bool]) -> dict:
+                 answers: dict) -> dict:
         c, m, cache = self.c, self.manifest, self.scorer.cache
         vers = {**m.versions, **versions(("ranx", "numpy", "matplotlib", "scipy", "numba"))}
         return {
@@ -229,6 +253,7 @@ class Bench:
             "settings": c.model_dump(mode="json"),
             "index": {"path": str(Path(c.index).resolve()), "identity": m.identity(), "created": m.created,
                       "corpus": m.corpus.model_dump(), "model": m.model.name,
+                      "base_model": m.model.base,
                       "search": "hnsw (approximate)" if m.store.hnsw else "exact"},
             "mode": c.mode,
             "candidate_sizes": c.sizes.model_dump() if c.mode == "rerank" else None,
@@ -242,8 +267,7 @@ class Bench:
             "skipped": self.skipped,
             "fusion": {"kind": "weighted sum of min-max normalised scores (w on the first, 1-w on the second)",
                        "grid": c.grid, "tune_split": c.tune_split, "weights": weights_info},
-            "answers": {"correct": sum(learned.values()), "of": len(learned),
-                        "rule": "greedy answer == target, case-insensitive, stripped"},
+            "answers": answers,
             "metric_names": M.LABELS,
             "std": "sample standard deviation over seeds (ddof=1)",
             "cache": {"file": str(cache.path), "reused": cache.reused, "computed": self.scorer.computed,

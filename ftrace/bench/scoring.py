@@ -2,8 +2,9 @@
 
 Scores of the single methods are cached per (seed, query, method) in OUT/cache.jsonl (seed null
 in full mode, where nothing depends on it); fusions and the baseline are recomputed from them, so
-tuning never calls the model again. The model's answers (for the learned slices) are cached too,
-and taken from other runs' caches beside OUT when they were made with the same model.
+tuning never calls the model again. The model's answers (for the learned slices) are cached too, one
+entry per query under a key of the model's identity (the base model's under the base model's), and
+taken from other runs' caches beside OUT when they were made with the same model.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,9 @@ from ftrace.bench.cache import ScoreCache, settings_hash
 from ftrace.bench.candidates import CandidateSet, CorpusView, candidate_set
 from ftrace.config import BenchConfig
 from ftrace.corpus import Query
+from ftrace.index.manifest import ManifestError
+from ftrace.model import LoadedModel, load_model
+from ftrace.model.answer import greedy_answers
 from ftrace.query.methods import fusion_pool
 from ftrace.query.tracer import Tracer
 
@@ -32,6 +37,9 @@ def _ids_digest(ids: Sequence[str]) -> str:
 def _round(x: float) -> float:
     """Scores as cached (7 significant digits), so a resumed run ranks exactly as a fresh one."""
     return float(f"{float(x):.7g}")
+
+
+ANSWER_BATCH = 16  # prompts per generate call
 
 
 @dataclass
@@ -58,7 +66,9 @@ class Scorer:
         scope = {"sizes": config.sizes.model_dump()} if config.mode == "rerank" else {"depth": config.depth}
         self.key = settings_hash({"index": identity, "mode": config.mode, **scope})
         self.answer_key = settings_hash({"answers": identity["model"]})
-        self.cache = ScoreCache(out / "cache.jsonl", {self.key, self.answer_key})
+        base = tracer.index.manifest.model
+        self.base_answer_key = settings_hash({"answers": {"name": base.base, "fingerprint": base.base_fingerprint}})
+        self.cache = ScoreCache(out / "cache.jsonl", {self.key, self.answer_key, self.base_answer_key})
         self.computed = 0
         self._qvec: dict[str, dict[str, np.ndarray]] = {}
 
@@ -113,40 +123,61 @@ class Scorer:
 
     # ---- answers
 
-    def answers(self, queries: Sequence[Query]) -> dict[str, str]:
+    @cached_property
+    def base_lm(self) -> LoadedModel:
+        """The model before fine-tuning (manifest model.base), checked against its fingerprint."""
+        m = self.tracer.index.manifest.model
+        if m.base is None:
+            raise ManifestError(f"{self.tracer.index.path}: the index records no base model")
+        lm = load_model(m.base)
+        if m.base_fingerprint is not None and lm.fingerprint != m.base_fingerprint:
+            raise ManifestError(f"{self.tracer.index.path}: base model {m.base!r} has changed since the index was "
+                                f"built (weights {lm.fingerprint}, index {m.base_fingerprint})")
+        return lm
+
+    def answers(self, queries: Sequence[Query], base: bool = False) -> dict[str, str]:
+        """query id -> the greedy answer of the index's model (or of its base model), cached per query."""
+        key = self.base_answer_key if base else self.answer_key
         out = {}
         todo = []
         for q in dict((q.id, q) for q in queries).values():
-            v = self.cache.get(self.answer_key, None, q.id, "@answer")
+            v = self.cache.get(key, None, q.id, "@answer")
             if v is None:
                 todo.append(q)
             else:
                 out[q.id] = v["answer"]
         if todo:
-            found = self.sibling_answers()
+            found = self.sibling_answers(key)
             for q in [q for q in todo if q.id in found]:
                 v, t = found[q.id]
-                self.cache.put(self.answer_key, None, q.id, "@answer", v, t)
+                self.cache.put(key, None, q.id, "@answer", v, t)
                 out[q.id] = v["answer"]
             todo = [q for q in todo if q.id not in found]
-        for q in tqdm(todo, desc="model answers", unit="query", disable=not todo):
-            t0 = time.perf_counter()
-            a = self.tracer.answer(q.prompt)
-            self.cache.put(self.answer_key, None, q.id, "@answer", {"prompt": q.prompt, "answer": a},
-                           time.perf_counter() - t0)
-            out[q.id] = a
+        with tqdm(total=len(todo), desc="base model answers" if base else "model answers", unit="query",
+                  disable=not todo) as bar:
+            for i in range(0, len(todo), ANSWER_BATCH):
+                chunk = todo[i:i + ANSWER_BATCH]
+                t0 = time.perf_counter()
+                got = greedy_answers(self.base_lm if base else self.tracer.lm, [q.prompt for q in chunk], len(chunk))
+                t = (time.perf_counter() - t0) / len(chunk)
+                for q, a in zip(chunk, got, strict=True):
+                    self.cache.put(key, None, q.id, "@answer", {"prompt": q.prompt, "answer": a}, t)
+                    out[q.id] = a
+                bar.update(len(chunk))
+        if base:
+            self.__dict__.pop("base_lm", None)  # the base model answers only: free it
         return out
 
-    def sibling_answers(self) -> dict[str, tuple[dict, float]]:
+    def sibling_answers(self, key: str) -> dict[str, tuple[dict, float]]:
         """The same model's answers cached by other runs beside OUT (e.g. the other mode's)."""
         found: dict[str, tuple[dict, float]] = {}
         for path in sorted(self.cache.path.parent.parent.glob("*/cache.jsonl")):
             if path.resolve() == self.cache.path.resolve():
                 continue
-            other = ScoreCache(path, {self.answer_key})
+            other = ScoreCache(path, {key})
             for (_, _, qid, m), v in other.entries.items():
                 if m == "@answer" and isinstance(v, dict) and "answer" in v:
-                    found.setdefault(qid, (v, other.seconds[(self.answer_key, None, qid, m)]))
+                    found.setdefault(qid, (v, other.seconds[(key, None, qid, m)]))
         return found
 
     def close(self) -> None:
