@@ -203,8 +203,13 @@ class BenchConfig(Strict):
                                              "proponent.", min=1)] = 100
     seeds: Annotated[int, Field(ge=1), cli("Seeds 0..S-1; tables show mean ± std over seeds.", min=1)] = 3
     split: Annotated[str | None, cli("Queries of this split (e.g. dev); 'all' for every query.")] = "dev"
+    relations: Annotated[list[str] | None, cli("Only queries of these relations (LAMA ids, e.g. P19).", "--relation",
+                                               split=True)] = None
     tune_split: Annotated[str | None, cli("Split to tune fusion weights on (grid 0, 0.1, ..., 1; max MRR). "
                                           "Default: weight 0.5.")] = None
+    tune_relations: Annotated[list[str] | None, cli("Relations to tune fusion weights on (with or without "
+                                                    "--tune-split); choose ones you do not report.",
+                                                    "--tune-relation", split=True)] = None
     methods: Annotated[list[str] | None, cli("Methods, comma-separated: bm25, embed, tracin, a+b fusions, "
                                              "random-target. Default: all the index has.", split=True)] = None
     depth: Annotated[int, Field(ge=1), cli("Full mode: sentences each method retrieves (and ranking length).",
@@ -233,8 +238,12 @@ class BenchConfig(Strict):
         if self.mode == "full":
             parts.append(f"--depth {self.depth}")
         parts.append(f"--split {self.split}" if self.split else "--split all")
+        if self.relations:
+            parts.append(f"--relation {','.join(self.relations)}")
         if self.tune_split:
             parts.append(f"--tune-split {self.tune_split}")
+        if self.tune_relations:
+            parts.append(f"--tune-relation {','.join(self.tune_relations)}")
         if self.methods:
             parts.append(f"--methods {','.join(self.methods)}")
         return " ".join(parts)

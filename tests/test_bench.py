@@ -425,6 +425,22 @@ def test_tune_split_is_used_and_recorded(sample_index, answers, tmp_path):
     assert sorted(mrr) == s.grid and mrr[w["weight"]] == max(mrr.values())
     train = {q.id for i, q in enumerate(tracer.corpus.queries) if i % 2}
     assert not set(tuned["queries"]["per_seed"]["0"]) & train  # evaluated on dev only
+    assert w["overlap_with_evaluated"] == 0
+
+
+def test_tune_on_other_relations_report_on_these(sample_index, sample, answers, tmp_path):
+    s = BenchConfig(index=sample_index, split=None, relations=["manufacturer"], tune_relations=["capital", "country"],
+                    queries=5, seeds=2, out=tmp_path / "rel", methods=["bm25", "embed+bm25"],
+                    sizes=CandidateSizes(bm25=10, same_target=5, random=10))
+    r = bench_results(s, write=False)
+    relation = {q.id: q.fact[1] for q in sample.queries if q.fact}
+    assert {relation[i] for ids in r["queries"]["per_seed"].values() for i in ids} == {"manufacturer"}
+    w = r["fusion"]["weights"]["embed+bm25"]
+    assert w["source"].startswith("tuned on relations capital,country") and w["queries"] == 5
+    assert w["overlap_with_evaluated"] == 0 and "--tune-relation capital,country" in r["command"]
+    from ftrace import FtraceError
+    with pytest.raises(FtraceError, match="with relations P999: no queries"):
+        bench_results(s.model_copy(update={"relations": ["P999"]}), write=False)
 
 
 def test_bench_command(sample_index, answers, tmp_path):

@@ -146,12 +146,18 @@ class Bench:
         self.out = c.out_dir()
         self.scorer = Scorer(c, self.tracer, base_methods(self.methods), self.fusions, self.out)
 
-    def eligible(self, split: str | None, option: str = "--split") -> list[Query]:
-        qs = [q for q in self.corpus.queries if q.proponents and (split is None or q.split == split)]
+    def eligible(self, split: str | None, relations: list[str] | None = None, option: str = "--split") -> list[Query]:
+        """Queries with proponents, of `split` (None: any) and `relations` (None: any)."""
+        qs = [q for q in self.corpus.queries if q.proponents and (split is None or q.split == split)
+              and (relations is None or (q.fact is not None and q.fact[1] in relations))]
         if not qs:
-            splits = sorted({str(q.split) for q in self.corpus.queries if q.proponents})
-            raise FtraceError(f"{option} {split}: no queries with proponents in this index "
-                              f"(its splits: {', '.join(splits) or 'none'}; use --split all for every query)")
+            have = [q for q in self.corpus.queries if q.proponents]
+            splits = sorted({str(q.split) for q in have})
+            rels = sorted({q.fact[1] for q in have if q.fact})
+            what = f"{option} {split}" + (f" with relations {','.join(relations)}" if relations else "")
+            raise FtraceError(f"{what}: no queries with proponents in this index (its splits: "
+                              f"{', '.join(splits) or 'none'}, relations: {', '.join(rels[:10]) or 'none'}; "
+                              "use --split all for every query)")
         return qs
 
     def method_scores(self, seed: int, q: Query, scores: QueryScores, method: str,
@@ -177,12 +183,14 @@ class Bench:
         c = self.c
         if not self.fusions:
             return {}
-        if not c.tune_split:
+        if not c.tune_split and not c.tune_relations:
             return {f: {"weight": c.default_weight, "source": "default, no --tune-split"} for f in self.fusions}
-        pool = self.eligible(c.tune_split, "--tune-split")
+        pool = self.eligible(c.tune_split, c.tune_relations, "--tune-split")
         tune_qs = sample_queries(pool, c.queries, 0, purpose="tune")
+        what = " and ".join(([f"split {c.tune_split!r}"] if c.tune_split else [])
+                            + ([f"relations {','.join(c.tune_relations)}"] if c.tune_relations else []))
         parts: dict[str, dict[str, dict[str, dict[str, float]]]] = {f: {} for f in self.fusions}
-        for q in tqdm(tune_qs, desc=f"tuning on {c.tune_split}", unit="query"):
+        for q in tqdm(tune_qs, desc=f"tuning on {what}", unit="query"):
             scores = self.scorer.query_scores(0, q)
             for f in self.fusions:
                 parts[f][q.id] = scores.components(f)
@@ -190,17 +198,21 @@ class Bench:
         out = {}
         for f in self.fusions:
             w, mrr = tune_weight(parts[f], props, parse_method(f, None), c.grid, seed=0, default=c.default_weight)
-            out[f] = {"weight": w, "source": f"tuned on split {c.tune_split!r} (max MRR, seed 0)",
+            out[f] = {"weight": w, "source": f"tuned on {what} (max MRR, seed 0)",
                       "queries": len(tune_qs), "mrr_by_weight": {str(k): v for k, v in mrr.items()}}
-        if c.split == c.tune_split or c.split is None:
-            log(f"note: fusion weights tuned on {c.tune_split!r}, which overlaps the evaluated queries")
+        evaluated = {q.id for q in self.eligible(c.split, c.relations)}
+        overlap = len(evaluated & {q.id for q in pool})
+        if overlap:
+            log(f"note: fusion weights tuned on {what}, which shares {overlap} queries with the evaluated ones")
+        for f in out:
+            out[f]["overlap_with_evaluated"] = overlap
         return out
 
     def run(self) -> BenchRun:
         t0 = time.time()
         c = self.c
         try:
-            pool = self.eligible(c.split)
+            pool = self.eligible(c.split, c.relations)
             per_seed = {seed: sample_queries(pool, c.queries, seed) for seed in range(c.seeds)}
             weights_info = self.tune()
             weights = {f: w["weight"] for f, w in weights_info.items()}
