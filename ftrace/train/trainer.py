@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 from ftrace.config import DEFAULT_MODEL, TrainConfig
 from ftrace.corpus import Corpus, load_corpus
-from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import versions
 from ftrace.model.batching import IGNORE, LossBatch
 from ftrace.model.loading import LoadedModel, load_model, resolve_device
@@ -104,6 +103,8 @@ def train_command(config: TrainConfig) -> TrainRun:
     if config.index is not None and config.corpus is not None:
         raise TrainError("give --index (train on an index's sentences) or --corpus, not both")
     if config.index is not None:
+        from ftrace.index.layout import IndexDir  # here: the index layer brings Lucene's JVM set-up
+
         index = IndexDir(Path(config.index))
         built_with = index.manifest.model.name
         if config.model is not None and config.model != built_with:
