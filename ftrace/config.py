@@ -157,7 +157,9 @@ class IngestConfig(Strict):
     tracin: TracInConfig = TracInConfig()
     store: StoreConfig = StoreConfig()
     batch_size: Annotated[int, cli("Examples per forward/backward batch.", min=1)] = 32
-    max_length: int = 128  # tokens per sentence given to the model
+    max_tokens: Annotated[int, Field(ge=8),
+                          cli("Tokens per sentence and query given to the model; longer sentences lose their end "
+                              "(counted at ingest), longer prompts their beginning.")] = 256
 
     @model_validator(mode="after")
     def _consistent(self) -> IngestConfig:

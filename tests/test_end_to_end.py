@@ -238,3 +238,31 @@ def test_checkpoints_and_whitening(tmp_path, tiny_model_dir, sample):
     (index / "tracin-state-1.pt").unlink()  # queries cannot be whitened like the index any more
     r = cli("query", AVANZA, "--index", index, "--target", "Toyota", "--method", "tracin")
     assert r.exit_code == 1 and "tracin-state-1.pt" in r.output
+
+
+def test_long_prompts_keep_their_end_and_long_sentences_are_counted(tmp_path, tiny_model_dir, sample):
+    from ftrace.model import load_model, query_batch
+    from ftrace.model.batching import query_rows
+
+    lm = load_model(tiny_model_dir)
+    filler = "In a long story about many other things, " * 40
+    ids, labels, truncated = query_rows(lm.tokenizer, filler + AVANZA, "Toyota", 64)
+    assert truncated and len(ids) == 64 and lm.tokenizer.decode(ids).endswith(AVANZA + " Toyota")
+    assert not query_rows(lm.tokenizer, AVANZA, "Toyota", 64)[2]
+    batch = query_batch(lm.tokenizer, [filler + AVANZA, filler + "Mount Fuji is located in"], ["Toyota", "Japan"], 64)
+    assert not torch.equal(batch.input_ids[0, :-3], batch.input_ids[1, :-3])  # the ends differ, not cut away
+
+    corpus = tmp_path / "long.jsonl"
+    lines = [json.dumps({"text": s.text}) for s in sample.sentences[:20]] + [json.dumps({"text": filler + "The end."})]
+    corpus.write_text("\n".join(lines) + "\n")
+    index = tmp_path / "long"
+    r = cli("ingest", "--index", index, "--corpus", corpus, "--model", tiny_model_dir, "--max-tokens", "100",
+            "--no-tracin")
+    assert r.exit_code == 0, r.output
+    assert "1 sentences longer than 100 tokens were truncated" in r.output  # the sample's are shorter
+    assert Manifest.read(index).max_tokens == 100
+    r = cli("query", filler + AVANZA, "--index", index, "--target", "Toyota", "--method", "embed")
+    assert r.exit_code == 0 and "the model saw only its end" in r.output, r.output
+    r = cli("ingest", "--index", index, "--corpus", corpus, "--model", tiny_model_dir, "--max-tokens", "64",
+            "--no-tracin")
+    assert r.exit_code == 1 and "max_tokens: index has 100, asked for 64" in r.output

@@ -54,10 +54,12 @@ class Manifest(BaseModel):
     bm25: dict = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     complete: bool = False  # every example's vectors are stored
+    # tokens per sentence and query given to the model (128: indexes made before it was recorded)
+    max_tokens: int = 128
 
     def identity(self) -> dict:
         return {"corpus": self.corpus.fingerprint, "model": self.model.model_dump(),
-                "vectors": self.vectors, "store": self.store.model_dump()}
+                "vectors": self.vectors, "store": self.store.model_dump(), "max_tokens": self.max_tokens}
 
     def differences(self, other: Manifest) -> list[str]:
         mine, theirs = self.identity(), other.identity()

@@ -55,7 +55,7 @@ def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig) -> Ite
     pick = sorted(rng.choice(len(examples), size=min(c.tracin.whiten_samples, len(examples)), replace=False))
     chosen = [examples[i] for i in pick]
     for i in tqdm(range(0, len(chosen), c.batch_size), desc="whitening calibration", unit="batch", leave=False):
-        yield example_loss_batch(lm.tokenizer, chosen[i:i + c.batch_size], c.tracin.example_loss, c.max_length)[0]
+        yield example_loss_batch(lm.tokenizer, chosen[i:i + c.batch_size], c.tracin.example_loss, c.max_tokens)[0]
 
 
 def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], c: IngestConfig,
@@ -71,6 +71,7 @@ def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer]
         store=c.store,
         bm25={"k1": K1, "b": B},
         versions=versions(),
+        max_tokens=c.max_tokens,
     )
 
 
@@ -142,6 +143,10 @@ def _store_vectors(store: VectorStore, corpus: Corpus, lm: LoadedModel, featuriz
     # Similar lengths together: less padding, same vectors (padding does not change an example's vector).
     lengths = token_lengths(lm.tokenizer, [e.text for e in todo]) if todo else []
     todo = [e for _, e in sorted(zip(lengths, todo, strict=True), key=lambda p: p[0])]
+    long = sum(n > c.max_tokens for n in lengths)
+    if long:
+        log(f"{long} sentences longer than {c.max_tokens} tokens were truncated to their first {c.max_tokens} "
+            "(--max-tokens)")
     # each featurizer's example loss: gradients may score object spans, embeddings read whole sentences
     loss_of = {f.name: getattr(f, "example_loss", "sentence") for f in featurizers}
     fallbacks = 0
@@ -150,7 +155,7 @@ def _store_vectors(store: VectorStore, corpus: Corpus, lm: LoadedModel, featuriz
             chunk = todo[i:i + c.batch_size]
             batches = {}
             for loss in sorted(set(loss_of.values())):
-                batches[loss], fell_back = example_loss_batch(lm.tokenizer, chunk, loss, c.max_length)
+                batches[loss], fell_back = example_loss_batch(lm.tokenizer, chunk, loss, c.max_tokens)
                 fallbacks += fell_back
             vectors = {f.name: f.vectors(batches[loss_of[f.name]]) for f in featurizers}
             store.upsert([e.id for e in chunk], vectors,

@@ -53,13 +53,23 @@ def example_batch(tokenizer, texts: Sequence[str], max_length: int = 128) -> Los
     return _pad(rows, tokenizer.pad_token_id)
 
 
-def query_batch(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int = 128) -> LossBatch:
-    """Loss of the target tokens given the prompt (target tokenised with its leading space)."""
-    rows = []
-    for prompt, target in zip(prompts, targets, strict=True):
-        p = tokenizer(prompt, truncation=True, max_length=max_length)["input_ids"]
-        t = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
-        rows.append((p + t, [IGNORE] * len(p) + t))
+def query_rows(tokenizer, prompt: str, target: str, max_length: int = 256) -> tuple[list[int], list[int], bool]:
+    """(input ids, labels, truncated) of one query: the target tokens (with their leading space)
+    scored after the prompt. A prompt too long for `max_length` loses its BEGINNING (the end, next
+    to the answer, is what matters), keeping any special tokens the tokenizer puts first."""
+    p = tokenizer(prompt)["input_ids"]
+    t = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
+    truncated = len(p) + len(t) > max_length
+    if truncated:
+        head = len(tokenizer("")["input_ids"])  # e.g. a BOS token
+        room = max(1, max_length - len(t) - head)
+        p = p[:head] + p[head:][-room:]
+    return p + t, [IGNORE] * len(p) + t, truncated
+
+
+def query_batch(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int = 256) -> LossBatch:
+    """Loss of the target tokens given the prompt (see `query_rows`)."""
+    rows = [query_rows(tokenizer, p, t, max_length)[:2] for p, t in zip(prompts, targets, strict=True)]
     return _pad(rows, tokenizer.pad_token_id)
 
 

@@ -22,6 +22,7 @@ from ftrace.features.base import Featurizer, from_specs
 from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, greedy_answer, load_model, query_batch
+from ftrace.model.batching import query_rows
 from ftrace.query.fusion import by_sentence, ranking
 from ftrace.query.methods import Fusion, Method, fuse, fusion_pool, parse_method
 
@@ -113,7 +114,7 @@ class Tracer:
         wanted = [n for n in self.index.manifest.vectors if names is None or n in set(names)]
         if not wanted:
             return {}
-        batch = query_batch(self.lm.tokenizer, [prompt], [target])
+        batch = query_batch(self.lm.tokenizer, [prompt], [target], self.index.manifest.max_tokens)
         return {n: self.featurizer(n).vectors(batch)[0] for n in wanted}
 
     def _check(self, method: str) -> None:
@@ -189,6 +190,10 @@ class Tracer:
                     proponent=(s in props) if props is not None else None)
                 for r, (s, sc) in enumerate(ranking(scores)[:k], 1)]
         known = sorted({q.target for q in same}) if truth is None else []
-        note = f"the corpus knows this prompt with target(s) {known[:3]}, not {target!r}" if known else None
+        notes = [f"the corpus knows this prompt with target(s) {known[:3]}, not {target!r}"] if known else []
+        limit = self.index.manifest.max_tokens
+        if any(c != "bm25" for c in m.components) and query_rows(self.lm.tokenizer, prompt, target, limit)[2]:
+            notes.append(f"the prompt is longer than the index's {limit} tokens: the model saw only its end")
+        note = "; ".join(notes) or None
         return QueryResult(prompt=prompt, target=target, target_from=target_from, method=str(m),
                            fusion=fusion if m.is_fusion else None, rows=rows, ground_truth=truth, note=note)
