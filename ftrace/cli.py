@@ -187,10 +187,11 @@ def query(config: QueryConfig) -> None:
 @app.command()
 @friendly
 def info(index: Annotated[Path, typer.Option("--index", "-i", help="Index directory.")] = DEFAULT_INDEX) -> None:
-    """Show what made an index (its manifest)."""
-    from ftrace.index.manifest import Manifest
+    """Show what made an index (its manifest) and what it holds now (counts, completeness, size)."""
+    from ftrace.index.layout import IndexDir
 
-    typer.echo(json.dumps(Manifest.read(index).model_dump(), indent=2))
+    d = IndexDir(index)
+    typer.echo(json.dumps({**d.manifest.model_dump(), "status": d.status()}, indent=2))
 
 
 @app.command()

@@ -36,6 +36,16 @@ def test_ingest_records_what_made_the_index(sample_index, sample, tiny_model_dir
     store.close()
 
 
+def test_info_shows_manifest_counts_and_size(sample_index, sample):
+    r = cli("info", "--index", sample_index)
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    status = info["status"]
+    assert info["complete"] and info["corpus"]["sentences"] == len(sample.sentences)
+    assert status["points"] == status["bm25_documents"] == status["examples_expected"] == len(sample.sentences)
+    assert status["bytes_on_disk"] > 100_000
+
+
 def test_query_json_marks_proponents_and_fuses(sample_index, sample):
     r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--json", "-k", "15")
     assert r.exit_code == 0, r.output

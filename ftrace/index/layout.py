@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from ftrace import FtraceError
 from ftrace.corpus import Corpus, load_jsonl
 from ftrace.index.lexical import LuceneBM25
 from ftrace.index.manifest import Manifest
@@ -39,3 +40,30 @@ class IndexDir:
 
     def open_bm25(self) -> LuceneBM25:
         return LuceneBM25(self.bm25_dir, **(self.manifest.bm25 or {}))
+
+    def status(self) -> dict:
+        """What the index holds now: stored points (each with every vector), BM25 documents,
+        whether ingest completed, and the bytes on disk (vectors in a server are not counted)."""
+        m = self.manifest
+        out: dict = {"complete": m.complete, "examples_expected": m.corpus.examples,
+                     "sentences_expected": m.corpus.sentences}
+        try:
+            store = self.open_store()
+            try:
+                out["points"] = store.count() if store.exists() else 0
+            finally:
+                store.close()
+        except FtraceError as e:
+            out["points"] = f"unavailable ({e})"
+        except Exception as e:  # e.g. Qdrant Edge's lock while an ingest writes
+            out["points"] = f"unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        if self.bm25_dir.is_dir():
+            bm25 = self.open_bm25()
+            try:
+                out["bm25_documents"] = bm25.count()
+            finally:
+                bm25.close()
+        else:
+            out["bm25_documents"] = 0
+        out["bytes_on_disk"] = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return out
