@@ -178,7 +178,8 @@ def query(config: QueryConfig) -> None:
     tracer = Tracer(config.index, model=config.model, embed_layers=config.embed_layers)
     try:
         result = tracer.query(config.prompt, target=config.target, k=config.k, method=config.method,
-                              fusion=config.fusion, weight=config.weight, depth=config.depth)
+                              fusion=config.fusion, weight=config.weight, depth=config.depth,
+                              cascade_k=config.cascade_k)
     finally:
         tracer.close()
     typer.echo(result.model_dump_json(indent=2) if config.as_json else render(result))

@@ -170,6 +170,10 @@ class IngestConfig(Strict):
         return self
 
 
+CascadeK = Annotated[int, Field(ge=1), cli("Cascade fusion: how many of the second method's top sentences "
+                                          "the sum re-ranks.", "--cascade-k", min=1)]
+
+
 class QueryConfig(Strict):
     prompt: Annotated[str, cli("What the model completes, e.g. 'Toyota Avanza is produced by'.", argument=True)]
     index: IndexPath = DEFAULT_INDEX
@@ -177,9 +181,12 @@ class QueryConfig(Strict):
     k: Annotated[int, cli("Sentences to show.", "--k", "-k", min=1)] = 10
     method: Annotated[str, cli("bm25, embed, tracin, or a fusion of two such as bm25+embed or tracin+bm25.")] = \
         "bm25+embed"
-    fusion: Annotated[Literal["sum", "rrf"], cli("sum (min-max normalised, weighted) or rrf.")] = "sum"
+    fusion: Annotated[Literal["sum", "rrf", "cascade"],
+                      cli("sum (min-max normalised, weighted), rrf, or cascade (the second method's top "
+                          "--cascade-k re-ranked by the sum, above the rest).")] = "sum"
     weight: Annotated[float, Field(ge=0.0, le=1.0),
                       cli("Fusion weight of the first method (the second gets 1 - weight).")] = 0.5
+    cascade_k: CascadeK = 20
     depth: Annotated[int, cli("Candidates each method retrieves before fusion.", min=1)] = 100
     model: Annotated[str | None, cli("Must match the index's model (checked).")] = None
     embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
@@ -207,13 +214,17 @@ class BenchConfig(Strict):
     split: Annotated[str | None, cli("Queries of this split (e.g. dev); 'all' for every query.")] = "dev"
     relations: Annotated[list[str] | None, cli("Only queries of these relations (LAMA ids, e.g. P19).", "--relation",
                                                split=True)] = None
-    tune_split: Annotated[str | None, cli("Split to tune fusion weights on (grid 0, 0.1, ..., 1; max MRR). "
-                                          "Default: weight 0.5.")] = None
-    tune_relations: Annotated[list[str] | None, cli("Relations to tune fusion weights on (with or without "
-                                                    "--tune-split); choose ones you do not report.",
+    tune_split: Annotated[str | None, cli("Split to tune fusion weights on (grid 0, 0.1, ..., 1; max MRR) or fit "
+                                          "--fusion learned on. Default: weight 0.5.")] = None
+    tune_relations: Annotated[list[str] | None, cli("Relations to tune fusion weights on, or fit --fusion learned "
+                                                    "on (with or without --tune-split); choose ones you do not report.",
                                                     "--tune-relation", split=True)] = None
     methods: Annotated[list[str] | None, cli("Methods, comma-separated: bm25, embed, tracin, a+b fusions, "
                                              "random-target. Default: all the index has.", split=True)] = None
+    fusion: Annotated[Literal["sum", "rrf", "cascade", "learned"],
+                      cli("How every a+b method fuses: sum, rrf, cascade (with a tuned or default weight) or "
+                          "learned (logistic regression fitted on the --tune-split/--tune-relation queries).")] = "sum"
+    cascade_k: CascadeK = 20
     depth: Annotated[int, Field(ge=1), cli("Full mode: sentences each method retrieves (and ranking length).",
                                            min=1)] = 100
     out: Annotated[Path | None, cli("Output directory (default results/bench/<index name>-<mode>).")] = None
@@ -248,6 +259,10 @@ class BenchConfig(Strict):
             parts.append(f"--tune-relation {','.join(self.tune_relations)}")
         if self.methods:
             parts.append(f"--methods {','.join(self.methods)}")
+        if self.fusion != "sum":
+            parts.append(f"--fusion {self.fusion}")
+        if self.fusion == "cascade":
+            parts.append(f"--cascade-k {self.cascade_k}")
         return " ".join(parts)
 
 

@@ -443,6 +443,63 @@ def test_tune_on_other_relations_report_on_these(sample_index, sample, answers, 
         bench_results(s.model_copy(update={"relations": ["P999"]}), write=False)
 
 
+def test_fusion_kinds_share_the_cache_and_learned_is_fitted(sample_index, sample, answers, tmp_path):
+    """Cascade then learned fusion on the same --out: the second run computes no score; learned is
+    fitted on other relations' queries and its model recorded."""
+    out = tmp_path / "kinds"
+    s = BenchConfig(index=sample_index, split=None, relations=["manufacturer"], tune_relations=["capital", "country"],
+                    queries=5, seeds=2, out=out, methods=["bm25", "embed+bm25"], fusion="cascade", cascade_k=5,
+                    sizes=CandidateSizes(bm25=10, same_target=5, random=10))
+    r = bench_results(s)
+    fu = r["fusion"]
+    assert fu["kind"] == "cascade" and fu["cascade_k"] == 5 and fu["tune_relations"] == ["capital", "country"]
+    w = fu["weights"]["embed+bm25"]
+    assert w["tune_mrr"] == max(w["mrr_by_weight"].values()) == w["mrr_by_weight"][str(w["weight"])]
+    assert "--fusion cascade --cascade-k 5" in r["command"]
+    assert "# ftrace bench: sample (rerank, fusion cascade)" in (out / "table.md").read_text()
+    rows = read_jsonl(out / "rankings.jsonl")
+    for x in rows:  # the cascade ranks BM25's top 5 (of the candidates) first
+        if x["method"] == "embed+bm25":
+            bm = next(y for y in rows if (y["seed"], y["query"], y["method"]) == (x["seed"], x["query"], "bm25"))
+            assert {i for i, _ in x["top"][:5]} == {i for i, _ in bm["top"][:5]}
+
+    learned = bench_results(s.model_copy(update={"fusion": "learned"}))
+    assert learned["cache"]["computed"] == 0  # the same --out: every score reused
+    fu = learned["fusion"]
+    assert fu["kind"] == "learned" and fu["cascade_k"] is None and fu["grid"] is None
+    w = fu["weights"]["embed+bm25"]
+    assert w["weight"] is None and w["source"].startswith("fitted on relations capital,country")
+    assert w["queries"] == 5 and w["overlap_with_evaluated"] == 0 and 0.0 <= w["tune_mrr"] <= 1.0
+    model = w["model"]
+    assert model["features"] == ["embed:minmax", "embed:1/rank", "bm25:minmax", "bm25:1/rank"]
+    assert len(model["coef"]) == 4 and all(math.isfinite(c) for c in [*model["coef"], model["intercept"]])
+    assert model["positives"] > 0 and model["samples"] > model["positives"] and model["seed"] == 0
+    relation = {q.id: q.fact[1] for q in sample.queries if q.fact}
+    assert {relation[i] for ids in learned["queries"]["per_seed"].values() for i in ids} == {"manufacturer"}
+    for sl, table in learned["metrics"].items():
+        for m in M.METRICS:
+            v = table["embed+bm25"][m]["mean"]
+            assert v is None and learned["query_counts"][sl] == [0, 0] or 0.0 <= v <= 1.0
+    table = (out / "table.md").read_text()
+    assert "(rerank, fusion learned)" in table and "embed:minmax" in table and "tuning MRR" in table
+    assert json.loads((out / "results.json").read_text())["fusion"]["weights"]["embed+bm25"]["model"] == model
+
+
+def test_learned_fusion_needs_tuning_queries(sample_index, tmp_path):
+    from ftrace import FtraceError
+    from ftrace.cli import app
+
+    s = BenchConfig(index=sample_index, split=None, fusion="learned", out=tmp_path / "x")
+    with pytest.raises(FtraceError, match="--fusion learned is fitted on tuning queries"):
+        run_bench(s, write=False)
+    r = CliRunner().invoke(app, ["bench", "--index", str(sample_index), "--fusion", "learned", "--out",
+                                 str(tmp_path / "x")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "--tune-split and/or --tune-relation" in r.output
+    r = CliRunner().invoke(app, ["bench", "--index", str(sample_index), "--fusion", "nosuch"])
+    assert r.exit_code == 1 and "--fusion 'nosuch'" in r.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_bench_command(sample_index, answers, tmp_path):
     from ftrace.cli import app
 

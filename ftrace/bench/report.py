@@ -23,11 +23,20 @@ def _p(p: float | None, floor: float = 1e-4) -> str:
     return f"{p:.2g}" if p >= floor else f"<{floor:g}"
 
 
+def _fused(v: dict) -> str:
+    """A fusion's weight or model, where it comes from and its MRR on the tuning queries."""
+    what = f"{v['weight']}" if v["weight"] is not None else \
+        ", ".join(f"{n} {c:+.2f}" for n, c in zip(v["model"]["features"], v["model"]["coef"], strict=True))
+    mrr = f", tuning MRR {v['tune_mrr']:.3f}" if "tune_mrr" in v else ""
+    return f"{what} ({v['source']}{mrr})" if v["weight"] is not None else f"[{what}] ({v['source']}{mrr})"
+
+
 def markdown_table(results: dict) -> str:
     """FTRACE Table 2 style: one table per slice, rows methods, columns the metrics (mean ± std)."""
     s = results["settings"]
     mode = results["mode"]
-    lines = [f"# ftrace bench: {Path(results['index']['path']).name} ({mode})", ""]
+    fu = results["fusion"]
+    lines = [f"# ftrace bench: {Path(results['index']['path']).name} ({mode}, fusion {fu['kind']})", ""]
     what = (f"candidate sets of proponents + BM25 top {s['sizes']['bm25']} + {s['sizes']['same_target']} same-target "
             f"+ {s['sizes']['random']} random sentences" if mode == "rerank"
             else f"retrieval from the whole corpus ({results['index']['corpus']['sentences']} sentences), "
@@ -37,10 +46,12 @@ def markdown_table(results: dict) -> str:
     lines.append(f"- mode: {mode}: {what}")
     lines.append(f"- queries: {s['queries']} per seed from split {s['split'] or 'all'} "
                  f"({results['queries']['eligible']} eligible), seeds {results['seeds']}; mean ± std over seeds")
-    w = results["fusion"]["weights"]
+    w = fu["weights"]
     if w:
-        lines.append("- fusion weights (first method): " + ", ".join(f"{f} {v['weight']} ({v['source']})"
-                                                                    for f, v in w.items()))
+        k = f" k={fu['cascade_k']}" if fu["kind"] == "cascade" else ""
+        lines.append(f"- fusion {fu['kind']}{k}: {fu['description']}")
+        lines.append(("- fusion models: " if fu["kind"] == "learned" else "- fusion weights (first method): ")
+                     + ", ".join(f"{f} {_fused(v)}" for f, v in w.items()))
     a = results["answers"]
     lines.append(f"- answers: {a['rule']}")
     lines.append(f"- right at the index's model: {a['correct']} of {a['of']} distinct queries"
@@ -118,7 +129,8 @@ def plot(results: dict, path: Path) -> None:
     fig.legend(handles, [LABELS[m] for m in METRICS], loc="upper center", ncol=len(METRICS), fontsize=9,
                bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)
     name = Path(results["index"]["path"]).name
-    fig.suptitle(f"ftrace bench: {name}, {results['mode']} mode, {len(results['seeds'])} seeds", fontsize=11)
+    fig.suptitle(f"ftrace bench: {name}, {results['mode']} mode, fusion {results['fusion']['kind']}, "
+                 f"{len(results['seeds'])} seeds", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -10,8 +10,10 @@ standard deviations are over seeds.
   `Tracer.query` does. Every ranking is cut at `depth`.
 - "random-target": 1 for sentences stating a fact whose object is the query's target, else 0;
   ties in a seeded random order (as for every method).
-- "a+b": `query.methods.fuse` (min-max weighted sum), weight w on a and 1-w on b; w tuned on
-  `tune_split` over `grid` (max MRR) or 0.5.
+- "a+b": a `query.methods.Fuser` of the configured fusion kind, built once per fusion before the
+  evaluation and frozen: "sum", "rrf" or "cascade" with weight w on a and 1-w on b, w tuned on the
+  `tune_split` / `tune_relations` queries over `grid` (max MRR) or 0.5; "learned" fitted on those
+  queries (`query.learned`). Tuning and evaluation fuse through the same Fuser.
 
 Every table is reported for "all" queries and for each learned slice (`slices.py`: by the greedy
 answers of the index's model and, when the index records one, of its base model). Significance:
@@ -39,7 +41,8 @@ from ftrace.config import GRID, BenchConfig
 from ftrace.corpus import Query
 from ftrace.index.manifest import versions
 from ftrace.query.fusion import ranking
-from ftrace.query.methods import Method, fuse, parse_method
+from ftrace.query.learned import LearnedFusion
+from ftrace.query.methods import CASCADE_K, FUSIONS, Fuser, Fusion, Method, parse_method
 from ftrace.query.tracer import Tracer
 
 FTRACE_FUSIONS = (("tracin", "embed"), ("tracin", "bm25"), ("embed", "bm25"))
@@ -98,17 +101,35 @@ def base_methods(methods: Sequence[str]) -> list[str]:
 
 # --- fusion weights ----------------------------------------------------------------------------------
 
-def tune_weight(parts: dict[str, dict[str, dict[str, float]]], proponents: dict[str, list[str]], method: Method,
-                grid: Sequence[float] = GRID, seed: int = 0, default: float = 0.5) -> tuple[float, dict[float, float]]:
+Parts = dict[str, dict[str, dict[str, float]]]  # query id -> component -> sentence id -> score
+
+
+def fused_mrr(parts: Parts, proponents: dict[str, list[str]], fuser: Fuser, seed: int = 0) -> float:
+    """MRR of a fusion over the queries of `parts` (ties in the seeded order, as in the evaluation)."""
+    ranked = {qid: [s for s, _ in ranking(fuser(runs), seeded_tiebreak(seed, qid))] for qid, runs in parts.items()}
+    return M.evaluate({q: proponents[q] for q in parts}, ranked, ["mrr"])["mrr"]
+
+
+def tune_weight(parts: Parts, proponents: dict[str, list[str]], method: Method, grid: Sequence[float] = GRID,
+                seed: int = 0, default: float = 0.5, fusion: Fusion = "sum",
+                cascade_k: int = CASCADE_K) -> tuple[float, dict[float, float]]:
     """The w of `grid` maximising MRR of the fusion over the queries of `parts` (query id ->
     component scores); ties go to the w closest to `default`, then the smaller."""
-    mrr: dict[float, float] = {}
-    for w in grid:
-        ranked = {qid: [s for s, _ in ranking(fuse(runs, method, w), seeded_tiebreak(seed, qid))]
-                  for qid, runs in parts.items()}
-        mrr[w] = M.evaluate({q: proponents[q] for q in parts}, ranked, ["mrr"])["mrr"]
+    mrr = {w: fused_mrr(parts, proponents, Fuser(method, fusion, w, cascade_k), seed) for w in grid}
     best = max(grid, key=lambda w: (round(mrr[w], 12), -abs(w - default), -w))
     return best, mrr
+
+
+def tune_fuser(parts: Parts, proponents: dict[str, list[str]], method: Method, c: BenchConfig,
+               seed: int = 0) -> tuple[Fuser, dict]:
+    """The frozen fusion of `method` for c.fusion, from the tuning queries of `parts`, and what to record."""
+    if c.fusion == "learned":
+        model = LearnedFusion.fit(parts, proponents, method.components, seed)
+        fuser = Fuser(method, "learned", model=model)
+        return fuser, {"weight": None, "model": model.describe(), "tune_mrr": fused_mrr(parts, proponents, fuser, seed)}
+    w, mrr = tune_weight(parts, proponents, method, c.grid, seed, c.default_weight, c.fusion, c.cascade_k)
+    return Fuser(method, c.fusion, w, c.cascade_k), {"weight": w, "tune_mrr": mrr[w],
+                                                      "mrr_by_weight": {str(k): v for k, v in mrr.items()}}
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -131,6 +152,9 @@ class BenchRun:
 
 class Bench:
     def __init__(self, c: BenchConfig, tracer: Tracer | None = None):
+        if c.fusion == "learned" and not c.tune_split and not c.tune_relations:
+            raise FtraceError("--fusion learned is fitted on tuning queries: give --tune-split and/or --tune-relation "
+                              "(relations or a split you do not report)")
         self.c = c
         self.own_tracer = tracer is None
         self.tracer = tracer or Tracer(Path(c.index))
@@ -143,6 +167,7 @@ class Bench:
         self.manifest = self.tracer.index.manifest
         self.corpus = self.tracer.corpus
         self.fusions = [m for m in self.methods if "+" in m]
+        self.fusers: dict[str, Fuser] = {}
         self.out = c.out_dir()
         self.scorer = Scorer(c, self.tracer, base_methods(self.methods), self.fusions, self.out)
 
@@ -160,8 +185,7 @@ class Bench:
                               "use --split all for every query)")
         return qs
 
-    def method_scores(self, seed: int, q: Query, scores: QueryScores, method: str,
-                      weights: dict[str, float]) -> dict[str, float]:
+    def method_scores(self, seed: int, q: Query, scores: QueryScores, method: str) -> dict[str, float]:
         if method == RANDOM_TARGET:
             same = set(self.scorer.view.same_target(q.target))
             if scores.candidates is not None:
@@ -172,7 +196,7 @@ class Bench:
                 out.update(dict.fromkeys(filler, 0.0))
             return out
         if "+" in method:
-            return fuse(scores.components(method), parse_method(method, None), weights[method])
+            return self.fusers[method](scores.components(method))
         return scores.single[method]
 
     def ranked(self, seed: int, q: Query, scores: dict[str, float]) -> list[tuple[str, float]]:
@@ -180,30 +204,34 @@ class Bench:
         return r[:self.c.depth] if self.c.mode == "full" else r
 
     def tune(self) -> dict[str, dict]:
+        """Settle self.fusers (tuned, fitted or default) and return what to record about each."""
         c = self.c
         if not self.fusions:
             return {}
         if not c.tune_split and not c.tune_relations:
+            self.fusers = {f: Fuser(parse_method(f, None), c.fusion, c.default_weight, c.cascade_k)
+                           for f in self.fusions}
             return {f: {"weight": c.default_weight, "source": "default, no --tune-split"} for f in self.fusions}
         pool = self.eligible(c.tune_split, c.tune_relations, "--tune-split")
         tune_qs = sample_queries(pool, c.queries, 0, purpose="tune")
         what = " and ".join(([f"split {c.tune_split!r}"] if c.tune_split else [])
                             + ([f"relations {','.join(c.tune_relations)}"] if c.tune_relations else []))
-        parts: dict[str, dict[str, dict[str, dict[str, float]]]] = {f: {} for f in self.fusions}
+        parts: dict[str, Parts] = {f: {} for f in self.fusions}
         for q in tqdm(tune_qs, desc=f"tuning on {what}", unit="query"):
             scores = self.scorer.query_scores(0, q)
             for f in self.fusions:
                 parts[f][q.id] = scores.components(f)
         props = {q.id: q.proponents for q in tune_qs}
         out = {}
+        how = "fitted" if c.fusion == "learned" else "tuned"
+        source = f"{how} on {what} (" + ("" if c.fusion == "learned" else "max MRR, ") + "seed 0)"
         for f in self.fusions:
-            w, mrr = tune_weight(parts[f], props, parse_method(f, None), c.grid, seed=0, default=c.default_weight)
-            out[f] = {"weight": w, "source": f"tuned on {what} (max MRR, seed 0)",
-                      "queries": len(tune_qs), "mrr_by_weight": {str(k): v for k, v in mrr.items()}}
+            self.fusers[f], info = tune_fuser(parts[f], props, parse_method(f, None), c, seed=0)
+            out[f] = {"weight": info.pop("weight"), "source": source, "queries": len(tune_qs), **info}
         evaluated = {q.id for q in self.eligible(c.split, c.relations)}
         overlap = len(evaluated & {q.id for q in pool})
         if overlap:
-            log(f"note: fusion weights tuned on {what}, which shares {overlap} queries with the evaluated ones")
+            log(f"note: fusion {how} on {what}, which shares {overlap} queries with the evaluated ones")
         for f in out:
             out[f]["overlap_with_evaluated"] = overlap
         return out
@@ -215,7 +243,6 @@ class Bench:
             pool = self.eligible(c.split, c.relations)
             per_seed = {seed: sample_queries(pool, c.queries, seed) for seed in range(c.seeds)}
             weights_info = self.tune()
-            weights = {f: w["weight"] for f, w in weights_info.items()}
             drawn = list({q.id: q for qs in per_seed.values() for q in qs}.values())
             answers = self.scorer.answers(drawn)
             learned = {q.id: answer_is_right(answers[q.id], q.target) for q in drawn}
@@ -230,8 +257,7 @@ class Bench:
                     for q in qs:
                         scores = self.scorer.query_scores(seed, q)
                         for m in self.methods:
-                            rankings[(seed, q.id, m)] = self.ranked(seed, q, self.method_scores(seed, q, scores, m,
-                                                                                                 weights))
+                            rankings[(seed, q.id, m)] = self.ranked(seed, q, self.method_scores(seed, q, scores, m))
                         bar.update(1)
         finally:
             self.scorer.close()
@@ -257,7 +283,7 @@ class Bench:
     def describe(self, per_seed: dict[int, list[Query]], pool: list[Query], weights_info: dict,
                  answers: dict) -> dict:
         c, m, cache = self.c, self.manifest, self.scorer.cache
-        vers = {**m.versions, **versions(("ranx", "numpy", "matplotlib", "scipy", "numba"))}
+        vers = {**m.versions, **versions(("ranx", "numpy", "matplotlib", "scipy", "numba", "scikit-learn"))}
         return {
             "benchmark": "FTRACE-style fact tracing (Akyurek et al. 2022) + TrackStar recall@10",
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -278,8 +304,10 @@ class Bench:
                         f"only {len(pool)} eligible queries: every seed evaluates all of them"},
             "methods": self.methods,
             "skipped": self.skipped,
-            "fusion": {"kind": "weighted sum of min-max normalised scores (w on the first, 1-w on the second)",
-                       "grid": c.grid, "tune_split": c.tune_split, "weights": weights_info},
+            "fusion": {"kind": c.fusion, "description": FUSIONS[c.fusion],
+                       "cascade_k": c.cascade_k if c.fusion == "cascade" else None,
+                       "grid": None if c.fusion == "learned" else c.grid, "tune_split": c.tune_split,
+                       "tune_relations": c.tune_relations, "weights": weights_info},
             "answers": answers,
             "metric_names": M.LABELS,
             "std": "sample standard deviation over seeds (ddof=1)",

@@ -3,10 +3,13 @@
 - `weighted_sum`: each run's scores min-max normalised to [0, 1] over the candidates, then summed
   with weights. A candidate a run did not score counts as that run's minimum.
 - `rrf`: reciprocal rank fusion, sum over runs of weight / (k + rank), rank starting at 1.
+- `cascade`: the second run's top k re-ordered by `weighted_sum` (normalised over those k) and
+  ranked above every other candidate, which keep the second run's order.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,6 +48,30 @@ def rrf(runs: Mapping[str, Scores], k: int = 60, weights: Mapping[str, float] | 
         for r, (i, _) in enumerate(ranking(run), 1):
             fused[i] = fused.get(i, 0.0) + w / (k + r)
     return fused
+
+
+def top_set(scores: Scores, k: int) -> set[str]:
+    """The ids of the k best scores, and every id tied with the k-th (no tiebreak decides the cut)."""
+    if not scores:
+        return set()
+    cut = sorted(scores.values(), reverse=True)[min(k, len(scores)) - 1]
+    return {i for i, s in scores.items() if s >= cut}
+
+
+_BELOW_ONE = math.nextafter(1.0, 0.0)
+
+
+def cascade(first: Scores, second: Scores, weights: tuple[float, float], k: int) -> dict[str, float]:
+    """Re-rank `second`'s top k (`top_set`: ties with the k-th included) by the weighted sum of both
+    runs, each min-max normalised over that top set, and rank it above the rest, which keep `second`'s
+    order. Fused scores: 1 + that sum (within [1, 2]) for the top set; for the rest, `second`'s min-max
+    score over all candidates, which is below 1 (a candidate `second` did not score counts as its minimum, 0).
+    Equal fused scores are left to the caller's tiebreak, as for every fusion."""
+    top = top_set(second, k)
+    head = weighted_sum({"a": {i: s for i, s in first.items() if i in top}, "b": {i: second[i] for i in top}},
+                        {"a": weights[0], "b": weights[1]})
+    tail = minmax(second)
+    return {i: 1.0 + head[i] if i in top else min(tail.get(i, 0.0), _BELOW_ONE) for i in set(first) | set(second)}
 
 
 def by_sentence(example_scores: Scores, sentence_of: Mapping[str, str]) -> dict[str, float]:

@@ -2,6 +2,11 @@
 
 A method is `bm25`, a stored vector's name (`embed`, `tracin`, ...), or the fusion `a+b` of two
 different such methods (weight w on a, 1 - w on b). Scores are per sentence, higher is better.
+
+Fusion kinds (`fuse`, `Fuser`): "sum" (min-max normalised weighted sum), "rrf" (weighted reciprocal
+rank fusion), "cascade" (b's top k re-ranked by the sum, above the rest in b's order: FTRACE's
+fusions put bm25 last, so BM25 retrieves and the sum re-ranks) and, in the bench only, "learned"
+(a model fitted on tuning queries, `query.learned`).
 """
 
 from __future__ import annotations
@@ -11,9 +16,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ftrace import FtraceError
-from ftrace.query.fusion import Scores, rrf, weighted_sum
+from ftrace.query.fusion import Scores, cascade, rrf, weighted_sum
+from ftrace.query.learned import LearnedFusion
 
-Fusion = Literal["sum", "rrf"]
+Fusion = Literal["sum", "rrf", "cascade"]  # fusions with a weight
+FusionKind = Literal["sum", "rrf", "cascade", "learned"]
+FUSIONS: dict[str, str] = {
+    "sum": "weighted sum of min-max normalised scores (w on the first method, 1-w on the second)",
+    "rrf": "weighted reciprocal rank fusion, sum of w / (60 + rank) (w on the first method, 1-w on the second)",
+    "cascade": "the second method's top k (ties with the k-th included) re-ranked by the weighted sum of min-max "
+               "scores normalised over them (w on the first method), ranked above the rest in the second's order",
+    "learned": "logistic regression over both methods' min-max scores and 1/ranks, fitted on the tuning queries",
+}
+CASCADE_K = 20
 
 
 @dataclass(frozen=True)
@@ -50,9 +65,32 @@ def fusion_pool(retrieved: Mapping[str, Scores]) -> list[str]:
     return sorted({s for run in retrieved.values() for s in run})
 
 
-def fuse(runs: Mapping[str, Scores], method: Method, weight: float, fusion: Fusion = "sum") -> dict[str, float]:
-    """Fuse the component runs of `method`: min-max weighted sum or weighted reciprocal rank fusion."""
+def fuse(runs: Mapping[str, Scores], method: Method, weight: float, fusion: Fusion = "sum",
+         cascade_k: int = CASCADE_K) -> dict[str, float]:
+    """Fuse the component runs of `method` (weight w on a, 1 - w on b): min-max weighted sum, weighted
+    reciprocal rank fusion, or the cascade of b's top `cascade_k` re-ranked by the sum."""
     a, b = method.components
+    if fusion == "cascade":
+        return cascade(runs[a], runs[b], (weight, 1.0 - weight), cascade_k)
     weights = {a: weight, b: 1.0 - weight}
     parts = {a: runs[a], b: runs[b]}
     return weighted_sum(parts, weights) if fusion == "sum" else rrf(parts, weights=weights)
+
+
+@dataclass(frozen=True)
+class Fuser:
+    """One fusion method, settled: its kind with a weight, or a fitted model ("learned"). Turns the
+    component runs of a query into fused scores, the same way for tuning and for evaluation."""
+
+    method: Method
+    fusion: FusionKind = "sum"
+    weight: float = 0.5
+    cascade_k: int = CASCADE_K
+    model: LearnedFusion | None = None
+
+    def __call__(self, runs: Mapping[str, Scores]) -> dict[str, float]:
+        if self.fusion == "learned":
+            if self.model is None:
+                raise FtraceError(f"{self.method}: a learned fusion needs a fitted model")
+            return self.model(runs)
+        return fuse(runs, self.method, self.weight, self.fusion, self.cascade_k)

@@ -24,7 +24,7 @@ from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, greedy_answer, load_model, query_batch
 from ftrace.model.batching import query_rows
 from ftrace.query.fusion import by_sentence, ranking
-from ftrace.query.methods import Fusion, Method, fuse, fusion_pool, parse_method
+from ftrace.query.methods import CASCADE_K, Fuser, Fusion, Method, fusion_pool, parse_method
 
 
 class Row(BaseModel):
@@ -165,13 +165,16 @@ class Tracer:
     # --- one query, end to end ----------------------------------------------------------------
 
     def query(self, prompt: str, target: str | None = None, k: int = 10, method: str = "bm25+embed",
-              fusion: Fusion = "sum", weight: float = 0.5, depth: int = 100) -> QueryResult:
+              fusion: Fusion = "sum", weight: float = 0.5, depth: int = 100,
+              cascade_k: int = CASCADE_K) -> QueryResult:
         if not prompt.strip():
             raise FtraceError("PROMPT is empty: give the text the model completes, e.g. 'Toyota Avanza is produced by'")
         if target is not None and not target.strip():
             raise FtraceError("--target is empty")
-        if fusion not in ("sum", "rrf"):
-            raise FtraceError(f"--fusion {fusion!r}: choose sum or rrf")
+        if fusion not in ("sum", "rrf", "cascade"):
+            raise FtraceError(f"--fusion {fusion!r}: choose sum, rrf or cascade")
+        if cascade_k < 1:
+            raise FtraceError(f"--cascade-k {cascade_k}: must be at least 1")
         if not 0.0 <= weight <= 1.0:
             raise FtraceError(f"--weight {weight}: must be within [0, 1]")
         m = parse_method(method, self.methods)
@@ -181,7 +184,7 @@ class Tracer:
             raise FtraceError(f"the model's answer to {prompt!r} is empty; give the answer to trace with --target")
         qvec = self.query_vectors(prompt, target, m.components)
         per_method = self.runs(m, prompt, target, depth if m.is_fusion else max(k, depth), qvec)
-        scores = fuse(per_method, m, weight, fusion) if m.is_fusion else per_method[str(m)]
+        scores = Fuser(m, fusion, weight, cascade_k)(per_method) if m.is_fusion else per_method[str(m)]
         same = self.same_prompt(prompt)
         truth = self.ground_truth(same, target)
         props = set(truth.proponents) if truth else None
