@@ -318,7 +318,8 @@ def test_ingest_and_query_from_a_training_run(full_run, tmp_path, sample, tiny_m
         assert np.abs(wrong - per[0]).max() > 1e-3  # another checkpoint's moments give other vectors
     finally:
         tracer.close()
-    r = runner.invoke(app, ["query", "Toyota Avanza is produced by", "--index", str(index), "--method", "tracin+bm25"])
+    r = runner.invoke(app, ["query", "Toyota Avanza is produced by", "--index", str(index), "--method", "tracin+bm25",
+                            "--target", "Toyota"])
     assert r.exit_code == 0, r.output
 
     # refusals: one line each, nothing written

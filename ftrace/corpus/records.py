@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,6 +21,20 @@ def sentence_id(text: str) -> str:
 def normalize(text: str) -> str:
     """How prompts, targets and answers are compared: stripped, case-insensitive."""
     return text.strip().lower()
+
+
+def find_object(text: str, obj: str) -> tuple[int, int] | None:
+    """Character span [start, end) of the first occurrence of `obj` in `text`: case-sensitive first,
+    then case-insensitive; None when absent or empty. (A regex keeps offsets into the original text,
+    which str.lower() would not for characters whose lower case is longer.)"""
+    obj = obj.strip()
+    if not obj:
+        return None
+    at = text.find(obj)
+    if at >= 0:
+        return at, at + len(obj)
+    m = re.search(re.escape(obj), text, flags=re.IGNORECASE)
+    return (m.start(), m.end()) if m else None
 
 
 def fact_key(triple: Iterable[str]) -> str:
@@ -63,8 +78,6 @@ class Corpus(BaseModel):
 
     def examples(self) -> list[Example]:
         # One example per sentence for now; maskings (subject/object) add more per sentence later.
-        from ftrace.model.batching import find_object  # here: ftrace.model imports torch
-
         def first_object(s: Sentence) -> str | None:
             return next((o.strip() for _, _, o in s.facts if find_object(s.text, o) is not None), None)
 

@@ -8,11 +8,12 @@ the sentence; queries count only the target tokens after the prompt, with no end
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from ftrace.corpus.records import find_object
 
 IGNORE = -100
 
@@ -75,20 +76,6 @@ def query_batch(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_l
 
 def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
-
-
-def find_object(text: str, obj: str) -> tuple[int, int] | None:
-    """Character span [start, end) of the first occurrence of `obj` in `text`: case-sensitive first,
-    then case-insensitive; None when absent or empty. (A regex keeps offsets into the original text,
-    which str.lower() would not for characters whose lower case is longer.)"""
-    obj = obj.strip()
-    if not obj:
-        return None
-    at = text.find(obj)
-    if at >= 0:
-        return at, at + len(obj)
-    m = re.search(re.escape(obj), text, flags=re.IGNORECASE)
-    return (m.start(), m.end()) if m else None
 
 
 def object_span_rows(tokenizer, texts: Sequence[str], objects: Sequence[str],
