@@ -291,7 +291,7 @@ class TrainConfig(Strict):
                                                        "the fact's object tokens given the sentence prefix.")] = \
         "sentence"
     max_length: Annotated[int, Field(ge=2), cli("Tokens per example; longer sentences are truncated.")] = 256
-    device: Annotated[str, Field(pattern=r"auto|cpu|cuda(:\d+)?|mps"),
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$"),
                       cli("auto (CUDA when present), cpu, cuda[:N] or mps.")] = "auto"
 
     def identity(self) -> dict:

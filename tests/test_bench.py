@@ -439,7 +439,7 @@ def test_tune_on_other_relations_report_on_these(sample_index, sample, answers, 
     assert w["source"].startswith("tuned on relations capital,country") and w["queries"] == 5
     assert w["overlap_with_evaluated"] == 0 and "--tune-relation capital,country" in r["command"]
     from ftrace import FtraceError
-    with pytest.raises(FtraceError, match="with relations P999: no queries"):
+    with pytest.raises(FtraceError, match="--relation P999: no queries"):
         bench_results(s.model_copy(update={"relations": ["P999"]}), write=False)
 
 

@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ftrace"
 FORBIDDEN = {
     "query": ("ftrace.ingest", "ftrace.bench", "ftrace.train"),
     "bench": ("ftrace.ingest", "ftrace.train"),
-    "features": ("ftrace.ingest", "ftrace.query", "ftrace.bench", "ftrace.train"),
+    "features": ("ftrace.ingest", "ftrace.query", "ftrace.bench", "ftrace.train", "ftrace.index"),
+    "ingest": ("ftrace.query", "ftrace.bench"),
     "index": ("ftrace.ingest", "ftrace.query", "ftrace.bench", "ftrace.features", "ftrace.train"),
     "model": ("ftrace.ingest", "ftrace.query", "ftrace.bench", "ftrace.features", "ftrace.index", "ftrace.train"),
     "corpus": ("ftrace.ingest", "ftrace.query", "ftrace.bench", "ftrace.features", "ftrace.index", "ftrace.model",

@@ -177,6 +177,7 @@ def test_bad_input_is_refused(tmp_path, sample, tiny_model_dir):
                       (["--max-steps", "0"], "--max-steps 0"),
                       ([], "give --index INDEX, or --corpus CORPUS with --out DIR"),
                       (["--corpus", "sample"], "--corpus needs --out DIR"),
+                      (["--relation", "P19", "--out", tmp_path / "x"], "give --corpus too"),
                       (["--index", tmp_path / "nothing"], "not an ftrace index")]:
         r = runner.invoke(app, ["train", *map(str, args)])
         assert r.exit_code == 1 and msg in r.output, (args, r.output)

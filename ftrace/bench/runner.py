@@ -171,7 +171,7 @@ class Bench:
         self.out = c.out_dir()
         self.scorer = Scorer(c, self.tracer, base_methods(self.methods), self.fusions, self.out)
 
-    def eligible(self, split: str | None, relations: list[str] | None = None, option: str = "--split") -> list[Query]:
+    def eligible(self, split: str | None, relations: list[str] | None = None, tuning: bool = False) -> list[Query]:
         """Queries with proponents, of `split` (None: any) and `relations` (None: any)."""
         qs = [q for q in self.corpus.queries if q.proponents and (split is None or q.split == split)
               and (relations is None or (q.fact is not None and q.fact[1] in relations))]
@@ -179,7 +179,10 @@ class Bench:
             have = [q for q in self.corpus.queries if q.proponents]
             splits = sorted({str(q.split) for q in have})
             rels = sorted({q.fact[1] for q in have if q.fact})
-            what = f"{option} {split}" + (f" with relations {','.join(relations)}" if relations else "")
+            given = [f"--tune-split {split}" if tuning else f"--split {split}"] if split or not relations else []
+            if relations:
+                given.append(f"{'--tune-relation' if tuning else '--relation'} {','.join(relations)}")
+            what = " ".join(given)
             raise FtraceError(f"{what}: no queries with proponents in this index (its splits: "
                               f"{', '.join(splits) or 'none'}, relations: {', '.join(rels[:10]) or 'none'}; "
                               "use --split all for every query)")
@@ -212,7 +215,7 @@ class Bench:
             self.fusers = {f: Fuser(parse_method(f, None), c.fusion, c.default_weight, c.cascade_k)
                            for f in self.fusions}
             return {f: {"weight": c.default_weight, "source": "default, no --tune-split"} for f in self.fusions}
-        pool = self.eligible(c.tune_split, c.tune_relations, "--tune-split")
+        pool = self.eligible(c.tune_split, c.tune_relations, tuning=True)
         tune_qs = sample_queries(pool, c.queries, 0, purpose="tune")
         what = " and ".join(([f"split {c.tune_split!r}"] if c.tune_split else [])
                             + ([f"relations {','.join(c.tune_relations)}"] if c.tune_relations else []))
@@ -229,7 +232,7 @@ class Bench:
             self.fusers[f], info = tune_fuser(parts[f], props, parse_method(f, None), c, seed=0)
             out[f] = {"weight": info.pop("weight"), "source": source, "queries": len(tune_qs), **info}
         evaluated = {q.id for q in self.eligible(c.split, c.relations)}
-        overlap = len(evaluated & {q.id for q in pool})
+        overlap = len(evaluated & {q.id for q in tune_qs})
         if overlap:
             log(f"note: fusion {how} on {what}, which shares {overlap} queries with the evaluated ones")
         for f in out:

@@ -142,17 +142,17 @@ class Scorer:
         todo = []
         for q in dict((q.id, q) for q in queries).values():
             v = self.cache.get(key, None, q.id, "@answer")
-            if v is None:
+            if v is None or v.get("prompt") != q.prompt:  # an id reused for another prompt is a miss
                 todo.append(q)
             else:
                 out[q.id] = v["answer"]
         if todo:
             found = self.sibling_answers(key)
-            for q in [q for q in todo if q.id in found]:
+            for q in [q for q in todo if q.id in found and found[q.id][0].get("prompt") == q.prompt]:
                 v, t = found[q.id]
                 self.cache.put(key, None, q.id, "@answer", v, t)
                 out[q.id] = v["answer"]
-            todo = [q for q in todo if q.id not in found]
+            todo = [q for q in todo if q.id not in out]
         with tqdm(total=len(todo), desc="base model answers" if base else "model answers", unit="query",
                   disable=not todo) as bar:
             for i in range(0, len(todo), ANSWER_BATCH):

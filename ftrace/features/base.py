@@ -14,11 +14,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ftrace import FtraceError
 from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer
-from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch
+
+
+class FeatureError(FtraceError):
+    """A featurizer cannot be rebuilt as an index recorded it."""
 
 
 class Featurizer(Protocol):
@@ -50,7 +54,7 @@ def from_specs(lm: LoadedModel, specs: dict[str, dict], index_dir: Path,
             continue
         make = KINDS.get(spec.get("kind", ""))
         if make is None:
-            raise ManifestError(f"{index_dir}: vector {name!r} has unknown featurizer kind {spec.get('kind')!r} "
+            raise FeatureError(f"{index_dir}: vector {name!r} has unknown featurizer kind {spec.get('kind')!r} "
                                 f"(this ftrace knows {sorted(KINDS)})")
         out[name] = make(lm, spec, index_dir)
     return out

@@ -65,5 +65,7 @@ class IndexDir:
                 bm25.close()
         else:
             out["bm25_documents"] = 0
-        out["bytes_on_disk"] = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        train = self.path / "train"  # `ftrace train --index`'s checkpoints are not part of the index
+        out["bytes_on_disk"] = sum(p.stat().st_size for p in self.path.rglob("*")
+                                   if p.is_file() and train not in p.parents)
         return out

@@ -93,8 +93,6 @@ def _prepare(index: IndexDir, planned: Manifest) -> Manifest:
 def ingest(c: IngestConfig) -> Manifest:
     sel = c.corpus
     corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
-    if c.store.backend == "remote" and not c.store.url:
-        raise FtraceError("--qdrant remote needs --qdrant-url")
     run = traced_run(c.tracin.train_dir, c.tracin.select) if c.tracin.train_dir else None
     if run and c.model not in (None, str(run.final), run.base):
         raise FtraceError(f"--model {c.model}: with --checkpoints the model is the run's final checkpoint "

@@ -62,9 +62,11 @@ def query_rows(tokenizer, prompt: str, target: str, max_length: int = 256) -> tu
     t = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
     truncated = len(p) + len(t) > max_length
     if truncated:
-        head = len(tokenizer("")["input_ids"])  # e.g. a BOS token
-        room = max(1, max_length - len(t) - head)
-        p = p[:head] + p[head:][-room:]
+        text = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        head = next((i for i in range(len(p) - len(text) + 1) if p[i:i + len(text)] == text), 0)
+        tail = p[head + len(text):]  # special tokens around the text (e.g. BOS) are kept
+        room = max(1, max_length - len(t) - head - len(tail))  # an over-long target keeps one prompt token
+        p = p[:head] + text[-room:] + tail
     return p + t, [IGNORE] * len(p) + t, truncated
 
 

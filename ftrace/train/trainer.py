@@ -114,6 +114,8 @@ def train_command(config: TrainConfig) -> TrainRun:
         return train(config, index.corpus, config.out or index.path / "train")
     if config.corpus is None:
         raise TrainError("give --index INDEX, or --corpus CORPUS with --out DIR")
+    if "corpus" not in config.corpus.model_fields_set:  # only --relation/--split/--limit were given
+        raise TrainError("--relation, --split and --limit select from a --corpus: give --corpus too")
     if config.out is None:
         raise TrainError("--corpus needs --out DIR (where the checkpoints go)")
     sel = config.corpus
@@ -124,6 +126,8 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     out = Path(out)
     if config.model is None:
         config = config.model_copy(update={"model": DEFAULT_MODEL})
+    elif Path(config.model).exists():  # a local model: recorded absolute, so indexes work from anywhere
+        config = config.model_copy(update={"model": str(Path(config.model).resolve())})
     run = read_run(out)
     if run is not None:  # cheap checks first: no model load to refuse a different run
         check_identity(out, run["identity"], {"config": config.identity(),

@@ -6,6 +6,7 @@ per-checkpoint TracIn/TrackStar scores). Conventions: docs/gradients.md."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,11 @@ class GradientFeaturizer:
             self._whitening = dict(state["whitening"])
 
     def save(self, path: str | Path) -> None:
-        torch.save(self.state_dict(), path)
+        """Written beside and renamed: a killed ingest never leaves half a state file to resume from."""
+        path = Path(path)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
 
     def load(self, path: str | Path) -> None:
         try:
@@ -222,16 +227,19 @@ class TracInFeaturizer:
                                zip(models, checkpoints, strict=True)]
         self.checkpoints, self.config, self.whiten_samples = checkpoints, config, whiten_samples
         self.size = self.per_checkpoint[0].size * len(self.per_checkpoint)
+        if self.size > MAX_SIZE:
+            each = self.per_checkpoint[0].size
+            raise GradientError(f"{len(checkpoints)} checkpoints x {each} numbers = {self.size}, over Qdrant's "
+                                f"{MAX_SIZE}: lower --tracin-dim or take fewer checkpoints")
 
     @classmethod
     def from_spec(cls, lm: Any, spec: dict, index_dir: Path) -> TracInFeaturizer:
         from ftrace.features.base import load_checkpoints
-        from ftrace.index.manifest import ManifestError
 
         models, checkpoints = load_checkpoints(lm, [c["name"] for c in spec["checkpoints"]])
         recorded = [{"name": c["name"], "fingerprint": c["fingerprint"]} for c in spec["checkpoints"]]
         if checkpoints != recorded:
-            raise ManifestError(f"{index_dir}: a gradient checkpoint has changed since the index was built "
+            raise GradientError(f"{index_dir}: a gradient checkpoint has changed since the index was built "
                                 f"(index {recorded}, now {checkpoints})")
         checkpoints = spec["checkpoints"]
         f = cls(models, checkpoints, GradientConfig(**spec["config"]), spec["corrections"]["whitening"]["samples"])
