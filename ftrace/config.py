@@ -81,6 +81,11 @@ class GradientConfig(Strict):
     # torch file: Adam/AdamW state_dict or {parameter name: exp_avg_sq}
     optimizer_state: Annotated[str | None, cli("Adam/AdamW state (torch file): divide gradients by sqrt of "
                                                "second moments.", "--optimizer-state")] = None
+    # divisor sqrt(v) + eps + floor x the block's mean sqrt(v): parameters the optimizer barely moved
+    # (e.g. the rows of tokens a fine-tune never saw, v ~ 0) are not multiplied by ~1/eps
+    optimizer_floor: Annotated[float, Field(ge=0), cli("With an optimizer state: add this times the block's mean "
+                                                       "sqrt(second moment) to the divisor (0: Adam's eps only).",
+                                                       "--optimizer-floor")] = 0.0
     # TrackStar R^-1/2, fitted on a calibration sample
     whiten: Annotated[bool, cli("TrackStar whitening by R^-1/2, fitted on a calibration sample.", "--whiten")] = False
     # lambda = whiten_damping x the mean eigenvalue of R over the calibration sample's span (whitening.py)

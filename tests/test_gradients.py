@@ -285,6 +285,16 @@ def test_optimizer_correction_dense_exact_and_factored_rank1(lm, adam_state, tmp
         close(fac.projections(batch, normalize_blocks=False), torch.cat(refs, 1), rtol=2e-4)
     uncorrected = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=36)).vectors(batch)
     assert np.abs(fac.vectors(batch) - uncorrected).max() > 0.05
+    # a floor relative to the block's mean sqrt(v): exact on the dense path, and a huge floor undoes the correction
+    floored = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=40, projection="dense",
+                                                          optimizer_state=str(path), optimizer_floor=0.5))
+    refs = [(grads[b.name] / (sq[b.name].sqrt() + 1e-6 + 0.5 * sq[b.name].double().sqrt().mean().float()))
+            .reshape(len(batch), -1) @ floored.projection(b.name)["dense"] for b in floored.blocks]
+    close(floored.projections(batch, normalize_blocks=False), torch.cat(refs, 1))
+    assert floored.spec()["corrections"]["optimizer"]["floor"] == 0.5
+    huge = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=36, optimizer_state=str(names),
+                                                       optimizer_floor=1e6)).vectors(batch)
+    np.testing.assert_allclose(huge, uncorrected, atol=1e-4)
 
 
 def test_bad_arguments_raise_ftrace_errors_naming_them(lm, tmp_path):

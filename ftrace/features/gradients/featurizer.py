@@ -66,7 +66,7 @@ class GradientFeaturizer:
         self._optimizer: dict | None = None
         if config.optimizer_state is not None:
             self._optimizer = apply_optimizer_state(self.blocks, config.optimizer_state, model, self.dense,
-                                                    self.device)
+                                                    self.device, config.optimizer_floor)
         self._whitening: dict | None = None  # {"damping", "samples", ...} once fitted
         self.collector = GradientCollector(model, self.blocks, self.dense)
 

@@ -62,7 +62,7 @@ def _sha256(path: str) -> str:
 
 
 def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module, dense: bool,
-                          device: torch.device) -> dict:
+                          device: torch.device, floor: float = 0.0) -> dict:
     """Fold the correction into each block; returns its description for the spec."""
     state, eps = load_optimizer_state(path, model)
     for b in blocks:
@@ -74,7 +74,8 @@ def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module
         if tuple(v.shape) != b.shape:
             raise GradientError(f"optimizer_state {path}: {b.name} has shape {tuple(v.shape)}, "
                                 f"the model's is {b.shape}")
-        S = v.to(torch.float64).clamp(min=0).sqrt() + eps
+        root = v.to(torch.float64).clamp(min=0).sqrt()
+        S = root + eps + floor * root.mean()
         if dense:
             b.scale = S.to(torch.float32).to(device)
         else:
@@ -82,5 +83,9 @@ def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module
             c = S.mean(0) / S.mean()
             b.mats["rows"] = (b.mats["rows"].double().cpu() / a[:, None]).float().to(device)
             b.mats["cols"] = (b.mats["cols"].double().cpu() / c[:, None]).float().to(device)
-    return {"path": str(path), "sha256": _sha256(path), "eps": eps, "divide_by": "sqrt(exp_avg_sq) + eps",
-            "approximation": "exact" if dense else "rank-1: row means x column means / mean"}
+    out = {"path": str(path), "sha256": _sha256(path), "eps": eps, "divide_by": "sqrt(exp_avg_sq) + eps",
+           "approximation": "exact" if dense else "rank-1: row means x column means / mean"}
+    if floor:
+        out["divide_by"] = "sqrt(exp_avg_sq) + eps + floor * mean(sqrt(exp_avg_sq)) of the block"
+        out["floor"] = floor
+    return out
