@@ -146,6 +146,12 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model_dir):
     r = cli("ingest", "--index", tmp_path / "i1", "--corpus", bad, "--model", tiny_model_dir)
     assert r.exit_code == 1 and f"{bad}:2: not valid JSON" in r.output
     assert not (tmp_path / "i1").exists()
+    no_facts = tmp_path / "no-facts.jsonl"
+    no_facts.write_text('{"text": "Paris is big."}\n')
+    r = cli("ingest", "--index", tmp_path / "i1", "--corpus", no_facts, "--model", tiny_model_dir,
+            "--tracin-loss", "object")
+    assert r.exit_code == 1 and "--tracin-loss object: no sentence of" in r.output
+    assert not (tmp_path / "i1").exists()
     r = cli("ingest", "--index", tmp_path / "i2", "--model", tmp_path / "no-such-model")
     assert r.exit_code == 1 and "cannot load a Hugging Face causal LM" in r.output
     r = cli("ingest", "--index", tmp_path / "i3", "--model", tiny_model_dir, "--qdrant-url", "http://127.0.0.1:9")

@@ -97,6 +97,9 @@ def ingest(c: IngestConfig) -> Manifest:
     if run and c.model not in (None, str(run.final), run.base):
         raise FtraceError(f"--model {c.model}: with --checkpoints the model is the run's final checkpoint "
                           f"({run.final}); leave --model out")
+    if c.tracin.enabled and c.tracin.example_loss == "object" and not any(e.object for e in corpus.examples()):
+        raise FtraceError(f"--tracin-loss object: no sentence of {corpus.source} states a fact whose object "
+                          "appears in its text")
     log(f"corpus: {len(corpus.sentences)} sentences, {len(corpus.queries)} queries ({corpus.source})")
     lm = load_model(str(run.final) if run else c.model)
     featurizers = build_featurizers(lm, c, run)

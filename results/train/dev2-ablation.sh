@@ -2,7 +2,8 @@
 # Issue 8 ablation on the developers' data: SmolLM2-135M-Instruct (dequantised from the Q4_1 GGUF)
 # fine-tuned on the LAMA T-REx dev sentences of P138 (named after) and P19 (place of birth).
 # Every choice is made on P138's queries; P19's queries are reported as held out (dev2-final.sh).
-# Run from the repository root: bash results/train/dev2-ablation.sh
+# Run from the repository root: bash results/train/dev2-ablation.sh [VARIANT ...] (default: all, in order;
+# two lists can run side by side, e.g. with OMP_NUM_THREADS=1 each on 2 cores).
 set -euo pipefail
 FT=.venv/bin/ftrace
 CORPUS=(--corpus ../shared/data/lama-trex --relation P138,P19 --split dev)
@@ -18,8 +19,11 @@ declare -A VARIANT=(
   [ft3-input]="--checkpoints $RUN --tracin-tied input"
   [ft3-output]="--checkpoints $RUN --tracin-tied output"
   [ft3-objloss]="--checkpoints $RUN --tracin-loss object"
+  [ft3-floor]="--checkpoints $RUN --optimizer-floor 1"
 )
-for name in base ft3 ft1 ft3-noopt ft3-whiten ft3-input ft3-output ft3-objloss; do
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(base ft3 ft1 ft3-noopt ft3-whiten ft3-input ft3-output ft3-objloss ft3-floor)
+for name in "${names[@]}"; do
   start=$(date +%s)
   # shellcheck disable=SC2086
   $FT ingest --index indexes/dev2-$name "${CORPUS[@]}" ${VARIANT[$name]}
