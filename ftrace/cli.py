@@ -107,7 +107,9 @@ def config_options(cls: type[BaseModel], path: tuple[str, ...] = (), optional: b
 
 
 def parse_config(cls: type[C], options: list[_Option], values: dict[str, Any]) -> C:
-    """The config from parsed option values; a validation error becomes one line naming the option."""
+    """The config from the options the user gave (`values`: option values, defaults left out, so the
+    config's own defaults and `model_fields_set` stay meaningful); a validation error becomes one
+    line naming the option."""
     data: dict[str, Any] = {}
     for opt in options:
         v = values.get(opt.param)
@@ -142,11 +144,15 @@ def command_from_config(cls: type[C]) -> Callable[[Callable[[C], Any]], Callable
     options = list(config_options(cls))
 
     def wrap(fn: Callable[[C], Any]) -> Callable[..., Any]:
-        def command(**values: Any) -> Any:
-            return fn(parse_config(cls, options, values))
+        def command(ctx: typer.Context, **values: Any) -> Any:
+            # only what was given on the command line reaches the config: its defaults stay its own
+            given = {k: v for k, v in values.items()
+                     if (source := ctx.get_parameter_source(k)) is not None and source.name != "DEFAULT"}
+            return fn(parse_config(cls, options, given))
 
-        params = [inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=o.typer_default(),
-                                    annotation=o.typer_annotation()) for o in options]
+        params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+        params += [inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=o.typer_default(),
+                                     annotation=o.typer_annotation()) for o in options]
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         command.__name__, command.__doc__ = fn.__name__, fn.__doc__

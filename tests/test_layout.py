@@ -62,3 +62,26 @@ def test_ruff_and_mypy_are_clean():
     assert ruff.returncode == 0, ruff.stdout + ruff.stderr
     mypy = subprocess.run([str(bindir / "mypy")], cwd=root, capture_output=True, text=True)
     assert mypy.returncode == 0, mypy.stdout + mypy.stderr
+
+
+def test_cli_options_come_from_the_configs_and_only_given_values_reach_them(monkeypatch):
+    from typer.testing import CliRunner
+
+    import ftrace.ingest.pipeline as pipeline
+    from ftrace.cli import app, config_options
+    from ftrace.config import IngestConfig
+
+    names = {o.primary for o in config_options(IngestConfig)}
+    assert {"--corpus", "--relation", "--embed-layers", "--tracin", "--tracin-dim", "--qdrant", "--max-tokens",
+            "--checkpoints"} <= names
+    seen = []
+    monkeypatch.setattr(pipeline, "ingest", lambda config: seen.append(config))
+    r = CliRunner().invoke(app, ["ingest", "--relation", "P19,P36", "--relation", "P17", "--tracin-dim", "64",
+                                 "--no-tracin", "--float32"])
+    assert r.exit_code == 0, r.output
+    (c,) = seen
+    assert c.corpus.relations == ["P19", "P36", "P17"] and c.tracin.dim == 64 and not c.tracin.enabled
+    assert not c.store.float16 and c.embed.layers == [0] and c.corpus.corpus == "sample"
+    assert c.corpus.model_fields_set == {"relations"}  # defaults are the config's, not re-sent by the CLI
+    r = CliRunner().invoke(app, ["ingest", "--embed-layers", "0,x"])
+    assert r.exit_code == 1 and "--embed-layers 0,x" in r.output and len(r.output.strip().splitlines()) == 1
