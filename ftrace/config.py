@@ -116,9 +116,11 @@ class TracInConfig(GradientConfig):
     select: Annotated[Literal["all", "ftrace", "final"],
                       cli("With --checkpoints: every fine-tuned checkpoint, FTRACE's 3 spaced in inverse "
                           "perplexity, or the final one.", "--checkpoint-select")] = "ftrace"
+    # off by default: after a short fine-tune most rows of a tied embedding have second moments ~0, and
+    # dividing by them turned the vectors into noise (results/train/README.md)
     checkpoint_optimizer: Annotated[bool, cli("With --checkpoints: divide each checkpoint's gradients by its own "
                                               "Adam second moments.",
-                                              "--checkpoint-optimizer/--no-checkpoint-optimizer")] = True
+                                              "--checkpoint-optimizer/--no-checkpoint-optimizer")] = False
     # None: the model's input embedding, whatever its module name
     layers: Annotated[list[str] | None,
                       cli("Module name patterns whose weight gradients are projected (default: the input embedding).",

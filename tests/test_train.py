@@ -292,7 +292,7 @@ def test_ingest_and_query_from_a_training_run(full_run, tmp_path, sample, tiny_m
     runner = CliRunner()
     index = tmp_path / "traced"
     r = runner.invoke(app, ["ingest", "--index", str(index), "--checkpoints", str(out), "--checkpoint-select", "all",
-                            "--tracin-dim", "64", "--batch-size", "64"])
+                            "--checkpoint-optimizer", "--tracin-dim", "64", "--batch-size", "64"])
     assert r.exit_code == 0, r.output
     m = Manifest.read(index)
     steps = [str((out / f"step-{n}").resolve()) for n in (4, 8, 12)]
@@ -335,7 +335,7 @@ def test_ingest_and_query_from_a_training_run(full_run, tmp_path, sample, tiny_m
     moments.rename(tmp_path / "moved.pt")
     try:
         r = runner.invoke(app, ["ingest", "--index", str(tmp_path / "refused"), "--checkpoints", str(out),
-                                "--checkpoint-select", "all"])
+                                "--checkpoint-select", "all", "--checkpoint-optimizer"])
         assert r.exit_code == 1 and "has no saved second moments" in r.output, r.output
         assert not (tmp_path / "refused").exists()
     finally:
