@@ -10,19 +10,25 @@ CORPUS=(--corpus ../shared/data/lama-trex --relation P138,P19 --split dev)
 RUN=runs/dev2-object/train
 $FT train "${CORPUS[@]}" --out $RUN --loss object --epochs 3 --batch-size 16 --lr 2e-4 --checkpoints 3
 
+# When these ran, --checkpoints divided by each checkpoint's second moments by default; it no longer does
+# (the result below), so the variants that had it say --checkpoint-optimizer explicitly.
+OPT=--checkpoint-optimizer
 declare -A VARIANT=(
   [base]="--model smollm2-135m"
-  [ft3]="--checkpoints $RUN"
-  [ft1]="--checkpoints $RUN --checkpoint-select final"
+  [base-input]="--model smollm2-135m --tracin-tied input"
+  [ft3]="--checkpoints $RUN $OPT"
+  [ft1]="--checkpoints $RUN $OPT --checkpoint-select final"
   [ft3-noopt]="--checkpoints $RUN --no-checkpoint-optimizer"
-  [ft3-whiten]="--checkpoints $RUN --whiten"
-  [ft3-input]="--checkpoints $RUN --tracin-tied input"
-  [ft3-output]="--checkpoints $RUN --tracin-tied output"
-  [ft3-objloss]="--checkpoints $RUN --tracin-loss object"
-  [ft3-floor]="--checkpoints $RUN --optimizer-floor 1"
+  [ft3-whiten]="--checkpoints $RUN $OPT --whiten"
+  [ft3-input]="--checkpoints $RUN $OPT --tracin-tied input"
+  [ft3-output]="--checkpoints $RUN $OPT --tracin-tied output"
+  [ft3-objloss]="--checkpoints $RUN $OPT --tracin-loss object"
+  [ft3-floor]="--checkpoints $RUN $OPT --optimizer-floor 1"
+  [ft3-input-noopt]="--checkpoints $RUN --no-checkpoint-optimizer --tracin-tied input"
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base ft3 ft1 ft3-noopt ft3-whiten ft3-input ft3-output ft3-objloss ft3-floor)
+[ ${#names[@]} -gt 0 ] || names=(base base-input ft3 ft1 ft3-noopt ft3-whiten ft3-input ft3-output ft3-objloss ft3-floor
+                                  ft3-input-noopt)
 for name in "${names[@]}"; do
   start=$(date +%s)
   # shellcheck disable=SC2086
