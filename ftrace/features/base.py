@@ -29,6 +29,11 @@ class Featurizer(Protocol):
     name: str  # the stored vector's name ("embed", "tracin")
     size: int
 
+    @property
+    def example_loss(self) -> str:
+        """Which loss batch a training example is featurized from: "sentence" or "object"."""
+        ...
+
     def spec(self) -> dict: ...
 
     def fit(self, batches: Callable[[], Iterable[LossBatch]], index_dir: Path) -> None: ...

@@ -30,6 +30,10 @@ class EmbeddingFeaturizer:
     def from_spec(cls, lm: Any, spec: dict, index_dir: Path) -> EmbeddingFeaturizer:
         return cls(lm.model, EmbeddingConfig(layers=spec["layers"]))
 
+    @property
+    def example_loss(self) -> str:
+        return "sentence"  # embeddings read the whole sentence
+
     def spec(self) -> dict:
         return {"kind": "embedding", "pooling": "mean", "layers": self.config.layers, "size": self.size}
 

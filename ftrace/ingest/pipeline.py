@@ -149,7 +149,7 @@ def _store_vectors(store: VectorStore, corpus: Corpus, lm: LoadedModel, featuriz
         log(f"{long} sentences longer than {c.max_tokens} tokens were truncated to their first {c.max_tokens} "
             "(--max-tokens)")
     # each featurizer's example loss: gradients may score object spans, embeddings read whole sentences
-    loss_of = {f.name: getattr(f, "example_loss", "sentence") for f in featurizers}
+    loss_of = {f.name: f.example_loss for f in featurizers}
     fallbacks = 0
     with tqdm(total=len(todo), desc="vectors", unit="ex") as bar:
         for i in range(0, len(todo), c.batch_size):
