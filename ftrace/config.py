@@ -153,6 +153,9 @@ class StoreConfig(Strict):
 # --- commands -------------------------------------------------------------------------------------
 
 IndexPath = Annotated[Path, cli("Index directory.", "--index", "-i")]
+# where the model runs; vectors and answers are the same on every device (up to float rounding)
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$"),
+                   cli("auto (CUDA when present), cpu, cuda[:N] or mps.", "--device")]
 
 
 class IngestConfig(Strict):
@@ -164,6 +167,7 @@ class IngestConfig(Strict):
     tracin: TracInConfig = TracInConfig()
     store: StoreConfig = StoreConfig()
     batch_size: Annotated[int, cli("Examples per forward/backward batch.", min=1)] = 32
+    device: Device = "auto"
     max_tokens: Annotated[int, Field(ge=8),
                           cli("Tokens per sentence and query given to the model; longer sentences lose their end "
                               "(counted at ingest), longer prompts their beginning.")] = 256
@@ -197,6 +201,7 @@ class QueryConfig(Strict):
     depth: Annotated[int, cli("Candidates each method retrieves before fusion.", min=1)] = 100
     model: Annotated[str | None, cli("Must match the index's model (checked).")] = None
     embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
+    device: Device = "auto"
     as_json: Annotated[bool, Field(exclude=True), cli("JSON output for scripts.", "--json")] = False
 
 
@@ -235,6 +240,7 @@ class BenchConfig(Strict):
     depth: Annotated[int, Field(ge=1), cli("Full mode: sentences each method retrieves (and ranking length).",
                                            min=1)] = 100
     out: Annotated[Path | None, cli("Output directory (default results/bench/<index name>-<mode>).")] = None
+    device: Annotated[Device, Field(exclude=True)] = "auto"
     as_json: Annotated[bool, Field(exclude=True), cli("Print results.json instead of the table.", "--json")] = False
     sizes: CandidateSizes = CandidateSizes()
     grid: list[float] = GRID
@@ -298,8 +304,7 @@ class TrainConfig(Strict):
                                                        "the fact's object tokens given the sentence prefix.")] = \
         "sentence"
     max_length: Annotated[int, Field(ge=2), cli("Tokens per example; longer sentences are truncated.")] = 256
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$"),
-                      cli("auto (CUDA when present), cpu, cuda[:N] or mps.")] = "auto"
+    device: Device = "auto"
 
     def identity(self) -> dict:
         """What must match for a run directory to be resumed."""

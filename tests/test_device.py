@@ -19,6 +19,13 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device 
 LAYERS = ["model.embed_tokens", "model.layers.*.mlp.down_proj", "model.layers.0.self_attn.q_proj"]
 
 
+@cuda
+def test_models_load_onto_the_gpu_with_the_same_fingerprint(tiny_model_dir):
+    here, there = load_model(tiny_model_dir), load_model(tiny_model_dir, "cuda")
+    assert next(there.model.parameters()).device.type == "cuda" and here.fingerprint == there.fingerprint
+    assert load_model(tiny_model_dir, "auto").model.device.type == "cuda"
+
+
 def test_device_resolution():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -116,6 +116,7 @@ def test_second_ingest_is_a_no_op(sample_index, tiny_model_dir):
     (["query", AVANZA, "--target", " "], "--target is empty"),
     (["query", AVANZA, "--method", "bm26"], "--method 'bm26'"),
     (["query", AVANZA, "--weight", "2"], "--weight 2.0"),
+    (["query", AVANZA, "--device", "tpu"], "--device 'tpu'"),
 ])
 def test_query_refusals(sample_index, args, message):
     r = cli(*args, "--index", sample_index)

@@ -129,7 +129,7 @@ class Scorer:
         m = self.tracer.index.manifest.model
         if m.base is None:
             raise ManifestError(f"{self.tracer.index.path}: the index records no base model")
-        lm = load_model(m.base)
+        lm = load_model(m.base, self.tracer.device)
         if m.base_fingerprint is not None and lm.fingerprint != m.base_fingerprint:
             raise ManifestError(f"{self.tracer.index.path}: base model {m.base!r} has changed since the index was "
                                 f"built (weights {lm.fingerprint}, index {m.base_fingerprint})")

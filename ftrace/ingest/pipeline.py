@@ -101,7 +101,7 @@ def ingest(c: IngestConfig) -> Manifest:
         raise FtraceError(f"--tracin-loss object: no sentence of {corpus.source} states a fact whose object "
                           "appears in its text")
     log(f"corpus: {len(corpus.sentences)} sentences, {len(corpus.queries)} queries ({corpus.source})")
-    lm = load_model(str(run.final) if run else c.model)
+    lm = load_model(str(run.final) if run else c.model, c.device)
     featurizers = build_featurizers(lm, c, run)
     index = IndexDir(Path(c.index))
     manifest = _prepare(index, plan_manifest(corpus, lm, featurizers, c, run))

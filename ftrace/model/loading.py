@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -88,7 +88,9 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def load_model(name: str | None = None) -> LoadedModel:
+def load_model(name: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """A model (float32, eval mode) on `device` ("auto" = CUDA when present) with its tokenizer and
+    weights hash (the same on every device)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -107,7 +109,11 @@ def load_model(name: str | None = None) -> LoadedModel:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    return LoadedModel(name=name, model=model, tokenizer=tokenizer, fingerprint=weights_fingerprint(model))
+    fingerprint = weights_fingerprint(model)
+    target = device if isinstance(device, torch.device) else resolve_device(device)
+    if target.type != "cpu":
+        cast(Any, model).to(target)  # in place (transformers' typing of .to is narrower than nn.Module's)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, fingerprint=fingerprint)
 
 
 def resolve_device(name: str) -> torch.device:

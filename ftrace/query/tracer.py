@@ -54,7 +54,8 @@ class QueryResult(BaseModel):
 
 
 class Tracer:
-    def __init__(self, index: Path, model: str | None = None, embed_layers: list[int] | None = None):
+    def __init__(self, index: Path, model: str | None = None, embed_layers: list[int] | None = None,
+                 device: str = "cpu"):
         self.index = IndexDir(Path(index))
         m = self.index.manifest
         if not m.complete:
@@ -64,6 +65,7 @@ class Tracer:
         if embed_layers is not None and "embed" in m.vectors and m.vectors["embed"]["layers"] != embed_layers:
             raise ManifestError(f"{index}: embeddings were built from layers {m.vectors['embed']['layers']}, "
                                 f"not {embed_layers}")
+        self.device = device
         self.corpus = self.index.corpus
         self.sentences = self.corpus.by_id()
         self.sentence_of = {e.id: e.sentence_id for e in self.corpus.examples()}
@@ -75,7 +77,7 @@ class Tracer:
     @cached_property
     def lm(self) -> LoadedModel:
         m = self.index.manifest
-        lm = load_model(m.model.name)
+        lm = load_model(m.model.name, self.device)
         if lm.fingerprint != m.model.fingerprint:
             raise ManifestError(f"{self.index.path}: model {m.model.name!r} has changed since the index was built "
                                 f"(weights {lm.fingerprint}, index {m.model.fingerprint})")
