@@ -196,7 +196,9 @@ def query(config: QueryConfig) -> None:
 def info(index: Annotated[Path, typer.Option("--index", "-i", help="Index directory.")] = DEFAULT_INDEX) -> None:
     """Show what made an index (its manifest) and what it holds now (counts, completeness, size)."""
     from ftrace.index.layout import IndexDir
+    from ftrace.index.locks import reading
 
+    reading(index)
     d = IndexDir(index)
     typer.echo(json.dumps({**d.manifest.model_dump(), "status": d.status()}, indent=2))
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from ftrace.cli import app
 from ftrace.config import IngestConfig
 from ftrace.features.embedding import EmbeddingFeaturizer
+from ftrace.index.locks import LOCK_FILES
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import open_store
 from ftrace.ingest.pipeline import ingest
@@ -124,10 +125,10 @@ def test_query_refusals(sample_index, args, message):
 
 
 def test_ingest_with_other_settings_is_refused_and_index_kept(sample_index, tiny_model_dir):
-    before = {p.name: p.stat().st_mtime_ns for p in sample_index.iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in sample_index.iterdir() if p.name not in LOCK_FILES}
     r = cli("ingest", "--index", sample_index, "--model", tiny_model_dir, "--embed-layers", "1")
     assert r.exit_code == 1 and "built differently" in r.output and "vectors.embed" in r.output
-    assert {p.name: p.stat().st_mtime_ns for p in sample_index.iterdir()} == before
+    assert {p.name: p.stat().st_mtime_ns for p in sample_index.iterdir() if p.name not in LOCK_FILES} == before
     assert cli("query", AVANZA, "--index", sample_index, "--target", "Toyota").exit_code == 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ftrace import FtraceError
+from ftrace.index.locks import StoreLock
 
 _NAMESPACE = uuid.UUID("6f1d3c52-96a4-4f0c-9a4e-1f3b8f1e2a10")
 MAX_DIM = 65_535  # Qdrant's largest dense vector
@@ -66,17 +67,29 @@ class VectorStore(ABC):
 
 
 class EdgeStore(VectorStore):
+    """The shard is opened on first use and held, under the index's `.store.lock` (see `locks`), until `close`."""
+
     def __init__(self, path: Path):
         import qdrant_edge as qe
 
         self.qe, self.path, self._shard = qe, Path(path), None
+        self._lock = StoreLock(self.path.parent)
+
+    def _open(self, opener):
+        self._lock.acquire()  # Qdrant Edge's WAL lock is exclusive: wait for another process's turn, bounded
+        try:
+            self._shard = opener()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._shard
 
     @property
     def shard(self):
         if self._shard is None:
             if not self.exists():
                 raise StoreError(f"{self.path}: no Qdrant Edge shard here")
-            self._shard = self.qe.EdgeShard.load(str(self.path))
+            self._open(lambda: self.qe.EdgeShard.load(str(self.path)))
         return self._shard
 
     def exists(self) -> bool:
@@ -88,7 +101,7 @@ class EdgeStore(VectorStore):
         dtype = qe.VectorStorageDatatype.Float16 if float16 else qe.VectorStorageDatatype.Float32
         config = qe.EdgeConfig(vectors={n: qe.EdgeVectorParams(size=s, distance=qe.Distance.Cosine, datatype=dtype)
                                         for n, s in sizes.items()})
-        self._shard = qe.EdgeShard.create(str(self.path), config)
+        self._open(lambda: qe.EdgeShard.create(str(self.path), config))
 
     def upsert(self, ids, vectors, payloads) -> None:
         qe = self.qe
@@ -117,10 +130,13 @@ class EdgeStore(VectorStore):
         self.shard.optimize()
 
     def close(self) -> None:
-        if self._shard is not None:
-            self._shard.flush()
-            self._shard.close()
-            self._shard = None
+        try:
+            if self._shard is not None:
+                self._shard.flush()
+                self._shard.close()
+                self._shard = None
+        finally:
+            self._lock.release()
 
 
 class ClientStore(VectorStore):

@@ -17,6 +17,7 @@ from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer, example_loss_batch
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import K1, B, build_lucene
+from ftrace.index.locks import LOCK_FILES, writer
 from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, versions
 from ftrace.index.vectors import VectorStore
 from ftrace.model import LoadedModel, load_model
@@ -84,7 +85,7 @@ def _prepare(index: IndexDir, planned: Manifest) -> Manifest:
             raise ManifestError(f"{index.path}: holds an index built differently ({'; '.join(diffs[:3])}); "
                                 "choose another --index or delete this one")
         return old
-    if index.path.exists() and any(index.path.iterdir()):
+    if index.path.exists() and any(p.name not in LOCK_FILES for p in index.path.iterdir()):
         raise ManifestError(f"{index.path}: directory is not empty and holds no ftrace index; "
                             "refusing to write into it")
     return planned
@@ -101,6 +102,11 @@ def ingest(c: IngestConfig) -> Manifest:
         raise FtraceError(f"--tracin-loss object: no sentence of {corpus.source} states a fact whose object "
                           "appears in its text")
     log(f"corpus: {len(corpus.sentences)} sentences, {len(corpus.queries)} queries ({corpus.source})")
+    with writer(Path(c.index)):  # a second ingest is refused here, at once, before the model loads
+        return _build(c, corpus, run)
+
+
+def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None) -> Manifest:
     lm = load_model(str(run.final) if run else c.model, c.device)
     featurizers = build_featurizers(lm, c, run)
     index = IndexDir(Path(c.index))

@@ -20,6 +20,7 @@ from ftrace import FtraceError
 from ftrace.corpus import Query, normalize
 from ftrace.features.base import Featurizer, from_specs
 from ftrace.index.layout import IndexDir
+from ftrace.index.locks import reading
 from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, greedy_answer, load_model, query_batch
 from ftrace.model.batching import query_rows
@@ -56,6 +57,7 @@ class QueryResult(BaseModel):
 class Tracer:
     def __init__(self, index: Path, model: str | None = None, embed_layers: list[int] | None = None,
                  device: str = "cpu"):
+        reading(index)  # refuse at once, before any model work, while an ingest writes this index
         self.index = IndexDir(Path(index))
         m = self.index.manifest
         if not m.complete:
