@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ftrace.index.locks import LOCK_FILES, IndexBusyError, store_lock, writer
+from ftrace.index.locks import LOCK_FILES, IndexBusyError, StoreLock, writer
 
 ROOT = Path(__file__).resolve().parents[1]
 AVANZA = "Toyota Avanza is produced by"
@@ -90,7 +90,11 @@ def test_a_refused_or_failed_ingest_leaves_no_directory(tmp_path):
 
 
 def test_a_held_vector_store_is_waited_for_then_refused(index):
-    with store_lock(index):
+    lock = StoreLock(index)
+    lock.acquire()
+    try:
         rc, _, err = run(*query_args(index), FTRACE_STORE_WAIT_S="0.5")
+    finally:
+        lock.release()
     assert rc == 1 and one_error_line(err), err
     assert f"the vector store is in use by pid {os.getpid()}" in err and "serve the index with one process" in err

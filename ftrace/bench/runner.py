@@ -206,8 +206,9 @@ class Bench:
         r = ranking(scores, seeded_tiebreak(seed, q.id))
         return r[:self.c.depth] if self.c.mode == "full" else r
 
-    def tune(self) -> dict[str, dict]:
-        """Settle self.fusers (tuned, fitted or default) and return what to record about each."""
+    def tune(self, evaluated: set[str]) -> dict[str, dict]:
+        """Settle self.fusers (tuned, fitted or default) and return what to record about each;
+        `evaluated`: the ids of the queries reported (for the overlap with the tuning queries)."""
         c = self.c
         if not self.fusions:
             return {}
@@ -231,7 +232,6 @@ class Bench:
         for f in self.fusions:
             self.fusers[f], info = tune_fuser(parts[f], props, parse_method(f, None), c, seed=0)
             out[f] = {"weight": info.pop("weight"), "source": source, "queries": len(tune_qs), **info}
-        evaluated = {q.id for q in self.eligible(c.split, c.relations)}
         overlap = len(evaluated & {q.id for q in tune_qs})
         if overlap:
             log(f"note: fusion {how} on {what}, which shares {overlap} queries with the evaluated ones")
@@ -245,7 +245,7 @@ class Bench:
         try:
             pool = self.eligible(c.split, c.relations)
             per_seed = {seed: sample_queries(pool, c.queries, seed) for seed in range(c.seeds)}
-            weights_info = self.tune()
+            weights_info = self.tune({q.id for q in pool})
             drawn = list({q.id: q for qs in per_seed.values() for q in qs}.values())
             answers = self.scorer.answers(drawn)
             learned = {q.id: answer_is_right(answers[q.id], q.target) for q in drawn}

@@ -3,7 +3,7 @@
 - `.write.lock`: held exclusively by `ftrace ingest` for its whole run (`writer`). A second ingest is refused
   at once, before any model work; a reader (`ftrace query`, `bench`, `info`) checks it first (`reading`) and
   refuses while an ingest writes. The file holds the writer's pid and start time, for the message only.
-- `.store.lock`: held exclusively while a process has the Qdrant Edge shard open (`store_lock`; Qdrant Edge
+- `.store.lock`: held exclusively while a process has the Qdrant Edge shard open (`StoreLock`; Qdrant Edge
   takes an exclusive WAL lock per shard and has no read-only open). Others wait for it, up to
   `FTRACE_STORE_WAIT_S` seconds (default 60), then fail with one line; so concurrent queries take turns on
   the shard for the seconds each holds it, and a long `ftrace bench` holds it for its whole run.
@@ -142,12 +142,3 @@ class StoreLock:
             os.close(self.fd)
             self.fd = None
 
-
-@contextlib.contextmanager
-def store_lock(index_dir: Path, timeout_s: float | None = None) -> Iterator[StoreLock]:
-    lock = StoreLock(index_dir, timeout_s)
-    lock.acquire()
-    try:
-        yield lock
-    finally:
-        lock.release()

@@ -29,13 +29,17 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def checkpoint_names(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -> list[str]:
+    """The models gradients are taken at: a training run's, the --checkpoint list, or the model."""
+    return [str(p) for p in run.checkpoints] if run else c.tracin.checkpoints or [lm.name]
+
+
 def build_featurizers(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -> list[Featurizer]:
     out: list[Featurizer] = [EmbeddingFeaturizer(lm.model, c.embed)]
     t = c.tracin
     if t.enabled:
         gradient = t.gradient(input_embedding_name(lm.model))
-        names = [str(p) for p in run.checkpoints] if run else t.checkpoints or [lm.name]
-        models, checkpoints = load_checkpoints(lm, names)
+        models, checkpoints = load_checkpoints(lm, checkpoint_names(lm, c, run))
         if run and t.checkpoint_optimizer:
             if t.optimizer_state:
                 raise FtraceError("--optimizer-state and --checkpoint-optimizer: a training run's checkpoints bring "
@@ -65,7 +69,7 @@ def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer]
         corpus=CorpusInfo(source=corpus.source, fingerprint=corpus.fingerprint(), sentences=len(corpus.sentences),
                           examples=len(corpus.examples()), queries=len(corpus.queries)),
         model=ModelInfo(name=lm.name, fingerprint=lm.fingerprint,
-                        checkpoints=[str(p) for p in run.checkpoints] if run else c.tracin.checkpoints or [lm.name],
+                        checkpoints=checkpoint_names(lm, c, run),
                         base=run.base if run else None, base_fingerprint=run.base_fingerprint if run else None,
                         train_dir=str(run.train_dir) if run else None),
         vectors={f.name: f.spec() for f in featurizers},
