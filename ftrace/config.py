@@ -113,9 +113,11 @@ class TracInConfig(GradientConfig):
     train_dir: Annotated[Path | None, cli("An `ftrace train` output directory: gradients at its checkpoints, "
                                           "answers and embeddings from its final checkpoint.", "--checkpoints",
                                           metavar="TRAIN_DIR")] = None
-    select: Annotated[Literal["all", "ftrace", "final"],
+    select: Annotated[Literal["all", "ftrace", "final", "base"],
                       cli("With --checkpoints: every fine-tuned checkpoint, FTRACE's 3 spaced in inverse "
-                          "perplexity, or the final one.", "--checkpoint-select")] = "ftrace"
+                          "perplexity, the final one, or the base model (step 0: gradients before "
+                          "fine-tuning, answers and embeddings still from the final checkpoint).",
+                          "--checkpoint-select")] = "ftrace"
     # off by default: after a short fine-tune most rows of a tied embedding have second moments ~0, and
     # dividing by them turned the vectors into noise (results/train/README.md)
     checkpoint_optimizer: Annotated[bool, cli("With --checkpoints: divide each checkpoint's gradients by its own "
@@ -239,6 +241,15 @@ class BenchConfig(Strict):
     cascade_k: CascadeK = 20
     depth: Annotated[int, Field(ge=1), cli("Full mode: sentences each method retrieves (and ranking length).",
                                            min=1)] = 100
+    metric: Annotated[Literal["attribution", "tailpatch", "all"],
+                      cli("attribution: MRR and Recall@10 of the proponents; tailpatch: TrackStar's influence, the "
+                          "change of the target's log-probability after one training step on each method's top k "
+                          "(needs --mode full); all: both, side by side.")] = "attribution"
+    tailpatch_k: Annotated[int, Field(ge=1), cli("Tail-patch: sentences per step (each method's top k).",
+                                                 min=1)] = 10
+    tailpatch_lr: Annotated[float | None, Field(gt=0), cli("Tail-patch learning rate (default: the lr of the "
+                                                           "training run's last step; 2e-4 for an index no run "
+                                                           "made).")] = None
     out: Annotated[Path | None, cli("Output directory (default results/bench/<index name>-<mode>).")] = None
     device: Annotated[Device, Field(exclude=True)] = "auto"
     as_json: Annotated[bool, Field(exclude=True), cli("Print results.json instead of the table.", "--json")] = False
@@ -251,6 +262,9 @@ class BenchConfig(Strict):
     def _normalise(self) -> BenchConfig:
         if self.split is not None and self.split.strip().lower() in ("all", "none", ""):
             self.split = None
+        if self.metric != "attribution" and self.mode != "full":
+            raise ValueError(f"--metric {self.metric}: tail-patch steps on each method's top k from the whole corpus; "
+                             "give --mode full")
         if not self.grid or any(not 0.0 <= w <= 1.0 for w in self.grid):
             raise ValueError(f"fusion weight grid {self.grid}: weights lie within [0, 1]")
         return self
@@ -276,6 +290,10 @@ class BenchConfig(Strict):
             parts.append(f"--fusion {self.fusion}")
         if self.fusion == "cascade":
             parts.append(f"--cascade-k {self.cascade_k}")
+        if self.metric != "attribution":
+            parts.append(f"--metric {self.metric} --tailpatch-k {self.tailpatch_k}")
+            if self.tailpatch_lr is not None:
+                parts.append(f"--tailpatch-lr {self.tailpatch_lr:g}")
         return " ".join(parts)
 
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ftrace"
 # ingest / query -> bench; train feeds ingest)
 FORBIDDEN = {
     "query": ("ftrace.ingest", "ftrace.bench", "ftrace.train"),
-    "bench": ("ftrace.ingest", "ftrace.train"),
+    "bench": ("ftrace.ingest",),
     "features": ("ftrace.ingest", "ftrace.query", "ftrace.bench", "ftrace.train", "ftrace.index"),
     "ingest": ("ftrace.query", "ftrace.bench"),
     "index": ("ftrace.ingest", "ftrace.query", "ftrace.bench", "ftrace.features", "ftrace.train"),
