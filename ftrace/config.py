@@ -191,7 +191,7 @@ class QueryConfig(Strict):
     prompt: Annotated[str, cli("What the model completes, e.g. 'Toyota Avanza is produced by'.", argument=True)]
     index: IndexPath = DEFAULT_INDEX
     target: Annotated[str | None, cli("The answer to trace (default: the model's greedy answer).")] = None
-    k: Annotated[int, cli("Sentences to show.", "--k", "-k", min=1)] = 10
+    k: Annotated[int, Field(ge=1), cli("Sentences to show.", "--k", "-k", min=1)] = 10
     method: Annotated[str, cli("bm25, embed, tracin, or a fusion of two such as bm25+embed or tracin+bm25.")] = \
         "bm25+embed"
     fusion: Annotated[Literal["sum", "rrf", "cascade"],
@@ -200,11 +200,20 @@ class QueryConfig(Strict):
     weight: Annotated[float, Field(ge=0.0, le=1.0),
                       cli("Fusion weight of the first method (the second gets 1 - weight).")] = 0.5
     cascade_k: CascadeK = 20
-    depth: Annotated[int, cli("Candidates each method retrieves before fusion.", min=1)] = 100
+    depth: Annotated[int, Field(ge=1), cli("Candidates each method retrieves before fusion.", min=1)] = 100
     model: Annotated[str | None, cli("Must match the index's model (checked).")] = None
     embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
     device: Device = "auto"
     as_json: Annotated[bool, Field(exclude=True), cli("JSON output for scripts.", "--json")] = False
+
+
+class ServeConfig(Strict):
+    """`ftrace serve`: one process owns an index (model, Lucene and Qdrant opened once) and answers over HTTP."""
+
+    index: IndexPath = DEFAULT_INDEX
+    host: Annotated[str, cli("Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535), cli("TCP port.")] = 8000
+    device: Device = "auto"
 
 
 class CandidateSizes(Strict):

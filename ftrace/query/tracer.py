@@ -8,7 +8,9 @@ without it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,16 @@ class Tracer:
         for e, s in self.sentence_of.items():
             self.examples_of.setdefault(s, []).append(e)
         self._featurizers: dict[str, Featurizer] = {}
+        # seconds the last `query` spent per part: answer, vectors (model), bm25, qdrant (stores), total
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
     @cached_property
     def lm(self) -> LoadedModel:
@@ -103,6 +115,15 @@ class Tracer:
     def methods(self) -> list[str]:
         return ["bm25", *self.index.manifest.vectors]
 
+    def open(self) -> Tracer:
+        """Load and open now what queries would on first use: the model, every featurizer, both stores
+        (a server's start)."""
+        for name in self.index.manifest.vectors:
+            self.featurizer(name)
+        for part in ("store", "bm25"):
+            getattr(self, part)
+        return self
+
     def close(self) -> None:
         for name in ("store", "bm25"):
             if name in self.__dict__:
@@ -111,15 +132,17 @@ class Tracer:
     # --- the pieces ---------------------------------------------------------------------------
 
     def answer(self, prompt: str) -> str:
-        return greedy_answer(self.lm, prompt)
+        with self._timed("answer"):
+            return greedy_answer(self.lm, prompt)
 
     def query_vectors(self, prompt: str, target: str, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """The query's vectors (only `names`, when given: a gradient costs a forward+backward)."""
         wanted = [n for n in self.index.manifest.vectors if names is None or n in set(names)]
         if not wanted:
             return {}
-        batch = query_batch(self.lm.tokenizer, [prompt], [target], self.index.manifest.max_tokens)
-        return {n: self.featurizer(n).vectors(batch)[0] for n in wanted}
+        with self._timed("vectors"):
+            batch = query_batch(self.lm.tokenizer, [prompt], [target], self.index.manifest.max_tokens)
+            return {n: self.featurizer(n).vectors(batch)[0] for n in wanted}
 
     def _check(self, method: str) -> None:
         if method not in self.methods:
@@ -130,20 +153,24 @@ class Tracer:
         """Top sentences of one single method over the whole corpus."""
         self._check(method)
         if method == "bm25":
-            return dict(self.bm25.search(f"{prompt} {target}", depth))
+            with self._timed("bm25"):
+                return dict(self.bm25.search(f"{prompt} {target}", depth))
         vec = (qvec or self.query_vectors(prompt, target, [method]))[method]
-        return by_sentence(dict(self.store.search(method, vec, depth)), self.sentence_of)
+        with self._timed("qdrant"):
+            return by_sentence(dict(self.store.search(method, vec, depth)), self.sentence_of)
 
     def score(self, method: str, prompt: str, target: str, sentence_ids: list[str],
               qvec: dict[str, np.ndarray] | None = None) -> dict[str, float]:
         """Scores of exactly these sentences under one single method (a candidate set)."""
         self._check(method)
         if method == "bm25":
-            return self.bm25.score(f"{prompt} {target}", sentence_ids)
+            with self._timed("bm25"):
+                return self.bm25.score(f"{prompt} {target}", sentence_ids)
         vec = (qvec or self.query_vectors(prompt, target, [method]))[method]
         examples = [e for s in sentence_ids for e in self.examples_of[s]]
-        hits = self.store.search(method, vec, len(examples), ids=examples, exact=True)
-        return by_sentence(dict(hits), self.sentence_of)
+        with self._timed("qdrant"):
+            hits = self.store.search(method, vec, len(examples), ids=examples, exact=True)
+            return by_sentence(dict(hits), self.sentence_of)
 
     def runs(self, method: Method, prompt: str, target: str, depth: int,
              qvec: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
@@ -171,6 +198,12 @@ class Tracer:
     def query(self, prompt: str, target: str | None = None, k: int = 10, method: str = "bm25+embed",
               fusion: Fusion = "sum", weight: float = 0.5, depth: int = 100,
               cascade_k: int = CASCADE_K) -> QueryResult:
+        self.timings = {}
+        with self._timed("total"):
+            return self._query(prompt, target, k, method, fusion, weight, depth, cascade_k)
+
+    def _query(self, prompt: str, target: str | None, k: int, method: str, fusion: Fusion, weight: float,
+               depth: int, cascade_k: int) -> QueryResult:
         if not prompt.strip():
             raise FtraceError("PROMPT is empty: give the text the model completes, e.g. 'Toyota Avanza is produced by'")
         if target is not None and not target.strip():
@@ -179,6 +212,9 @@ class Tracer:
             raise FtraceError(f"--fusion {fusion!r}: choose sum, rrf or cascade")
         if cascade_k < 1:
             raise FtraceError(f"--cascade-k {cascade_k}: must be at least 1")
+        for name, value in (("--k", k), ("--depth", depth)):
+            if value < 1:
+                raise FtraceError(f"{name} {value}: must be at least 1")
         if not 0.0 <= weight <= 1.0:
             raise FtraceError(f"--weight {weight}: must be within [0, 1]")
         m = parse_method(method, self.methods)
