@@ -2,15 +2,12 @@
 index, real HTTP, real Qdrant Edge and Lucene, and the explorer page in headless Chromium."""
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -18,19 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from ftrace.cli import app
+from ftrace.testing import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 AVANZA = "Toyota Avanza is produced by"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 runner = CliRunner()
-
-
-@dataclass
-class Server:
-    url: str
-    index: Path
-    proc: subprocess.Popen
-    log: Path
 
 
 def http(url, body=None):
@@ -48,24 +38,10 @@ def http(url, body=None):
 def server(tmp_path_factory, sample_index):
     index = tmp_path_factory.mktemp("serve") / "idx"
     shutil.copytree(sample_index, index)  # the original stays free for `ftrace query` to compare with
-    log = index.parent / "serve.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
-    with open(log, "w") as out:  # a file, not a pipe: uvicorn's request log never blocks the server
-        proc = subprocess.Popen([sys.executable, "-m", "ftrace.cli", "serve", "--index", str(index), "--port", "0",
-                                 "--device", "cpu"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline, url = time.monotonic() + 120, None
-    while time.monotonic() < deadline and proc.poll() is None:
-        text = log.read_text()
-        if url is None and "serving " in text:
-            url = text.split("serving ", 1)[1].split(" at ", 1)[1].split()[0]  # --port 0: the port it got
-        if url and "Application startup complete" in text:
-            break
-        time.sleep(0.2)
-    assert url and proc.poll() is None, log.read_text()[-3000:]
-    yield Server(url, index, proc, log)
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=60)
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    served = start_server(index, index.parent / "serve.log", "--device", "cpu", env=env)
+    yield served
+    served.stop()
 
 
 def cli_query(index, body):
@@ -215,8 +191,7 @@ def test_explorer_page_renders_results_in_chromium(server, tmp_path):
 
 
 def test_stopping_the_server_frees_the_index(server):
-    server.proc.terminate()  # uvicorn's graceful shutdown closes the service (stores, locks), then re-raises
-    assert server.proc.wait(timeout=60) in (0, -15)
+    assert server.stop() in (0, -15)  # uvicorn's graceful shutdown closes the service, then re-raises SIGTERM
     assert f"closed {server.index}" in server.log.read_text(), server.log.read_text()[-3000:]
     r = runner.invoke(app, ["query", AVANZA, "--index", str(server.index), "--target", "Toyota", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["rows"], r.output

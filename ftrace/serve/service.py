@@ -6,7 +6,8 @@ Every use of the Tracer is submitted to a single-thread executor, so concurrent 
 run one at a time, in arrival order, always on the same thread; the event loop stays free for
 /health and for accepting connections meanwhile. The server also holds the index's `.serve.lock`
 for its lifetime (`ftrace.index.locks.serving`): another `ftrace serve`, `query`, `bench` or `info`
-on the index is refused at once and pointed at this server's URL.
+on the index is refused at once and pointed at this server's URL (not for vectors in a Qdrant
+server, `--qdrant-url`, which any number of processes share).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class Service:
     def _open(self) -> Tracer:
         tracer = Tracer(self.index, device=self.device)  # refused here if incomplete, written or served
         try:
-            self._held.enter_context(serving(self.index, self.url))
+            if tracer.index.manifest.store.backend != "remote":  # a Qdrant server is shared: nothing to hold
+                self._held.enter_context(serving(self.index, self.url))
             return tracer.open()
         except BaseException:
             tracer.close()
