@@ -86,14 +86,16 @@ def random_unit_vectors(size: int, seed: int):
     return vectors
 
 
-def build_index(corpus_path: Path, index: Path, model: str | None, batch_size: int, seed: int) -> float | None:
-    """`ftrace ingest` of the corpus with random `tracin` vectors; seconds taken, None when reused."""
+def build_index(corpus_path: Path, index: Path, model: str | None, batch_size: int, seed: int) -> dict:
+    """`ftrace ingest` of the corpus with random `tracin` vectors, unless a complete index is there; how long
+    its build took (recorded beside the index, so a reused index still reports it)."""
     from ftrace.config import CorpusSelection, IngestConfig
     from ftrace.index.manifest import Manifest
     from ftrace.ingest import pipeline
 
+    record = index.with_name(index.name + ".build.json")
     if (index / "manifest.json").exists() and Manifest.read(index).complete:
-        return None
+        return {**(json.loads(record.read_text()) if record.exists() else {"build_s": None}), "reused": True}
     real = pipeline.build_featurizers
 
     def with_random_tracin(lm, c, run):
@@ -110,7 +112,10 @@ def build_index(corpus_path: Path, index: Path, model: str | None, batch_size: i
                                      batch_size=batch_size, device="cpu"))
     finally:
         pipeline.build_featurizers = real
-    return time.perf_counter() - started
+    built = {"build_s": round(time.perf_counter() - started, 1), "built_at": time.strftime("%Y-%m-%d %H:%M"),
+             "load_at_end": [round(x, 2) for x in os.getloadavg()]}
+    record.write_text(json.dumps(built) + "\n")
+    return {**built, "reused": False}
 
 
 def sample_queries(index: Path, n: int, seed: int) -> list[dict]:
@@ -255,7 +260,7 @@ def run_size(args, corpus, size: int | None) -> tuple[dict, object]:
                                            answer=True))
                 print(f"  {ANSWER} p50 {results[-1]['latency_s'].get('p50', float('nan')):.3f} s", flush=True)
         out = {"sentences": n, "examples": m.corpus.examples, "index": rel(index), "corpus_file": rel(path),
-               "vectors": {k: v["size"] for k, v in m.vectors.items()}, "build_s": built and round(built, 1),
+               "vectors": {k: v["size"] for k, v in m.vectors.items()}, "build": built,
                "server_startup_s": round(server.startup_s, 1), "queries_sampled": len(queries),
                "results": results, "machine_load": phase.result}
     except BaseException:
@@ -354,6 +359,11 @@ def busy_note(per_size: list[dict], load: dict | None) -> str:
 
 # --- report -------------------------------------------------------------------------------------
 
+def built(b: dict) -> str:
+    when = f"{b['build_s']} s" if b.get("build_s") is not None else "an unrecorded time"
+    return f"{when}{', ' + b['built_at'] if b.get('built_at') else ''}{', reused by this run' if b['reused'] else ''}"
+
+
 def ms(d: dict, key: str = "p50") -> str:
     return "-" if not d.get("n") else f"{1000 * d[key]:.0f}"
 
@@ -369,8 +379,7 @@ def table(res: dict) -> str:
     for size in res["sizes"]:
         ml = size["machine_load"]
         lines += [f"### {size['sentences']:,} training examples",
-                  "", f"Vectors {size['vectors']} (`{size['index']}`; built in "
-                  f"{'this run, ' + str(size['build_s']) + ' s' if size['build_s'] else 'an earlier run'}); "
+                  "", f"Vectors {size['vectors']} (`{size['index']}`, built by ingest in {built(size['build'])}); "
                   f"server start {size['server_startup_s']} s. Load average {ml['load_before']} -> "
                   f"{ml['load_after']}; during the timing the server used {ml['server_cores']} cores, others "
                   f"{ml['others_cores']}.", "",

@@ -70,7 +70,8 @@ def test_serve_latency_results_file(tiny_model_dir, tmp_path):
     assert "| bm25+embed |" in md and "Load: 2 concurrent clients" in md and "Target (issue 10)" in md
     assert [s["sentences"] for s in res["sizes"]] == [50]
     for size in res["sizes"]:
-        assert size["vectors"] == {"embed": 32, "tracin": 4096} and size["build_s"] > 0
+        assert size["vectors"] == {"embed": 32, "tracin": 4096} and size["build"]["build_s"] > 0
+        assert not size["build"]["reused"]
         by = {r["method"]: r for r in size["results"]}
         assert list(by) == ["bm25", "embed", "bm25+embed", "bm25+embed, model answer"]
         for r in by.values():

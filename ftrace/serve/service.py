@@ -44,10 +44,21 @@ class Service:
         try:
             if tracer.index.manifest.store.backend != "remote":  # a Qdrant server is shared: nothing to hold
                 self._held.enter_context(serving(self.index, self.url))
-            return tracer.open()
+            return self._warm(tracer.open())
         except BaseException:
             tracer.close()
             raise
+
+    @staticmethod
+    def _warm(tracer: Tracer) -> Tracer:
+        """Trace once by every method, so the first request pays no first-call costs (the first greedy
+        answer alone takes seconds)."""
+        c = tracer.corpus
+        prompt = c.queries[0].prompt if c.queries else " ".join(c.sentences[0].text.split()[:4])
+        target = tracer.answer(prompt).strip() or "the"
+        for method in tracer.methods:
+            tracer.query(prompt, target, k=1, method=method)
+        return tracer
 
     @property
     def _tracer(self) -> Tracer:
