@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ftrace.bench import metrics as M
 from ftrace.bench.cache import ScoreCache, settings_hash
 from ftrace.bench.candidates import draw, rng_for
+from ftrace.bench.paths import shown
 from ftrace.bench.slices import ALL
 from ftrace.bench.tailpatch import MOMENTUM, ORACLE, RANDOM, TailPatcher
 from ftrace.corpus import Query
@@ -88,7 +89,7 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings
         per_run[(seed, qid, s)] = {"delta_logp": v["after"] - before[qid], "examples": v["n"], "after": v["after"]}
     results = summarize(per_seed, per_run, sets, before, slice_of, slices, c.stat_test)
     results.update({
-        "k": k, "sets": sets, "step": asdict(patcher.s),
+        "k": k, "sets": sets, "step": {**asdict(patcher.s), "state": shown(patcher.s.state)},
         "what": "one AdamW step on a set of training sentences as one batch, from the final checkpoint (weights never "
                 "changed: a functional call); the change of the target's log-probability given the prompt, summed over "
                 "its tokens",
@@ -96,7 +97,7 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings
                        MOMENTUM: "no sentences (g = 0): the run's momentum alone"},
         "steps": {"distinct": len(steps), "computed": len(missing), "reused": len(steps) - len(missing),
                   "compute_s": round(sum(cache.seconds.get((key, None, qid, d), 0.0) for qid, d in steps), 1),
-                  "file": str(cache.path)},
+                  "file": shown(cache.path)},
     })
     return results, per_run
 

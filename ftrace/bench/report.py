@@ -107,7 +107,10 @@ def tailpatch_tables(results: dict) -> list[str]:
              f"- steps: {t['steps']['distinct']} distinct (computed now {t['steps']['computed']}, reused "
              f"{t['steps']['reused']}), {t['steps']['compute_s']:.0f} s of compute", ""]
     beyond = "momentum" in t["sets"]
+    empty = [sl for sl in t["metrics"] if not t["queries"][sl]]
     for sl, table in t["metrics"].items():
+        if sl in empty:
+            continue
         lines.append(f"### {sl} ({t['queries'][sl]} distinct queries)")
         lines.append("")
         head = ["Set", LABEL_TP["delta_logp"]] + ([LABEL_TP["delta_logp_vs_momentum"]] if beyond else []) + \
@@ -126,6 +129,8 @@ def tailpatch_tables(results: dict) -> list[str]:
                  *(_cell(attr[name][m]) if name in attr else "—" for m in ("mrr", "recall@10"))]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    if empty:
+        lines += [f"No queries in: {', '.join(empty)}.", ""]
     lines.append("rose: the fraction of queries whose target log-probability rose" +
                  (" beyond the momentum-only step." if beyond else "."))
     lines.append("")

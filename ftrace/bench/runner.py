@@ -35,6 +35,7 @@ from ftrace import FtraceError
 from ftrace.bench import metrics as M
 from ftrace.bench.candidates import draw, rng_for, sample_queries, seeded_tiebreak
 from ftrace.bench.evaluate import evaluate
+from ftrace.bench.paths import shown
 from ftrace.bench.scoring import QueryScores, Scorer
 from ftrace.bench.slices import ALL, RULE, answer_is_right, learned_slices, slice_names
 from ftrace.config import GRID, BenchConfig
@@ -301,9 +302,9 @@ class Bench:
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": c.command(),
             "settings": c.model_dump(mode="json"),
-            "index": {"path": _shown(Path(c.index)), "identity": m.identity(), "created": m.created,
+            "index": {"path": shown(Path(c.index)), "identity": m.identity(), "created": m.created,
                       "corpus": m.corpus.model_dump(),
-                      "model": _shown(Path(m.model.name)) if Path(m.model.name).exists() else m.model.name,
+                      "model": shown(Path(m.model.name)) if Path(m.model.name).exists() else m.model.name,
                       "base_model": m.model.base,
                       "search": "hnsw (approximate)" if m.store.hnsw else "exact"},
             "mode": c.mode,
@@ -330,13 +331,6 @@ class Bench:
                               "computed now or by an earlier run; wall_time_s: this invocation only"},
             "versions": vers,
         }
-
-
-def _shown(path: Path) -> str:
-    """A path as results files show it: relative to the working directory (the repository) when
-    inside it, so results do not name the machine they were made on."""
-    full = path.resolve()
-    return str(full.relative_to(Path.cwd())) if full.is_relative_to(Path.cwd()) else str(full)
 
 
 def run_bench(c: BenchConfig, tracer: Tracer | None = None, write: bool = True) -> BenchRun:
