@@ -181,7 +181,8 @@ def query(config: QueryConfig) -> None:
 
     if not config.prompt.strip():
         raise FtraceError("PROMPT is empty: give the text the model completes, e.g. 'Toyota Avanza is produced by'")
-    tracer = Tracer(config.index, model=config.model, embed_layers=config.embed_layers, device=config.device)
+    tracer = Tracer(config.index, model=config.model, embed_layers=config.embed_layers, device=config.device,
+                    dtype=config.dtype)
     try:
         result = tracer.query(config.prompt, target=config.target, k=config.k, method=config.method,
                               fusion=config.fusion, weight=config.weight, depth=config.depth,

@@ -56,7 +56,8 @@ class QueryResult(BaseModel):
 
 class Tracer:
     def __init__(self, index: Path, model: str | None = None, embed_layers: list[int] | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", dtype: str | None = None):
+        """`dtype`: the model weights' dtype for queries (default: the one the index was built with)."""
         reading(index)  # refuse at once, before any model work, while an ingest writes this index
         self.index = IndexDir(Path(index))
         m = self.index.manifest
@@ -67,7 +68,7 @@ class Tracer:
         if embed_layers is not None and "embed" in m.vectors and m.vectors["embed"]["layers"] != embed_layers:
             raise ManifestError(f"{index}: embeddings were built from layers {m.vectors['embed']['layers']}, "
                                 f"not {embed_layers}")
-        self.device = device
+        self.device, self.dtype = device, dtype or m.model.dtype
         self.corpus = self.index.corpus
         self.sentences = self.corpus.by_id()
         self.sentence_of = {e.id: e.sentence_id for e in self.corpus.examples()}
@@ -79,7 +80,7 @@ class Tracer:
     @cached_property
     def lm(self) -> LoadedModel:
         m = self.index.manifest
-        lm = load_model(m.model.name, self.device)
+        lm = load_model(m.model.name, self.device, self.dtype)
         if lm.fingerprint != m.model.fingerprint:
             raise ManifestError(f"{self.index.path}: model {m.model.name!r} has changed since the index was built "
                                 f"(weights {lm.fingerprint}, index {m.model.fingerprint})")
