@@ -18,6 +18,7 @@ from ftrace.model import example_batch, load_model
 from ftrace.query.tracer import Tracer
 
 AVANZA = "Toyota Avanza is produced by"
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
 
 def cli(*args):
@@ -50,6 +51,23 @@ def test_bfloat16_vectors_are_close_to_float32_ones(models, sample):
         a, b = make(f32.model).vectors(batch), make(b16.model).vectors(batch)
         assert a.dtype == b.dtype == np.float32  # what is stored is float32 math on bfloat16 activations
         assert cosines(a, b).min() > 0.999 and 0 < np.abs(a - b).max() < 0.01  # close, yet not the same
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_on_the_gpu_is_close_to_float32_on_the_cpu(models, sample, tiny_model_dir, dtype):
+    from ftrace.model.answer import greedy_answers
+
+    f32 = models[0]
+    gpu = load_model(tiny_model_dir, "cuda", dtype)
+    assert {(p.device.type, p.dtype) for p in gpu.model.parameters()} == {("cuda", getattr(torch, dtype))}
+    batch = example_batch(f32.tokenizer, [s.text for s in sample.sentences[:24]])
+    for make in (lambda m: EmbeddingFeaturizer(m, EmbeddingConfig(layers=[0, 2])),
+                 lambda m: GradientFeaturizer(m, GradientConfig(layers=["model.embed_tokens",
+                                                                        "model.layers.*.mlp.down_proj"], dim=64))):
+        assert cosines(make(f32.model).vectors(batch), make(gpu.model).vectors(batch)).min() > 0.999
+    answers = greedy_answers(gpu, [q.prompt for q in sample.queries[:8]])
+    assert len(answers) == 8 and all(isinstance(a, str) for a in answers)
 
 
 @pytest.mark.slow
