@@ -9,6 +9,7 @@ BM25, the JVM starts and Lucene opens in a background thread while the model loa
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
@@ -80,6 +81,7 @@ class Tracer:
             self.examples_of.setdefault(s, []).append(e)
         self._featurizers: dict[str, Featurizer] = {}
         self._bm25_opening: Future | None = None
+        self._opening_lock = threading.Lock()
 
     @cached_property
     def lm(self) -> LoadedModel:
@@ -110,10 +112,11 @@ class Tracer:
 
     def _open_bm25_meanwhile(self) -> None:
         """Start the JVM and open Lucene in a background thread (once), e.g. while the model loads."""
-        if self._bm25_opening is None and "bm25" not in self.__dict__:
-            pool = ThreadPoolExecutor(1, thread_name_prefix="ftrace-bm25")
-            self._bm25_opening = pool.submit(self.index.open_bm25)
-            pool.shutdown(wait=False)
+        with self._opening_lock:  # concurrent queries (a server's) start it once
+            if self._bm25_opening is None and "bm25" not in self.__dict__:
+                pool = ThreadPoolExecutor(1, thread_name_prefix="ftrace-bm25")
+                self._bm25_opening = pool.submit(self.index.open_bm25)
+                pool.shutdown(wait=False)
 
     @property
     def methods(self) -> list[str]:
