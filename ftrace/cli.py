@@ -21,7 +21,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from ftrace import FtraceError
-from ftrace.config import DEFAULT_INDEX, BenchConfig, Cli, IngestConfig, QueryConfig, TrainConfig
+from ftrace.config import DEFAULT_INDEX, BenchConfig, Cli, IngestConfig, QueryConfig, ServeConfig, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fact tracing: find the training sentences behind a language model's prediction.")
@@ -192,6 +192,15 @@ def query(config: QueryConfig) -> None:
     finally:
         tracer.close()
     typer.echo(result.model_dump_json(indent=2) if config.as_json else render(result))
+
+
+@app.command()
+@command_from_config(ServeConfig)
+def serve(config: ServeConfig) -> None:
+    """Serve an index over HTTP: POST /trace (as `query --json`), GET /info, /health, an explorer page at /."""
+    from ftrace.serve.app import serve as run
+
+    run(config)
 
 
 @app.command()

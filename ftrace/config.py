@@ -114,9 +114,11 @@ class TracInConfig(GradientConfig):
     train_dir: Annotated[Path | None, cli("An `ftrace train` output directory: gradients at its checkpoints, "
                                           "answers and embeddings from its final checkpoint.", "--checkpoints",
                                           metavar="TRAIN_DIR")] = None
-    select: Annotated[Literal["all", "ftrace", "final"],
+    select: Annotated[Literal["all", "ftrace", "final", "base"],
                       cli("With --checkpoints: every fine-tuned checkpoint, FTRACE's 3 spaced in inverse "
-                          "perplexity, or the final one.", "--checkpoint-select")] = "ftrace"
+                          "perplexity, the final one, or the base model (step 0: gradients before "
+                          "fine-tuning, answers and embeddings still from the final checkpoint).",
+                          "--checkpoint-select")] = "ftrace"
     # off by default: after a short fine-tune most rows of a tied embedding have second moments ~0, and
     # dividing by them turned the vectors into noise (results/train/README.md)
     checkpoint_optimizer: Annotated[bool, cli("With --checkpoints: divide each checkpoint's gradients by its own "
@@ -226,7 +228,7 @@ class QueryConfig(Strict):
     prompt: Annotated[str, cli("What the model completes, e.g. 'Toyota Avanza is produced by'.", argument=True)]
     index: IndexPath = DEFAULT_INDEX
     target: Annotated[str | None, cli("The answer to trace (default: the model's greedy answer).")] = None
-    k: Annotated[int, cli("Sentences to show.", "--k", "-k", min=1)] = 10
+    k: Annotated[int, Field(ge=1), cli("Sentences to show.", "--k", "-k", min=1)] = 10
     method: Annotated[str, cli("bm25, embed, tracin, or a fusion of two such as bm25+embed or tracin+bm25.")] = \
         "bm25+embed"
     fusion: Annotated[Literal["sum", "rrf", "cascade"],
@@ -235,12 +237,22 @@ class QueryConfig(Strict):
     weight: Annotated[float, Field(ge=0.0, le=1.0),
                       cli("Fusion weight of the first method (the second gets 1 - weight).")] = 0.5
     cascade_k: CascadeK = 20
-    depth: Annotated[int, cli("Candidates each method retrieves before fusion.", min=1)] = 100
+    depth: Annotated[int, Field(ge=1), cli("Candidates each method retrieves before fusion.", min=1)] = 100
     model: Annotated[str | None, cli("Must match the index's model (checked).")] = None
     embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
     device: Device = "auto"
     dtype: QueryDtype = None
     as_json: Annotated[bool, Field(exclude=True), cli("JSON output for scripts.", "--json")] = False
+
+
+class ServeConfig(Strict):
+    """`ftrace serve`: one process owns an index (model, Lucene and Qdrant opened once) and answers over HTTP."""
+
+    index: IndexPath = DEFAULT_INDEX
+    host: Annotated[str, cli("Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535), cli("TCP port.")] = 8000
+    device: Device = "auto"
+    dtype: QueryDtype = None
 
 
 class CandidateSizes(Strict):
@@ -277,6 +289,15 @@ class BenchConfig(Strict):
     cascade_k: CascadeK = 20
     depth: Annotated[int, Field(ge=1), cli("Full mode: sentences each method retrieves (and ranking length).",
                                            min=1)] = 100
+    metric: Annotated[Literal["attribution", "tailpatch", "all"],
+                      cli("attribution: MRR and Recall@10 of the proponents; tailpatch: TrackStar's influence, the "
+                          "change of the target's log-probability after one training step on each method's top k "
+                          "(needs --mode full); all: both, side by side.")] = "attribution"
+    tailpatch_k: Annotated[int, Field(ge=1), cli("Tail-patch: sentences per step (each method's top k).",
+                                                 min=1)] = 10
+    tailpatch_lr: Annotated[float | None, Field(gt=0), cli("Tail-patch learning rate (default: the lr of the "
+                                                           "training run's last step; 2e-4 for an index no run "
+                                                           "made).")] = None
     out: Annotated[Path | None, cli("Output directory (default results/bench/<index name>-<mode>).")] = None
     device: Annotated[Device, Field(exclude=True)] = "auto"
     dtype: QueryDtype = None
@@ -290,6 +311,9 @@ class BenchConfig(Strict):
     def _normalise(self) -> BenchConfig:
         if self.split is not None and self.split.strip().lower() in ("all", "none", ""):
             self.split = None
+        if self.metric != "attribution" and self.mode != "full":
+            raise ValueError(f"--metric {self.metric}: tail-patch steps on each method's top k from the whole corpus; "
+                             "give --mode full")
         if not self.grid or any(not 0.0 <= w <= 1.0 for w in self.grid):
             raise ValueError(f"fusion weight grid {self.grid}: weights lie within [0, 1]")
         return self
@@ -315,6 +339,10 @@ class BenchConfig(Strict):
             parts.append(f"--fusion {self.fusion}")
         if self.fusion == "cascade":
             parts.append(f"--cascade-k {self.cascade_k}")
+        if self.metric != "attribution":
+            parts.append(f"--metric {self.metric} --tailpatch-k {self.tailpatch_k}")
+            if self.tailpatch_lr is not None:
+                parts.append(f"--tailpatch-lr {self.tailpatch_lr:g}")
         if self.dtype:
             parts.append(f"--dtype {self.dtype}")
         return " ".join(parts)

@@ -148,6 +148,7 @@ class BenchRun:
     answers: dict[str, str]
     slice_of: dict[str, str]  # query id -> its learned slice
     base_answers: dict[str, str] | None = None
+    tailpatch: dict[tuple[int, str, str], dict] | None = None  # (seed, query id, set) -> its tail-patch
 
 
 class Bench:
@@ -262,17 +263,24 @@ class Bench:
                         for m in self.methods:
                             rankings[(seed, q.id, m)] = self.ranked(seed, q, self.method_scores(seed, q, scores, m))
                         bar.update(1)
+            names = slice_names(base_learned is not None)
+            tail = None
+            if c.metric != "attribution":
+                from ftrace.bench.influence import tailpatch  # loads the training machinery
+
+                tail_results, tail = tailpatch(self, per_seed, rankings, slice_of, names)
         finally:
             self.scorer.close()
             if self.own_tracer:
                 self.tracer.close()
-        names = slice_names(base_learned is not None)
         results = evaluate(per_seed, rankings, self.methods, slice_of, names, c.stat_test)
         results.update(self.describe(per_seed, pool, weights_info, self.answers_info(learned, base_learned, slice_of,
                                                                                      names)))
+        if tail is not None:
+            results["tailpatch"] = tail_results
         results["wall_time_s"] = round(time.time() - t0, 2)
         return BenchRun(c, self.out, results, self.methods, per_seed, rankings, learned, answers, slice_of,
-                        base_answers)
+                        base_answers, tail)
 
     def answers_info(self, learned: dict[str, bool], base_learned: dict[str, bool] | None, slice_of: dict[str, str],
                      names: list[str]) -> dict:
@@ -288,7 +296,8 @@ class Bench:
         c, m, cache = self.c, self.manifest, self.scorer.cache
         vers = {**m.versions, **versions(("ranx", "numpy", "matplotlib", "scipy", "numba", "scikit-learn"))}
         return {
-            "benchmark": "FTRACE-style fact tracing (Akyurek et al. 2022) + TrackStar recall@10",
+            "benchmark": "FTRACE-style fact tracing (Akyurek et al. 2022) + TrackStar recall@10"
+                         + (" + TrackStar tail-patch influence" if c.metric != "attribution" else ""),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": c.command(),
             "settings": c.model_dump(mode="json"),

@@ -60,28 +60,32 @@ class IndexDir:
     def open_bm25(self) -> LuceneBM25:
         return LuceneBM25(self.bm25_dir, **(self.manifest.bm25 or {}))
 
-    def status(self) -> dict:
+    def status(self, store: VectorStore | None = None, bm25: LuceneBM25 | None = None) -> dict:
         """What the index holds now: stored points (each with every vector), BM25 documents,
-        whether ingest completed, and the bytes on disk (vectors in a server are not counted)."""
+        whether ingest completed, and the bytes on disk (vectors in a server are not counted).
+        `store`, `bm25`: ones this process holds open already (a server's), else opened here."""
         m = self.manifest
         out: dict = {"complete": m.complete, "examples_expected": m.corpus.examples,
                      "sentences_expected": m.corpus.sentences}
         try:
-            store = self.open_store()
+            opened = store if store is not None else self.open_store()
             try:
-                out["points"] = store.count() if store.exists() else 0
+                out["points"] = opened.count() if opened.exists() else 0
             finally:
-                store.close()
+                if store is None:
+                    opened.close()
         except FtraceError as e:
             out["points"] = f"unavailable ({e})"
         except Exception as e:  # e.g. Qdrant Edge's lock while an ingest writes
             out["points"] = f"unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-        if self.bm25_dir.is_dir():
-            bm25 = self.open_bm25()
+        if bm25 is not None:
+            out["bm25_documents"] = bm25.count()
+        elif self.bm25_dir.is_dir():
+            reader = self.open_bm25()
             try:
-                out["bm25_documents"] = bm25.count()
+                out["bm25_documents"] = reader.count()
             finally:
-                bm25.close()
+                reader.close()
         else:
             out["bm25_documents"] = 0
         shards = self.shards()

@@ -7,6 +7,8 @@
   takes an exclusive WAL lock per shard and has no read-only open). Others wait for it, up to
   `FTRACE_STORE_WAIT_S` seconds (default 60), then fail with one line; so concurrent queries take turns on
   the shard for the seconds each holds it, and a long `ftrace bench` holds it for its whole run.
+- `.serve.lock`: held exclusively by `ftrace serve` for its lifetime (`serving`), since it keeps the store
+  open: a second server and every other reader are refused at once (`reading`), pointed at the server's URL.
 - `.setup.lock`: `ftrace ingest --shard` processes take turns (`exclusive`, waiting as long as it takes) on
   what they share in the index directory: its manifest, corpus copy and fitted whitening. Each shard holds
   `.write.lock` of its own staging directory (`shards/I-of-N/`) instead of the index's.
@@ -26,8 +28,8 @@ from pathlib import Path
 
 from ftrace import FtraceError
 
-WRITE_LOCK, STORE_LOCK, SETUP_LOCK = ".write.lock", ".store.lock", ".setup.lock"
-LOCK_FILES = (WRITE_LOCK, STORE_LOCK, SETUP_LOCK)
+WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK = ".write.lock", ".store.lock", ".serve.lock", ".setup.lock"
+LOCK_FILES = (WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK)
 WAIT_ENV = "FTRACE_STORE_WAIT_S"
 
 
@@ -52,18 +54,25 @@ def _try_lock(fd: int, how: int) -> bool:
         return False
 
 
-def _holder(fd: int) -> tuple[str, str]:
-    """The pid and start time a holder wrote into its lock file ('?' where unreadable, e.g. mid-write)."""
+def _stamp_of(fd: int) -> dict:
+    """What a holder wrote into its lock file ({} where unreadable, e.g. mid-write)."""
     try:
         d = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return str(d.get("pid", "?")), str(d.get("since", "?"))
-    except (OSError, ValueError, AttributeError):
-        return "?", "?"
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
-def _stamp(fd: int) -> None:
+def _holder(fd: int) -> tuple[str, str]:
+    """The pid and start time a holder wrote into its lock file ('?' where unreadable)."""
+    d = _stamp_of(fd)
+    return str(d.get("pid", "?")), str(d.get("since", "?"))
+
+
+def _stamp(fd: int, **extra: str) -> None:
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    stamp = {"pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+    os.pwrite(fd, json.dumps(stamp).encode(), 0)
 
 
 @contextlib.contextmanager
@@ -95,6 +104,38 @@ def writer(index_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _served_by(index_dir: Path) -> dict | None:
+    """The stamp of the `ftrace serve` holding this index, None when none does."""
+    try:
+        fd = os.open(Path(index_dir) / SERVE_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return None if _try_lock(fd, fcntl.LOCK_SH) else _stamp_of(fd)
+    finally:
+        os.close(fd)
+
+
+def _served_error(index_dir: Path, stamp: dict) -> IndexBusyError:
+    url = stamp.get("url", "?")
+    return IndexBusyError(f"{index_dir}: is served by `ftrace serve` (pid {stamp.get('pid', '?')}) at {url}, "
+                          f"which holds its vector store; ask it (POST {url}/trace, GET {url}/info) or stop it")
+
+
+@contextlib.contextmanager
+def serving(index_dir: Path, url: str) -> Iterator[None]:
+    """Hold `.serve.lock` while `ftrace serve` owns this index (its store stays open), or raise IndexBusyError
+    at once if another server holds it. The stamp records the server's `url` for the readers it refuses."""
+    fd = os.open(Path(index_dir) / SERVE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _try_lock(fd, fcntl.LOCK_EX):
+            raise _served_error(index_dir, _stamp_of(fd))
+        _stamp(fd, url=url)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def writing(index_dir: Path) -> tuple[str, str] | None:
     """(pid, start time) of the ingest writing this directory now, or None."""
     try:
@@ -108,7 +149,11 @@ def writing(index_dir: Path) -> tuple[str, str] | None:
 
 
 def reading(index_dir: Path) -> None:
-    """Raise IndexBusyError if an ingest is writing this index now; a reader calls this before any model work."""
+    """Raise IndexBusyError if an ingest is writing this index now, or a server holds it; a reader calls this
+    before any model work."""
+    served = _served_by(index_dir)
+    if served is not None:
+        raise _served_error(index_dir, served)
     holder = writing(index_dir)
     if holder is None:
         return
