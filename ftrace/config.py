@@ -12,11 +12,12 @@ TrackStar scores), hence the `--tracin-*` options.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_INDEX = Path("indexes/sample")
@@ -144,11 +145,20 @@ class StoreConfig(Strict):
     url: Annotated[str | None, cli("Qdrant server or cluster URL (implies --qdrant remote).", "--qdrant-url")] = None
     float16: Annotated[bool, cli("Vector storage type (default float16).", "--float16/--float32")] = True
     hnsw: Annotated[bool, cli("Build an HNSW index after ingest (default: exact search).", "--hnsw")] = False
+    # a Qdrant server's collection layout (docker/README.md): shards spread points over the cluster's
+    # nodes, replicas keep copies of each shard on other nodes
+    shard_number: Annotated[int, Field(ge=1), cli("Qdrant server: shards of the collection.", "--qdrant-shards",
+                                                  min=1)] = 1
+    replication_factor: Annotated[int, Field(ge=1), cli("Qdrant server: copies of each shard.", "--qdrant-replicas",
+                                                        min=1)] = 1
 
     @model_validator(mode="after")
     def _url_means_remote(self) -> StoreConfig:
         if self.url and self.backend == "edge":
             self.backend = "remote"
+        if self.backend == "edge" and (self.shard_number, self.replication_factor) != (1, 1):
+            raise ValueError("--qdrant-shards/--qdrant-replicas set a Qdrant server's collection layout: give "
+                             "--qdrant-url (or --qdrant local)")
         return self
 
 
@@ -158,6 +168,11 @@ IndexPath = Annotated[Path, cli("Index directory.", "--index", "-i")]
 # where the model runs; vectors and answers are the same on every device (up to float rounding)
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$"),
                    cli("auto (CUDA when present), cpu, cuda[:N] or mps.", "--device")]
+# the model weights' dtype on the device; projections, whitening and stored vectors stay float32
+Dtype = Annotated[Literal["float32", "bfloat16", "float16"],
+                  cli("Model weights' dtype: float32, bfloat16 or float16 (projections stay float32).", "--dtype")]
+QueryDtype = Annotated[Literal["float32", "bfloat16", "float16"] | None,
+                       cli("Model weights' dtype (default: the one the index was built with).", "--dtype")]
 
 
 class IngestConfig(Strict):
@@ -170,9 +185,31 @@ class IngestConfig(Strict):
     store: StoreConfig = StoreConfig()
     batch_size: Annotated[int, cli("Examples per forward/backward batch.", min=1)] = 32
     device: Device = "auto"
+    dtype: Dtype = "float32"
     max_tokens: Annotated[int, Field(ge=8),
                           cli("Tokens per sentence and query given to the model; longer sentences lose their end "
                               "(counted at ingest), longer prompts their beginning.")] = 256
+    shard: Annotated[str | None, cli("Featurise only shard I of N (0-based, e.g. 0/4), one process or GPU each; "
+                                     "then `ftrace ingest` without --shard finishes the index.",
+                                     metavar="I/N")] = None
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", v)
+        if not m:
+            raise ValueError("give I/N: shard I (0-based) of N, e.g. 0/4")
+        i, n = int(m[1]), int(m[2])
+        if not 0 <= i < n:
+            raise ValueError(f"shard {i} of {n}: I runs from 0 to N-1" if n else "N must be at least 1")
+        return f"{i}/{n}"
+
+    @property
+    def shard_of(self) -> tuple[int, int] | None:
+        """(I, N) for --shard I/N, else None."""
+        return None if self.shard is None else (int(self.shard.split("/")[0]), int(self.shard.split("/")[1]))
 
     @model_validator(mode="after")
     def _consistent(self) -> IngestConfig:
@@ -204,6 +241,7 @@ class QueryConfig(Strict):
     model: Annotated[str | None, cli("Must match the index's model (checked).")] = None
     embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
     device: Device = "auto"
+    dtype: QueryDtype = None
     as_json: Annotated[bool, Field(exclude=True), cli("JSON output for scripts.", "--json")] = False
 
 
@@ -214,6 +252,7 @@ class ServeConfig(Strict):
     host: Annotated[str, cli("Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535), cli("TCP port.")] = 8000
     device: Device = "auto"
+    dtype: QueryDtype = None
 
 
 class CandidateSizes(Strict):
@@ -261,6 +300,7 @@ class BenchConfig(Strict):
                                                            "made).")] = None
     out: Annotated[Path | None, cli("Output directory (default results/bench/<index name>-<mode>).")] = None
     device: Annotated[Device, Field(exclude=True)] = "auto"
+    dtype: QueryDtype = None
     as_json: Annotated[bool, Field(exclude=True), cli("Print results.json instead of the table.", "--json")] = False
     sizes: CandidateSizes = CandidateSizes()
     grid: list[float] = GRID
@@ -303,6 +343,8 @@ class BenchConfig(Strict):
             parts.append(f"--metric {self.metric} --tailpatch-k {self.tailpatch_k}")
             if self.tailpatch_lr is not None:
                 parts.append(f"--tailpatch-lr {self.tailpatch_lr:g}")
+        if self.dtype:
+            parts.append(f"--dtype {self.dtype}")
         return " ".join(parts)
 
 
@@ -332,6 +374,7 @@ class TrainConfig(Strict):
         "sentence"
     max_length: Annotated[int, Field(ge=2), cli("Tokens per example; longer sentences are truncated.")] = 256
     device: Device = "auto"
+    dtype: Dtype = "float32"  # the weights trained (float16 has no loss scaling: prefer bfloat16)
 
     def identity(self) -> dict:
         """What must match for a run directory to be resumed."""

@@ -159,7 +159,7 @@ class Bench:
                               "(relations or a split you do not report)")
         self.c = c
         self.own_tracer = tracer is None
-        self.tracer = tracer or Tracer(Path(c.index), device=c.device)
+        self.tracer = tracer or Tracer(Path(c.index), device=c.device, dtype=c.dtype)
         try:
             self.methods, self.skipped = plan_methods(c.methods, self.tracer.methods)
         except FtraceError:

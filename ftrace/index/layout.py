@@ -1,5 +1,7 @@
 """An index directory: manifest.json, corpus.jsonl (the sentences and queries it was built from),
-bm25/ (Lucene), and qdrant/ (Qdrant Edge) or qdrant-local/ (qdrant-client local mode)."""
+bm25/ (Lucene), and qdrant/ (Qdrant Edge) or qdrant-local/ (qdrant-client local mode). While a
+sharded ingest runs, shards/I-of-N/ holds each shard's staging directory: its manifest and, for the
+in-directory back ends, its own store (one writer each), merged into the index's by the final ingest."""
 
 from __future__ import annotations
 
@@ -25,6 +27,23 @@ class IndexDir:
     @property
     def bm25_dir(self) -> Path:
         return self.path / "bm25"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.path / "shards"
+
+    def shard(self, i: int, n: int) -> IndexDir:
+        """The staging directory of shard I of N."""
+        return IndexDir(self.shards_dir / f"{i}-of-{n}")
+
+    def shards(self) -> dict[tuple[int, int], IndexDir]:
+        """The staging directories present, by (I, N)."""
+        out = {}
+        for p in sorted(self.shards_dir.glob("*-of-*")) if self.shards_dir.is_dir() else []:
+            i, _, n = p.name.partition("-of-")
+            if i.isdigit() and n.isdigit():
+                out[int(i), int(n)] = IndexDir(p)
+        return out
 
     @cached_property
     def manifest(self) -> Manifest:
@@ -69,6 +88,11 @@ class IndexDir:
                 reader.close()
         else:
             out["bm25_documents"] = 0
+        shards = self.shards()
+        if shards:  # a sharded ingest in progress: which shards have finished
+            out["shards"] = {f"{i}/{n}": (("complete" if Manifest.read(d.path).complete else "incomplete")
+                                          if (d.path / "manifest.json").exists() else "starting")
+                             for (i, n), d in shards.items()}
         train = self.path / "train"  # `ftrace train --index`'s checkpoints are not part of the index
         out["bytes_on_disk"] = sum(p.stat().st_size for p in self.path.rglob("*")
                                    if p.is_file() and train not in p.parents)

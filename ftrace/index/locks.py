@@ -9,6 +9,9 @@
   the shard for the seconds each holds it, and a long `ftrace bench` holds it for its whole run.
 - `.serve.lock`: held exclusively by `ftrace serve` for its lifetime (`serving`), since it keeps the store
   open: a second server and every other reader are refused at once (`reading`), pointed at the server's URL.
+- `.setup.lock`: `ftrace ingest --shard` processes take turns (`exclusive`, waiting as long as it takes) on
+  what they share in the index directory: its manifest, corpus copy and fitted whitening. Each shard holds
+  `.write.lock` of its own staging directory (`shards/I-of-N/`) instead of the index's.
 
 The kernel releases a flock when its process dies, so there are no stale locks to clean up; the files stay.
 """
@@ -25,8 +28,8 @@ from pathlib import Path
 
 from ftrace import FtraceError
 
-WRITE_LOCK, STORE_LOCK, SERVE_LOCK = ".write.lock", ".store.lock", ".serve.lock"
-LOCK_FILES = (WRITE_LOCK, STORE_LOCK, SERVE_LOCK)
+WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK = ".write.lock", ".store.lock", ".serve.lock", ".setup.lock"
+LOCK_FILES = (WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK)
 WAIT_ENV = "FTRACE_STORE_WAIT_S"
 
 
@@ -78,7 +81,7 @@ def writer(index_dir: Path) -> Iterator[None]:
     Creates the directory if needed; on exit removes what it created if the ingest wrote no index
     (a refused or failed ingest leaves no directory and no lock file behind)."""
     index_dir = Path(index_dir)
-    made_dir = not index_dir.exists()
+    made = [p for p in (index_dir, *index_dir.parents) if not p.exists()]  # leaf first
     index_dir.mkdir(parents=True, exist_ok=True)
     path = index_dir / WRITE_LOCK
     made_file = not path.exists()
@@ -94,9 +97,9 @@ def writer(index_dir: Path) -> Iterator[None]:
             if made_file and not (index_dir / "manifest.json").exists():  # nothing written: leave no trace
                 with contextlib.suppress(OSError):
                     path.unlink()
-                if made_dir:
+                for d in made:  # e.g. a shard's INDEX/shards/I-of-N/, and INDEX/shards/ if left empty
                     with contextlib.suppress(OSError):
-                        index_dir.rmdir()
+                        d.rmdir()
     finally:
         os.close(fd)  # releases the lock
 
@@ -133,23 +136,28 @@ def serving(index_dir: Path, url: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def writing(index_dir: Path) -> tuple[str, str] | None:
+    """(pid, start time) of the ingest writing this directory now, or None."""
+    try:
+        fd = os.open(Path(index_dir) / WRITE_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return None if _try_lock(fd, fcntl.LOCK_SH) else _holder(fd)
+    finally:
+        os.close(fd)
+
+
 def reading(index_dir: Path) -> None:
     """Raise IndexBusyError if an ingest is writing this index now, or a server holds it; a reader calls this
     before any model work."""
     served = _served_by(index_dir)
     if served is not None:
         raise _served_error(index_dir, served)
-    path = Path(index_dir) / WRITE_LOCK
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    holder = writing(index_dir)
+    if holder is None:
         return
-    try:
-        if _try_lock(fd, fcntl.LOCK_SH):
-            return
-        pid, since = _holder(fd)
-    finally:
-        os.close(fd)
+    pid, since = holder
     planned = ""
     with contextlib.suppress(Exception):  # no manifest yet while the writer loads its model
         from ftrace.index.manifest import Manifest
@@ -157,6 +165,21 @@ def reading(index_dir: Path) -> None:
         planned = f" ({Manifest.read(Path(index_dir)).corpus.examples} examples planned)"
     raise IndexBusyError(f"{index_dir}: is being written by pid {pid} since {since}{planned}; "
                          "query it when ingest finishes")
+
+
+@contextlib.contextmanager
+def exclusive(index_dir: Path, name: str = SETUP_LOCK) -> Iterator[None]:
+    """Hold `name` in the directory exclusively, waiting for other processes' turns (no time limit: each
+    holds it only for setup work, and a dead holder's lock is released by the kernel)."""
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(index_dir / name, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _stamp(fd)
+        yield
+    finally:
+        os.close(fd)
 
 
 class StoreLock:

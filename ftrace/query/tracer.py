@@ -2,32 +2,36 @@
 
 Methods follow `query.methods` (bm25, a stored vector's name, or a fusion a+b). All scores are at
 the sentence level: a sentence's score is the max over its examples. The model is loaded only
-when something needs it (an answer or a query vector): a BM25 query with a given target runs
-without it.
+when something needs it (an answer or a query vector), and torch and transformers are imported only
+then: a BM25 query with a given target runs without them. When a query needs both the model and
+BM25, the JVM starts and Lucene opens in a background thread while the model loads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel
 
 from ftrace import FtraceError
 from ftrace.corpus import Query, normalize
-from ftrace.features.base import Featurizer, from_specs
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import reading
 from ftrace.index.manifest import ManifestError
-from ftrace.model import LoadedModel, greedy_answer, load_model, query_batch
-from ftrace.model.batching import query_rows
 from ftrace.query.fusion import by_sentence, ranking
 from ftrace.query.methods import CASCADE_K, Fuser, Fusion, Method, fusion_pool, parse_method
+
+if TYPE_CHECKING:  # torch and transformers behind these load in seconds: imported where the model is needed
+    from ftrace.features.base import Featurizer
+    from ftrace.model import LoadedModel
 
 
 class Row(BaseModel):
@@ -58,7 +62,8 @@ class QueryResult(BaseModel):
 
 class Tracer:
     def __init__(self, index: Path, model: str | None = None, embed_layers: list[int] | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", dtype: str | None = None):
+        """`dtype`: the model weights' dtype for queries (default: the one the index was built with)."""
         reading(index)  # refuse at once, before any model work, while an ingest writes this index
         self.index = IndexDir(Path(index))
         m = self.index.manifest
@@ -69,7 +74,7 @@ class Tracer:
         if embed_layers is not None and "embed" in m.vectors and m.vectors["embed"]["layers"] != embed_layers:
             raise ManifestError(f"{index}: embeddings were built from layers {m.vectors['embed']['layers']}, "
                                 f"not {embed_layers}")
-        self.device = device
+        self.device, self.dtype = device, dtype or m.model.dtype
         self.corpus = self.index.corpus
         self.sentences = self.corpus.by_id()
         self.sentence_of = {e.id: e.sentence_id for e in self.corpus.examples()}
@@ -77,6 +82,8 @@ class Tracer:
         for e, s in self.sentence_of.items():
             self.examples_of.setdefault(s, []).append(e)
         self._featurizers: dict[str, Featurizer] = {}
+        self._bm25_opening: Future | None = None
+        self._opening_lock = threading.Lock()
         # seconds the last `query` spent per part: answer, vectors (model), bm25, qdrant (stores), total
         self.timings: dict[str, float] = {}
 
@@ -90,8 +97,10 @@ class Tracer:
 
     @cached_property
     def lm(self) -> LoadedModel:
+        from ftrace.model import load_model
+
         m = self.index.manifest
-        lm = load_model(m.model.name, self.device)
+        lm = load_model(m.model.name, self.device, self.dtype)
         if lm.fingerprint != m.model.fingerprint:
             raise ManifestError(f"{self.index.path}: model {m.model.name!r} has changed since the index was built "
                                 f"(weights {lm.fingerprint}, index {m.model.fingerprint})")
@@ -100,6 +109,8 @@ class Tracer:
     def featurizer(self, name: str) -> Featurizer:
         """The featurizer of a stored vector, built on first use (a gradient one loads checkpoints)."""
         if name not in self._featurizers:
+            from ftrace.features.base import from_specs
+
             self._featurizers.update(from_specs(self.lm, self.index.manifest.vectors, self.index.path, [name]))
         return self._featurizers[name]
 
@@ -109,11 +120,24 @@ class Tracer:
 
     @cached_property
     def bm25(self) -> Any:
-        return self.index.open_bm25()
+        return self._bm25_opening.result() if self._bm25_opening else self.index.open_bm25()
+
+    def _open_bm25_meanwhile(self) -> None:
+        """Start the JVM and open Lucene in a background thread (once), e.g. while the model loads."""
+        with self._opening_lock:  # concurrent queries (a server's) start it once
+            if self._bm25_opening is None and "bm25" not in self.__dict__:
+                pool = ThreadPoolExecutor(1, thread_name_prefix="ftrace-bm25")
+                self._bm25_opening = pool.submit(self.index.open_bm25)
+                pool.shutdown(wait=False)
 
     @property
     def methods(self) -> list[str]:
         return ["bm25", *self.index.manifest.vectors]
+
+    def _prompt_cut(self, prompt: str, target: str, limit: int) -> bool:
+        from ftrace.model.batching import query_rows
+
+        return query_rows(self.lm.tokenizer, prompt, target, limit)[2]
 
     def open(self) -> Tracer:
         """Load and open now what queries would on first use: the model, every featurizer, both stores
@@ -125,6 +149,8 @@ class Tracer:
         return self
 
     def close(self) -> None:
+        if self._bm25_opening is not None and self._bm25_opening.exception() is None:
+            self.bm25  # noqa: B018 - a background open finishes, then closes below like any other
         for name in ("store", "bm25"):
             if name in self.__dict__:
                 self.__dict__.pop(name).close()
@@ -132,6 +158,8 @@ class Tracer:
     # --- the pieces ---------------------------------------------------------------------------
 
     def answer(self, prompt: str) -> str:
+        from ftrace.model import greedy_answer
+
         with self._timed("answer"):
             return greedy_answer(self.lm, prompt)
 
@@ -140,6 +168,8 @@ class Tracer:
         wanted = [n for n in self.index.manifest.vectors if names is None or n in set(names)]
         if not wanted:
             return {}
+        from ftrace.model import query_batch
+
         with self._timed("vectors"):
             batch = query_batch(self.lm.tokenizer, [prompt], [target], self.index.manifest.max_tokens)
             return {n: self.featurizer(n).vectors(batch)[0] for n in wanted}
@@ -225,6 +255,8 @@ class Tracer:
         if not 0.0 <= weight <= 1.0:
             raise FtraceError(f"--weight {weight}: must be within [0, 1]")
         m = parse_method(method, self.methods)
+        if "bm25" in m.components and (not target or m.components != ("bm25",)):
+            self._open_bm25_meanwhile()  # the model loads below: overlap the JVM start with it
         target_from = "user" if target else "model"
         target = target.strip() if target else self.answer(prompt)
         if not target:
@@ -242,7 +274,7 @@ class Tracer:
         known = sorted({q.target for q in same}) if truth is None else []
         notes = [f"the corpus knows this prompt with target(s) {known[:3]}, not {target!r}"] if known else []
         limit = self.index.manifest.max_tokens
-        if any(c != "bm25" for c in m.components) and query_rows(self.lm.tokenizer, prompt, target, limit)[2]:
+        if any(c != "bm25" for c in m.components) and self._prompt_cut(prompt, target, limit):
             notes.append(f"the prompt is longer than the index's {limit} tokens: the model saw only its end")
         note = "; ".join(notes) or None
         return QueryResult(prompt=prompt, target=target, target_from=target_from, method=str(m),

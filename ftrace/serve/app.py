@@ -132,7 +132,7 @@ def serve(config: ServeConfig) -> None:
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     try:
-        service = Service(config.index, config.device, url)
+        service = Service(config.index, config.device, url, config.dtype)
         try:
             print(f"serving {config.index} at {url} (explorer {url}/, API docs {url}/docs)", file=sys.stderr,
                   flush=True)

@@ -28,8 +28,8 @@ T = TypeVar("T")
 
 
 class Service:
-    def __init__(self, index: Path, device: str, url: str):
-        self.index, self.device, self.url = Path(index), device, url
+    def __init__(self, index: Path, device: str, url: str, dtype: str | None = None):
+        self.index, self.device, self.url, self.dtype = Path(index), device, url, dtype
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftrace-tracer")
         self._held = contextlib.ExitStack()
         self.tracer: Tracer | None = None
@@ -40,7 +40,8 @@ class Service:
             raise
 
     def _open(self) -> Tracer:
-        tracer = Tracer(self.index, device=self.device)  # refused here if incomplete, written or served
+        # refused here if incomplete, written or served
+        tracer = Tracer(self.index, device=self.device, dtype=self.dtype)
         try:
             if tracer.index.manifest.store.backend != "remote":  # a Qdrant server is shared: nothing to hold
                 self._held.enter_context(serving(self.index, self.url))
