@@ -118,7 +118,7 @@ class TailPatcher:
             if st["exp_avg"].shape != p.shape:
                 raise FtraceError(f"{s.state}: state {i} has shape {tuple(st['exp_avg'].shape)}, parameter {name} "
                                   f"{tuple(p.shape)}")
-            patcher.moments[name] = (st["exp_avg"].to(p.device), st["exp_avg_sq"].to(p.device))
+            patcher.moments[name] = (st["exp_avg"].to(p.device, p.dtype), st["exp_avg_sq"].to(p.device, p.dtype))
         return patcher
 
     # ---- the pieces
