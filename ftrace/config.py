@@ -314,6 +314,9 @@ class BenchConfig(Strict):
         if self.metric != "attribution" and self.mode != "full":
             raise ValueError(f"--metric {self.metric}: tail-patch steps on each method's top k from the whole corpus; "
                              "give --mode full")
+        if self.metric != "attribution" and self.tailpatch_k > self.depth:
+            raise ValueError(f"--tailpatch-k {self.tailpatch_k}: at most --depth ({self.depth}), the sentences each "
+                             "method retrieves")
         if not self.grid or any(not 0.0 <= w <= 1.0 for w in self.grid):
             raise ValueError(f"fusion weight grid {self.grid}: weights lie within [0, 1]")
         return self

@@ -3,6 +3,7 @@ AdamW's, the model's weights never change, the oracle set raises the target, the
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -22,8 +23,8 @@ from ftrace.train.checkpoints import load_trainer
 def run_dir(tmp_path_factory, sample, tiny_model_dir):
     """The tiny model fine-tuned on the sample's fact objects (a few high-lr steps)."""
     out = tmp_path_factory.mktemp("tp") / "run"
-    train(TrainConfig(model=tiny_model_dir, lr=1e-2, max_steps=12, batch_size=8, loss="object", checkpoints=1),
-          sample, out)
+    train(TrainConfig(model=tiny_model_dir, lr=1e-2, max_steps=12, batch_size=8, loss="object", checkpoints=1,
+                      weight_decay=0.1, warmup=2), sample, out)
     return out
 
 
@@ -68,8 +69,14 @@ def test_the_step_is_adamws_and_the_weights_never_change(run_dir, sample):
         torch.testing.assert_close(stepped[name], p.detach(), rtol=0, atol=1e-7, msg=name)
     assert any(not torch.equal(stepped[n], before[n]) for n in before)
 
+    assert patcher.s.weight_decay == 0.1 and patcher.s.steps_taken == 12
+
+    # the functional call (tied embedding / LM head included) scores like the really stepped copy
     q = sample.queries[0]
-    patcher.patch(q.prompt, q.target, sample.sentences[:6])
+    after = patcher.patch(q.prompt, q.target, sample.sentences[:6])["after"]
+    stepped_lm = load_model(str(final))
+    stepped_lm.model = copy
+    assert TailPatcher(stepped_lm, patcher.s, 256).logprobs([q.prompt], [q.target])[0] == pytest.approx(after, abs=1e-5)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # bit-identical
 
 
@@ -121,9 +128,11 @@ def test_bench_reports_tailpatch_beside_attribution_and_resumes(index, answers, 
                 assert 0 <= row["rose (delta_logp)"] <= 1
     assert t["metrics"]["all"]["momentum"]["delta_logp_vs_momentum"]["mean"] == 0
     assert set(t["significance"]["all"]) == {s for s in t["sets"] if s != "bm25"}
+    assert 0 <= t["significance"]["all"]["oracle"]["wins"] <= 1
     table = (out / "table.md").read_text()
     assert "## Tail-patch influence (TrackStar): top 3 per method" in table and "| oracle |" in table
-    assert "| Set | Δ log p | Δ log p beyond momentum | Δ p | rose | p vs bm25 | MRR | Recall@10 |" in table
+    assert ("| Set | examples | Δ log p | Δ log p beyond momentum | Δ p | rose | beats bm25 | p (t-test) | "
+            "p (Wilcoxon) | MRR | Recall@10 |") in table
     assert "## all (queries per seed" in table  # the attribution tables are there too
     assert (out / "plot.png").stat().st_size > 0
     rows = [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
@@ -138,3 +147,33 @@ def test_tailpatch_needs_full_mode(index):
     assert r.exit_code == 1
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and "--metric tailpatch" in lines[0] and "--mode full" in lines[0], r.output
+
+
+def test_summary_averages_seeds_then_compares_queries():
+    from ftrace.bench.influence import summarize
+    from ftrace.corpus import Query
+
+    qa, qb, qc = (Query(id=i, prompt=i, target="t", proponents=["s"]) for i in "abc")
+    per_seed = {0: [qa, qb, qc], 1: [qa]}
+    d = {  # (seed, query) -> set -> Δ log p
+        (0, "a"): {"bm25": 0.1, "tracin": 0.3, "momentum": 0.05},
+        (1, "a"): {"bm25": 0.3, "tracin": 0.1, "momentum": 0.05},
+        (0, "b"): {"bm25": 0.2, "tracin": 0.1, "momentum": 0.0},
+        (0, "c"): {"bm25": 0.0, "tracin": 0.4, "momentum": 0.1},
+    }
+    per_run = {(seed, q, s): {"delta_logp": v, "after": -1.0 + v, "examples": 3}
+               for (seed, q), sets in d.items() for s, v in sets.items()}
+    before = {q: -1.0 for q in "abc"}
+    r = summarize(per_seed, per_run, ["bm25", "tracin", "momentum"], before, {"a": "x", "b": "x", "c": "y"},
+                  ["all", "x"], "student")
+    # query a: both sets average to 0.2 over its two seeds; so tracin 0.2, 0.1, 0.4 vs bm25 0.2, 0.2, 0.0
+    tr = r["metrics"]["all"]["tracin"]
+    assert tr["delta_logp"]["mean"] == pytest.approx(0.7 / 3) and tr["delta_logp"]["n"] == 3
+    assert tr["delta_logp"]["std"] == pytest.approx(float(np.std([0.2, 0.1, 0.4], ddof=1)))
+    assert tr["delta_logp_vs_momentum"]["mean"] == pytest.approx((0.15 + 0.1 + 0.3) / 3)
+    assert tr["rose (delta_logp)"] == 1 and tr["examples"]["mean"] == 3
+    vs = r["significance"]["all"]["tracin"]
+    assert vs["wins"] == pytest.approx(1 / 3) and vs["losses"] == pytest.approx(1 / 3)
+    assert vs["mean_difference"] == pytest.approx((0 - 0.1 + 0.4) / 3) and vs["median_difference"] == pytest.approx(0)
+    assert r["queries"] == {"all": 3, "x": 2}
+    assert r["metrics"]["x"]["momentum"]["delta_logp_vs_momentum"]["mean"] == 0

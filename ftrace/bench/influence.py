@@ -66,12 +66,11 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings
         return sorted(ids)  # one batch: its order does not matter, so one step per distinct set
 
     queries = list({q.id: q for qs in per_seed.values() for q in qs}.values())
-    todo = [q for q in queries if cache.get(key, None, q.id, "@before") is None]
-    for i in range(0, len(todo), 16):
-        chunk = todo[i:i + 16]
-        for q, lp in zip(chunk, patcher.logprobs([q.prompt for q in chunk], [q.target for q in chunk]), strict=True):
-            cache.put(key, None, q.id, "@before", {"prompt": q.prompt, "target": q.target, "logp": lp})
-    before = {q.id: cache.entries[(key, None, q.id, "@before")]["logp"] for q in queries}
+    for q in queries:  # one query per forward, exactly as after each step (padding changes the rounding)
+        if cache.get(key, None, q.id, "@logp") is None:
+            cache.put(key, None, q.id, "@logp", {"prompt": q.prompt, "target": q.target,
+                                                 "logp": patcher.logprobs([q.prompt], [q.target])[0]})
+    before = {q.id: cache.entries[(key, None, q.id, "@logp")]["logp"] for q in queries}
 
     wanted = {(seed, q.id, s): members(seed, q, s) for seed, qs in per_seed.items() for q in qs for s in sets}
     steps = {(qid, _digest(ids)): ids for (_, qid, _), ids in wanted.items()}
@@ -93,7 +92,7 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings
         "what": "one AdamW step on a set of training sentences as one batch, from the final checkpoint (weights never "
                 "changed: a functional call); the change of the target's log-probability given the prompt, summed over "
                 "its tokens",
-        "references": {ORACLE: f"the query's first {k} proponents", RANDOM: f"{k} seeded random sentences",
+        "references": {ORACLE: f"the query's proponents (at most {k})", RANDOM: f"{k} seeded random sentences",
                        MOMENTUM: "no sentences (g = 0): the run's momentum alone"},
         "steps": {"distinct": len(steps), "computed": len(missing), "reused": len(steps) - len(missing),
                   "compute_s": round(sum(cache.seconds.get((key, None, qid, d), 0.0) for qid, d in steps), 1),
@@ -107,7 +106,7 @@ def summarize(per_seed: Mapping[int, Sequence[Query]], per_run: Mapping[tuple[in
               slices: Sequence[str], stat_test: str) -> dict:
     """Per slice and set: mean ± std over distinct queries (each averaged over its seeds), the
     fraction that rose, and paired tests against BM25 over the same queries."""
-    values: dict[str, dict[str, dict[str, list[float]]]] = {s: {x: {} for x in STATS} for s in sets}
+    values: dict[str, dict[str, dict[str, list[float]]]] = {s: {x: {} for x in (*STATS, "examples")} for s in sets}
     for seed, qs in per_seed.items():
         for q in qs:
             momentum = per_run.get((seed, q.id, MOMENTUM))
@@ -118,6 +117,7 @@ def summarize(per_seed: Mapping[int, Sequence[Query]], per_run: Mapping[tuple[in
                        "delta_logp_vs_momentum": d - momentum["delta_logp"] if momentum else d}
                 for x in STATS:
                     values[s][x].setdefault(q.id, []).append(row[x])
+                values[s]["examples"].setdefault(q.id, []).append(per_run[(seed, q.id, s)]["examples"])
     per_query = {s: {x: {qid: float(np.mean(v)) for qid, v in d.items()} for x, d in values[s].items()} for s in sets}
     table: dict[str, dict] = {}
     significance: dict[str, dict] = {}
@@ -127,20 +127,31 @@ def summarize(per_seed: Mapping[int, Sequence[Query]], per_run: Mapping[tuple[in
         counts[sl] = len(qids)
         table[sl] = {}
         for s in sets:
-            row = {x: M.mean_std([per_query[s][x][q] for q in qids]) for x in STATS}
+            row = {x: M.mean_std([per_query[s][x][q] for q in qids]) for x in (*STATS, "examples")}
             for x in ("delta_logp", "delta_logp_vs_momentum"):
                 row[f"rose ({x})"] = float(np.mean([per_query[s][x][q] > 0 for q in qids])) if qids else None
             table[sl][s] = row
         if "bm25" in sets and len(qids) >= 2:
-            significance[sl] = {s: {"mean_difference": float(np.mean([per_query[s]["delta_logp"][q] -
-                                                                      per_query["bm25"]["delta_logp"][q]
-                                                                      for q in qids])),
-                                    **M.paired_pvalues([per_query[s]["delta_logp"][q] for q in qids],
-                                                       [per_query["bm25"]["delta_logp"][q] for q in qids])}
+            bm25 = [per_query["bm25"]["delta_logp"][q] for q in qids]
+            significance[sl] = {s: versus([per_query[s]["delta_logp"][q] for q in qids], bm25)
                                 for s in sets if s != "bm25"}
         else:
             significance[sl] = {"note": "needs bm25 and at least 2 queries"}
     return {"metrics": table, "queries": counts, "significance": significance, "main_test": stat_test,
+            "tests": "student and fisher compare means (a few large changes can carry them); wilcoxon (signed-rank) "
+                     "and wins (the fraction of queries where the set beats bm25) say how often",
             "std": "sample standard deviation over distinct queries (each averaged over the seeds that drew it)",
             "test_on": "delta_logp (the same as on delta_logp_vs_momentum: the momentum step is common to every set "
                        "of a query)"}
+
+
+def versus(a: Sequence[float], bm25: Sequence[float]) -> dict:
+    """A set's Δ log p against bm25's over the same queries: the mean and median differences, how often
+    it is higher, and paired tests (t, sign-flip, Wilcoxon signed-rank; None where every difference is 0)."""
+    from scipy import stats
+
+    d = np.subtract(a, bm25)
+    wilcoxon = float(stats.wilcoxon(a, bm25).pvalue) if np.any(d != 0) else None
+    return {"mean_difference": float(d.mean()), "median_difference": float(np.median(d)),
+            "wins": float(np.mean(d > 0)), "losses": float(np.mean(d < 0)), **M.paired_pvalues(a, bm25),
+            "wilcoxon": wilcoxon}

@@ -103,7 +103,7 @@ def tailpatch_tables(results: dict) -> list[str]:
              f"weight decay {st['weight_decay']:g}, after {st['steps_taken']} steps, state {st['state']}; "
              f"training loss {st['loss']}, max {st['max_length']} tokens per example",
              "- references: " + "; ".join(f"{k}: {v}" for k, v in t["references"].items() if k in t["sets"]),
-             f"- {t['std']}; p: {t['main_test']} paired test of Δ log p against bm25 over those queries",
+             f"- {t['std']}; p: paired tests of Δ log p against bm25 over those queries ({t['tests']})",
              f"- steps: {t['steps']['distinct']} distinct (computed now {t['steps']['computed']}, reused "
              f"{t['steps']['reused']}), {t['steps']['compute_s']:.0f} s of compute", ""]
     beyond = "momentum" in t["sets"]
@@ -113,26 +113,30 @@ def tailpatch_tables(results: dict) -> list[str]:
             continue
         lines.append(f"### {sl} ({t['queries'][sl]} distinct queries)")
         lines.append("")
-        head = ["Set", LABEL_TP["delta_logp"]] + ([LABEL_TP["delta_logp_vs_momentum"]] if beyond else []) + \
-            [LABEL_TP["delta_p"], "rose", "p vs bm25", "MRR", "Recall@10"]
+        head = ["Set", "examples", LABEL_TP["delta_logp"]] + ([LABEL_TP["delta_logp_vs_momentum"]] if beyond else []) \
+            + [LABEL_TP["delta_p"], "rose", "beats bm25", "p (t-test)", "p (Wilcoxon)", "MRR", "Recall@10"]
         lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         sig = t["significance"].get(sl, {})
         attr = results["metrics"].get(sl, {})
         for name, row in table.items():
             rose = row["rose (delta_logp_vs_momentum)" if beyond else "rose (delta_logp)"]
-            p = sig.get(name, {}).get(t["main_test"]) if name != "bm25" and "note" not in sig else None
+            vs = sig.get(name, {}) if "note" not in sig else {}
             zero = name == "momentum"  # the reference itself: nothing beyond it
-            cells = [name, _tp(row["delta_logp"])] + (["—" if zero else _tp(row["delta_logp_vs_momentum"])]
-                                                      if beyond else []) + \
+            cells = [name, f"{row['examples']['mean']:.1f}", _tp(row["delta_logp"])] + \
+                (["—" if zero else _tp(row["delta_logp_vs_momentum"])] if beyond else []) + \
                 [_tp(row["delta_p"]), "n/a" if rose is None else "—" if zero else f"{rose:.0%}",
-                 "—" if name == "bm25" else _p(p),
-                 *(_cell(attr[name][m]) if name in attr else "—" for m in ("mrr", "recall@10"))]
+                 "—" if name == "bm25" or not vs else f"{vs['wins']:.0%}",
+                 "—" if name == "bm25" else _p(vs.get("student")), "—" if name == "bm25" else _p(vs.get("wilcoxon")),
+                 *(f"{attr[name][m]['mean']:.3f}" if name in attr and attr[name][m]["mean"] is not None else "—"
+                   for m in ("mrr", "recall@10"))]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if empty:
         lines += [f"No queries in: {', '.join(empty)}.", ""]
-    lines.append("rose: the fraction of queries whose target log-probability rose" +
-                 (" beyond the momentum-only step." if beyond else "."))
+    lines.append("examples: training examples in the step (mean over queries); rose: the fraction of queries whose "
+                 "target log-probability rose" + (" beyond the momentum-only step" if beyond else "") +
+                 "; beats bm25: the fraction where the set raised it more than bm25's; MRR and Recall@10 (FTRACE): "
+                 "means over seeds, as in the attribution tables.")
     lines.append("")
     return lines
 

@@ -162,6 +162,11 @@ class Bench:
         self.tracer = tracer or Tracer(Path(c.index), device=c.device, dtype=c.dtype)
         try:
             self.methods, self.skipped = plan_methods(c.methods, self.tracer.methods)
+            train_dir = self.tracer.index.manifest.model.train_dir
+            if c.metric != "attribution" and train_dir:
+                from ftrace.bench.tailpatch import check_run
+
+                check_run(Path(train_dir), c.tailpatch_lr)  # before the rankings, which may take hours
         except FtraceError:
             if self.own_tracer:
                 self.tracer.close()

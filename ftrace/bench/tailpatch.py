@@ -17,9 +17,10 @@ The step is never applied to the model: the stepped weights are new tensors give
 torch.func.functional_call, so the model's own weights stay bit-identical (tests check it) and
 nothing has to be restored.
 
-References per query: "oracle" (the query's first k proponents), "random" (k seeded random
+References per query: "oracle" (the query's proponents, at most k), "random" (k seeded random
 sentences) and, when the step starts from a run's state, "momentum" (the step with g = 0, i.e. an
-empty S: what the run's momentum alone does to the target; every method's change includes it).
+empty S: what the run's momentum alone does to the target; every method's change includes roughly
+that much, though not exactly, since Adam's denominator depends on g).
 """
 
 from __future__ import annotations
@@ -27,24 +28,25 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.func import functional_call
 
 from ftrace import FtraceError
+from ftrace.config import TrainConfig
 from ftrace.corpus import Sentence
 from ftrace.model import LoadedModel
 from ftrace.model.batching import IGNORE, LossBatch, query_batch
-from ftrace.train.checkpoints import load_trainer, read_state
+from ftrace.train.checkpoints import TRAINER, load_trainer, read_state
 from ftrace.train.examples import TrainExample, loss_batch, sentence_examples
 from ftrace.train.layout import read_run
 from ftrace.train.select import traced_run
 from ftrace.train.trainer import lm_loss
 
 ORACLE, RANDOM, MOMENTUM = "oracle", "random", "momentum"
-FRESH_LR = 2e-4  # ftrace train's default lr, for an index that no run made
+FRESH_LR = TrainConfig.model_fields["lr"].default  # for an index that no run made
 
 
 @dataclass(frozen=True)
@@ -62,22 +64,27 @@ class StepSettings:
     max_length: int  # tokens per training example (the run's)
 
 
-def _run_settings(train_dir: Path, lr: float | None) -> tuple[StepSettings, Path]:
+def check_run(train_dir: Path, lr: float | None) -> Path:
+    """The run's final checkpoint, after the cheap checks (before any model work): an AdamW run whose
+    final checkpoint records its lr (or `lr` is given) and keeps its optimizer state."""
     run = read_run(train_dir)
     if run is None:
         raise FtraceError(f"{train_dir}: no ftrace train run there (the index's manifest names it)")
-    cfg = run["config"]
-    if cfg.get("optimizer") != "adamw":
-        raise FtraceError(f"{train_dir}: tail-patch steps like AdamW; this run used {cfg.get('optimizer')}")
+    if run["config"].get("optimizer") != "adamw":
+        raise FtraceError(f"{train_dir}: tail-patch steps like AdamW; this run used {run['config'].get('optimizer')}")
     final = traced_run(train_dir, "final").final
-    state = read_state(final) or {}
-    if lr is None and not state.get("lr"):
+    if lr is None and not (read_state(final) or {}).get("lr"):
         raise FtraceError(f"{final}: records no learning rate; give --tailpatch-lr")
-    source = "--tailpatch-lr" if lr is not None else f"the lr of the run's last step ({final.name})"
-    return StepSettings(lr=float(lr if lr is not None else state["lr"]), lr_source=source,
-                        betas=(0.9, 0.999), eps=1e-8, weight_decay=float(cfg.get("weight_decay", 0.0)),
-                        steps_taken=int(state["step"]), loss=cfg["loss"], state=f"{final}/trainer.pt",
-                        max_length=int(cfg.get("max_length", 256))), final
+    if not (final / TRAINER).exists():
+        raise FtraceError(f"{final}: has no {TRAINER} (the optimizer state to step from)")
+    return final
+
+
+def _fresh(lr: float | None, max_tokens: int) -> StepSettings:
+    return StepSettings(lr=FRESH_LR if lr is None else lr, lr_source="--tailpatch-lr" if lr is not None else
+                        "ftrace train's default (the index was not made from a run)", betas=(0.9, 0.999), eps=1e-8,
+                        weight_decay=0.0, steps_taken=0, loss="sentence", state="fresh (zero moments)",
+                        max_length=max_tokens)
 
 
 class TailPatcher:
@@ -96,30 +103,32 @@ class TailPatcher:
     def for_index(cls, lm: LoadedModel, train_dir: str | None, max_tokens: int, lr: float | None) -> TailPatcher:
         """The index's model stepping from its training run's final state (or fresh, with no run)."""
         if train_dir is None:
-            s = StepSettings(lr=FRESH_LR if lr is None else lr, lr_source="--tailpatch-lr" if lr is not None else
-                             "ftrace train's default (the index was not made from a run)", betas=(0.9, 0.999),
-                             eps=1e-8, weight_decay=0.0, steps_taken=0, loss="sentence", state="fresh (zero moments)",
-                             max_length=max_tokens)
-            return cls(lm, s, max_tokens)
-        s, final = _run_settings(Path(train_dir), lr)
+            return cls(lm, _fresh(lr, max_tokens), max_tokens)
+        final = check_run(Path(train_dir), lr)
         if Path(lm.name).resolve() != final.resolve():
             raise FtraceError(f"tail-patch: the index's model {lm.name} is not its run's final checkpoint {final}")
+        cfg = (read_run(Path(train_dir)) or {})["config"]
         opt = load_trainer(final)["optimizer"]
-        patcher = cls(lm, s, max_tokens)
-        if len(opt["state"]) != len(patcher.names):
-            raise FtraceError(f"{s.state}: optimizer state for {len(opt['state'])} parameters, the model has "
-                              f"{len(patcher.names)}")
         group = opt["param_groups"][0]
-        patcher.s = StepSettings(**{**asdict(s), "betas": tuple(group["betas"]), "eps": float(group["eps"]),
-                                    "weight_decay": float(group["weight_decay"])})
-        patcher.moments = {}
-        for i, (name, p) in enumerate(zip(patcher.names, patcher.params, strict=True)):
+        if group.get("amsgrad") or group.get("maximize"):
+            raise FtraceError(f"{final}/{TRAINER}: tail-patch steps like plain AdamW (no amsgrad, no maximize)")
+        if len(opt["state"]) != sum(p.requires_grad for p in lm.model.parameters()):
+            raise FtraceError(f"{final}/{TRAINER}: optimizer state for {len(opt['state'])} parameters, not the "
+                              "model's")
+        source = "--tailpatch-lr" if lr is not None else f"the lr of the run's last step ({final.name})"
+        s = StepSettings(lr=float(lr if lr is not None else (read_state(final) or {})["lr"]), lr_source=source,
+                         betas=tuple(group["betas"]), eps=float(group["eps"]),
+                         weight_decay=float(group["weight_decay"]), steps_taken=int(opt["state"][0]["step"]),
+                         loss=cfg["loss"], state=f"{final}/{TRAINER}", max_length=int(cfg.get("max_length", 256)))
+        moments = {}
+        trained = [(n, p) for n, p in lm.model.named_parameters() if p.requires_grad]  # the optimizer's order
+        for i, (name, p) in enumerate(trained):
             st = opt["state"][i]
             if st["exp_avg"].shape != p.shape:
                 raise FtraceError(f"{s.state}: state {i} has shape {tuple(st['exp_avg'].shape)}, parameter {name} "
                                   f"{tuple(p.shape)}")
-            patcher.moments[name] = (st["exp_avg"].to(p.device, p.dtype), st["exp_avg_sq"].to(p.device, p.dtype))
-        return patcher
+            moments[name] = (st["exp_avg"].to(p.device, p.dtype), st["exp_avg_sq"].to(p.device, p.dtype))
+        return cls(lm, s, max_tokens, moments)
 
     # ---- the pieces
 
