@@ -49,7 +49,7 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings
     m = tracer.index.manifest
     patcher = TailPatcher.for_index(tracer.lm, m.model.train_dir, m.max_tokens, c.tailpatch_lr)
     k = c.tailpatch_k
-    key = settings_hash({"tailpatch": asdict(patcher.s), "index": m.identity(), "k": k})
+    key = settings_hash({"tailpatch": asdict(patcher.s), **bench.scorer.identity, "k": k})
     cache = ScoreCache(bench.out / "tailpatch.jsonl", {key})
     sets = [*bench.methods, *reference_sets(patcher)]
     sentences = tracer.corpus.by_id()

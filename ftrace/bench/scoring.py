@@ -67,6 +67,7 @@ class Scorer:
             del identity["model"]["dtype"]
         scope = {"sizes": config.sizes.model_dump()} if config.mode == "rerank" else {"depth": config.depth}
         dtype = {} if tracer.dtype == "float32" else {"dtype": tracer.dtype}  # queries' model weights
+        self.identity = {"index": identity, **dtype}  # what every cached value depends on
         self.key = settings_hash({"index": identity, "mode": config.mode, **scope, **dtype})
         self.answer_key = settings_hash({"answers": identity["model"], **dtype})
         base = tracer.index.manifest.model
