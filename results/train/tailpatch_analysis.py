@@ -14,18 +14,19 @@ from ftrace.corpus.records import normalize
 c = load_corpus("indexes/dev2-ft-base/corpus.jsonl", None, None, None)
 objs = {s.id: {normalize(f[2]) for f in s.facts} for s in c.sentences}
 qs = {q.id: q for q in c.queries}
-rows=[json.loads(l) for l in open('results/bench/dev2-ft-base-P19-full/rankings.jsonl')]
+with open("results/bench/dev2-ft-base-P19-full/rankings.jsonl") as f:
+    rows = [json.loads(line) for line in f]
 per_q = collections.defaultdict(dict)
 for r in rows:
-    top = tuple(sorted(i for i,_ in r['top'][:10])); q = qs[r['query']]; t = normalize(q.target)
+    top = tuple(sorted(i for i, _ in r["top"][:10]))
+    t = normalize(qs[r["query"]].target)
     per_q[r['query']][top] = (sum(t in objs[i] for i in top), r['tailpatch']['delta_logp'])
 taus, pooled = [], []
-for qid, sets in per_q.items():
+for sets in per_q.values():
     v = np.array(list(sets.values()))
     if len(v) >= 3 and v[:,0].std() > 0:
         taus.append(stats.kendalltau(v[:,0], v[:,1]).statistic)
-    # centre within query
-    pooled += list(zip(v[:,0] - v[:,0].mean(), v[:,1] - v[:,1].mean()))
+    pooled += list(zip(v[:, 0] - v[:, 0].mean(), v[:, 1] - v[:, 1].mean(), strict=True))  # centred per query
 taus = np.array([t for t in taus if not np.isnan(t)])
 print("queries", len(taus), "mean Kendall tau", taus.mean().round(3), "tau > 0", (taus > 0).mean().round(2),
       "Wilcoxon p", stats.wilcoxon(taus).pvalue)
