@@ -9,6 +9,10 @@
   the shard for the seconds each holds it, and a long `ftrace bench` holds it for its whole run.
 
 The kernel releases a flock when its process dies, so there are no stale locks to clean up; the files stay.
+
+- `.progress.json`: how many of the planned examples an ingest has stored, rewritten atomically after each
+  batch (`record_progress`), so a refused reader can say how far the writer is without opening the shard.
+  A killed ingest leaves it behind (still true: what was stored before the kill); a complete one removes it.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from pathlib import Path
 
 from ftrace import FtraceError
 
-WRITE_LOCK, STORE_LOCK = ".write.lock", ".store.lock"
-LOCK_FILES = (WRITE_LOCK, STORE_LOCK)
+WRITE_LOCK, STORE_LOCK, PROGRESS = ".write.lock", ".store.lock", ".progress.json"
+LOCK_FILES = (WRITE_LOCK, STORE_LOCK, PROGRESS)  # bookkeeping, not index content
 WAIT_ENV = "FTRACE_STORE_WAIT_S"
 
 
@@ -105,13 +109,34 @@ def reading(index_dir: Path) -> None:
         pid, since = _holder(fd)
     finally:
         os.close(fd)
-    planned = ""
-    with contextlib.suppress(Exception):  # no manifest yet while the writer loads its model
+    raise IndexBusyError(f"{index_dir}: is being written by pid {pid} since {since}{progress_note(index_dir)}; "
+                         "query it when ingest finishes")
+
+
+def record_progress(index_dir: Path, stored: int, total: int) -> None:
+    """The writer's progress, for readers: written beside and renamed over, so never read half-written."""
+    path = Path(index_dir) / PROGRESS
+    tmp = path.with_name(PROGRESS + ".tmp")
+    tmp.write_text(json.dumps({"stored": stored, "total": total}))
+    tmp.replace(path)
+
+
+def clear_progress(index_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (Path(index_dir) / PROGRESS).unlink()
+
+
+def progress_note(index_dir: Path) -> str:
+    """How far an ingest got: ' (N of M stored)' from the progress file, else ' (M examples planned)' from the
+    manifest (the writer has not reached its vectors yet), else '' (no manifest while the writer loads its model)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        d = json.loads((Path(index_dir) / PROGRESS).read_text())
+        return f" ({int(d['stored'])} of {int(d['total'])} stored)"
+    with contextlib.suppress(Exception):
         from ftrace.index.manifest import Manifest
 
-        planned = f" ({Manifest.read(Path(index_dir)).corpus.examples} examples planned)"
-    raise IndexBusyError(f"{index_dir}: is being written by pid {pid} since {since}{planned}; "
-                         "query it when ingest finishes")
+        return f" ({Manifest.read(Path(index_dir)).corpus.examples} examples planned)"
+    return ""
 
 
 class StoreLock:

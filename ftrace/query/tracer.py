@@ -17,10 +17,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from ftrace import FtraceError
-from ftrace.corpus import Query, normalize
+from ftrace.corpus import Query, match_key
 from ftrace.features.base import Featurizer, from_specs
 from ftrace.index.layout import IndexDir
-from ftrace.index.locks import reading
+from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, greedy_answer, load_model, query_batch
 from ftrace.model.batching import query_rows
@@ -61,7 +61,8 @@ class Tracer:
         self.index = IndexDir(Path(index))
         m = self.index.manifest
         if not m.complete:
-            raise ManifestError(f"{index}: ingest did not finish; run `ftrace ingest` again to resume it")
+            raise ManifestError(f"{index}: ingest did not finish{progress_note(index)}; run `ftrace ingest` again "
+                                "to resume it")
         if model is not None and model != m.model.name:
             raise ManifestError(f"{index}: built with model {m.model.name!r}, not {model!r}")
         if embed_layers is not None and "embed" in m.vectors and m.vectors["embed"]["layers"] != embed_layers:
@@ -156,11 +157,11 @@ class Tracer:
         return {c: self.score(c, prompt, target, pool, qvec) for c in method.components}
 
     def same_prompt(self, prompt: str) -> list[Query]:
-        key = normalize(prompt)
-        return [q for q in self.corpus.queries if normalize(q.prompt) == key]
+        key = match_key(prompt)
+        return [q for q in self.corpus.queries if match_key(q.prompt) == key]
 
     def ground_truth(self, same_prompt: list[Query], target: str) -> GroundTruth | None:
-        hits = [q for q in same_prompt if normalize(q.target) == normalize(target)]
+        hits = [q for q in same_prompt if match_key(q.target) == match_key(target)]
         if not hits:
             return None
         props = list(dict.fromkeys(p for q in hits for p in q.proponents))
