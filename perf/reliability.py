@@ -43,6 +43,7 @@ def main() -> None:
         env = {**os.environ, "FTRACE_RELIABILITY_LOG": str(log), "FTRACE_TEST_READERS": str(args.readers),
                "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reliability.py"]
+        load = os.getloadavg()[0]
         t0 = time.monotonic()
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.monotonic() - t0
@@ -56,9 +57,10 @@ def main() -> None:
         "# Reliability",
         "",
         f"`python perf/reliability.py --readers {args.readers}` on {time.strftime('%Y-%m-%d')} (commit {commit}): "
-        f"tests/test_reliability.py, {summary} ({wall:.0f} s wall on {machine()}).",
+        f"tests/test_reliability.py, {summary} ({wall:.0f} s wall on {machine()}, load average {load:.1f} at "
+        "the start).",
         "Real `ftrace` processes on real Qdrant Edge and Lucene, with a tiny random model on the sample corpus "
-        "(337 sentences). INDEX and DIR stand for the test's temporary paths.",
+        "(337 sentences). INDEX, DIR and MODEL stand for the test's temporary paths.",
     ]
     scenario = None
     for r in rows:
