@@ -104,7 +104,8 @@ def _prepare(index: IndexDir, planned: Manifest) -> Manifest:
 def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
     """Build or resume the index `c` describes; `corpus`: its corpus selection, when already loaded."""
     sel = c.corpus
-    corpus = corpus or load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
+    if corpus is None:
+        corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
     run = traced_run(c.tracin.train_dir, c.tracin.select) if c.tracin.train_dir else None
     if run and c.model not in (None, str(run.final), run.base):
         raise FtraceError(f"--model {c.model}: with --checkpoints the model is the run's final checkpoint "

@@ -80,9 +80,9 @@ def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
 
 
-def budget_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[slice]:
+def budget_batches(lengths: Sequence[int], batch_size: int, budget: int) -> list[slice]:
     """Split examples, in their order, into consecutive batches of at most `batch_size` examples whose padded
-    size (examples x the longest one's length) stays within `max_tokens`; an example longer than that is a
+    size (examples x the longest one's length) stays within `budget` tokens; an example longer than that is a
     batch of its own. Memory then grows with the budget, not with the longest sentence. The split depends
     only on the lengths from the first example on, so a resumed ingest (whose remaining examples start at a
     batch boundary) batches them exactly as an uninterrupted one did."""
@@ -90,7 +90,7 @@ def budget_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> 
     start = width = 0
     for i, n in enumerate(lengths):
         wider = max(width, n)
-        if i > start and (i - start >= batch_size or (i - start + 1) * wider > max_tokens):
+        if i > start and (i - start >= batch_size or (i - start + 1) * wider > budget):
             out.append(slice(start, i))
             start, wider = i, n
         width = wider
