@@ -12,11 +12,12 @@ TrackStar scores), hence the `--tracin-*` options.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_INDEX = Path("indexes/sample")
@@ -113,9 +114,11 @@ class TracInConfig(GradientConfig):
     train_dir: Annotated[Path | None, cli("An `ftrace train` output directory: gradients at its checkpoints, "
                                           "answers and embeddings from its final checkpoint.", "--checkpoints",
                                           metavar="TRAIN_DIR")] = None
-    select: Annotated[Literal["all", "ftrace", "final"],
+    select: Annotated[Literal["all", "ftrace", "final", "base"],
                       cli("With --checkpoints: every fine-tuned checkpoint, FTRACE's 3 spaced in inverse "
-                          "perplexity, or the final one.", "--checkpoint-select")] = "ftrace"
+                          "perplexity, the final one, or the base model (step 0: gradients before "
+                          "fine-tuning, answers and embeddings still from the final checkpoint).",
+                          "--checkpoint-select")] = "ftrace"
     # off by default: after a short fine-tune most rows of a tied embedding have second moments ~0, and
     # dividing by them turned the vectors into noise (results/train/README.md)
     checkpoint_optimizer: Annotated[bool, cli("With --checkpoints: divide each checkpoint's gradients by its own "
@@ -142,11 +145,20 @@ class StoreConfig(Strict):
     url: Annotated[str | None, cli("Qdrant server or cluster URL (implies --qdrant remote).", "--qdrant-url")] = None
     float16: Annotated[bool, cli("Vector storage type (default float16).", "--float16/--float32")] = True
     hnsw: Annotated[bool, cli("Build an HNSW index after ingest (default: exact search).", "--hnsw")] = False
+    # a Qdrant server's collection layout (docker/README.md): shards spread points over the cluster's
+    # nodes, replicas keep copies of each shard on other nodes
+    shard_number: Annotated[int, Field(ge=1), cli("Qdrant server: shards of the collection.", "--qdrant-shards",
+                                                  min=1)] = 1
+    replication_factor: Annotated[int, Field(ge=1), cli("Qdrant server: copies of each shard.", "--qdrant-replicas",
+                                                        min=1)] = 1
 
     @model_validator(mode="after")
     def _url_means_remote(self) -> StoreConfig:
         if self.url and self.backend == "edge":
             self.backend = "remote"
+        if self.backend == "edge" and (self.shard_number, self.replication_factor) != (1, 1):
+            raise ValueError("--qdrant-shards/--qdrant-replicas set a Qdrant server's collection layout: give "
+                             "--qdrant-url (or --qdrant local)")
         return self
 
 
@@ -156,6 +168,11 @@ IndexPath = Annotated[Path, cli("Index directory.", "--index", "-i")]
 # where the model runs; vectors and answers are the same on every device (up to float rounding)
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$"),
                    cli("auto (CUDA when present), cpu, cuda[:N] or mps.", "--device")]
+# the model weights' dtype on the device; projections, whitening and stored vectors stay float32
+Dtype = Annotated[Literal["float32", "bfloat16", "float16"],
+                  cli("Model weights' dtype: float32, bfloat16 or float16 (projections stay float32).", "--dtype")]
+QueryDtype = Annotated[Literal["float32", "bfloat16", "float16"] | None,
+                       cli("Model weights' dtype (default: the one the index was built with).", "--dtype")]
 
 
 class IngestConfig(Strict):
@@ -173,9 +190,31 @@ class IngestConfig(Strict):
     batch_tokens: Annotated[int, Field(ge=1), cli("Token budget per batch: at most this many examples x padded "
                                                   "length (a longer sentence is a batch of its own).", min=1)] = 2048
     device: Device = "auto"
+    dtype: Dtype = "float32"
     max_tokens: Annotated[int, Field(ge=8),
                           cli("Tokens per sentence and query given to the model; longer sentences lose their end "
                               "(counted at ingest), longer prompts their beginning.")] = 256
+    shard: Annotated[str | None, cli("Featurise only shard I of N (0-based, e.g. 0/4), one process or GPU each; "
+                                     "then `ftrace ingest` without --shard finishes the index.",
+                                     metavar="I/N")] = None
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", v)
+        if not m:
+            raise ValueError("give I/N: shard I (0-based) of N, e.g. 0/4")
+        i, n = int(m[1]), int(m[2])
+        if not 0 <= i < n:
+            raise ValueError(f"shard {i} of {n}: I runs from 0 to N-1" if n else "N must be at least 1")
+        return f"{i}/{n}"
+
+    @property
+    def shard_of(self) -> tuple[int, int] | None:
+        """(I, N) for --shard I/N, else None."""
+        return None if self.shard is None else (int(self.shard.split("/")[0]), int(self.shard.split("/")[1]))
 
     @model_validator(mode="after")
     def _consistent(self) -> IngestConfig:
@@ -194,7 +233,7 @@ class QueryConfig(Strict):
     prompt: Annotated[str, cli("What the model completes, e.g. 'Toyota Avanza is produced by'.", argument=True)]
     index: IndexPath = DEFAULT_INDEX
     target: Annotated[str | None, cli("The answer to trace (default: the model's greedy answer).")] = None
-    k: Annotated[int, cli("Sentences to show.", "--k", "-k", min=1)] = 10
+    k: Annotated[int, Field(ge=1), cli("Sentences to show.", "--k", "-k", min=1)] = 10
     method: Annotated[str, cli("bm25, embed, tracin, or a fusion of two such as bm25+embed or tracin+bm25.")] = \
         "bm25+embed"
     fusion: Annotated[Literal["sum", "rrf", "cascade"],
@@ -203,11 +242,22 @@ class QueryConfig(Strict):
     weight: Annotated[float, Field(ge=0.0, le=1.0),
                       cli("Fusion weight of the first method (the second gets 1 - weight).")] = 0.5
     cascade_k: CascadeK = 20
-    depth: Annotated[int, cli("Candidates each method retrieves before fusion.", min=1)] = 100
+    depth: Annotated[int, Field(ge=1), cli("Candidates each method retrieves before fusion.", min=1)] = 100
     model: Annotated[str | None, cli("Must match the index's model (checked).")] = None
     embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
     device: Device = "auto"
+    dtype: QueryDtype = None
     as_json: Annotated[bool, Field(exclude=True), cli("JSON output for scripts.", "--json")] = False
+
+
+class ServeConfig(Strict):
+    """`ftrace serve`: one process owns an index (model, Lucene and Qdrant opened once) and answers over HTTP."""
+
+    index: IndexPath = DEFAULT_INDEX
+    host: Annotated[str, cli("Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535), cli("TCP port.")] = 8000
+    device: Device = "auto"
+    dtype: QueryDtype = None
 
 
 class CandidateSizes(Strict):
@@ -244,8 +294,18 @@ class BenchConfig(Strict):
     cascade_k: CascadeK = 20
     depth: Annotated[int, Field(ge=1), cli("Full mode: sentences each method retrieves (and ranking length).",
                                            min=1)] = 100
+    metric: Annotated[Literal["attribution", "tailpatch", "all"],
+                      cli("attribution: MRR and Recall@10 of the proponents; tailpatch: TrackStar's influence, the "
+                          "change of the target's log-probability after one training step on each method's top k "
+                          "(needs --mode full); all: both, side by side.")] = "attribution"
+    tailpatch_k: Annotated[int, Field(ge=1), cli("Tail-patch: sentences per step (each method's top k).",
+                                                 min=1)] = 10
+    tailpatch_lr: Annotated[float | None, Field(gt=0), cli("Tail-patch learning rate (default: the lr of the "
+                                                           "training run's last step; 2e-4 for an index no run "
+                                                           "made).")] = None
     out: Annotated[Path | None, cli("Output directory (default results/bench/<index name>-<mode>).")] = None
     device: Annotated[Device, Field(exclude=True)] = "auto"
+    dtype: QueryDtype = None
     as_json: Annotated[bool, Field(exclude=True), cli("Print results.json instead of the table.", "--json")] = False
     sizes: CandidateSizes = CandidateSizes()
     grid: list[float] = GRID
@@ -256,6 +316,9 @@ class BenchConfig(Strict):
     def _normalise(self) -> BenchConfig:
         if self.split is not None and self.split.strip().lower() in ("all", "none", ""):
             self.split = None
+        if self.metric != "attribution" and self.mode != "full":
+            raise ValueError(f"--metric {self.metric}: tail-patch steps on each method's top k from the whole corpus; "
+                             "give --mode full")
         if not self.grid or any(not 0.0 <= w <= 1.0 for w in self.grid):
             raise ValueError(f"fusion weight grid {self.grid}: weights lie within [0, 1]")
         return self
@@ -281,6 +344,12 @@ class BenchConfig(Strict):
             parts.append(f"--fusion {self.fusion}")
         if self.fusion == "cascade":
             parts.append(f"--cascade-k {self.cascade_k}")
+        if self.metric != "attribution":
+            parts.append(f"--metric {self.metric} --tailpatch-k {self.tailpatch_k}")
+            if self.tailpatch_lr is not None:
+                parts.append(f"--tailpatch-lr {self.tailpatch_lr:g}")
+        if self.dtype:
+            parts.append(f"--dtype {self.dtype}")
         return " ".join(parts)
 
 
@@ -310,6 +379,7 @@ class TrainConfig(Strict):
         "sentence"
     max_length: Annotated[int, Field(ge=2), cli("Tokens per example; longer sentences are truncated.")] = 256
     device: Device = "auto"
+    dtype: Dtype = "float32"  # the weights trained (float16 has no loss scaling: prefer bfloat16)
 
     def identity(self) -> dict:
         """What must match for a run directory to be resumed."""

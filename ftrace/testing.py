@@ -1,9 +1,15 @@
-"""A tiny, randomly initialised causal LM with a tokenizer trained on the given texts, saved as a
-normal Hugging Face model directory: what tests and quick demos pass as `--model`."""
+"""Helpers for tests and benchmarks: a tiny, randomly initialised causal LM with a tokenizer trained on
+the given texts, saved as a normal Hugging Face model directory (what tests and quick demos pass as
+`--model`), and `ftrace serve` started in a subprocess."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,3 +41,40 @@ def make_tiny_model(out_dir: Path, texts: Iterable[str], seed: int = 0, vocab_si
     model.save_pretrained(out_dir)
     fast.save_pretrained(out_dir)
     return out_dir
+
+
+@dataclass
+class ServerProcess:
+    index: Path
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    startup_s: float
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM (uvicorn's graceful shutdown, which closes the index), then its exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=timeout)
+
+
+def start_server(index: Path, log: Path, *args: str, env: dict[str, str] | None = None,
+                 timeout: float = 300) -> ServerProcess:
+    """`ftrace serve --index INDEX --port 0 ARGS` in a subprocess, its output in `log` (a file, not a pipe:
+    the request log never blocks the server); returns once it accepts requests, with the URL it got."""
+    started = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ftrace.cli", "serve", "--index", str(index), "--port", "0",
+                                 *args], env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    url = None
+    while time.monotonic() - started < timeout and proc.poll() is None:
+        text = Path(log).read_text()
+        if url is None and "serving " in text:
+            url = text.split("serving ", 1)[1].split(" at ", 1)[1].split()[0]
+        if url and "Application startup complete" in text:
+            return ServerProcess(Path(index), url, proc, Path(log), time.monotonic() - started)
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    raise RuntimeError(f"ftrace serve did not start: {Path(log).read_text()[-3000:]}")

@@ -12,4 +12,5 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
 } | tee "$out/device.txt"
 python3 -m pytest -q -p no:cacheprovider -m "not slow" -rs \
-  tests/test_device.py tests/test_train.py tests/test_gradients.py tests/test_answers.py 2>&1 | tee "$out/pytest.log"
+  tests/test_device.py tests/test_dtype.py tests/test_train.py tests/test_gradients.py tests/test_answers.py \
+  2>&1 | tee "$out/pytest.log"

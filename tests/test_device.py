@@ -67,3 +67,20 @@ def test_embeddings_and_answers_on_the_gpu_equal_the_cpu(cpu_and_gpu, sample):
     on_gpu = copy.copy(lm)
     on_gpu.model = gpu
     assert greedy_answers(on_gpu, prompts) == greedy_answers(lm, prompts)
+
+
+@cuda
+def test_tailpatch_on_the_gpu_equals_the_cpu(cpu_and_gpu, sample):
+    from ftrace.bench.tailpatch import TailPatcher
+
+    lm, gpu = cpu_and_gpu
+    on_gpu = copy.copy(lm)
+    on_gpu.model = gpu
+    here, there = (TailPatcher.for_index(m, None, 256, lr=1e-3) for m in (lm, on_gpu))
+    q = sample.queries[0]
+    before = here.logprobs([q.prompt], [q.target])[0]
+    assert there.logprobs([q.prompt], [q.target])[0] == pytest.approx(before, abs=1e-4)
+    a = here.patch(q.prompt, q.target, sample.sentences[:8])["after"] - before
+    b = there.patch(q.prompt, q.target, sample.sentences[:8])["after"] - before
+    assert b == pytest.approx(a, rel=0.05, abs=1e-4) and a != 0
+    assert all(p.device.type == "cuda" for p in gpu.parameters())

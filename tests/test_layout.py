@@ -11,10 +11,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "ftrace"
 
 # layer -> packages it must never import (the data flow: corpus -> model -> features -> index ->
-# ingest / query -> bench; train feeds ingest)
+# ingest / query -> bench, serve; train feeds ingest)
 FORBIDDEN = {
     "query": ("ftrace.ingest", "ftrace.bench", "ftrace.train"),
-    "bench": ("ftrace.ingest", "ftrace.train"),
+    "bench": ("ftrace.ingest",),
+    "serve": ("ftrace.ingest", "ftrace.bench", "ftrace.train"),  # over query: one warm Tracer
     "features": ("ftrace.ingest", "ftrace.query", "ftrace.bench", "ftrace.train", "ftrace.index"),
     "ingest": ("ftrace.query", "ftrace.bench"),
     "index": ("ftrace.ingest", "ftrace.query", "ftrace.bench", "ftrace.features", "ftrace.train"),

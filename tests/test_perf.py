@@ -53,3 +53,40 @@ def test_throughput_random_init(bench, tiny_model_dir, tmp_path):
     assert by["naive-linear"]["examples"] == 2 and len(by["ftrace-linear"]["seconds"]) == 2
     assert by["ftrace-linear"]["x_naive"] > 0
     assert [t["reference"] for t in res["targets"]] == ["no-hooks"]  # bergson was not asked for
+
+
+def test_serve_latency_results_file(tiny_model_dir, tmp_path):
+    """perf/serve_latency.py end to end on the tiny model: a seeded sample of the sample corpus, a real
+    `ftrace serve` subprocess, per-method percentiles with model and store parts, a load test."""
+    spec = importlib.util.spec_from_file_location("serve_latency", SCRIPT.with_name("serve_latency.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "serve.json"
+    res = mod.main(["--model", tiny_model_dir, "--corpus", "sample", "--sizes", "50", "--methods",
+                    "bm25,embed,bm25+embed", "--requests", "3", "--warmup", "1", "--queries", "5", "--clients", "2",
+                    "--load-seconds", "2", "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    md = out.with_suffix(".md").read_text()
+    assert "| bm25+embed |" in md and "Load: 2 concurrent clients" in md and "Target (issue 10)" in md
+    assert [s["sentences"] for s in res["sizes"]] == [50]
+    for size in res["sizes"]:
+        assert size["vectors"] == {"embed": 32, "tracin": 4096} and size["build"]["build_s"] > 0
+        assert not size["build"]["reused"]
+        by = {r["method"]: r for r in size["results"]}
+        assert list(by) == ["bm25", "embed", "bm25+embed", "bm25+embed, model answer"]
+        for r in by.values():
+            lat = r["latency_s"]
+            assert r["errors"] == 0 and lat["n"] == 3 and 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["max"]
+            assert r["server_total_s"]["p50"] <= lat["p50"]
+        assert by["bm25"]["model_s"]["max"] == 0 and by["bm25"]["bm25_s"]["min"] > 0  # BM25 with a target: no model
+        assert by["embed"]["vectors_s"]["min"] > 0 and by["embed"]["qdrant_s"]["min"] > 0
+        assert by["bm25+embed, model answer"]["answer_s"]["min"] > 0 and by["bm25+embed"]["answer_s"]["max"] == 0
+    from ftrace.index.layout import IndexDir
+
+    small = IndexDir(tmp_path / "work" / "index-50").corpus
+    ids = {s.id for s in small.sentences}
+    assert len(ids) == 50 and small.queries and all(set(q.proponents) <= ids for q in small.queries)
+    load = res["load"]
+    assert load["errors"] == 0 and load["completed"] > 0 and load["sentences"] == 50 and load["clients"] == 2
+    assert res["target"]["sentences"] == 50 and isinstance(res["target"]["met"], bool)
+    assert "The machine was shared" in res["notes"][-1]

@@ -361,8 +361,8 @@ def test_refusals_to_change_an_index_leave_its_files_unchanged(tmp_path, sample_
                                 "(vectors.tracin: in the index, not asked for)"),
         "another projection size, float32 storage and another --max-tokens": (
             ["--model", tiny_model_dir, *SAME, "--tracin-dim", "64", "--float32", "--max-tokens", "64"],
-            "(vectors.tracin.config.dim: index has 4096, asked for 64; store.float16: index has True, asked for "
-            "False; max_tokens: index has 256, asked for 64)"),
+            "(vectors.tracin.config.dim: index has 4096, asked for 64; max_tokens: index has 256, asked for 64; "
+            "store.float16: index has True, asked for False)"),
         "another corpus": (["--model", tiny_model_dir, *SAME, "--corpus", small], "(corpus: index has '"),
     }
     copies = {}

@@ -19,7 +19,7 @@ from ftrace.config import TrainConfig
 from ftrace.corpus import Corpus, Sentence
 from ftrace.model import load_model
 from ftrace.model.batching import IGNORE, object_span_batch, object_span_rows
-from ftrace.train import TrainError, checkpoint_dirs, select_checkpoints, train
+from ftrace.train import TrainError, checkpoint_dirs, select_checkpoints, traced_run, train
 from ftrace.train import checkpoints as ckpt
 from ftrace.train.examples import build_examples
 from ftrace.train.optim import second_moments
@@ -276,6 +276,15 @@ def test_select_checkpoints(tmp_path):
     assert [d.name for d in select_checkpoints(tmp_path / "few", "ftrace")] == ["step-10", "step-20"]
     with pytest.raises(TrainError):
         select_checkpoints(tmp_path / "r", "best")
+
+
+def test_traced_run_selections(full_run):
+    out, _ = full_run
+    names = {w: [p.name for p in traced_run(out, w).checkpoints] for w in ("all", "ftrace", "final", "base")}
+    assert names == {"all": ["step-4", "step-8", "step-12"], "ftrace": ["step-4", "step-8", "step-12"],
+                     "final": ["step-12"], "base": ["step-0"]}
+    base = traced_run(out, "base")
+    assert base.final.name == "step-12" and base.moments == [None]  # answers still from the final checkpoint
 
 
 # --- train -> checkpoints -> ingest -> query ------------------------------------------------------

@@ -60,7 +60,8 @@ def markdown_table(results: dict) -> str:
     for name, why in results["skipped"].items():
         lines.append(f"- skipped {name}: {why}")
     lines.append("")
-    for sl, table in results["metrics"].items():
+    attribution = results["settings"]["metric"] != "tailpatch"
+    for sl, table in results["metrics"].items() if attribution else ():
         counts = results["query_counts"][sl]
         lines.append(f"## {sl} (queries per seed: {', '.join(map(str, counts))})")
         lines.append("")
@@ -85,55 +86,143 @@ def markdown_table(results: dict) -> str:
         elif sig:
             lines.append(f"Significance: {sig.get('note')}")
         lines.append("")
+    if "tailpatch" in results:
+        lines += tailpatch_tables(results)
     lines.append(f"Rerun: `{results['command']}`")
     return "\n".join(lines) + "\n"
 
 
+def tailpatch_tables(results: dict) -> list[str]:
+    """Per slice: each set's tail-patch (mean ± std over distinct queries), the fraction of queries
+    whose target rose, the paired test against BM25, and the set's MRR / Recall@10 beside it."""
+    t = results["tailpatch"]
+    st = t["step"]
+    lines = [f"## Tail-patch influence (TrackStar): top {t['k']} per method", "",
+             f"- {t['what']}.",
+             f"- step: AdamW lr {st['lr']:.3g} ({st['lr_source']}), betas {tuple(st['betas'])}, eps {st['eps']:g}, "
+             f"weight decay {st['weight_decay']:g}, after {st['steps_taken']} steps, state {st['state']}; "
+             f"training loss {st['loss']}, max {st['max_length']} tokens per example",
+             "- references: " + "; ".join(f"{k}: {v}" for k, v in t["references"].items() if k in t["sets"]),
+             f"- {t['std']}; p: {t['main_test']} paired test of Δ log p against bm25 over those queries",
+             f"- steps: {t['steps']['distinct']} distinct (computed now {t['steps']['computed']}, reused "
+             f"{t['steps']['reused']}), {t['steps']['compute_s']:.0f} s of compute", ""]
+    beyond = "momentum" in t["sets"]
+    empty = [sl for sl in t["metrics"] if not t["queries"][sl]]
+    for sl, table in t["metrics"].items():
+        if sl in empty:
+            continue
+        lines.append(f"### {sl} ({t['queries'][sl]} distinct queries)")
+        lines.append("")
+        head = ["Set", LABEL_TP["delta_logp"]] + ([LABEL_TP["delta_logp_vs_momentum"]] if beyond else []) + \
+            [LABEL_TP["delta_p"], "rose", "p vs bm25", "MRR", "Recall@10"]
+        lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        sig = t["significance"].get(sl, {})
+        attr = results["metrics"].get(sl, {})
+        for name, row in table.items():
+            rose = row["rose (delta_logp_vs_momentum)" if beyond else "rose (delta_logp)"]
+            p = sig.get(name, {}).get(t["main_test"]) if name != "bm25" and "note" not in sig else None
+            zero = name == "momentum"  # the reference itself: nothing beyond it
+            cells = [name, _tp(row["delta_logp"])] + (["—" if zero else _tp(row["delta_logp_vs_momentum"])]
+                                                      if beyond else []) + \
+                [_tp(row["delta_p"]), "n/a" if rose is None else "—" if zero else f"{rose:.0%}",
+                 "—" if name == "bm25" else _p(p),
+                 *(_cell(attr[name][m]) if name in attr else "—" for m in ("mrr", "recall@10"))]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if empty:
+        lines += [f"No queries in: {', '.join(empty)}.", ""]
+    lines.append("rose: the fraction of queries whose target log-probability rose" +
+                 (" beyond the momentum-only step." if beyond else "."))
+    lines.append("")
+    return lines
+
+
+LABEL_TP = {"delta_logp": "Δ log p", "delta_logp_vs_momentum": "Δ log p beyond momentum", "delta_p": "Δ p"}
+
+
+def _tp(stat: dict) -> str:
+    return "n/a" if stat.get("mean") is None else f"{stat['mean']:.3g} ± {stat['std']:.2g}"
+
+
 def plot(results: dict, path: Path) -> None:
-    """Grouped bars of MRR and the two Recall@10s per method, one panel per slice, std error bars."""
+    """One row per slice: grouped bars of MRR and the two Recall@10s per method (std error bars over
+    seeds) and, with tail-patch, a second column of its mean Δ log p per set (standard-error bars)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     slices = list(results["metrics"])
     methods = list(results["methods"])
-    fig, axes = plt.subplots(len(slices), 1, figsize=(max(8, 1.35 * len(methods)), 1.0 + 3.9 * len(slices)),
-                             squeeze=False, sharex=True)
-    width = 0.8 / len(METRICS)
-    x = np.arange(len(methods))
-    for ax, sl in zip(axes[:, 0], slices, strict=True):
-        table = results["metrics"][sl]
-        counts = results["query_counts"][sl]
-        for j, m in enumerate(METRICS):
-            have = [i for i, k in enumerate(methods) if table[k][m]["mean"] is not None]
-            if not have:
-                continue
-            bars = ax.bar(x[have] + (j - (len(METRICS) - 1) / 2) * width,
-                          [table[methods[i]][m]["mean"] for i in have], width,
-                          yerr=[table[methods[i]][m]["std"] for i in have], capsize=3,
-                          label=LABELS[m], color=f"C{j}")
-            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
-        if not any(counts):
-            ax.text(0.5, 0.5, "no queries in this slice", transform=ax.transAxes, ha="center", va="center",
-                    fontsize=11, color="0.4")
-        ax.set_title(f"{sl} (queries/seed: {', '.join(map(str, counts))})", fontsize=10)
-        ax.set_xticks(x, methods, rotation=20, ha="right")
-        ax.set_xlim(-0.6, len(methods) - 0.4)
-        ax.set_ylim(0, 1.12)
-        ax.grid(axis="y", alpha=0.3)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("mean ± std over seeds")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(METRICS))]
-    fig.legend(handles, [LABELS[m] for m in METRICS], loc="upper center", ncol=len(METRICS), fontsize=9,
-               bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)
+    tail = results.get("tailpatch")
+    panels = ([_attribution_panel] if results["settings"]["metric"] != "tailpatch" else []) + \
+        ([_tailpatch_panel] if tail else [])
+    width = max(8, 1.35 * len(methods))
+    fig, axes = plt.subplots(len(slices), len(panels), figsize=(width * len(panels), 1.0 + 3.9 * len(slices)),
+                             squeeze=False)
+    for row, sl in zip(axes, slices, strict=True):
+        for ax, panel in zip(row, panels, strict=True):
+            panel(ax, results, sl)
+    if panels[0] is _attribution_panel:
+        handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(METRICS))]
+        fig.legend(handles, [LABELS[m] for m in METRICS], loc="upper center", ncol=len(METRICS), fontsize=9,
+                   bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)
     name = Path(results["index"]["path"]).name
     fig.suptitle(f"ftrace bench: {name}, {results['mode']} mode, fusion {results['fusion']['kind']}, "
                  f"{len(results['seeds'])} seeds", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _attribution_panel(ax, results: dict, sl: str) -> None:
+    import numpy as np
+
+    methods = list(results["methods"])
+    table = results["metrics"][sl]
+    counts = results["query_counts"][sl]
+    width = 0.8 / len(METRICS)
+    x = np.arange(len(methods))
+    for j, m in enumerate(METRICS):
+        have = [i for i, k in enumerate(methods) if table[k][m]["mean"] is not None]
+        if not have:
+            continue
+        bars = ax.bar(x[have] + (j - (len(METRICS) - 1) / 2) * width, [table[methods[i]][m]["mean"] for i in have],
+                      width, yerr=[table[methods[i]][m]["std"] for i in have], capsize=3, label=LABELS[m],
+                      color=f"C{j}")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    if not any(counts):
+        ax.text(0.5, 0.5, "no queries in this slice", transform=ax.transAxes, ha="center", va="center",
+                fontsize=11, color="0.4")
+    ax.set_title(f"{sl} (queries/seed: {', '.join(map(str, counts))})", fontsize=10)
+    ax.set_xticks(x, methods, rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(methods) - 0.4)
+    ax.set_ylim(0, 1.12)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_ylabel("mean ± std over seeds")
+
+
+def _tailpatch_panel(ax, results: dict, sl: str) -> None:
+    import numpy as np
+
+    t = results["tailpatch"]
+    stat = "delta_logp_vs_momentum" if "momentum" in t["sets"] else "delta_logp"
+    sets = [s for s in t["sets"] if s != "momentum"]
+    rows = [t["metrics"][sl][s][stat] for s in sets]
+    x = np.arange(len(sets))
+    if not t["queries"][sl]:
+        ax.text(0.5, 0.5, "no queries in this slice", transform=ax.transAxes, ha="center", va="center",
+                fontsize=11, color="0.4")
+    else:
+        means = [r["mean"] for r in rows]
+        sem = [r["std"] / np.sqrt(r["n"]) if r["n"] else 0 for r in rows]
+        bars = ax.bar(x, means, 0.6, yerr=sem, capsize=3, color=["C3" if s in t["references"] else "C0" for s in sets])
+        ax.bar_label(bars, fmt="%.2g", fontsize=7, padding=2)
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_title(f"tail-patch, {sl} ({t['queries'][sl]} queries; top {t['k']})", fontsize=10)
+    ax.set_xticks(x, sets, rotation=20, ha="right")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_ylabel(("Δ log p beyond momentum" if stat != "delta_logp" else "Δ log p") + ", mean ± s.e.")
 
 
 def write_rankings(run: BenchRun, path: Path) -> None:
@@ -153,8 +242,13 @@ def write_rankings(run: BenchRun, path: Path) -> None:
                         "top": [[i, round(sc, 6)] for i, sc in ranked[:TOP]],
                         "proponents": len(props), "proponent_ranks": ranks,
                         "unranked_proponents": len(props) - len(ranks), "ranked": len(ranked),
+                        **({"tailpatch": _patched(run.tailpatch[(seed, q.id, m)])} if run.tailpatch else {}),
                     }, ensure_ascii=False) + "\n")
     tmp.replace(path)
+
+
+def _patched(v: dict) -> dict:
+    return {"delta_logp": round(v["delta_logp"], 9), "examples": v["examples"]}
 
 
 def write_reports(run: BenchRun) -> dict[str, Path]:

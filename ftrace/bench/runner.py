@@ -35,6 +35,7 @@ from ftrace import FtraceError
 from ftrace.bench import metrics as M
 from ftrace.bench.candidates import draw, rng_for, sample_queries, seeded_tiebreak
 from ftrace.bench.evaluate import evaluate
+from ftrace.bench.paths import shown
 from ftrace.bench.scoring import QueryScores, Scorer
 from ftrace.bench.slices import ALL, RULE, answer_is_right, learned_slices, slice_names
 from ftrace.config import GRID, BenchConfig
@@ -148,6 +149,7 @@ class BenchRun:
     answers: dict[str, str]
     slice_of: dict[str, str]  # query id -> its learned slice
     base_answers: dict[str, str] | None = None
+    tailpatch: dict[tuple[int, str, str], dict] | None = None  # (seed, query id, set) -> its tail-patch
 
 
 class Bench:
@@ -157,7 +159,7 @@ class Bench:
                               "(relations or a split you do not report)")
         self.c = c
         self.own_tracer = tracer is None
-        self.tracer = tracer or Tracer(Path(c.index), device=c.device)
+        self.tracer = tracer or Tracer(Path(c.index), device=c.device, dtype=c.dtype)
         try:
             self.methods, self.skipped = plan_methods(c.methods, self.tracer.methods)
         except FtraceError:
@@ -262,17 +264,24 @@ class Bench:
                         for m in self.methods:
                             rankings[(seed, q.id, m)] = self.ranked(seed, q, self.method_scores(seed, q, scores, m))
                         bar.update(1)
+            names = slice_names(base_learned is not None)
+            tail = None
+            if c.metric != "attribution":
+                from ftrace.bench.influence import tailpatch  # loads the training machinery
+
+                tail_results, tail = tailpatch(self, per_seed, rankings, slice_of, names)
         finally:
             self.scorer.close()
             if self.own_tracer:
                 self.tracer.close()
-        names = slice_names(base_learned is not None)
         results = evaluate(per_seed, rankings, self.methods, slice_of, names, c.stat_test)
         results.update(self.describe(per_seed, pool, weights_info, self.answers_info(learned, base_learned, slice_of,
                                                                                      names)))
+        if tail is not None:
+            results["tailpatch"] = tail_results
         results["wall_time_s"] = round(time.time() - t0, 2)
         return BenchRun(c, self.out, results, self.methods, per_seed, rankings, learned, answers, slice_of,
-                        base_answers)
+                        base_answers, tail)
 
     def answers_info(self, learned: dict[str, bool], base_learned: dict[str, bool] | None, slice_of: dict[str, str],
                      names: list[str]) -> dict:
@@ -288,13 +297,14 @@ class Bench:
         c, m, cache = self.c, self.manifest, self.scorer.cache
         vers = {**m.versions, **versions(("ranx", "numpy", "matplotlib", "scipy", "numba", "scikit-learn"))}
         return {
-            "benchmark": "FTRACE-style fact tracing (Akyurek et al. 2022) + TrackStar recall@10",
+            "benchmark": "FTRACE-style fact tracing (Akyurek et al. 2022) + TrackStar recall@10"
+                         + (" + TrackStar tail-patch influence" if c.metric != "attribution" else ""),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": c.command(),
             "settings": c.model_dump(mode="json"),
-            "index": {"path": _shown(Path(c.index)), "identity": m.identity(), "created": m.created,
+            "index": {"path": shown(Path(c.index)), "identity": m.identity(), "created": m.created,
                       "corpus": m.corpus.model_dump(),
-                      "model": _shown(Path(m.model.name)) if Path(m.model.name).exists() else m.model.name,
+                      "model": shown(Path(m.model.name)) if Path(m.model.name).exists() else m.model.name,
                       "base_model": m.model.base,
                       "search": "hnsw (approximate)" if m.store.hnsw else "exact"},
             "mode": c.mode,
@@ -321,13 +331,6 @@ class Bench:
                               "computed now or by an earlier run; wall_time_s: this invocation only"},
             "versions": vers,
         }
-
-
-def _shown(path: Path) -> str:
-    """A path as results files show it: relative to the working directory (the repository) when
-    inside it, so results do not name the machine they were made on."""
-    full = path.resolve()
-    return str(full.relative_to(Path.cwd())) if full.is_relative_to(Path.cwd()) else str(full)
 
 
 def run_bench(c: BenchConfig, tracer: Tracer | None = None, write: bool = True) -> BenchRun:

@@ -63,11 +63,15 @@ class Scorer:
         self.c, self.tracer, self.singles, self.fusions = config, tracer, singles, fusions
         self.view = CorpusView(tracer.corpus)
         identity = tracer.index.manifest.identity()
+        if identity["model"]["dtype"] == "float32":  # as before dtype was recorded: earlier caches stay valid
+            del identity["model"]["dtype"]
         scope = {"sizes": config.sizes.model_dump()} if config.mode == "rerank" else {"depth": config.depth}
-        self.key = settings_hash({"index": identity, "mode": config.mode, **scope})
-        self.answer_key = settings_hash({"answers": identity["model"]})
+        dtype = {} if tracer.dtype == "float32" else {"dtype": tracer.dtype}  # queries' model weights
+        self.key = settings_hash({"index": identity, "mode": config.mode, **scope, **dtype})
+        self.answer_key = settings_hash({"answers": identity["model"], **dtype})
         base = tracer.index.manifest.model
-        self.base_answer_key = settings_hash({"answers": {"name": base.base, "fingerprint": base.base_fingerprint}})
+        self.base_answer_key = settings_hash({"answers": {"name": base.base, "fingerprint": base.base_fingerprint},
+                                              **dtype})
         self.cache = ScoreCache(out / "cache.jsonl", {self.key, self.answer_key, self.base_answer_key})
         self.computed = 0
         self._qvec: dict[str, dict[str, np.ndarray]] = {}
@@ -129,7 +133,7 @@ class Scorer:
         m = self.tracer.index.manifest.model
         if m.base is None:
             raise ManifestError(f"{self.tracer.index.path}: the index records no base model")
-        lm = load_model(m.base, self.tracer.device)
+        lm = load_model(m.base, self.tracer.device, self.tracer.dtype)
         if m.base_fingerprint is not None and lm.fingerprint != m.base_fingerprint:
             raise ManifestError(f"{self.tracer.index.path}: base model {m.base!r} has changed since the index was "
                                 f"built (weights {lm.fingerprint}, index {m.base_fingerprint})")

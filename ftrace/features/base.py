@@ -73,6 +73,6 @@ def input_embedding_name(model: Any) -> str:
 
 def load_checkpoints(lm: LoadedModel, names: list[str]) -> tuple[list, list[dict]]:
     """The models gradients are taken at (the main model is reused, not reloaded)."""
-    device = next(lm.model.parameters()).device
-    models = [lm if n == lm.name else load_model(n, device) for n in names]
+    p = next(lm.model.parameters())
+    models = [lm if n == lm.name else load_model(n, p.device, p.dtype) for n in names]
     return [m.model for m in models], [{"name": m.name, "fingerprint": m.fingerprint} for m in models]

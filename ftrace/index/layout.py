@@ -1,5 +1,7 @@
 """An index directory: manifest.json, corpus.jsonl (the sentences and queries it was built from),
-bm25/ (Lucene), and qdrant/ (Qdrant Edge) or qdrant-local/ (qdrant-client local mode)."""
+bm25/ (Lucene), and qdrant/ (Qdrant Edge) or qdrant-local/ (qdrant-client local mode). While a
+sharded ingest runs, shards/I-of-N/ holds each shard's staging directory: its manifest and, for the
+in-directory back ends, its own store (one writer each), merged into the index's by the final ingest."""
 
 from __future__ import annotations
 
@@ -26,6 +28,23 @@ class IndexDir:
     def bm25_dir(self) -> Path:
         return self.path / "bm25"
 
+    @property
+    def shards_dir(self) -> Path:
+        return self.path / "shards"
+
+    def shard(self, i: int, n: int) -> IndexDir:
+        """The staging directory of shard I of N."""
+        return IndexDir(self.shards_dir / f"{i}-of-{n}")
+
+    def shards(self) -> dict[tuple[int, int], IndexDir]:
+        """The staging directories present, by (I, N)."""
+        out = {}
+        for p in sorted(self.shards_dir.glob("*-of-*")) if self.shards_dir.is_dir() else []:
+            i, _, n = p.name.partition("-of-")
+            if i.isdigit() and n.isdigit():
+                out[int(i), int(n)] = IndexDir(p)
+        return out
+
     @cached_property
     def manifest(self) -> Manifest:
         return Manifest.read(self.path)
@@ -41,30 +60,39 @@ class IndexDir:
     def open_bm25(self) -> LuceneBM25:
         return LuceneBM25(self.bm25_dir, **(self.manifest.bm25 or {}))
 
-    def status(self) -> dict:
+    def status(self, store: VectorStore | None = None, bm25: LuceneBM25 | None = None) -> dict:
         """What the index holds now: stored points (each with every vector), BM25 documents,
-        whether ingest completed, and the bytes on disk (vectors in a server are not counted)."""
+        whether ingest completed, and the bytes on disk (vectors in a server are not counted).
+        `store`, `bm25`: ones this process holds open already (a server's), else opened here."""
         m = self.manifest
         out: dict = {"complete": m.complete, "examples_expected": m.corpus.examples,
                      "sentences_expected": m.corpus.sentences}
         try:
-            store = self.open_store()
+            opened = store if store is not None else self.open_store()
             try:
-                out["points"] = store.count() if store.exists() else 0
+                out["points"] = opened.count() if opened.exists() else 0
             finally:
-                store.close()
+                if store is None:
+                    opened.close()
         except FtraceError as e:
             out["points"] = f"unavailable ({e})"
         except Exception as e:  # e.g. Qdrant Edge's lock while an ingest writes
             out["points"] = f"unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-        if self.bm25_dir.is_dir():
-            bm25 = self.open_bm25()
+        if bm25 is not None:
+            out["bm25_documents"] = bm25.count()
+        elif self.bm25_dir.is_dir():
+            reader = self.open_bm25()
             try:
-                out["bm25_documents"] = bm25.count()
+                out["bm25_documents"] = reader.count()
             finally:
-                bm25.close()
+                reader.close()
         else:
             out["bm25_documents"] = 0
+        shards = self.shards()
+        if shards:  # a sharded ingest in progress: which shards have finished
+            out["shards"] = {f"{i}/{n}": (("complete" if Manifest.read(d.path).complete else "incomplete")
+                                          if (d.path / "manifest.json").exists() else "starting")
+                             for (i, n), d in shards.items()}
         train = self.path / "train"  # `ftrace train --index`'s checkpoints are not part of the index
         out["bytes_on_disk"] = sum(p.stat().st_size for p in self.path.rglob("*")
                                    if p.is_file() and train not in p.parents)

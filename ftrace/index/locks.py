@@ -7,12 +7,18 @@
   takes an exclusive WAL lock per shard and has no read-only open). Others wait for it, up to
   `FTRACE_STORE_WAIT_S` seconds (default 60), then fail with one line; so concurrent queries take turns on
   the shard for the seconds each holds it, and a long `ftrace bench` holds it for its whole run.
+- `.serve.lock`: held exclusively by `ftrace serve` for its lifetime (`serving`), since it keeps the store
+  open: a second server and every other reader are refused at once (`reading`), pointed at the server's URL.
+- `.setup.lock`: `ftrace ingest --shard` processes take turns (`exclusive`, waiting as long as it takes) on
+  what they share in the index directory: its manifest, corpus copy and fitted whitening. Each shard holds
+  `.write.lock` of its own staging directory (`shards/I-of-N/`) instead of the index's.
 
 The kernel releases a flock when its process dies, so there are no stale locks to clean up; the files stay.
 
 - `.progress.json`: how many of the planned examples an ingest has stored, rewritten atomically after each
   batch (`record_progress`), so a refused reader can say how far the writer is without opening the shard.
   A killed ingest leaves it behind (still true: what was stored before the kill); a complete one removes it.
+  A shard records its own in its staging directory; `progress_note` on the index sums the shards'.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from pathlib import Path
 
 from ftrace import FtraceError
 
-WRITE_LOCK, STORE_LOCK, PROGRESS = ".write.lock", ".store.lock", ".progress.json"
-LOCK_FILES = (WRITE_LOCK, STORE_LOCK, PROGRESS)  # bookkeeping, not index content
+WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK = ".write.lock", ".store.lock", ".serve.lock", ".setup.lock"
+PROGRESS = ".progress.json"
+LOCK_FILES = (WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK, PROGRESS)  # bookkeeping, not index content
 WAIT_ENV = "FTRACE_STORE_WAIT_S"
 
 
@@ -53,18 +60,25 @@ def _try_lock(fd: int, how: int) -> bool:
         return False
 
 
-def _holder(fd: int) -> tuple[str, str]:
-    """The pid and start time a holder wrote into its lock file ('?' where unreadable, e.g. mid-write)."""
+def _stamp_of(fd: int) -> dict:
+    """What a holder wrote into its lock file ({} where unreadable, e.g. mid-write)."""
     try:
         d = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return str(d.get("pid", "?")), str(d.get("since", "?"))
-    except (OSError, ValueError, AttributeError):
-        return "?", "?"
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
-def _stamp(fd: int) -> None:
+def _holder(fd: int) -> tuple[str, str]:
+    """The pid and start time a holder wrote into its lock file ('?' where unreadable)."""
+    d = _stamp_of(fd)
+    return str(d.get("pid", "?")), str(d.get("since", "?"))
+
+
+def _stamp(fd: int, **extra: str) -> None:
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    stamp = {"pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+    os.pwrite(fd, json.dumps(stamp).encode(), 0)
 
 
 @contextlib.contextmanager
@@ -73,7 +87,7 @@ def writer(index_dir: Path) -> Iterator[None]:
     Creates the directory if needed; on exit removes what it created if the ingest wrote no index
     (a refused or failed ingest leaves no directory and no lock file behind)."""
     index_dir = Path(index_dir)
-    made_dir = not index_dir.exists()
+    made = [p for p in (index_dir, *index_dir.parents) if not p.exists()]  # leaf first
     index_dir.mkdir(parents=True, exist_ok=True)
     path = index_dir / WRITE_LOCK
     made_file = not path.exists()
@@ -89,26 +103,67 @@ def writer(index_dir: Path) -> Iterator[None]:
             if made_file and not (index_dir / "manifest.json").exists():  # nothing written: leave no trace
                 with contextlib.suppress(OSError):
                     path.unlink()
-                if made_dir:
+                for d in made:  # e.g. a shard's INDEX/shards/I-of-N/, and INDEX/shards/ if left empty
                     with contextlib.suppress(OSError):
-                        index_dir.rmdir()
+                        d.rmdir()
     finally:
         os.close(fd)  # releases the lock
 
 
-def reading(index_dir: Path) -> None:
-    """Raise IndexBusyError if an ingest is writing this index now; a reader calls this before any model work."""
-    path = Path(index_dir) / WRITE_LOCK
+def _served_by(index_dir: Path) -> dict | None:
+    """The stamp of the `ftrace serve` holding this index, None when none does."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(Path(index_dir) / SERVE_LOCK, os.O_RDONLY)
     except FileNotFoundError:
-        return
+        return None
     try:
-        if _try_lock(fd, fcntl.LOCK_SH):
-            return
-        pid, since = _holder(fd)
+        return None if _try_lock(fd, fcntl.LOCK_SH) else _stamp_of(fd)
     finally:
         os.close(fd)
+
+
+def _served_error(index_dir: Path, stamp: dict) -> IndexBusyError:
+    url = stamp.get("url", "?")
+    return IndexBusyError(f"{index_dir}: is served by `ftrace serve` (pid {stamp.get('pid', '?')}) at {url}, "
+                          f"which holds its vector store; ask it (POST {url}/trace, GET {url}/info) or stop it")
+
+
+@contextlib.contextmanager
+def serving(index_dir: Path, url: str) -> Iterator[None]:
+    """Hold `.serve.lock` while `ftrace serve` owns this index (its store stays open), or raise IndexBusyError
+    at once if another server holds it. The stamp records the server's `url` for the readers it refuses."""
+    fd = os.open(Path(index_dir) / SERVE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _try_lock(fd, fcntl.LOCK_EX):
+            raise _served_error(index_dir, _stamp_of(fd))
+        _stamp(fd, url=url)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def writing(index_dir: Path) -> tuple[str, str] | None:
+    """(pid, start time) of the ingest writing this directory now, or None."""
+    try:
+        fd = os.open(Path(index_dir) / WRITE_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return None if _try_lock(fd, fcntl.LOCK_SH) else _holder(fd)
+    finally:
+        os.close(fd)
+
+
+def reading(index_dir: Path) -> None:
+    """Raise IndexBusyError if an ingest is writing this index now, or a server holds it; a reader calls this
+    before any model work."""
+    served = _served_by(index_dir)
+    if served is not None:
+        raise _served_error(index_dir, served)
+    holder = writing(index_dir)
+    if holder is None:
+        return
+    pid, since = holder
     raise IndexBusyError(f"{index_dir}: is being written by pid {pid} since {since}{progress_note(index_dir)}; "
                          "query it when ingest finishes")
 
@@ -126,17 +181,47 @@ def clear_progress(index_dir: Path) -> None:
         (Path(index_dir) / PROGRESS).unlink()
 
 
-def progress_note(index_dir: Path) -> str:
-    """How far an ingest got: ' (N of M stored)' from the progress file, else ' (M examples planned)' from the
-    manifest (the writer has not reached its vectors yet), else '' (no manifest while the writer loads its model)."""
+def _progress(path: Path) -> tuple[int, int] | None:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        d = json.loads((Path(index_dir) / PROGRESS).read_text())
-        return f" ({int(d['stored'])} of {int(d['total'])} stored)"
+        d = json.loads(path.read_text())
+        return int(d["stored"]), int(d["total"])
+    return None
+
+
+def progress_note(index_dir: Path) -> str:
+    """How far an ingest got: ' (N of M stored)' from the progress file; for a sharded ingest, which records
+    progress in each shard's staging directory (shards/I-of-N/, see layout.py), the shards' counts summed;
+    else ' (M examples planned)' from the manifest (the writer has not reached its vectors yet), else ''
+    (no manifest while the writer loads its model)."""
+    index_dir = Path(index_dir)
+    own = _progress(index_dir / PROGRESS)
+    if own is not None:
+        return f" ({own[0]} of {own[1]} stored)"
+    planned = None
     with contextlib.suppress(Exception):
         from ftrace.index.manifest import Manifest
 
-        return f" ({Manifest.read(Path(index_dir)).corpus.examples} examples planned)"
-    return ""
+        planned = Manifest.read(index_dir).corpus.examples
+    shards = [p for p in map(_progress, sorted(index_dir.glob(f"shards/*-of-*/{PROGRESS}"))) if p is not None]
+    if shards:
+        total = planned if planned is not None else sum(t for _, t in shards)
+        return f" ({sum(s for s, _ in shards)} of {total} stored by {len(shards)} shard{'s' * (len(shards) > 1)})"
+    return "" if planned is None else f" ({planned} examples planned)"
+
+
+@contextlib.contextmanager
+def exclusive(index_dir: Path, name: str = SETUP_LOCK) -> Iterator[None]:
+    """Hold `name` in the directory exclusively, waiting for other processes' turns (no time limit: each
+    holds it only for setup work, and a dead holder's lock is released by the kernel)."""
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(index_dir / name, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _stamp(fd)
+        yield
+    finally:
+        os.close(fd)
 
 
 class StoreLock:

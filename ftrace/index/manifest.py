@@ -42,6 +42,7 @@ class ModelInfo(BaseModel):
     base: str | None = None
     base_fingerprint: str | None = None
     train_dir: str | None = None
+    dtype: str = "float32"  # the weights' dtype the vectors were computed in (indexes before it: float32)
 
 
 class Manifest(BaseModel):
@@ -59,7 +60,9 @@ class Manifest(BaseModel):
 
     def identity(self) -> dict:
         return {"corpus": self.corpus.fingerprint, "model": self.model.model_dump(),
-                "vectors": self.vectors, "store": self.store.model_dump(), "max_tokens": self.max_tokens}
+                "vectors": self.vectors, "max_tokens": self.max_tokens,
+                # a server collection's layout over nodes changes no result: recorded, not compared
+                "store": self.store.model_dump(exclude={"shard_number", "replication_factor"})}
 
     def differences(self, other: Manifest) -> list[str]:
         mine, theirs = self.identity(), other.identity()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,20 @@ def _check_sizes(sizes: dict[str, int]) -> None:
             raise StoreError(f"vector {name!r} has size {size}; Qdrant takes 1..{MAX_DIM}")
 
 
+Points = tuple[list[str], dict[str, np.ndarray], list[dict]]  # example ids, vectors by name, payloads
+
+
+def _as_points(records, names: Sequence[str]) -> Points:
+    ids = [r.payload["example_id"] for r in records]
+    vectors = {n: np.asarray([r.vector[n] for r in records], dtype=np.float32) for n in names}
+    return ids, vectors, [dict(r.payload) for r in records]
+
+
 class VectorStore(ABC):
     @abstractmethod
-    def create(self, sizes: dict[str, int], float16: bool = True) -> None: ...
+    def create(self, sizes: dict[str, int], float16: bool = True, shard_number: int = 1,
+               replication_factor: int = 1) -> None:
+        """Make the (empty) collection; the layout arguments apply to a Qdrant server."""
 
     @abstractmethod
     def exists(self) -> bool: ...
@@ -58,6 +69,10 @@ class VectorStore(ABC):
 
     @abstractmethod
     def count(self) -> int: ...
+
+    @abstractmethod
+    def points(self, names: Sequence[str], batch: int = 256) -> Iterator[Points]:
+        """Every stored point with the vectors `names`, in batches (to merge one store into another)."""
 
     def optimize(self) -> None:  # noqa: B027 - optional: back ends that build no index on request do nothing
         """Build the ANN index where the back end does it on request (search is exact before)."""
@@ -95,7 +110,8 @@ class EdgeStore(VectorStore):
     def exists(self) -> bool:
         return self.path.is_dir() and any(self.path.iterdir())
 
-    def create(self, sizes: dict[str, int], float16: bool = True) -> None:
+    def create(self, sizes: dict[str, int], float16: bool = True, shard_number: int = 1,
+               replication_factor: int = 1) -> None:
         _check_sizes(sizes)
         qe = self.qe
         dtype = qe.VectorStorageDatatype.Float16 if float16 else qe.VectorStorageDatatype.Float32
@@ -125,6 +141,16 @@ class EdgeStore(VectorStore):
 
     def count(self) -> int:
         return self.shard.count(self.qe.CountRequest(exact=True))
+
+    def points(self, names, batch=256):
+        offset = None
+        while True:
+            recs, offset = self.shard.scroll(self.qe.ScrollRequest(offset=offset, limit=batch, with_payload=True,
+                                                                    with_vector=list(names)))
+            if recs:
+                yield _as_points(recs, names)
+            if offset is None:
+                return
 
     def optimize(self) -> None:
         self.shard.optimize()
@@ -157,12 +183,25 @@ class ClientStore(VectorStore):
     def exists(self) -> bool:
         return self.client.collection_exists(self.collection)
 
-    def create(self, sizes: dict[str, int], float16: bool = True) -> None:
+    def collection_params(self, sizes: dict[str, int], float16: bool = True, shard_number: int = 1,
+                          replication_factor: int = 1) -> dict:
+        """create_collection's arguments: named cosine vectors, their storage type, and the layout over a
+        cluster's nodes (shards, and copies of each; qdrant-client's local mode takes and ignores them)."""
         _check_sizes(sizes)
         m = self.models
         dtype = m.Datatype.FLOAT16 if float16 else m.Datatype.FLOAT32
-        self.client.create_collection(self.collection, vectors_config={
-            n: m.VectorParams(size=s, distance=m.Distance.COSINE, datatype=dtype) for n, s in sizes.items()})
+        return {"vectors_config": {n: m.VectorParams(size=s, distance=m.Distance.COSINE, datatype=dtype)
+                                   for n, s in sizes.items()},
+                "shard_number": shard_number, "replication_factor": replication_factor}
+
+    def create(self, sizes: dict[str, int], float16: bool = True, shard_number: int = 1,
+               replication_factor: int = 1) -> None:
+        params = self.collection_params(sizes, float16, shard_number, replication_factor)
+        try:
+            self.client.create_collection(self.collection, **params)
+        except Exception:
+            if not self.exists():  # several `ingest --shard` processes may race to create it: one wins
+                raise
 
     def upsert(self, ids, vectors, payloads) -> None:
         m = self.models
@@ -186,6 +225,16 @@ class ClientStore(VectorStore):
 
     def count(self) -> int:
         return self.client.count(self.collection, exact=True).count
+
+    def points(self, names, batch=256):
+        offset = None
+        while True:
+            recs, offset = self.client.scroll(self.collection, limit=batch, offset=offset, with_payload=True,
+                                              with_vectors=list(names))
+            if recs:
+                yield _as_points(recs, names)
+            if offset is None:
+                return
 
     def close(self) -> None:
         self.client.close()

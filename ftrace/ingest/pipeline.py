@@ -1,4 +1,5 @@
-"""`ftrace ingest`: corpus -> BM25 index + per-example vectors in Qdrant, resumable."""
+"""`ftrace ingest`: corpus -> BM25 index + per-example vectors in Qdrant, resumable; with --shard, one
+of N processes featurising 1/N of the examples (shards.py), finished by a final ingest."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from tqdm import tqdm
 
 from ftrace import FtraceError
 from ftrace.config import IngestConfig
-from ftrace.corpus import Corpus, load_corpus
+from ftrace.corpus import Corpus, Example, load_corpus
 from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoints
 from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer, example_loss_batch
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import K1, B, build_lucene
-from ftrace.index.locks import LOCK_FILES, clear_progress, record_progress, writer
+from ftrace.index.locks import LOCK_FILES, clear_progress, exclusive, reading, record_progress, writer
 from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, describe_differences, versions
 from ftrace.index.vectors import VectorStore
+from ftrace.ingest import shards
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch, budget_batches, token_lengths
 from ftrace.train import TracedRun, traced_run
@@ -77,7 +79,7 @@ def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer]
         model=ModelInfo(name=lm.name, fingerprint=lm.fingerprint,
                         checkpoints=checkpoint_names(lm, c, run),
                         base=run.base if run else None, base_fingerprint=run.base_fingerprint if run else None,
-                        train_dir=str(run.train_dir) if run else None),
+                        train_dir=str(run.train_dir) if run else None, dtype=c.dtype),
         vectors={f.name: f.spec() for f in featurizers},
         store=c.store,
         bm25={"k1": K1, "b": B},
@@ -86,8 +88,9 @@ def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer]
     )
 
 
-def _prepare(index: IndexDir, planned: Manifest) -> Manifest:
-    """Start a new index, or resume one built the same way; refuse anything else untouched."""
+def _prepare(index: IndexDir, planned: Manifest, fresh: bool = True) -> Manifest:
+    """Start a new index, or resume one built the same way; refuse anything else untouched (and,
+    with `fresh`, a directory holding anything but locks and shards)."""
     if (index.path / "manifest.json").exists():
         old = Manifest.read(index.path)
         diffs = old.differences(planned)
@@ -95,7 +98,8 @@ def _prepare(index: IndexDir, planned: Manifest) -> Manifest:
             raise ManifestError(f"{index.path}: holds an index built differently ({describe_differences(diffs)}); "
                                 "choose another --index or delete this one")
         return old
-    if index.path.exists() and any(p.name not in LOCK_FILES for p in index.path.iterdir()):
+    if fresh and index.path.exists() and any(p.name not in (*LOCK_FILES, index.shards_dir.name)
+                                             for p in index.path.iterdir()):
         raise ManifestError(f"{index.path}: directory is not empty and holds no ftrace index; "
                             "refusing to write into it")
     return planned
@@ -114,53 +118,91 @@ def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
         raise FtraceError(f"--tracin-loss object: no sentence of {corpus.source} states a fact whose object "
                           "appears in its text")
     log(f"corpus: {len(corpus.sentences)} sentences, {len(corpus.queries)} queries ({corpus.source})")
-    with writer(Path(c.index)):  # a second ingest is refused here, at once, before the model loads
-        return _build(c, corpus, run)
-
-
-def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None) -> Manifest:
-    lm = load_model(str(run.final) if run else c.model, c.device)
-    featurizers = build_featurizers(lm, c, run)
     index = IndexDir(Path(c.index))
-    manifest = _prepare(index, plan_manifest(corpus, lm, featurizers, c, run))
-    if manifest.complete:
+    if c.shard_of is None:
+        with writer(index.path):  # a second ingest is refused here, at once, before the model loads
+            return _build(c, corpus, run, index, index)
+    i, n = c.shard_of
+    reading(index.path)  # refused while a plain or final ingest writes the index
+    shards.check_layout(index, n)
+    with writer(index.shard(i, n).path):  # one process per shard; shards run side by side
+        return _build(c, corpus, run, index, index.shard(i, n))
+
+
+def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexDir, target: IndexDir) -> Manifest:
+    """Ingest into `index`; the vectors go to `target`'s store (a shard's staging directory, or the index)."""
+    lm = load_model(str(run.final) if run else c.model, c.device, c.dtype)
+    featurizers = build_featurizers(lm, c, run)
+    planned = plan_manifest(corpus, lm, featurizers, c, run)
+    if _prepare(index, planned).complete:
         log(f"{index.path}: already complete; nothing to do")
-        return manifest
-    store = index.open_store(manifest)  # before writing anything: an unreachable server fails here
+        shards.remove_staging(index)  # left by a final ingest stopped after it finished
+        return Manifest.read(index.path)
+    if target is not index:
+        _prepare(target, planned)
+    store = target.open_store(planned)  # before writing anything: an unreachable server fails here
     try:
-        index.path.mkdir(parents=True, exist_ok=True)
-        if not index.corpus_file.exists():
-            corpus.write_jsonl(index.corpus_file)
-        manifest.write(index.path)
-        if not index.bm25_dir.exists():
+        with exclusive(index.path):  # what shards share, prepared by whichever comes first
+            manifest = _prepare(index, planned, fresh=False)
+            manifest.write(index.path)  # first: other shards then find an index here, not a foreign directory
+            if not index.corpus_file.exists():
+                corpus.write_jsonl(index.corpus_file)
+            for f in featurizers:  # whitening: fitted once, used by every shard
+                f.fit(lambda: calibration_batches(corpus, lm, c), index.path)
+        if (c.shard_of or (0, 1))[0] == 0 and not index.bm25_dir.exists():
             build_lucene(index.bm25_dir, ((x.id, x.text) for x in corpus.sentences), total=len(corpus.sentences))
+        if target is not index:
+            return _build_shard(c, corpus, lm, featurizers, target, store, planned)
         if not store.exists():
-            store.create({f.name: f.size for f in featurizers}, float16=c.store.float16)
-        for f in featurizers:
-            f.fit(lambda: calibration_batches(corpus, lm, c), index.path)
-        _store_vectors(store, corpus, lm, featurizers, c, index.path)
+            store.create({f.name: f.size for f in featurizers}, c.store.float16, c.store.shard_number,
+                         c.store.replication_factor)
+        if index.shards():
+            shards.merge(index, store, manifest, corpus.examples())
+        else:
+            _store_vectors(store, corpus.examples(), lm, featurizers, c, index.path)
         if c.store.hnsw:
             log("building HNSW (blocking)")
             store.optimize()
         manifest.complete = True
         manifest.write(index.path)
         clear_progress(index.path)
+        shards.remove_staging(index)
     finally:
         store.close()
     log(f"{index.path}: {manifest.corpus.examples} examples indexed ({', '.join(manifest.vectors)} + bm25)")
     return manifest
 
 
-def _store_vectors(store: VectorStore, corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer],
-                   c: IngestConfig, index_dir: Path) -> None:
-    examples = corpus.examples()
+def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], target: IndexDir,
+                 store: VectorStore, planned: Manifest) -> Manifest:
+    """Store shard I of N's vectors in its staging store; its own manifest says when it is complete, and its
+    own progress file how far it got (a reader refused by the index sums the shards')."""
+    i, n = c.shard_of or (0, 1)
+    manifest = _prepare(target, planned, fresh=False)
+    if not manifest.complete:
+        manifest.write(target.path)
+        if not store.exists():
+            store.create({f.name: f.size for f in featurizers}, c.store.float16, c.store.shard_number,
+                         c.store.replication_factor)
+        _store_vectors(store, shards.split(corpus.examples(), i, n), lm, featurizers, c, target.path)
+        manifest.complete = True
+        manifest.write(target.path)
+        clear_progress(target.path)
+    log(f"shard {i}/{n} complete; once every shard is, `ftrace ingest` without --shard finishes {c.index}")
+    return manifest
+
+
+def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel, featurizers: list[Featurizer],
+                   c: IngestConfig, progress_dir: Path) -> None:
+    """Store the vectors of those of `examples` not stored yet, recording progress in `progress_dir` (the
+    directory the writer holds: the index, or a shard's staging directory)."""
     done: set[str] = set()
     for i in range(0, len(examples), 1000):
         done |= store.present([e.id for e in examples[i:i + 1000]])
     todo = [e for e in examples if e.id not in done]
     if done:
         log(f"resuming: {len(done)} examples already stored, {len(todo)} to go")
-    record_progress(index_dir, len(done), len(examples))
+    record_progress(progress_dir, len(done), len(examples))
     # Similar lengths together: less padding, same vectors (padding does not change an example's vector).
     lengths = token_lengths(lm.tokenizer, [e.text for e in todo]) if todo else []
     order = sorted(range(len(todo)), key=lengths.__getitem__)
@@ -182,7 +224,7 @@ def _store_vectors(store: VectorStore, corpus: Corpus, lm: LoadedModel, featuriz
             vectors = {f.name: f.vectors(batches[loss_of[f.name]]) for f in featurizers}
             store.upsert([e.id for e in chunk], vectors,
                          [{"example_id": e.id, "sentence_id": e.sentence_id} for e in chunk])
-            record_progress(index_dir, len(done) + part.stop, len(examples))  # for readers refused meanwhile
+            record_progress(progress_dir, len(done) + part.stop, len(examples))  # for readers refused meanwhile
             bar.update(len(chunk))
     if "object" in loss_of.values():
         log(f"--tracin-loss object: {fallbacks} of the {len(todo)} examples embedded in this run have no object "

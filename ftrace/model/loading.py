@@ -88,9 +88,14 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def load_model(name: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """A model (float32, eval mode) on `device` ("auto" = CUDA when present) with its tokenizer and
-    weights hash (the same on every device)."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(name: str | None = None, device: str | torch.device = "cpu",
+               dtype: str | torch.dtype = "float32") -> LoadedModel:
+    """A model (eval mode) on `device` ("auto" = CUDA when present) in `dtype` (float32, bfloat16 or
+    float16), with its tokenizer and weights hash (of the float32 weights: the same on every device and
+    in every dtype)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -112,8 +117,10 @@ def load_model(name: str | None = None, device: str | torch.device = "cpu") -> L
     model.eval()
     fingerprint = weights_fingerprint(model)
     target = device if isinstance(device, torch.device) else resolve_device(device)
-    if target.type != "cpu":
-        cast(Any, model).to(target)  # in place (transformers' typing of .to is narrower than nn.Module's)
+    weights = dtype if isinstance(dtype, torch.dtype) else DTYPES[dtype]
+    if target.type != "cpu" or weights != torch.float32:
+        # in place (transformers' typing of .to is narrower than nn.Module's)
+        cast(Any, model).to(device=target, dtype=weights)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, fingerprint=fingerprint)
 
 

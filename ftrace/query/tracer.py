@@ -2,30 +2,36 @@
 
 Methods follow `query.methods` (bm25, a stored vector's name, or a fusion a+b). All scores are at
 the sentence level: a sentence's score is the max over its examples. The model is loaded only
-when something needs it (an answer or a query vector): a BM25 query with a given target runs
-without it.
+when something needs it (an answer or a query vector), and torch and transformers are imported only
+then: a BM25 query with a given target runs without them. When a query needs both the model and
+BM25, the JVM starts and Lucene opens in a background thread while the model loads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel
 
 from ftrace import FtraceError
 from ftrace.corpus import Query, match_key
-from ftrace.features.base import Featurizer, from_specs
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
-from ftrace.model import LoadedModel, greedy_answer, load_model, query_batch
-from ftrace.model.batching import query_rows
 from ftrace.query.fusion import by_sentence, ranking
 from ftrace.query.methods import CASCADE_K, Fuser, Fusion, Method, fusion_pool, parse_method
+
+if TYPE_CHECKING:  # torch and transformers behind these load in seconds: imported where the model is needed
+    from ftrace.features.base import Featurizer
+    from ftrace.model import LoadedModel
 
 
 class Row(BaseModel):
@@ -56,19 +62,22 @@ class QueryResult(BaseModel):
 
 class Tracer:
     def __init__(self, index: Path, model: str | None = None, embed_layers: list[int] | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", dtype: str | None = None):
+        """`dtype`: the model weights' dtype for queries (default: the one the index was built with)."""
         reading(index)  # refuse at once, before any model work, while an ingest writes this index
         self.index = IndexDir(Path(index))
         m = self.index.manifest
         if not m.complete:
-            raise ManifestError(f"{index}: ingest did not finish{progress_note(index)}; run `ftrace ingest` again "
-                                "to resume it")
+            split = {n for (_, n) in self.index.shards()}  # a sharded ingest: its shards resume, then the final one
+            todo = (f"finish its shards (`ftrace ingest --shard I/{max(split)}`), then run `ftrace ingest`" if split
+                    else "run `ftrace ingest` again to resume it")
+            raise ManifestError(f"{index}: ingest did not finish{progress_note(index)}; {todo}")
         if model is not None and model != m.model.name:
             raise ManifestError(f"{index}: built with model {m.model.name!r}, not {model!r}")
         if embed_layers is not None and "embed" in m.vectors and m.vectors["embed"]["layers"] != embed_layers:
             raise ManifestError(f"{index}: embeddings were built from layers {m.vectors['embed']['layers']}, "
                                 f"not {embed_layers}")
-        self.device = device
+        self.device, self.dtype = device, dtype or m.model.dtype
         self.corpus = self.index.corpus
         self.sentences = self.corpus.by_id()
         self.sentence_of = {e.id: e.sentence_id for e in self.corpus.examples()}
@@ -76,11 +85,25 @@ class Tracer:
         for e, s in self.sentence_of.items():
             self.examples_of.setdefault(s, []).append(e)
         self._featurizers: dict[str, Featurizer] = {}
+        self._bm25_opening: Future | None = None
+        self._opening_lock = threading.Lock()
+        # seconds the last `query` spent per part: answer, vectors (model), bm25, qdrant (stores), total
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
     @cached_property
     def lm(self) -> LoadedModel:
+        from ftrace.model import load_model
+
         m = self.index.manifest
-        lm = load_model(m.model.name, self.device)
+        lm = load_model(m.model.name, self.device, self.dtype)
         if lm.fingerprint != m.model.fingerprint:
             raise ManifestError(f"{self.index.path}: model {m.model.name!r} has changed since the index was built "
                                 f"(weights {lm.fingerprint}, index {m.model.fingerprint})")
@@ -89,6 +112,8 @@ class Tracer:
     def featurizer(self, name: str) -> Featurizer:
         """The featurizer of a stored vector, built on first use (a gradient one loads checkpoints)."""
         if name not in self._featurizers:
+            from ftrace.features.base import from_specs
+
             self._featurizers.update(from_specs(self.lm, self.index.manifest.vectors, self.index.path, [name]))
         return self._featurizers[name]
 
@@ -98,13 +123,37 @@ class Tracer:
 
     @cached_property
     def bm25(self) -> Any:
-        return self.index.open_bm25()
+        return self._bm25_opening.result() if self._bm25_opening else self.index.open_bm25()
+
+    def _open_bm25_meanwhile(self) -> None:
+        """Start the JVM and open Lucene in a background thread (once), e.g. while the model loads."""
+        with self._opening_lock:  # concurrent queries (a server's) start it once
+            if self._bm25_opening is None and "bm25" not in self.__dict__:
+                pool = ThreadPoolExecutor(1, thread_name_prefix="ftrace-bm25")
+                self._bm25_opening = pool.submit(self.index.open_bm25)
+                pool.shutdown(wait=False)
 
     @property
     def methods(self) -> list[str]:
         return ["bm25", *self.index.manifest.vectors]
 
+    def _prompt_cut(self, prompt: str, target: str, limit: int) -> bool:
+        from ftrace.model.batching import query_rows
+
+        return query_rows(self.lm.tokenizer, prompt, target, limit)[2]
+
+    def open(self) -> Tracer:
+        """Load and open now what queries would on first use: the model, every featurizer, both stores
+        (a server's start)."""
+        for name in self.index.manifest.vectors:
+            self.featurizer(name)
+        for part in ("store", "bm25"):
+            getattr(self, part)
+        return self
+
     def close(self) -> None:
+        if self._bm25_opening is not None and self._bm25_opening.exception() is None:
+            self.bm25  # noqa: B018 - a background open finishes, then closes below like any other
         for name in ("store", "bm25"):
             if name in self.__dict__:
                 self.__dict__.pop(name).close()
@@ -112,15 +161,21 @@ class Tracer:
     # --- the pieces ---------------------------------------------------------------------------
 
     def answer(self, prompt: str) -> str:
-        return greedy_answer(self.lm, prompt)
+        from ftrace.model import greedy_answer
+
+        with self._timed("answer"):
+            return greedy_answer(self.lm, prompt)
 
     def query_vectors(self, prompt: str, target: str, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """The query's vectors (only `names`, when given: a gradient costs a forward+backward)."""
         wanted = [n for n in self.index.manifest.vectors if names is None or n in set(names)]
         if not wanted:
             return {}
-        batch = query_batch(self.lm.tokenizer, [prompt], [target], self.index.manifest.max_tokens)
-        return {n: self.featurizer(n).vectors(batch)[0] for n in wanted}
+        from ftrace.model import query_batch
+
+        with self._timed("vectors"):
+            batch = query_batch(self.lm.tokenizer, [prompt], [target], self.index.manifest.max_tokens)
+            return {n: self.featurizer(n).vectors(batch)[0] for n in wanted}
 
     def _check(self, method: str) -> None:
         if method not in self.methods:
@@ -131,20 +186,24 @@ class Tracer:
         """Top sentences of one single method over the whole corpus."""
         self._check(method)
         if method == "bm25":
-            return dict(self.bm25.search(f"{prompt} {target}", depth))
+            with self._timed("bm25"):
+                return dict(self.bm25.search(f"{prompt} {target}", depth))
         vec = (qvec or self.query_vectors(prompt, target, [method]))[method]
-        return by_sentence(dict(self.store.search(method, vec, depth)), self.sentence_of)
+        with self._timed("qdrant"):
+            return by_sentence(dict(self.store.search(method, vec, depth)), self.sentence_of)
 
     def score(self, method: str, prompt: str, target: str, sentence_ids: list[str],
               qvec: dict[str, np.ndarray] | None = None) -> dict[str, float]:
         """Scores of exactly these sentences under one single method (a candidate set)."""
         self._check(method)
         if method == "bm25":
-            return self.bm25.score(f"{prompt} {target}", sentence_ids)
+            with self._timed("bm25"):
+                return self.bm25.score(f"{prompt} {target}", sentence_ids)
         vec = (qvec or self.query_vectors(prompt, target, [method]))[method]
         examples = [e for s in sentence_ids for e in self.examples_of[s]]
-        hits = self.store.search(method, vec, len(examples), ids=examples, exact=True)
-        return by_sentence(dict(hits), self.sentence_of)
+        with self._timed("qdrant"):
+            hits = self.store.search(method, vec, len(examples), ids=examples, exact=True)
+            return by_sentence(dict(hits), self.sentence_of)
 
     def runs(self, method: Method, prompt: str, target: str, depth: int,
              qvec: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
@@ -156,9 +215,17 @@ class Tracer:
         pool = fusion_pool({c: self.retrieve(c, prompt, target, depth, qvec) for c in method.components})
         return {c: self.score(c, prompt, target, pool, qvec) for c in method.components}
 
+    @cached_property
+    def _queries_by_prompt(self) -> dict[str, list[Query]]:
+        """The corpus's queries by prompt, leading article aside (`match_key`; a scan per query costs ~20 ms at
+        30k queries)."""
+        out: dict[str, list[Query]] = {}
+        for q in self.corpus.queries:
+            out.setdefault(match_key(q.prompt), []).append(q)
+        return out
+
     def same_prompt(self, prompt: str) -> list[Query]:
-        key = match_key(prompt)
-        return [q for q in self.corpus.queries if match_key(q.prompt) == key]
+        return list(self._queries_by_prompt.get(match_key(prompt), []))
 
     def ground_truth(self, same_prompt: list[Query], target: str) -> GroundTruth | None:
         hits = [q for q in same_prompt if match_key(q.target) == match_key(target)]
@@ -172,6 +239,12 @@ class Tracer:
     def query(self, prompt: str, target: str | None = None, k: int = 10, method: str = "bm25+embed",
               fusion: Fusion = "sum", weight: float = 0.5, depth: int = 100,
               cascade_k: int = CASCADE_K) -> QueryResult:
+        self.timings = {}
+        with self._timed("total"):
+            return self._query(prompt, target, k, method, fusion, weight, depth, cascade_k)
+
+    def _query(self, prompt: str, target: str | None, k: int, method: str, fusion: Fusion, weight: float,
+               depth: int, cascade_k: int) -> QueryResult:
         if not prompt.strip():
             raise FtraceError("PROMPT is empty: give the text the model completes, e.g. 'Toyota Avanza is produced by'")
         if target is not None and not target.strip():
@@ -180,9 +253,14 @@ class Tracer:
             raise FtraceError(f"--fusion {fusion!r}: choose sum, rrf or cascade")
         if cascade_k < 1:
             raise FtraceError(f"--cascade-k {cascade_k}: must be at least 1")
+        for name, value in (("--k", k), ("--depth", depth)):
+            if value < 1:
+                raise FtraceError(f"{name} {value}: must be at least 1")
         if not 0.0 <= weight <= 1.0:
             raise FtraceError(f"--weight {weight}: must be within [0, 1]")
         m = parse_method(method, self.methods)
+        if "bm25" in m.components and (not target or m.components != ("bm25",)):
+            self._open_bm25_meanwhile()  # the model loads below: overlap the JVM start with it
         target_from = "user" if target else "model"
         target = target.strip() if target else self.answer(prompt)
         if not target:
@@ -200,7 +278,7 @@ class Tracer:
         known = sorted({q.target for q in same}) if truth is None else []
         notes = [f"the corpus knows this prompt with target(s) {known[:3]}, not {target!r}"] if known else []
         limit = self.index.manifest.max_tokens
-        if any(c != "bm25" for c in m.components) and query_rows(self.lm.tokenizer, prompt, target, limit)[2]:
+        if any(c != "bm25" for c in m.components) and self._prompt_cut(prompt, target, limit):
             notes.append(f"the prompt is longer than the index's {limit} tokens: the model saw only its end")
         note = "; ".join(notes) or None
         return QueryResult(prompt=prompt, target=target, target_from=target_from, method=str(m),

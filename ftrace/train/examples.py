@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ftrace.corpus import Corpus
+from ftrace.corpus import Corpus, Sentence
 from ftrace.model.batching import LossBatch, example_batch, object_span_batch, object_span_rows
 from ftrace.train.errors import TrainError
 
@@ -44,21 +44,28 @@ class ExampleSet:
 def build_examples(corpus: Corpus, loss: str, tokenizer, max_length: int) -> ExampleSet:
     if not corpus.sentences:
         raise TrainError(f"corpus {corpus.source}: no sentences to train on")
-    if loss == "sentence":
-        return ExampleSet([TrainExample(s.id, s.text) for s in corpus.sentences], 0)
-    if not getattr(tokenizer, "is_fast", False):
+    if loss == "object" and not getattr(tokenizer, "is_fast", False):
         raise TrainError("--loss object: needs a fast tokenizer (character offsets); this model's is slow")
+    kept = sentence_examples(corpus.sentences, loss, tokenizer, max_length)
+    if not kept:
+        raise TrainError("--loss object: no sentence of the corpus states a fact whose object appears "
+                         "in its text")
+    return ExampleSet(kept, len(corpus.sentences) - len({e.sentence_id for e in kept}))
+
+
+def sentence_examples(sentences: Sequence[Sentence], loss: str, tokenizer, max_length: int) -> list[TrainExample]:
+    """The training examples of these sentences, in order (loss "object": none for a sentence whose
+    text contains no object of its facts)."""
+    if loss == "sentence":
+        return [TrainExample(s.id, s.text) for s in sentences]
     candidates = [TrainExample(s.id, s.text, obj)
-                  for s in corpus.sentences for obj in dict.fromkeys(o.strip() for _, _, o in s.facts) if obj]
+                  for s in sentences for obj in dict.fromkeys(o.strip() for _, _, o in s.facts) if obj]
     kept: list[TrainExample] = []
     for i in range(0, len(candidates), CHUNK):
         chunk = candidates[i:i + CHUNK]
         rows = object_span_rows(tokenizer, [e.text for e in chunk], [e.object or "" for e in chunk], max_length)
         kept += [e for e, row in zip(chunk, rows, strict=True) if row is not None]
-    if not kept:
-        raise TrainError("--loss object: no sentence of the corpus states a fact whose object appears "
-                         "in its text")
-    return ExampleSet(kept, len(corpus.sentences) - len({e.sentence_id for e in kept}))
+    return kept
 
 
 def loss_batch(examples: Sequence[TrainExample], tokenizer, max_length: int) -> LossBatch:

@@ -62,9 +62,10 @@ class TracedRun:
     base_fingerprint: str
 
 
-def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final"] = "ftrace") -> TracedRun:
-    """The checkpoints of a complete train run to trace with (step 0, the base, is never one: its
-    optimizer state is fresh). Paths are absolute, so the index works from any directory."""
+def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final", "base"] = "ftrace") -> TracedRun:
+    """The checkpoints of a complete train run to trace with: fine-tuned ones (step > 0), or with
+    "base" step 0 alone (the model before fine-tuning, which traced best in results/train; it has no
+    optimizer state). Paths are absolute, so the index works from any directory."""
     train_dir = Path(train_dir).resolve()
     run = read_run(train_dir)
     if run is None or not run.get("complete"):
@@ -73,6 +74,11 @@ def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final"] =
     tuned = [d for d in checkpoint_dirs(train_dir) if (read_state(d) or {}).get("step", 0) > 0]
     if not tuned:
         raise TrainError(f"--checkpoints {train_dir}: the run has no fine-tuned checkpoint")
-    picked = tuned[-1:] if which == "final" else [d for d in select_checkpoints(train_dir, which) if d in tuned]
+    if which == "base":
+        picked = [d for d in checkpoint_dirs(train_dir) if (read_state(d) or {}).get("step") == 0]
+    elif which == "final":
+        picked = tuned[-1:]
+    else:
+        picked = [d for d in select_checkpoints(train_dir, which) if d in tuned]
     moments = [d / MOMENTS if (d / MOMENTS).exists() else None for d in picked]
     return TracedRun(train_dir, tuned[-1], picked, moments, run["model"]["name"], run["model"]["fingerprint"])

@@ -34,7 +34,7 @@ from ftrace.config import DEFAULT_MODEL, TrainConfig
 from ftrace.corpus import Corpus, load_corpus
 from ftrace.index.manifest import versions
 from ftrace.model.batching import IGNORE, LossBatch
-from ftrace.model.loading import LoadedModel, load_model, resolve_device
+from ftrace.model.loading import DTYPES, LoadedModel, load_model, resolve_device
 from ftrace.train import checkpoints as ckpt
 from ftrace.train.errors import TrainError
 from ftrace.train.examples import TrainExample, build_examples, loss_batch
@@ -130,6 +130,7 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
         config = config.model_copy(update={"model": str(Path(config.model).resolve())})
     run = read_run(out)
     if run is not None:  # cheap checks first: no model load to refuse a different run
+        run["identity"]["config"].setdefault("dtype", "float32")  # runs from before --dtype trained in float32
         check_identity(out, run["identity"], {"config": config.identity(),
                                               "corpus_fingerprint": corpus.fingerprint()})
     device = resolve_device(config.device)
@@ -149,8 +150,8 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
             log(f"{out}: already complete ({plan.total_steps} steps); nothing to do")
             result.checkpoints, result.already_complete = ckpt.checkpoint_dirs(out), True
             return result
-    log(f"model {base.name} ({base.fingerprint}) on {device}; {config.optimizer}, lr {config.lr:g}, "
-        f"loss {config.loss}")
+    log(f"model {base.name} ({base.fingerprint}) on {device} in {config.dtype}; {config.optimizer}, "
+        f"lr {config.lr:g}, loss {config.loss}")
     skipped = f"; {exset.skipped_sentences} sentences skipped (no fact object in their text)" \
         if config.loss == "object" else ""
     log(f"{len(exset.examples)} examples from {len(corpus.sentences)} sentences ({corpus.source}){skipped}")
@@ -195,7 +196,7 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Trai
         (out / LOSS).unlink(missing_ok=True)
     record["checkpoints"] = [ckpt.read_state(d) for d in done]
     write_json(out / RUN, record)
-    model.to(device).train()
+    model.to(device=device, dtype=DTYPES[config.dtype]).train()
     optimizer, scheduler = make_optimizer(model, config, plan.total_steps)
     if resumed is not None:
         optimizer.load_state_dict(trainer["optimizer"])

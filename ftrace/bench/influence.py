@@ -1,0 +1,146 @@
+"""Tail-patch influence in `ftrace bench --metric tailpatch|all` (the step itself: tailpatch.py).
+
+For every drawn (seed, query), each method's top k (its full-mode ranking) and the references
+(oracle: the first k proponents; random: k seeded random sentences; momentum: none, when the step
+starts from a run's state) are tail-patched. A query's value per set is averaged over the seeds
+that drew it; tables give the mean ± std over distinct queries per slice, the fraction of queries
+whose target log-probability rose, and paired tests of each set against BM25 over those queries.
+
+Cache (OUT/tailpatch.jsonl, resumable like cache.jsonl): per query, its log p before the step and
+the log p after the step on each distinct set of sentences (keyed by the sorted ids, so methods
+that retrieve the same k sentences share one step). The settings hash covers the index, the model,
+k and the step settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+
+import numpy as np
+from tqdm import tqdm
+
+from ftrace.bench import metrics as M
+from ftrace.bench.cache import ScoreCache, settings_hash
+from ftrace.bench.candidates import draw, rng_for
+from ftrace.bench.paths import shown
+from ftrace.bench.slices import ALL
+from ftrace.bench.tailpatch import MOMENTUM, ORACLE, RANDOM, TailPatcher
+from ftrace.corpus import Query
+
+Rankings = Mapping[tuple[int, str, str], Sequence[tuple[str, float]]]
+STATS = ("delta_logp", "delta_logp_vs_momentum", "delta_p")
+
+
+def _digest(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def reference_sets(patcher: TailPatcher) -> list[str]:
+    return [ORACLE, RANDOM, *([MOMENTUM] if patcher.moments is not None else [])]
+
+
+def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings, slice_of: Mapping[str, str],
+              slices: Sequence[str]) -> tuple[dict, dict[tuple[int, str, str], dict]]:
+    """(results["tailpatch"], {(seed, query id, set): {"delta_logp", "examples"}} for rankings.jsonl)."""
+    c, tracer = bench.c, bench.tracer
+    m = tracer.index.manifest
+    patcher = TailPatcher.for_index(tracer.lm, m.model.train_dir, m.max_tokens, c.tailpatch_lr)
+    k = c.tailpatch_k
+    key = settings_hash({"tailpatch": asdict(patcher.s), "index": m.identity(), "k": k})
+    cache = ScoreCache(bench.out / "tailpatch.jsonl", {key})
+    sets = [*bench.methods, *reference_sets(patcher)]
+    sentences = tracer.corpus.by_id()
+
+    def members(seed: int, q: Query, name: str) -> list[str]:
+        if name == ORACLE:
+            ids = list(dict.fromkeys(q.proponents))[:k]
+        elif name == RANDOM:
+            ids = draw(bench.scorer.view.ids, k, rng_for("tailpatch-random", seed, q.id), set())
+        elif name == MOMENTUM:
+            ids = []
+        else:
+            ids = [i for i, _ in rankings[(seed, q.id, name)][:k]]
+        return sorted(ids)  # one batch: its order does not matter, so one step per distinct set
+
+    queries = list({q.id: q for qs in per_seed.values() for q in qs}.values())
+    todo = [q for q in queries if cache.get(key, None, q.id, "@before") is None]
+    for i in range(0, len(todo), 16):
+        chunk = todo[i:i + 16]
+        for q, lp in zip(chunk, patcher.logprobs([q.prompt for q in chunk], [q.target for q in chunk]), strict=True):
+            cache.put(key, None, q.id, "@before", {"prompt": q.prompt, "target": q.target, "logp": lp})
+    before = {q.id: cache.entries[(key, None, q.id, "@before")]["logp"] for q in queries}
+
+    wanted = {(seed, q.id, s): members(seed, q, s) for seed, qs in per_seed.items() for q in qs for s in sets}
+    steps = {(qid, _digest(ids)): ids for (_, qid, _), ids in wanted.items()}
+    by_id = {q.id: q for q in queries}
+    missing = [(qid, d) for qid, d in steps if cache.get(key, None, qid, d) is None]
+    for qid, d in tqdm(missing, desc=f"tail-patch (k={k})", unit="step", disable=not missing):
+        q = by_id[qid]
+        got = patcher.patch(q.prompt, q.target, [sentences[i] for i in steps[(qid, d)]])
+        cache.put(key, None, qid, d, {"n": got["n"], "after": got["after"]}, got["s"])
+    cache.close()
+
+    per_run: dict[tuple[int, str, str], dict] = {}
+    for (seed, qid, s), ids in wanted.items():
+        v = cache.entries[(key, None, qid, _digest(ids))]
+        per_run[(seed, qid, s)] = {"delta_logp": v["after"] - before[qid], "examples": v["n"], "after": v["after"]}
+    results = summarize(per_seed, per_run, sets, before, slice_of, slices, c.stat_test)
+    results.update({
+        "k": k, "sets": sets, "step": {**asdict(patcher.s), "state": shown(patcher.s.state)},
+        "what": "one AdamW step on a set of training sentences as one batch, from the final checkpoint (weights never "
+                "changed: a functional call); the change of the target's log-probability given the prompt, summed over "
+                "its tokens",
+        "references": {ORACLE: f"the query's first {k} proponents", RANDOM: f"{k} seeded random sentences",
+                       MOMENTUM: "no sentences (g = 0): the run's momentum alone"},
+        "steps": {"distinct": len(steps), "computed": len(missing), "reused": len(steps) - len(missing),
+                  "compute_s": round(sum(cache.seconds.get((key, None, qid, d), 0.0) for qid, d in steps), 1),
+                  "file": shown(cache.path)},
+    })
+    return results, per_run
+
+
+def summarize(per_seed: Mapping[int, Sequence[Query]], per_run: Mapping[tuple[int, str, str], dict],
+              sets: Sequence[str], before: Mapping[str, float], slice_of: Mapping[str, str],
+              slices: Sequence[str], stat_test: str) -> dict:
+    """Per slice and set: mean ± std over distinct queries (each averaged over its seeds), the
+    fraction that rose, and paired tests against BM25 over the same queries."""
+    values: dict[str, dict[str, dict[str, list[float]]]] = {s: {x: {} for x in STATS} for s in sets}
+    for seed, qs in per_seed.items():
+        for q in qs:
+            momentum = per_run.get((seed, q.id, MOMENTUM))
+            for s in sets:
+                d = per_run[(seed, q.id, s)]["delta_logp"]
+                after = per_run[(seed, q.id, s)]["after"]
+                row = {"delta_logp": d, "delta_p": math.exp(after) - math.exp(before[q.id]),
+                       "delta_logp_vs_momentum": d - momentum["delta_logp"] if momentum else d}
+                for x in STATS:
+                    values[s][x].setdefault(q.id, []).append(row[x])
+    per_query = {s: {x: {qid: float(np.mean(v)) for qid, v in d.items()} for x, d in values[s].items()} for s in sets}
+    table: dict[str, dict] = {}
+    significance: dict[str, dict] = {}
+    counts: dict[str, int] = {}
+    for sl in slices:
+        qids = sorted(q for q in per_query[sets[0]]["delta_logp"] if sl == ALL or slice_of[q] == sl)
+        counts[sl] = len(qids)
+        table[sl] = {}
+        for s in sets:
+            row = {x: M.mean_std([per_query[s][x][q] for q in qids]) for x in STATS}
+            for x in ("delta_logp", "delta_logp_vs_momentum"):
+                row[f"rose ({x})"] = float(np.mean([per_query[s][x][q] > 0 for q in qids])) if qids else None
+            table[sl][s] = row
+        if "bm25" in sets and len(qids) >= 2:
+            significance[sl] = {s: {"mean_difference": float(np.mean([per_query[s]["delta_logp"][q] -
+                                                                      per_query["bm25"]["delta_logp"][q]
+                                                                      for q in qids])),
+                                    **M.paired_pvalues([per_query[s]["delta_logp"][q] for q in qids],
+                                                       [per_query["bm25"]["delta_logp"][q] for q in qids])}
+                                for s in sets if s != "bm25"}
+        else:
+            significance[sl] = {"note": "needs bm25 and at least 2 queries"}
+    return {"metrics": table, "queries": counts, "significance": significance, "main_test": stat_test,
+            "std": "sample standard deviation over distinct queries (each averaged over the seeds that drew it)",
+            "test_on": "delta_logp (the same as on delta_logp_vs_momentum: the momentum step is common to every set "
+                       "of a query)"}

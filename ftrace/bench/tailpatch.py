@@ -1,0 +1,183 @@
+"""TrackStar's tail-patch influence (Chang et al., ICLR 2025): does one training step on the
+sentences a method retrieves raise the model's probability of the query's target?
+
+For a query (prompt, target) and a set S of training sentences (a method's top k):
+
+1. S's training examples as one batch, with the training run's loss (its run.json: the whole
+   sentence, or each fact object's tokens given the sentence prefix; `train.examples`), and the
+   gradient g of the batch's mean token loss at the index's model (a run's final checkpoint);
+2. one AdamW step exactly as torch.optim.AdamW takes it, from the run's optimizer state (first and
+   second moments, step count: the final checkpoint's trainer.pt, with the run's betas, eps and
+   weight decay) at the run's final learning rate (the lr of its last step; `--tailpatch-lr`
+   overrides it). An index that no run made steps from a fresh AdamW (zero moments) at lr 2e-4
+   (ftrace train's default) unless `--tailpatch-lr` is given;
+3. the change of log p(target | prompt), summed over the target's tokens, and of p.
+
+The step is never applied to the model: the stepped weights are new tensors given to
+torch.func.functional_call, so the model's own weights stay bit-identical (tests check it) and
+nothing has to be restored.
+
+References per query: "oracle" (the query's first k proponents), "random" (k seeded random
+sentences) and, when the step starts from a run's state, "momentum" (the step with g = 0, i.e. an
+empty S: what the run's momentum alone does to the target; every method's change includes it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.func import functional_call
+
+from ftrace import FtraceError
+from ftrace.corpus import Sentence
+from ftrace.model import LoadedModel
+from ftrace.model.batching import IGNORE, LossBatch, query_batch
+from ftrace.train.checkpoints import load_trainer, read_state
+from ftrace.train.examples import TrainExample, loss_batch, sentence_examples
+from ftrace.train.layout import read_run
+from ftrace.train.select import traced_run
+from ftrace.train.trainer import lm_loss
+
+ORACLE, RANDOM, MOMENTUM = "oracle", "random", "momentum"
+FRESH_LR = 2e-4  # ftrace train's default lr, for an index that no run made
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """The one optimizer step a tail-patch takes (recorded in the report)."""
+
+    lr: float
+    lr_source: str
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    steps_taken: int  # optimizer steps before this one (0: a fresh optimizer)
+    loss: str  # the training examples' loss: "sentence" or "object"
+    state: str  # where the moments come from
+    max_length: int  # tokens per training example (the run's)
+
+
+def _run_settings(train_dir: Path, lr: float | None) -> tuple[StepSettings, Path]:
+    run = read_run(train_dir)
+    if run is None:
+        raise FtraceError(f"{train_dir}: no ftrace train run there (the index's manifest names it)")
+    cfg = run["config"]
+    if cfg.get("optimizer") != "adamw":
+        raise FtraceError(f"{train_dir}: tail-patch steps like AdamW; this run used {cfg.get('optimizer')}")
+    final = traced_run(train_dir, "final").final
+    state = read_state(final) or {}
+    if lr is None and not state.get("lr"):
+        raise FtraceError(f"{final}: records no learning rate; give --tailpatch-lr")
+    source = "--tailpatch-lr" if lr is not None else f"the lr of the run's last step ({final.name})"
+    return StepSettings(lr=float(lr if lr is not None else state["lr"]), lr_source=source,
+                        betas=(0.9, 0.999), eps=1e-8, weight_decay=float(cfg.get("weight_decay", 0.0)),
+                        steps_taken=int(state["step"]), loss=cfg["loss"], state=f"{final}/trainer.pt",
+                        max_length=int(cfg.get("max_length", 256))), final
+
+
+class TailPatcher:
+    """One model in memory; `patch` measures a tail-patch without changing the model's weights."""
+
+    def __init__(self, lm: LoadedModel, settings: StepSettings, max_tokens: int,
+                 moments: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
+        self.lm, self.s, self.max_tokens = lm, settings, max_tokens
+        self.model = lm.model
+        self.device = next(self.model.parameters()).device
+        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.moments = moments  # name -> (exp_avg, exp_avg_sq); None: a fresh optimizer
+
+    @classmethod
+    def for_index(cls, lm: LoadedModel, train_dir: str | None, max_tokens: int, lr: float | None) -> TailPatcher:
+        """The index's model stepping from its training run's final state (or fresh, with no run)."""
+        if train_dir is None:
+            s = StepSettings(lr=FRESH_LR if lr is None else lr, lr_source="--tailpatch-lr" if lr is not None else
+                             "ftrace train's default (the index was not made from a run)", betas=(0.9, 0.999),
+                             eps=1e-8, weight_decay=0.0, steps_taken=0, loss="sentence", state="fresh (zero moments)",
+                             max_length=max_tokens)
+            return cls(lm, s, max_tokens)
+        s, final = _run_settings(Path(train_dir), lr)
+        if Path(lm.name).resolve() != final.resolve():
+            raise FtraceError(f"tail-patch: the index's model {lm.name} is not its run's final checkpoint {final}")
+        opt = load_trainer(final)["optimizer"]
+        patcher = cls(lm, s, max_tokens)
+        if len(opt["state"]) != len(patcher.names):
+            raise FtraceError(f"{s.state}: optimizer state for {len(opt['state'])} parameters, the model has "
+                              f"{len(patcher.names)}")
+        group = opt["param_groups"][0]
+        patcher.s = StepSettings(**{**asdict(s), "betas": tuple(group["betas"]), "eps": float(group["eps"]),
+                                    "weight_decay": float(group["weight_decay"])})
+        patcher.moments = {}
+        for i, (name, p) in enumerate(zip(patcher.names, patcher.params, strict=True)):
+            st = opt["state"][i]
+            if st["exp_avg"].shape != p.shape:
+                raise FtraceError(f"{s.state}: state {i} has shape {tuple(st['exp_avg'].shape)}, parameter {name} "
+                                  f"{tuple(p.shape)}")
+            patcher.moments[name] = (st["exp_avg"].to(p.device, p.dtype), st["exp_avg_sq"].to(p.device, p.dtype))
+        return patcher
+
+    # ---- the pieces
+
+    def examples(self, sentences: Sequence[Sentence]) -> list[TrainExample]:
+        return sentence_examples(sentences, self.s.loss, self.lm.tokenizer, self.s.max_length)
+
+    @torch.no_grad()
+    def logprobs(self, prompts: Sequence[str], targets: Sequence[str],
+                 params: dict[str, torch.Tensor] | None = None) -> list[float]:
+        """log p(target | prompt) per query, summed over the target's tokens (at `params` if given)."""
+        batch = query_batch(self.lm.tokenizer, prompts, targets, self.max_tokens).to(self.device)
+        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+        out = functional_call(self.model, params, (), kwargs) if params is not None else self.model(**kwargs)
+        logp = torch.log_softmax(out.logits[:, :-1].double(), dim=-1)
+        labels = batch.labels[:, 1:]
+        scored = labels != IGNORE
+        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * scored).sum(dim=1).tolist()
+
+    def gradient(self, examples: Sequence[TrainExample]) -> list[torch.Tensor | None]:
+        """Gradient of the batch's mean token loss (None for a parameter the loss does not touch)."""
+        batch = loss_batch(examples, self.lm.tokenizer, self.s.max_length)
+        scored = (batch.labels != IGNORE).any(dim=0).nonzero()
+        end = int(scored.max()) + 1 if len(scored) else 1  # a causal LM: later tokens change no scored logit
+        batch = LossBatch(batch.input_ids[:, :end], batch.attention_mask[:, :end], batch.labels[:, :end])
+        loss = lm_loss(self.model, batch.to(self.device))
+        return list(torch.autograd.grad(loss, self.params, allow_unused=True))
+
+    @torch.no_grad()
+    def stepped(self, grads: Sequence[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """The weights after one AdamW step with these gradients (torch.optim.AdamW's update, as new
+        tensors; a parameter without a gradient is skipped, as AdamW skips it)."""
+        s = self.s
+        b1, b2 = s.betas
+        t = s.steps_taken + 1
+        bc1, bc2_sqrt = 1 - b1 ** t, math.sqrt(1 - b2 ** t)
+        out = {}
+        for name, p, g in zip(self.names, self.params, grads, strict=True):
+            if g is None:
+                out[name] = p
+                continue
+            # AdamW's single-tensor update, op for op, into new tensors (the state is left as it is)
+            if self.moments is None:
+                m, denom = g * (1 - b1), (g * g).mul_(1 - b2)
+            else:
+                exp_avg, exp_avg_sq = self.moments[name]
+                m, denom = torch.lerp(exp_avg, g, 1 - b1), (exp_avg_sq * b2).addcmul_(g, g, value=1 - b2)
+            denom.sqrt_().div_(bc2_sqrt).add_(s.eps)
+            new = p * (1 - s.lr * s.weight_decay) if s.weight_decay else p
+            out[name] = torch.addcdiv(new, m, denom, value=-s.lr / bc1)
+        return out
+
+    def patch(self, prompt: str, target: str, sentences: Sequence[Sentence]) -> dict:
+        """One tail-patch: {"n": training examples stepped on, "after": log p(target) after the step, "s": seconds}.
+        With no examples (S empty, or no sentence of S has an object in its text under the object
+        loss) g = 0: the momentum-only step."""
+        t0 = time.perf_counter()
+        examples = self.examples(sentences)
+        grads = self.gradient(examples) if examples else [torch.zeros_like(p) for p in self.params]
+        after = self.logprobs([prompt], [target], self.stepped(grads))[0]
+        return {"n": len(examples), "after": after, "s": time.perf_counter() - t0}

@@ -1,0 +1,197 @@
+"""`ftrace serve`: a real uvicorn server (the CLI in a subprocess) over a copy of the tiny-model sample
+index, real HTTP, real Qdrant Edge and Lucene, and the explorer page in headless Chromium."""
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from typer.testing import CliRunner
+
+from ftrace.cli import app
+from ftrace.testing import start_server
+
+ROOT = Path(__file__).resolve().parents[1]
+AVANZA = "Toyota Avanza is produced by"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+runner = CliRunner()
+
+
+def http(url, body=None):
+    """(status, parsed JSON, headers) of a GET, or of a POST of `body` (a dict, or raw bytes)."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read()), r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), e.headers
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, sample_index):
+    index = tmp_path_factory.mktemp("serve") / "idx"
+    shutil.copytree(sample_index, index)  # the original stays free for `ftrace query` to compare with
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    served = start_server(index, index.parent / "serve.log", "--device", "cpu", env=env)
+    yield served
+    served.stop()
+
+
+def cli_query(index, body):
+    """`ftrace query --json` with the options of a /trace body."""
+    args = ["query", body["prompt"], "--index", str(index), "--json", "--device", "cpu"]
+    for key, value in body.items():
+        if key != "prompt":
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+def same_result(a, b):
+    """Equal JSON, scores up to float rounding (two processes may sum in another order)."""
+    assert {k: v for k, v in a.items() if k != "rows"} == {k: v for k, v in b.items() if k != "rows"}
+    assert [(r["rank"], r["sentence_id"], r["proponent"], r["text"]) for r in a["rows"]] == \
+        [(r["rank"], r["sentence_id"], r["proponent"], r["text"]) for r in b["rows"]]
+    for x, y in zip(a["rows"], b["rows"], strict=True):
+        assert x["score"] == pytest.approx(y["score"], abs=1e-5)
+        assert x["scores"] == pytest.approx(y["scores"], abs=1e-5, nan_ok=True)
+
+
+BODIES = [
+    {"prompt": AVANZA, "target": "Toyota"},
+    {"prompt": AVANZA, "target": "Toyota", "method": "tracin+bm25", "fusion": "rrf", "weight": 0.3, "k": 5},
+    {"prompt": AVANZA, "method": "embed", "k": 4},  # the model's answer
+    {"prompt": "The Eiffel Tower is located in", "target": "Paris", "method": "bm25+tracin", "fusion": "cascade",
+     "cascade_k": 5, "depth": 30},
+]
+
+
+def test_health_and_info(server, sample_index):
+    assert http(f"{server.url}/health")[:2] == (200, {"status": "ok", "index": str(server.index)})
+    status, info, _ = http(f"{server.url}/info")
+    assert status == 200
+    r = runner.invoke(app, ["info", "--index", str(sample_index)])
+    expected = json.loads(r.output)
+    assert {k: v for k, v in info.items() if k not in ("status", "serve")} == \
+        {k: v for k, v in expected.items() if k != "status"}
+    for key in ("complete", "points", "bm25_documents", "examples_expected"):
+        assert info["status"][key] == expected["status"][key]
+    assert info["serve"]["methods"] == ["bm25", "embed", "tracin"] and info["serve"]["device"] == "cpu"
+    assert info["serve"]["url"] == server.url and info["serve"]["pid"] == server.proc.pid
+    status, docs, _ = http(f"{server.url}/openapi.json")
+    assert status == 200 and {"/trace", "/info", "/health"} <= set(docs["paths"])
+    fields = docs["components"]["schemas"]["TraceRequest"]["properties"]
+    assert set(fields) == {"prompt", "target", "k", "method", "fusion", "weight", "cascade_k", "depth"}
+
+
+@pytest.mark.parametrize("body", BODIES, ids=["default", "rrf", "model-answer", "cascade"])
+def test_trace_matches_query_json(server, sample_index, body):
+    status, out, headers = http(f"{server.url}/trace", body)
+    assert status == 200, out
+    same_result(out, cli_query(sample_index, body))
+    timing = dict(part.split(";dur=") for part in headers["Server-Timing"].split(", "))
+    assert float(timing["total"]) > 0 and ("bm25" in timing) == ("bm25" in out["method"])
+    assert ("answer" in timing) == ("target" not in body)
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"target": "Toyota"}, 422, "prompt: Field required"),
+    ({"prompt": AVANZA, "method": "bm26"}, 400, "--method 'bm26': this index has ['bm25', 'embed', 'tracin']"),
+    ({"prompt": AVANZA, "weight": 2}, 422, "weight 2: Input should be less than or equal to 1"),
+    ({"prompt": AVANZA, "weight": "heavy"}, 422, "weight 'heavy': Input should be a valid number"),
+    ({"prompt": AVANZA, "k": 0}, 422, "k 0: Input should be greater than or equal to 1"),
+    ({"prompt": AVANZA, "fusion": "max"}, 422, "fusion 'max': Input should be 'sum', 'rrf' or 'cascade'"),
+    ({"prompt": AVANZA, "index": "/etc"}, 422, "index: not an option of this request"),
+    ({"prompt": "  "}, 400, "PROMPT is empty"),
+    (b"{not json", 422, "request body: not valid JSON"),
+    (b"", 422, "request body: Field required"),
+])
+def test_bad_requests_get_one_line_4xx(server, body, status, message):
+    got, out, _ = http(f"{server.url}/trace", body)
+    assert got == status and message in out["detail"] and "\n" not in out["detail"], out
+
+
+def test_concurrent_requests_are_answered_consistently(server):
+    bodies = BODIES[:2] * 4  # 8 at once, two different queries interleaved
+    alone = [http(f"{server.url}/trace", b)[1] for b in BODIES[:2]]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        results = list(pool.map(lambda b: http(f"{server.url}/trace", b), bodies))
+    assert all(status == 200 for status, _, _ in results), [r[1] for r in results if r[0] != 200]
+    for i, (_, out, _) in enumerate(results):
+        assert out == alone[i % 2]  # one process, one thread: bit-identical to the same query alone
+    assert http(f"{server.url}/health")[0] == 200
+
+
+def test_a_served_index_refuses_other_readers_and_servers_at_once(server):
+    pid = server.proc.pid
+    for args in (["query", AVANZA, "--index", str(server.index), "--target", "Toyota"],
+                 ["info", "--index", str(server.index)],
+                 ["serve", "--index", str(server.index), "--port", "0"]):
+        started = time.monotonic()
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+        assert f"is served by `ftrace serve` (pid {pid}) at {server.url}" in r.output, r.output
+        assert time.monotonic() - started < 10  # at once, not after the store lock's wait
+
+
+def test_serve_refusals(server, tmp_path):
+    port = server.url.rsplit(":", 1)[1]
+    for args, message in ((["--index", str(tmp_path / "none"), "--port", "0"], "not an ftrace index"),
+                          (["--index", str(server.index), "--port", port], f"--port {port}: cannot listen there"),
+                          (["--port", "70000"], "--port 70000: Input should be less than or equal to 65535")):
+        r = runner.invoke(app, ["serve", *args])
+        assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def chromium(tmp_path, url, *flags):
+    """Headless Chromium on `url`, virtual time running until the page's fetches are done."""
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=20000",
+                        "--window-size=1280,900", *flags, url], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not found: `apt-get install chromium` (Debian), which "
+                                             "`bash scripts/install.sh --test` does as root where apt is available")
+def test_explorer_page_renders_results_in_chromium(server, tmp_path):
+    import matplotlib.image
+
+    body = {"prompt": AVANZA, "target": "Toyota", "method": "bm25+embed", "k": 6}
+    expected = http(f"{server.url}/trace", body)[1]
+    page = f"{server.url}/?{urlencode(body)}"
+    dom = chromium(tmp_path, page, "--dump-dom")
+    assert 'data-state="done"' in dom, dom[-3000:]
+    assert '<span id="answer">Toyota</span>' in dom
+    ids = [chunk.split('"', 1)[0] for chunk in dom.split('data-sentence-id="')[1:]]
+    assert ids == [r["sentence_id"] for r in expected["rows"]]
+    for row in expected["rows"]:
+        assert row["text"] in dom
+    assert dom.count('class="proponent-mark"') == sum(bool(r["proponent"]) for r in expected["rows"]) > 0
+    for bar in ("fused", "bm25", "embed"):
+        assert dom.count(f'class="bar" data-method="{bar}"') == len(expected["rows"])
+
+    shot = tmp_path / "explorer.png"
+    chromium(tmp_path, page, f"--screenshot={shot}")
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (900, 1280)
+    accent = (abs(pixels - [0x2F / 255, 0x6F / 255, 0xB0 / 255]).max(axis=-1) < 0.02).sum()
+    assert accent > 2000, f"{shot}: the fused score bars (and the button) are missing"  # drawn, not just in the DOM
+
+    dom = chromium(tmp_path, f"{server.url}/?{urlencode({'prompt': AVANZA, 'k': 0})}", "--dump-dom")
+    assert 'data-state="error"' in dom and "k 0: Input should be greater than or equal to 1" in dom
+
+
+def test_stopping_the_server_frees_the_index(server):
+    assert server.stop() in (0, -15)  # uvicorn's graceful shutdown closes the service, then re-raises SIGTERM
+    assert f"closed {server.index}" in server.log.read_text(), server.log.read_text()[-3000:]
+    r = runner.invoke(app, ["query", AVANZA, "--index", str(server.index), "--target", "Toyota", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["rows"], r.output

@@ -1,0 +1,140 @@
+"""Tail-patch influence (`ftrace bench --metric tailpatch|all`) on the tiny random Llama: the step is
+AdamW's, the model's weights never change, the oracle set raises the target, the reports, resume."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ftrace.bench import scoring
+from ftrace.bench.runner import run_bench
+from ftrace.bench.tailpatch import TailPatcher
+from ftrace.cli import app
+from ftrace.config import BenchConfig, IngestConfig, TrainConfig
+from ftrace.ingest.pipeline import ingest
+from ftrace.model import load_model
+from ftrace.train import checkpoint_dirs, train
+from ftrace.train.checkpoints import load_trainer
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, sample, tiny_model_dir):
+    """The tiny model fine-tuned on the sample's fact objects (a few high-lr steps)."""
+    out = tmp_path_factory.mktemp("tp") / "run"
+    train(TrainConfig(model=tiny_model_dir, lr=1e-2, max_steps=12, batch_size=8, loss="object", checkpoints=1),
+          sample, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def index(run_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tp-idx") / "idx"
+    ingest(IngestConfig.model_validate({"index": path, "tracin": {"train_dir": run_dir, "select": "final", "dim": 64}}))
+    return path
+
+
+@pytest.fixture
+def answers(monkeypatch, sample):
+    """Answers without generating: the model 'knows' every other query (fast)."""
+    known = {q.prompt: q.target for q in sample.queries[::2]}
+    monkeypatch.setattr(scoring, "greedy_answers", lambda lm, prompts, *a, **k: [known.get(p, "?") for p in prompts])
+
+
+def patcher_for(run_dir, lr=None) -> TailPatcher:
+    final = checkpoint_dirs(run_dir)[-1]
+    return TailPatcher.for_index(load_model(str(final)), str(run_dir), 256, lr)
+
+
+def test_the_step_is_adamws_and_the_weights_never_change(run_dir, sample):
+    patcher = patcher_for(run_dir)
+    model = patcher.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    examples = patcher.examples(sample.sentences[:6])
+    assert examples, "the sample's first sentences state facts whose objects they contain"
+    grads = patcher.gradient(examples)
+    stepped = patcher.stepped(grads)
+
+    # the same step with torch.optim.AdamW from the run's saved state, on a copy of the weights
+    final = checkpoint_dirs(run_dir)[-1]
+    copy = load_model(str(final)).model
+    opt = torch.optim.AdamW([p for p in copy.parameters() if p.requires_grad], foreach=False)
+    opt.load_state_dict(load_trainer(final)["optimizer"])
+    opt.param_groups[0]["lr"] = patcher.s.lr  # the saved group holds the scheduler's next lr (0 at the end)
+    for p, g in zip([p for p in copy.parameters() if p.requires_grad], grads, strict=True):
+        p.grad = g
+    opt.step()
+    for name, p in copy.named_parameters():
+        torch.testing.assert_close(stepped[name], p.detach(), rtol=0, atol=1e-7, msg=name)
+    assert any(not torch.equal(stepped[n], before[n]) for n in before)
+
+    q = sample.queries[0]
+    patcher.patch(q.prompt, q.target, sample.sentences[:6])
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # bit-identical
+
+
+def test_a_fresh_optimizer_steps_like_adamws_first_step(tiny_model_dir, sample):
+    lm = load_model(tiny_model_dir)
+    patcher = TailPatcher.for_index(lm, None, 256, lr=1e-3)
+    grads = patcher.gradient(patcher.examples(sample.sentences[:4]))
+    stepped = patcher.stepped(grads)
+    copy = load_model(tiny_model_dir).model
+    params = [p for p in copy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=False)
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    opt.step()
+    for name, p in copy.named_parameters():
+        torch.testing.assert_close(stepped[name], p.detach(), rtol=0, atol=1e-7, msg=name)
+
+
+def test_the_oracle_raises_the_target_more_than_random_sentences(run_dir, sample):
+    patcher = patcher_for(run_dir, lr=1e-3)
+    by_id = sample.by_id()
+    qs = [q for q in sample.queries if q.proponents][:8]
+    gain: dict[str, list[float]] = {"oracle": [], "random": []}
+    for i, q in enumerate(qs):
+        none = patcher.patch(q.prompt, q.target, [])["after"]  # the momentum-only step
+        oracle = [by_id[s] for s in q.proponents[:10]]
+        random = [s for s in sample.sentences[i * 10 + 50:i * 10 + 60] if s.id not in q.proponents]
+        gain["oracle"].append(patcher.patch(q.prompt, q.target, oracle)["after"] - none)
+        gain["random"].append(patcher.patch(q.prompt, q.target, random)["after"] - none)
+    assert sum(g > 0 for g in gain["oracle"]) >= 6, gain
+    assert sum(gain["oracle"]) > sum(gain["random"]), gain
+
+
+def test_bench_reports_tailpatch_beside_attribution_and_resumes(index, answers, tmp_path):
+    out = tmp_path / "b"
+    c = BenchConfig(index=index, mode="full", metric="all", queries=4, seeds=2, split=None, depth=20, tailpatch_k=3,
+                    tailpatch_lr=1e-3, out=out)
+    r = run_bench(c).results
+    t = r["tailpatch"]
+    methods = r["methods"]
+    assert t["sets"] == [*methods, "oracle", "random", "momentum"]
+    assert t["step"]["lr"] == 1e-3 and t["step"]["steps_taken"] == 12 and t["step"]["loss"] == "object"
+    assert t["steps"]["computed"] == t["steps"]["distinct"] > 0
+    for sl, rows in t["metrics"].items():
+        for row in rows.values():
+            n = t["queries"][sl]
+            assert row["delta_logp"]["n"] == n
+            if n:
+                assert 0 <= row["rose (delta_logp)"] <= 1
+    assert t["metrics"]["all"]["momentum"]["delta_logp_vs_momentum"]["mean"] == 0
+    assert set(t["significance"]["all"]) == {s for s in t["sets"] if s != "bm25"}
+    table = (out / "table.md").read_text()
+    assert "## Tail-patch influence (TrackStar): top 3 per method" in table and "| oracle |" in table
+    assert "| Set | Δ log p | Δ log p beyond momentum | Δ p | rose | p vs bm25 | MRR | Recall@10 |" in table
+    assert "## all (queries per seed" in table  # the attribution tables are there too
+    assert (out / "plot.png").stat().st_size > 0
+    rows = [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
+    assert all("delta_logp" in row["tailpatch"] and row["tailpatch"]["examples"] >= 0 for row in rows)
+
+    again = run_bench(c).results["tailpatch"]  # resumed from OUT/tailpatch.jsonl: no step recomputed
+    assert again["steps"]["computed"] == 0 and again["metrics"] == t["metrics"]
+
+
+def test_tailpatch_needs_full_mode(index):
+    r = CliRunner().invoke(app, ["bench", "--index", str(index), "--metric", "tailpatch"])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "--metric tailpatch" in lines[0] and "--mode full" in lines[0], r.output
