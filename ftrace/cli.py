@@ -23,7 +23,8 @@ from pydantic import BaseModel, ValidationError
 from ftrace import FtraceError
 from ftrace.config import DEFAULT_INDEX, BenchConfig, Cli, IngestConfig, QueryConfig, ServeConfig, TrainConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# plain (click) help: typer's rich panels print `<bool>` beside every flag and cut long option names
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Fact tracing: find the training sentences behind a language model's prediction.")
 
 C = TypeVar("C", bound=BaseModel)
@@ -169,9 +170,13 @@ def command_from_config(cls: type[C]) -> Callable[[Callable[[C], Any]], Callable
 @command_from_config(IngestConfig)
 def ingest(config: IngestConfig) -> None:
     """Index a corpus: BM25 (Lucene) plus per-example model vectors (Qdrant)."""
+    from ftrace.corpus import load_corpus
+
+    sel = config.corpus  # read first: a bad corpus is refused in a second, before torch is even imported
+    corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
     from ftrace.ingest.pipeline import ingest as run
 
-    run(config)
+    run(config, corpus)
 
 
 @app.command()

@@ -184,6 +184,11 @@ class IngestConfig(Strict):
     tracin: TracInConfig = TracInConfig()
     store: StoreConfig = StoreConfig()
     batch_size: Annotated[int, cli("Examples per forward/backward batch.", min=1)] = 32
+    # memory grows with examples x padded length (SmolLM2: ~2.2 MB a token, perf/results/batch_memory-cpu.md), so
+    # long sentences (sorted together) come in smaller batches; 2048 = 32 x 64 keeps LAMA's batches of sentences
+    # up to 64 tokens (88% of them) as they were, and the vectors do not depend on it beyond float rounding
+    batch_tokens: Annotated[int, Field(ge=1), cli("Token budget per batch: at most this many examples x padded "
+                                                  "length (a longer sentence is a batch of its own).", min=1)] = 2048
     device: Device = "auto"
     dtype: Dtype = "float32"
     max_tokens: Annotated[int, Field(ge=8),

@@ -8,12 +8,15 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
-pip install "torch==2.13.0"
+# --no-warn-conflicts: otherwise a re-run prints pip's red "dependency resolver" ERROR listing the dependencies
+# pyserini was installed without (on purpose). It drops only that report on packages outside the install at
+# hand; a conflict among the packages being installed still fails the resolution.
+install() { .venv/bin/python -m pip --disable-pip-version-check -q install --no-warn-conflicts "$@"; }
+install "torch==2.13.0"
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
-pip install -e ".${extras}"
-pip install --no-deps -r requirements/no-deps.txt
+install -e ".${extras}"
+install --no-deps -r requirements/no-deps.txt
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null \
         && [ "$(id -u)" = 0 ]; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \

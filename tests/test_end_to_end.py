@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from ftrace.cli import app
 from ftrace.config import IngestConfig
 from ftrace.features.embedding import EmbeddingFeaturizer
-from ftrace.index.locks import LOCK_FILES
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import open_store
 from ftrace.ingest.pipeline import ingest
@@ -90,6 +89,21 @@ def test_embed_scores_equal_cosine_of_featuriser_vectors(sample_index, sample, t
         tracer.close()
 
 
+def test_ground_truth_ignores_case_spacing_and_a_leading_article(sample_index):
+    # the sample knows "Eiffel Tower is located in" -> "France"
+    r = cli("query", "The  eiffel Tower is located in", "--index", sample_index, "--target", "france", "--method",
+            "bm25", "--json")
+    assert r.exit_code == 0, r.output
+    truth = json.loads(r.output)["ground_truth"]
+    assert truth and truth["target"] == "France" and truth["proponents"]
+
+
+def test_help_shows_flags_without_a_type():
+    out = {command: cli(command, "--help").output for command in ("ingest", "query", "bench", "train")}
+    assert all("--help" in text and "<bool>" not in text for text in out.values()), out
+    assert "  --json  " in out["query"] and "--tracin / --no-tracin" in out["ingest"]
+
+
 def test_human_table(sample_index):
     r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota")
     assert r.exit_code == 0, r.output
@@ -124,14 +138,6 @@ def test_query_refusals(sample_index, args, message):
     assert r.exit_code == 1 and message in r.output, r.output
 
 
-def test_ingest_with_other_settings_is_refused_and_index_kept(sample_index, tiny_model_dir):
-    before = {p.name: p.stat().st_mtime_ns for p in sample_index.iterdir() if p.name not in LOCK_FILES}
-    r = cli("ingest", "--index", sample_index, "--model", tiny_model_dir, "--embed-layers", "1")
-    assert r.exit_code == 1 and "built differently" in r.output and "vectors.embed" in r.output
-    assert {p.name: p.stat().st_mtime_ns for p in sample_index.iterdir() if p.name not in LOCK_FILES} == before
-    assert cli("query", AVANZA, "--index", sample_index, "--target", "Toyota").exit_code == 0
-
-
 def test_changed_model_weights_are_refused(tmp_path, sample_index, tiny_model_dir):
     index = tmp_path / "copy"
     shutil.copytree(sample_index, index)
@@ -143,11 +149,7 @@ def test_changed_model_weights_are_refused(tmp_path, sample_index, tiny_model_di
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model_dir):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "fine."}\n{"text": \n')
-    r = cli("ingest", "--index", tmp_path / "i1", "--corpus", bad, "--model", tiny_model_dir)
-    assert r.exit_code == 1 and f"{bad}:2: not valid JSON" in r.output
-    assert not (tmp_path / "i1").exists()
+    # bad corpus files: tests/test_reliability.py
     no_facts = tmp_path / "no-facts.jsonl"
     no_facts.write_text('{"text": "Paris is big."}\n')
     r = cli("ingest", "--index", tmp_path / "i1", "--corpus", no_facts, "--model", tiny_model_dir,

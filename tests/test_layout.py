@@ -76,7 +76,7 @@ def test_cli_options_come_from_the_configs_and_only_given_values_reach_them(monk
     assert {"--corpus", "--relation", "--embed-layers", "--tracin", "--tracin-dim", "--qdrant", "--max-tokens",
             "--checkpoints"} <= names
     seen = []
-    monkeypatch.setattr(pipeline, "ingest", lambda config: seen.append(config))
+    monkeypatch.setattr(pipeline, "ingest", lambda config, corpus: seen.append(config))
     r = CliRunner().invoke(app, ["ingest", "--relation", "P19,P36", "--relation", "P17", "--tracin-dim", "64",
                                  "--no-tracin", "--float32"])
     assert r.exit_code == 0, r.output

@@ -130,6 +130,9 @@ def test_a_killed_shard_resumes_and_the_final_ingest_says_what_is_missing(tmp_pa
     p = start(ingest_args(index, tiny_model_dir, "--shard", "1/2", *local), KILL_AT_THIRD_BATCH)
     _, err = p.communicate(timeout=300)
     assert p.returncode == -9, err[-3000:]
+    r = cli("query", AVANZA, "--index", index)  # the shard's progress, from its staging directory
+    assert r.exit_code == 1 and ("ingest did not finish (32 of 337 stored by 1 shard); finish its shards "
+                                  "(`ftrace ingest --shard I/2`), then run `ftrace ingest`") in r.output, r.output
     r = cli(*ingest_args(index, tiny_model_dir, *local))
     assert r.exit_code == 1, r.output
     assert (f"error: {index}: sharded ingest unfinished: shard 0/2 has not run; shard 1/2 was interrupted. Run or "

@@ -29,14 +29,30 @@ def _describe(err: ValidationError) -> str:
     return f"{where}: {e['msg']}" if where else e["msg"]
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; a bad line raises CorpusError."""
+def _json_error(e: json.JSONDecodeError) -> str:
+    """json's message with its position: its `msg` alone can end mid-sentence ("Invalid control character at")."""
+    return f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
+
+
+# A plain corpus line holds one sentence: 64 KiB is far more text than any model reads of one (--max-tokens),
+# so a longer line is a file that is not one sentence per line. (LAMA lines, with all their evidence, are not capped.)
+MAX_SENTENCE_LINE = 65_536
+
+
+def read_jsonl(path: Path, max_line: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line (or one over `max_line` bytes) raises
+    CorpusError."""
     try:
         f = open(path, "rb")  # lines decoded one by one, so a bad byte is reported on its own line
     except OSError as e:
         raise CorpusError(f"{path}: cannot read corpus file ({e.strerror})") from None
     with f:
-        for n, raw in enumerate(f, 1):
+        n = 0
+        while raw := f.readline(-1 if max_line is None else max_line + 2):  # a huge line is never read whole
+            n += 1
+            if max_line is not None and len(raw.rstrip(b"\r\n")) > max_line:
+                raise CorpusError(f"{path}:{n}: line longer than {max_line:,} bytes; a corpus line holds one "
+                                  "sentence")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -44,9 +60,9 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))  # without its newline: an error at its end is on this line
             except json.JSONDecodeError as e:
-                raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                raise CorpusError(f"{path}:{n}: {_json_error(e)}") from None
             if not isinstance(obj, dict):
                 raise CorpusError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
             yield n, obj
@@ -73,7 +89,7 @@ def load_jsonl(path: Path, source: str | None = None) -> Corpus:
     sentences: list[Sentence] = []
     queries: list[Query] = []
     seen: dict[str, int] = {}
-    for n, obj in read_jsonl(path):
+    for n, obj in read_jsonl(path, MAX_SENTENCE_LINE):
         where = f"{path}:{n}"
         if "prompt" in obj:
             obj.setdefault("id", f"q{n}")
@@ -206,7 +222,7 @@ def load_trex(path: Path, templates: dict[str, str] | None = None) -> Corpus:
     except OSError as e:
         raise CorpusError(f"{path}: cannot read T-REx file ({e.strerror})") from None
     except json.JSONDecodeError as e:
-        raise CorpusError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise CorpusError(f"{path}:{e.lineno}: {_json_error(e)}") from None
     if not isinstance(docs, list):
         raise CorpusError(f"{path}: expected a JSON list of T-REx documents")
     sentences: list[Sentence] = []

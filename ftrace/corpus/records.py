@@ -23,6 +23,15 @@ def normalize(text: str) -> str:
     return text.strip().lower()
 
 
+def match_key(text: str) -> str:
+    """How a traced prompt or target is matched to the corpus's queries: case, spacing and a leading article
+    ignored ("The Eiffel Tower is located in" finds "Eiffel Tower is located in")."""
+    words = text.lower().split()
+    if len(words) > 1 and words[0] in ("the", "a", "an"):
+        words = words[1:]
+    return " ".join(words)
+
+
 def find_object(text: str, obj: str) -> tuple[int, int] | None:
     """Character span [start, end) of the first occurrence of `obj` in `text`: case-sensitive first,
     then case-insensitive; None when absent or empty. (A regex keeps offsets into the original text,

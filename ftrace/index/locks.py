@@ -14,6 +14,11 @@
   `.write.lock` of its own staging directory (`shards/I-of-N/`) instead of the index's.
 
 The kernel releases a flock when its process dies, so there are no stale locks to clean up; the files stay.
+
+- `.progress.json`: how many of the planned examples an ingest has stored, rewritten atomically after each
+  batch (`record_progress`), so a refused reader can say how far the writer is without opening the shard.
+  A killed ingest leaves it behind (still true: what was stored before the kill); a complete one removes it.
+  A shard records its own in its staging directory; `progress_note` on the index sums the shards'.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from pathlib import Path
 from ftrace import FtraceError
 
 WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK = ".write.lock", ".store.lock", ".serve.lock", ".setup.lock"
-LOCK_FILES = (WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK)
+PROGRESS = ".progress.json"
+LOCK_FILES = (WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK, PROGRESS)  # bookkeeping, not index content
 WAIT_ENV = "FTRACE_STORE_WAIT_S"
 
 
@@ -158,13 +164,49 @@ def reading(index_dir: Path) -> None:
     if holder is None:
         return
     pid, since = holder
-    planned = ""
-    with contextlib.suppress(Exception):  # no manifest yet while the writer loads its model
+    raise IndexBusyError(f"{index_dir}: is being written by pid {pid} since {since}{progress_note(index_dir)}; "
+                         "query it when ingest finishes")
+
+
+def record_progress(index_dir: Path, stored: int, total: int) -> None:
+    """The writer's progress, for readers: written beside and renamed over, so never read half-written."""
+    path = Path(index_dir) / PROGRESS
+    tmp = path.with_name(PROGRESS + ".tmp")
+    tmp.write_text(json.dumps({"stored": stored, "total": total}))
+    tmp.replace(path)
+
+
+def clear_progress(index_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (Path(index_dir) / PROGRESS).unlink()
+
+
+def _progress(path: Path) -> tuple[int, int] | None:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        d = json.loads(path.read_text())
+        return int(d["stored"]), int(d["total"])
+    return None
+
+
+def progress_note(index_dir: Path) -> str:
+    """How far an ingest got: ' (N of M stored)' from the progress file; for a sharded ingest, which records
+    progress in each shard's staging directory (shards/I-of-N/, see layout.py), the shards' counts summed;
+    else ' (M examples planned)' from the manifest (the writer has not reached its vectors yet), else ''
+    (no manifest while the writer loads its model)."""
+    index_dir = Path(index_dir)
+    own = _progress(index_dir / PROGRESS)
+    if own is not None:
+        return f" ({own[0]} of {own[1]} stored)"
+    planned = None
+    with contextlib.suppress(Exception):
         from ftrace.index.manifest import Manifest
 
-        planned = f" ({Manifest.read(Path(index_dir)).corpus.examples} examples planned)"
-    raise IndexBusyError(f"{index_dir}: is being written by pid {pid} since {since}{planned}; "
-                         "query it when ingest finishes")
+        planned = Manifest.read(index_dir).corpus.examples
+    shards = [p for p in map(_progress, sorted(index_dir.glob(f"shards/*-of-*/{PROGRESS}"))) if p is not None]
+    if shards:
+        total = planned if planned is not None else sum(t for _, t in shards)
+        return f" ({sum(s for s, _ in shards)} of {total} stored by {len(shards)} shard{'s' * (len(shards) > 1)})"
+    return "" if planned is None else f" ({planned} examples planned)"
 
 
 @contextlib.contextmanager

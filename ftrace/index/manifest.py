@@ -86,12 +86,34 @@ class Manifest(BaseModel):
 
 
 def _diff(a, b, where: str) -> list[str]:
+    """What differs, one short line per leaf: nested specs are compared field by field, never dumped whole. In a
+    vector spec, differing settings (its `config`) are reported without the fields derived from them."""
     if isinstance(a, dict) and isinstance(b, dict):
+        settings = _diff(a.get("config"), b.get("config"), f"{where}.config")
+        if settings:
+            return settings
         out = []
-        for k in sorted(set(a) | set(b)):
+        for k in dict.fromkeys([*a, *b]):  # in the manifest's order: a model's name before its checkpoints
             out += _diff(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
         return out
-    return [] if a == b else [f"{where}: index has {a!r}, asked for {b!r}"]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{where}[{i}]")]
+    if a == b:
+        return []
+    if a is None or b is None:
+        return [f"{where}: {'asked for, not in the index' if a is None else 'in the index, not asked for'}"]
+    return [f"{where}: index has {_short(a)}, asked for {_short(b)}"]
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def describe_differences(diffs: list[str], shown: int = 3) -> str:
+    """The first few differences, and how many more there are."""
+    more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
+    return "; ".join(diffs[:shown]) + more
 
 
 INDEX_DISTRIBUTIONS = ("torch", "transformers", "qdrant-edge-py", "qdrant-client", "pyserini")

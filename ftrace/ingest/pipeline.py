@@ -18,12 +18,12 @@ from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer, example_loss_batch
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import K1, B, build_lucene
-from ftrace.index.locks import LOCK_FILES, exclusive, reading, writer
-from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, versions
+from ftrace.index.locks import LOCK_FILES, clear_progress, exclusive, reading, record_progress, writer
+from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, describe_differences, versions
 from ftrace.index.vectors import VectorStore
 from ftrace.ingest import shards
 from ftrace.model import LoadedModel, load_model
-from ftrace.model.batching import LossBatch, token_lengths
+from ftrace.model.batching import LossBatch, budget_batches, token_lengths
 from ftrace.train import TracedRun, traced_run
 
 
@@ -61,8 +61,14 @@ def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig) -> Ite
     rng = np.random.default_rng(c.tracin.seed)
     pick = sorted(rng.choice(len(examples), size=min(c.tracin.whiten_samples, len(examples)), replace=False))
     chosen = [examples[i] for i in pick]
-    for i in tqdm(range(0, len(chosen), c.batch_size), desc="whitening calibration", unit="batch", leave=False):
-        yield example_loss_batch(lm.tokenizer, chosen[i:i + c.batch_size], c.tracin.example_loss, c.max_tokens)[0]
+    parts = _batches(token_lengths(lm.tokenizer, [e.text for e in chosen]), c)
+    for part in tqdm(parts, desc="whitening calibration", unit="batch", leave=False):
+        yield example_loss_batch(lm.tokenizer, chosen[part], c.tracin.example_loss, c.max_tokens)[0]
+
+
+def _batches(lengths: list[int], c: IngestConfig) -> list[slice]:
+    """At most --batch-size examples, within the --batch-tokens budget (lengths as cut by --max-tokens)."""
+    return budget_batches([min(n, c.max_tokens) for n in lengths], c.batch_size, c.batch_tokens)
 
 
 def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], c: IngestConfig,
@@ -89,7 +95,7 @@ def _prepare(index: IndexDir, planned: Manifest, fresh: bool = True) -> Manifest
         old = Manifest.read(index.path)
         diffs = old.differences(planned)
         if diffs:
-            raise ManifestError(f"{index.path}: holds an index built differently ({'; '.join(diffs[:3])}); "
+            raise ManifestError(f"{index.path}: holds an index built differently ({describe_differences(diffs)}); "
                                 "choose another --index or delete this one")
         return old
     if fresh and index.path.exists() and any(p.name not in (*LOCK_FILES, index.shards_dir.name)
@@ -99,9 +105,11 @@ def _prepare(index: IndexDir, planned: Manifest, fresh: bool = True) -> Manifest
     return planned
 
 
-def ingest(c: IngestConfig) -> Manifest:
+def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
+    """Build or resume the index `c` describes; `corpus`: its corpus selection, when already loaded."""
     sel = c.corpus
-    corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
+    if corpus is None:
+        corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
     run = traced_run(c.tracin.train_dir, c.tracin.select) if c.tracin.train_dir else None
     if run and c.model not in (None, str(run.final), run.base):
         raise FtraceError(f"--model {c.model}: with --checkpoints the model is the run's final checkpoint "
@@ -151,12 +159,13 @@ def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexD
         if index.shards():
             shards.merge(index, store, manifest, corpus.examples())
         else:
-            _store_vectors(store, corpus.examples(), lm, featurizers, c)
+            _store_vectors(store, corpus.examples(), lm, featurizers, c, index.path)
         if c.store.hnsw:
             log("building HNSW (blocking)")
             store.optimize()
         manifest.complete = True
         manifest.write(index.path)
+        clear_progress(index.path)
         shards.remove_staging(index)
     finally:
         store.close()
@@ -166,7 +175,8 @@ def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexD
 
 def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], target: IndexDir,
                  store: VectorStore, planned: Manifest) -> Manifest:
-    """Store shard I of N's vectors in its staging store; its own manifest says when it is complete."""
+    """Store shard I of N's vectors in its staging store; its own manifest says when it is complete, and its
+    own progress file how far it got (a reader refused by the index sums the shards')."""
     i, n = c.shard_of or (0, 1)
     manifest = _prepare(target, planned, fresh=False)
     if not manifest.complete:
@@ -174,24 +184,29 @@ def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: 
         if not store.exists():
             store.create({f.name: f.size for f in featurizers}, c.store.float16, c.store.shard_number,
                          c.store.replication_factor)
-        _store_vectors(store, shards.split(corpus.examples(), i, n), lm, featurizers, c)
+        _store_vectors(store, shards.split(corpus.examples(), i, n), lm, featurizers, c, target.path)
         manifest.complete = True
         manifest.write(target.path)
+        clear_progress(target.path)
     log(f"shard {i}/{n} complete; once every shard is, `ftrace ingest` without --shard finishes {c.index}")
     return manifest
 
 
 def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel, featurizers: list[Featurizer],
-                   c: IngestConfig) -> None:
+                   c: IngestConfig, progress_dir: Path) -> None:
+    """Store the vectors of those of `examples` not stored yet, recording progress in `progress_dir` (the
+    directory the writer holds: the index, or a shard's staging directory)."""
     done: set[str] = set()
     for i in range(0, len(examples), 1000):
         done |= store.present([e.id for e in examples[i:i + 1000]])
     todo = [e for e in examples if e.id not in done]
     if done:
         log(f"resuming: {len(done)} examples already stored, {len(todo)} to go")
+    record_progress(progress_dir, len(done), len(examples))
     # Similar lengths together: less padding, same vectors (padding does not change an example's vector).
     lengths = token_lengths(lm.tokenizer, [e.text for e in todo]) if todo else []
-    todo = [e for _, e in sorted(zip(lengths, todo, strict=True), key=lambda p: p[0])]
+    order = sorted(range(len(todo)), key=lengths.__getitem__)
+    todo, lengths = [todo[i] for i in order], [lengths[i] for i in order]
     long = sum(n > c.max_tokens for n in lengths)
     if long:
         log(f"{long} sentences longer than {c.max_tokens} tokens were truncated to their first {c.max_tokens} "
@@ -200,8 +215,8 @@ def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel,
     loss_of = {f.name: f.example_loss for f in featurizers}
     fallbacks = 0
     with tqdm(total=len(todo), desc="vectors", unit="ex") as bar:
-        for i in range(0, len(todo), c.batch_size):
-            chunk = todo[i:i + c.batch_size]
+        for part in _batches(lengths, c):
+            chunk = todo[part]
             batches = {}
             for loss in sorted(set(loss_of.values())):
                 batches[loss], fell_back = example_loss_batch(lm.tokenizer, chunk, loss, c.max_tokens)
@@ -209,6 +224,7 @@ def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel,
             vectors = {f.name: f.vectors(batches[loss_of[f.name]]) for f in featurizers}
             store.upsert([e.id for e in chunk], vectors,
                          [{"example_id": e.id, "sentence_id": e.sentence_id} for e in chunk])
+            record_progress(progress_dir, len(done) + part.stop, len(examples))  # for readers refused meanwhile
             bar.update(len(chunk))
     if "object" in loss_of.values():
         log(f"--tracin-loss object: {fallbacks} of the {len(todo)} examples embedded in this run have no object "

@@ -80,6 +80,25 @@ def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
 
 
+def budget_batches(lengths: Sequence[int], batch_size: int, budget: int) -> list[slice]:
+    """Split examples, in their order, into consecutive batches of at most `batch_size` examples whose padded
+    size (examples x the longest one's length) stays within `budget` tokens; an example longer than that is a
+    batch of its own. Memory then grows with the budget, not with the longest sentence. The split depends
+    only on the lengths from the first example on, so a resumed ingest (whose remaining examples start at a
+    batch boundary) batches them exactly as an uninterrupted one did."""
+    out: list[slice] = []
+    start = width = 0
+    for i, n in enumerate(lengths):
+        wider = max(width, n)
+        if i > start and (i - start >= batch_size or (i - start + 1) * wider > budget):
+            out.append(slice(start, i))
+            start, wider = i, n
+        width = wider
+    if len(lengths):
+        out.append(slice(start, len(lengths)))
+    return out
+
+
 def object_span_rows(tokenizer, texts: Sequence[str], objects: Sequence[str],
                      max_length: int = 128) -> list[tuple[list[int], list[int]] | None]:
     """(input ids, labels) per text with exactly the tokens overlapping the first occurrence of the

@@ -103,11 +103,12 @@ def load_model(name: str | None = None, device: str | torch.device = "cpu",
     hf_logging.disable_progress_bar()
     name = name or DEFAULT_MODEL
     source = _default_model_dir() if name == DEFAULT_MODEL else name
+    hub = _hub_options(name) if name != DEFAULT_MODEL else {}
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, **hub)
         cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        model = cls.from_pretrained(source, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = cls.from_pretrained(source, dtype=torch.float32, **hub)
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"--model {name!r}: cannot load a Hugging Face causal LM ({first})") from None
@@ -121,6 +122,46 @@ def load_model(name: str | None = None, device: str | torch.device = "cpu",
         # in place (transformers' typing of .to is narrower than nn.Module's)
         cast(Any, model).to(device=target, dtype=weights)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, fingerprint=fingerprint)
+
+
+HUB_TIMEOUT_S = 5.0
+
+
+def _hub_options(name: str) -> dict[str, Any]:
+    """from_pretrained options for a model that is not a local directory: one short request to the Hugging Face
+    hub first, so that an unknown id or an unreachable hub fails in seconds (not after transformers' retries,
+    about 26 s), and a model already in the Hugging Face cache loads from it when the hub cannot be reached."""
+    if Path(name).exists():
+        return {}
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+
+    def fail(why: str) -> ModelError:
+        return ModelError(f"--model {name!r}: cannot load a Hugging Face causal LM ({why})")
+
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except HFValidationError:
+        raise fail("no such directory, and not a Hugging Face model id") from None
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return {}
+        raise fail("not a local directory, and not in the Hugging Face cache while HF_HUB_OFFLINE is set")
+    try:
+        model_info(name, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        return {}  # the hub answered; transformers says what access the model needs
+    except RepositoryNotFoundError:
+        raise fail("no such model on the Hugging Face hub, or a private one: log in with `hf auth login`") from None
+    except HfHubHTTPError:
+        return {}  # the hub answered something else: transformers reports it
+    except Exception as e:  # no answer: no network, DNS, refused, timed out (the hub client's own error types)
+        if cached:
+            return {"local_files_only": True}
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise fail(f"not a local directory, not in the Hugging Face cache, and the hub cannot be reached: "
+                   f"{first}") from None
+    return {}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -22,9 +22,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from ftrace import FtraceError
-from ftrace.corpus import Query, normalize
+from ftrace.corpus import Query, match_key
 from ftrace.index.layout import IndexDir
-from ftrace.index.locks import reading
+from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
 from ftrace.query.fusion import by_sentence, ranking
 from ftrace.query.methods import CASCADE_K, Fuser, Fusion, Method, fusion_pool, parse_method
@@ -68,7 +68,10 @@ class Tracer:
         self.index = IndexDir(Path(index))
         m = self.index.manifest
         if not m.complete:
-            raise ManifestError(f"{index}: ingest did not finish; run `ftrace ingest` again to resume it")
+            split = {n for (_, n) in self.index.shards()}  # a sharded ingest: its shards resume, then the final one
+            todo = (f"finish its shards (`ftrace ingest --shard I/{max(split)}`), then run `ftrace ingest`" if split
+                    else "run `ftrace ingest` again to resume it")
+            raise ManifestError(f"{index}: ingest did not finish{progress_note(index)}; {todo}")
         if model is not None and model != m.model.name:
             raise ManifestError(f"{index}: built with model {m.model.name!r}, not {model!r}")
         if embed_layers is not None and "embed" in m.vectors and m.vectors["embed"]["layers"] != embed_layers:
@@ -214,17 +217,18 @@ class Tracer:
 
     @cached_property
     def _queries_by_prompt(self) -> dict[str, list[Query]]:
-        """The corpus's queries by normalised prompt (a scan per query costs ~20 ms at 30k queries)."""
+        """The corpus's queries by prompt, leading article aside (`match_key`; a scan per query costs ~20 ms at
+        30k queries)."""
         out: dict[str, list[Query]] = {}
         for q in self.corpus.queries:
-            out.setdefault(normalize(q.prompt), []).append(q)
+            out.setdefault(match_key(q.prompt), []).append(q)
         return out
 
     def same_prompt(self, prompt: str) -> list[Query]:
-        return list(self._queries_by_prompt.get(normalize(prompt), []))
+        return list(self._queries_by_prompt.get(match_key(prompt), []))
 
     def ground_truth(self, same_prompt: list[Query], target: str) -> GroundTruth | None:
-        hits = [q for q in same_prompt if normalize(q.target) == normalize(target)]
+        hits = [q for q in same_prompt if match_key(q.target) == match_key(target)]
         if not hits:
             return None
         props = list(dict.fromkeys(p for q in hits for p in q.proponents))
