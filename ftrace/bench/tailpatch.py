@@ -188,5 +188,7 @@ class TailPatcher:
         t0 = time.perf_counter()
         examples = self.examples(sentences)
         grads = self.gradient(examples) if examples else [torch.zeros_like(p) for p in self.params]
-        after = self.logprobs([prompt], [target], self.stepped(grads))[0]
+        stepped = self.stepped(grads)
+        del grads  # free them before the prompt's forward
+        after = self.logprobs([prompt], [target], stepped)[0]
         return {"n": len(examples), "after": after, "s": time.perf_counter() - t0}
