@@ -43,14 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["gradient", "step", "train step", "update", "score"]  # the first three need no given gradient
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--sets", type=int, default=10)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / "tailpatch_speed-cpu.json")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     corpus = load_sample()
     rng = np.random.default_rng(0)
@@ -127,6 +127,7 @@ def main() -> None:
         f"The 800 distinct steps of results/train's P19 run would take "
         f"{result['800 steps at the median step (minutes)']} minutes at the median step.", ""]))
     print(a.out.with_suffix(".md").read_text())
+    return result
 
 
 if __name__ == "__main__":

@@ -90,3 +90,17 @@ def test_serve_latency_results_file(tiny_model_dir, tmp_path):
     assert load["errors"] == 0 and load["completed"] > 0 and load["sentences"] == 50 and load["clients"] == 2
     assert res["target"]["sentences"] == 50 and isinstance(res["target"]["met"], bool)
     assert "The machine was shared" in res["notes"][-1]
+
+
+def test_tailpatch_speed_results_file(tiny_model_dir, tmp_path):
+    """perf/tailpatch_speed.py end to end on the tiny model: every part timed, min <= median <= max."""
+    spec = importlib.util.spec_from_file_location("tailpatch_speed", SCRIPT.with_name("tailpatch_speed.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "tp.json"
+    res = mod.main(["--model", tiny_model_dir, "--sets", "3", "--k", "4", "--repeats", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert list(res["seconds_per_set"]) == ["gradient", "step", "train step", "update", "score"]
+    for t in res["seconds_per_set"].values():
+        assert 0 < t["min"] <= t["median"] <= t["max"]
+    assert "| step |" in out.with_suffix(".md").read_text() and res["examples_per_set"] == 4
