@@ -65,17 +65,19 @@ class _Option:
         validates them, with the same one-line errors as every other check)."""
         t, optional = _strip_optional(self.annotation)
         origin = typing.get_origin(t)
+        choices = None
         if origin is list:
             base: Any = list[str]
         elif origin is Literal:
             base = str
+            choices = "[" + "|".join(map(str, typing.get_args(t))) + "]"  # shown in --help
         else:
             base = t
         if self.mark.argument:
             info = typer.Argument(help=self.mark.help, show_default=False)
         else:
             info = typer.Option(*self.mark.names or (self.primary,), help=self.mark.help, min=self.mark.min,
-                                metavar=self.mark.metavar, show_default=base is not list[str])
+                                metavar=self.mark.metavar or choices, show_default=base is not list[str])
         nullable = optional or origin is list or self.optional_section
         return Annotated[base | None if nullable else base, info]
 

@@ -101,6 +101,7 @@ def test_ground_truth_ignores_case_spacing_and_a_leading_article(sample_index):
 def test_help_shows_flags_without_a_type():
     out = {command: cli(command, "--help").output for command in ("ingest", "query", "bench", "train")}
     assert all("--help" in text and "<bool>" not in text for text in out.values()), out
+    assert "--mode [rerank|full]" in out["bench"] and "--fusion [sum|rrf|cascade]" in out["query"]  # the choices
     assert "  --json  " in out["query"] and "--tracin / --no-tracin" in out["ingest"]
 
 
