@@ -71,8 +71,11 @@ def _stamp_of(fd: int) -> dict:
 
 def _holder(fd: int) -> tuple[str, str]:
     """The pid and start time a holder wrote into its lock file ('?' where unreadable)."""
-    d = _stamp_of(fd)
-    return str(d.get("pid", "?")), str(d.get("since", "?"))
+    return _pid_since(_stamp_of(fd))
+
+
+def _pid_since(stamp: dict) -> tuple[str, str]:
+    return str(stamp.get("pid", "?")), str(stamp.get("since", "?"))
 
 
 def _stamp(fd: int, **extra: str) -> None:
@@ -110,10 +113,10 @@ def writer(index_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _served_by(index_dir: Path) -> dict | None:
-    """The stamp of the `ftrace serve` holding this index, None when none does."""
+def _held_by(index_dir: Path, name: str) -> dict | None:
+    """The stamp of the process holding lock file `name` of the directory now, None when none does."""
     try:
-        fd = os.open(Path(index_dir) / SERVE_LOCK, os.O_RDONLY)
+        fd = os.open(Path(index_dir) / name, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -144,20 +147,14 @@ def serving(index_dir: Path, url: str) -> Iterator[None]:
 
 def writing(index_dir: Path) -> tuple[str, str] | None:
     """(pid, start time) of the ingest writing this directory now, or None."""
-    try:
-        fd = os.open(Path(index_dir) / WRITE_LOCK, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        return None if _try_lock(fd, fcntl.LOCK_SH) else _holder(fd)
-    finally:
-        os.close(fd)
+    stamp = _held_by(index_dir, WRITE_LOCK)
+    return None if stamp is None else _pid_since(stamp)
 
 
 def reading(index_dir: Path) -> None:
     """Raise IndexBusyError if an ingest is writing this index now, or a server holds it; a reader calls this
     before any model work."""
-    served = _served_by(index_dir)
+    served = _held_by(index_dir, SERVE_LOCK)
     if served is not None:
         raise _served_error(index_dir, served)
     holder = writing(index_dir)
