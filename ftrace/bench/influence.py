@@ -14,7 +14,6 @@ k and the step settings.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -26,6 +25,7 @@ from ftrace.bench import metrics as M
 from ftrace.bench.cache import ScoreCache, settings_hash
 from ftrace.bench.candidates import draw, rng_for
 from ftrace.bench.paths import shown
+from ftrace.bench.scoring import ids_digest
 from ftrace.bench.slices import ALL
 from ftrace.bench.tailpatch import MOMENTUM, ORACLE, RANDOM, TailPatcher
 from ftrace.corpus import Query
@@ -35,7 +35,7 @@ STATS = ("delta_logp", "delta_logp_vs_momentum", "delta_p")
 
 
 def _digest(ids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    return ids_digest(ids, 16)  # 16: the length the cached steps were written with
 
 
 def reference_sets(patcher: TailPatcher) -> list[str]:

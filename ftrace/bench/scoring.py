@@ -30,8 +30,9 @@ from ftrace.query.methods import fusion_pool
 from ftrace.query.tracer import Tracer
 
 
-def _ids_digest(ids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+def ids_digest(ids: Sequence[str], size: int = 12) -> str:
+    """A short hash of a list of sentence ids (cache entries name their sentences by it)."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:size]
 
 
 def _round(x: float) -> float:
@@ -89,7 +90,7 @@ class Scorer:
     def scored(self, seed: int | None, q: Query, method: str, ids: list[str],
                tag: str | None = None) -> dict[str, float]:
         """Scores of exactly `ids` under one method, from the cache or tracer.score."""
-        name, digest = tag or method, _ids_digest(ids)
+        name, digest = tag or method, ids_digest(ids)
         v = self.cache.get(self.key, seed, q.id, name)
         if v is None or v.get("ids") != digest or len(v["s"]) != len(ids):
             t0 = time.perf_counter()

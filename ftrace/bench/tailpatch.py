@@ -64,20 +64,22 @@ class StepSettings:
     max_length: int  # tokens per training example (the run's)
 
 
-def check_run(train_dir: Path, lr: float | None) -> Path:
-    """The run's final checkpoint, after the cheap checks (before any model work): an AdamW run whose
-    final checkpoint records its lr (or `lr` is given) and keeps its optimizer state."""
+def check_run(train_dir: Path, lr: float | None) -> tuple[Path, dict, dict]:
+    """The run's final checkpoint, its config and the checkpoint's state, after the cheap checks (before
+    any model work): an AdamW run whose final checkpoint records its lr (or `lr` is given) and keeps its
+    optimizer state."""
     run = read_run(train_dir)
     if run is None:
         raise FtraceError(f"{train_dir}: no ftrace train run there (the index's manifest names it)")
     if run["config"].get("optimizer") != "adamw":
         raise FtraceError(f"{train_dir}: tail-patch steps like AdamW; this run used {run['config'].get('optimizer')}")
     final = traced_run(train_dir, "final").final
-    if lr is None and not (read_state(final) or {}).get("lr"):
+    state = read_state(final) or {}
+    if lr is None and not state.get("lr"):
         raise FtraceError(f"{final}: records no learning rate; give --tailpatch-lr")
     if not (final / TRAINER).exists():
         raise FtraceError(f"{final}: has no {TRAINER} (the optimizer state to step from)")
-    return final
+    return final, run["config"], state
 
 
 def _fresh(lr: float | None, max_tokens: int) -> StepSettings:
@@ -104,10 +106,9 @@ class TailPatcher:
         """The index's model stepping from its training run's final state (or fresh, with no run)."""
         if train_dir is None:
             return cls(lm, _fresh(lr, max_tokens), max_tokens)
-        final = check_run(Path(train_dir), lr)
+        final, cfg, state = check_run(Path(train_dir), lr)
         if Path(lm.name).resolve() != final.resolve():
             raise FtraceError(f"tail-patch: the index's model {lm.name} is not its run's final checkpoint {final}")
-        cfg = (read_run(Path(train_dir)) or {})["config"]
         opt = load_trainer(final)["optimizer"]
         group = opt["param_groups"][0]
         if group.get("amsgrad") or group.get("maximize"):
@@ -116,7 +117,7 @@ class TailPatcher:
             raise FtraceError(f"{final}/{TRAINER}: optimizer state for {len(opt['state'])} parameters, not the "
                               "model's")
         source = "--tailpatch-lr" if lr is not None else f"the lr of the run's last step ({final.name})"
-        s = StepSettings(lr=float(lr if lr is not None else (read_state(final) or {})["lr"]), lr_source=source,
+        s = StepSettings(lr=float(lr if lr is not None else state["lr"]), lr_source=source,
                          betas=tuple(group["betas"]), eps=float(group["eps"]),
                          weight_decay=float(group["weight_decay"]), steps_taken=int(opt["state"][0]["step"]),
                          loss=cfg["loss"], state=f"{final}/{TRAINER}", max_length=int(cfg.get("max_length", 256)))
