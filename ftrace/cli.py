@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import sys
 import types
 import typing
@@ -21,7 +22,16 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from ftrace import FtraceError
-from ftrace.config import DEFAULT_INDEX, BenchConfig, Cli, IngestConfig, QueryConfig, ServeConfig, TrainConfig
+from ftrace.config import (
+    DEFAULT_INDEX,
+    BenchConfig,
+    Cli,
+    IngestConfig,
+    QueryConfig,
+    ServeConfig,
+    TrainConfig,
+    option_name,
+)
 
 # plain (click) help: typer's rich panels print `<bool>` beside every flag and cut long option names
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -30,8 +40,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 C = TypeVar("C", bound=BaseModel)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt: the command unwinds (stores flushed and closed, locks
+    released) and ends in one line."""
+
+
+RESUMABLE = ("ingest", "bench", "train")  # commands that pick up where an interrupted run stopped
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print an FtraceError as one line on stderr and exit 1."""
+    """Print an FtraceError as one line on stderr and exit 1; Ctrl-C (SIGINT) and SIGTERM as one line, exit 130
+    or 143 (128 + the signal), after the command has unwound: what it stored is kept, and it resumes."""
     @wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -39,6 +62,12 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except FtraceError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt as e:
+            sig = signal.SIGTERM if isinstance(e, Interrupted) else signal.SIGINT
+            resumes = "; what was stored is kept: run the same command again to resume" if fn.__name__ in RESUMABLE \
+                else ""
+            typer.echo(f"interrupted ({sig.name}){resumes}", err=True)
+            raise typer.Exit(128 + sig) from None
     return run
 
 
@@ -60,6 +89,17 @@ class _Option:
     def param(self) -> str:
         return self.path[-1] if self.mark.argument else self.primary.lstrip("-").replace("-", "_")
 
+    @property
+    def shown(self) -> str:
+        """How messages name it: its primary option (--k), or the argument in capitals (PROMPT)."""
+        return option_name(self.path[-1], self.mark)
+
+    @property
+    def help(self) -> str:
+        """The mark's help, with its lower bound (checked by the config, like every other bound: one line, exit 1,
+        rather than click's usage error)."""
+        return self.mark.help if self.mark.min is None else f"{self.mark.help} At least {self.mark.min:g}."
+
     def typer_annotation(self) -> Any:
         """The type typer parses: lists as repeatable strings, choices as plain strings (the config
         validates them, with the same one-line errors as every other check)."""
@@ -76,7 +116,7 @@ class _Option:
         if self.mark.argument:
             info = typer.Argument(help=self.mark.help, show_default=False)
         else:
-            info = typer.Option(*self.mark.names or (self.primary,), help=self.mark.help, min=self.mark.min,
+            info = typer.Option(*self.mark.names or (self.primary,), help=self.help,
                                 metavar=self.mark.metavar or choices, show_default=base is not list[str])
         nullable = optional or origin is list or self.optional_section
         return Annotated[base | None if nullable else base, info]
@@ -140,7 +180,7 @@ def _describe(err: ValidationError, options: list[_Option], values: dict[str, An
         if loc[:len(opt.path)] == opt.path:
             v = values.get(opt.param)
             shown = repr(v) if isinstance(v, str) else ",".join(map(str, v)) if isinstance(v, list) else v
-            return f"{opt.primary if not opt.mark.argument else opt.param.upper()} {shown}: {msg}"
+            return f"{opt.shown} {shown}: {msg}"
     return msg
 
 
@@ -251,6 +291,7 @@ def train(config: TrainConfig) -> None:
 def main() -> None:  # pragma: no cover - the `ftrace` console script and `python -m ftrace.cli`
     """Run the command, then leave without the interpreter's teardown: a finished command has written its
     files and closed its stores, and unloading torch's ~3,000 modules would add 0.5-2 s to every run."""
+    signal.signal(signal.SIGTERM, _on_sigterm)  # `ftrace serve`'s uvicorn installs its own while it serves
     try:
         app()
         code: Any = 0

@@ -1,9 +1,10 @@
 """Helpers for tests and benchmarks: a tiny, randomly initialised causal LM with a tokenizer trained on
 the given texts, saved as a normal Hugging Face model directory (what tests and quick demos pass as
-`--model`), and `ftrace serve` started in a subprocess."""
+`--model`), `ftrace serve` started in a subprocess, and `record` for perf/reliability.py's report."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,11 @@ def start_server(index: Path, log: Path, *args: str, env: dict[str, str] | None 
         proc.kill()
         proc.wait()
     raise RuntimeError(f"ftrace serve did not start: {Path(log).read_text()[-3000:]}")
+
+
+def record(scenario: str, item: str, outcome: str) -> None:
+    """One line of the reliability report (perf/reliability.py), when it asked for one (FTRACE_RELIABILITY_LOG)."""
+    path = os.environ.get("FTRACE_RELIABILITY_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"scenario": scenario, "item": item, "outcome": outcome}) + "\n")

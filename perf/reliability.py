@@ -1,5 +1,6 @@
-"""The reliability report: runs tests/test_reliability.py (real processes, real engines, a tiny model) and
-writes what each scenario did, with the actual messages, to perf/results/reliability.md.
+"""The reliability report: runs tests/test_reliability.py and the bounded-request tests of tests/test_serve.py
+(real processes, real engines, a tiny model) and writes what each scenario did, with the actual messages, to
+perf/results/reliability.md.
 
     python perf/reliability.py                 # 16 concurrent readers
     python perf/reliability.py --readers 32 --out /tmp/reliability.md
@@ -42,7 +43,8 @@ def main() -> None:
         log = Path(tmp) / "outcomes.jsonl"
         env = {**os.environ, "FTRACE_RELIABILITY_LOG": str(log), "FTRACE_TEST_READERS": str(args.readers),
                "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reliability.py"]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reliability.py",
+               "tests/test_serve.py", "-k", "not test_serve or huge_prompt or over_its_time"]
         load = os.getloadavg()[0]
         t0 = time.monotonic()
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -57,8 +59,8 @@ def main() -> None:
         "# Reliability",
         "",
         f"`python perf/reliability.py --readers {args.readers}` on {time.strftime('%Y-%m-%d')} (commit {commit}): "
-        f"tests/test_reliability.py, {summary} ({wall:.0f} s wall on {machine()}, load average {load:.1f} at "
-        "the start).",
+        f"tests/test_reliability.py and test_serve.py's bounded requests, {summary} ({wall:.0f} s wall on "
+        f"{machine()}, load average {load:.1f} at the start).",
         "Real `ftrace` processes on real Qdrant Edge and Lucene, with a tiny random model on the sample corpus "
         "(337 sentences). INDEX, DIR and MODEL stand for the test's temporary paths.",
     ]

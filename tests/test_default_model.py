@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from ftrace.cli import app
 
+pytestmark = pytest.mark.slow  # real processes, servers or the real model: the full tier
+
 
 @pytest.fixture(scope="module")
 def p176_index(tmp_path_factory):

@@ -41,6 +41,7 @@ def test_bfloat16_weights_keep_the_fingerprint(models):
     assert b16.fingerprint == f32.fingerprint  # of the float32 weights: the same index model
 
 
+@pytest.mark.slow
 def test_bfloat16_vectors_are_close_to_float32_ones(models, sample):
     f32, b16 = models
     batch = example_batch(f32.tokenizer, [s.text for s in sample.sentences[:24]])

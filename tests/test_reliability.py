@@ -29,6 +29,7 @@ from ftrace.index.manifest import Manifest, ManifestError
 from ftrace.index.vectors import open_store, point_id
 from ftrace.model.batching import budget_batches, token_lengths
 from ftrace.query.tracer import Tracer
+from ftrace.testing import record
 
 ROOT = Path(__file__).resolve().parents[1]
 AVANZA = "Toyota Avanza is produced by"
@@ -105,14 +106,6 @@ def shown(line, **paths):
     for name, path in sorted(paths.items(), key=lambda kv: -len(str(kv[1]))):
         text = text.replace(str(path), name)
     return f"`` {text} ``"
-
-
-def record(scenario, item, outcome):
-    """One line of the reliability report (perf/reliability.py), when it asked for one."""
-    path = os.environ.get("FTRACE_RELIABILITY_LOG")
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"scenario": scenario, "item": item, "outcome": outcome}) + "\n")
 
 
 # Code run before the CLI: `die()` is kill -9 of the process itself, at a point the patches choose.
@@ -195,8 +188,12 @@ def test_kill_9_at_three_points_then_resume_gives_the_clean_index(tmp_path, samp
         seen[w] = str(e.value)
         assert seen[w] == f"{d}: ingest did not finish {KILL_POINTS[w][1]}; run `ftrace ingest` again to resume it"
 
-    resumed = run_all({w: ingest_args(d, tiny_model_dir) for w, d in dirs.items()})
-    clean = stored_vectors(sample_index)
+    # the reference: an uninterrupted ingest in a process like the resumed ones (a resume redoes the batches of
+    # the uninterrupted plan, so the vectors match bit for bit whatever the processor's BLAS does with shapes)
+    resumed = run_all({**{w: ingest_args(d, tiny_model_dir) for w, d in dirs.items()},
+                       "clean": ingest_args(tmp_path / "clean", tiny_model_dir)})
+    assert resumed["clean"][0] == 0, resumed["clean"][2][-3000:]
+    clean = stored_vectors(tmp_path / "clean")
     for w, d in dirs.items():
         rc, _, err = resumed[w]
         assert rc == 0, err[-3000:]
@@ -220,7 +217,55 @@ def test_kill_9_at_three_points_then_resume_gives_the_clean_index(tmp_path, samp
                f"a query meanwhile: {shown(seen[w], INDEX=d)}; resumed"
                + (f" ({shown(resuming[0])})" if resuming else "") + "; vectors bit-identical to a clean ingest, "
                "same BM25 results")
-    assert "resuming: 48 examples already stored, 289 to go" in resumed[list(dirs)[2]][2]
+    assert "resuming: 48 examples already stored; 289 to featurise" in resumed[list(dirs)[2]][2]
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_at_three_points_stop_cleanly_then_resume(tmp_path, tiny_model_dir):
+    """Ctrl-C (SIGINT) and SIGTERM, each at the three points of the kill -9 test: one line, exit 128 + the signal,
+    no traceback and no JVM crash log (the JVM leaves both signals to Python: -Xrs), the index resumable."""
+    runs = {(w, sig): tmp_path / f"{sig}-{i}" for i, w in enumerate(KILL_POINTS) for sig in ("SIGINT", "SIGTERM")}
+    signalled = run_all({(w, sig): (ingest_args(d, tiny_model_dir),
+                                    f"def die():\n    os.kill(os.getpid(), signal.{sig})\n{KILL_POINTS[w][0]}")
+                         for (w, sig), d in runs.items()})
+    for (w, sig), (rc, _, err) in signalled.items():
+        lines = err.strip().splitlines()
+        assert rc == 128 + {"SIGINT": 2, "SIGTERM": 15}[sig], (w, sig, err[-2000:])
+        assert lines[-1] == f"interrupted ({sig}); what was stored is kept: run the same command again to resume"
+        assert "Traceback" not in err and "fatal error" not in err.lower(), err[-2000:]
+        assert not Manifest.read(runs[w, sig]).complete
+    assert not list(ROOT.glob("hs_err_pid*.log")) and not list(tmp_path.rglob("hs_err_pid*.log"))
+    resumed = run_all({**{k: ingest_args(d, tiny_model_dir) for k, d in runs.items()},
+                       "clean": ingest_args(tmp_path / "clean", tiny_model_dir)})
+    assert all(rc == 0 for rc, _, _ in resumed.values()), {k: v[2][-2000:] for k, v in resumed.items() if v[0]}
+    clean = stored_vectors(tmp_path / "clean")
+    for (w, sig), d in runs.items():
+        got = stored_vectors(d)
+        for name in clean:
+            np.testing.assert_array_equal(got[name], clean[name])
+        record("Ctrl-C or SIGTERM during ingest, then `ftrace ingest` again", f"{sig} {w}",
+               f"exit {signalled[w, sig][0]}, `` {signalled[w, sig][2].strip().splitlines()[-1]} ``; resumed, "
+               "vectors bit-identical to a clean ingest")
+
+
+@pytest.mark.slow
+def test_thread_counts_what_holds(tmp_path, tiny_model_dir):
+    """What a machine's thread setting changes: the same setting twice gives bit-identical vectors; 1 and 2 torch
+    threads may split reductions differently, so the vectors agree within one float16 step (the stored type)."""
+    runs = {"1": ("1", tmp_path / "t1"), "2": ("2", tmp_path / "t2"), "2 again": ("2", tmp_path / "t2b")}
+    procs = {k: start(*ingest_args(d, tiny_model_dir), OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
+             for k, (n, d) in runs.items()}
+    for k, p in procs.items():
+        rc, _, err = finish(p)
+        assert rc == 0, (k, err[-2000:])
+    got = {k: stored_vectors(d) for k, (_, d) in runs.items()}
+    for name in got["2"]:
+        np.testing.assert_array_equal(got["2"][name], got["2 again"][name])
+        a, b = got["1"][name], got["2"][name]
+        step = np.spacing(np.abs(b).astype(np.float16)).astype(np.float32)
+        assert np.all(np.abs(a - b) <= step), f"{name}: {np.abs(a - b).max()}"
+    same = all(np.array_equal(got["1"][n], got["2"][n]) for n in got["2"])
+    record("thread counts", "1 vs 2 torch threads", "bit-identical" if same else "within one float16 step")
 
 
 # --- one writer, many readers --------------------------------------------------------------------

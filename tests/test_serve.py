@@ -15,7 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ftrace.cli import app
-from ftrace.testing import start_server
+from ftrace.testing import record, start_server
+
+pytestmark = pytest.mark.slow  # real processes, servers or the real model: the full tier
 
 ROOT = Path(__file__).resolve().parents[1]
 AVANZA = "Toyota Avanza is produced by"
@@ -104,13 +106,13 @@ def test_trace_matches_query_json(server, sample_index, body):
 
 @pytest.mark.parametrize("body, status, message", [
     ({"target": "Toyota"}, 422, "prompt: Field required"),
-    ({"prompt": AVANZA, "method": "bm26"}, 400, "--method 'bm26': this index has ['bm25', 'embed', 'tracin']"),
+    ({"prompt": AVANZA, "method": "bm26"}, 400, "method 'bm26': this index has ['bm25', 'embed', 'tracin']"),
     ({"prompt": AVANZA, "weight": 2}, 422, "weight 2: Input should be less than or equal to 1"),
     ({"prompt": AVANZA, "weight": "heavy"}, 422, "weight 'heavy': Input should be a valid number"),
     ({"prompt": AVANZA, "k": 0}, 422, "k 0: Input should be greater than or equal to 1"),
     ({"prompt": AVANZA, "fusion": "max"}, 422, "fusion 'max': Input should be 'sum', 'rrf' or 'cascade'"),
     ({"prompt": AVANZA, "index": "/etc"}, 422, "index: not an option of this request"),
-    ({"prompt": "  "}, 400, "PROMPT is empty"),
+    ({"prompt": "  "}, 400, "prompt is empty"),
     (b"{not json", 422, "request body: not valid JSON"),
     (b"", 422, "request body: Field required"),
 ])
@@ -128,6 +130,72 @@ def test_concurrent_requests_are_answered_consistently(server):
     for i, (_, out, _) in enumerate(results):
         assert out == alone[i % 2]  # one process, one thread: bit-identical to the same query alone
     assert http(f"{server.url}/health")[0] == 200
+
+
+def test_a_huge_prompt_is_cut_and_does_not_hold_the_server(server):
+    """A 5,000-word prompt keeps its last --max-tokens tokens, for the answer as for the vectors, so a small
+    request sent beside it is answered within a second or two; a body over 64 KiB is refused in one line."""
+    huge = {"prompt": " ".join(["the city of"] * 1700) + " " + AVANZA, "method": "tracin+bm25"}  # model answer
+    small = {"prompt": AVANZA, "target": "Toyota", "method": "bm25"}
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(lambda: http(f"{server.url}/trace", huge))
+        time.sleep(0.05)
+        started = time.monotonic()
+        status, out, _ = pool.submit(lambda: http(f"{server.url}/trace", small)).result()
+        waited = time.monotonic() - started
+        big_status, big, headers = first.result()
+    assert status == 200 and waited < 2.0, (status, waited)
+    assert big_status == 200 and "the model saw only its end" in big["note"], big
+    timing = dict(part.split(";dur=") for part in headers["Server-Timing"].split(", "))
+    assert float(timing["answer"]) < 2000  # milliseconds: the answer was generated from the cut prompt
+    record("bounded requests to `ftrace serve`", "a 5,100-word prompt (model answer), a small request 50 ms later",
+           f"both 200; the small one answered in {waited:.2f} s; the big one's answer took "
+           f"{float(timing['answer']):.0f} ms: `` {big['note']} ``")
+    status, out, _ = http(f"{server.url}/trace", {"prompt": "x" * 70_000})
+    assert status == 413 and out["detail"].startswith("request body: 70,0") and "\n" not in out["detail"]
+    record("bounded requests to `ftrace serve`", "a 70 KB body", f"{status}: `` {out['detail']} ``")
+
+
+def test_a_request_over_its_time_is_answered_503_and_dropped(tmp_path, sample_index, monkeypatch):
+    """--request-timeout: the client hears 503 at the limit; the worker drops the request at its next step, so the
+    next request is served."""
+    from fastapi.testclient import TestClient
+
+    from ftrace.query.tracer import Tracer
+    from ftrace.serve.app import create_app
+    from ftrace.serve.service import Service
+
+    real, real_retrieve, after = Tracer.query_vectors, Tracer.retrieve, []
+
+    def slow(self, prompt, *args, **kwargs):
+        if prompt == "slow":
+            time.sleep(1.5)
+        return real(self, prompt, *args, **kwargs)
+
+    def retrieve(self, method, prompt, *args, **kwargs):
+        after.append(prompt)  # the step after the vectors: a dropped request never gets here
+        return real_retrieve(self, method, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(Tracer, "query_vectors", slow)
+    monkeypatch.setattr(Tracer, "retrieve", retrieve)
+    index = tmp_path / "idx"
+    shutil.copytree(sample_index, index)
+    service = Service(index, "cpu", "http://testserver")
+    try:
+        client = TestClient(create_app(service, timeout=1.0))
+        started = time.monotonic()
+        r = client.post("/trace", json={"prompt": "slow", "target": "Toyota", "method": "tracin"})
+        assert r.status_code == 503 and "longer than 1 s (--request-timeout)" in r.json()["detail"]
+        took, r_slow = time.monotonic() - started, r.json()["detail"]
+        assert 0.9 < took < 1.4
+        r = client.post("/trace", json={"prompt": AVANZA, "target": "Toyota", "method": "tracin", "k": 3})
+        assert r.status_code == 200 and len(r.json()["rows"]) == 3, r.json()
+        assert "slow" not in after and AVANZA in after  # the slow one was dropped at its next step
+        assert service.tracer.deadline is None
+        record("bounded requests to `ftrace serve`", "a request whose query vectors take 1.5 s, --request-timeout 1",
+               f"503 after {took:.2f} s: `` {r_slow} ``; the next request: 200 (the worker had dropped the slow one)")
+    finally:
+        service.close()
 
 
 def test_a_served_index_refuses_other_readers_and_servers_at_once(server):
@@ -191,7 +259,9 @@ def test_explorer_page_renders_results_in_chromium(server, tmp_path):
 
 
 def test_stopping_the_server_frees_the_index(server):
-    assert server.stop() in (0, -15)  # uvicorn's graceful shutdown closes the service, then re-raises SIGTERM
+    # uvicorn's graceful shutdown closes the service, then re-raises SIGTERM: one line, exit 128 + 15
+    assert server.stop() == 143
+    assert server.log.read_text().strip().splitlines()[-1] == "interrupted (SIGTERM)"
     assert f"closed {server.index}" in server.log.read_text(), server.log.read_text()[-3000:]
     r = runner.invoke(app, ["query", AVANZA, "--index", str(server.index), "--target", "Toyota", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["rows"], r.output

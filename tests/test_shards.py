@@ -101,9 +101,8 @@ def test_three_processes_build_the_index_a_plain_ingest_builds(tmp_path, sample_
     m, plain = Manifest.read(index), Manifest.read(sample_index)
     assert m.complete and m.identity() == plain.identity()
     got, want = vectors(index), vectors(sample_index)
-    # embeddings are bit-identical; gradients differ by at most one float16 step (other batches, other
-    # float rounding, then stored as float16)
-    assert all(np.array_equal(got[i]["embed"], want[i]["embed"]) for i in want)
+    # shards batch other examples together: other matrix shapes, which BLAS may round differently on some
+    # processors (bit-identical on Intel Xeon, not on AMD EPYC); every vector is within one float16 step
     assert_within_float16_rounding(got, want)
     runs = [json.loads(cli("query", AVANZA, "--index", d, "--target", "Toyota", "--json").output)["rows"]
             for d in (index, sample_index)]
@@ -141,7 +140,7 @@ def test_a_killed_shard_resumes_and_the_final_ingest_says_what_is_missing(tmp_pa
     assert r.exit_code == 1 and "holds shards of a 2-way split (shards/); use --shard I/2" in r.output
     r = cli(*ingest_args(index, tiny_model_dir, "--shard", "1/2", *local))
     assert r.exit_code == 0, r.output
-    assert "resuming: 32 examples already stored, 136 to go" in r.output  # two batches of 16 survived the kill
+    assert "resuming: 32 examples already stored; 136 to featurise" in r.output  # two batches of 16 survived
     r = cli(*ingest_args(index, tiny_model_dir, "--shard", "0/2", *local))
     assert r.exit_code == 0, r.output
     r = cli(*ingest_args(index, tiny_model_dir, *local))

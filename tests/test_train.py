@@ -96,6 +96,7 @@ def test_loss_decreases(full_run, sample, tiny_model_dir):
     assert after < before - 0.5
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(full_run, tmp_path, sample, tiny_model_dir):
     out, _ = full_run
     again = train(config(tiny_model_dir), sample, tmp_path / "again")
@@ -104,6 +105,7 @@ def test_same_seed_same_weights(full_run, tmp_path, sample, tiny_model_dir):
     assert not same_weights(other.checkpoints[-1], out / f"step-{STEPS}")
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_is_bit_identical(full_run, tmp_path, sample, tiny_model_dir, monkeypatch):
     out, _ = full_run
     real = ckpt.write_checkpoint

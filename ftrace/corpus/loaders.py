@@ -34,8 +34,10 @@ def _json_error(e: json.JSONDecodeError) -> str:
     return f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
 
 
-# A plain corpus line holds one sentence: 64 KiB is far more text than any model reads of one (--max-tokens),
-# so a longer line is a file that is not one sentence per line. (LAMA lines, with all their evidence, are not capped.)
+# A plain corpus line a user gives holds one sentence or query: 64 KiB is far more text than any model reads of
+# one (--max-tokens), so a longer line is a file that is not one record per line. The files ftrace writes itself
+# (an index's corpus.jsonl, whose query lines list every proponent: 5,000 for one LAMA fact) and LAMA lines, with
+# all their evidence, are not capped.
 MAX_SENTENCE_LINE = 65_536
 
 
@@ -52,7 +54,7 @@ def read_jsonl(path: Path, max_line: int | None = None) -> Iterator[tuple[int, d
             n += 1
             if max_line is not None and len(raw.rstrip(b"\r\n")) > max_line:
                 raise CorpusError(f"{path}:{n}: line longer than {max_line:,} bytes; a corpus line holds one "
-                                  "sentence")
+                                  "sentence or query")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -83,13 +85,14 @@ class _PlainSentence(BaseModel):
     facts: list[tuple[str, str, str]] = []
 
 
-def load_jsonl(path: Path, source: str | None = None) -> Corpus:
+def load_jsonl(path: Path, source: str | None = None, max_line: int | None = MAX_SENTENCE_LINE) -> Corpus:
     """ftrace's own format: sentence lines {"text", "id"?, "facts"?} and query lines
-    {"prompt", "target", "id"?, "fact"?, "proponents"?}. See docs in the README."""
+    {"prompt", "target", "id"?, "fact"?, "proponents"?}. See docs in the README. `max_line`: the longest line
+    accepted (None for the files ftrace wrote itself)."""
     sentences: list[Sentence] = []
     queries: list[Query] = []
     seen: dict[str, int] = {}
-    for n, obj in read_jsonl(path, MAX_SENTENCE_LINE):
+    for n, obj in read_jsonl(path, max_line):
         where = f"{path}:{n}"
         if "prompt" in obj:
             obj.setdefault("id", f"q{n}")
@@ -203,6 +206,9 @@ def load_lama(
                     proponents=list(dict.fromkeys(proponents)),
                     split=split,
                 ))
+    if not sentences:  # e.g. splits no selected relation has: an index of nothing is refused, not built
+        raise CorpusError(f"{root}: relation(s) {','.join(rels) or 'none'}, split(s) {','.join(splits)}: "
+                          "no evidence sentences selected")
     source = f"lama:{root}:{','.join(rels)}:{','.join(splits)}:{limit or 'all'}"
     return Corpus(source=source, sentences=list(sentences.values()), queries=queries).link_proponents()
 
@@ -264,8 +270,10 @@ def load_corpus(
     splits: Sequence[str] = SPLITS,
     limit: int | None = None,
 ) -> Corpus:
-    """'sample', a plain .jsonl file, a LAMA T-REx directory, or a raw T-REx .json file."""
+    """'sample', a plain .jsonl file, a LAMA T-REx directory, or a raw T-REx .json file. `relations`, `splits`
+    (other than all three) and `limit` select LAMA facts: with any other corpus they are refused, not ignored."""
     if spec == "sample":
+        _lama_only(spec, "the built-in plain jsonl corpus", relations, splits, limit)
         return load_sample()
     path = Path(spec)
     if path.is_dir():
@@ -276,6 +284,22 @@ def load_corpus(
         raise CorpusError(f"{path}: corpus not found (give 'sample', a .jsonl file, a LAMA T-REx directory or a "
                           "T-REx .json file)")
     if path.suffix == ".json":
+        _lama_only(spec, "a raw T-REx file", relations, splits, limit)
         rel_file = path.parent.parent / "lama-trex" / "relations.jsonl"
         return load_trex(path, load_templates(rel_file) if rel_file.exists() else None)
+    _lama_only(spec, "a plain jsonl corpus", relations, splits, limit)
     return load_jsonl(path)
+
+
+def _lama_only(spec: str, kind: str, relations: Sequence[str] | None, splits: Sequence[str],
+               limit: int | None) -> None:
+    """Refuse a LAMA selection (`--relation`, `--split`, `--limit`) for a corpus of another kind, which would
+    otherwise be loaded whole."""
+    given = [(option, value) for option, value, wanted in (
+        ("--relation", ",".join(relations or ()), bool(relations)),
+        ("--split", ",".join(splits), list(splits) != list(SPLITS)),
+        ("--limit", str(limit), limit is not None)) if wanted]
+    if given:
+        option, value = given[0]
+        raise CorpusError(f"{option} {value}: the corpus {spec!r} is {kind}; --relation, --split and --limit select "
+                          "facts of a LAMA T-REx directory (relations.jsonl + P*/{train,dev,test}.jsonl)")

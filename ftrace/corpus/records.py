@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from ftrace.plumbing import replacing
+
 Triple = tuple[str, str, str]
 
 
@@ -118,10 +120,8 @@ class Corpus(BaseModel):
 
     def write_jsonl(self, path: Path) -> None:
         """Write in the plain jsonl format (readable back with `load_jsonl`)."""
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for s in self.sentences:
                 f.write(json.dumps(s.model_dump(), ensure_ascii=False) + "\n")
             for q in self.queries:
                 f.write(json.dumps(q.model_dump(exclude_none=True), ensure_ascii=False) + "\n")
-        tmp.replace(path)

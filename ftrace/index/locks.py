@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ftrace import FtraceError
+from ftrace.plumbing import directory_problem, write_atomic
 
 WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK = ".write.lock", ".store.lock", ".serve.lock", ".setup.lock"
 PROGRESS = ".progress.json"
@@ -41,6 +42,19 @@ WAIT_ENV = "FTRACE_STORE_WAIT_S"
 
 class IndexBusyError(FtraceError):
     pass
+
+
+class IndexPathError(FtraceError):
+    pass
+
+
+def check_directory(index_dir: Path) -> None:
+    """Refuse, in one line, an index path that is a file or lies under one: before this module opens a lock file in
+    it (which would fail with a traceback)."""
+    problem = directory_problem(index_dir)
+    if problem:
+        raise IndexPathError(f"{index_dir}: {problem}; --index takes a directory (an index, or a new path for "
+                             "ingest)")
 
 
 def store_wait_s() -> float:
@@ -90,8 +104,12 @@ def writer(index_dir: Path) -> Iterator[None]:
     Creates the directory if needed; on exit removes what it created if the ingest wrote no index
     (a refused or failed ingest leaves no directory and no lock file behind)."""
     index_dir = Path(index_dir)
+    check_directory(index_dir)
     made = [p for p in (index_dir, *index_dir.parents) if not p.exists()]  # leaf first
-    index_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. no permission
+        raise IndexPathError(f"{index_dir}: cannot create the index directory ({e.strerror or e})") from None
     path = index_dir / WRITE_LOCK
     made_file = not path.exists()
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -153,7 +171,8 @@ def writing(index_dir: Path) -> tuple[str, str] | None:
 
 def reading(index_dir: Path) -> None:
     """Raise IndexBusyError if an ingest is writing this index now, or a server holds it; a reader calls this
-    before any model work."""
+    before any model work. An index path that is a file is refused here too."""
+    check_directory(index_dir)
     served = _held_by(index_dir, SERVE_LOCK)
     if served is not None:
         raise _served_error(index_dir, served)
@@ -167,10 +186,7 @@ def reading(index_dir: Path) -> None:
 
 def record_progress(index_dir: Path, stored: int, total: int) -> None:
     """The writer's progress, for readers: written beside and renamed over, so never read half-written."""
-    path = Path(index_dir) / PROGRESS
-    tmp = path.with_name(PROGRESS + ".tmp")
-    tmp.write_text(json.dumps({"stored": stored, "total": total}))
-    tmp.replace(path)
+    write_atomic(Path(index_dir) / PROGRESS, json.dumps({"stored": stored, "total": total}))
 
 
 def clear_progress(index_dir: Path) -> None:

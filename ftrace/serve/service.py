@@ -70,10 +70,16 @@ class Service:
         """Run `fn(*args)` on the tracer's thread, after every call submitted before it."""
         return await asyncio.wrap_future(self._pool.submit(fn, *args))
 
-    def trace(self, request: dict) -> tuple[QueryResult, dict[str, float]]:
-        """One `ftrace query` (its options as a dict) and the seconds each part took."""
-        result = self._tracer.query(**request)
-        return result, dict(self._tracer.timings)
+    def trace(self, request: dict, deadline: float | None = None) -> tuple[QueryResult, dict[str, float]]:
+        """One `ftrace query` (its options as a dict) and the seconds each part took; past `deadline`
+        (time.monotonic()) it stops at its next part (`RequestTimeout`), freeing the worker."""
+        tracer = self._tracer
+        tracer.deadline = deadline
+        try:
+            result = tracer.query(**request)
+        finally:
+            tracer.deadline = None
+        return result, dict(tracer.timings)
 
     def info(self) -> dict:
         """What `ftrace info` shows (the manifest and the index's status), plus this server."""

@@ -8,16 +8,26 @@ A checkpoint `step-N/` holds
                    train_loss = mean training loss of the steps since the previous checkpoint,
                    lr = learning rate of the last of those steps (both null at step 0)
     trainer.pt     optimizer and scheduler state_dicts, step and RNG states, for resuming; only
-                   in the latest checkpoint (removed from older ones once a newer one is complete)
+                   in the latest checkpoint (removed from older ones once a newer one is complete).
+                   The optimizer's exp_avg_sq tensors are not stored twice: those equal to exp_avg_sq.pt's
+                   are left out, listed under "exp_avg_sq_from" ({state index: [parameter name, dtype]}),
+                   and `load_trainer` puts them back (bit for bit: float32 holds every value of the dtype)
 
 It is written into `step-N.tmp-PID/`, state.json last, then renamed: a `step-N/` is always complete.
+
+Disk: `CheckpointSizes` estimates a checkpoint's files from the model's parameters and the dtype, and
+`check_disk` prints what a run's checkpoints will take and refuses one whose file system lacks the room,
+before training starts (SmolLM2-135M in float32 with AdamW: 0.54 GB of weights, 0.54 GB of second moments
+and 0.54 GB of resume state, so `--checkpoints 3` needs about 4.8 GB).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +39,7 @@ from ftrace.train.layout import STEP_RE, write_json
 STATE = "state.json"
 MOMENTS = "exp_avg_sq.pt"
 TRAINER = "trainer.pt"
+SHARED = "exp_avg_sq_from"  # trainer.pt: {optimizer state index: [name, dtype]} of the moments left to MOMENTS
 
 
 def read_state(ckpt: Path) -> dict[str, Any] | None:
@@ -52,8 +63,27 @@ def checkpoint_dirs(train_dir: Path | str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _without_moments(trainer: dict[str, Any], names: list[str] | None,
+                     moments: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """`trainer` with the optimizer's exp_avg_sq tensors that `moments` holds exactly left out (`names`: the
+    parameter name of each optimizer state index), and which ones under SHARED."""
+    if not moments or names is None:
+        return trainer
+    state, shared = {}, {}
+    for i, s in trainer["optimizer"]["state"].items():
+        v, name = s.get("exp_avg_sq"), names[i]
+        if isinstance(v, torch.Tensor) and name in moments and torch.equal(v.to("cpu", torch.float32), moments[name]):
+            s = {k: x for k, x in s.items() if k != "exp_avg_sq"}
+            shared[i] = [name, str(v.dtype).removeprefix("torch.")]
+        state[i] = s
+    return {**trainer, "optimizer": {**trainer["optimizer"], "state": state}, SHARED: shared}
+
+
 def write_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any],
-                     moments: dict[str, torch.Tensor] | None, trainer: dict[str, Any]) -> Path:
+                     moments: dict[str, torch.Tensor] | None, trainer: dict[str, Any],
+                     names: list[str] | None = None) -> Path:
+    """Write checkpoint `step-N`; `names`: the parameter name of each optimizer state index (with it, the
+    second moments in `moments` are not saved again in trainer.pt)."""
     final = out / f"step-{step}"
     if final.exists():
         raise TrainError(f"{final}: already exists; this run directory was changed by someone else")
@@ -64,7 +94,7 @@ def write_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, state: di
     tokenizer.save_pretrained(tmp)
     if moments is not None:
         torch.save(moments, tmp / MOMENTS)
-    torch.save(trainer, tmp / TRAINER)
+    torch.save(_without_moments(trainer, names, moments), tmp / TRAINER)
     write_json(tmp / STATE, {**state, "second_moments": MOMENTS if moments is not None else None,
                              "complete": True})
     tmp.rename(final)
@@ -75,7 +105,67 @@ def write_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, state: di
 
 
 def load_trainer(ckpt: Path) -> dict[str, Any]:
+    """trainer.pt with the full optimizer state (the second moments it shares with exp_avg_sq.pt put back)."""
     try:
-        return torch.load(ckpt / TRAINER, map_location="cpu", weights_only=True)
+        trainer = torch.load(ckpt / TRAINER, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise TrainError(f"{ckpt}: the latest checkpoint has no {TRAINER}; cannot resume") from None
+    shared = trainer.pop(SHARED, None)
+    if shared:
+        try:
+            moments = torch.load(ckpt / MOMENTS, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise TrainError(f"{ckpt}: has no {MOMENTS}, which holds part of its {TRAINER}; cannot resume") from None
+        for i, (name, dtype) in shared.items():  # float32 copies of float32/bfloat16/float16 tensors: cast back exactly
+            trainer["optimizer"]["state"][i]["exp_avg_sq"] = moments[name].to(getattr(torch, dtype))
+    return trainer
+
+
+# --- disk ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CheckpointSizes:
+    """Bytes of a checkpoint's files, estimated from the parameters (tokenizer and config files aside)."""
+
+    weights: int  # model.safetensors, in the training dtype
+    moments: int  # exp_avg_sq.pt: float32, one per trainable parameter (none at step 0)
+    resume: int  # trainer.pt: the optimizer state besides the second moments, in the latest checkpoint only
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, dtype: torch.dtype, optimizer: str) -> CheckpointSizes:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        params = list(model.parameters())  # a tied weight once, as saved
+        trainable = [p for p in params if p.requires_grad]
+        if optimizer == "adamw":  # exp_avg, in the weights' dtype
+            resume = itemsize * sum(p.numel() for p in trainable)
+        else:  # adafactor: no first moment; float32 row and column factors of each matrix
+            resume = 4 * sum(math.prod(p.shape[:-1]) + math.prod(p.shape[:-2]) * p.shape[-1]
+                             for p in trainable if p.dim() >= 2)
+        return cls(weights=itemsize * sum(p.numel() for p in params),
+                   moments=4 * sum(p.numel() for p in trainable), resume=resume)
+
+    def needed(self, steps: list[int]) -> int:
+        """The room checkpoints at `steps` need: their files, plus two resume states (a checkpoint's is removed
+        only once the next one is complete)."""
+        if not steps:
+            return 0
+        return sum(self.weights + (self.moments if s > 0 else 0) for s in steps) + 2 * self.resume
+
+
+def size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def check_disk(out: Path, sizes: CheckpointSizes, steps: list[int]) -> str:
+    """One line saying how much disk the checkpoints at `steps` (those still to write) need in `out` and how much
+    its file system has free; TrainError, in one line, when that is not enough."""
+    needed = sizes.needed(steps)
+    where = next(p for p in (out, *out.parents) if p.exists())  # `out` itself may not exist yet
+    free = shutil.disk_usage(where).free
+    what = (f"{len(steps)} checkpoint{'s' * (len(steps) != 1)} (steps {', '.join(map(str, steps))}) of "
+            f"{size(sizes.weights)} weights + {size(sizes.moments)} second moments after step 0, and "
+            f"{size(sizes.resume)} resume state in the latest")
+    if needed > free:
+        raise TrainError(f"{out}: needs about {size(needed)} of disk for {what}, and only {size(free)} is free "
+                         "there; free some space, choose another --out, or save fewer --checkpoints")
+    return f"disk: about {size(needed)} in {out} for {what}; {size(free)} free"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ftrace.plumbing import write_atomic
 from ftrace.train.errors import TrainError
 
 RUN = "run.json"
@@ -35,9 +35,7 @@ FORMAT = 1
 
 def write_json(path: Path, obj: Any) -> None:
     """Write-then-rename, so a reader never sees half a file."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _foreign(entry: str) -> bool:

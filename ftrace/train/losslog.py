@@ -6,9 +6,10 @@ kill cut short) are dropped, so the file always matches the checkpoints."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from ftrace.plumbing import write_atomic
 
 
 def read_losses(path: Path, upto: int | None = None) -> list[dict[str, Any]]:
@@ -30,9 +31,7 @@ def read_losses(path: Path, upto: int | None = None) -> list[dict[str, Any]]:
 def truncate_losses(path: Path, upto: int) -> None:
     """Keep the lines of steps <= `upto`, rewritten atomically."""
     rows = read_losses(path, upto)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 class LossLog:

@@ -10,7 +10,8 @@
 for Adafactor's factored (>= 2-D) parameters the full matrix its update divides by,
 v = (row / row.mean(-1)) (outer) col  (transformers' `_approx_sq_grad` is rsqrt of exactly this),
 and exp_avg_sq for its 1-D parameters. Parameters that never received a gradient have no state and
-are left out. Names are `model.named_parameters()`'s (a tied weight appears once).
+are left out. Names are `model.named_parameters()`'s (a tied weight appears once); `state_names` maps the
+optimizer state_dict's parameter indices to them.
 """
 
 from __future__ import annotations
@@ -47,3 +48,10 @@ def second_moments(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> 
             continue
         out[name] = v.detach().to("cpu", torch.float32).clone()
     return out
+
+
+def state_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[str]:
+    """The parameter name of each index of `optimizer.state_dict()["state"]`, which numbers the parameters of its
+    groups in order."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]

@@ -3,12 +3,13 @@ markers. Uses matplotlib's object API with the Agg canvas: no display and no glo
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ftrace.plumbing import replacing
 
 
 def plot_losses(path: Path, losses: Sequence[dict[str, Any]], checkpoints: Sequence[dict[str, Any]],
@@ -40,6 +41,5 @@ def plot_losses(path: Path, losses: Sequence[dict[str, Any]], checkpoints: Seque
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -35,12 +35,13 @@ from ftrace.corpus import Corpus, load_corpus
 from ftrace.index.manifest import versions
 from ftrace.model.batching import IGNORE, LossBatch
 from ftrace.model.loading import DTYPES, LoadedModel, load_model, resolve_device
+from ftrace.plumbing import log
 from ftrace.train import checkpoints as ckpt
 from ftrace.train.errors import TrainError
 from ftrace.train.examples import TrainExample, build_examples, loss_batch
 from ftrace.train.layout import FORMAT, LOSS, PLOT, RUN, check_identity, locked, read_run, remove_partial, write_json
 from ftrace.train.losslog import LossLog, read_losses, truncate_losses
-from ftrace.train.optim import make_optimizer, second_moments
+from ftrace.train.optim import make_optimizer, second_moments, state_names
 from ftrace.train.plan import Plan
 from ftrace.train.plot import plot_losses
 
@@ -54,10 +55,6 @@ class TrainRun:
     skipped_sentences: int  # loss "object": sentences without a fact object in their text
     resumed_from: int | None  # the step a resumed run continued from; None when it started afresh
     already_complete: bool  # nothing was done: the directory held this run, finished
-
-
-def log(msg: str) -> None:
-    tqdm.write(msg, file=sys.stderr)
 
 
 def lm_loss(model: torch.nn.Module, batch: LossBatch) -> torch.Tensor:
@@ -150,6 +147,11 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
             log(f"{out}: already complete ({plan.total_steps} steps); nothing to do")
             result.checkpoints, result.already_complete = ckpt.checkpoint_dirs(out), True
             return result
+    # the disk the checkpoints still to write need: refused (one line, nothing written) where it lacks the room
+    written = {int(d.name.removeprefix("step-")) for d in ckpt.checkpoint_dirs(out)}  # resuming: those it has
+    todo = [s for s in (0, *plan.checkpoint_steps()) if s not in written]
+    sizes = ckpt.CheckpointSizes.of(base.model, DTYPES[config.dtype], config.optimizer)
+    disk = ckpt.check_disk(out, sizes, todo) if todo else None
     log(f"model {base.name} ({base.fingerprint}) on {device} in {config.dtype}; {config.optimizer}, "
         f"lr {config.lr:g}, loss {config.loss}")
     skipped = f"; {exset.skipped_sentences} sentences skipped (no fact object in their text)" \
@@ -157,6 +159,8 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     log(f"{len(exset.examples)} examples from {len(corpus.sentences)} sentences ({corpus.source}){skipped}")
     log(f"{plan.total_steps} steps ({plan.steps_per_epoch} per epoch, batch {config.batch_size}); "
         f"checkpoints at steps 0, {', '.join(map(str, plan.checkpoint_steps()))}")
+    if disk:
+        log(disk)
     out.mkdir(parents=True, exist_ok=True)
     with locked(out), deterministic(device):
         record = run or {
@@ -210,7 +214,8 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Trai
         trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "step": step, "rng": _rng_state(device)}
         moments = second_moments(optimizer, model) if step > 0 else None
-        path = ckpt.write_checkpoint(out, step, model, base.tokenizer, state, moments, trainer_state)
+        path = ckpt.write_checkpoint(out, step, model, base.tokenizer, state, moments, trainer_state,
+                                     state_names(optimizer, model))
         record["checkpoints"].append(ckpt.read_state(path))
         write_json(out / RUN, record)
         plot_losses(out / PLOT, read_losses(out / LOSS), record["checkpoints"], title=f"{base.name} on "

@@ -1,0 +1,72 @@
+"""What every layer uses and none owns: messages on stderr and files written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import sys
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+
+def log(msg: str) -> None:
+    """A status line for the user on stderr (stdout carries a command's results), above any progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path`, unique to this process, renamed over `path` once the block has written
+    it: a reader never sees half a file, and an interrupted write leaves `path` as it was."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """`path.write_text(text)` (UTF-8), atomically (`replacing`)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why `path` cannot be an index directory: it is a file, or lies under one; None when it is a directory or can
+    be made one (nothing is there yet)."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():  # the nearest thing that is there
+            if p.is_dir():
+                return None
+            kind = "a file" if p.is_file() else "not a directory"
+            return f"is {kind}" if p == path else f"lies under {p}, which is {kind}"
+    return None
+
+
+@cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's freed pages back to the system. glibc keeps them for reuse, so a long run of
+    differently shaped tensors (a whole-corpus ingest) grows its RSS by gigabytes it no longer uses
+    (perf/results/ingest_scale-cpu-bfloat16.md). A no-op where the C library has no malloc_trim."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is not None:
+        trim(0)
