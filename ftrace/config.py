@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ftrace.plumbing import directory_problem
+
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_INDEX = Path("indexes/sample")
 SPLITS = ("train", "dev", "test")
@@ -45,6 +47,14 @@ def cli(help: str, *names: str, split: bool = False, min: float | None = None, a
     return Cli(help=help, names=names, split=split, min=min, argument=argument, metavar=metavar)
 
 
+def option_name(field: str, mark: Cli) -> str:
+    """How the CLI and its messages name a field: its first option name (--k), or the argument in capitals
+    (PROMPT)."""
+    if mark.argument:
+        return field.upper()
+    return mark.names[0].split("/")[0] if mark.names else "--" + field.replace("_", "-")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,8 +66,10 @@ class CorpusSelection(Strict):
         "sample"
     relations: Annotated[list[str] | None, cli("LAMA relations to load (e.g. P176); repeat or comma-separate.",
                                                "--relation", "-r", split=True)] = None
-    splits: Annotated[list[str], cli("LAMA splits (train, dev, test).", "--split", split=True)] = list(SPLITS)
-    limit: Annotated[int | None, cli("First N facts of each LAMA relation/split file.")] = None
+    splits: Annotated[list[str], Field(min_length=1), cli("LAMA splits (train, dev, test).", "--split",
+                                                          split=True)] = list(SPLITS)
+    # at least 1: --limit 0 would build an empty index, and call it complete
+    limit: Annotated[int | None, Field(ge=1), cli("First N facts of each LAMA relation/split file.", min=1)] = None
 
 
 class EmbeddingConfig(Strict):
@@ -74,7 +86,8 @@ class GradientConfig(Strict):
                                      "(default: the input embedding).", "--tracin-layers", split=True)] = \
         ["model.embed_tokens"]
     # size of EACH block's projection; the sum over blocks must be <= 65535
-    dim: Annotated[int, cli("Projection size per layer block (total at most 65535).", "--tracin-dim", min=1)] = 4096
+    dim: Annotated[int, Field(ge=1), cli("Projection size per layer block (total at most 65535).", "--tracin-dim",
+                                         min=1)] = 4096
     seed: Annotated[int, cli("Seed of the random projection.", "--tracin-seed")] = 0
     projection: Annotated[Literal["factored", "dense"],
                           cli("factored (LoGra-style, default) or dense (reference, small layers).",
@@ -107,8 +120,8 @@ class TracInConfig(GradientConfig):
     """The ingest-time "tracin" vector: gradients at one or more checkpoints, optionally whitened."""
 
     enabled: Annotated[bool, cli("Store projected loss gradients (TracIn/TrackStar).", "--tracin/--no-tracin")] = True
-    whiten_samples: Annotated[int, cli("Training examples in the whitening calibration sample.",
-                                       "--whiten-samples", min=1)] = 512
+    whiten_samples: Annotated[int, Field(ge=1), cli("Training examples in the whitening calibration sample.",
+                                                    "--whiten-samples", min=1)] = 512
     checkpoints: Annotated[list[str] | None, cli("Checkpoint(s) to take gradients at (repeat); default: --model.",
                                                  "--checkpoint")] = None
     train_dir: Annotated[Path | None, cli("An `ftrace train` output directory: gradients at its checkpoints, "
@@ -183,7 +196,7 @@ class IngestConfig(Strict):
     embed: EmbeddingConfig = EmbeddingConfig()
     tracin: TracInConfig = TracInConfig()
     store: StoreConfig = StoreConfig()
-    batch_size: Annotated[int, cli("Examples per forward/backward batch.", min=1)] = 32
+    batch_size: Annotated[int, Field(ge=1), cli("Examples per forward/backward batch.", min=1)] = 32
     # memory grows with examples x padded length (SmolLM2: ~2.2 MB a token, perf/results/batch_memory-cpu.md), so
     # long sentences (sorted together) come in smaller batches; 2048 = 32 x 64 keeps LAMA's batches of sentences
     # up to 64 tokens (88% of them) as they were, and the vectors do not depend on it beyond float rounding
@@ -197,6 +210,15 @@ class IngestConfig(Strict):
     shard: Annotated[str | None, cli("Featurise only shard I of N (0-based, e.g. 0/4), one process or GPU each; "
                                      "then `ftrace ingest` without --shard finishes the index.",
                                      metavar="I/N")] = None
+
+    @field_validator("index")
+    @classmethod
+    def _index_is_a_directory(cls, v: Path) -> Path:
+        """A file is refused here, before the corpus loads (`ftrace.index.locks` checks again where it writes)."""
+        problem = directory_problem(v)
+        if problem:
+            raise ValueError(f"{problem}; give a directory (an index, or a new path to build one in)")
+        return v
 
     @field_validator("shard")
     @classmethod
@@ -234,14 +256,19 @@ class QueryConfig(Strict):
     index: IndexPath = DEFAULT_INDEX
     target: Annotated[str | None, cli("The answer to trace (default: the model's greedy answer).")] = None
     k: Annotated[int, Field(ge=1), cli("Sentences to show.", "--k", "-k", min=1)] = 10
-    method: Annotated[str, cli("bm25, embed, tracin, or a fusion of two such as bm25+embed or tracin+bm25.")] = \
-        "bm25+embed"
-    fusion: Annotated[Literal["sum", "rrf", "cascade"],
+    # None: the index's own choice (`ftrace bench --save-default`, with its tuned fusion and weight), else bm25
+    method: Annotated[str | None, cli("bm25, embed, tracin, or a fusion of two such as bm25+embed or tracin+bm25 "
+                                      "(default: the one the index's benchmark chose, else bm25).")] = None
+    fusion: Annotated[Literal["sum", "rrf", "cascade"] | None,
                       cli("sum (min-max normalised, weighted), rrf, or cascade (the second method's top "
-                          "--cascade-k re-ranked by the sum, above the rest).")] = "sum"
-    weight: Annotated[float, Field(ge=0.0, le=1.0),
-                      cli("Fusion weight of the first method (the second gets 1 - weight).")] = 0.5
-    cascade_k: CascadeK = 20
+                          "--cascade-k re-ranked by the sum, above the rest). Default: the index's choice for "
+                          "its default method, else sum.")] = None
+    weight: Annotated[float | None, Field(ge=0.0, le=1.0),
+                      cli("Fusion weight of the first method (the second gets 1 - weight). Default: the index's "
+                          "tuned weight for its default method, else 0.5.")] = None
+    cascade_k: Annotated[int | None, Field(ge=1),
+                         cli("Cascade fusion: how many of the second method's top sentences the sum re-ranks "
+                             "(default: the index's choice, else 20).", "--cascade-k", min=1)] = None
     depth: Annotated[int, Field(ge=1), cli("Candidates each method retrieves before fusion.", min=1)] = 100
     model: Annotated[str | None, cli("Must match the index's model (checked).")] = None
     embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
@@ -258,6 +285,9 @@ class ServeConfig(Strict):
     port: Annotated[int, Field(ge=0, le=65535), cli("TCP port.")] = 8000
     device: Device = "auto"
     dtype: QueryDtype = None
+    # a request is answered 503 after this long, queueing included, and the worker drops it at its next step
+    request_timeout: Annotated[float, Field(gt=0), cli("Seconds a /trace request may take, time in the queue "
+                                                       "included; then it is answered 503 and dropped.")] = 30.0
 
 
 class CandidateSizes(Strict):
@@ -281,6 +311,9 @@ class BenchConfig(Strict):
     split: Annotated[str | None, cli("Queries of this split (e.g. dev); 'all' for every query.")] = "dev"
     relations: Annotated[list[str] | None, cli("Only queries of these relations (LAMA ids, e.g. P19).", "--relation",
                                                split=True)] = None
+    only: Annotated[Literal["pre-train-learned", "fine-tune-learned", "not-learned"] | None,
+                    cli("Draw queries (and tuning queries) from this learned slice only, e.g. pre-train-learned "
+                        "(FTRACE's: the facts the model already answers).")] = None
     tune_split: Annotated[str | None, cli("Split to tune fusion weights on (grid 0, 0.1, ..., 1; max MRR) or fit "
                                           "--fusion learned on. Default: weight 0.5.")] = None
     tune_relations: Annotated[list[str] | None, cli("Relations to tune fusion weights on, or fit --fusion learned "
@@ -304,6 +337,8 @@ class BenchConfig(Strict):
                                                            "training run's last step; 2e-4 for an index no run "
                                                            "made).")] = None
     out: Annotated[Path | None, cli("Output directory (default results/bench/<index name>-<mode>).")] = None
+    save_default: Annotated[bool, cli("Record the best method by MRR over all queries (with its tuned fusion "
+                                      "weight) in the index as `ftrace query`'s default.", "--save-default")] = False
     device: Annotated[Device, Field(exclude=True)] = "auto"
     dtype: QueryDtype = None
     as_json: Annotated[bool, Field(exclude=True), cli("Print results.json instead of the table.", "--json")] = False
@@ -316,6 +351,9 @@ class BenchConfig(Strict):
     def _normalise(self) -> BenchConfig:
         if self.split is not None and self.split.strip().lower() in ("all", "none", ""):
             self.split = None
+        if self.save_default and self.fusion == "learned":
+            raise ValueError("--save-default --fusion learned: `ftrace query` cannot apply a learned fusion; choose "
+                             "sum, rrf or cascade")
         if self.metric != "attribution" and self.mode != "full":
             raise ValueError(f"--metric {self.metric}: tail-patch steps on each method's top k from the whole corpus; "
                              "give --mode full")
@@ -337,6 +375,8 @@ class BenchConfig(Strict):
         parts.append(f"--split {self.split}" if self.split else "--split all")
         if self.relations:
             parts.append(f"--relation {','.join(self.relations)}")
+        if self.only:
+            parts.append(f"--only {self.only}")
         if self.tune_split:
             parts.append(f"--tune-split {self.tune_split}")
         if self.tune_relations:
@@ -353,6 +393,8 @@ class BenchConfig(Strict):
                 parts.append(f"--tailpatch-lr {self.tailpatch_lr:g}")
         if self.dtype:
             parts.append(f"--dtype {self.dtype}")
+        if self.save_default:
+            parts.append("--save-default")
         return " ".join(parts)
 
 

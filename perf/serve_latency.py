@@ -9,14 +9,11 @@ Protocol
 - Corpora: the LAMA T-REx sentences of the shared data (--corpus, default ../shared/data/lama-trex):
   all of them for "all", a seeded sample of N sentences otherwise, each with the queries whose facts
   its sentences state (proponents restricted to the sample); written once as a plain .jsonl corpus.
-- Indexes (under --work, reused when complete): `ftrace ingest` with the default settings: BM25 over
-  the real sentences (Lucene), real `embed` vectors (the model's embedding layer, mean-pooled: 576
-  dimensions for SmolLM2-135M) and `tracin` vectors of the real size (4,096: the default projected
-  embedding-layer gradient) that are SEEDED RANDOM UNIT VECTORS: this script swaps the gradient
-  featurizer's `vectors` for a seeded Gaussian generator (normalised) inside ingest, because a forward
-  and backward pass per example would take hours for 100k examples on 2 cores. The manifest and
-  everything else are ingest's own, so queries compute real query gradients; exact search (ftrace's
-  default: no HNSW) scans every stored vector whatever its values.
+- Indexes (under --work, shared with perf/ingest_scale.py, reused when complete): each built by a real
+  `ftrace ingest` process with the default settings (and --dtype): BM25 over the sentences (Lucene),
+  `embed` vectors (the model's embedding layer, mean-pooled: 576 dimensions for SmolLM2-135M) and `tracin`
+  vectors (the projected gradient of the tied embedding, 4,096 dimensions) for every sentence. Exact
+  search (ftrace's default: no HNSW) scans every stored vector.
 - Server: `ftrace serve` in a subprocess (torch threads: --threads), queried over HTTP on 127.0.0.1.
 - Per size and method: --warmup untimed requests, then --requests timed ones, one at a time, cycling
   through a seeded sample of the corpus's queries (dev split first) with their targets given (the
@@ -47,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gradient_throughput import HZ, ROOT, machine, machine_busy_seconds, rel
+from ingest_scale import ingest_size
 
 SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 METHODS = ["bm25", "embed", "tracin", "bm25+embed", "tracin+bm25", "tracin+embed"]
@@ -56,67 +54,6 @@ LOAD_METHOD = "bm25+embed"
 
 
 # --- corpora and indexes ------------------------------------------------------------------------
-
-def corpus_file(corpus, size: int | None, seed: int, work: Path) -> tuple[Path, int]:
-    """The corpus, or a seeded sample of `size` of its sentences with their queries, as a .jsonl file."""
-    from ftrace.corpus import Corpus
-
-    n = len(corpus.sentences) if size is None or size >= len(corpus.sentences) else size
-    path = work / f"corpus-{n}-seed{seed}.jsonl"
-    if not path.exists():
-        if n < len(corpus.sentences):
-            keep = sorted(np.random.default_rng(seed).choice(len(corpus.sentences), n, replace=False))
-            sentences = [corpus.sentences[i] for i in keep]
-            ids = {s.id for s in sentences}
-            queries = [q.model_copy(update={"proponents": [p for p in q.proponents if p in ids]})
-                       for q in corpus.queries]
-            corpus = Corpus(source=corpus.source, sentences=sentences, queries=[q for q in queries if q.proponents])
-        work.mkdir(parents=True, exist_ok=True)
-        corpus.write_jsonl(path)
-    return path, n
-
-
-def random_unit_vectors(size: int, seed: int):
-    """A stand-in for a featurizer's `vectors`: seeded Gaussian vectors, unit-normalised, one per example."""
-    rng = np.random.default_rng(seed)
-
-    def vectors(batch) -> np.ndarray:
-        v = rng.standard_normal((batch.input_ids.shape[0], size), dtype=np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
-    return vectors
-
-
-def build_index(corpus_path: Path, index: Path, model: str | None, batch_size: int, seed: int) -> dict:
-    """`ftrace ingest` of the corpus with random `tracin` vectors, unless a complete index is there; how long
-    its build took (recorded beside the index, so a reused index still reports it)."""
-    from ftrace.config import CorpusSelection, IngestConfig
-    from ftrace.index.manifest import Manifest
-    from ftrace.ingest import pipeline
-
-    record = index.with_name(index.name + ".build.json")
-    if (index / "manifest.json").exists() and Manifest.read(index).complete:
-        return {**(json.loads(record.read_text()) if record.exists() else {"build_s": None}), "reused": True}
-    real = pipeline.build_featurizers
-
-    def with_random_tracin(lm, c, run):
-        featurizers = real(lm, c, run)
-        for f in featurizers:
-            if f.name == "tracin":
-                f.vectors = random_unit_vectors(f.size, seed)  # type: ignore[method-assign]
-        return featurizers
-
-    started = time.perf_counter()
-    pipeline.build_featurizers = with_random_tracin
-    try:
-        pipeline.ingest(IngestConfig(index=index, corpus=CorpusSelection(corpus=str(corpus_path)), model=model,
-                                     batch_size=batch_size, device="cpu"))
-    finally:
-        pipeline.build_featurizers = real
-    built = {"build_s": round(time.perf_counter() - started, 1), "built_at": time.strftime("%Y-%m-%d %H:%M"),
-             "load_at_end": [round(x, 2) for x in os.getloadavg()]}
-    record.write_text(json.dumps(built) + "\n")
-    return {**built, "reused": False}
-
 
 def sample_queries(index: Path, n: int, seed: int) -> list[dict]:
     """A seeded sample of the index's queries with at least one proponent, dev split first."""
@@ -239,10 +176,9 @@ def run_size(args, corpus, size: int | None) -> tuple[dict, object]:
     from ftrace.index.manifest import Manifest
     from ftrace.testing import start_server
 
-    path, n = corpus_file(corpus, size, args.seed, Path(args.work))
-    index = Path(args.work) / f"index-{n}"
+    built = ingest_size(corpus, size, args, Path(args.work))  # the index, built by `ftrace ingest` unless there
+    index, n = ROOT / built["index"], built["sentences"]
     print(f"[{n} sentences] index {rel(index)}", flush=True)
-    built = build_index(path, index, args.model, args.batch_size, args.seed)
     m = Manifest.read(index)
     queries = sample_queries(index, args.queries, args.seed)
     env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
@@ -259,7 +195,7 @@ def run_size(args, corpus, size: int | None) -> tuple[dict, object]:
                 results.append(time_method(server.url, queries, "bm25+embed", args.warmup, args.requests,
                                            answer=True))
                 print(f"  {ANSWER} p50 {results[-1]['latency_s'].get('p50', float('nan')):.3f} s", flush=True)
-        out = {"sentences": n, "examples": m.corpus.examples, "index": rel(index), "corpus_file": rel(path),
+        out = {"sentences": n, "examples": m.corpus.examples, "index": rel(index),
                "vectors": {k: v["size"] for k, v in m.vectors.items()}, "build": built,
                "server_startup_s": round(server.startup_s, 1), "queries_sampled": len(queries),
                "results": results, "machine_load": phase.result}
@@ -283,9 +219,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--load-seconds", type=float, default=60.0, help="load test length (0: none)")
     ap.add_argument("--threads", type=int, default=1, help="the server's torch/OMP threads")
-    ap.add_argument("--batch-size", type=int, default=128, help="ingest batch size")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="ingest --dtype of indexes this script builds")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default=str(ROOT / "indexes" / "perf-serve"), help="corpora, indexes, server logs")
+    ap.add_argument("--work", default=str(ROOT / "indexes" / "scale"),
+                    help="corpora, indexes (shared with perf/ingest_scale.py), server logs")
     ap.add_argument("--out", default=str(ROOT / "perf" / "results" / "serve_latency-cpu.json"))
     args = ap.parse_args(argv)
     args.methods = [x for x in args.methods.split(",") if x]
@@ -310,8 +248,7 @@ def run(args, sizes: list[int | None]) -> dict:
             if i == len(sizes) - 1 and args.load_seconds > 0:
                 print(f"  load: {args.clients} clients for {args.load_seconds:.0f} s", flush=True)
                 with Phase(server.proc.pid) as phase:
-                    load = load_test(server.url, sample_queries(Path(args.work) / f"index-{result['sentences']}",
-                                                                args.queries, args.seed),
+                    load = load_test(server.url, sample_queries(ROOT / result["index"], args.queries, args.seed),
                                      args.clients, args.load_seconds)
                 load |= {"sentences": result["sentences"], "machine_load": phase.result}
         finally:
@@ -340,8 +277,8 @@ def run(args, sizes: list[int | None]) -> dict:
 
 
 NOTES = [
-    "tracin vectors are seeded random unit vectors of the real size (see the script's docstring); embed vectors "
-    "and BM25 are real. Query gradients are real: the model runs a forward and backward pass per tracin query.",
+    "Every vector is real: ingest stored each sentence's embedding and gradient; a tracin query computes its own "
+    "gradient (a forward and backward pass of the model).",
     "Exact vector search (ftrace's default, no HNSW): the Qdrant part grows with the number of stored vectors "
     "times their size.",
     "Requests run one at a time in the server (one worker thread owns the model and stores), so under load "
@@ -360,8 +297,32 @@ def busy_note(per_size: list[dict], load: dict | None) -> str:
 # --- report -------------------------------------------------------------------------------------
 
 def built(b: dict) -> str:
-    when = f"{b['build_s']} s" if b.get("build_s") is not None else "an unrecorded time"
+    when = f"{b['wall_s']} s" if b.get("wall_s") is not None else "an unrecorded time"
     return f"{when}{', ' + b['built_at'] if b.get('built_at') else ''}{', reused by this run' if b['reused'] else ''}"
+
+
+def growth(res: dict) -> list[str]:
+    """Cost as the corpus grows, one row per size: the ingest that built the index (its stages) and warm query
+    latency p50 by part (model, Lucene, Qdrant) for the default-size methods."""
+    def part(size: dict, method: str) -> str:
+        r = next((r for r in size["results"] if r["method"] == method), None)
+        if r is None or not r["latency_s"].get("n"):
+            return "-"
+        return (f"{ms(r['latency_s'])} (model {ms(r['model_s'])}, bm25 {ms(r['bm25_s'])}, "
+                f"qdrant {ms(r['qdrant_s'])})")
+
+    lines = ["### Cost as the corpus grows", "",
+             "| examples | ingest (`ftrace ingest`, wall) | ingest examples/s | ingest stages (s) | index on disk | "
+             "bm25+embed p50 ms (parts) | tracin p50 ms (parts) |", "|---|---|---|---|---|---|---|"]
+    for size in res["sizes"]:
+        b = size["build"]
+        stages = ", ".join(f"{k.removesuffix('_s')} {v:,.0f}" for k, v in (b.get("stages_s") or {}).items()
+                           if k.endswith("_s"))
+        disk = f"{b['disk_total_bytes'] / 2**30:.2f} GiB" if b.get("disk_total_bytes") else "-"
+        rate = f"{b['examples_per_s']:.1f}" if b.get("examples_per_s") else "-"
+        lines.append(f"| {size['sentences']:,} | {built(b)} | {rate} | {stages or '-'} | {disk} | "
+                     f"{part(size, 'bm25+embed')} | {part(size, 'tracin')} |")
+    return [*lines, ""]
 
 
 def ms(d: dict, key: str = "p50") -> str:
@@ -376,6 +337,7 @@ def table(res: dict) -> str:
              f"timed requests per method, one at a time, cycling through {res['queries']} queries with their "
              "targets. Milliseconds, p50 / p95; model = answer + query vectors, store = BM25 + Qdrant (from the "
              "server's Server-Timing header).", ""]
+    lines += growth(res)
     for size in res["sizes"]:
         ml = size["machine_load"]
         lines += [f"### {size['sentences']:,} training examples",

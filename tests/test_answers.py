@@ -31,3 +31,32 @@ def test_answers_are_cut_at_the_first_phrase():
 
     assert cut(" Toyota Motor Corporation, which") == "Toyota Motor Corporation"
     assert cut("Paris.\nThe") == "Paris" and cut("\nParis") == "" and cut(" New York ") == "New York"
+
+
+def test_the_teacher_forced_rule_agrees_with_generation(lm, sample, monkeypatch):
+    """`answers_right` (one teacher-forced pass) says what `answer_is_right(greedy_answer(...))` says, on every
+    sample query and on targets made from the generated answers: the answer itself (several tokens), its first
+    word, its first word plus a letter (wrong), the corpus's own targets (mostly wrong for a random model), and
+    two kinds the forced tokens cannot decide, which are generated: a strict prefix of the first word (wrong:
+    the answer goes on with a letter) and the answer in upper case (right)."""
+    from ftrace.model import answer
+    from ftrace.model.answer import answer_is_right, answers_right, greedy_answers
+
+    prompts = sorted({q.prompt for q in sample.queries})
+    generated = dict(zip(prompts, greedy_answers(lm, prompts), strict=True))
+    word = {p: a.split()[0] for p, a in generated.items()}
+    decidable = [(q.prompt, q.target) for q in sample.queries] + \
+        [(p, t) for p, a in generated.items() for t in (a, word[p], word[p] + "x")]
+    undecidable = [(p, t) for p, a in generated.items() for t in (word[p][:-1], a.upper())]
+    cases = [(p, t) for p, t in decidable + undecidable if t.strip()]
+    multi = [(p, t) for p, t in cases if len(lm.tokenizer(" " + t, add_special_tokens=False)["input_ids"]) > 1]
+    right = [(p, t) for p, t in cases if answer_is_right(generated[p], t)]
+    assert len(multi) > 100 and len(right) > 80  # multi-token targets, and right answers to get right
+
+    fell_back = []
+    real = answer.greedy_answers
+    monkeypatch.setattr(answer, "greedy_answers", lambda lm, ps, **k: fell_back.extend(ps) or real(lm, ps, **k))
+    assert answers_right(lm, [p for p, _ in cases], [t for _, t in cases], batch_size=7) == \
+        [answer_is_right(generated[p], t) for p, t in cases]
+    assert len(fell_back) < len(decidable) / 4 + len(undecidable)  # the forced pass decides most cases
+    assert answers_right(lm, [], []) == []

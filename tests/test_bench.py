@@ -7,6 +7,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
+from ftrace import FtraceError
 from ftrace.bench import metrics as M
 from ftrace.bench import scoring
 from ftrace.bench.candidates import CorpusView, candidate_set, sample_queries, seeded_tiebreak
@@ -62,15 +63,22 @@ def planned(sample_index):
 def fake_answers(known):
     """A stand-in for greedy_answers: the model 'knows' the facts of `known` (prompt -> target) and
     answers them in another case, with spaces and more words; anything else it answers wrongly."""
-    def answers(lm, prompts, batch_size=16, max_new_tokens=8):
+    def answers(lm, prompts, batch_size=16, max_new_tokens=8, max_tokens=None):
         return [f"  {known[p].upper()}   and more " if p in known else "something else" for p in prompts]
     return answers
+
+
+def patch_answers(monkeypatch, answers):
+    """Stand in for the generated answers and for the teacher-forced rule, which then follows them."""
+    monkeypatch.setattr(scoring, "greedy_answers", answers)
+    monkeypatch.setattr(scoring, "answers_right", lambda lm, prompts, targets, **k: [
+        answer_is_right(a, t) for a, t in zip(answers(lm, prompts), targets, strict=True)])
 
 
 @pytest.fixture
 def answers(monkeypatch, sample):
     """The model 'knows' every third query's fact, fast."""
-    monkeypatch.setattr(scoring, "greedy_answers", fake_answers({q.prompt: q.target for q in sample.queries[::3]}))
+    patch_answers(monkeypatch, fake_answers({q.prompt: q.target for q in sample.queries[::3]}))
     return {q.id for q in sample.queries[::3]}
 
 
@@ -186,9 +194,15 @@ def test_significance_is_over_distinct_queries():
     ranks = {(0, "q1"): (1, 2), (0, "q2"): (1, 3), (1, "q1"): (2, 1), (1, "q3"): (1, 2)}  # (x, bm25)
     rankings = {(seed, q, m): at[r[i]] for (seed, q), r in ranks.items() for i, m in enumerate(["x", "bm25"])}
     slice_of = {"q1": "pre-train-learned", "q2": "not-learned", "q3": "pre-train-learned"}
-    r = evaluate(per_seed, rankings, ["bm25", "x"], slice_of, ["all", "pre-train-learned", "not-learned"], "student")
+    draws = set(ranks)
+    members = {"all": draws, **{sl: {d for d in draws if slice_of[d[1]] == sl}
+                                for sl in ("pre-train-learned", "not-learned")},
+               "bm25-hard": {d for d in draws if ranks[d][1] > 1}}  # per draw: q1 is hard for seed 0 only
+    r = evaluate(per_seed, rankings, ["bm25", "x"], members, "student")
     assert r["metrics"]["all"]["x"]["mrr"]["per_seed"] == [1.0, 0.75]
-    assert r["query_counts"] == {"all": [2, 2], "pre-train-learned": [1, 2], "not-learned": [1, 0]}
+    assert r["query_counts"] == {"all": [2, 2], "pre-train-learned": [1, 2], "not-learned": [1, 0],
+                                 "bm25-hard": [2, 1]}
+    assert r["metrics"]["bm25-hard"]["bm25"]["mrr"]["per_seed"] == [(1 / 2 + 1 / 3) / 2, 1 / 2]
     sig = r["significance"]["all"]
     assert sig["best"] == "x" and sig["queries"] == 3 and sig["seed_query_pairs"] == 4
     assert sig["unit"] == "distinct queries (each averaged over the seeds that drew it)"
@@ -273,12 +287,15 @@ def test_rerank_run_reports_and_slices(sample_index, sample, answers, planned, t
     per_seed = r["queries"]["per_seed"]
     assert len(per_seed["0"]) == len(per_seed["1"]) == 8 and per_seed["0"] != per_seed["1"]
     assert r["query_counts"]["all"] == [8, 8]
-    assert list(r["metrics"]) == list(r["query_counts"]) == ["all", "pre-train-learned", "not-learned"]
+    assert list(r["metrics"]) == list(r["query_counts"]) == ["all", "pre-train-learned", "not-learned", "bm25-hard"]
     assert r["query_counts"]["pre-train-learned"] == [len(set(ids) & answers) for ids in per_seed.values()]
     assert r["query_counts"]["not-learned"] == [len(set(ids) - answers) for ids in per_seed.values()]
     distinct = {q for ids in per_seed.values() for q in ids}
+    rows = read_jsonl(out / "rankings.jsonl")
+    hard = {(x["seed"], x["query"]) for x in rows if x["method"] == "bm25" and 1 not in x["proponent_ranks"]}
+    assert r["query_counts"]["bm25-hard"] == [sum(seed == k for k, _ in hard) for seed in (0, 1)]
     assert r["answers"]["slices"] == {"all": len(distinct), "pre-train-learned": len(distinct & answers),
-                                      "not-learned": len(distinct - answers)}
+                                      "not-learned": len(distinct - answers), "bm25-hard": len({q for _, q in hard})}
     assert r["answers"]["base"] is None and "prefix" in r["answers"]["rule"]
     for sl in ("all", "pre-train-learned", "not-learned"):
         for method in METHODS:
@@ -297,7 +314,7 @@ def test_rerank_run_reports_and_slices(sample_index, sample, answers, planned, t
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "table.md").read_text()
     for method in METHODS:
-        assert table.count(f"| {method} |") == 3  # one row per slice
+        assert table.count(f"| {method} |") == 3 + bool(hard)  # one row per slice (bm25-hard: where it has draws)
     assert r["answers"]["rule"] in table and f"over {len(distinct)} distinct queries" in table
     assert "| Method | MRR | Recall@10 (FTRACE) | Recall@10 (TrackStar) |" in table
     assert "queries per seed: 8, 8" in table
@@ -336,14 +353,16 @@ def test_resume_reuses_cache_and_never_mixes_settings(sample_index, answers, pla
     lines = cache.read_text().splitlines()
     distinct = len({q for ids in first["queries"]["per_seed"].values() for q in ids})
     assert first["cache"]["computed"] == 2 * 6 * n  # (seed, query) x {bm25, embed, ...}
-    assert len(lines) == first["cache"]["computed"] + distinct  # + the model's answers
+    eligible = first["queries"]["eligible"]
+    assert len(lines) == first["cache"]["computed"] + distinct + eligible  # + answers (drawn) and rights (all)
 
     calls = []
     for name in ("score", "retrieve", "query_vectors"):
         real = getattr(Tracer, name)
         monkeypatch.setattr(Tracer, name, lambda self, *a, _n=name, _f=real, **k: calls.append(_n) or _f(self, *a, **k))
-    real_answers = scoring.greedy_answers
-    monkeypatch.setattr(scoring, "greedy_answers", lambda *a, **k: calls.append("answer") or real_answers(*a, **k))
+    for name in ("greedy_answers", "answers_right"):
+        real = getattr(scoring, name)
+        monkeypatch.setattr(scoring, name, lambda *a, _f=real, **k: calls.append("answer") or _f(*a, **k))
     with cache.open("a") as f:
         f.write('{"k": "torn')  # a run killed mid-write
     again = bench_results(s, write=False)
@@ -384,7 +403,7 @@ def test_full_mode_matches_tracer_query(sample_index, sample, answers, planned, 
                 v = r["metrics"][sl][method][m]["mean"]
                 assert v is None and r["query_counts"][sl] == [0, 0] or 0.0 <= v <= 1.0
     table = (out / "table.md").read_text()
-    assert all(table.count(f"| {m} |") == 3 for m in METHODS) and "whole corpus" in table
+    assert all(table.count(f"| {m} |") == len(r["metrics"]) for m in METHODS) and "whole corpus" in table
     rows = read_jsonl(out / "rankings.jsonl")
     assert all(x["ranked"] <= 20 for x in rows)
     # the bench's fused ranking is Tracer.query's
@@ -542,11 +561,16 @@ def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp
              m.model.name: fake_answers({q.prompt: q.target for q in sample.queries[::2]})}
     calls = []
 
-    def answers(lm, prompts, batch_size=16, max_new_tokens=8):
+    def answers(lm, prompts, batch_size=16, max_new_tokens=8, max_tokens=None):
         calls.append((lm.name, len(prompts)))
         return fakes[lm.name](lm, prompts)
 
+    def rights(lm, prompts, targets, **k):
+        calls.append(("right", lm.name, len(prompts)))
+        return [answer_is_right(a, t) for a, t in zip(fakes[lm.name](lm, prompts), targets, strict=True)]
+
     monkeypatch.setattr(scoring, "greedy_answers", answers)
+    monkeypatch.setattr(scoring, "answers_right", rights)
     out = tmp_path / "bench"
     s = BenchConfig(index=index, split=None, queries=20, seeds=2, out=out, methods=["bm25", "embed"],
                     sizes=CandidateSizes(bm25=10, same_target=5, random=10))
@@ -556,14 +580,16 @@ def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp
               "pre-train-learned": lambda ids: ids & at_base, "not-learned": lambda ids: ids - at_base - at_final}
     per_seed = [set(ids) for ids in r["queries"]["per_seed"].values()]
     distinct = set.union(*per_seed)
-    assert list(r["metrics"]) == list(r["significance"]) == list(expect)
+    assert list(r["metrics"]) == list(r["significance"]) == [*expect, "bm25-hard"]
     for sl, members in expect.items():
         assert r["query_counts"][sl] == [len(members(ids)) for ids in per_seed]
         assert r["answers"]["slices"][sl] == len(members(distinct)) > 0
     assert r["answers"]["base"] == {"model": base, "correct": len(distinct & at_base)}
     assert r["answers"]["correct"] == len(distinct & at_final) and r["index"]["base_model"] == base
     batches = [min(16, len(distinct) - i) for i in range(0, len(distinct), 16)]
-    assert calls == [(m.model.name, n) for n in batches] + [(base, n) for n in batches]
+    eligible = sum(bool(q.proponents) for q in sample.queries)  # every one decided before the draw, in one call
+    assert calls == [("right", base, eligible), ("right", m.model.name, eligible)] + \
+        [(m.model.name, n) for n in batches] + [(base, n) for n in batches]
     rows = read_jsonl(out / "rankings.jsonl")
     for x in rows:
         want = next(sl for sl in list(expect)[1:] if x["query"] in expect[sl]({x["query"]}))
@@ -581,3 +607,33 @@ def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp
     with pytest.raises(ManifestError, match="base model .* has changed since the index was built") as e:
         bench_results(s.model_copy(update={"out": tmp_path / "changed"}), write=False)
     assert "\n" not in str(e.value)
+
+
+def test_only_draws_from_one_learned_slice_chosen_before_the_draw(sample_index, sample, answers, tmp_path):
+    """--only pre-train-learned: FTRACE's filter, applied to the eligible queries (evaluated and tuning ones)
+    before any seed draws, so every seed gets its full count from that slice."""
+    s = BenchConfig(index=sample_index, split=None, queries=6, seeds=2, out=tmp_path / "only", methods=["bm25", "embed",
+                    "embed+bm25"], tune_relations=["manufacturer"], only="pre-train-learned")
+    r = bench_results(s, write=False)
+    drawn = [set(ids) for ids in r["queries"]["per_seed"].values()]
+    assert all(len(d) == 6 and d <= answers for d in drawn)
+    assert r["queries"]["eligible"] == sum(bool(q.proponents) for q in sample.queries if q.id in answers)
+    assert r["query_counts"]["pre-train-learned"] == [6, 6] and r["query_counts"]["not-learned"] == [0, 0]
+    assert "--only pre-train-learned" in r["command"]
+    with pytest.raises(FtraceError, match="--only fine-tune-learned: none of the .* queries of --split all") as e:
+        bench_results(s.model_copy(update={"only": "fine-tune-learned"}), write=False)  # the index has no base
+    assert "\n" not in str(e.value)
+
+
+def test_the_default_split_on_an_index_without_splits_evaluates_every_query(sample_index, answers, tmp_path):
+    """`ftrace bench --index QUICKSTART` with its defaults works: the sample's queries have no splits, so the
+    default --split dev becomes all (said on stderr); an explicit --split dev is refused in one line naming the
+    index's splits and every relation."""
+    r = bench_results(BenchConfig(index=sample_index, queries=5, seeds=1, out=tmp_path / "d", methods=["bm25"]),
+                      write=False)
+    assert r["settings"]["split"] is None and "--split all" in r["command"] and r["query_counts"]["all"] == [5]
+    with pytest.raises(FtraceError) as e:
+        bench_results(BenchConfig(index=sample_index, split="dev", out=tmp_path / "e", methods=["bm25"]), write=False)
+    msg = str(e.value)
+    assert msg.startswith("--split dev: no queries with proponents in this index (its splits: none; its 11 relations")
+    assert "\n" not in msg and "None" not in msg

@@ -47,10 +47,12 @@ def test_info_shows_manifest_counts_and_size(sample_index, sample):
 
 
 def test_query_json_marks_proponents_and_fuses(sample_index, sample):
-    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--json", "-k", "15")
+    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", "bm25+embed", "--json", "-k",
+            "15")
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["target"] == "Toyota" and out["target_from"] == "user" and out["method"] == "bm25+embed"
+    assert (out["fusion"], out["weight"]) == ("sum", 0.5)  # the index records no tuned choice
     [q] = [q for q in sample.queries if q.prompt == AVANZA]
     assert set(out["ground_truth"]["proponents"]) == set(q.proponents)
     rows = out["rows"]
@@ -68,7 +70,8 @@ def test_each_method_and_rrf(sample_index):
         assert r.exit_code == 0, r.output
         rows = json.loads(r.output)["rows"]
         assert len(rows) == 10 and list(rows[0]["scores"]) == method.split("+")
-    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--fusion", "rrf", "--json")
+    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", "bm25+embed", "--fusion", "rrf",
+            "--json")
     rows = json.loads(r.output)["rows"]
     assert rows[0]["score"] <= 2 / 61 + 1e-9  # RRF scores are sums of 1/(60 + rank)
 
@@ -106,9 +109,10 @@ def test_help_shows_flags_without_a_type():
 
 
 def test_human_table(sample_index):
-    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota")
+    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", "bm25+embed")
     assert r.exit_code == 0, r.output
     assert "rank" in r.output and "bm25" in r.output and "embed" in r.output and "*" in r.output
+    assert "method: bm25+embed (fusion: sum, weight 0.5 on bm25)" in r.output
 
 
 def test_model_answer_is_used_without_target(sample_index):
@@ -171,6 +175,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model_dir):
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_interrupted_ingest_resumes(tmp_path, tiny_model_dir, sample, monkeypatch):
     index = tmp_path / "resume"
     settings = IngestConfig(index=index, model=tiny_model_dir, batch_size=32)
@@ -199,6 +204,7 @@ def test_interrupted_ingest_resumes(tmp_path, tiny_model_dir, sample, monkeypatc
     store.close()
 
 
+@pytest.mark.slow
 def test_qdrant_client_back_end_end_to_end(tmp_path, tiny_model_dir, sample):
     index = tmp_path / "local"
     r = cli("ingest", "--index", index, "--model", tiny_model_dir, "--qdrant", "local")
@@ -239,6 +245,7 @@ def test_tracin_scores_equal_cosine_of_gradient_vectors(sample_index, sample):
         tracer.close()
 
 
+@pytest.mark.slow
 def test_checkpoints_and_whitening(tmp_path, tiny_model_dir, sample):
     from ftrace.testing import make_tiny_model
 
@@ -287,3 +294,57 @@ def test_long_prompts_keep_their_end_and_long_sentences_are_counted(tmp_path, ti
     r = cli("ingest", "--index", index, "--corpus", corpus, "--model", tiny_model_dir, "--max-tokens", "64",
             "--no-tracin")
     assert r.exit_code == 1 and "max_tokens: index has 100, asked for 64" in r.output
+
+
+@pytest.mark.slow
+def test_an_index_whose_fact_has_10000_proponents_is_readable(tmp_path, tiny_model_dir):
+    """The line cap guards the corpora users give, not the index's own corpus.jsonl, whose query line lists
+    every proponent (about 180 KB here; 5,000 proponents for one LAMA fact)."""
+    fact = ["Oslo", "P17", "Norway"]
+    lines = [{"text": f"Oslo district {i} lies in Norway.", "facts": [fact]} for i in range(10_000)]
+    lines.append({"prompt": "Oslo is located in", "target": "Norway", "fact": fact})
+    corpus = tmp_path / "big.jsonl"
+    corpus.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    index = tmp_path / "idx"
+    ingest(IngestConfig.model_validate({"index": index, "model": tiny_model_dir, "corpus": {"corpus": str(corpus)},
+                                        "tracin": {"enabled": False}}))
+    assert max(len(line) for line in (index / "corpus.jsonl").read_bytes().splitlines()) > 65_536
+    r = cli("query", "Oslo is located in", "--index", index, "--target", "Norway", "--method", "bm25", "--json")
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)["ground_truth"]["proponents"]) == 10_000
+
+
+def test_the_default_method_is_bm25_or_what_the_index_benchmark_chose(tmp_path, sample_index, monkeypatch):
+    """Without --method a query uses the index's recorded choice (`ftrace bench --save-default`: the best method
+    by MRR, with its tuned weight), else bm25, never an untuned fusion."""
+    from ftrace.bench import scoring
+
+    index = tmp_path / "index"
+    shutil.copytree(sample_index, index)
+
+    def query(*args):
+        r = cli("query", AVANZA, "--index", index, "--target", "Toyota", "--json", *args)
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.output)
+        return out["method"], out["fusion"], out["weight"]
+
+    assert query() == ("bm25", None, None)
+    monkeypatch.setattr(scoring, "answers_right", lambda lm, prompts, targets, **k: [False] * len(prompts))
+    monkeypatch.setattr(scoring, "greedy_answers", lambda lm, prompts, *a, **k: ["?"] * len(prompts))
+    r = cli("bench", "--index", index, "--split", "all", "--queries", "10", "--seeds", "1", "--methods",
+            "bm25,embed,embed+bm25", "--tune-relation", "manufacturer", "--save-default", "--out", tmp_path / "b",
+            "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    table = res["metrics"]["all"]
+    best = max(["bm25", "embed", "embed+bm25"], key=lambda m: table[m]["mrr"]["mean"])
+    saved = Manifest.read(index).query_default
+    assert saved.method == best == res["saved_default"]["method"] and "--save-default" in saved.source
+    assert Manifest.read(index).identity() == Manifest.read(sample_index).identity()  # nothing else changed
+
+    m = Manifest.read(index)  # a fusion recorded with its tuned weight: used when the method is the default's
+    m.query_default = m.query_default.model_copy(update={"method": "embed+bm25", "fusion": "rrf", "weight": 0.3})
+    m.write(index)
+    assert query() == ("embed+bm25", "rrf", 0.3)
+    assert query("--weight", "0.8") == ("embed+bm25", "rrf", 0.8)  # what the user gives wins
+    assert query("--method", "bm25+embed") == ("bm25+embed", "sum", 0.5)  # another fusion: untuned defaults

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from ftrace.cli import app
@@ -13,6 +14,7 @@ from ftrace.index.manifest import Manifest
 from ftrace.model import example_batch, load_model
 
 
+@pytest.mark.slow
 def test_ingest_with_object_loss_stores_object_span_gradients(tmp_path, tiny_model_dir):
     index = tmp_path / "object"
     r = CliRunner().invoke(app, ["ingest", "--index", str(index), "--model", tiny_model_dir, "--tracin-loss", "object",

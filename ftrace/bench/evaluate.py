@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ftrace.bench import metrics as M
-from ftrace.bench.slices import ALL
 from ftrace.corpus import Query
 
 # (seed, query id, method) -> [(sentence id, score)], best first
@@ -23,18 +22,22 @@ TESTS = {"student": "paired t-test (scipy.stats.ttest_rel), two-sided",
                    f"{M.FISHER_RESAMPLES:,} resamples; exact when 2^n <= that), two-sided"}
 
 
-def evaluate(per_seed: Mapping[int, Sequence[Query]], rankings: Rankings, methods: Sequence[str],
-             slice_of: Mapping[str, str], slices: Sequence[str], stat_test: str) -> dict:
-    """`slice_of`: query id -> its learned slice; `slices`: the slices to report ("all" keeps every query)."""
+# slice name -> the (seed, query id) draws in it, in report order
+Members = Mapping[str, set[tuple[int, str]]]
+
+
+def evaluate(per_seed: Mapping[int, Sequence[Query]], rankings: Rankings, methods: Sequence[str], members: Members,
+             stat_test: str) -> dict:
+    """`members`: the slices to report and the draws in each ("all" holds every one)."""
     table: dict[str, dict[str, dict]] = {}
     counts: dict[str, list[int]] = {}
     significance: dict[str, dict] = {}
-    for sl in slices:
+    for sl, draws in members.items():
         by_seed: dict[str, dict[str, list[float]]] = {m: {x: [] for x in M.METRICS} for m in methods}
         values: dict[str, dict[str, dict[str, list[float]]]] = {m: {x: {} for x in M.METRICS} for m in methods}
         counts[sl] = []
         for seed, all_qs in per_seed.items():
-            qs = [q for q in all_qs if sl == ALL or slice_of[q.id] == sl]
+            qs = [q for q in all_qs if (seed, q.id) in draws]
             counts[sl].append(len(qs))
             props = {q.id: q.proponents for q in qs}
             for m in methods:

@@ -24,13 +24,12 @@ from tqdm import tqdm
 from ftrace.bench import metrics as M
 from ftrace.bench.cache import ScoreCache, settings_hash
 from ftrace.bench.candidates import draw, rng_for
+from ftrace.bench.evaluate import Members, Rankings
 from ftrace.bench.paths import shown
 from ftrace.bench.scoring import ids_digest
-from ftrace.bench.slices import ALL
 from ftrace.bench.tailpatch import MOMENTUM, ORACLE, RANDOM, TailPatcher
 from ftrace.corpus import Query
 
-Rankings = Mapping[tuple[int, str, str], Sequence[tuple[str, float]]]
 STATS = ("delta_logp", "delta_logp_vs_momentum", "delta_p")
 
 
@@ -42,8 +41,8 @@ def reference_sets(patcher: TailPatcher) -> list[str]:
     return [ORACLE, RANDOM, *([MOMENTUM] if patcher.moments is not None else [])]
 
 
-def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings, slice_of: Mapping[str, str],
-              slices: Sequence[str]) -> tuple[dict, dict[tuple[int, str, str], dict]]:
+def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings,
+              members: Members) -> tuple[dict, dict[tuple[int, str, str], dict]]:
     """(results["tailpatch"], {(seed, query id, set): {"delta_logp", "examples"}} for rankings.jsonl)."""
     c, tracer = bench.c, bench.tracer
     m = tracer.index.manifest
@@ -54,7 +53,7 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings
     sets = [*bench.methods, *reference_sets(patcher)]
     sentences = tracer.corpus.by_id()
 
-    def members(seed: int, q: Query, name: str) -> list[str]:
+    def batch_of(seed: int, q: Query, name: str) -> list[str]:
         if name == ORACLE:
             ids = list(dict.fromkeys(q.proponents))[:k]
         elif name == RANDOM:
@@ -72,7 +71,7 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings
                                                  "logp": patcher.logprobs([q.prompt], [q.target])[0]})
     before = {q.id: cache.entries[(key, None, q.id, "@logp")]["logp"] for q in queries}
 
-    wanted = {(seed, q.id, s): members(seed, q, s) for seed, qs in per_seed.items() for q in qs for s in sets}
+    wanted = {(seed, q.id, s): batch_of(seed, q, s) for seed, qs in per_seed.items() for q in qs for s in sets}
     steps = {(qid, _digest(ids)): ids for (_, qid, _), ids in wanted.items()}
     by_id = {q.id: q for q in queries}
     missing = [(qid, d) for qid, d in steps if cache.get(key, None, qid, d) is None]
@@ -86,7 +85,7 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings
     for (seed, qid, s), ids in wanted.items():
         v = cache.entries[(key, None, qid, _digest(ids))]
         per_run[(seed, qid, s)] = {"delta_logp": v["after"] - before[qid], "examples": v["n"], "after": v["after"]}
-    results = summarize(per_seed, per_run, sets, before, slice_of, slices, c.stat_test)
+    results = summarize(per_seed, per_run, sets, before, members, c.stat_test)
     results.update({
         "k": k, "sets": sets, "step": {**asdict(patcher.s), "state": shown(patcher.s.state)},
         "what": "one AdamW step on a set of training sentences as one batch, from the final checkpoint (weights never "
@@ -102,28 +101,29 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings
 
 
 def summarize(per_seed: Mapping[int, Sequence[Query]], per_run: Mapping[tuple[int, str, str], dict],
-              sets: Sequence[str], before: Mapping[str, float], slice_of: Mapping[str, str],
-              slices: Sequence[str], stat_test: str) -> dict:
-    """Per slice and set: mean ± std over distinct queries (each averaged over its seeds), the
-    fraction that rose, and paired tests against BM25 over the same queries."""
-    values: dict[str, dict[str, dict[str, list[float]]]] = {s: {x: {} for x in (*STATS, "examples")} for s in sets}
-    for seed, qs in per_seed.items():
-        for q in qs:
-            momentum = per_run.get((seed, q.id, MOMENTUM))
-            for s in sets:
-                d = per_run[(seed, q.id, s)]["delta_logp"]
-                after = per_run[(seed, q.id, s)]["after"]
-                row = {"delta_logp": d, "delta_p": math.exp(after) - math.exp(before[q.id]),
-                       "delta_logp_vs_momentum": d - momentum["delta_logp"] if momentum else d}
-                for x in STATS:
-                    values[s][x].setdefault(q.id, []).append(row[x])
-                values[s]["examples"].setdefault(q.id, []).append(per_run[(seed, q.id, s)]["examples"])
-    per_query = {s: {x: {qid: float(np.mean(v)) for qid, v in d.items()} for x, d in values[s].items()} for s in sets}
+              sets: Sequence[str], before: Mapping[str, float], members: Members, stat_test: str) -> dict:
+    """Per slice and set: mean ± std over distinct queries (each averaged over its seeds in the slice),
+    the fraction that rose, and paired tests against BM25 over the same queries."""
     table: dict[str, dict] = {}
     significance: dict[str, dict] = {}
     counts: dict[str, int] = {}
-    for sl in slices:
-        qids = sorted(q for q in per_query[sets[0]]["delta_logp"] if sl == ALL or slice_of[q] == sl)
+    for sl, draws in members.items():
+        values: dict[str, dict[str, dict[str, list[float]]]] = {s: {x: {} for x in (*STATS, "examples")}
+                                                                for s in sets}
+        for seed, qs in per_seed.items():
+            for q in (q for q in qs if (seed, q.id) in draws):
+                momentum = per_run.get((seed, q.id, MOMENTUM))
+                for s in sets:
+                    d = per_run[(seed, q.id, s)]["delta_logp"]
+                    after = per_run[(seed, q.id, s)]["after"]
+                    row = {"delta_logp": d, "delta_p": math.exp(after) - math.exp(before[q.id]),
+                           "delta_logp_vs_momentum": d - momentum["delta_logp"] if momentum else d}
+                    for x in STATS:
+                        values[s][x].setdefault(q.id, []).append(row[x])
+                    values[s]["examples"].setdefault(q.id, []).append(per_run[(seed, q.id, s)]["examples"])
+        per_query = {s: {x: {qid: float(np.mean(v)) for qid, v in d.items()} for x, d in values[s].items()}
+                     for s in sets}
+        qids = sorted(per_query[sets[0]]["delta_logp"])
         counts[sl] = len(qids)
         table[sl] = {}
         for s in sets:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ftrace.bench.metrics import FISHER_RESAMPLES, LABELS, METRICS
 from ftrace.bench.runner import BenchRun
+from ftrace.plumbing import replacing, write_atomic
 
 TOP = 10
 
@@ -230,8 +231,7 @@ def _tailpatch_panel(ax, results: dict, sl: str) -> None:
 
 
 def write_rankings(run: BenchRun, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for seed, qs in run.per_seed.items():
             for q in qs:
                 props = set(q.proponents)
@@ -248,19 +248,24 @@ def write_rankings(run: BenchRun, path: Path) -> None:
                         "unranked_proponents": len(props) - len(ranks), "ranked": len(ranked),
                         **({"tailpatch": _patched(run.tailpatch[(seed, q.id, m)])} if run.tailpatch else {}),
                     }, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def _patched(v: dict) -> dict:
     return {"delta_logp": round(v["delta_logp"], 9), "examples": v["examples"]}
 
 
+def write_results(run: BenchRun) -> Path:
+    path = Path(run.out) / "results.json"
+    write_atomic(path, json.dumps(run.results, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
 def write_reports(run: BenchRun) -> dict[str, Path]:
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {n: out / n for n in ("results.json", "table.md", "plot.png", "rankings.jsonl")}
-    paths["results.json"].write_text(json.dumps(run.results, indent=2, ensure_ascii=False) + "\n")
-    paths["table.md"].write_text(markdown_table(run.results))
+    write_results(run)
+    write_atomic(paths["table.md"], markdown_table(run.results))
     plot(run.results, paths["plot.png"])
     write_rankings(run, paths["rankings.jsonl"])
     return paths

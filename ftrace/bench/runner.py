@@ -15,15 +15,17 @@ standard deviations are over seeds.
   `tune_split` / `tune_relations` queries over `grid` (max MRR) or 0.5; "learned" fitted on those
   queries (`query.learned`). Tuning and evaluation fuse through the same Fuser.
 
-Every table is reported for "all" queries and for each learned slice (`slices.py`: by the greedy
-answers of the index's model and, when the index records one, of its base model). Significance:
-paired tests against BM25 over the distinct queries, each averaged over the seeds that drew it.
+Every table is reported for "all" queries, for each learned slice (`slices.py`: whether the index's
+model and, when the index records one, its base model answer right, decided for every eligible query
+before any draw, so `--only SLICE` can draw from one slice) and for "bm25-hard" (the draws whose BM25
+top 1 is not a proponent). Significance: paired tests against BM25 over the distinct queries, each
+averaged over the seeds that drew it.
 """
 
 from __future__ import annotations
 
-import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,13 +36,14 @@ from tqdm import tqdm
 from ftrace import FtraceError
 from ftrace.bench import metrics as M
 from ftrace.bench.candidates import draw, rng_for, sample_queries, seeded_tiebreak
-from ftrace.bench.evaluate import evaluate
+from ftrace.bench.evaluate import Rankings, evaluate
 from ftrace.bench.paths import shown
 from ftrace.bench.scoring import QueryScores, Scorer
-from ftrace.bench.slices import ALL, RULE, answer_is_right, learned_slices, slice_names
+from ftrace.bench.slices import ALL, BM25_HARD, RULE, learned_slices, slice_names
 from ftrace.config import GRID, BenchConfig
 from ftrace.corpus import Query
-from ftrace.index.manifest import versions
+from ftrace.index.manifest import Manifest, QueryDefault, versions
+from ftrace.plumbing import log
 from ftrace.query.fusion import ranking
 from ftrace.query.learned import LearnedFusion
 from ftrace.query.methods import CASCADE_K, FUSIONS, Fuser, Fusion, Method, parse_method
@@ -48,10 +51,6 @@ from ftrace.query.tracer import Tracer
 
 FTRACE_FUSIONS = (("tracin", "embed"), ("tracin", "bm25"), ("embed", "bm25"))
 RANDOM_TARGET = "random-target"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 # --- which methods ---------------------------------------------------------------------------------
@@ -173,6 +172,9 @@ class Bench:
             raise
         self.manifest = self.tracer.index.manifest
         self.corpus = self.tracer.corpus
+        if "split" not in c.model_fields_set and c.split and not any(q.split for q in self.corpus.queries):
+            log(f"the index's queries have no splits (a plain corpus): evaluating all of them, not --split {c.split}")
+            self.c = c = c.model_copy(update={"split": None})
         self.fusions = [m for m in self.methods if "+" in m]
         self.fusers: dict[str, Fuser] = {}
         self.out = c.out_dir()
@@ -184,14 +186,14 @@ class Bench:
               and (relations is None or (q.fact is not None and q.fact[1] in relations))]
         if not qs:
             have = [q for q in self.corpus.queries if q.proponents]
-            splits = sorted({str(q.split) for q in have})
+            splits = sorted({q.split for q in have if q.split})
             rels = sorted({q.fact[1] for q in have if q.fact})
             given = [f"--tune-split {split}" if tuning else f"--split {split}"] if split or not relations else []
             if relations:
                 given.append(f"{'--tune-relation' if tuning else '--relation'} {','.join(relations)}")
             what = " ".join(given)
             raise FtraceError(f"{what}: no queries with proponents in this index (its splits: "
-                              f"{', '.join(splits) or 'none'}, relations: {', '.join(rels[:10]) or 'none'}; "
+                              f"{', '.join(splits) or 'none'}; its {len(rels)} relations: {', '.join(rels) or 'none'}; "
                               "use --split all for every query)")
         return qs
 
@@ -224,6 +226,9 @@ class Bench:
                            for f in self.fusions}
             return {f: {"weight": c.default_weight, "source": "default, no --tune-split"} for f in self.fusions}
         pool = self.eligible(c.tune_split, c.tune_relations, tuning=True)
+        if c.only:
+            learned, base_learned = self.learned(pool)
+            pool = self.only(pool, learned_slices(learned, base_learned), f"--tune-split {c.tune_split or 'all'}")
         tune_qs = sample_queries(pool, c.queries, 0, purpose="tune")
         what = " and ".join(([f"split {c.tune_split!r}"] if c.tune_split else [])
                             + ([f"relations {','.join(c.tune_relations)}"] if c.tune_relations else []))
@@ -251,15 +256,16 @@ class Bench:
         c = self.c
         try:
             pool = self.eligible(c.split, c.relations)
+            learned, base_learned = self.learned(pool)
+            slice_of = learned_slices(learned, base_learned)
+            if c.only:
+                pool = self.only(pool, slice_of, f"--split {c.split or 'all'}")
             per_seed = {seed: sample_queries(pool, c.queries, seed) for seed in range(c.seeds)}
             weights_info = self.tune({q.id for q in pool})
             drawn = list({q.id: q for qs in per_seed.values() for q in qs}.values())
-            answers = self.scorer.answers(drawn)
-            learned = {q.id: answer_is_right(answers[q.id], q.target) for q in drawn}
+            answers = self.scorer.answers(drawn)  # shown beside the rankings; the slices come from `learned`
             base_answers = self.scorer.answers(drawn, base=True) if self.manifest.model.base else None
-            base_learned = None if base_answers is None else \
-                {q.id: answer_is_right(base_answers[q.id], q.target) for q in drawn}
-            slice_of = learned_slices(learned, base_learned)
+            self.scorer.release_base()
             rankings: dict[tuple[int, str, str], list[tuple[str, float]]] = {}
             total = sum(len(qs) for qs in per_seed.values())
             with tqdm(total=total, desc=f"bench {c.mode}", unit="query") as bar:
@@ -269,33 +275,63 @@ class Bench:
                         for m in self.methods:
                             rankings[(seed, q.id, m)] = self.ranked(seed, q, self.method_scores(seed, q, scores, m))
                         bar.update(1)
-            names = slice_names(base_learned is not None)
+            members = self.members(per_seed, rankings, slice_of, base_learned is not None)
             tail = None
             if c.metric != "attribution":
                 from ftrace.bench.influence import tailpatch  # loads the training machinery
 
-                tail_results, tail = tailpatch(self, per_seed, rankings, slice_of, names)
+                tail_results, tail = tailpatch(self, per_seed, rankings, members)
         finally:
             self.scorer.close()
             if self.own_tracer:
                 self.tracer.close()
-        results = evaluate(per_seed, rankings, self.methods, slice_of, names, c.stat_test)
-        results.update(self.describe(per_seed, pool, weights_info, self.answers_info(learned, base_learned, slice_of,
-                                                                                     names)))
+        results = evaluate(per_seed, rankings, self.methods, members, c.stat_test)
+        results.update(self.describe(per_seed, pool, weights_info,
+                                     self.answers_info({q.id: learned[q.id] for q in drawn},
+                                                       base_learned and {q.id: base_learned[q.id] for q in drawn},
+                                                       members)))
         if tail is not None:
             results["tailpatch"] = tail_results
         results["wall_time_s"] = round(time.time() - t0, 2)
         return BenchRun(c, self.out, results, self.methods, per_seed, rankings, learned, answers, slice_of,
                         base_answers, tail)
 
-    def answers_info(self, learned: dict[str, bool], base_learned: dict[str, bool] | None, slice_of: dict[str, str],
-                     names: list[str]) -> dict:
+    def learned(self, queries: Sequence[Query]) -> tuple[dict[str, bool], dict[str, bool] | None]:
+        """Whether the index's model, and its base model where it records one, answer each query right."""
+        base = self.scorer.rights(queries, base=True) if self.manifest.model.base else None
+        return self.scorer.rights(queries), base
+
+    def only(self, pool: list[Query], slice_of: dict[str, str], what: str) -> list[Query]:
+        """The queries of `pool` in the --only slice (chosen before any draw, as FTRACE filters its queries)."""
+        kept = [q for q in pool if slice_of[q.id] == self.c.only]
+        if not kept:
+            raise FtraceError(f"--only {self.c.only}: none of the {len(pool)} queries of {what} is in that slice "
+                              f"(slices: {', '.join(f'{k} {v}' for k, v in Counter(slice_of.values()).items())})")
+        return kept
+
+    def members(self, per_seed: dict[int, list[Query]], rankings: Rankings, slice_of: dict[str, str],
+                with_base: bool) -> dict[str, set[tuple[int, str]]]:
+        """The draws of every slice reported: all, the learned slices, and bm25-hard (BM25's top 1 is not a
+        proponent: the room the model signals have)."""
+        draws = {(seed, q.id) for seed, qs in per_seed.items() for q in qs}
+        out = {sl: draws if sl == ALL else {d for d in draws if slice_of[d[1]] == sl}
+               for sl in slice_names(with_base)}
+        if "bm25" in self.methods:
+            out[BM25_HARD] = {(seed, q.id) for seed, qs in per_seed.items() for q in qs
+                              if not rankings[(seed, q.id, "bm25")]
+                              or rankings[(seed, q.id, "bm25")][0][0] not in set(q.proponents)}
+        return out
+
+    def answers_info(self, learned: dict[str, bool], base_learned: dict[str, bool] | None,
+                     members: dict[str, set[tuple[int, str]]]) -> dict:
         m = self.manifest.model
-        return {"rule": RULE, "of": len(learned), "model": m.name, "correct": sum(learned.values()),
+        return {"rule": RULE, "decided_by": "one teacher-forced pass per batch of queries (answers_right); the "
+                                            "generated answers are shown in rankings.jsonl",
+                "of": len(learned), "model": m.name, "correct": sum(learned.values()),
                 "base": None if base_learned is None else {"model": m.base, "correct": sum(base_learned.values())},
-                "slices": {sl: len(slice_of) if sl == ALL else sum(v == sl for v in slice_of.values())
-                           for sl in names},
-                "note": "counts of distinct queries (drawn by any seed); query_counts has them per seed"}
+                "slices": {sl: len({q for _, q in d}) for sl, d in members.items()},
+                "note": "counts of distinct queries (drawn by any seed); query_counts has them per seed; bm25-hard: "
+                        "the draws whose BM25 top 1 is not a proponent"}
 
     def describe(self, per_seed: dict[int, list[Query]], pool: list[Query], weights_info: dict,
                  answers: dict) -> dict:
@@ -339,13 +375,49 @@ class Bench:
 
 
 def run_bench(c: BenchConfig, tracer: Tracer | None = None, write: bool = True) -> BenchRun:
-    """Run the benchmark and (by default) write OUT/results.json, table.md, plot.png, rankings.jsonl."""
+    """Run the benchmark and (by default) write OUT/results.json, table.md, plot.png, rankings.jsonl;
+    with --save-default, record the best method in the index."""
     bench = Bench(c, tracer)
     for name, why in bench.skipped.items():
         log(f"skipping {name}: {why}")
     run = bench.run()
-    if write:
+    if write:  # first: a refused --save-default loses nothing
         from ftrace.bench.report import write_reports
 
         write_reports(run)
+    if c.save_default:
+        chosen = save_default(run, bench.manifest)
+        run.results["saved_default"] = chosen.model_dump()
+        log(f"{c.index}: `ftrace query` now uses {chosen.method} by default ({chosen.source})")
+        if write:
+            from ftrace.bench.report import write_results
+
+            write_results(run)  # results.json with the choice
     return run
+
+
+def save_default(run: BenchRun, evaluated: Manifest) -> QueryDefault:
+    """Record in the index the method with the best MRR over all queries (random-target, which reads the
+    ground truth, aside), with its fusion settings as tuned: `ftrace query`'s and `serve`'s default. Refused
+    when the index has changed since `evaluated` (its manifest when the run began)."""
+    table, fusion = run.results["metrics"][ALL], run.results["fusion"]
+    usable = [m for m in run.methods if m != RANDOM_TARGET and table[m]["mrr"]["mean"] is not None]
+    if not usable:
+        raise FtraceError("--save-default: no method was scored")
+    best = max(usable, key=lambda m: table[m]["mrr"]["mean"])
+    mrr = table[best]["mrr"]["mean"]
+    source = f"best MRR {mrr:.3f} over {run.results['queries']['eligible']} eligible queries: {run.results['command']}"
+    if "+" in best:  # --fusion learned is refused with --save-default before the run (BenchConfig)
+        w = fusion["weights"][best]
+        chosen = QueryDefault(method=best, fusion=fusion["kind"], weight=w["weight"],
+                              cascade_k=fusion["cascade_k"], source=f"{source} (weight {w['source']})")
+    else:
+        chosen = QueryDefault(method=best, source=source)
+    index = Path(run.config.index)
+    manifest = Manifest.read(index)
+    if manifest.identity() != evaluated.identity() or not manifest.complete:
+        raise FtraceError(f"--save-default: {index} has changed since this run began (rebuilt meanwhile?); the "
+                          "reports are written, the default is not")
+    manifest.query_default = chosen
+    manifest.write(index)  # atomic; not part of the identity, so caches and readers are unaffected
+    return chosen

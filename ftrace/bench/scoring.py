@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -25,7 +26,7 @@ from ftrace.config import BenchConfig
 from ftrace.corpus import Query
 from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, load_model
-from ftrace.model.answer import greedy_answers
+from ftrace.model.answer import answers_right, greedy_answers
 from ftrace.query.methods import fusion_pool
 from ftrace.query.tracer import Tracer
 
@@ -41,6 +42,7 @@ def _round(x: float) -> float:
 
 
 ANSWER_BATCH = 16  # prompts per generate call
+RIGHT_BATCH = 512  # queries per answers_right call (its own batches are smaller), between cache writes
 
 
 @dataclass
@@ -70,10 +72,11 @@ class Scorer:
         dtype = {} if tracer.dtype == "float32" else {"dtype": tracer.dtype}  # queries' model weights
         self.identity = {"index": identity, **dtype}  # what every cached value depends on
         self.key = settings_hash({"index": identity, "mode": config.mode, **scope, **dtype})
-        self.answer_key = settings_hash({"answers": identity["model"], **dtype})
+        limit = {"max_tokens": identity["max_tokens"]}  # answers see a prompt's last max_tokens tokens
+        self.answer_key = settings_hash({"answers": identity["model"], **dtype, **limit})
         base = tracer.index.manifest.model
         self.base_answer_key = settings_hash({"answers": {"name": base.base, "fingerprint": base.base_fingerprint},
-                                              **dtype})
+                                              **dtype, **limit})
         self.cache = ScoreCache(out / "cache.jsonl", {self.key, self.answer_key, self.base_answer_key})
         self.computed = 0
         self._qvec: dict[str, dict[str, np.ndarray]] = {}
@@ -143,46 +146,68 @@ class Scorer:
 
     def answers(self, queries: Sequence[Query], base: bool = False) -> dict[str, str]:
         """query id -> the greedy answer of the index's model (or of its base model), cached per query."""
-        key = self.base_answer_key if base else self.answer_key
-        out = {}
+        limit = self.tracer.index.manifest.max_tokens  # prompts keep their last --max-tokens, as in queries
+        return self._per_query(queries, base, "answer", lambda q: {"prompt": q.prompt}, ANSWER_BATCH,
+                               lambda lm, qs: greedy_answers(lm, [q.prompt for q in qs], len(qs), max_tokens=limit))
+
+    def rights(self, queries: Sequence[Query], base: bool = False) -> dict[str, bool]:
+        """query id -> whether the index's model (or its base model) answers it right (`answers_right`: one
+        teacher-forced pass, no generation), cached per query: every query of a corpus is affordable."""
+        limit = self.tracer.index.manifest.max_tokens
+        return self._per_query(queries, base, "right", lambda q: {"prompt": q.prompt, "target": q.target},
+                               RIGHT_BATCH, lambda lm, qs: answers_right(lm, [q.prompt for q in qs],
+                                                                         [q.target for q in qs], max_tokens=limit))
+
+    def _per_query(self, queries: Sequence[Query], base: bool, field: str, inputs: Callable[[Query], dict],
+                   batch: int, compute: Callable[[LoadedModel, list[Query]], list]) -> dict[str, Any]:
+        """query id -> `field` of the model's (or base model's) output for it: cached (entries "@field" under
+        the model's key, checked against the query's `inputs`), else taken from other runs' caches beside OUT
+        made with the same model, else computed `batch` queries at a time."""
+        key, tag = (self.base_answer_key if base else self.answer_key), f"@{field}"
+        out: dict[str, Any] = {}
         todo = []
         for q in dict((q.id, q) for q in queries).values():
-            v = self.cache.get(key, None, q.id, "@answer")
-            if v is None or v.get("prompt") != q.prompt:  # an id reused for another prompt is a miss
+            v = self.cache.get(key, None, q.id, tag)
+            if v is None or any(v.get(k) != x for k, x in inputs(q).items()):  # an id reused for another query
                 todo.append(q)
             else:
-                out[q.id] = v["answer"]
+                out[q.id] = v[field]
         if todo:
-            found = self.sibling_answers(key)
-            for q in [q for q in todo if q.id in found and found[q.id][0].get("prompt") == q.prompt]:
-                v, t = found[q.id]
-                self.cache.put(key, None, q.id, "@answer", v, t)
-                out[q.id] = v["answer"]
+            found = self.sibling_entries(key, tag)
+            for q in todo:
+                if q.id in found and all(found[q.id][0].get(k) == x for k, x in inputs(q).items()):
+                    v, t = found[q.id]
+                    self.cache.put(key, None, q.id, tag, v, t)
+                    out[q.id] = v[field]
             todo = [q for q in todo if q.id not in out]
-        with tqdm(total=len(todo), desc="base model answers" if base else "model answers", unit="query",
+        what = {"answer": "answers", "right": "right?"}[field]
+        with tqdm(total=len(todo), desc=f"base model {what}" if base else f"model {what}", unit="query",
                   disable=not todo) as bar:
-            for i in range(0, len(todo), ANSWER_BATCH):
-                chunk = todo[i:i + ANSWER_BATCH]
+            for i in range(0, len(todo), batch):
+                chunk = todo[i:i + batch]
                 t0 = time.perf_counter()
-                got = greedy_answers(self.base_lm if base else self.tracer.lm, [q.prompt for q in chunk], len(chunk))
+                got = compute(self.base_lm if base else self.tracer.lm, chunk)
                 t = (time.perf_counter() - t0) / len(chunk)
                 for q, a in zip(chunk, got, strict=True):
-                    self.cache.put(key, None, q.id, "@answer", {"prompt": q.prompt, "answer": a}, t)
+                    self.cache.put(key, None, q.id, tag, {**inputs(q), field: a}, t)
                     out[q.id] = a
                 bar.update(len(chunk))
-        if base:
-            self.__dict__.pop("base_lm", None)  # the base model answers only: free it
         return out
 
-    def sibling_answers(self, key: str) -> dict[str, tuple[dict, float]]:
-        """The same model's answers cached by other runs beside OUT (e.g. the other mode's)."""
+    def release_base(self) -> None:
+        """Free the base model (it only answers)."""
+        self.__dict__.pop("base_lm", None)
+
+    def sibling_entries(self, key: str, tag: str) -> dict[str, tuple[dict, float]]:
+        """The same model's per-query entries (`tag`: "@answer", "@right") cached by other runs beside OUT
+        (e.g. the other mode's)."""
         found: dict[str, tuple[dict, float]] = {}
         for path in sorted(self.cache.path.parent.parent.glob("*/cache.jsonl")):
             if path.resolve() == self.cache.path.resolve():
                 continue
             other = ScoreCache(path, {key})
             for (_, _, qid, m), v in other.entries.items():
-                if m == "@answer" and isinstance(v, dict) and "answer" in v:
+                if m == tag and isinstance(v, dict):
                     found.setdefault(qid, (v, other.seconds[(key, None, qid, m)]))
         return found
 

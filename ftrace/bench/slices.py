@@ -1,7 +1,8 @@
 """Which queries the model 'learned': the answer rule and FTRACE's learned slices.
 
 A query's answer is right when the target is a word-boundary prefix of the model's greedy answer,
-both normalised (lowercase, whitespace collapsed, stripped). The slices (besides "all"):
+both normalised (`ftrace.model.answer.RULE`, decided by `answers_right` in one teacher-forced pass). The
+slices (besides "all"):
 
 - the index has a base model (it was built from an `ftrace train` run): "fine-tune-learned"
   (wrong at the base model, right at the final one), "pre-train-learned" (right at the base) and
@@ -13,23 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-RULE = ("right when the normalised target (lowercase, whitespace collapsed, stripped) equals the normalised greedy "
-        "answer or is its prefix followed by a space or punctuation: 'Toyota Motor' and 'Toyota's' count for "
-        "'Toyota', 'Toyotas' does not")
+from ftrace.model.answer import RULE, answer_is_right
+
+__all__ = ["ALL", "BM25_HARD", "FINE_TUNE", "LEARNED", "NOT_LEARNED", "PRE_TRAIN", "RULE", "answer_is_right",
+           "learned_slice", "learned_slices", "slice_names"]
 
 ALL = "all"
 FINE_TUNE = "fine-tune-learned"
 PRE_TRAIN = "pre-train-learned"
 NOT_LEARNED = "not-learned"
-
-
-def normalize_answer(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def answer_is_right(answer: str, target: str) -> bool:
-    a, t = normalize_answer(answer), normalize_answer(target)
-    return bool(t) and a.startswith(t) and (len(a) == len(t) or not a[len(t)].isalnum())
+LEARNED = (FINE_TUNE, PRE_TRAIN, NOT_LEARNED)
+# not a learned slice: the query draws whose BM25 top 1 is not a proponent (the room model signals have)
+BM25_HARD = "bm25-hard"
 
 
 def slice_names(with_base: bool) -> list[str]:

@@ -51,7 +51,8 @@ class IndexDir:
 
     @cached_property
     def corpus(self) -> Corpus:
-        return load_jsonl(self.corpus_file, source=self.manifest.corpus.source)
+        # written by ingest itself: a query line lists all its proponents, however many (no line cap)
+        return load_jsonl(self.corpus_file, source=self.manifest.corpus.source, max_line=None)
 
     def open_store(self, manifest: Manifest | None = None) -> VectorStore:
         s = (manifest or self.manifest).store

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ftrace import FtraceError, __version__
 from ftrace.config import StoreConfig
+from ftrace.plumbing import write_atomic
 
 FILENAME = "manifest.json"
 FORMAT = 1
@@ -45,6 +46,16 @@ class ModelInfo(BaseModel):
     dtype: str = "float32"  # the weights' dtype the vectors were computed in (indexes before it: float32)
 
 
+class QueryDefault(BaseModel):
+    """The method `ftrace query` and `serve` use when none is given, chosen by `ftrace bench --save-default`."""
+
+    method: str
+    fusion: str | None = None
+    weight: float | None = None
+    cascade_k: int | None = None
+    source: str  # the bench run that chose it (its command and MRR)
+
+
 class Manifest(BaseModel):
     format: int = FORMAT
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -57,6 +68,11 @@ class Manifest(BaseModel):
     complete: bool = False  # every example's vectors are stored
     # tokens per sentence and query given to the model (128: indexes made before it was recorded)
     max_tokens: int = 128
+    # how long each stage of the ingest that finished the index took (seconds; "vectors" counts the examples
+    # that run featurised: fewer after a resume); not part of the identity
+    timings: dict[str, float] = Field(default_factory=dict)
+    # not part of the identity: a choice made after the index was built, from its own benchmark
+    query_default: QueryDefault | None = None
 
     def identity(self) -> dict:
         return {"corpus": self.corpus.fingerprint, "model": self.model.model_dump(),
@@ -69,10 +85,7 @@ class Manifest(BaseModel):
         return _diff(mine, theirs, "")
 
     def write(self, index_dir: Path) -> None:
-        path = Path(index_dir) / FILENAME
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.model_dump_json(indent=2))
-        tmp.replace(path)  # atomic: a crash never leaves half a manifest
+        write_atomic(Path(index_dir) / FILENAME, self.model_dump_json(indent=2))  # never half a manifest
 
     @classmethod
     def read(cls, index_dir: Path) -> Manifest:

@@ -3,7 +3,8 @@ of N processes featurising 1/N of the examples (shards.py), finished by a final 
 
 from __future__ import annotations
 
-import sys
+import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,11 +25,10 @@ from ftrace.index.vectors import VectorStore
 from ftrace.ingest import shards
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch, budget_batches, token_lengths
+from ftrace.plumbing import log, release_freed_memory
 from ftrace.train import TracedRun, traced_run
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr)
+TRIM_EVERY = 32  # batches between handing freed heap memory back (about 0.2 s each: well under 1% of the time)
 
 
 def checkpoint_names(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -> list[str]:
@@ -149,21 +149,26 @@ def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexD
                 corpus.write_jsonl(index.corpus_file)
             for f in featurizers:  # whitening: fitted once, used by every shard
                 f.fit(lambda: calibration_batches(corpus, lm, c), index.path)
+        timings: dict[str, float] = {}
         if (c.shard_of or (0, 1))[0] == 0 and not index.bm25_dir.exists():
-            build_lucene(index.bm25_dir, ((x.id, x.text) for x in corpus.sentences), total=len(corpus.sentences))
+            with timed(timings, "bm25_s"):
+                build_lucene(index.bm25_dir, ((x.id, x.text) for x in corpus.sentences), total=len(corpus.sentences))
         if target is not index:
             return _build_shard(c, corpus, lm, featurizers, target, store, planned)
         if not store.exists():
             store.create({f.name: f.size for f in featurizers}, c.store.float16, c.store.shard_number,
                          c.store.replication_factor)
-        if index.shards():
-            shards.merge(index, store, manifest, corpus.examples())
-        else:
-            _store_vectors(store, corpus.examples(), lm, featurizers, c, index.path)
+        with timed(timings, "vectors_s"):
+            if index.shards():
+                shards.merge(index, store, manifest, corpus.examples())
+            else:
+                timings["vectors"] = _store_vectors(store, corpus.examples(), lm, featurizers, c, index.path)
         if c.store.hnsw:
             log("building HNSW (blocking)")
-            store.optimize()
+            with timed(timings, "hnsw_s"):
+                store.optimize()
         manifest.complete = True
+        manifest.timings = timings
         manifest.write(index.path)
         clear_progress(index.path)
         shards.remove_staging(index)
@@ -193,20 +198,27 @@ def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: 
 
 
 def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel, featurizers: list[Featurizer],
-                   c: IngestConfig, progress_dir: Path) -> None:
+                   c: IngestConfig, progress_dir: Path) -> int:
     """Store the vectors of those of `examples` not stored yet, recording progress in `progress_dir` (the
-    directory the writer holds: the index, or a shard's staging directory)."""
+    directory the writer holds: the index, or a shard's staging directory); how many it featurised.
+
+    The batches are always those of the uninterrupted plan over all `examples` (sorted by token length, cut by
+    the batch budget), and a batch with anything left to store is featurised whole: a resumed ingest computes
+    every vector in the very batch, of the very shape, a clean one does, so its vectors are bit-identical on any
+    machine (BLAS kernels may round differently for other batch shapes)."""
     done: set[str] = set()
     for i in range(0, len(examples), 1000):
         done |= store.present([e.id for e in examples[i:i + 1000]])
-    todo = [e for e in examples if e.id not in done]
-    if done:
-        log(f"resuming: {len(done)} examples already stored, {len(todo)} to go")
     record_progress(progress_dir, len(done), len(examples))
-    # Similar lengths together: less padding, same vectors (padding does not change an example's vector).
-    lengths = token_lengths(lm.tokenizer, [e.text for e in todo]) if todo else []
-    order = sorted(range(len(todo)), key=lengths.__getitem__)
-    todo, lengths = [todo[i] for i in order], [lengths[i] for i in order]
+    # Similar lengths together: less padding, same vectors up to rounding (padding does not change a vector).
+    lengths = token_lengths(lm.tokenizer, [e.text for e in examples]) if examples else []
+    order = sorted(range(len(examples)), key=lengths.__getitem__)
+    ordered, lengths = [examples[i] for i in order], [lengths[i] for i in order]
+    plan = [part for part in _batches(lengths, c) if any(e.id not in done for e in ordered[part])]
+    todo = sum(p.stop - p.start for p in plan)
+    if done:
+        log(f"resuming: {len(done)} examples already stored; {todo} to featurise in {len(plan)} batches of the plan "
+            "(a batch partly stored is redone whole)")
     long = sum(n > c.max_tokens for n in lengths)
     if long:
         log(f"{long} sentences longer than {c.max_tokens} tokens were truncated to their first {c.max_tokens} "
@@ -214,9 +226,10 @@ def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel,
     # each featurizer's example loss: gradients may score object spans, embeddings read whole sentences
     loss_of = {f.name: f.example_loss for f in featurizers}
     fallbacks = 0
-    with tqdm(total=len(todo), desc="vectors", unit="ex") as bar:
-        for part in _batches(lengths, c):
-            chunk = todo[part]
+    stored, n = len(done), 0
+    with tqdm(total=todo, desc="vectors", unit="ex") as bar:
+        for part in plan:
+            chunk = ordered[part]
             batches = {}
             for loss in sorted(set(loss_of.values())):
                 batches[loss], fell_back = example_loss_batch(lm.tokenizer, chunk, loss, c.max_tokens)
@@ -224,8 +237,19 @@ def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel,
             vectors = {f.name: f.vectors(batches[loss_of[f.name]]) for f in featurizers}
             store.upsert([e.id for e in chunk], vectors,
                          [{"example_id": e.id, "sentence_id": e.sentence_id} for e in chunk])
-            record_progress(progress_dir, len(done) + part.stop, len(examples))  # for readers refused meanwhile
+            stored += sum(e.id not in done for e in chunk)
+            record_progress(progress_dir, stored, len(examples))  # for readers refused meanwhile
             bar.update(len(chunk))
+            if (n := n + 1) % TRIM_EVERY == 0:
+                release_freed_memory()
     if "object" in loss_of.values():
-        log(f"--tracin-loss object: {fallbacks} of the {len(todo)} examples embedded in this run have no object "
+        log(f"--tracin-loss object: {fallbacks} of the {todo} examples featurised in this run have no object "
             "span (no fact's object in the text); their gradients use the whole-sentence loss")
+    return todo
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - start, 1)

@@ -1,15 +1,34 @@
-"""The model's own answer to a prompt: greedy decoding, cut at the end of the first phrase."""
+"""The model's own answer to a prompt (greedy decoding, cut at the end of the first phrase), and whether it is
+right, decided for many prompts at once without generating (`answers_right`)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
+from ftrace.model.batching import budget_batches
 from ftrace.model.loading import LoadedModel
 
 _STOP = re.compile(r"[\n.,;:!?]")
+MAX_NEW_TOKENS = 8  # the longest answer generated
+BATCH_TOKENS = 4096  # answers_right: padded tokens a batch (its logits: that many x the vocabulary)
+
+RULE = ("right when the normalised target (lowercase, whitespace collapsed, stripped) equals the normalised greedy "
+        "answer or is its prefix followed by a space or punctuation: 'Toyota Motor' and 'Toyota's' count for "
+        "'Toyota', 'Toyotas' does not")
+
+
+def normalize_answer(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def answer_is_right(answer: str, target: str) -> bool:
+    """RULE, on a generated answer (already `cut`)."""
+    a, t = normalize_answer(answer), normalize_answer(target)
+    return bool(t) and a.startswith(t) and (len(a) == len(t) or not a[len(t)].isalnum())
 
 
 def cut(text: str) -> str:
@@ -29,25 +48,118 @@ class _Answered:
         return torch.tensor([bool(_STOP.search(t)) for t in texts], device=input_ids.device)
 
 
+@contextlib.contextmanager
+def _cut_left(tok) -> Iterator[None]:
+    """Pad and truncate on the left while inside: a long prompt keeps its end, next to the answer."""
+    sides = tok.padding_side, tok.truncation_side
+    tok.padding_side = tok.truncation_side = "left"
+    try:
+        yield
+    finally:
+        tok.padding_side, tok.truncation_side = sides
+
+
 @torch.no_grad()
 def greedy_answers(lm: LoadedModel, prompts: Sequence[str], batch_size: int = 16,
-                   max_new_tokens: int = 8) -> list[str]:
+                   max_new_tokens: int = MAX_NEW_TOKENS, max_tokens: int | None = None) -> list[str]:
     """Greedy answers to many prompts, `batch_size` at a time (left-padded, so every prompt's
-    continuation starts at the same position)."""
+    continuation starts at the same position). A prompt over `max_tokens` tokens (the index's
+    --max-tokens) loses its beginning, as the query vectors do: a request's work stays bounded."""
     tok = lm.tokenizer
-    side, tok.padding_side = tok.padding_side, "left"
     out: list[str] = []
-    try:
+    with _cut_left(tok):
         for i in range(0, len(prompts), batch_size):
-            enc = tok(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True).to(lm.model.device)
+            enc = tok(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True,
+                      truncation=max_tokens is not None, max_length=max_tokens).to(lm.model.device)
             start = 0 if lm.is_seq2seq else enc["input_ids"].shape[1]  # a decoder-only model repeats the prompt
             gen = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tok.pad_token_id, stopping_criteria=[_Answered(tok, start)])
             out += [cut(t) for t in tok.batch_decode(gen[:, start:], skip_special_tokens=True)]
-    finally:
-        tok.padding_side = side
     return out
 
 
-def greedy_answer(lm: LoadedModel, prompt: str, max_new_tokens: int = 8) -> str:
-    return greedy_answers(lm, [prompt], 1, max_new_tokens)[0]
+def greedy_answer(lm: LoadedModel, prompt: str, max_new_tokens: int = MAX_NEW_TOKENS,
+                  max_tokens: int | None = None) -> str:
+    return greedy_answers(lm, [prompt], 1, max_new_tokens, max_tokens)[0]
+
+
+@torch.no_grad()
+def answers_right(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 64,
+                  max_new_tokens: int = MAX_NEW_TOKENS, max_tokens: int | None = None) -> list[bool]:
+    """Whether the greedy answer to each prompt is right for its target (`answer_is_right(greedy_answer(prompt),
+    target)`), from ONE teacher-forced forward per batch instead of token-by-token generation: the answer
+    starts with the target's tokens when each of them is the argmax given the prompt and the ones before it,
+    and is right when the argmax after them starts a new word (or max_new_tokens is reached). Where the
+    forced tokens cannot decide, because the argmax leaves the target's tokenisation but its text still agrees
+    with the target (another tokenisation, another case), or the next token's text is a partial character,
+    the answer is generated: the rule is the generated one's, exactly."""
+    if lm.is_seq2seq:  # the target is the decoder's, not a continuation of the prompt: generate
+        return [answer_is_right(a, t) for a, t in
+                zip(greedy_answers(lm, prompts, max_new_tokens=max_new_tokens, max_tokens=max_tokens), targets,
+                    strict=True)]
+    tok = lm.tokenizer
+    out: list[bool | None] = [None] * len(prompts)
+    rows: list[tuple[int, list[int], list[int]]] = []  # (position in the input, prompt ids, target ids)
+    for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+        t = tok(" " + target.strip(), add_special_tokens=False)["input_ids"]
+        if not normalize_answer(target) or _STOP.search(target.strip()):
+            out[i] = False  # an answer is cut at its first punctuation mark: such a target is never right
+        elif len(t) > max_new_tokens:
+            continue  # longer than any answer in these tokens: only generation can tell
+        else:
+            with _cut_left(tok):  # the prompt as generation sees it
+                rows.append((i, tok(prompt, truncation=max_tokens is not None, max_length=max_tokens)["input_ids"],
+                             t))
+    rows.sort(key=lambda r: len(r[1]) + len(r[2]))  # similar lengths together: little padding
+    device = lm.model.device
+    # at most `batch_size` rows and BATCH_TOKENS padded tokens a batch: the logits (rows x width x vocabulary) stay
+    # bounded whatever the prompts' lengths
+    for part in budget_batches([len(p) + len(t) for _, p, t in rows], batch_size, BATCH_TOKENS):
+        chunk = rows[part]
+        width = max(len(p) + len(t) for _, p, t in chunk)
+        ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, (_, p, t) in enumerate(chunk):
+            ids[b, :len(p) + len(t)] = torch.tensor(p + t)
+            mask[b, :len(p) + len(t)] = 1
+        logits = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        for b, (i, p, t) in enumerate(chunk):
+            # the argmax after the prompt and after each target token: len(t) + 1 predictions
+            best = logits[b, len(p) - 1:len(p) + len(t)].argmax(-1).tolist()
+            out[i] = _decide(tok, t, best, targets[i], max_new_tokens)
+    undecided = [i for i, v in enumerate(out) if v is None]
+    if undecided:
+        answers = greedy_answers(lm, [prompts[i] for i in undecided], max_new_tokens=max_new_tokens,
+                                 max_tokens=max_tokens)
+        for i, a in zip(undecided, answers, strict=True):
+            out[i] = answer_is_right(a, targets[i])
+    return [bool(v) for v in out]
+
+
+def _decide(tok, target_ids: list[int], best: list[int], target: str, max_new_tokens: int) -> bool | None:
+    """The rule from the forced argmaxes (None: generate to decide)."""
+    for j, want in enumerate(target_ids):
+        if best[j] in tok.all_special_ids:
+            return False  # the answer ends before the target does
+        if best[j] != want:
+            text = tok.decode(target_ids[:j] + [best[j]], skip_special_tokens=True)
+            if _STOP.search(_continuation(tok, target_ids[:j], best[j])):
+                return answer_is_right(cut(text), target)  # the answer ends at this mark: it is final
+            so_far = normalize_answer(text)
+            whole = normalize_answer(tok.decode(target_ids, skip_special_tokens=True))
+            # a greedy path whose text still agrees with the target's: only generation can tell
+            return None if so_far.startswith(whole) or whole.startswith(so_far) else False
+    if len(target_ids) == max_new_tokens:
+        return True  # generation stops here: the answer is the target
+    if best[-1] in tok.all_special_ids:
+        return True  # the answer ends with the target
+    nxt = _continuation(tok, target_ids, best[-1])
+    if not nxt or "\ufffd" in nxt:
+        return None  # part of a character: what it becomes depends on what follows
+    return not nxt[0].isalnum()
+
+
+def _continuation(tok, ids: list[int], token: int) -> str:
+    """The text `token` adds after `ids`, decoded in context (a lone SentencePiece token loses its leading space)."""
+    before = tok.decode(ids, skip_special_tokens=True)
+    return tok.decode(ids + [token], skip_special_tokens=True)[len(before):]

@@ -84,8 +84,8 @@ def budget_batches(lengths: Sequence[int], batch_size: int, budget: int) -> list
     """Split examples, in their order, into consecutive batches of at most `batch_size` examples whose padded
     size (examples x the longest one's length) stays within `budget` tokens; an example longer than that is a
     batch of its own. Memory then grows with the budget, not with the longest sentence. The split depends
-    only on the lengths from the first example on, so a resumed ingest (whose remaining examples start at a
-    batch boundary) batches them exactly as an uninterrupted one did."""
+    only on the lengths (ingest plans every batch from all the examples, and a resumed ingest redoes the
+    plan's unfinished batches)."""
     out: list[slice] = []
     start = width = 0
     for i, n in enumerate(lengths):

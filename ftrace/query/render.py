@@ -12,7 +12,8 @@ def render(result: QueryResult) -> str:
     width = shutil.get_terminal_size((120, 20)).columns
     lines = [f"prompt: {result.prompt!r}",
              f"target: {result.target!r} ({'given' if result.target_from == 'user' else 'the model answer'})",
-             f"method: {result.method}" + (f" (fusion: {result.fusion})" if result.fusion else "")]
+             f"method: {result.method}" + (f" (fusion: {result.fusion}, weight {result.weight:g} on "
+                                           f"{result.method.split('+')[0]})" if result.fusion else "")]
     if result.ground_truth:
         lines.append(f"ground truth: {len(result.ground_truth.proponents)} proponent sentence(s) known")
     if result.note:

@@ -34,6 +34,10 @@ if TYPE_CHECKING:  # torch and transformers behind these load in seconds: import
     from ftrace.model import LoadedModel
 
 
+class RequestTimeout(FtraceError):
+    """A query passed its deadline (`Tracer.deadline`)."""
+
+
 class Row(BaseModel):
     rank: int
     sentence_id: str
@@ -55,6 +59,7 @@ class QueryResult(BaseModel):
     target_from: str  # "model" or "user"
     method: str
     fusion: str | None
+    weight: float | None = None  # the fusion weight of the first method
     rows: list[Row]
     ground_truth: GroundTruth | None = None
     note: str | None = None
@@ -89,9 +94,13 @@ class Tracer:
         self._opening_lock = threading.Lock()
         # seconds the last `query` spent per part: answer, vectors (model), bm25, qdrant (stores), total
         self.timings: dict[str, float] = {}
+        # time.monotonic() after which a query stops at its next part (a server's per-request limit)
+        self.deadline: float | None = None
 
     @contextlib.contextmanager
     def _timed(self, part: str) -> Iterator[None]:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise RequestTimeout(f"the request ran out of time before its {part} step")
         start = time.perf_counter()
         try:
             yield
@@ -164,7 +173,7 @@ class Tracer:
         from ftrace.model import greedy_answer
 
         with self._timed("answer"):
-            return greedy_answer(self.lm, prompt)
+            return greedy_answer(self.lm, prompt, max_tokens=self.index.manifest.max_tokens)
 
     def query_vectors(self, prompt: str, target: str, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """The query's vectors (only `names`, when given: a gradient costs a forward+backward)."""
@@ -236,15 +245,29 @@ class Tracer:
 
     # --- one query, end to end ----------------------------------------------------------------
 
-    def query(self, prompt: str, target: str | None = None, k: int = 10, method: str = "bm25+embed",
-              fusion: Fusion = "sum", weight: float = 0.5, depth: int = 100,
-              cascade_k: int = CASCADE_K) -> QueryResult:
+    def query(self, prompt: str, target: str | None = None, k: int = 10, method: str | None = None,
+              fusion: Fusion | None = None, weight: float | None = None, depth: int = 100,
+              cascade_k: int | None = None) -> QueryResult:
+        """`method`, `fusion`, `weight`, `cascade_k`: None takes the index's default (`resolve`)."""
         self.timings = {}
         with self._timed("total"):
-            return self._query(prompt, target, k, method, fusion, weight, depth, cascade_k)
+            return self._query(prompt, target, k, *self.resolve(method, fusion, weight, cascade_k), depth)
+
+    def resolve(self, method: str | None, fusion: Fusion | None, weight: float | None,
+                cascade_k: int | None) -> tuple[str, Fusion, float, int]:
+        """What a query left out: the method the index's benchmark chose (`ftrace bench --save-default`), with
+        its fusion settings when the query asks for that method; else bm25, and sum, 0.5, 20."""
+        d = self.index.manifest.query_default
+        method = method or (d.method if d else "bm25")
+        if (d is not None and parse_method(method, None).components == parse_method(d.method, None).components
+                and fusion in (None, d.fusion)):  # the weight was tuned for that fusion kind only
+            fusion = d.fusion  # type: ignore[assignment]
+            weight = d.weight if weight is None else weight
+            cascade_k = cascade_k or d.cascade_k
+        return method, fusion or "sum", 0.5 if weight is None else weight, cascade_k or CASCADE_K
 
     def _query(self, prompt: str, target: str | None, k: int, method: str, fusion: Fusion, weight: float,
-               depth: int, cascade_k: int) -> QueryResult:
+               cascade_k: int, depth: int) -> QueryResult:
         if not prompt.strip():
             raise FtraceError("PROMPT is empty: give the text the model completes, e.g. 'Toyota Avanza is produced by'")
         if target is not None and not target.strip():
@@ -282,4 +305,5 @@ class Tracer:
             notes.append(f"the prompt is longer than the index's {limit} tokens: the model saw only its end")
         note = "; ".join(notes) or None
         return QueryResult(prompt=prompt, target=target, target_from=target_from, method=str(m),
-                           fusion=fusion if m.is_fusion else None, rows=rows, ground_truth=truth, note=note)
+                           fusion=fusion if m.is_fusion else None, weight=weight if m.is_fusion else None,
+                           rows=rows, ground_truth=truth, note=note)

@@ -10,6 +10,7 @@ architectures the LM head runs at the labelled positions only.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ class PassState:
     mask: torch.Tensor  # (B, T) float, 1 = real token
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # block name -> (B, k_r, k_c) or (B, R, C)
     rows: LabelledRows | None = None
+    outputs: list[torch.Tensor] = field(default_factory=list)  # the hooked outputs: where the backward stops
 
 
 class GradientCollector:
@@ -95,6 +97,7 @@ class GradientCollector:
                 if saved.shape[1] == T:  # padding gets no gradient anyway; make sure of it
                     saved = saved * state.mask.unsqueeze(-1)
             output.register_hook(self._grad_hook(block, use, saved))
+            state.outputs.append(output)
             return output
 
         return hook
@@ -141,8 +144,14 @@ class GradientCollector:
         base = getattr(model, "base_model", None)
         if (self.fast_head and head is not None and base is not None and base is not model
                 and getattr(model.config, "model_type", None) in PLAIN_HEAD):
-            hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          use_cache=False).last_hidden_state
+            # No block inside the body (e.g. the LM-head term of a tied embedding): the body is a plain
+            # forward, and the backward is the softmax's alone (docs/gradients.md, "How it runs").
+            head_only = not any(_inside(u.module, base) for b in self.blocks for u in b.uses)
+            with torch.no_grad() if head_only else contextlib.nullcontext():
+                hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              use_cache=False).last_hidden_state
+            if head_only:
+                hidden.requires_grad_()  # the head's output needs a graph even when its weight is frozen
             b_idx, t_idx = (nxt != IGNORE).nonzero(as_tuple=True)
             counts = torch.bincount(b_idx, minlength=B)
             starts = torch.cumsum(counts, 0) - counts
@@ -162,26 +171,25 @@ class GradientCollector:
         model = self.model
         was_training = model.training
         model.eval()
-        targets: list[torch.Tensor] = []
         embed = model.get_input_embeddings()
 
-        def capture(module, args, output):
-            if self._state is not None:
+        def start_graph(module, args, output):
+            """Input embeddings require grad, so the pass has a graph even when the weights are frozen."""
+            if self._state is not None and torch.is_grad_enabled():
                 if not output.requires_grad and output.grad_fn is None and output.is_floating_point():
                     output.requires_grad_()
-                targets.append(output)
 
-        handles = [embed.register_forward_hook(capture)]
+        handles = [embed.register_forward_hook(start_graph)]
         for b in self.blocks:
             for u in b.uses:
                 handles.append(u.module.register_forward_hook(self._forward_hook(b, u)))
                 if u.kind == "embedding" and u.module is not embed:
-                    handles.append(u.module.register_forward_hook(capture))
+                    handles.append(u.module.register_forward_hook(start_graph))
         self._state = PassState(B, T, batch.attention_mask.to(torch.float32))
         try:
             with torch.enable_grad():
                 loss = self._loss(batch)
-                wanted = [t for t in targets if t.requires_grad]
+                wanted = self._state.outputs  # the backward goes down to the lowest block use, no further
                 if loss.requires_grad and wanted:
                     torch.autograd.grad(loss, wanted, allow_unused=True)
                 del loss
@@ -203,3 +211,7 @@ class GradientCollector:
             else:
                 out.append(G.reshape(B, -1))
         return out
+
+
+def _inside(module: torch.nn.Module, root: torch.nn.Module) -> bool:
+    return any(m is module for m in root.modules())

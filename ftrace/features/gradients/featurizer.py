@@ -6,7 +6,6 @@ per-checkpoint TracIn/TrackStar scores). Conventions: docs/gradients.md."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,15 @@ from ftrace.features.gradients.collector import GradientCollector
 from ftrace.features.gradients.optimizer import apply_optimizer_state
 from ftrace.features.gradients.projection import assign_projection, seeded_matrices
 from ftrace.features.gradients.whitening import (
-                                                  COMPLEMENT_RULE,
-                                                  LAMBDA_RULE,
-                                                  check_whitenable,
-                                                  fit_whiteners,
-                                                  unit,
-                                                  whitener,
+    COMPLEMENT_RULE,
+    LAMBDA_RULE,
+    check_whitenable,
+    fit_whiteners,
+    unit,
+    whitener,
 )
 from ftrace.model.batching import LossBatch
+from ftrace.plumbing import replacing
 
 MAX_SIZE = 65535  # Qdrant's largest vector
 FORMAT_VERSION = 2  # 2: whitening lambda relative to the spectrum, rank-deficient R handled; tied, example loss
@@ -157,10 +157,8 @@ class GradientFeaturizer:
 
     def save(self, path: str | Path) -> None:
         """Written beside and renamed: a killed ingest never leaves half a state file to resume from."""
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        with replacing(Path(path)) as tmp:
+            torch.save(self.state_dict(), tmp)
 
     def load(self, path: str | Path) -> None:
         try:

@@ -1,0 +1,145 @@
+"""`ingest --hnsw` against exact search on a built index: the recall of Qdrant Edge's HNSW for each vector
+kind, its search latency beside exact search's, the time to build it, and the disk and memory it takes.
+
+    python perf/hnsw_recall.py --index indexes/scale/lama-all            # 200 seeded dev queries
+    python perf/hnsw_recall.py --index IDX --queries 20 --work /tmp/w    # a quick check
+
+Protocol
+- The index is copied (WORK/<name>-hnsw; the original stays exact) and HNSW is built on the copy by the
+  same call `ftrace ingest --hnsw` makes (`store.optimize()`: Qdrant Edge's optimizers with their default
+  HNSW settings), timed.
+- Queries: --queries seeded queries of the index with proponents (dev split first), their targets given;
+  each query's vectors are computed once (the model's part is not what is measured here).
+- Per query and vector kind: the top --k by exact search (`exact=True`, a full scan) and by HNSW; recall@k =
+  the share of the exact top k that HNSW returns. Latency per search, min / median / p95 over the queries,
+  after --warmup untimed searches.
+- Disk: bytes of the Qdrant directory before and after the build; memory: this process's RSS after the
+  searches (the store memory-maps its files) and the raw size of each vector kind (points x dimensions x 2
+  bytes, float16).
+- One run per results file: perf/results/hnsw_recall-cpu.{json,md} (--out to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gradient_throughput import ROOT, machine, rel
+from serve_latency import sample_queries
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def rss_gib() -> float:
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmRSS")) / 2**20
+
+
+def pct(values: list[float]) -> dict:
+    a = np.asarray(values) * 1000
+    return {"min_ms": float(a.min()), "p50_ms": float(np.median(a)), "p95_ms": float(np.percentile(a, 95))}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--index", required=True)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=str(ROOT / "indexes" / "scale"))
+    ap.add_argument("--out", default=str(ROOT / "perf" / "results" / "hnsw_recall-cpu.json"))
+    args = ap.parse_args(argv)
+    import torch
+
+    from ftrace.index.manifest import Manifest
+    from ftrace.query.tracer import Tracer
+
+    source = Path(args.index)
+    copy = Path(args.work) / f"{source.name}-hnsw"
+    built = copy / "hnsw.json"
+    if not built.exists():
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns(".*.lock", ".progress*", "train"))
+        exact_bytes = dir_bytes(copy / "qdrant")
+        tracer = Tracer(copy, device="cpu")
+        start = time.perf_counter()
+        tracer.store.optimize()
+        record = {"build_s": round(time.perf_counter() - start, 1), "qdrant_bytes_exact": exact_bytes}
+        tracer.close()
+        record["qdrant_bytes_hnsw"] = dir_bytes(copy / "qdrant")
+        built.write_text(json.dumps(record) + "\n")
+    record = json.loads(built.read_text())
+    m = Manifest.read(copy)
+    names = list(m.vectors)
+    tracer = Tracer(copy, device="cpu")
+    try:
+        queries = sample_queries(copy, args.queries, args.seed)
+        qvecs = [tracer.query_vectors(q["prompt"], q["target"], names) for q in queries]
+        store = tracer.store
+        for v in qvecs[:args.warmup]:  # open the shard, fault its files in
+            for n in names:
+                store.search(n, v[n], args.k, exact=True)
+                store.search(n, v[n], args.k)
+        per: dict[str, dict] = {}
+        for n in names:
+            recall, t_exact, t_hnsw = [], [], []
+            for v in qvecs:
+                t0 = time.perf_counter()
+                exact = [i for i, _ in store.search(n, v[n], args.k, exact=True)]
+                t1 = time.perf_counter()
+                approx = [i for i, _ in store.search(n, v[n], args.k)]
+                t2 = time.perf_counter()
+                t_exact.append(t1 - t0)
+                t_hnsw.append(t2 - t1)
+                recall.append(len(set(exact) & set(approx)) / max(1, len(exact)))
+            size = m.vectors[n]["size"]
+            per[n] = {"dimensions": size, f"recall@{args.k}": {"mean": float(np.mean(recall)),
+                                                                "min": float(np.min(recall)),
+                                                                "perfect": float(np.mean(np.array(recall) == 1))},
+                      "exact": pct(t_exact), "hnsw": pct(t_hnsw),
+                      "raw_bytes_float16": m.corpus.examples * size * 2}
+        res = {"command": "python " + " ".join([rel(__file__), *(sys.argv[1:] if argv is None else argv)]),
+               "index": rel(source), "copy": rel(copy), "examples": m.corpus.examples, "queries": len(queries),
+               "k": args.k, "build": record, "vectors": per, "rss_gib_after": round(rss_gib(), 2),
+               "hnsw_settings": "Qdrant Edge defaults (the shard is created without an HNSW config: m 16, "
+                                "ef_construct 100; search without hnsw_ef)",
+               "machine": machine(torch.device("cpu"))}
+    finally:
+        tracer.close()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+    return res
+
+
+def markdown(r: dict) -> str:
+    b = r["build"]
+    lines = [f"# HNSW against exact search: `{r['index']}` ({r['examples']:,} examples)", "",
+             f"Command: `{r['command']}`. {r['queries']} queries with their targets, top {r['k']}. "
+             f"{r['hnsw_settings']}.", "",
+             f"HNSW build (`store.optimize()`, as `ftrace ingest --hnsw`): {b['build_s']} s; Qdrant directory "
+             f"{b['qdrant_bytes_exact'] / 2**30:.2f} GiB exact, {b['qdrant_bytes_hnsw'] / 2**30:.2f} GiB with HNSW. "
+             f"Process RSS after the searches: {r['rss_gib_after']} GiB.", "",
+             f"| vector | dims | raw float16 | recall@{r['k']} mean / min | queries with all {r['k']} "
+             "| exact p50 / p95 ms | HNSW p50 / p95 ms |", "|---|---|---|---|---|---|---|"]
+    for n, v in r["vectors"].items():
+        rc = v[f"recall@{r['k']}"]
+        lines.append(f"| {n} | {v['dimensions']} | {v['raw_bytes_float16'] / 2**20:,.0f} MiB | {rc['mean']:.3f} / "
+                     f"{rc['min']:.2f} | {rc['perfect']:.0%} | {v['exact']['p50_ms']:.1f} / {v['exact']['p95_ms']:.1f} "
+                     f"| {v['hnsw']['p50_ms']:.1f} / {v['hnsw']['p95_ms']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""`ftrace ingest` at scale on the CPU: the whole LAMA T-REx corpus (102,133 sentences) and seeded samples of
+it, each a real `ftrace ingest` process (BM25 + embed + a tracin gradient vector for every sentence), against
+the plain forward pass over a fixed sample of the same sentences, measured in the same run.
+
+    python perf/ingest_scale.py                                # 1k, 10k and all sentences, ingest's defaults
+    python perf/ingest_scale.py --dtype bfloat16               # the model in bfloat16 (ingest --dtype)
+    python perf/ingest_scale.py --sizes 200 --sample 64 --repeats 1 --model PATH --corpus sample   # a quick check
+
+Protocol
+- Reference, in this process first: a seeded sample of --sample sentences of the corpus, cut into the
+  batches ingest makes (sorted by token length, --batch-size 32 within --batch-tokens 2048). Per batch,
+  taking turns: the plain forward pass (`model(...)`: logits at every position, no gradient), the body
+  alone (no LM head: the floor of a forward-only design) and ftrace's featurisation (ingest's own
+  featurizers, embed and tracin, from the tokenised batch to the vectors). After a warm-up on the
+  longest batch, --repeats passes; rates as min / median / max over the passes.
+- Then, per size, `ftrace ingest --index WORK/lama-SIZE` in a fresh process (the full size reads the
+  LAMA directory itself; a sample is written once as a plain .jsonl corpus, as perf/serve_latency.py
+  does): wall time, peak RSS of that process (wait4), bytes on disk, the stage times the manifest records,
+  and the CPU other processes used meanwhile. An index already complete is reported from its record
+  (WORK/lama-SIZE.build.json) instead of being rebuilt; delete it to measure again.
+- One run per results file: perf/results/ingest_scale-cpu[-DTYPE].{json,md} (--out to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gradient_throughput import HZ, ROOT, machine, machine_busy_seconds, rel, spread
+
+SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+TARGET_S = {"target": 7200, "stretch": 3600}  # issue 15: the whole corpus in 2 hours, 1 hour the stretch
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave other machines (/proc/stat "steal"): a virtual machine's hidden neighbours."""
+    try:
+        return int(open("/proc/stat").readline().split()[8]) / HZ
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def corpus_file(corpus, size: int | None, seed: int, work: Path) -> tuple[Path, int]:
+    """The corpus, or a seeded sample of `size` of its sentences with their queries, as a .jsonl file."""
+    from ftrace.corpus import Corpus
+
+    n = len(corpus.sentences) if size is None or size >= len(corpus.sentences) else size
+    path = work / f"corpus-{n}-seed{seed}.jsonl"
+    if not path.exists():
+        if n < len(corpus.sentences):
+            keep = sorted(np.random.default_rng(seed).choice(len(corpus.sentences), n, replace=False))
+            sentences = [corpus.sentences[i] for i in keep]
+            ids = {s.id for s in sentences}
+            queries = [q.model_copy(update={"proponents": [p for p in q.proponents if p in ids]})
+                       for q in corpus.queries]
+            corpus = Corpus(source=corpus.source, sentences=sentences, queries=[q for q in queries if q.proponents])
+        work.mkdir(parents=True, exist_ok=True)
+        corpus.write_jsonl(path)
+    return path, n
+
+
+def reference_rates(corpus, args) -> dict:
+    """Plain forward, body-only forward and ftrace's featurisation on the same batches, taking turns."""
+    import torch
+
+    from ftrace.config import CorpusSelection, IngestConfig
+    from ftrace.features.gradients import example_loss_batch
+    from ftrace.ingest.pipeline import build_featurizers
+    from ftrace.model import load_model
+    from ftrace.model.batching import budget_batches, token_lengths
+
+    c = IngestConfig(corpus=CorpusSelection(corpus=args.corpus), model=args.model, dtype=args.dtype, device="cpu")
+    lm = load_model(c.model, "cpu", c.dtype)
+    featurizers = build_featurizers(lm, c, None)
+    examples = corpus.examples()
+    pick = np.random.default_rng(args.seed).choice(len(examples), min(args.sample, len(examples)), replace=False)
+    chosen = [examples[i] for i in pick]
+    lengths = [min(n, c.max_tokens) for n in token_lengths(lm.tokenizer, [e.text for e in chosen])]
+    order = sorted(range(len(chosen)), key=lengths.__getitem__)
+    chosen, lengths = [chosen[i] for i in order], [lengths[i] for i in order]
+    parts = budget_batches(lengths, c.batch_size, c.batch_tokens)
+    loss = {f.name: f.example_loss for f in featurizers}
+    model = lm.model
+
+    @torch.no_grad()
+    def plain(part):
+        b = example_loss_batch(lm.tokenizer, chosen[part], "sentence", c.max_tokens)[0]
+        model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+
+    @torch.no_grad()
+    def body(part):
+        b = example_loss_batch(lm.tokenizer, chosen[part], "sentence", c.max_tokens)[0]
+        model.base_model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+
+    def ftrace(part):
+        batches = {x: example_loss_batch(lm.tokenizer, chosen[part], x, c.max_tokens)[0] for x in set(loss.values())}
+        for f in featurizers:
+            f.vectors(batches[loss[f.name]])
+
+    methods = {"plain forward": plain, "body forward": body, "ftrace featurisation": ftrace}
+    longest = max(parts, key=lambda p: (p.stop - p.start) * max(lengths[p]))
+    for step in methods.values():  # warm-up
+        step(longest)
+    seconds: dict[str, list[float]] = {m: [] for m in methods}
+    busy0, steal0, cpu0, t0 = machine_busy_seconds(), steal_seconds(), time.process_time(), time.perf_counter()
+    for r in range(args.repeats):
+        spent = dict.fromkeys(methods, 0.0)
+        for i, part in enumerate(parts):
+            names = list(methods)
+            names = names[(i + r) % len(names):] + names[:(i + r) % len(names)]  # rotate who goes first
+            for m in names:
+                start = time.perf_counter()
+                methods[m](part)
+                spent[m] += time.perf_counter() - start
+        for m in methods:
+            seconds[m].append(spent[m])
+    wall = time.perf_counter() - t0
+    others = max(0.0, (machine_busy_seconds() - busy0) - (time.process_time() - cpu0)) / wall
+    tokens = sum(lengths)
+    out = {"examples": len(chosen), "tokens": tokens, "batches": len(parts), "repeats": args.repeats,
+           "other_processes_cores": round(others, 2), "steal_cores": round((steal_seconds() - steal0) / wall, 3),
+           "methods": {}}
+    for m, s in seconds.items():
+        out["methods"][m] = {"seconds": spread(s), "examples_per_s": spread([len(chosen) / x for x in s]),
+                             "tokens_per_s": spread([tokens / x for x in s])}
+    plain_s = float(np.median(seconds["plain forward"]))
+    for m in methods:
+        out["methods"][m]["x_plain_forward"] = round(plain_s / float(np.median(seconds[m])), 3)
+    out["featurizers"] = {f.name: f.spec().get("tied", f.spec().get("layers")) for f in featurizers}
+    return out
+
+
+def disk_bytes(index: Path) -> dict[str, int]:
+    """Bytes each part of an index takes on disk: allocated blocks, not apparent sizes (Qdrant Edge preallocates
+    sparse files)."""
+    def used(p: Path) -> int:
+        return p.stat().st_blocks * 512
+
+    return {p.name: sum(used(f) for f in p.rglob("*") if f.is_file()) if p.is_dir() else used(p)
+            for p in index.iterdir() if not p.name.startswith(".")}
+
+
+def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
+    """One `ftrace ingest` process for `size` sentences (None: the whole corpus), or its record."""
+    from ftrace.config import DEFAULT_MODEL
+    from ftrace.index.manifest import Manifest
+
+    name = "all" if size is None or size >= len(corpus.sentences) else str(size)
+    index = work / f"lama-{name}"
+    record = index.with_name(index.name + ".build.json")
+    if (index / "manifest.json").exists() and Manifest.read(index).complete and record.exists():
+        m = Manifest.read(index)
+        wanted = (args.model or DEFAULT_MODEL, args.dtype)
+        if (m.model.name, m.model.dtype) != wanted:
+            raise SystemExit(f"{index}: built with {m.model.name} in {m.model.dtype}, not {wanted[0]} in {wanted[1]}; "
+                             "give another --work or delete it")
+        return {**json.loads(record.read_text()), "reused": True}
+    source = args.corpus if name == "all" else str(corpus_file(corpus, size, args.seed, work)[0])
+    cmd = [sys.executable, "-m", "ftrace.cli", "ingest", "--index", str(index), "--corpus", source,
+           "--dtype", args.dtype, "--device", "cpu", *(["--model", args.model] if args.model else [])]
+    busy0, steal0, t0 = machine_busy_seconds(), steal_seconds(), time.perf_counter()
+    with open(index.with_name(index.name + ".log"), "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); see {index}.log")
+    cpu = usage.ru_utime + usage.ru_stime
+    m = Manifest.read(index)
+    disk = disk_bytes(index)
+    built = {"index": rel(index), "command": " ".join(["ftrace", *cmd[3:]]).replace(str(ROOT) + "/", ""),
+             "sentences": m.corpus.sentences, "wall_s": round(wall, 1),
+             "examples_per_s": round(m.corpus.sentences / wall, 2), "stages_s": m.timings,
+             "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2), "cpu_s": round(cpu, 1),
+             "other_processes_cores": round(max(0.0, machine_busy_seconds() - busy0 - cpu) / wall, 2),
+             "steal_cores": round((steal_seconds() - steal0) / wall, 3),
+             "disk_bytes": disk, "disk_total_bytes": sum(disk.values()),
+             "built_at": time.strftime("%Y-%m-%d %H:%M"), "tracin": m.vectors.get("tracin", {}).get("tied"),
+             "dtype": m.model.dtype}
+    record.write_text(json.dumps(built, indent=1) + "\n")
+    return {**built, "reused": False}
+
+
+def markdown(r: dict) -> str:
+    ref = r["reference"]
+    lines = [f"# `ftrace ingest` at scale ({r['machine']['cpu']}, {r['machine']['cores']} cores, {r['dtype']})", "",
+             f"Command: `{r['command']}`", "",
+             f"Reference (same run, in one process, taking turns batch by batch): a seeded sample of "
+             f"{ref['examples']} sentences ({ref['tokens']:,} tokens, {ref['batches']} length-sorted batches), "
+             f"{ref['repeats']} passes after a warm-up; other processes kept {ref['other_processes_cores']} cores "
+             "busy meanwhile.", "",
+             "| pass | examples/s (min / median / max) | tokens/s (median) | x plain forward |", "|---|---|---|---|"]
+    for m, v in ref["methods"].items():
+        e = v["examples_per_s"]
+        lines.append(f"| {m} | {e['min']:.1f} / {e['median']:.1f} / {e['max']:.1f} | "
+                     f"{v['tokens_per_s']['median']:,.0f} | {v['x_plain_forward']:.2f} |")
+    lines += ["", "Whole ingest processes (`ftrace ingest`, BM25 + embed + tracin for every sentence):", "",
+              "| sentences | wall | examples/s | at the plain forward's rate | stages (s) | peak RSS | disk | "
+              "others' cores | steal |", "|---|---|---|---|---|---|---|---|---|"]
+    plain = ref["methods"]["plain forward"]["examples_per_s"]["median"]
+    for b in r["sizes"]:
+        stages = ", ".join(f"{k.removesuffix('_s')} {v:,.0f}" for k, v in b["stages_s"].items() if k.endswith("_s"))
+        lines.append(f"| {b['sentences']:,} | {b['wall_s'] / 60:,.1f} min | {b['examples_per_s']:.1f} | "
+                     f"{b['sentences'] / plain / 60:,.1f} min | {stages} | {b['peak_rss_gib']} GiB | "
+                     f"{b['disk_total_bytes'] / 2**30:.2f} GiB | {b['other_processes_cores']} | "
+                     f"{b.get('steal_cores', 'n/a')} |")
+    full = next((b for b in r["sizes"] if b["index"].endswith("lama-all")), None)
+    if full:
+        t = full["wall_s"]
+        lines += ["", f"The whole corpus: {t / 60:.1f} minutes: the 2-hour target is "
+                  f"{'met' if t <= TARGET_S['target'] else 'missed'}, the 1-hour stretch "
+                  f"{'met' if t <= TARGET_S['stretch'] else 'missed'}; peak RSS {full['peak_rss_gib']} GiB "
+                  f"(target 6 GiB: {'met' if full['peak_rss_gib'] <= 6 else 'missed'})."]
+    lines += ["", "Records from an earlier run (reused) say so in the JSON (`reused`)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", default=str(SHARED / "lama-trex"))
+    ap.add_argument("--sizes", default="1000,10000,all", help="sentences per index; 'all' = the whole corpus")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--sample", type=int, default=1024, help="sentences in the fixed reference sample")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=str(ROOT / "indexes" / "scale"))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    from ftrace.corpus import load_corpus
+
+    corpus = load_corpus(args.corpus)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    reference = reference_rates(corpus, args)
+    sizes = [None if s.strip() == "all" else int(s) for s in args.sizes.split(",")]
+    built = []
+    for size in sizes:
+        built.append(ingest_size(corpus, size, args, work))
+        print(json.dumps(built[-1]), file=sys.stderr)
+    import torch
+
+    r = {"command": "python " + " ".join([rel(__file__), *(sys.argv[1:] if argv is None else argv)]),
+         "started": started,
+         "machine": machine(torch.device("cpu")), "dtype": args.dtype, "corpus": rel(args.corpus),
+         "reference": reference, "sizes": built, "targets_s": TARGET_S,
+         "self_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), "hz": HZ}
+    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
+    out = Path(args.out) if args.out else ROOT / "perf" / "results" / f"ingest_scale-cpu{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(r))
+    print(markdown(r))
+    return r
+
+
+if __name__ == "__main__":
+    main()
