@@ -193,7 +193,12 @@ def command_from_config(cls: type[C]) -> Callable[[Callable[[C], Any]], Callable
             # only what was given on the command line reaches the config: its defaults stay its own
             given = {k: v for k, v in values.items()
                      if (source := ctx.get_parameter_source(k)) is not None and source.name != "DEFAULT"}
-            return fn(parse_config(cls, options, given))
+            config = parse_config(cls, options, given)
+            if getattr(config, "threads", None):  # torch is imported only when asked to
+                import torch
+
+                torch.set_num_threads(config.threads)  # type: ignore[attr-defined]
+            return fn(config)
 
         params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
         params += [inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=o.typer_default(),
@@ -291,6 +296,9 @@ def train(config: TrainConfig) -> None:
 def main() -> None:  # pragma: no cover - the `ftrace` console script and `python -m ftrace.cli`
     """Run the command, then leave without the interpreter's teardown: a finished command has written its
     files and closed its stores, and unloading torch's ~3,000 modules would add 0.5-2 s to every run."""
+    # Idle OpenMP threads sleep instead of spinning (unless the environment says otherwise): two model jobs on
+    # the same cores otherwise burn each other's time spinning (perf/results/shared_machine-cpu.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     signal.signal(signal.SIGTERM, _on_sigterm)  # `ftrace serve`'s uvicorn installs its own while it serves
     try:
         app()

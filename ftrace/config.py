@@ -186,6 +186,10 @@ Dtype = Annotated[Literal["float32", "bfloat16", "float16"],
                   cli("Model weights' dtype: float32, bfloat16 or float16 (projections stay float32).", "--dtype")]
 QueryDtype = Annotated[Literal["float32", "bfloat16", "float16"] | None,
                        cli("Model weights' dtype (default: the one the index was built with).", "--dtype")]
+# how many cores the model's math uses; not part of any record (results do not depend on it beyond rounding)
+Threads = Annotated[int | None, Field(ge=1, exclude=True),
+                    cli("Threads for the model's math (default: one per core). Fewer leave cores to other jobs.",
+                        "--threads", min=1)]
 
 
 class IngestConfig(Strict):
@@ -204,6 +208,7 @@ class IngestConfig(Strict):
                                                   "length (a longer sentence is a batch of its own).", min=1)] = 2048
     device: Device = "auto"
     dtype: Dtype = "float32"
+    threads: Threads = None
     max_tokens: Annotated[int, Field(ge=8),
                           cli("Tokens per sentence and query given to the model; longer sentences lose their end "
                               "(counted at ingest), longer prompts their beginning.")] = 256
@@ -274,6 +279,7 @@ class QueryConfig(Strict):
     embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
     device: Device = "auto"
     dtype: QueryDtype = None
+    threads: Threads = None
     as_json: Annotated[bool, Field(exclude=True), cli("JSON output for scripts.", "--json")] = False
 
 
@@ -285,6 +291,7 @@ class ServeConfig(Strict):
     port: Annotated[int, Field(ge=0, le=65535), cli("TCP port.")] = 8000
     device: Device = "auto"
     dtype: QueryDtype = None
+    threads: Threads = None
     # a request is answered 503 after this long, queueing included, and the worker drops it at its next step
     request_timeout: Annotated[float, Field(gt=0), cli("Seconds a /trace request may take, time in the queue "
                                                        "included; then it is answered 503 and dropped.")] = 30.0
@@ -341,6 +348,7 @@ class BenchConfig(Strict):
                                       "weight) in the index as `ftrace query`'s default.", "--save-default")] = False
     device: Annotated[Device, Field(exclude=True)] = "auto"
     dtype: QueryDtype = None
+    threads: Threads = None
     as_json: Annotated[bool, Field(exclude=True), cli("Print results.json instead of the table.", "--json")] = False
     sizes: CandidateSizes = CandidateSizes()
     grid: list[float] = GRID
@@ -425,6 +433,7 @@ class TrainConfig(Strict):
     max_length: Annotated[int, Field(ge=2), cli("Tokens per example; longer sentences are truncated.")] = 256
     device: Device = "auto"
     dtype: Dtype = "float32"  # the weights trained (float16 has no loss scaling: prefer bfloat16)
+    threads: Threads = None
 
     def identity(self) -> dict:
         """What must match for a run directory to be resumed."""

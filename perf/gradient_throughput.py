@@ -151,6 +151,14 @@ def spread(values: list[float]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
+def write_results(out: Path, result: dict, md: str) -> None:
+    """One run's results file (JSON) and its markdown beside it (.md), printed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(md)
+    print(md)
+
+
 class Method:
     """One method: `step` is timed; `enter`, `prepare` (batch -> what step takes), `finish` (step's
     output, keep) and `leave` run around it, untimed."""

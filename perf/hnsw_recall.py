@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import ROOT, machine, rel
+from gradient_throughput import ROOT, machine, rel, write_results
 from serve_latency import sample_queries
 
 
@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         tracer.close()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(out, res, markdown(res))
     return res
 
 

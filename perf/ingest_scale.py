@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import HZ, ROOT, machine, machine_busy_seconds, rel, spread
+from gradient_throughput import HZ, ROOT, machine, machine_busy_seconds, rel, spread, write_results
 
 SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TARGET_S = {"target": 7200, "stretch": 3600}  # issue 15: the whole corpus in 2 hours, 1 hour the stretch
@@ -68,26 +68,32 @@ def corpus_file(corpus, size: int | None, seed: int, work: Path) -> tuple[Path, 
     return path, n
 
 
+def ingest_batches(c, corpus, n: int, seed: int):
+    """The model and ingest's featurizers for config `c`, and a seeded sample of `n` of the corpus's examples cut
+    into the batches ingest makes (sorted by token length, within --batch-size and --batch-tokens)."""
+    from ftrace.ingest.pipeline import build_featurizers
+    from ftrace.model import load_model
+    from ftrace.model.batching import budget_batches, token_lengths
+
+    lm = load_model(c.model, "cpu", c.dtype)
+    examples = corpus.examples()
+    pick = np.random.default_rng(seed).choice(len(examples), min(n, len(examples)), replace=False)
+    chosen = [examples[i] for i in pick]
+    lengths = [min(k, c.max_tokens) for k in token_lengths(lm.tokenizer, [e.text for e in chosen])]
+    order = sorted(range(len(chosen)), key=lengths.__getitem__)
+    chosen, lengths = [chosen[i] for i in order], [lengths[i] for i in order]
+    return lm, build_featurizers(lm, c, None), chosen, lengths, budget_batches(lengths, c.batch_size, c.batch_tokens)
+
+
 def reference_rates(corpus, args) -> dict:
     """Plain forward, body-only forward and ftrace's featurisation on the same batches, taking turns."""
     import torch
 
     from ftrace.config import CorpusSelection, IngestConfig
     from ftrace.features.gradients import example_loss_batch
-    from ftrace.ingest.pipeline import build_featurizers
-    from ftrace.model import load_model
-    from ftrace.model.batching import budget_batches, token_lengths
 
     c = IngestConfig(corpus=CorpusSelection(corpus=args.corpus), model=args.model, dtype=args.dtype, device="cpu")
-    lm = load_model(c.model, "cpu", c.dtype)
-    featurizers = build_featurizers(lm, c, None)
-    examples = corpus.examples()
-    pick = np.random.default_rng(args.seed).choice(len(examples), min(args.sample, len(examples)), replace=False)
-    chosen = [examples[i] for i in pick]
-    lengths = [min(n, c.max_tokens) for n in token_lengths(lm.tokenizer, [e.text for e in chosen])]
-    order = sorted(range(len(chosen)), key=lengths.__getitem__)
-    chosen, lengths = [chosen[i] for i in order], [lengths[i] for i in order]
-    parts = budget_batches(lengths, c.batch_size, c.batch_tokens)
+    lm, featurizers, chosen, lengths, parts = ingest_batches(c, corpus, args.sample, args.seed)
     loss = {f.name: f.example_loss for f in featurizers}
     model = lm.model
 
@@ -258,10 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
          "self_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), "hz": HZ}
     suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
     out = Path(args.out) if args.out else ROOT / "perf" / "results" / f"ingest_scale-cpu{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(r))
-    print(markdown(r))
+    write_results(out, r, markdown(r))
     return r
 
 

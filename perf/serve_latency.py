@@ -289,9 +289,11 @@ NOTES = [
 def busy_note(per_size: list[dict], load: dict | None) -> str:
     others = [p["machine_load"]["others_cores"] for p in [*per_size, *([load] if load else [])]]
     loads = [p["machine_load"]["load_before"][0] for p in [*per_size, *([load] if load else [])]]
-    return (f"The machine was shared: other processes kept {min(others):.2f}-{max(others):.2f} of its "
-            f"{os.cpu_count()} cores busy during the phases (1-minute load average {min(loads):.1f}-{max(loads):.1f} "
-            "at their starts); a quiet machine would give lower times, the model-bound ones most.")
+    quiet = max(others) < 0.1
+    return (f"The machine was {'quiet' if quiet else 'shared'}: other processes kept {min(others):.2f}-"
+            f"{max(others):.2f} of its {os.cpu_count()} cores busy during the phases (1-minute load average "
+            f"{min(loads):.1f}-{max(loads):.1f} at their starts)"
+            + ("." if quiet else "; a quiet machine would give lower times, the model-bound ones most."))
 
 
 # --- report -------------------------------------------------------------------------------------

@@ -302,3 +302,24 @@ def test_train_refuses_a_disk_without_room(tmp_path, tiny_model_dir, monkeypatch
     r = cli(*train_args(tiny_model_dir, tmp_path / "run"))
     refused(r, f"{tmp_path / 'run'}: needs about", "for 2 checkpoints (steps 0, 2)", "only 1 kB is free there")
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+# --- --threads: the model's threads, refused below 1, in no record ------------------------------------
+
+@pytest.mark.parametrize("command", ["ingest", "query", "serve", "bench", "train"])
+def test_threads_below_one_is_refused(tmp_path, command):
+    args = [AVANZA] if command == "query" else []
+    refused(cli(command, "--index", tmp_path / "idx", "--threads", "0", *args), "--threads 0: ")
+    assert not any(tmp_path.iterdir())
+
+
+def test_threads_set_the_model_threads_and_stay_out_of_records(sample_index):
+    before = torch.get_num_threads()
+    try:
+        r = cli("query", "--index", sample_index, "--threads", "1", "--method", "embed", "--target", "Toyota", AVANZA)
+        assert r.exit_code == 0, r.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert "threads" not in QueryConfig(prompt=AVANZA, threads=2).model_dump()
+    assert all(cls.model_fields["threads"].exclude for cls in (IngestConfig, ServeConfig, BenchConfig, TrainConfig))

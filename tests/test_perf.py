@@ -140,3 +140,21 @@ def test_tailpatch_speed_results_file(tiny_model_dir, tmp_path):
     for t in res["seconds_per_set"].values():
         assert 0 < t["min"] <= t["median"] <= t["max"]
     assert "| step |" in out.with_suffix(".md").read_text() and res["examples_per_set"] == 4
+
+
+def test_shared_machine_results_file(tiny_model_dir, tmp_path):
+    """perf/shared_machine.py end to end on the tiny model: real worker processes alone and beside a neighbour,
+    per wait policy, each with its rates and the machine's load."""
+    spec = importlib.util.spec_from_file_location("shared_machine", SCRIPT.with_name("shared_machine.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "shared.json"
+    res = mod.main(["--model", tiny_model_dir, "--sentences", "8", "--passes", "2", "--threads", "1",
+                    "--policies", "spin,passive", "--out", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert [(s["policy"], s["threads"]) for s in res["settings"]] == [("spin", 1), ("passive", 1)]
+    for s in res["settings"]:
+        for run in (s["alone"], s["beside"]):
+            e = run["examples_per_s"]
+            assert 0 < e["min"] <= e["median"] <= e["max"] and run["torch_threads"] == 1
+    assert "| passive | 1 |" in out.with_suffix(".md").read_text()
