@@ -49,6 +49,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -149,6 +150,17 @@ def machine_busy_seconds() -> float:
 
 def spread(values: list[float]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def command_of(script: str, argv: list[str] | None) -> str:
+    """The command line that made a results file, paths relative to the repository."""
+    return "python " + " ".join([rel(script), *(sys.argv[1:] if argv is None else argv)])
+
+
+def results_path(out: str | None, name: str, dtype: str = "float32") -> Path:
+    """--out, or perf/results/NAME-cpu[-DTYPE].json."""
+    suffix = "" if dtype == "float32" else f"-{dtype}"
+    return Path(out) if out else ROOT / "perf" / "results" / f"{name}-cpu{suffix}.json"
 
 
 def write_results(out: Path, result: dict, md: str) -> None:

@@ -35,7 +35,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import HZ, ROOT, machine, machine_busy_seconds, rel, spread, write_results
+from gradient_throughput import (
+    HZ,
+    ROOT,
+    command_of,
+    machine,
+    machine_busy_seconds,
+    rel,
+    results_path,
+    spread,
+    write_results,
+)
 
 SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TARGET_S = {"target": 7200, "stretch": 3600}  # issue 15: the whole corpus in 2 hours, 1 hour the stretch
@@ -257,14 +267,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(built[-1]), file=sys.stderr)
     import torch
 
-    r = {"command": "python " + " ".join([rel(__file__), *(sys.argv[1:] if argv is None else argv)]),
-         "started": started,
+    r = {"command": command_of(__file__, argv), "started": started,
          "machine": machine(torch.device("cpu")), "dtype": args.dtype, "corpus": rel(args.corpus),
          "reference": reference, "sizes": built, "targets_s": TARGET_S,
          "self_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), "hz": HZ}
-    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
-    out = Path(args.out) if args.out else ROOT / "perf" / "results" / f"ingest_scale-cpu{suffix}.json"
-    write_results(out, r, markdown(r))
+    write_results(results_path(args.out, "ingest_scale", args.dtype), r, markdown(r))
     return r
 
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import ROOT, machine, machine_busy_seconds, rel, spread, write_results
+from gradient_throughput import ROOT, command_of, machine, machine_busy_seconds, results_path, spread, write_results
 
 # the environment each policy runs with (OMP_WAIT_POLICY and GOMP_SPINCOUNT otherwise unset)
 POLICIES = {"spin": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "brief": {"GOMP_SPINCOUNT": "10000"},
@@ -142,12 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
                  "beside": measure(args, policy, threads, beside=True)}
             print(json.dumps(s), file=sys.stderr)
             settings.append(s)
-    r = {"command": "python " + " ".join([rel(__file__), *(sys.argv[1:] if argv is None else argv)]),
-         "started": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(torch.device("cpu")),
-         "sentences": args.sentences, "passes": args.passes, "dtype": args.dtype, "settings": settings}
-    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
-    out = Path(args.out) if args.out else ROOT / "perf" / "results" / f"shared_machine-cpu{suffix}.json"
-    write_results(out, r, markdown(r))
+    r = {"command": command_of(__file__, argv), "started": time.strftime("%Y-%m-%d %H:%M"),
+         "machine": machine(torch.device("cpu")), "sentences": args.sentences, "passes": args.passes,
+         "dtype": args.dtype, "settings": settings}
+    write_results(results_path(args.out, "shared_machine", args.dtype), r, markdown(r))
     return r
 
 
