@@ -362,6 +362,9 @@ class BenchConfig(Strict):
         if self.save_default and self.fusion == "learned":
             raise ValueError("--save-default --fusion learned: `ftrace query` cannot apply a learned fusion; choose "
                              "sum, rrf or cascade")
+        if self.save_default and (self.mode != "full" or self.only or self.relations):
+            raise ValueError("--save-default: `ftrace query` retrieves from the whole corpus for any query, so the "
+                             "default is chosen by --mode full over all queries (no --only, no --relation)")
         if self.metric != "attribution" and self.mode != "full":
             raise ValueError(f"--metric {self.metric}: tail-patch steps on each method's top k from the whole corpus; "
                              "give --mode full")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import ROOT, machine, rel, write_results
+from gradient_throughput import ROOT, command_of, machine, rel, write_results
 from serve_latency import sample_queries
 
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                 "perfect": float(np.mean(np.array(recall) == 1))},
                       "exact": pct(t_exact), "hnsw": pct(t_hnsw),
                       "raw_bytes_float16": m.corpus.examples * size * 2}
-        res = {"command": "python " + " ".join([rel(__file__), *(sys.argv[1:] if argv is None else argv)]),
+        res = {"command": command_of(__file__, argv),
                "index": rel(source), "copy": rel(copy), "examples": m.corpus.examples, "queries": len(queries),
                "k": args.k, "build": record, "vectors": per, "rss_gib_after": round(rss_gib(), 2),
                "hnsw_settings": "Qdrant Edge defaults (the shard is created without an HNSW config: m 16, "

@@ -331,9 +331,11 @@ def test_the_default_method_is_bm25_or_what_the_index_benchmark_chose(tmp_path, 
     assert query() == ("bm25", None, None)
     monkeypatch.setattr(scoring, "answers_right", lambda lm, prompts, targets, **k: [False] * len(prompts))
     monkeypatch.setattr(scoring, "greedy_answers", lambda lm, prompts, *a, **k: ["?"] * len(prompts))
-    r = cli("bench", "--index", index, "--split", "all", "--queries", "10", "--seeds", "1", "--methods",
-            "bm25,embed,embed+bm25", "--tune-relation", "manufacturer", "--save-default", "--out", tmp_path / "b",
-            "--json")
+    args = ["bench", "--index", index, "--split", "all", "--queries", "10", "--seeds", "1", "--methods",
+            "bm25,embed,embed+bm25", "--tune-relation", "manufacturer", "--save-default", "--out", tmp_path / "b"]
+    r = cli(*args)  # rerank scores candidate sets, not the whole corpus a query retrieves from: refused
+    assert r.exit_code == 1 and "--save-default" in r.stderr and "--mode full" in r.stderr, r.output
+    r = cli(*args, "--mode", "full", "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     table = res["metrics"]["all"]

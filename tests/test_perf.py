@@ -158,3 +158,23 @@ def test_shared_machine_results_file(tiny_model_dir, tmp_path):
             e = run["examples_per_s"]
             assert 0 < e["min"] <= e["median"] <= e["max"] and run["torch_threads"] == 1
     assert "| passive | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_hnsw_recall_results_file(sample_index, tmp_path):
+    """perf/hnsw_recall.py end to end on the tiny sample index: HNSW built on a copy (the original stays exact),
+    recall of each vector kind within [0, 1] with latencies for both searches."""
+    from ftrace.index.manifest import Manifest
+
+    spec = importlib.util.spec_from_file_location("hnsw_recall", SCRIPT.with_name("hnsw_recall.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    before = Manifest.read(sample_index).model_dump()
+    out = tmp_path / "hnsw.json"
+    res = mod.main(["--index", str(sample_index), "--queries", "6", "--warmup", "1", "--work", str(tmp_path / "w"),
+                    "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert set(res["vectors"]) == {"embed", "tracin"} and res["queries"] == 6
+    for v in res["vectors"].values():
+        recall = v["recall@10"]
+        assert 0.0 <= recall["min"] <= recall["mean"] <= 1.0 and 0 < v["exact"]["p50_ms"] and 0 < v["hnsw"]["p50_ms"]
+    assert Manifest.read(sample_index).model_dump() == before and (tmp_path / "w").exists()

@@ -42,6 +42,7 @@ from ftrace.bench.scoring import QueryScores, Scorer
 from ftrace.bench.slices import ALL, BM25_HARD, RULE, learned_slices, slice_names
 from ftrace.config import GRID, BenchConfig
 from ftrace.corpus import Query
+from ftrace.index.locks import writer
 from ftrace.index.manifest import Manifest, QueryDefault, versions
 from ftrace.plumbing import log
 from ftrace.query.fusion import ranking
@@ -406,7 +407,9 @@ def save_default(run: BenchRun, evaluated: Manifest) -> QueryDefault:
         raise FtraceError("--save-default: no method was scored")
     best = max(usable, key=lambda m: table[m]["mrr"]["mean"])
     mrr = table[best]["mrr"]["mean"]
-    source = f"best MRR {mrr:.3f} over {run.results['queries']['eligible']} eligible queries: {run.results['command']}"
+    q = run.results["queries"]
+    source = (f"best MRR {mrr:.3f} over {len(run.results['seeds'])} seeds x {run.config.queries} queries drawn from "
+              f"{q['eligible']} eligible: {run.results['command']}")
     if "+" in best:  # --fusion learned is refused with --save-default before the run (BenchConfig)
         w = fusion["weights"][best]
         chosen = QueryDefault(method=best, fusion=fusion["kind"], weight=w["weight"],
@@ -419,5 +422,6 @@ def save_default(run: BenchRun, evaluated: Manifest) -> QueryDefault:
         raise FtraceError(f"--save-default: {index} has changed since this run began (rebuilt meanwhile?); the "
                           "reports are written, the default is not")
     manifest.query_default = chosen
-    manifest.write(index)  # atomic; not part of the identity, so caches and readers are unaffected
+    with writer(index):  # refused at once while an ingest writes the index
+        manifest.write(index)  # atomic; not part of the identity, so caches and readers are unaffected
     return chosen

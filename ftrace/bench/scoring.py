@@ -26,7 +26,7 @@ from ftrace.config import BenchConfig
 from ftrace.corpus import Query
 from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, load_model
-from ftrace.model.answer import answers_right, greedy_answers
+from ftrace.model.answer import RIGHT_RULE_VERSION, answers_right, greedy_answers
 from ftrace.query.methods import fusion_pool
 from ftrace.query.tracer import Tracer
 
@@ -154,7 +154,8 @@ class Scorer:
         """query id -> whether the index's model (or its base model) answers it right (`answers_right`: one
         teacher-forced pass, no generation), cached per query: every query of a corpus is affordable."""
         limit = self.tracer.index.manifest.max_tokens
-        return self._per_query(queries, base, "right", lambda q: {"prompt": q.prompt, "target": q.target},
+        return self._per_query(queries, base, "right",
+                               lambda q: {"prompt": q.prompt, "target": q.target, "rule": RIGHT_RULE_VERSION},
                                RIGHT_BATCH, lambda lm, qs: answers_right(lm, [q.prompt for q in qs],
                                                                          [q.target for q in qs], max_tokens=limit))
 
@@ -175,7 +176,8 @@ class Scorer:
         if todo:
             found = self.sibling_entries(key, tag)
             for q in todo:
-                if q.id in found and all(found[q.id][0].get(k) == x for k, x in inputs(q).items()):
+                if q.id in found and field in found[q.id][0] and all(found[q.id][0].get(k) == x
+                                                                     for k, x in inputs(q).items()):
                     v, t = found[q.id]
                     self.cache.put(key, None, q.id, tag, v, t)
                     out[q.id] = v[field]

@@ -205,7 +205,8 @@ def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel,
     The batches are always those of the uninterrupted plan over all `examples` (sorted by token length, cut by
     the batch budget), and a batch with anything left to store is featurised whole: a resumed ingest computes
     every vector in the very batch, of the very shape, a clean one does, so its vectors are bit-identical on any
-    machine (BLAS kernels may round differently for other batch shapes)."""
+    machine when --batch-size, --batch-tokens and --threads are those of the first run (BLAS kernels may round
+    differently for other batch shapes and thread counts; none of the three is part of the index's identity)."""
     done: set[str] = set()
     for i in range(0, len(examples), 1000):
         done |= store.present([e.id for e in examples[i:i + 1000]])

@@ -15,6 +15,9 @@ from ftrace.model.loading import LoadedModel
 _STOP = re.compile(r"[\n.,;:!?]")
 MAX_NEW_TOKENS = 8  # the longest answer generated
 BATCH_TOKENS = 4096  # answers_right: padded tokens a batch (its logits: that many x the vocabulary)
+# answers_right's implementation of RULE; a new version makes cached verdicts (bench's "@right") stale
+# 2: a forced argmax that is part of a character (a byte token) is left to generation
+RIGHT_RULE_VERSION = 2
 
 RULE = ("right when the normalised target (lowercase, whitespace collapsed, stripped) equals the normalised greedy "
         "answer or is its prefix followed by a space or punctuation: 'Toyota Motor' and 'Toyota's' count for "
@@ -91,8 +94,9 @@ def answers_right(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str
     starts with the target's tokens when each of them is the argmax given the prompt and the ones before it,
     and is right when the argmax after them starts a new word (or max_new_tokens is reached). Where the
     forced tokens cannot decide, because the argmax leaves the target's tokenisation but its text still agrees
-    with the target (another tokenisation, another case), or the next token's text is a partial character,
-    the answer is generated: the rule is the generated one's, exactly."""
+    with the target (another tokenisation, another case), or a predicted token's text is a partial character,
+    the answer is generated: the rule is the generated one's (up to near-ties between logits, which padded
+    batches and generation's cached steps may break differently)."""
     if lm.is_seq2seq:  # the target is the decoder's, not a continuation of the prompt: generate
         return [answer_is_right(a, t) for a, t in
                 zip(greedy_answers(lm, prompts, max_new_tokens=max_new_tokens, max_tokens=max_tokens), targets,
@@ -143,6 +147,8 @@ def _decide(tok, target_ids: list[int], best: list[int], target: str, max_new_to
             return False  # the answer ends before the target does
         if best[j] != want:
             text = tok.decode(target_ids[:j] + [best[j]], skip_special_tokens=True)
+            if "\ufffd" in text:
+                return None  # part of a character (a byte token): what it becomes depends on what follows
             if _STOP.search(_continuation(tok, target_ids[:j], best[j])):
                 return answer_is_right(cut(text), target)  # the answer ends at this mark: it is final
             so_far = normalize_answer(text)
