@@ -105,10 +105,13 @@ def load_model(name: str | None = None, device: str | torch.device = "cpu",
     source = _default_model_dir() if name == DEFAULT_MODEL else name
     hub = _hub_options(name) if name != DEFAULT_MODEL else {}
     target = device if isinstance(device, torch.device) else resolve_device(device)
-    # On the CPU, plain ("eager") attention: PyTorch's fused CPU attention backward is about 4x slower in
-    # bfloat16 for sentence-length inputs (and its bfloat16 gradients drift further from float32's); in
-    # float32 both are the same speed and agree to 1e-6 (cosine of the gradient vectors).
-    attention = {"attn_implementation": "eager"} if target.type == "cpu" else {}
+    weights = dtype if isinstance(dtype, torch.dtype) else DTYPES[dtype]
+    # On the CPU in bfloat16 or float16, plain ("eager") attention: PyTorch's fused CPU attention backward is
+    # about 4x slower in bfloat16 for sentence-length inputs (and its bfloat16 gradients drift further from
+    # float32's). In float32 the two are the same speed and agree to 1e-6 (cosine of the gradient vectors), and
+    # the fused one keeps no T x T weights per head for the backward: less memory (perf/results/batch_memory).
+    low_precision = weights != torch.float32
+    attention = {"attn_implementation": "eager"} if target.type == "cpu" and low_precision else {}
     try:
         config = AutoConfig.from_pretrained(source, **hub)
         cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
@@ -121,8 +124,7 @@ def load_model(name: str | None = None, device: str | torch.device = "cpu",
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     fingerprint = weights_fingerprint(model)
-    weights = dtype if isinstance(dtype, torch.dtype) else DTYPES[dtype]
-    if target.type != "cpu" or weights != torch.float32:
+    if target.type != "cpu" or low_precision:
         # in place (transformers' typing of .to is narrower than nn.Module's)
         cast(Any, model).to(device=target, dtype=weights)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, fingerprint=fingerprint)
