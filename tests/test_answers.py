@@ -60,3 +60,22 @@ def test_the_teacher_forced_rule_agrees_with_generation(lm, sample, monkeypatch)
         [answer_is_right(generated[p], t) for p, t in cases]
     assert len(fell_back) < len(decidable) / 4 + len(undecidable)  # the forced pass decides most cases
     assert answers_right(lm, [], []) == []
+
+
+def test_a_partial_character_is_left_to_generation(tmp_path):
+    """Where the forced argmax is only the first byte of the target's character ('José' whole in the target's
+    tokens, its 'é' split in two by the model), the forced pass cannot tell: generation decides, since it may
+    well produce 'José'. A real byte-level tokenizer, trained so that 'é' is one token."""
+    from transformers import AutoTokenizer
+
+    from ftrace.model.answer import _decide
+    from ftrace.testing import make_tiny_model
+
+    tok = AutoTokenizer.from_pretrained(make_tiny_model(tmp_path / "m", ["José Mourinho was born in Setúbal."] * 50))
+    target = tok(" José", add_special_tokens=False)["input_ids"]
+    j = next(i for i in range(len(target)) if "é" in tok.decode(target[:i + 1]))
+    first_byte = tok.convert_tokens_to_ids("Ã")  # byte 0xC3, the first of 'é' in UTF-8 (GPT-2's byte alphabet)
+    assert target[j] != first_byte  # the target holds 'é' whole
+    best = target[:j] + [first_byte] * (len(target) + 1 - j)
+    assert _decide(tok, target, best, "José", 8) is None
+    assert _decide(tok, target, target + [tok.convert_tokens_to_ids("Ġwas")], "José", 8) is True
