@@ -24,6 +24,7 @@ from ftrace.plumbing import directory_problem
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_INDEX = Path("indexes/sample")
 SPLITS = ("train", "dev", "test")
+MAX_VECTOR_SIZE = 65_535  # Qdrant's largest dense vector: a gradient vector's size, summed over its blocks
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class GradientConfig(Strict):
     layers: Annotated[list[str], cli("Module name patterns whose weight gradients are projected "
                                      "(default: the input embedding).", "--tracin-layers", split=True)] = \
         ["model.embed_tokens"]
-    # size of EACH block's projection; the sum over blocks must be <= 65535
+    # size of EACH block's projection; the sum over blocks must be <= MAX_VECTOR_SIZE
     dim: Annotated[int, Field(ge=1), cli("Projection size per layer block (total at most 65535).", "--tracin-dim",
                                          min=1)] = 4096
     seed: Annotated[int, cli("Seed of the random projection.", "--tracin-seed")] = 0

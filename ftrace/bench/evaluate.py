@@ -11,8 +11,9 @@ import numpy as np
 from ftrace.bench import metrics as M
 from ftrace.corpus import Query
 
-# (seed, query id, method) -> [(sentence id, score)], best first
-Rankings = Mapping[tuple[int, str, str], Sequence[tuple[str, float]]]
+# per draw and method, (seed, query id, method) -> [(sentence id, score)], best first (metrics.Rankings: one
+# run's query id -> sentence ids)
+DrawRankings = Mapping[tuple[int, str, str], Sequence[tuple[str, float]]]
 # method -> metric -> query id -> the query's value, averaged over the seeds that drew it
 PerQuery = dict[str, dict[str, dict[str, float]]]
 
@@ -26,7 +27,7 @@ TESTS = {"student": "paired t-test (scipy.stats.ttest_rel), two-sided",
 Members = Mapping[str, set[tuple[int, str]]]
 
 
-def evaluate(per_seed: Mapping[int, Sequence[Query]], rankings: Rankings, methods: Sequence[str], members: Members,
+def evaluate(per_seed: Mapping[int, Sequence[Query]], rankings: DrawRankings, methods: Sequence[str], members: Members,
              stat_test: str) -> dict:
     """`members`: the slices to report and the draws in each ("all" holds every one)."""
     table: dict[str, dict[str, dict]] = {}

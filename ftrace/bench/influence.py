@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ftrace.bench import metrics as M
 from ftrace.bench.cache import ScoreCache, settings_hash
 from ftrace.bench.candidates import draw, rng_for
-from ftrace.bench.evaluate import Members, Rankings
+from ftrace.bench.evaluate import DrawRankings, Members
 from ftrace.bench.paths import shown
 from ftrace.bench.scoring import ids_digest
 from ftrace.bench.tailpatch import MOMENTUM, ORACLE, RANDOM, TailPatcher
@@ -41,7 +41,7 @@ def reference_sets(patcher: TailPatcher) -> list[str]:
     return [ORACLE, RANDOM, *([MOMENTUM] if patcher.moments is not None else [])]
 
 
-def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: Rankings,
+def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: DrawRankings,
               members: Members) -> tuple[dict, dict[tuple[int, str, str], dict]]:
     """(results["tailpatch"], {(seed, query id, set): {"delta_logp", "examples"}} for rankings.jsonl)."""
     c, tracer = bench.c, bench.tracer

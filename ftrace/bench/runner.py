@@ -36,7 +36,7 @@ from tqdm import tqdm
 from ftrace import FtraceError
 from ftrace.bench import metrics as M
 from ftrace.bench.candidates import draw, rng_for, sample_queries, seeded_tiebreak
-from ftrace.bench.evaluate import Rankings, evaluate
+from ftrace.bench.evaluate import DrawRankings, evaluate
 from ftrace.bench.paths import shown
 from ftrace.bench.scoring import QueryScores, Scorer
 from ftrace.bench.slices import ALL, BM25_HARD, RULE, learned_slices, slice_names
@@ -310,7 +310,7 @@ class Bench:
                               f"(slices: {', '.join(f'{k} {v}' for k, v in Counter(slice_of.values()).items())})")
         return kept
 
-    def members(self, per_seed: dict[int, list[Query]], rankings: Rankings, slice_of: dict[str, str],
+    def members(self, per_seed: dict[int, list[Query]], rankings: DrawRankings, slice_of: dict[str, str],
                 with_base: bool) -> dict[str, set[tuple[int, str]]]:
         """The draws of every slice reported: all, the learned slices, and bm25-hard (BM25's top 1 is not a
         proponent: the room the model signals have)."""

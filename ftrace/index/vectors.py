@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ftrace import FtraceError
+from ftrace.config import MAX_VECTOR_SIZE
 from ftrace.index.locks import StoreLock
 
 _NAMESPACE = uuid.UUID("6f1d3c52-96a4-4f0c-9a4e-1f3b8f1e2a10")
-MAX_DIM = 65_535  # Qdrant's largest dense vector
 
 
 class StoreError(FtraceError):
@@ -33,8 +33,8 @@ def point_id(example_id: str) -> str:
 
 def _check_sizes(sizes: dict[str, int]) -> None:
     for name, size in sizes.items():
-        if not 0 < size <= MAX_DIM:
-            raise StoreError(f"vector {name!r} has size {size}; Qdrant takes 1..{MAX_DIM}")
+        if not 0 < size <= MAX_VECTOR_SIZE:
+            raise StoreError(f"vector {name!r} has size {size}; Qdrant takes 1..{MAX_VECTOR_SIZE}")
 
 
 Points = tuple[list[str], dict[str, np.ndarray], list[dict]]  # example ids, vectors by name, payloads

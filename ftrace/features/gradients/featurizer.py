@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftrace.config import GradientConfig
+from ftrace.config import MAX_VECTOR_SIZE, GradientConfig
 from ftrace.features.gradients.blocks import Block, GradientError, find_block, resolve_blocks
 from ftrace.features.gradients.collector import GradientCollector
 from ftrace.features.gradients.optimizer import apply_optimizer_state
@@ -29,7 +29,6 @@ from ftrace.features.gradients.whitening import (
 from ftrace.model.batching import LossBatch
 from ftrace.plumbing import replacing
 
-MAX_SIZE = 65535  # Qdrant's largest vector
 FORMAT_VERSION = 2  # 2: whitening lambda relative to the spectrum, rank-deficient R handled; tied, example loss
 EXAMPLE_LOSS = {"sentence": "whole sentence",
                 "object": "object span (first fact's object found in the text, given the text before it; "
@@ -46,8 +45,8 @@ class GradientFeaturizer:
             raise GradientError("gradient features need a decoder-only causal LM, not an encoder-decoder")
         if config.dim < 1:
             raise GradientError(f"gradient dim {config.dim}: must be at least 1")
-        if config.dim > MAX_SIZE:
-            raise GradientError(f"gradient dim {config.dim}: a vector may have at most {MAX_SIZE} numbers")
+        if config.dim > MAX_VECTOR_SIZE:
+            raise GradientError(f"gradient dim {config.dim}: a vector may have at most {MAX_VECTOR_SIZE} numbers")
         if not config.layers:
             raise GradientError("gradient layers: give at least one module name pattern")
         self.model, self.config = model, config
@@ -57,10 +56,10 @@ class GradientFeaturizer:
         for b in self.blocks:
             assign_projection(b, config.dim, config.seed, self.dense, self.device)
         self.size = sum(b.size for b in self.blocks)
-        if self.size > MAX_SIZE:
+        if self.size > MAX_VECTOR_SIZE:
             raise GradientError(
                 f"gradient dim {config.dim} x {len(self.blocks)} blocks = {self.size} numbers, over the "
-                f"limit of {MAX_SIZE}: lower dim or select fewer layers")
+                f"limit of {MAX_VECTOR_SIZE}: lower dim or select fewer layers")
         if config.whiten:
             check_whitenable(self.blocks)
         self._optimizer: dict | None = None
@@ -196,8 +195,9 @@ def combine_checkpoints(vectors: list[np.ndarray]) -> np.ndarray:
         raise GradientError(f"combine_checkpoints: per-checkpoint arrays must be (N, d) with the same N, got "
                             f"{[v.shape for v in vectors]}")
     total = sum(v.shape[1] for v in vectors)
-    if total > MAX_SIZE:
-        raise GradientError(f"combine_checkpoints: {len(vectors)} checkpoints give {total} numbers, over {MAX_SIZE}")
+    if total > MAX_VECTOR_SIZE:
+        raise GradientError(f"combine_checkpoints: {len(vectors)} checkpoints give {total} numbers, "
+                            f"over {MAX_VECTOR_SIZE}")
     return (np.concatenate(vectors, axis=1) / np.sqrt(len(vectors))).astype(np.float32)
 
 
@@ -225,10 +225,10 @@ class TracInFeaturizer:
                                zip(models, checkpoints, strict=True)]
         self.checkpoints, self.config, self.whiten_samples = checkpoints, config, whiten_samples
         self.size = self.per_checkpoint[0].size * len(self.per_checkpoint)
-        if self.size > MAX_SIZE:
+        if self.size > MAX_VECTOR_SIZE:
             each = self.per_checkpoint[0].size
             raise GradientError(f"{len(checkpoints)} checkpoints x {each} numbers = {self.size}, over Qdrant's "
-                                f"{MAX_SIZE}: lower --tracin-dim or take fewer checkpoints")
+                                f"{MAX_VECTOR_SIZE}: lower --tracin-dim or take fewer checkpoints")
 
     @classmethod
     def from_spec(cls, lm: Any, spec: dict, index_dir: Path) -> TracInFeaturizer:
