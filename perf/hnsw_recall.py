@@ -10,7 +10,8 @@ Protocol
   HNSW settings), timed.
 - Queries: --queries seeded queries of the index with proponents (dev split first), their targets given;
   each query's vectors are computed once (the model's part is not what is measured here).
-- Per query and vector kind: the top --k by exact search (`exact=True`, a full scan) and by HNSW; recall@k =
+- Per query and vector kind: the top --k by exact search (`exact=True`, a full scan) and by HNSW with each search
+  beam of --ef (hnsw_ef; 0 = Qdrant's default, ef_construct; ftrace's own is vectors.HNSW_EF); recall@k =
   the share of the exact top k that HNSW returns. Latency per search, min / median / p95 over the queries,
   after --warmup untimed searches.
 - Disk: bytes of the Qdrant directory before and after the build; memory: this process's RSS after the
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(ROOT / "indexes" / "scale"))
+    ap.add_argument("--ef", default="0,128,256,512,1024",
+                    help="HNSW search beams to compare (0: Qdrant's default); ftrace searches with vectors.HNSW_EF")
     ap.add_argument("--out", default=str(ROOT / "perf" / "results" / "hnsw_recall-cpu.json"))
     args = ap.parse_args(argv)
     import torch
@@ -89,29 +92,39 @@ def main(argv: list[str] | None = None) -> dict:
             for n in names:
                 store.search(n, v[n], args.k, exact=True)
                 store.search(n, v[n], args.k)
+        from ftrace.index import vectors
+
+        ftrace_ef = vectors.HNSW_EF
+        beams = [int(x) for x in args.ef.split(",")]
         per: dict[str, dict] = {}
         for n in names:
-            recall, t_exact, t_hnsw = [], [], []
+            t_exact, exact = [], []
             for v in qvecs:
                 t0 = time.perf_counter()
-                exact = [i for i, _ in store.search(n, v[n], args.k, exact=True)]
-                t1 = time.perf_counter()
-                approx = [i for i, _ in store.search(n, v[n], args.k)]
-                t2 = time.perf_counter()
-                t_exact.append(t1 - t0)
-                t_hnsw.append(t2 - t1)
-                recall.append(len(set(exact) & set(approx)) / max(1, len(exact)))
+                exact.append([i for i, _ in store.search(n, v[n], args.k, exact=True)])
+                t_exact.append(time.perf_counter() - t0)
             size = m.vectors[n]["size"]
-            per[n] = {"dimensions": size, f"recall@{args.k}": {"mean": float(np.mean(recall)),
-                                                                "min": float(np.min(recall)),
-                                                                "perfect": float(np.mean(np.array(recall) == 1))},
-                      "exact": pct(t_exact), "hnsw": pct(t_hnsw),
-                      "raw_bytes_float16": m.corpus.examples * size * 2}
+            per[n] = {"dimensions": size, "raw_bytes_float16": m.corpus.examples * size * 2, "exact": pct(t_exact),
+                      "hnsw": {}}
+            for ef in beams:
+                vectors.HNSW_EF = ef or None  # the beam ftrace's searches use (0: Qdrant's default)
+                recall, t_hnsw = [], []
+                for v, ex in zip(qvecs, exact, strict=True):
+                    t0 = time.perf_counter()
+                    approx = [i for i, _ in store.search(n, v[n], args.k)]
+                    t_hnsw.append(time.perf_counter() - t0)
+                    recall.append(len(set(ex) & set(approx)) / max(1, len(ex)))
+                per[n]["hnsw"][str(ef)] = {f"recall@{args.k}": {"mean": float(np.mean(recall)),
+                                                                 "min": float(np.min(recall)),
+                                                                 "perfect": float(np.mean(np.array(recall) == 1))},
+                                           "latency": pct(t_hnsw)}
+        vectors.HNSW_EF = ftrace_ef
         res = {"command": command_of(__file__, argv),
                "index": rel(source), "copy": rel(copy), "examples": m.corpus.examples, "queries": len(queries),
                "k": args.k, "build": record, "vectors": per, "rss_gib_after": round(rss_gib(), 2),
+               "ftrace_ef": ftrace_ef,
                "hnsw_settings": "Qdrant Edge defaults (the shard is created without an HNSW config: m 16, "
-                                "ef_construct 100; search without hnsw_ef)",
+                                "ef_construct 100); searches with each hnsw_ef of --ef",
                "machine": machine(torch.device("cpu"))}
     finally:
         tracer.close()
@@ -128,13 +141,15 @@ def markdown(r: dict) -> str:
              f"HNSW build (`store.optimize()`, as `ftrace ingest --hnsw`): {b['build_s']} s; Qdrant directory "
              f"{b['qdrant_bytes_exact'] / 2**30:.2f} GiB exact, {b['qdrant_bytes_hnsw'] / 2**30:.2f} GiB with HNSW. "
              f"Process RSS after the searches: {r['rss_gib_after']} GiB.", "",
-             f"| vector | dims | raw float16 | recall@{r['k']} mean / min | queries with all {r['k']} "
-             "| exact p50 / p95 ms | HNSW p50 / p95 ms |", "|---|---|---|---|---|---|---|"]
+             f"| vector | dims | raw float16 | exact p50 / p95 ms | HNSW search beam (hnsw_ef) | recall@{r['k']} "
+             f"mean / min | queries with all {r['k']} | HNSW p50 / p95 ms |", "|---|---|---|---|---|---|---|---|"]
     for n, v in r["vectors"].items():
-        rc = v[f"recall@{r['k']}"]
-        lines.append(f"| {n} | {v['dimensions']} | {v['raw_bytes_float16'] / 2**20:,.0f} MiB | {rc['mean']:.3f} / "
-                     f"{rc['min']:.2f} | {rc['perfect']:.0%} | {v['exact']['p50_ms']:.1f} / {v['exact']['p95_ms']:.1f} "
-                     f"| {v['hnsw']['p50_ms']:.1f} / {v['hnsw']['p95_ms']:.1f} |")
+        for ef, h in v["hnsw"].items():
+            rc, t = h[f"recall@{r['k']}"], h["latency"]
+            beam = f"{ef} (ftrace's)" if int(ef) == r["ftrace_ef"] else "Qdrant's default" if ef == "0" else ef
+            lines.append(f"| {n} | {v['dimensions']} | {v['raw_bytes_float16'] / 2**20:,.0f} MiB | "
+                         f"{v['exact']['p50_ms']:.1f} / {v['exact']['p95_ms']:.1f} | {beam} | {rc['mean']:.3f} / "
+                         f"{rc['min']:.2f} | {rc['perfect']:.0%} | {t['p50_ms']:.1f} / {t['p95_ms']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -171,10 +171,12 @@ def test_hnsw_recall_results_file(sample_index, tmp_path):
     before = Manifest.read(sample_index).model_dump()
     out = tmp_path / "hnsw.json"
     res = mod.main(["--index", str(sample_index), "--queries", "6", "--warmup", "1", "--work", str(tmp_path / "w"),
-                    "--out", str(out)])
+                    "--ef", "0,64", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert set(res["vectors"]) == {"embed", "tracin"} and res["queries"] == 6
     for v in res["vectors"].values():
-        recall = v["recall@10"]
-        assert 0.0 <= recall["min"] <= recall["mean"] <= 1.0 and 0 < v["exact"]["p50_ms"] and 0 < v["hnsw"]["p50_ms"]
+        assert list(v["hnsw"]) == ["0", "64"] and 0 < v["exact"]["p50_ms"]
+        for h in v["hnsw"].values():
+            recall = h["recall@10"]
+            assert 0.0 <= recall["min"] <= recall["mean"] <= 1.0 and 0 < h["latency"]["p50_ms"]
     assert Manifest.read(sample_index).model_dump() == before and (tmp_path / "w").exists()
