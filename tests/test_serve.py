@@ -8,8 +8,9 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 from typer.testing import CliRunner
@@ -154,6 +155,15 @@ def test_a_huge_prompt_is_cut_and_does_not_hold_the_server(server):
     status, out, _ = http(f"{server.url}/trace", {"prompt": "x" * 70_000})
     assert status == 413 and out["detail"].startswith("request body: 70,0") and "\n" not in out["detail"]
     record("bounded requests to `ftrace serve`", "a 70 KB body", f"{status}: `` {out['detail']} ``")
+    url = urlsplit(server.url)
+    conn = HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.request("POST", "/trace", body=iter([b'{"prompt": "', b"x" * 70_000, b'"}']), encode_chunked=True,
+                 headers={"content-type": "application/json"})
+    resp = conn.getresponse()
+    detail = json.loads(resp.read())["detail"]
+    conn.close()
+    assert resp.status == 411 and "Content-Length" in detail and "\n" not in detail
+    record("bounded requests to `ftrace serve`", "a chunked body (no Content-Length)", f"411: `` {detail} ``")
 
 
 def test_a_request_over_its_time_is_answered_503_and_dropped(tmp_path, sample_index, monkeypatch):

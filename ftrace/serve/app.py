@@ -11,10 +11,10 @@ Bad requests get a 4xx whose `detail` is one line naming the JSON field: 422 whe
 validate (QueryConfig's own types and bounds, strictly: `"k": true` or `"k": "5"` is not a number), 400
 where the tracer refuses it (e.g. a method the index lacks); the tracer's messages name `ftrace query`'s
 options (`--method`, `PROMPT`), which `http_message` turns into the fields (`method`, `prompt`). Every
-request's work is bounded: a body over MAX_BODY bytes gets a 413; a prompt keeps its last --max-tokens
-tokens (for the answer too); a /trace request not answered within --request-timeout seconds (time in
-the queue included) gets a 503, and the worker drops it at its next step. How concurrent requests are
-made safe: `serve.service`.
+request's work is bounded: a body over MAX_BODY bytes gets a 413 (a POST without a Content-Length, 411); a
+prompt keeps its last --max-tokens tokens (for the answer too); a /trace request not answered within
+--request-timeout seconds (time in the queue included) gets a 503, and the worker drops it at its next step.
+How concurrent requests are made safe: `serve.service`.
 """
 
 from __future__ import annotations
@@ -128,6 +128,9 @@ def create_app(service: Service, timeout: float = 30.0) -> FastAPI:
     @app.middleware("http")
     async def bounded(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         size = request.headers.get("content-length", "")
+        if not size and request.method == "POST":  # a chunked body: its size is unknown until it is read whole
+            return JSONResponse({"detail": "request body: send it with a Content-Length header (chunked bodies "
+                                           f"are refused; at most {MAX_BODY:,} bytes)"}, status_code=411)
         if size.isdigit() and int(size) > MAX_BODY:
             return JSONResponse({"detail": f"request body: {int(size):,} bytes, over the limit of {MAX_BODY:,} (a "
                                            "prompt keeps only its last --max-tokens tokens anyway)"}, status_code=413)
