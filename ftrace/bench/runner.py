@@ -417,11 +417,11 @@ def save_default(run: BenchRun, evaluated: Manifest) -> QueryDefault:
     else:
         chosen = QueryDefault(method=best, source=source)
     index = Path(run.config.index)
-    manifest = Manifest.read(index)
-    if manifest.identity() != evaluated.identity() or not manifest.complete:
-        raise FtraceError(f"--save-default: {index} has changed since this run began (rebuilt meanwhile?); the "
-                          "reports are written, the default is not")
-    manifest.query_default = chosen
-    with writer(index):  # refused at once while an ingest writes the index
+    with writer(index):  # refused at once while an ingest writes the index; none can start until this is written
+        manifest = Manifest.read(index)
+        if manifest.identity() != evaluated.identity() or not manifest.complete:
+            raise FtraceError(f"--save-default: {index} has changed since this run began (rebuilt meanwhile?); the "
+                              "reports are written, the default is not")
+        manifest.query_default = chosen
         manifest.write(index)  # atomic; not part of the identity, so caches and readers are unaffected
     return chosen

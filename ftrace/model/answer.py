@@ -104,14 +104,12 @@ def answers_right(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str
     tok = lm.tokenizer
     out: list[bool | None] = [None] * len(prompts)
     rows: list[tuple[int, list[int], list[int]]] = []  # (position in the input, prompt ids, target ids)
-    for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
-        t = tok(" " + target.strip(), add_special_tokens=False)["input_ids"]
-        if not normalize_answer(target) or _STOP.search(target.strip()):
-            out[i] = False  # an answer is cut at its first punctuation mark: such a target is never right
-        elif len(t) > max_new_tokens:
-            continue  # longer than any answer in these tokens: only generation can tell
-        else:
-            with _cut_left(tok):  # the prompt as generation sees it
+    with _cut_left(tok):  # each prompt as generation sees it
+        for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+            t = tok(" " + target.strip(), add_special_tokens=False)["input_ids"]
+            if not normalize_answer(target) or _STOP.search(target.strip()):
+                out[i] = False  # an answer is cut at its first punctuation mark: such a target is never right
+            elif len(t) <= max_new_tokens:  # a longer one: only generation can tell
                 rows.append((i, tok(prompt, truncation=max_tokens is not None, max_length=max_tokens)["input_ids"],
                              t))
     rows.sort(key=lambda r: len(r[1]) + len(r[2]))  # similar lengths together: little padding
