@@ -80,6 +80,7 @@ class _Option:
     annotation: Any
     default: Any  # the config's default (... when required)
     optional_section: bool = False  # in a section that is None unless one of its options is given
+    recordable: bool = False  # a run record (--config) may give it: required by the config, not by the parser
 
     @property
     def primary(self) -> str:
@@ -100,9 +101,14 @@ class _Option:
         rather than click's usage error)."""
         return self.mark.help if self.mark.min is None else f"{self.mark.help} At least {self.mark.min:g}."
 
-    def typer_annotation(self) -> Any:
+    def former(self) -> dict[str, str]:
+        """Parameter name -> option, for each former name of this option (hidden, still accepted)."""
+        return {"former_" + old.lstrip("-").replace("-", "_"): old for old in self.mark.renamed_from}
+
+    def typer_annotation(self, former: str | None = None) -> Any:
         """The type typer parses: lists as repeatable strings, choices as plain strings (the config
-        validates them, with the same one-line errors as every other check)."""
+        validates them, with the same one-line errors as every other check); with `former`, that hidden
+        former name of the option."""
         t, optional = _strip_optional(self.annotation)
         origin = typing.get_origin(t)
         choices = None
@@ -115,17 +121,19 @@ class _Option:
             base = t
         if self.mark.argument:
             info = typer.Argument(help=self.mark.help, show_default=False)
+        elif former:
+            info = typer.Option(former, hidden=True)
         else:
             info = typer.Option(*self.mark.names or (self.primary,), help=self.help,
                                 metavar=self.mark.metavar or choices, show_default=base is not list[str])
-        nullable = optional or origin is list or self.optional_section
+        nullable = optional or origin is list or self.optional_section or former is not None or self.recordable
         return Annotated[base | None if nullable else base, info]
 
     def typer_default(self) -> Any:
         if self.optional_section:
             return None
         if self.default is ... or typing.get_origin(_strip_optional(self.annotation)[0]) is list:
-            return inspect.Parameter.empty if self.default is ... else None
+            return inspect.Parameter.empty if self.default is ... and not self.recordable else None
         return self.default
 
 
@@ -151,11 +159,12 @@ def config_options(cls: type[BaseModel], path: tuple[str, ...] = (), optional: b
             yield _Option((*path, name), marks[0], field.annotation, default, optional)
 
 
-def parse_config(cls: type[C], options: list[_Option], values: dict[str, Any]) -> C:
+def parse_config(cls: type[C], options: list[_Option], values: dict[str, Any],
+                 recorded: dict[str, Any] | None = None) -> C:
     """The config from the options the user gave (`values`: option values, defaults left out, so the
-    config's own defaults and `model_fields_set` stay meaningful); a validation error becomes one
-    line naming the option."""
-    data: dict[str, Any] = {}
+    config's own defaults and `model_fields_set` stay meaningful) over a run record's values (`recorded`,
+    from --config); a validation error becomes one line naming the option."""
+    data: dict[str, Any] = json.loads(json.dumps(recorded or {}))  # a copy: options replace its values
     for opt in options:
         v = values.get(opt.param)
         if v is None:
@@ -164,7 +173,9 @@ def parse_config(cls: type[C], options: list[_Option], values: dict[str, Any]) -
             v = [x.strip() for item in v for x in item.split(",") if x.strip()]
         node = data
         for key in opt.path[:-1]:
-            node = node.setdefault(key, {})
+            if not isinstance(node.get(key), dict):  # absent, or an optional section a record holds as null
+                node[key] = {}
+            node = node[key]
         node[opt.path[-1]] = v
     try:
         return cls.model_validate(data)
@@ -179,21 +190,46 @@ def _describe(err: ValidationError, options: list[_Option], values: dict[str, An
     for opt in options:
         if loc[:len(opt.path)] == opt.path:
             v = values.get(opt.param)
+            if v is None:  # required, and given neither as an option nor by a --config record
+                return f"{opt.shown}: {msg.lower()}"
             shown = repr(v) if isinstance(v, str) else ",".join(map(str, v)) if isinstance(v, list) else v
             return f"{opt.shown} {shown}: {msg}"
     return msg
 
 
-def command_from_config(cls: type[C]) -> Callable[[Callable[[C], Any]], Callable[..., Any]]:
-    """Turn `fn(config)` into a typer command whose options are the config's `Cli` fields."""
+def _renamed(options: list[_Option], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` with each former option name replaced by the option's name, saying so in one line."""
+    for opt in options:
+        for param, old in opt.former().items():
+            if param not in given:
+                continue
+            if opt.param in given:
+                raise FtraceError(f"{old} and {opt.primary}: {old} is the former name of {opt.primary}; give one")
+            typer.echo(f"note: {old} is now {opt.primary}", err=True)
+            given[opt.param] = given.pop(param)
+    return given
+
+
+def command_from_config(cls: type[C], recorded: bool = False) -> Callable[[Callable[[C], Any]], Callable[..., Any]]:
+    """Turn `fn(config)` into a typer command whose options are the config's `Cli` fields; with `recorded`, the
+    command writes run records and takes `--config FILE` (`ftrace.runrecord`)."""
     options = list(config_options(cls))
+    for o in options:
+        o.recordable = recorded and not o.mark.argument
 
     def wrap(fn: Callable[[C], Any]) -> Callable[..., Any]:
         def command(ctx: typer.Context, **values: Any) -> Any:
             # only what was given on the command line reaches the config: its defaults stay its own
-            given = {k: v for k, v in values.items()
-                     if (source := ctx.get_parameter_source(k)) is not None and source.name != "DEFAULT"}
-            config = parse_config(cls, options, given)
+            given = _renamed(options, {k: v for k, v in values.items()
+                                       if (source := ctx.get_parameter_source(k)) is not None
+                                       and source.name != "DEFAULT"})
+            record = values.get("config_file")
+            if record is not None:
+                from ftrace.runrecord import read_record
+
+                config = parse_config(cls, options, given, read_record(record, fn.__name__))
+            else:
+                config = parse_config(cls, options, given)
             if getattr(config, "threads", None):  # torch is imported only when asked to
                 import torch
 
@@ -203,6 +239,14 @@ def command_from_config(cls: type[C]) -> Callable[[Callable[[C], Any]], Callable
         params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
         params += [inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=o.typer_default(),
                                      annotation=o.typer_annotation()) for o in options]
+        params += [inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                     annotation=o.typer_annotation(former=old))
+                   for o in options for param, old in o.former().items()]
+        if recorded:
+            params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=(
+                Annotated[Path | None, typer.Option("--config", metavar="FILE", help=(
+                    "Run again as recorded in FILE (an earlier run's OUT/config.json); options given beside it "
+                    "replace its values."))])))
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         command.__name__, command.__doc__ = fn.__name__, fn.__doc__
@@ -214,7 +258,7 @@ def command_from_config(cls: type[C]) -> Callable[[Callable[[C], Any]], Callable
 # --- commands ------------------------------------------------------------------------------------------
 
 @app.command()
-@command_from_config(IngestConfig)
+@command_from_config(IngestConfig, recorded=True)
 def ingest(config: IngestConfig) -> None:
     """Index a corpus: BM25 (Lucene) plus per-example model vectors (Qdrant)."""
     from ftrace.corpus import load_corpus
@@ -222,8 +266,11 @@ def ingest(config: IngestConfig) -> None:
     sel = config.corpus  # read first: a bad corpus is refused in a second, before torch is even imported
     corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
     from ftrace.ingest.pipeline import ingest as run
+    from ftrace.runrecord import write_record
 
     run(config, corpus)
+    if config.shard is None and (Path(config.index) / "manifest.json").exists():  # a shard's is the final one's
+        write_record(config.index, "ingest", config)
 
 
 @app.command()
@@ -268,28 +315,32 @@ def info(index: Annotated[Path, typer.Option("--index", "-i", help="Index direct
 
 
 @app.command()
-@command_from_config(BenchConfig)
+@command_from_config(BenchConfig, recorded=True)
 def bench(config: BenchConfig) -> None:
     """Evaluate fact tracing on the index's queries (FTRACE MRR/Recall@10, TrackStar Recall@10)."""
     from ftrace.bench.runner import run_bench
+    from ftrace.runrecord import write_record
 
     if not Path(config.index).exists():
         raise FtraceError(f"--index {config.index}: no such directory; build one with `ftrace ingest`")
     run = run_bench(config)
+    write_record(run.out, "bench", config)
     if config.as_json:
         typer.echo(json.dumps(run.results, indent=2, ensure_ascii=False))
     else:
         typer.echo((run.out / "table.md").read_text())
-        typer.echo(f"wrote {run.out}/results.json, table.md, plot.png, rankings.jsonl", err=True)
+        typer.echo(f"wrote {run.out}/results.json, table.md, plot.png, rankings.jsonl, config.json", err=True)
 
 
 @app.command()
-@command_from_config(TrainConfig)
+@command_from_config(TrainConfig, recorded=True)
 def train(config: TrainConfig) -> None:
     """Fine-tune the model on the training sentences, saving checkpoints (weights, second moments) to trace."""
+    from ftrace.runrecord import write_record
     from ftrace.train.trainer import train_command
 
     run = train_command(config)
+    write_record(run.out, "train", config)
     typer.echo(f"{run.out}: {len(run.checkpoints)} checkpoints (steps 0..{run.total_steps})")
 
 

@@ -33,6 +33,8 @@ class Cli:
 
     names: option names (default: --field-name); "--a/--no-a" for a boolean flag pair.
     split: a list option that may be repeated and comma-separated ("--split dev,test").
+    renamed_from: former names of the option: still accepted, hidden from --help, and each use says in one
+    line what replaced it.
     """
 
     help: str
@@ -41,11 +43,13 @@ class Cli:
     split: bool = False
     min: float | None = None
     metavar: str | None = None
+    renamed_from: tuple[str, ...] = ()
 
 
 def cli(help: str, *names: str, split: bool = False, min: float | None = None, argument: bool = False,
-        metavar: str | None = None) -> Cli:
-    return Cli(help=help, names=names, split=split, min=min, argument=argument, metavar=metavar)
+        metavar: str | None = None, renamed_from: tuple[str, ...] = ()) -> Cli:
+    return Cli(help=help, names=names, split=split, min=min, argument=argument, metavar=metavar,
+               renamed_from=renamed_from)
 
 
 def option_name(field: str, mark: Cli) -> str:
@@ -71,6 +75,12 @@ class CorpusSelection(Strict):
                                                           split=True)] = list(SPLITS)
     # at least 1: --limit 0 would build an empty index, and call it complete
     limit: Annotated[int | None, Field(ge=1), cli("First N facts of each LAMA relation/split file.", min=1)] = None
+
+
+# The example loss: the one name (--example-loss) for what a training example's loss scores, in ingest and train
+ExampleLoss = Literal["sentence", "object"]
+# tokens per sentence or prompt given to the model: the one default of every command and library function
+MAX_TOKENS = 256
 
 
 class EmbeddingConfig(Strict):
@@ -111,10 +121,11 @@ class GradientConfig(Strict):
                     cli("Gradient of a tied weight: both (the true gradient), input (its embedding lookup only) "
                         "or output (its LM-head use only).", "--tracin-tied")] = "both"
     # the loss of each stored training example; queries always score their target tokens
-    example_loss: Annotated[Literal["sentence", "object"],
+    example_loss: Annotated[ExampleLoss,
                             cli("Training examples' loss: sentence (LM loss of the whole sentence) or object (the "
                                 "object tokens of the sentence's first fact found in it, given the text before; "
-                                "whole sentence where none).", "--tracin-loss")] = "sentence"
+                                "whole sentence where none).", "--example-loss",
+                                renamed_from=("--tracin-loss",))] = "sentence"
 
 
 class TracInConfig(GradientConfig):
@@ -126,16 +137,16 @@ class TracInConfig(GradientConfig):
     checkpoints: Annotated[list[str] | None, cli("Checkpoint(s) to take gradients at (repeat); default: --model.",
                                                  "--checkpoint")] = None
     train_dir: Annotated[Path | None, cli("An `ftrace train` output directory: gradients at its checkpoints, "
-                                          "answers and embeddings from its final checkpoint.", "--checkpoints",
-                                          metavar="TRAIN_DIR")] = None
+                                          "answers and embeddings from its final checkpoint.", "--train-run",
+                                          metavar="TRAIN_DIR", renamed_from=("--checkpoints",))] = None
     select: Annotated[Literal["all", "ftrace", "final", "base"],
-                      cli("With --checkpoints: every fine-tuned checkpoint, FTRACE's 3 spaced in inverse "
+                      cli("With --train-run: every fine-tuned checkpoint, FTRACE's 3 spaced in inverse "
                           "perplexity, the final one, or the base model (step 0: gradients before "
                           "fine-tuning, answers and embeddings still from the final checkpoint).",
                           "--checkpoint-select")] = "ftrace"
     # off by default: after a short fine-tune most rows of a tied embedding have second moments ~0, and
     # dividing by them turned the vectors into noise (results/train/README.md)
-    checkpoint_optimizer: Annotated[bool, cli("With --checkpoints: divide each checkpoint's gradients by its own "
+    checkpoint_optimizer: Annotated[bool, cli("With --train-run: divide each checkpoint's gradients by its own "
                                               "Adam second moments.",
                                               "--checkpoint-optimizer/--no-checkpoint-optimizer")] = False
     # None: the model's input embedding, whatever its module name
@@ -197,22 +208,23 @@ class IngestConfig(Strict):
     index: IndexPath = DEFAULT_INDEX
     corpus: CorpusSelection = CorpusSelection()
     model: Annotated[str | None, cli("'smollm2-135m' (built in, the default) or a Hugging Face causal LM id or "
-                                     "path; with --checkpoints, the run's final checkpoint.")] = None
+                                     "path; with --train-run, the run's final checkpoint.")] = None
     embed: EmbeddingConfig = EmbeddingConfig()
     tracin: TracInConfig = TracInConfig()
     store: StoreConfig = StoreConfig()
     batch_size: Annotated[int, Field(ge=1), cli("Examples per forward/backward batch.", min=1)] = 32
-    # memory grows with examples x padded length (SmolLM2: ~2.2 MB a token, perf/results/batch_memory-cpu.md), so
-    # long sentences (sorted together) come in smaller batches; 2048 = 32 x 64 keeps LAMA's batches of sentences
-    # up to 64 tokens (88% of them) as they were, and the vectors do not depend on it beyond float rounding
+    # memory grows with examples x padded length (SmolLM2: ~1.6-2.2 MB a token, perf/results/batch_memory-cpu*.md),
+    # so long sentences (sorted together) come in smaller batches. 1024 (32 x 32) instead of 2048: 1,500 long LAMA
+    # sentences in bfloat16 peaked at 4.5 instead of 7.0 GiB, in a time within run-to-run noise
+    # (results/scale/README.md#ingest); the vectors do not depend on it beyond float rounding
     batch_tokens: Annotated[int, Field(ge=1), cli("Token budget per batch: at most this many examples x padded "
-                                                  "length (a longer sentence is a batch of its own).", min=1)] = 2048
+                                                  "length (a longer sentence is a batch of its own).", min=1)] = 1024
     device: Device = "auto"
     dtype: Dtype = "float32"
     threads: Threads = None
     max_tokens: Annotated[int, Field(ge=8),
                           cli("Tokens per sentence and query given to the model; longer sentences lose their end "
-                              "(counted at ingest), longer prompts their beginning.")] = 256
+                              "(counted at ingest), longer prompts their beginning.")] = MAX_TOKENS
     shard: Annotated[str | None, cli("Featurise only shard I of N (0-based, e.g. 0/4), one process or GPU each; "
                                      "then `ftrace ingest` without --shard finishes the index.",
                                      metavar="I/N")] = None
@@ -249,7 +261,7 @@ class IngestConfig(Strict):
         if self.store.backend == "remote" and not self.store.url:
             raise ValueError("--qdrant remote needs --qdrant-url")
         if self.tracin.train_dir is not None and self.tracin.checkpoints:
-            raise ValueError("--checkpoint and --checkpoints: give model checkpoints or a training run, not both")
+            raise ValueError("--checkpoint and --train-run: give model checkpoints or a training run, not both")
         return self
 
 
@@ -316,14 +328,16 @@ class BenchConfig(Strict):
     queries: Annotated[int, Field(ge=1), cli("Queries per seed, drawn with the seed from those with >= 1 "
                                              "proponent.", min=1)] = 100
     seeds: Annotated[int, Field(ge=1), cli("Seeds 0..S-1; tables show mean ± std over seeds.", min=1)] = 3
-    split: Annotated[str | None, cli("Queries of this split (e.g. dev); 'all' for every query.")] = "dev"
+    split: Annotated[list[str] | None, cli("Queries of these splits (e.g. dev, or dev,test); 'all' for every query.",
+                                           split=True)] = ["dev"]
     relations: Annotated[list[str] | None, cli("Only queries of these relations (LAMA ids, e.g. P19).", "--relation",
                                                split=True)] = None
     only: Annotated[Literal["pre-train-learned", "fine-tune-learned", "not-learned"] | None,
                     cli("Draw queries (and tuning queries) from this learned slice only, e.g. pre-train-learned "
                         "(FTRACE's: the facts the model already answers).")] = None
-    tune_split: Annotated[str | None, cli("Split to tune fusion weights on (grid 0, 0.1, ..., 1; max MRR) or fit "
-                                          "--fusion learned on. Default: weight 0.5.")] = None
+    tune_split: Annotated[list[str] | None, cli("Splits to tune fusion weights on (grid 0, 0.1, ..., 1; max MRR) or "
+                                                "fit --fusion learned on ('all': every split). Default: weight 0.5.",
+                                                split=True)] = None
     tune_relations: Annotated[list[str] | None, cli("Relations to tune fusion weights on, or fit --fusion learned "
                                                     "on (with or without --tune-split); choose ones you do not report.",
                                                     "--tune-relation", split=True)] = None
@@ -356,9 +370,16 @@ class BenchConfig(Strict):
     default_weight: float = 0.5
     stat_test: Literal["student", "fisher"] = "student"  # main paired test; the other is reported too
 
+    @field_validator("split", "tune_split", mode="before")
+    @classmethod
+    def _splits(cls, v: object) -> object:
+        """One split may be given as a string, as on the command line ("dev", "dev,test")."""
+        return [x.strip() for x in v.split(",")] if isinstance(v, str) else v
+
     @model_validator(mode="after")
     def _normalise(self) -> BenchConfig:
-        if self.split is not None and self.split.strip().lower() in ("all", "none", ""):
+        if self.split is not None and (not self.split or
+                                       any(s.strip().lower() in ("all", "none", "") for s in self.split)):
             self.split = None
         if self.save_default and self.fusion == "learned":
             raise ValueError("--save-default --fusion learned: `ftrace query` cannot apply a learned fusion; choose "
@@ -384,13 +405,13 @@ class BenchConfig(Strict):
                  f"--seeds {self.seeds}", f"--out {self.out_dir()}"]
         if self.mode == "full":
             parts.append(f"--depth {self.depth}")
-        parts.append(f"--split {self.split}" if self.split else "--split all")
+        parts.append(f"--split {','.join(self.split)}" if self.split else "--split all")
         if self.relations:
             parts.append(f"--relation {','.join(self.relations)}")
         if self.only:
             parts.append(f"--only {self.only}")
         if self.tune_split:
-            parts.append(f"--tune-split {self.tune_split}")
+            parts.append(f"--tune-split {','.join(self.tune_split)}")
         if self.tune_relations:
             parts.append(f"--tune-relation {','.join(self.tune_relations)}")
         if self.methods:
@@ -431,10 +452,11 @@ class TrainConfig(Strict):
     seed: Annotated[int, Field(ge=0), cli("Seed of the data order and of everything random.")] = 0
     checkpoints: Annotated[int, Field(ge=1), cli("Fine-tuned checkpoints, evenly spaced (plus the base model "
                                                  "as step 0).")] = 3
-    loss: Annotated[Literal["sentence", "object"], cli("sentence: LM loss of the whole sentence; object: loss of "
-                                                       "the fact's object tokens given the sentence prefix.")] = \
-        "sentence"
-    max_length: Annotated[int, Field(ge=2), cli("Tokens per example; longer sentences are truncated.")] = 256
+    example_loss: Annotated[ExampleLoss, cli("sentence: LM loss of the whole sentence; object: loss of the fact's "
+                                             "object tokens given the sentence prefix.", "--example-loss",
+                                             renamed_from=("--loss",))] = "sentence"
+    max_tokens: Annotated[int, Field(ge=2), cli("Tokens per example; longer sentences are truncated.",
+                                                renamed_from=("--max-length",))] = MAX_TOKENS
     device: Device = "auto"
     dtype: Dtype = "float32"  # the weights trained (float16 has no loss scaling: prefer bfloat16)
     threads: Threads = None

@@ -36,8 +36,7 @@ import torch
 from ftrace.bench.tailpatch import TailPatcher
 from ftrace.corpus import load_sample
 from ftrace.model import load_model
-from ftrace.train.examples import loss_batch
-from ftrace.train.trainer import lm_loss
+from ftrace.model.objective import lm_loss, loss_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["gradient", "step", "train step", "update", "score"]  # the first three need no given gradient

@@ -426,16 +426,16 @@ def test_tune_split_is_used_and_recorded(sample_index, answers, tmp_path):
     assert r["fusion"]["weights"]["embed+bm25"] == {"weight": 0.5, "source": "default, no --tune-split"}
     from ftrace import FtraceError
     with pytest.raises(FtraceError, match="--tune-split train: no queries"):
-        bench_results(s.model_copy(update={"tune_split": "train"}), write=False)  # the sample has no splits
+        bench_results(s.model_copy(update={"tune_split": ["train"]}), write=False)  # the sample has no splits
     with pytest.raises(FtraceError, match="--split dev: no queries"):
-        bench_results(s.model_copy(update={"split": "dev"}), write=False)
+        bench_results(s.model_copy(update={"split": ["dev"]}), write=False)
 
     tracer = Tracer(sample_index)  # give the sample's queries splits: odd ones train, even ones dev
     try:
         for i, q in enumerate(tracer.corpus.queries):
             q.split = "train" if i % 2 else "dev"
-        tuned = bench_results(s.model_copy(update={"split": "dev", "tune_split": "train", "queries": 6}), tracer=tracer,
-                          write=False)
+        tuned = bench_results(s.model_copy(update={"split": ["dev"], "tune_split": ["train"], "queries": 6}),
+                              tracer=tracer, write=False)
     finally:
         tracer.close()
     w = tuned["fusion"]["weights"]["embed+bm25"]
@@ -539,6 +539,31 @@ def test_bench_command(sample_index, answers, tmp_path):
         assert r.exit_code == 1 and message in r.output, r.output
     r = runner.invoke(app, ["bench", "--index", str(tmp_path / "nothing")])
     assert r.exit_code == 1 and "no such directory" in r.output
+
+
+def test_bench_config_record_runs_it_again(sample_index, answers, tmp_path):
+    """OUT/config.json records the validated config; `--config` re-runs it (to another --out here: the same
+    numbers), options beside it replace its values, and a record of another command is refused."""
+    from ftrace.cli import app
+
+    runner = CliRunner()
+    first = tmp_path / "first"
+    r = runner.invoke(app, ["bench", "--index", str(sample_index), "--split", "all", "--queries", "4", "--seeds", "2",
+                            "--methods", "bm25,embed+bm25", "--out", str(first), "--json"])
+    assert r.exit_code == 0, r.output
+    record = json.loads((first / "config.json").read_text())
+    assert record["command"] == "bench" and record["config"]["queries"] == 4 and record["config"]["split"] is None
+    again = tmp_path / "again"
+    r2 = runner.invoke(app, ["bench", "--config", str(first / "config.json"), "--out", str(again), "--json"])
+    assert r2.exit_code == 0, r2.output
+    a, b = json.loads(r.stdout), json.loads(r2.stdout)
+    assert b["settings"] == {**a["settings"], "out": str(again)} and b["metrics"] == a["metrics"]
+    assert json.loads((again / "config.json").read_text())["config"]["out"] == str(again)
+    r = runner.invoke(app, ["ingest", "--config", str(first / "config.json")])
+    assert r.exit_code == 1 and "records an `ftrace bench` run, not `ftrace ingest`" in r.output, r.output
+    (tmp_path / "bad.json").write_text("{not json")
+    r = runner.invoke(app, ["bench", "--config", str(tmp_path / "bad.json")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "not a JSON run record" in r.output, r.output
 
 
 def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp_path):

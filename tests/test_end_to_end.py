@@ -158,8 +158,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model_dir):
     no_facts = tmp_path / "no-facts.jsonl"
     no_facts.write_text('{"text": "Paris is big."}\n')
     r = cli("ingest", "--index", tmp_path / "i1", "--corpus", no_facts, "--model", tiny_model_dir,
-            "--tracin-loss", "object")
-    assert r.exit_code == 1 and "--tracin-loss object: no sentence of" in r.output
+            "--example-loss", "object")
+    assert r.exit_code == 1 and "--example-loss object: no sentence of" in r.output
     assert not (tmp_path / "i1").exists()
     r = cli("ingest", "--index", tmp_path / "i2", "--model", tmp_path / "no-such-model")
     assert r.exit_code == 1 and "cannot load a Hugging Face causal LM" in r.output
@@ -178,7 +178,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model_dir):
 @pytest.mark.slow
 def test_interrupted_ingest_resumes(tmp_path, tiny_model_dir, sample, monkeypatch):
     index = tmp_path / "resume"
-    settings = IngestConfig(index=index, model=tiny_model_dir, batch_size=32)
+    # batches of 32 whatever the sentences' lengths (up to 64 tokens): three of them before the interruption
+    settings = IngestConfig(index=index, model=tiny_model_dir, batch_size=32, batch_tokens=2048)
     real = EmbeddingFeaturizer.vectors
     calls = {"n": 0}
 

@@ -1,4 +1,4 @@
-"""`ftrace ingest --tracin-loss object`: object-span gradients end to end, through the CLI."""
+"""`ftrace ingest --example-loss object`: object-span gradients end to end, through the CLI."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from ftrace.model import example_batch, load_model
 @pytest.mark.slow
 def test_ingest_with_object_loss_stores_object_span_gradients(tmp_path, tiny_model_dir):
     index = tmp_path / "object"
-    r = CliRunner().invoke(app, ["ingest", "--index", str(index), "--model", tiny_model_dir, "--tracin-loss", "object",
+    r = CliRunner().invoke(app, ["ingest", "--index", str(index), "--model", tiny_model_dir, "--example-loss", "object",
                                  "--tracin-dim", "64", "--whiten", "--whiten-samples", "16", "--batch-size", "16",
                                  "--tracin-tied", "input"])
     assert r.exit_code == 0, r.output
-    assert "--tracin-loss object:" in r.output and "whole-sentence loss" in r.output  # fallbacks reported
+    assert "--example-loss object:" in r.output and "whole-sentence loss" in r.output  # fallbacks reported
     spec = Manifest.read(index).vectors["tracin"]
     assert spec["config"]["example_loss"] == "object" and "examples: object span" in spec["loss"]
     assert spec["config"]["tied"] == spec["tied"] == "input"

@@ -275,7 +275,8 @@ def train_args(tiny_model_dir, out):
 
 def test_train_says_the_disk_it_needs_and_stores_second_moments_once(tmp_path, tiny_model_dir):
     from ftrace.model import load_model
-    from ftrace.train.checkpoints import MOMENTS, SHARED, TRAINER, CheckpointSizes, load_trainer, size
+    from ftrace.runs.checkpoints import MOMENTS, SHARED, TRAINER, load_trainer
+    from ftrace.train.checkpoints import CheckpointSizes, size
 
     r = cli(*train_args(tiny_model_dir, tmp_path / "run"))
     assert r.exit_code == 0, r.output
@@ -294,6 +295,34 @@ def test_train_says_the_disk_it_needs_and_stores_second_moments_once(tmp_path, t
     full = trainer["optimizer"]["state"]
     assert [dtype for _, dtype in raw[SHARED].values()] == ["float32"] * len(full)
     assert all(torch.equal(full[i]["exp_avg_sq"], moments[name]) for i, (name, _) in raw[SHARED].items())
+
+
+def test_former_option_names_still_work_and_runs_are_recorded(tmp_path, tiny_model_dir):
+    """Renamed options (issue 17) say what replaced them and still work; train and ingest record their config,
+    and `--config` runs the record again (here: already complete, nothing redone)."""
+    out = tmp_path / "run"
+    r = cli(*train_args(tiny_model_dir, out), "--max-length", "64", "--loss", "sentence")
+    assert r.exit_code == 0, r.output
+    assert "note: --max-length is now --max-tokens" in r.stderr and "note: --loss is now --example-loss" in r.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["max_tokens"] == 64 and run["config"]["example_loss"] == "sentence"
+    record = json.loads((out / "config.json").read_text())
+    assert record["command"] == "train" and record["config"]["max_tokens"] == 64
+    r = cli("train", "--config", str(out / "config.json"))
+    assert r.exit_code == 0 and "already complete" in r.stderr, r.output
+    r = cli(*train_args(tiny_model_dir, out), "--max-length", "64", "--max-tokens", "64")
+    assert r.exit_code == 1 and "--max-length is the former name of --max-tokens; give one" in r.output, r.output
+
+    index = tmp_path / "index"
+    r = cli("ingest", "--index", str(index), "--model", tiny_model_dir, "--tracin-loss", "sentence", "--tracin-dim",
+            "16", "--device", "cpu")
+    assert r.exit_code == 0 and "note: --tracin-loss is now --example-loss" in r.stderr, r.output
+    record = json.loads((index / "config.json").read_text())
+    assert record["command"] == "ingest" and record["config"]["tracin"]["dim"] == 16
+    r = cli("ingest", "--config", str(index / "config.json"))
+    assert r.exit_code == 0 and "already complete" in r.stderr, r.output
+    r = cli("ingest", "--index", str(tmp_path / "other"), "--checkpoints", str(out / "nothing"))
+    assert r.exit_code == 1 and "note: --checkpoints is now --train-run" in r.stderr, r.output
 
 
 def test_train_refuses_a_disk_without_room(tmp_path, tiny_model_dir, monkeypatch):

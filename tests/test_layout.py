@@ -7,19 +7,22 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ftrace"
 
-# layer -> the ftrace layers it may import (besides ftrace itself, ftrace.config and ftrace.plumbing): the README's
+# layer -> the ftrace layers it may import (besides ftrace itself and the top-level modules every layer may use:
+# ftrace.config, ftrace.plumbing, ftrace.runrecord): the README's
 # diagram,
-#   corpus -+-> model -> features -+-> ingest  <- train
-#           +-> index -------------+-> query -> bench (<- train: the tail-patch), serve
+#   corpus -+-> model -> features -+-> ingest  <- runs (train runs, read only) <- train
+#           +-> index -------------+-> query -> bench (<- runs: the tail-patch), serve
+SHARED = {"config", "plumbing", "runrecord"}
 ALLOWED = {
     "corpus": set(),
     "model": {"corpus"},
     "features": {"corpus", "model"},
     "index": {"corpus"},
-    "train": {"corpus", "model", "index"},
-    "ingest": {"corpus", "model", "features", "index", "train"},
+    "runs": set(),
+    "train": {"corpus", "model", "index", "runs"},
+    "ingest": {"corpus", "model", "features", "index", "runs"},
     "query": {"corpus", "model", "features", "index"},
-    "bench": {"corpus", "model", "features", "index", "query", "train"},
+    "bench": {"corpus", "model", "features", "index", "query", "runs"},
     "serve": {"corpus", "index", "query"},
 }
 
@@ -36,10 +39,10 @@ def imports(path: Path) -> set[str]:
 
 
 def layers_imported(layer: str) -> dict[str, set[str]]:
-    """file -> the ftrace layers it imports (ftrace itself and ftrace.config left out)."""
+    """file -> the ftrace layers it imports (ftrace itself and the SHARED modules left out)."""
     out = {}
     for f in sorted((PACKAGE / layer).rglob("*.py")):
-        used = {m.split(".")[1] for m in imports(f) if m.startswith("ftrace.")} - {"config", "plumbing", layer}
+        used = {m.split(".")[1] for m in imports(f) if m.startswith("ftrace.")} - {*SHARED, layer}
         if used:
             out[str(f.relative_to(PACKAGE))] = used
     return out
@@ -75,7 +78,7 @@ def test_cli_options_come_from_the_configs_and_only_given_values_reach_them(monk
 
     names = {o.primary for o in config_options(IngestConfig)}
     assert {"--corpus", "--relation", "--embed-layers", "--tracin", "--tracin-dim", "--qdrant", "--max-tokens",
-            "--checkpoints"} <= names
+            "--train-run"} <= names
     lama = tmp_path / "lama"  # a LAMA T-REx directory of three relations, one fact each
     (lama).mkdir()
     rels = ["P19", "P36", "P17"]

@@ -15,15 +15,15 @@ from ftrace.cli import app
 from ftrace.config import BenchConfig, IngestConfig, TrainConfig
 from ftrace.ingest.pipeline import ingest
 from ftrace.model import load_model
+from ftrace.runs import load_trainer
 from ftrace.train import checkpoint_dirs, train
-from ftrace.train.checkpoints import load_trainer
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, sample, tiny_model_dir):
     """The tiny model fine-tuned on the sample's fact objects (a few high-lr steps)."""
     out = tmp_path_factory.mktemp("tp") / "run"
-    train(TrainConfig(model=tiny_model_dir, lr=1e-2, max_steps=12, batch_size=8, loss="object", checkpoints=1,
+    train(TrainConfig(model=tiny_model_dir, lr=1e-2, max_steps=12, batch_size=8, example_loss="object", checkpoints=1,
                       weight_decay=0.1, warmup=2), sample, out)
     return out
 
@@ -124,7 +124,7 @@ def test_bench_reports_tailpatch_beside_attribution_and_resumes(index, answers, 
     t = r["tailpatch"]
     methods = r["methods"]
     assert t["sets"] == [*methods, "oracle", "random", "momentum"]
-    assert t["step"]["lr"] == 1e-3 and t["step"]["steps_taken"] == 12 and t["step"]["loss"] == "object"
+    assert t["step"]["lr"] == 1e-3 and t["step"]["steps_taken"] == 12 and t["step"]["example_loss"] == "object"
     assert t["steps"]["computed"] == t["steps"]["distinct"] > 0
     for sl, rows in t["metrics"].items():
         for row in rows.values():

@@ -19,11 +19,11 @@ from ftrace.config import TrainConfig
 from ftrace.corpus import Corpus, Sentence
 from ftrace.model import load_model
 from ftrace.model.batching import IGNORE, object_span_batch, object_span_rows
+from ftrace.model.objective import lm_loss
 from ftrace.train import TrainError, checkpoint_dirs, select_checkpoints, traced_run, train
 from ftrace.train import checkpoints as ckpt
 from ftrace.train.examples import build_examples
 from ftrace.train.optim import second_moments
-from ftrace.train.trainer import lm_loss
 
 STEPS = 12  # with 3 checkpoints: steps 0, 4, 8, 12
 
@@ -173,7 +173,8 @@ def test_different_run_is_refused_untouched(full_run, sample, tiny_model_dir):
 def test_bad_input_is_refused(tmp_path, sample, tiny_model_dir):
     runner = CliRunner()
     for args, msg in [(["--optimizer", "sgd"], "--optimizer 'sgd': Input should be 'adamw' or 'adafactor'"),
-                      (["--loss", "subject"], "--loss 'subject'"), (["--device", "tpu"], "--device 'tpu'"),
+                      (["--example-loss", "subject"], "--example-loss 'subject'"),
+                      (["--device", "tpu"], "--device 'tpu'"),
                       (["--checkpoints", "0"], "--checkpoints 0"), (["--batch-size", "0"], "--batch-size 0"),
                       (["--epochs", "0"], "--epochs 0: Input should be greater than or equal to 1"),
                       (["--max-steps", "0"], "--max-steps 0"),
@@ -197,7 +198,7 @@ def test_bad_input_is_refused(tmp_path, sample, tiny_model_dir):
     no_objects = Corpus(source="x", sentences=[Sentence(id="a", text="Paris is big.",
                                                          facts=[("X", "r", "Rome")])])
     with pytest.raises(TrainError, match="no sentence of the corpus states a fact whose object appears"):
-        train(config(tiny_model_dir, loss="object"), no_objects, tmp_path / "obj")
+        train(config(tiny_model_dir, example_loss="object"), no_objects, tmp_path / "obj")
 
 
 def test_object_spans_label_exactly_the_object(tiny_model_dir):
@@ -207,13 +208,13 @@ def test_object_spans_label_exactly_the_object(tiny_model_dir):
              "Mombasa lies on the coast of the Indian Ocean.",
              "Whales are mammals."]
     objects = ["Mountain View", "Pisa", "Indian Ocean", "Kenya"]
-    rows = object_span_rows(tok, texts, objects, max_length=64)
+    rows = object_span_rows(tok, texts, objects, max_tokens=64)
     assert rows[3] is None  # absent
     for (ids, labels), obj in zip(rows[:3], objects[:3], strict=True):
         scored = [i for i, lab in enumerate(labels) if lab != IGNORE]
         assert scored == list(range(scored[0], scored[-1] + 1)) and scored[-1] < len(ids) - 1  # mid-sentence
         assert tok.decode([ids[i] for i in scored]).strip().lower() == obj.lower()
-    batch = object_span_batch(tok, texts[:3], objects[:3], max_length=64)
+    batch = object_span_batch(tok, texts[:3], objects[:3], max_tokens=64)
     assert batch.labels.shape == batch.input_ids.shape and (batch.labels != IGNORE).sum() == sum(
         sum(lab != IGNORE for lab in r[1]) for r in rows[:3])
     with pytest.raises(ValueError):
@@ -230,7 +231,7 @@ def test_object_examples_skip_sentences_without_their_object(tiny_model_dir):
         Sentence(id="c", text="Mombasa is a port.", facts=[("Mombasa", "country", "Kenya")]),
         Sentence(id="d", text="The cat sat.", facts=[("cat", "article", "The")]),  # first token only
     ])
-    exset = build_examples(corpus, "object", tok, max_length=64)
+    exset = build_examples(corpus, "object", tok, max_tokens=64)
     assert tok.tokenize("The cat sat.")[0] == "The"
     # One example per distinct object; the first token of a text is never scored.
     assert [(e.sentence_id, e.object) for e in exset.examples] == [("a", "Apple"), ("a", "iOS")]
@@ -302,7 +303,7 @@ def test_ingest_and_query_from_a_training_run(full_run, tmp_path, sample, tiny_m
     out, _ = full_run
     runner = CliRunner()
     index = tmp_path / "traced"
-    r = runner.invoke(app, ["ingest", "--index", str(index), "--checkpoints", str(out), "--checkpoint-select", "all",
+    r = runner.invoke(app, ["ingest", "--index", str(index), "--train-run", str(out), "--checkpoint-select", "all",
                             "--checkpoint-optimizer", "--tracin-dim", "64", "--batch-size", "64"])
     assert r.exit_code == 0, r.output
     m = Manifest.read(index)
@@ -336,16 +337,16 @@ def test_ingest_and_query_from_a_training_run(full_run, tmp_path, sample, tiny_m
 
     # refusals: one line each, nothing written
     (tmp_path / "copy").mkdir()
-    for args, msg in [(["--checkpoints", str(tmp_path / "copy")], "no complete ftrace train run"),
-                      (["--checkpoints", str(out), "--model", "other-model"], "leave --model out"),
-                      (["--checkpoints", str(out), "--checkpoint", tiny_model_dir], "not both")]:
+    for args, msg in [(["--train-run", str(tmp_path / "copy")], "no complete ftrace train run"),
+                      (["--train-run", str(out), "--model", "other-model"], "leave --model out"),
+                      (["--train-run", str(out), "--checkpoint", tiny_model_dir], "not both")]:
         r = runner.invoke(app, ["ingest", "--index", str(tmp_path / "refused"), *args])
         assert r.exit_code == 1 and msg in r.output, (args, r.output)
         assert not (tmp_path / "refused").exists()
     moments = out / "step-8" / "exp_avg_sq.pt"
     moments.rename(tmp_path / "moved.pt")
     try:
-        r = runner.invoke(app, ["ingest", "--index", str(tmp_path / "refused"), "--checkpoints", str(out),
+        r = runner.invoke(app, ["ingest", "--index", str(tmp_path / "refused"), "--train-run", str(out),
                                 "--checkpoint-select", "all", "--checkpoint-optimizer"])
         assert r.exit_code == 1 and "has no saved second moments" in r.output, r.output
         assert not (tmp_path / "refused").exists()

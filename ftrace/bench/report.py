@@ -45,7 +45,7 @@ def markdown_table(results: dict) -> str:
     lines.append(f"- index: `{results['index']['path']}` (model {results['index']['model']}, "
                  f"{results['index']['corpus']['sentences']} sentences)")
     lines.append(f"- mode: {mode}: {what}")
-    lines.append(f"- queries: {s['queries']} per seed from split {s['split'] or 'all'} "
+    lines.append(f"- queries: {s['queries']} per seed from split {_joined(s['split']) or 'all'} "
                  f"({results['queries']['eligible']} eligible), seeds {results['seeds']}; mean ± std over seeds")
     w = fu["weights"]
     if w:
@@ -102,7 +102,7 @@ def tailpatch_tables(results: dict) -> list[str]:
              f"- {t['what']}.",
              f"- step: AdamW lr {st['lr']:.3g} ({st['lr_source']}), betas {tuple(st['betas'])}, eps {st['eps']:g}, "
              f"weight decay {st['weight_decay']:g}, after {st['steps_taken']} steps, state {st['state']}; "
-             f"training loss {st['loss']}, max {st['max_length']} tokens per example",
+             f"training loss {st['example_loss']}, max {st['max_tokens']} tokens per example",
              "- references: " + "; ".join(f"{k}: {v}" for k, v in t["references"].items() if k in t["sets"]),
              f"- {t['std']}; p: paired tests of Δ log p against bm25 over those queries ({t['tests']})",
              f"- steps: {t['steps']['distinct']} distinct (computed now {t['steps']['computed']}, reused "
@@ -269,3 +269,8 @@ def write_reports(run: BenchRun) -> dict[str, Path]:
     plot(run.results, paths["plot.png"])
     write_rankings(run, paths["rankings.jsonl"])
     return paths
+
+
+def _joined(value: str | list[str] | None) -> str | None:
+    """A split setting as the command line gives it: dev,test (results before --split took a list: one name)."""
+    return ",".join(value) if isinstance(value, list) else value

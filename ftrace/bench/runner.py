@@ -174,28 +174,31 @@ class Bench:
         self.manifest = self.tracer.index.manifest
         self.corpus = self.tracer.corpus
         if "split" not in c.model_fields_set and c.split and not any(q.split for q in self.corpus.queries):
-            log(f"the index's queries have no splits (a plain corpus): evaluating all of them, not --split {c.split}")
+            log("the index's queries have no splits (a plain corpus): evaluating all of them, not --split "
+                f"{','.join(c.split)}")
             self.c = c = c.model_copy(update={"split": None})
         self.fusions = [m for m in self.methods if "+" in m]
         self.fusers: dict[str, Fuser] = {}
         self.out = c.out_dir()
         self.scorer = Scorer(c, self.tracer, base_methods(self.methods), self.fusions, self.out)
 
-    def eligible(self, split: str | None, relations: list[str] | None = None, tuning: bool = False) -> list[Query]:
-        """Queries with proponents, of `split` (None: any) and `relations` (None: any)."""
-        qs = [q for q in self.corpus.queries if q.proponents and (split is None or q.split == split)
+    def eligible(self, splits: list[str] | None, relations: list[str] | None = None,
+                 tuning: bool = False) -> list[Query]:
+        """Queries with proponents, of `splits` (None or 'all': any) and `relations` (None: any)."""
+        split = None if splits is None or "all" in splits else ",".join(splits)
+        qs = [q for q in self.corpus.queries if q.proponents and (split is None or q.split in (splits or ()))
               and (relations is None or (q.fact is not None and q.fact[1] in relations))]
         if not qs:
             have = [q for q in self.corpus.queries if q.proponents]
-            splits = sorted({q.split for q in have if q.split})
+            its_splits = sorted({q.split for q in have if q.split})
             rels = sorted({q.fact[1] for q in have if q.fact})
             given = [f"--tune-split {split}" if tuning else f"--split {split}"] if split or not relations else []
             if relations:
                 given.append(f"{'--tune-relation' if tuning else '--relation'} {','.join(relations)}")
             what = " ".join(given)
             raise FtraceError(f"{what}: no queries with proponents in this index (its splits: "
-                              f"{', '.join(splits) or 'none'}; its {len(rels)} relations: {', '.join(rels) or 'none'}; "
-                              "use --split all for every query)")
+                              f"{', '.join(its_splits) or 'none'}; its {len(rels)} relations: "
+                              f"{', '.join(rels) or 'none'}; use --split all for every query)")
         return qs
 
     def method_scores(self, seed: int, q: Query, scores: QueryScores, method: str) -> dict[str, float]:
@@ -229,9 +232,10 @@ class Bench:
         pool = self.eligible(c.tune_split, c.tune_relations, tuning=True)
         if c.only:
             learned, base_learned = self.learned(pool)
-            pool = self.only(pool, learned_slices(learned, base_learned), f"--tune-split {c.tune_split or 'all'}")
+            pool = self.only(pool, learned_slices(learned, base_learned),
+                             f"--tune-split {','.join(c.tune_split or ['all'])}")
         tune_qs = sample_queries(pool, c.queries, 0, purpose="tune")
-        what = " and ".join(([f"split {c.tune_split!r}"] if c.tune_split else [])
+        what = " and ".join(([f"split {','.join(c.tune_split)!r}"] if c.tune_split else [])
                             + ([f"relations {','.join(c.tune_relations)}"] if c.tune_relations else []))
         parts: dict[str, Parts] = {f: {} for f in self.fusions}
         for q in tqdm(tune_qs, desc=f"tuning on {what}", unit="query"):
@@ -260,7 +264,7 @@ class Bench:
             learned, base_learned = self.learned(pool)
             slice_of = learned_slices(learned, base_learned)
             if c.only:
-                pool = self.only(pool, slice_of, f"--split {c.split or 'all'}")
+                pool = self.only(pool, slice_of, f"--split {','.join(c.split or ['all'])}")
             per_seed = {seed: sample_queries(pool, c.queries, seed) for seed in range(c.seeds)}
             weights_info = self.tune({q.id for q in pool})
             drawn = list({q.id: q for qs in per_seed.values() for q in qs}.values())

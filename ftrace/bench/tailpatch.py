@@ -32,18 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.func import functional_call
 
 from ftrace import FtraceError
-from ftrace.config import TrainConfig
+from ftrace.config import MAX_TOKENS, TrainConfig
 from ftrace.corpus import Sentence
 from ftrace.model import LoadedModel
-from ftrace.model.batching import IGNORE, LossBatch, query_batch
-from ftrace.train.checkpoints import TRAINER, load_trainer, read_state
-from ftrace.train.examples import TrainExample, loss_batch, sentence_examples
-from ftrace.train.layout import read_run
-from ftrace.train.select import traced_run
-from ftrace.train.trainer import lm_loss
+from ftrace.model.batching import IGNORE, LossBatch
+from ftrace.model.objective import TrainExample, lm_loss, loss_batch, sentence_examples, target_logprobs
+from ftrace.runs import TRAINER, load_trainer, read_run, read_state, traced_run
 
 ORACLE, RANDOM, MOMENTUM = "oracle", "random", "momentum"
 FRESH_LR = TrainConfig.model_fields["lr"].default  # for an index that no run made
@@ -59,9 +55,9 @@ class StepSettings:
     eps: float
     weight_decay: float
     steps_taken: int  # optimizer steps before this one (0: a fresh optimizer)
-    loss: str  # the training examples' loss: "sentence" or "object"
+    example_loss: str  # the training examples' loss: "sentence" or "object"
     state: str  # where the moments come from
-    max_length: int  # tokens per training example (the run's)
+    max_tokens: int  # tokens per training example (the run's)
 
 
 def check_run(train_dir: Path, lr: float | None) -> tuple[Path, dict, dict]:
@@ -85,8 +81,8 @@ def check_run(train_dir: Path, lr: float | None) -> tuple[Path, dict, dict]:
 def _fresh(lr: float | None, max_tokens: int) -> StepSettings:
     return StepSettings(lr=FRESH_LR if lr is None else lr, lr_source="--tailpatch-lr" if lr is not None else
                         "ftrace train's default (the index was not made from a run)", betas=(0.9, 0.999), eps=1e-8,
-                        weight_decay=0.0, steps_taken=0, loss="sentence", state="fresh (zero moments)",
-                        max_length=max_tokens)
+                        weight_decay=0.0, steps_taken=0, example_loss="sentence", state="fresh (zero moments)",
+                        max_tokens=max_tokens)
 
 
 class TailPatcher:
@@ -120,7 +116,8 @@ class TailPatcher:
         s = StepSettings(lr=float(lr if lr is not None else state["lr"]), lr_source=source,
                          betas=tuple(group["betas"]), eps=float(group["eps"]),
                          weight_decay=float(group["weight_decay"]), steps_taken=int(opt["state"][0]["step"]),
-                         loss=cfg["loss"], state=f"{final}/{TRAINER}", max_length=int(cfg.get("max_length", 256)))
+                         example_loss=cfg["example_loss"], state=f"{final}/{TRAINER}",
+                         max_tokens=int(cfg.get("max_tokens", MAX_TOKENS)))
         moments = {}
         trained = [(n, p) for n, p in lm.model.named_parameters() if p.requires_grad]  # the optimizer's order
         for i, (name, p) in enumerate(trained):
@@ -134,24 +131,16 @@ class TailPatcher:
     # ---- the pieces
 
     def examples(self, sentences: Sequence[Sentence]) -> list[TrainExample]:
-        return sentence_examples(sentences, self.s.loss, self.lm.tokenizer, self.s.max_length)
+        return sentence_examples(sentences, self.s.example_loss, self.lm.tokenizer, self.s.max_tokens)
 
-    @torch.no_grad()
     def logprobs(self, prompts: Sequence[str], targets: Sequence[str],
                  params: dict[str, torch.Tensor] | None = None) -> list[float]:
         """log p(target | prompt) per query, summed over the target's tokens (at `params` if given)."""
-        batch = query_batch(self.lm.tokenizer, prompts, targets, self.max_tokens).to(self.device)
-        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-        out = functional_call(self.model, params, (), kwargs) if params is not None else self.model(**kwargs)
-        logp = torch.log_softmax(out.logits[:, :-1].double(), dim=-1)
-        labels = batch.labels[:, 1:]
-        scored = labels != IGNORE
-        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (picked * scored).sum(dim=1).tolist()
+        return target_logprobs(self.model, self.lm.tokenizer, prompts, targets, self.max_tokens, params)
 
     def gradient(self, examples: Sequence[TrainExample]) -> list[torch.Tensor | None]:
         """Gradient of the batch's mean token loss (None for a parameter the loss does not touch)."""
-        batch = loss_batch(examples, self.lm.tokenizer, self.s.max_length)
+        batch = loss_batch(examples, self.lm.tokenizer, self.s.max_tokens)
         scored = (batch.labels != IGNORE).any(dim=0).nonzero()
         end = int(scored.max()) + 1 if len(scored) else 1  # a causal LM: later tokens change no scored logit
         batch = LossBatch(batch.input_ids[:, :end], batch.attention_mask[:, :end], batch.labels[:, :end])

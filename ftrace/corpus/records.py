@@ -72,7 +72,7 @@ class Example(BaseModel):
 
     `object`: the object of the sentence's first fact (in `facts` order) that occurs in its text
     (`find_object`: case-sensitive, else case-insensitive), None when no fact's does. It is what the
-    object-span loss scores (`--tracin-loss object`: the object's tokens given the text before them);
+    object-span loss scores (`--example-loss object`: the object's tokens given the text before them);
     the example, its id and the index layout are the same whichever loss is used."""
 
     id: str

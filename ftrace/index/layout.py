@@ -1,7 +1,8 @@
 """An index directory: manifest.json, corpus.jsonl (the sentences and queries it was built from),
 bm25/ (Lucene), and qdrant/ (Qdrant Edge) or qdrant-local/ (qdrant-client local mode). While a
 sharded ingest runs, shards/I-of-N/ holds each shard's staging directory: its manifest and, for the
-in-directory back ends, its own store (one writer each), merged into the index's by the final ingest."""
+in-directory back ends, its own store (one writer each), merged into the index's by the final ingest.
+config.json records the last `ftrace ingest` run (ftrace.runrecord)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from ftrace.ingest import shards
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch, budget_batches, token_lengths
 from ftrace.plumbing import log, release_freed_memory
-from ftrace.train import TracedRun, traced_run
+from ftrace.runs import TracedRun, traced_run
 
 TRIM_EVERY = 32  # batches between handing freed heap memory back (about 0.2 s each: well under 1% of the time)
 
@@ -48,7 +48,7 @@ def build_featurizers(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -
                                   "their own second moments; give --no-checkpoint-optimizer to use one file")
             for entry, moments in zip(checkpoints, run.moments, strict=True):
                 if moments is None:
-                    raise FtraceError(f"--checkpoints: {entry['name']} has no saved second moments; "
+                    raise FtraceError(f"--train-run: {entry['name']} has no saved second moments; "
                                       "give --no-checkpoint-optimizer")
                 entry["optimizer_state"] = str(moments)
         out.append(TracInFeaturizer(models, checkpoints, gradient, t.whiten_samples if t.whiten else 0))
@@ -112,10 +112,10 @@ def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
         corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
     run = traced_run(c.tracin.train_dir, c.tracin.select) if c.tracin.train_dir else None
     if run and c.model not in (None, str(run.final), run.base):
-        raise FtraceError(f"--model {c.model}: with --checkpoints the model is the run's final checkpoint "
+        raise FtraceError(f"--model {c.model}: with --train-run the model is the run's final checkpoint "
                           f"({run.final}); leave --model out")
     if c.tracin.enabled and c.tracin.example_loss == "object" and not any(e.object for e in corpus.examples()):
-        raise FtraceError(f"--tracin-loss object: no sentence of {corpus.source} states a fact whose object "
+        raise FtraceError(f"--example-loss object: no sentence of {corpus.source} states a fact whose object "
                           "appears in its text")
     log(f"corpus: {len(corpus.sentences)} sentences, {len(corpus.queries)} queries ({corpus.source})")
     index = IndexDir(Path(c.index))
@@ -244,7 +244,7 @@ def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel,
             if (n := n + 1) % TRIM_EVERY == 0:
                 release_freed_memory()
     if "object" in loss_of.values():
-        log(f"--tracin-loss object: {fallbacks} of the {todo} examples featurised in this run have no object "
+        log(f"--example-loss object: {fallbacks} of the {todo} examples featurised in this run have no object "
             "span (no fact's object in the text); their gradients use the whole-sentence loss")
     return todo
 

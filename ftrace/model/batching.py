@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ftrace.config import MAX_TOKENS
 from ftrace.corpus.records import find_object
 
 IGNORE = -100
@@ -43,36 +44,36 @@ def _pad(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> LossBatch:
     return LossBatch(ids, mask, labels)
 
 
-def example_batch(tokenizer, texts: Sequence[str], max_length: int = 128) -> LossBatch:
+def example_batch(tokenizer, texts: Sequence[str], max_tokens: int = MAX_TOKENS) -> LossBatch:
     """Language-model loss over each whole sentence."""
     rows = []
     for text in texts:
-        tok = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+        tok = tokenizer(text, truncation=True, max_length=max_tokens)["input_ids"]
         lab = list(tok)
         lab[0] = IGNORE  # the first token has no prediction
         rows.append((tok, lab))
     return _pad(rows, tokenizer.pad_token_id)
 
 
-def query_rows(tokenizer, prompt: str, target: str, max_length: int = 256) -> tuple[list[int], list[int], bool]:
+def query_rows(tokenizer, prompt: str, target: str, max_tokens: int = MAX_TOKENS) -> tuple[list[int], list[int], bool]:
     """(input ids, labels, truncated) of one query: the target tokens (with their leading space)
-    scored after the prompt. A prompt too long for `max_length` loses its BEGINNING (the end, next
+    scored after the prompt. A prompt too long for `max_tokens` loses its BEGINNING (the end, next
     to the answer, is what matters), keeping any special tokens the tokenizer puts first."""
     p = tokenizer(prompt)["input_ids"]
     t = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
-    truncated = len(p) + len(t) > max_length
+    truncated = len(p) + len(t) > max_tokens
     if truncated:
         text = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         head = next((i for i in range(len(p) - len(text) + 1) if p[i:i + len(text)] == text), 0)
         tail = p[head + len(text):]  # special tokens around the text (e.g. BOS) are kept
-        room = max(1, max_length - len(t) - head - len(tail))  # an over-long target keeps one prompt token
+        room = max(1, max_tokens - len(t) - head - len(tail))  # an over-long target keeps one prompt token
         p = p[:head] + text[-room:] + tail
     return p + t, [IGNORE] * len(p) + t, truncated
 
 
-def query_batch(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int = 256) -> LossBatch:
+def query_batch(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_tokens: int = MAX_TOKENS) -> LossBatch:
     """Loss of the target tokens given the prompt (see `query_rows`)."""
-    rows = [query_rows(tokenizer, p, t, max_length)[:2] for p, t in zip(prompts, targets, strict=True)]
+    rows = [query_rows(tokenizer, p, t, max_tokens)[:2] for p, t in zip(prompts, targets, strict=True)]
     return _pad(rows, tokenizer.pad_token_id)
 
 
@@ -100,13 +101,13 @@ def budget_batches(lengths: Sequence[int], batch_size: int, budget: int) -> list
 
 
 def object_span_rows(tokenizer, texts: Sequence[str], objects: Sequence[str],
-                     max_length: int = 128) -> list[tuple[list[int], list[int]] | None]:
+                     max_tokens: int = MAX_TOKENS) -> list[tuple[list[int], list[int]] | None]:
     """(input ids, labels) per text with exactly the tokens overlapping the first occurrence of the
     object labelled (the loss of the object given the sentence before it); None where the object is
-    absent, or only covered by the first token (never labelled) or by tokens cut by `max_length`."""
+    absent, or only covered by the first token (never labelled) or by tokens cut by `max_tokens`."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("object spans need a fast tokenizer (character offsets)")
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True)
+    enc = tokenizer(list(texts), truncation=True, max_length=max_tokens, return_offsets_mapping=True)
     rows: list[tuple[list[int], list[int]] | None] = []
     for text, obj, ids, offsets in zip(texts, objects, enc["input_ids"], enc["offset_mapping"], strict=True):
         span = find_object(text, obj)
@@ -122,10 +123,10 @@ def object_span_rows(tokenizer, texts: Sequence[str], objects: Sequence[str],
 
 
 def object_span_batch(tokenizer, texts: Sequence[str], objects: Sequence[str],
-                      max_length: int = 128) -> LossBatch:
+                      max_tokens: int = MAX_TOKENS) -> LossBatch:
     """Loss of each object's tokens given the sentence prefix (see `object_span_rows`); every object
     must have a labelled token (filter with `object_span_rows` first)."""
-    rows = object_span_rows(tokenizer, texts, objects, max_length)
+    rows = object_span_rows(tokenizer, texts, objects, max_tokens)
     for text, obj, row in zip(texts, objects, rows, strict=True):
         if row is None:
             raise ValueError(f"object {obj!r} has no labelled token in {text[:60]!r}")

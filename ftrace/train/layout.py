@@ -1,21 +1,11 @@
-"""The train output directory, and what makes it resumable.
-
-    run.json         what the run is (identity: config, base model, corpus) and how far it got
-    run.lock         held (flock) while a process trains here: two at once are refused
-    loss.jsonl       one line per step: {"step", "epoch", "loss", "lr"} (see losslog.py)
-    loss.png         the loss curve with the checkpoints marked (see plot.py)
-    step-N/          a complete checkpoint (see checkpoints.py)
-    step-N.tmp-PID/  a checkpoint being written; left over by a killed run, removed on resume
-
-A directory holding anything else is not a train run and is refused, as is a run whose identity
-differs from the one asked for (the error names every difference; nothing is touched).
-"""
+"""Writing the train output directory (its layout, as readers see it: ftrace.runs.layout): one trainer at a
+time (run.lock), atomic JSON, partial checkpoints removed on resume, and a run whose identity differs from the
+one asked for refused (the error names every difference; nothing is touched)."""
 
 from __future__ import annotations
 
 import fcntl
 import json
-import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,46 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ftrace.plumbing import write_atomic
-from ftrace.train.errors import TrainError
-
-RUN = "run.json"
-LOCK = "run.lock"
-LOSS = "loss.jsonl"
-PLOT = "loss.png"
-STEP_RE = re.compile(r"step-(\d+)")
-FORMAT = 1
+from ftrace.runs.errors import TrainError
+from ftrace.runs.layout import LOCK
 
 
 def write_json(path: Path, obj: Any) -> None:
     """Write-then-rename, so a reader never sees half a file."""
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _foreign(entry: str) -> bool:
-    base = re.sub(r"\.tmp-\d+$", "", entry)  # a file or checkpoint being written
-    return not (base in (RUN, LOCK, LOSS, PLOT) or STEP_RE.fullmatch(base))
-
-
-def read_run(out: Path) -> dict[str, Any] | None:
-    """run.json of an existing run; None for a missing or empty directory; refuses anything else."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise TrainError(f"{out}: exists and is not a directory")
-    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK)
-    if not entries:  # empty, or a run killed before it wrote run.json
-        return None
-    foreign = [e for e in entries if _foreign(e)]
-    if foreign or RUN not in entries:
-        what = f"holds {foreign[0]!r}" if foreign else "has no run.json"
-        raise TrainError(f"{out}: not an ftrace train run ({what}); choose an empty or new directory")
-    try:
-        run = json.loads((out / RUN).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise TrainError(f"{out}/{RUN}: unreadable; not an ftrace train run") from None
-    if not isinstance(run, dict) or run.get("format") != FORMAT or "identity" not in run:
-        raise TrainError(f"{out}/{RUN}: not an ftrace train run (format {FORMAT})")
-    return run
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

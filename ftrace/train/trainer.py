@@ -27,19 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ftrace.config import DEFAULT_MODEL, TrainConfig
 from ftrace.corpus import Corpus, load_corpus
 from ftrace.index.manifest import versions
-from ftrace.model.batching import IGNORE, LossBatch
 from ftrace.model.loading import DTYPES, LoadedModel, load_model, resolve_device
+from ftrace.model.objective import TrainExample, lm_loss, loss_batch
 from ftrace.plumbing import log
+from ftrace.runs.checkpoints import checkpoint_dirs, load_trainer, read_state
+from ftrace.runs.errors import TrainError
+from ftrace.runs.layout import FORMAT, LOSS, PLOT, RUN, read_run
 from ftrace.train import checkpoints as ckpt
-from ftrace.train.errors import TrainError
-from ftrace.train.examples import TrainExample, build_examples, loss_batch
-from ftrace.train.layout import FORMAT, LOSS, PLOT, RUN, check_identity, locked, read_run, remove_partial, write_json
+from ftrace.train.examples import build_examples
+from ftrace.train.layout import check_identity, locked, remove_partial, write_json
 from ftrace.train.losslog import LossLog, read_losses, truncate_losses
 from ftrace.train.optim import make_optimizer, second_moments, state_names
 from ftrace.train.plan import Plan
@@ -55,16 +56,6 @@ class TrainRun:
     skipped_sentences: int  # loss "object": sentences without a fact object in their text
     resumed_from: int | None  # the step a resumed run continued from; None when it started afresh
     already_complete: bool  # nothing was done: the directory held this run, finished
-
-
-def lm_loss(model: torch.nn.Module, batch: LossBatch) -> torch.Tensor:
-    """Mean cross-entropy over the batch's scored tokens (labels[b, t] is predicted at t - 1)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    logits, labels = logits[:, :-1], batch.labels[:, 1:]
-    if not (labels != IGNORE).any():  # nothing scored (every text a single token): no gradient
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=IGNORE)
 
 
 @contextmanager
@@ -127,7 +118,6 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
         config = config.model_copy(update={"model": str(Path(config.model).resolve())})
     run = read_run(out)
     if run is not None:  # cheap checks first: no model load to refuse a different run
-        run["identity"]["config"].setdefault("dtype", "float32")  # runs from before --dtype trained in float32
         check_identity(out, run["identity"], {"config": config.identity(),
                                               "corpus_fingerprint": corpus.fingerprint()})
     device = resolve_device(config.device)
@@ -135,7 +125,7 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     base = load_model(config.model)
     if base.is_seq2seq:
         raise TrainError(f"--model {config.model}: ftrace train fine-tunes causal LMs, not encoder-decoders")
-    exset = build_examples(corpus, config.loss, base.tokenizer, config.max_length)
+    exset = build_examples(corpus, config.example_loss, base.tokenizer, config.max_tokens)
     plan = Plan(len(exset.examples), config.batch_size, config.epochs, config.max_steps, config.seed,
                 config.checkpoints)
     identity = {"config": config.identity(), "corpus_fingerprint": corpus.fingerprint(),
@@ -145,17 +135,17 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
         check_identity(out, run["identity"], identity)
         if run.get("complete"):
             log(f"{out}: already complete ({plan.total_steps} steps); nothing to do")
-            result.checkpoints, result.already_complete = ckpt.checkpoint_dirs(out), True
+            result.checkpoints, result.already_complete = checkpoint_dirs(out), True
             return result
     # the disk the checkpoints still to write need: refused (one line, nothing written) where it lacks the room
-    written = {int(d.name.removeprefix("step-")) for d in ckpt.checkpoint_dirs(out)}  # resuming: those it has
+    written = {int(d.name.removeprefix("step-")) for d in checkpoint_dirs(out)}  # resuming: those it has
     todo = [s for s in (0, *plan.checkpoint_steps()) if s not in written]
     sizes = ckpt.CheckpointSizes.of(base.model, DTYPES[config.dtype], config.optimizer)
     disk = ckpt.check_disk(out, sizes, todo) if todo else None
     log(f"model {base.name} ({base.fingerprint}) on {device} in {config.dtype}; {config.optimizer}, "
-        f"lr {config.lr:g}, loss {config.loss}")
+        f"lr {config.lr:g}, loss {config.example_loss}")
     skipped = f"; {exset.skipped_sentences} sentences skipped (no fact object in their text)" \
-        if config.loss == "object" else ""
+        if config.example_loss == "object" else ""
     log(f"{len(exset.examples)} examples from {len(corpus.sentences)} sentences ({corpus.source}){skipped}")
     log(f"{plan.total_steps} steps ({plan.steps_per_epoch} per epoch, batch {config.batch_size}); "
         f"checkpoints at steps 0, {', '.join(map(str, plan.checkpoint_steps()))}")
@@ -175,7 +165,7 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
             "versions": versions(("torch", "transformers")),
         }
         result.resumed_from = _run(config, plan, base, exset.examples, record, out, device)
-    result.checkpoints = ckpt.checkpoint_dirs(out)
+    result.checkpoints = checkpoint_dirs(out)
     log(f"{out}: done, {plan.total_steps} steps; final weights in {result.checkpoints[-1]}")
     return result
 
@@ -184,13 +174,13 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Trai
          record: dict[str, Any], out: Path, device: torch.device) -> int | None:
     """The training loop proper (inside the lock); returns the step it resumed from, if any."""
     removed = remove_partial(out)
-    done = ckpt.checkpoint_dirs(out)
+    done = checkpoint_dirs(out)
     model, resumed = base.model, None
     if done:
-        state = ckpt.read_state(done[-1])
+        state = read_state(done[-1])
         assert state is not None  # checkpoint_dirs lists complete checkpoints only
         resumed = state["step"]
-        trainer = ckpt.load_trainer(done[-1])
+        trainer = load_trainer(done[-1])
         model = load_model(str(done[-1])).model  # the exact saved weights
         base.model = None  # free the base copy
         truncate_losses(out / LOSS, resumed)
@@ -198,7 +188,7 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Trai
         log(f"resuming from {done[-1].name}{partial}")
     else:
         (out / LOSS).unlink(missing_ok=True)
-    record["checkpoints"] = [ckpt.read_state(d) for d in done]
+    record["checkpoints"] = [read_state(d) for d in done]
     write_json(out / RUN, record)
     model.to(device=device, dtype=DTYPES[config.dtype]).train()
     optimizer, scheduler = make_optimizer(model, config, plan.total_steps)
@@ -216,7 +206,7 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Trai
         moments = second_moments(optimizer, model) if step > 0 else None
         path = ckpt.write_checkpoint(out, step, model, base.tokenizer, state, moments, trainer_state,
                                      state_names(optimizer, model))
-        record["checkpoints"].append(ckpt.read_state(path))
+        record["checkpoints"].append(read_state(path))
         write_json(out / RUN, record)
         plot_losses(out / PLOT, read_losses(out / LOSS), record["checkpoints"], title=f"{base.name} on "
                     f"{record['corpus']['source']}")
@@ -231,7 +221,7 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Trai
     try:
         with tqdm(total=plan.total_steps, initial=start, desc="train", unit="step", file=sys.stderr) as bar:
             for step in range(start, plan.total_steps):
-                batch = loss_batch([examples[i] for i in plan.batch(step)], base.tokenizer, config.max_length)
+                batch = loss_batch([examples[i] for i in plan.batch(step)], base.tokenizer, config.max_tokens)
                 lr = scheduler.get_last_lr()[0]
                 loss = lm_loss(model, batch.to(device))
                 optimizer.zero_grad(set_to_none=True)

@@ -4,7 +4,7 @@
 "object": the loss of the tokens of `Example.object` (the object of the sentence's first fact that
 occurs in its text) given the text before it, FTRACE's object masking for a causal LM: exactly the
 labels of `object_span_rows`. An example with no object, or whose object has no labelled token
-(only in the first token, or cut by `max_length`), keeps the whole-sentence loss: a fallback,
+(only in the first token, or cut by `max_tokens`), keeps the whole-sentence loss: a fallback,
 counted. Either way there is one row per example, with the same input ids as `example_batch`, so
 the index layout does not depend on the loss.
 """
@@ -15,16 +15,17 @@ from collections.abc import Sequence
 
 import torch
 
+from ftrace.config import MAX_TOKENS
 from ftrace.corpus.records import Example
 from ftrace.features.gradients.blocks import GradientError
 from ftrace.model.batching import IGNORE, LossBatch, example_batch, object_span_rows
 
 
 def example_loss_batch(tokenizer, examples: Sequence[Example], loss: str,
-                       max_length: int = 128) -> tuple[LossBatch, int]:
+                       max_tokens: int = MAX_TOKENS) -> tuple[LossBatch, int]:
     """The batch of `examples` under `loss` ("sentence" or "object") and the number of fallbacks
     to the whole-sentence loss (always 0 for "sentence")."""
-    batch = example_batch(tokenizer, [e.text for e in examples], max_length)
+    batch = example_batch(tokenizer, [e.text for e in examples], max_tokens)
     if loss == "sentence":
         return batch, 0
     if loss != "object":
@@ -32,16 +33,16 @@ def example_loss_batch(tokenizer, examples: Sequence[Example], loss: str,
     at = [i for i, e in enumerate(examples) if e.object]
     try:
         rows = object_span_rows(tokenizer, [examples[i].text for i in at], [examples[i].object or "" for i in at],
-                                max_length)
+                                max_tokens)
     except ValueError as e:
-        raise GradientError(f"--tracin-loss object: {e}") from None
+        raise GradientError(f"--example-loss object: {e}") from None
     spans = 0
     for i, row in zip(at, rows, strict=True):
         if row is None:
             continue
         ids, labels = row
         if batch.input_ids[i, :len(ids)].tolist() != ids or int(batch.attention_mask[i].sum()) != len(ids):
-            raise GradientError(f"--tracin-loss object: tokenisation of {examples[i].text[:60]!r} is not stable")
+            raise GradientError(f"--example-loss object: tokenisation of {examples[i].text[:60]!r} is not stable")
         batch.labels[i] = IGNORE
         batch.labels[i, :len(labels)] = torch.tensor(labels)
         spans += 1

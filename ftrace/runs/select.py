@@ -19,9 +19,9 @@ from typing import Literal
 
 import numpy as np
 
-from ftrace.train.checkpoints import MOMENTS, checkpoint_dirs, read_state
-from ftrace.train.errors import TrainError
-from ftrace.train.layout import read_run
+from ftrace.runs.checkpoints import MOMENTS, checkpoint_dirs, read_state
+from ftrace.runs.errors import TrainError
+from ftrace.runs.layout import read_run
 
 FTRACE_COUNT = 3
 
@@ -33,7 +33,7 @@ def select_checkpoints(train_dir: Path | str, which: Literal["all", "ftrace"] = 
     if which == "all":
         return dirs
     if which != "ftrace":
-        raise TrainError(f"--checkpoints {which}: choose all or ftrace")
+        raise TrainError(f"--checkpoint-select {which}: choose all or ftrace")
     tuned = [(d, read_state(d) or {}) for d in dirs]
     tuned = [(d, s) for d, s in tuned if s.get("step", 0) > 0]
     if len(tuned) <= FTRACE_COUNT:
@@ -69,11 +69,11 @@ def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final", "
     train_dir = Path(train_dir).resolve()
     run = read_run(train_dir)
     if run is None or not run.get("complete"):
-        raise TrainError(f"--checkpoints {train_dir}: no complete ftrace train run there (run or resume "
+        raise TrainError(f"--train-run {train_dir}: no complete ftrace train run there (run or resume "
                          "`ftrace train` first)")
     tuned = [d for d in checkpoint_dirs(train_dir) if (read_state(d) or {}).get("step", 0) > 0]
     if not tuned:
-        raise TrainError(f"--checkpoints {train_dir}: the run has no fine-tuned checkpoint")
+        raise TrainError(f"--train-run {train_dir}: the run has no fine-tuned checkpoint")
     if which == "base":
         picked = [d for d in checkpoint_dirs(train_dir) if (read_state(d) or {}).get("step") == 0]
     elif which == "final":

@@ -1,0 +1,81 @@
+"""The training objective, defined once: what a training example is, its loss, and a query's target
+log-probability. `ftrace train` steps on it, the tail-patch (bench) steps on it and measures with it.
+
+- example loss "sentence": one example per sentence; every token after the first is scored.
+- example loss "object": one example per (sentence, distinct object of a fact the sentence states) whose
+  object occurs in the sentence's text; only the object's tokens are scored, given the text before them (a
+  causal LM's version of FTRACE's object masking). Sentences with no such object give no example.
+  (Ingest's gradients score one object span per sentence, with a whole-sentence fallback:
+  ftrace.features.gradients.examples, recorded in the index's vector spec.)
+- the token limit: `max_tokens` (ftrace.config.MAX_TOKENS by default), longer texts truncated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ftrace.config import MAX_TOKENS
+from ftrace.corpus import Sentence
+from ftrace.model.batching import IGNORE, LossBatch, example_batch, object_span_batch, object_span_rows, query_batch
+
+CHUNK = 1024  # texts tokenised per call while filtering
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    sentence_id: str
+    text: str
+    object: str | None = None  # the scored object (example loss "object"), else None
+
+
+def sentence_examples(sentences: Sequence[Sentence], example_loss: str, tokenizer,
+                      max_tokens: int = MAX_TOKENS) -> list[TrainExample]:
+    """The training examples of these sentences, in order (example loss "object": none for a sentence whose
+    text contains no object of its facts)."""
+    if example_loss == "sentence":
+        return [TrainExample(s.id, s.text) for s in sentences]
+    candidates = [TrainExample(s.id, s.text, obj)
+                  for s in sentences for obj in dict.fromkeys(o.strip() for _, _, o in s.facts) if obj]
+    kept: list[TrainExample] = []
+    for i in range(0, len(candidates), CHUNK):
+        chunk = candidates[i:i + CHUNK]
+        rows = object_span_rows(tokenizer, [e.text for e in chunk], [e.object or "" for e in chunk], max_tokens)
+        kept += [e for e, row in zip(chunk, rows, strict=True) if row is not None]
+    return kept
+
+
+def loss_batch(examples: Sequence[TrainExample], tokenizer, max_tokens: int = MAX_TOKENS) -> LossBatch:
+    if examples[0].object is None:
+        return example_batch(tokenizer, [e.text for e in examples], max_tokens)
+    return object_span_batch(tokenizer, [e.text for e in examples], [e.object or "" for e in examples], max_tokens)
+
+
+def lm_loss(model: torch.nn.Module, batch: LossBatch) -> torch.Tensor:
+    """Mean cross-entropy over the batch's scored tokens (labels[b, t] is predicted at t - 1)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    logits, labels = logits[:, :-1], batch.labels[:, 1:]
+    if not (labels != IGNORE).any():  # nothing scored (every text a single token): no gradient
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def target_logprobs(model: torch.nn.Module, tokenizer, prompts: Sequence[str], targets: Sequence[str],
+                    max_tokens: int = MAX_TOKENS, params: dict[str, torch.Tensor] | None = None) -> list[float]:
+    """log p(target | prompt) per query, summed over the target's tokens, in float64 (at `params`, a
+    {name: tensor} replacing the model's parameters, if given)."""
+    device = next(model.parameters()).device
+    batch = query_batch(tokenizer, prompts, targets, max_tokens).to(device)
+    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+    out = functional_call(model, params, (), kwargs) if params is not None else model(**kwargs)
+    logp = torch.log_softmax(out.logits[:, :-1].double(), dim=-1)
+    labels = batch.labels[:, 1:]
+    scored = labels != IGNORE
+    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * scored).sum(dim=1).tolist()

@@ -1,0 +1,49 @@
+"""Run records: `ingest`, `train` and `bench` write their validated config beside their output
+(OUT/config.json), and `--config FILE` runs one again (options given beside it override its values).
+
+    {"format": 1, "command": "bench", "config": {...the command's config, as `ftrace.config` dumps it...}}
+
+Settings that do not change results (threads, --json) are not recorded; paths are as they were given,
+so a record re-runs from the directory it ran in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ftrace import FtraceError
+from ftrace.plumbing import write_atomic
+
+RECORD = "config.json"
+FORMAT = 1
+
+
+def write_record(directory: Path, command: str, config: BaseModel) -> Path:
+    """DIRECTORY/config.json for `ftrace COMMAND --config` (replaced at each run: the last one is recorded)."""
+    path = Path(directory) / RECORD
+    record = {"format": FORMAT, "command": command, "config": config.model_dump(mode="json")}
+    write_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_record(path: Path, command: str) -> dict[str, Any]:
+    """The config values a record holds, for `ftrace COMMAND`; one-line errors for anything else."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FtraceError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FtraceError(f"--config {path}: not a JSON run record ({type(e).__name__})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or "command" not in record:
+        raise FtraceError(f"--config {path}: not an ftrace run record (written by ingest, train or bench as "
+                          f"OUT/{RECORD})")
+    if record.get("format") != FORMAT:
+        raise FtraceError(f"--config {path}: record format {record.get('format')!r}; this ftrace reads {FORMAT}")
+    if record["command"] != command:
+        raise FtraceError(f"--config {path}: records an `ftrace {record['command']}` run, not `ftrace {command}`")
+    return record["config"]
