@@ -163,7 +163,8 @@ def parse_config(cls: type[C], options: list[_Option], values: dict[str, Any],
                  recorded: dict[str, Any] | None = None) -> C:
     """The config from the options the user gave (`values`: option values, defaults left out, so the
     config's own defaults and `model_fields_set` stay meaningful) over a run record's values (`recorded`,
-    from --config); a validation error becomes one line naming the option."""
+    from --config: every value it holds counts as given); a validation error becomes one line naming the
+    option, or the record's field."""
     data: dict[str, Any] = json.loads(json.dumps(recorded or {}))  # a copy: options replace its values
     for opt in options:
         v = values.get(opt.param)
@@ -180,21 +181,24 @@ def parse_config(cls: type[C], options: list[_Option], values: dict[str, Any],
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise FtraceError(_describe(e, options, values)) from None
+        raise FtraceError(_describe(e, options, values, recorded is not None)) from None
 
 
-def _describe(err: ValidationError, options: list[_Option], values: dict[str, Any]) -> str:
+def _describe(err: ValidationError, options: list[_Option], values: dict[str, Any], recorded: bool = False) -> str:
     e = err.errors()[0]
     msg = e["msg"].removeprefix("Value error, ")
     loc = tuple(str(p) for p in e["loc"])
     for opt in options:
         if loc[:len(opt.path)] == opt.path:
             v = values.get(opt.param)
-            if v is None:  # required, and given neither as an option nor by a --config record
+            if v is None and recorded:
+                return f"{opt.shown} (from --config): {msg}"
+            if v is None:  # required, and not given
                 return f"{opt.shown}: {msg.lower()}"
             shown = repr(v) if isinstance(v, str) else ",".join(map(str, v)) if isinstance(v, list) else v
             return f"{opt.shown} {shown}: {msg}"
-    return msg
+    where = ".".join(loc)
+    return f"{'--config: ' if recorded else ''}{where + ': ' if where else ''}{msg}"
 
 
 def _renamed(options: list[_Option], given: dict[str, Any]) -> dict[str, Any]:
@@ -266,11 +270,20 @@ def ingest(config: IngestConfig) -> None:
     sel = config.corpus  # read first: a bad corpus is refused in a second, before torch is even imported
     corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
     from ftrace.ingest.pipeline import ingest as run
-    from ftrace.runrecord import write_record
+    from ftrace.runrecord import RECORD, write_record
 
+    index = Path(config.index)
+    was_complete = _complete(index)
     run(config, corpus)
-    if config.shard is None and (Path(config.index) / "manifest.json").exists():  # a shard's is the final one's
-        write_record(config.index, "ingest", config)
+    # the run that built (or finished) the index; a shard's run is part of the final ingest's
+    if config.shard is None and _complete(index) and not (was_complete and (index / RECORD).exists()):
+        write_record(index, "ingest", config)
+
+
+def _complete(index: Path) -> bool:
+    from ftrace.index.manifest import Manifest
+
+    return (index / "manifest.json").is_file() and Manifest.read(index).complete
 
 
 @app.command()
@@ -324,7 +337,7 @@ def bench(config: BenchConfig) -> None:
     if not Path(config.index).exists():
         raise FtraceError(f"--index {config.index}: no such directory; build one with `ftrace ingest`")
     run = run_bench(config)
-    write_record(run.out, "bench", config)
+    write_record(run.out, "bench", run.config)  # as run: e.g. --split all where the index has no splits
     if config.as_json:
         typer.echo(json.dumps(run.results, indent=2, ensure_ascii=False))
     else:

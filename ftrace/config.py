@@ -328,8 +328,8 @@ class BenchConfig(Strict):
     queries: Annotated[int, Field(ge=1), cli("Queries per seed, drawn with the seed from those with >= 1 "
                                              "proponent.", min=1)] = 100
     seeds: Annotated[int, Field(ge=1), cli("Seeds 0..S-1; tables show mean ± std over seeds.", min=1)] = 3
-    split: Annotated[list[str] | None, cli("Queries of these splits (e.g. dev, or dev,test); 'all' for every query.",
-                                           split=True)] = ["dev"]
+    split: Annotated[list[str] | None, cli("Queries of these splits (default: dev; e.g. dev,test); 'all' for every "
+                                           "query.", split=True)] = ["dev"]
     relations: Annotated[list[str] | None, cli("Only queries of these relations (LAMA ids, e.g. P19).", "--relation",
                                                split=True)] = None
     only: Annotated[Literal["pre-train-learned", "fine-tune-learned", "not-learned"] | None,
@@ -373,13 +373,17 @@ class BenchConfig(Strict):
     @field_validator("split", "tune_split", mode="before")
     @classmethod
     def _splits(cls, v: object) -> object:
-        """One split may be given as a string, as on the command line ("dev", "dev,test")."""
-        return [x.strip() for x in v.split(",")] if isinstance(v, str) else v
+        """One split may be given as a string, as on the command line ("dev", "dev,test"); all, none or nothing
+        in any case is written 'all'."""
+        items = [x for x in v.split(",")] if isinstance(v, str) else v
+        if not isinstance(items, list):
+            return v
+        items = [x.strip() if isinstance(x, str) else x for x in items]
+        return ["all" if isinstance(x, str) and x.lower() in ("all", "none", "") else x for x in items]
 
     @model_validator(mode="after")
     def _normalise(self) -> BenchConfig:
-        if self.split is not None and (not self.split or
-                                       any(s.strip().lower() in ("all", "none", "") for s in self.split)):
+        if self.split is not None and (not self.split or "all" in self.split):
             self.split = None
         if self.save_default and self.fusion == "learned":
             raise ValueError("--save-default --fusion learned: `ftrace query` cannot apply a learned fusion; choose "

@@ -3,8 +3,9 @@
 
     {"format": 1, "command": "bench", "config": {...the command's config, as `ftrace.config` dumps it...}}
 
-Settings that do not change results (threads, --json) are not recorded; paths are as they were given,
-so a record re-runs from the directory it ran in.
+Settings that do not change results (threads, --json, bench's --device) are not recorded; ingest's and
+train's --device are (give another beside --config to move a run). Paths are as they were given, so a record
+re-runs from the directory it ran in. A directory given to --config means its config.json.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def write_record(directory: Path, command: str, config: BaseModel) -> Path:
 def read_record(path: Path, command: str) -> dict[str, Any]:
     """The config values a record holds, for `ftrace COMMAND`; one-line errors for anything else."""
     path = Path(path)
+    if path.is_dir():
+        path = path / RECORD
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

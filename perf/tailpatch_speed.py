@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ftrace.bench.tailpatch import TailPatcher
+from ftrace.config import MAX_TOKENS
 from ftrace.corpus import load_sample
 from ftrace.model import load_model
 from ftrace.model.objective import lm_loss, loss_batch
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
             patcher.patch(q.prompt, q.target, sentences)
         else:
             opt.zero_grad(set_to_none=True)
-            lm_loss(trained, loss_batch(examples, lm.tokenizer, 256)).backward()
+            lm_loss(trained, loss_batch(examples, lm.tokenizer, MAX_TOKENS)).backward()
             opt.step()
         return time.perf_counter() - t0
 

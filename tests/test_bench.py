@@ -548,13 +548,14 @@ def test_bench_config_record_runs_it_again(sample_index, answers, tmp_path):
 
     runner = CliRunner()
     first = tmp_path / "first"
-    r = runner.invoke(app, ["bench", "--index", str(sample_index), "--split", "all", "--queries", "4", "--seeds", "2",
+    r = runner.invoke(app, ["bench", "--index", str(sample_index), "--queries", "4", "--seeds", "2",
                             "--methods", "bm25,embed+bm25", "--out", str(first), "--json"])
     assert r.exit_code == 0, r.output
     record = json.loads((first / "config.json").read_text())
+    # the sample's queries have no splits: the default --split dev became all, and the record says what ran
     assert record["command"] == "bench" and record["config"]["queries"] == 4 and record["config"]["split"] is None
     again = tmp_path / "again"
-    r2 = runner.invoke(app, ["bench", "--config", str(first / "config.json"), "--out", str(again), "--json"])
+    r2 = runner.invoke(app, ["bench", "--config", str(first), "--out", str(again), "--json"])  # a directory: its record
     assert r2.exit_code == 0, r2.output
     a, b = json.loads(r.stdout), json.loads(r2.stdout)
     assert b["settings"] == {**a["settings"], "out": str(again)} and b["metrics"] == a["metrics"]
@@ -564,6 +565,14 @@ def test_bench_config_record_runs_it_again(sample_index, answers, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     r = runner.invoke(app, ["bench", "--config", str(tmp_path / "bad.json")])
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "not a JSON run record" in r.output, r.output
+    record["config"]["seeds"], record["config"]["nosuch"] = 0, 1  # a record edited by hand: named in one line
+    (tmp_path / "edited.json").write_text(json.dumps(record))
+    r = runner.invoke(app, ["bench", "--config", str(tmp_path / "edited.json")])
+    assert r.exit_code == 1 and "--seeds (from --config): Input should be greater" in r.output, r.output
+    del record["config"]["seeds"]
+    (tmp_path / "edited.json").write_text(json.dumps(record))
+    r = runner.invoke(app, ["bench", "--config", str(tmp_path / "edited.json")])
+    assert r.exit_code == 1 and "--config: nosuch: Extra inputs are not permitted" in r.output, r.output
 
 
 def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp_path):

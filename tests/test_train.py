@@ -352,3 +352,16 @@ def test_ingest_and_query_from_a_training_run(full_run, tmp_path, sample, tiny_m
         assert not (tmp_path / "refused").exists()
     finally:
         (tmp_path / "moved.pt").rename(moments)
+
+
+def test_an_older_run_json_is_read_under_the_new_names(tmp_path):
+    """run.json from before the renames (loss, max_length, no dtype) reads as today's, in one place."""
+    from ftrace.runs import read_run
+
+    out = tmp_path / "old"
+    out.mkdir()
+    old = {"loss": "object", "max_length": 64}
+    (out / "run.json").write_text(json.dumps({"format": 1, "identity": {"config": dict(old)}, "config": dict(old)}))
+    run = read_run(out)
+    assert run["identity"]["config"] == {"example_loss": "object", "max_tokens": 64, "dtype": "float32"}
+    assert run["config"]["example_loss"] == "object" and run["config"]["max_tokens"] == 64

@@ -48,7 +48,7 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: DrawRank
     m = tracer.index.manifest
     patcher = TailPatcher.for_index(tracer.lm, m.model.train_dir, m.max_tokens, c.tailpatch_lr)
     k = c.tailpatch_k
-    key = settings_hash({"tailpatch": asdict(patcher.s), **bench.scorer.identity, "k": k})
+    key = settings_hash({"tailpatch": _as_hashed(asdict(patcher.s)), **bench.scorer.identity, "k": k})
     cache = ScoreCache(bench.out / "tailpatch.jsonl", {key})
     sets = [*bench.methods, *reference_sets(patcher)]
     sentences = tracer.corpus.by_id()
@@ -155,3 +155,10 @@ def versus(a: Sequence[float], bm25: Sequence[float]) -> dict:
     return {"mean_difference": float(d.mean()), "median_difference": float(np.median(d)),
             "wins": float(np.mean(d > 0)), "losses": float(np.mean(d < 0)), **M.paired_pvalues(a, bm25),
             "wilcoxon": wilcoxon}
+
+
+def _as_hashed(step: dict) -> dict:
+    """The step settings under the names they had when the cache began (loss, max_length), so that renaming
+    the fields did not invalidate the tail-patch steps already computed."""
+    renamed = {"example_loss": "loss", "max_tokens": "max_length"}
+    return {renamed.get(k, k): v for k, v in step.items()}

@@ -45,7 +45,7 @@ def markdown_table(results: dict) -> str:
     lines.append(f"- index: `{results['index']['path']}` (model {results['index']['model']}, "
                  f"{results['index']['corpus']['sentences']} sentences)")
     lines.append(f"- mode: {mode}: {what}")
-    lines.append(f"- queries: {s['queries']} per seed from split {_joined(s['split']) or 'all'} "
+    lines.append(f"- queries: {s['queries']} per seed from split {','.join(s['split'] or ['all'])} "
                  f"({results['queries']['eligible']} eligible), seeds {results['seeds']}; mean ± std over seeds")
     w = fu["weights"]
     if w:
@@ -269,8 +269,3 @@ def write_reports(run: BenchRun) -> dict[str, Path]:
     plot(run.results, paths["plot.png"])
     write_rankings(run, paths["rankings.jsonl"])
     return paths
-
-
-def _joined(value: str | list[str] | None) -> str | None:
-    """A split setting as the command line gives it: dev,test (results before --split took a list: one name)."""
-    return ",".join(value) if isinstance(value, list) else value

@@ -4,7 +4,7 @@ sentences a method retrieves raise the model's probability of the query's target
 For a query (prompt, target) and a set S of training sentences (a method's top k):
 
 1. S's training examples as one batch, with the training run's loss (its run.json: the whole
-   sentence, or each fact object's tokens given the sentence prefix; `train.examples`), and the
+   sentence, or each fact object's tokens given the sentence prefix; `ftrace.model.objective`), and the
    gradient g of the batch's mean token loss at the index's model (a run's final checkpoint);
 2. one AdamW step exactly as torch.optim.AdamW takes it, from the run's optimizer state (first and
    second moments, step count: the final checkpoint's trainer.pt, with the run's betas, eps and

@@ -1,4 +1,4 @@
-"""Checkpoint directories: written atomically, listed in step order.
+"""Checkpoint directories: written atomically (read, and listed in step order: ftrace.runs.checkpoints).
 
 A checkpoint `step-N/` holds
     config.json, model.safetensors, tokenizer files  (save_pretrained: `load_model("…/step-N")` works)

@@ -1,7 +1,7 @@
 """`train(config, corpus, out)`: fine-tune a causal LM on a corpus, saving checkpoints to trace with.
 
-The loss of a batch is the mean token cross-entropy over its scored positions (examples.py says
-which). Order of events (plan.py fixes the steps and batches):
+The loss of a batch is the mean token cross-entropy over its scored positions (ftrace.model.objective
+says which). Order of events (plan.py fixes the steps and batches):
 
 1. If `out` holds a run: refuse a different identity (config except device, base weights, corpus,
    training examples) with nothing touched; if it is complete, say so and return.

@@ -21,15 +21,15 @@ from ftrace.features.gradients.blocks import GradientError
 from ftrace.model.batching import IGNORE, LossBatch, example_batch, object_span_rows
 
 
-def example_loss_batch(tokenizer, examples: Sequence[Example], loss: str,
+def example_loss_batch(tokenizer, examples: Sequence[Example], example_loss: str,
                        max_tokens: int = MAX_TOKENS) -> tuple[LossBatch, int]:
-    """The batch of `examples` under `loss` ("sentence" or "object") and the number of fallbacks
+    """The batch of `examples` under `example_loss` ("sentence" or "object") and the number of fallbacks
     to the whole-sentence loss (always 0 for "sentence")."""
     batch = example_batch(tokenizer, [e.text for e in examples], max_tokens)
-    if loss == "sentence":
+    if example_loss == "sentence":
         return batch, 0
-    if loss != "object":
-        raise GradientError(f"example loss {loss!r}: 'sentence' or 'object'")
+    if example_loss != "object":
+        raise GradientError(f"example loss {example_loss!r}: 'sentence' or 'object'")
     at = [i for i, e in enumerate(examples) if e.object]
     try:
         rows = object_span_rows(tokenizer, [examples[i].text for i in at], [examples[i].object or "" for i in at],
