@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--budgets", default="4096,2048,1024", help="--batch-tokens values, comma-separated")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -69,7 +70,7 @@ def main() -> None:
         for budget in budgets:
             cmd = [sys.executable, "-m", "ftrace.cli", "ingest", "--corpus", str(corpus), "--index",
                    str(Path(tmp) / f"idx-{budget}"), "--max-tokens", str(args.max_tokens), "--batch-size",
-                   str(args.batch_size), "--batch-tokens", str(budget), "--device", "cpu"]
+                   str(args.batch_size), "--batch-tokens", str(budget), "--device", "cpu", "--dtype", args.dtype]
             t0 = time.monotonic()
             done = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], env=env, cwd=ROOT, capture_output=True,
                                   text=True)
@@ -87,13 +88,14 @@ def main() -> None:
                    if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    out = args.out or ROOT / "perf" / "results" / "batch_memory-cpu.md"
+    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
+    out = args.out or ROOT / "perf" / "results" / f"batch_memory-cpu{suffix}.md"
     lines = [
         "# Peak memory of ingest against the token budget per batch",
         "",
         f"`python perf/batch_memory.py --examples {args.examples} --max-tokens {args.max_tokens} --batch-size "
-        f"{args.batch_size} --budgets {args.budgets}` on {time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} "
-        f"logical CPUs shared with other processes, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}.",
+        f"{args.batch_size} --budgets {args.budgets} --dtype {args.dtype}` on {time.strftime('%Y-%m-%d')}, {cpu}, "
+        f"{os.cpu_count()} logical CPUs shared with other processes, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}.",
         f"SmolLM2-135M (default model and vectors: embedding + projected gradients of the embedding matrix) on the "
         f"{args.examples} longest LAMA T-REx dev evidence sentences, each cut to {args.max_tokens} tokens: every "
         "batch is (examples x padded length) tokens. One fresh process per budget; peak RSS = its kernel "

@@ -5,10 +5,11 @@ the plain forward pass over a fixed sample of the same sentences, measured in th
     python perf/ingest_scale.py                                # 1k, 10k and all sentences, ingest's defaults
     python perf/ingest_scale.py --dtype bfloat16               # the model in bfloat16 (ingest --dtype)
     python perf/ingest_scale.py --sizes 200 --sample 64 --repeats 1 --model PATH --corpus sample   # a quick check
+    python perf/ingest_scale.py --dtype bfloat16 --sizes 10000 --longest --sample 0  # memory: the longest 10k alone
 
 Protocol
 - Reference, in this process first: a seeded sample of --sample sentences of the corpus, cut into the
-  batches ingest makes (sorted by token length, --batch-size 32 within --batch-tokens 2048). Per batch,
+  batches ingest makes (sorted by token length, --batch-size 32 within --batch-tokens, ingest's default). Per batch,
   taking turns: the plain forward pass (`model(...)`: logits at every position, no gradient), the body
   alone (no LM head: the floor of a forward-only design) and ftrace's featurisation (ingest's own
   featurizers, embed and tracin, from the tokenised batch to the vectors). After a warm-up on the
@@ -18,6 +19,8 @@ Protocol
   does): wall time, peak RSS of that process (wait4), bytes on disk, the stage times the manifest records,
   and the CPU other processes used meanwhile. An index already complete is reported from its record
   (WORK/lama-SIZE.build.json) instead of being rebuilt; delete it to measure again.
+- With --longest, a size is the N longest sentences (by token count) instead of a seeded sample: the last
+  batches of a whole-corpus ingest, where its featurisation memory peaks. --sample 0 skips the reference.
 - One run per results file: perf/results/ingest_scale-cpu[-DTYPE].{json,md} (--out to change).
 """
 
@@ -29,6 +32,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,15 +63,23 @@ def steal_seconds() -> float:
         return float("nan")
 
 
-def corpus_file(corpus, size: int | None, seed: int, work: Path) -> tuple[Path, int]:
-    """The corpus, or a seeded sample of `size` of its sentences with their queries, as a .jsonl file."""
+def corpus_file(corpus, size: int | None, seed: int, work: Path, longest: bool = False) -> tuple[Path, int]:
+    """The corpus, or `size` of its sentences (a seeded sample, or the longest) with their queries, as a .jsonl
+    file."""
     from ftrace.corpus import Corpus
 
     n = len(corpus.sentences) if size is None or size >= len(corpus.sentences) else size
-    path = work / f"corpus-{n}-seed{seed}.jsonl"
+    path = work / (f"corpus-{n}-longest.jsonl" if longest else f"corpus-{n}-seed{seed}.jsonl")
     if not path.exists():
         if n < len(corpus.sentences):
-            keep = sorted(np.random.default_rng(seed).choice(len(corpus.sentences), n, replace=False))
+            if longest:
+                from ftrace.model import load_model
+                from ftrace.model.batching import token_lengths
+
+                lengths = token_lengths(load_model().tokenizer, [x.text for x in corpus.sentences])
+                keep = sorted(sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))[:n])
+            else:
+                keep = sorted(np.random.default_rng(seed).choice(len(corpus.sentences), n, replace=False))
             sentences = [corpus.sentences[i] for i in keep]
             ids = {s.id for s in sentences}
             queries = [q.model_copy(update={"proponents": [p for p in q.proponents if p in ids]})
@@ -76,6 +88,23 @@ def corpus_file(corpus, size: int | None, seed: int, work: Path) -> tuple[Path, 
         work.mkdir(parents=True, exist_ok=True)
         corpus.write_jsonl(path)
     return path, n
+
+
+def sample_rss(pid: int, every_s: float, stop: threading.Event) -> list[tuple[float, float]]:
+    """(seconds since start, resident GiB) of process `pid` every `every_s` until `stop`: where the peak comes."""
+    samples: list[tuple[float, float]] = []
+    t0 = time.perf_counter()
+
+    def run() -> None:
+        while not stop.wait(every_s):
+            try:
+                kib = next(int(ln.split()[1]) for ln in open(f"/proc/{pid}/status") if ln.startswith("VmRSS:"))
+            except (OSError, StopIteration, ValueError):
+                return
+            samples.append((round(time.perf_counter() - t0, 1), round(kib / 2**20, 2)))
+
+    threading.Thread(target=run, daemon=True).start()
+    return samples
 
 
 def ingest_batches(c, corpus, n: int, seed: int):
@@ -170,7 +199,7 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
     from ftrace.config import DEFAULT_MODEL
     from ftrace.index.manifest import Manifest
 
-    name = "all" if size is None or size >= len(corpus.sentences) else str(size)
+    name = "all" if size is None or size >= len(corpus.sentences) else f"{size}{'-longest' if args.longest else ''}"
     index = work / f"lama-{name}"
     record = index.with_name(index.name + ".build.json")
     if (index / "manifest.json").exists() and Manifest.read(index).complete and record.exists():
@@ -180,13 +209,16 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
             raise SystemExit(f"{index}: built with {m.model.name} in {m.model.dtype}, not {wanted[0]} in {wanted[1]}; "
                              "give another --work or delete it")
         return {**json.loads(record.read_text()), "reused": True}
-    source = args.corpus if name == "all" else str(corpus_file(corpus, size, args.seed, work)[0])
+    source = args.corpus if name == "all" else str(corpus_file(corpus, size, args.seed, work, args.longest)[0])
     cmd = [sys.executable, "-m", "ftrace.cli", "ingest", "--index", str(index), "--corpus", source,
            "--dtype", args.dtype, "--device", "cpu", *(["--model", args.model] if args.model else [])]
     busy0, steal0, t0 = machine_busy_seconds(), steal_seconds(), time.perf_counter()
     with open(index.with_name(index.name + ".log"), "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        stop = threading.Event()
+        rss = sample_rss(proc.pid, 30.0, stop)
         _, status, usage = os.wait4(proc.pid, 0)
+        stop.set()
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
@@ -202,7 +234,7 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
              "steal_cores": round((steal_seconds() - steal0) / wall, 3),
              "disk_bytes": disk, "disk_total_bytes": sum(disk.values()),
              "built_at": time.strftime("%Y-%m-%d %H:%M"), "tracin": m.vectors.get("tracin", {}).get("tied"),
-             "dtype": m.model.dtype}
+             "dtype": m.model.dtype, "rss_gib_every_30_s": rss}
     record.write_text(json.dumps(built, indent=1) + "\n")
     return {**built, "reused": False}
 
@@ -210,26 +242,35 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
 def markdown(r: dict) -> str:
     ref = r["reference"]
     lines = [f"# `ftrace ingest` at scale ({r['machine']['cpu']}, {r['machine']['cores']} cores, {r['dtype']})", "",
-             f"Command: `{r['command']}`", "",
-             f"Reference (same run, in one process, taking turns batch by batch): a seeded sample of "
-             f"{ref['examples']} sentences ({ref['tokens']:,} tokens, {ref['batches']} length-sorted batches), "
-             f"{ref['repeats']} passes after a warm-up; other processes kept {ref['other_processes_cores']} cores "
-             "busy meanwhile.", "",
-             "| pass | examples/s (min / median / max) | tokens/s (median) | x plain forward |", "|---|---|---|---|"]
-    for m, v in ref["methods"].items():
-        e = v["examples_per_s"]
-        lines.append(f"| {m} | {e['min']:.1f} / {e['median']:.1f} / {e['max']:.1f} | "
-                     f"{v['tokens_per_s']['median']:,.0f} | {v['x_plain_forward']:.2f} |")
+             f"Command: `{r['command']}`", ""]
+    if ref:
+        lines += [f"Reference (same run, in one process, taking turns batch by batch): a seeded sample of "
+                  f"{ref['examples']} sentences ({ref['tokens']:,} tokens, {ref['batches']} length-sorted batches), "
+                  f"{ref['repeats']} passes after a warm-up; other processes kept {ref['other_processes_cores']} "
+                  "cores busy meanwhile.", "",
+                  "| pass | examples/s (min / median / max) | tokens/s (median) | x plain forward |",
+                  "|---|---|---|---|"]
+        for m, v in ref["methods"].items():
+            e = v["examples_per_s"]
+            lines.append(f"| {m} | {e['min']:.1f} / {e['median']:.1f} / {e['max']:.1f} | "
+                         f"{v['tokens_per_s']['median']:,.0f} | {v['x_plain_forward']:.2f} |")
+    else:
+        lines.append("No reference pass (--sample 0).")
     lines += ["", "Whole ingest processes (`ftrace ingest`, BM25 + embed + tracin for every sentence):", "",
               "| sentences | wall | examples/s | at the plain forward's rate | stages (s) | peak RSS | disk | "
               "others' cores | steal |", "|---|---|---|---|---|---|---|---|---|"]
-    plain = ref["methods"]["plain forward"]["examples_per_s"]["median"]
+    plain = ref["methods"]["plain forward"]["examples_per_s"]["median"] if ref else float("nan")
     for b in r["sizes"]:
         stages = ", ".join(f"{k.removesuffix('_s')} {v:,.0f}" for k, v in b["stages_s"].items() if k.endswith("_s"))
         lines.append(f"| {b['sentences']:,} | {b['wall_s'] / 60:,.1f} min | {b['examples_per_s']:.1f} | "
                      f"{b['sentences'] / plain / 60:,.1f} min | {stages} | {b['peak_rss_gib']} GiB | "
                      f"{b['disk_total_bytes'] / 2**30:.2f} GiB | {b['other_processes_cores']} | "
                      f"{b.get('steal_cores', 'n/a')} |")
+        if b.get("rss_gib_every_30_s"):
+            curve = b["rss_gib_every_30_s"]
+            marks = [curve[min(len(curve) - 1, round(f * (len(curve) - 1)))] for f in (0.25, 0.5, 0.75, 1.0)]
+            lines.append(f"| | resident at 1/4, 1/2, 3/4 and the end of the run: "
+                         f"{', '.join(f'{g} GiB' for _, g in marks)} | | | | | | | |")
     full = next((b for b in r["sizes"] if b["index"].endswith("lama-all")), None)
     if full:
         t = full["wall_s"]
@@ -247,7 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sizes", default="1000,10000,all", help="sentences per index; 'all' = the whole corpus")
     ap.add_argument("--model", default=None)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--sample", type=int, default=1024, help="sentences in the fixed reference sample")
+    ap.add_argument("--sample", type=int, default=1024, help="sentences in the fixed reference sample (0: none)")
+    ap.add_argument("--longest", action="store_true", help="each size: the N longest sentences, not a sample")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(ROOT / "indexes" / "scale"))
@@ -259,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M")
-    reference = reference_rates(corpus, args)
+    reference = reference_rates(corpus, args) if args.sample else None
     sizes = [None if s.strip() == "all" else int(s) for s in args.sizes.split(",")]
     built = []
     for size in sizes:
