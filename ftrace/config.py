@@ -275,7 +275,7 @@ class QueryConfig(Strict):
     target: Annotated[str | None, cli("The answer to trace (default: the model's greedy answer).")] = None
     k: Annotated[int, Field(ge=1), cli("Sentences to show.", "--k", "-k", min=1)] = 10
     # None: the index's own choice (`ftrace bench --save-default`, with its tuned fusion and weight), else bm25
-    method: Annotated[str | None, cli("bm25, embed, tracin, or a fusion of two such as bm25+embed or tracin+bm25 "
+    method: Annotated[str | None, cli("bm25, embed, tracin, or a fusion of two such as embed+bm25 or tracin+bm25 "
                                       "(default: the one the index's benchmark chose, else bm25).")] = None
     fusion: Annotated[Literal["sum", "rrf", "cascade"] | None,
                       cli("sum (min-max normalised, weighted), rrf, or cascade (the second method's top "
@@ -464,6 +464,18 @@ class TrainConfig(Strict):
     device: Device = "auto"
     dtype: Dtype = "float32"  # the weights trained (float16 has no loss scaling: prefer bfloat16)
     threads: Threads = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TrainConfig:
+        """Where the sentences come from: an index, or a corpus with an output directory (`ftrace train` refuses
+        neither; the library's `train()` takes the corpus itself)."""
+        if self.index is not None and self.corpus is not None:
+            raise ValueError("give --index (train on an index's sentences) or --corpus, not both")
+        if self.corpus is not None and "corpus" not in self.corpus.model_fields_set:
+            raise ValueError("--relation, --split and --limit select from a --corpus: give --corpus too")
+        if self.corpus is not None and self.out is None:
+            raise ValueError("--corpus needs --out DIR (where the checkpoints go)")
+        return self
 
     def identity(self) -> dict:
         """What must match for a run directory to be resumed."""

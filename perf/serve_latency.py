@@ -17,11 +17,11 @@ Protocol
 - Server: `ftrace serve` in a subprocess (torch threads: --threads), queried over HTTP on 127.0.0.1.
 - Per size and method: --warmup untimed requests, then --requests timed ones, one at a time, cycling
   through a seeded sample of the corpus's queries (dev split first) with their targets given (the
-  trace itself); "bm25+embed, model answer" leaves the target out (greedy answer generation included).
+  trace itself); "embed+bm25, model answer" leaves the target out (greedy answer generation included).
   Latency: the client's wall time per request. Parts, from the server's Server-Timing header: model =
   answer generation + query vectors; store = BM25 (Lucene) + Qdrant Edge; the rest of the server's
   total is fusion and building the rows; the rest of the latency is HTTP and JSON.
-- Load: --clients concurrent clients for --load-seconds against the largest index, bm25+embed with
+- Load: --clients concurrent clients for --load-seconds against the largest index, embed+bm25 with
   targets: completed requests per second, latency p50 / p95, errors (any non-200 or failed request).
 - The machine is shared with others: load averages (as `uptime`) before and after each phase, and the
   cores other processes kept busy during it (/proc/stat minus the server's and this script's CPU time).
@@ -47,10 +47,10 @@ from gradient_throughput import HZ, ROOT, machine, machine_busy_seconds, rel
 from ingest_scale import ingest_size
 
 SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-METHODS = ["bm25", "embed", "tracin", "bm25+embed", "tracin+bm25", "tracin+embed"]
-ANSWER = "bm25+embed, model answer"  # the default method without a target: greedy answer generation included
-TARGET = {"method": "bm25+embed", "p50_s": 0.5}  # issue 10: warm p50 < 0.5 s at ~100k examples on CPU
-LOAD_METHOD = "bm25+embed"
+METHODS = ["bm25", "embed", "tracin", "embed+bm25", "tracin+bm25", "tracin+embed"]
+ANSWER = "embed+bm25, model answer"  # the default method without a target: greedy answer generation included
+TARGET = {"method": "embed+bm25", "p50_s": 0.5}  # issue 10: warm p50 < 0.5 s at ~100k examples on CPU
+LOAD_METHOD = "embed+bm25"
 
 
 # --- corpora and indexes ------------------------------------------------------------------------
@@ -191,8 +191,8 @@ def run_size(args, corpus, size: int | None) -> tuple[dict, object]:
             for method in methods:
                 results.append(time_method(server.url, queries, method, args.warmup, args.requests, answer=False))
                 print(f"  {method:<14} p50 {results[-1]['latency_s'].get('p50', float('nan')):.3f} s", flush=True)
-            if "bm25+embed" in methods and args.answer:
-                results.append(time_method(server.url, queries, "bm25+embed", args.warmup, args.requests,
+            if "embed+bm25" in methods and args.answer:
+                results.append(time_method(server.url, queries, "embed+bm25", args.warmup, args.requests,
                                            answer=True))
                 print(f"  {ANSWER} p50 {results[-1]['latency_s'].get('p50', float('nan')):.3f} s", flush=True)
         out = {"sentences": n, "examples": m.corpus.examples, "index": rel(index),
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=5, help="untimed requests first, per method and size")
     ap.add_argument("--queries", type=int, default=50, help="distinct queries the requests cycle through")
     ap.add_argument("--answer", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time bm25+embed without a target (the model answers first)")
+                    help="also time embed+bm25 without a target (the model answers first)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--load-seconds", type=float, default=60.0, help="load test length (0: none)")
     ap.add_argument("--threads", type=int, default=1, help="the server's torch/OMP threads")
@@ -315,7 +315,7 @@ def growth(res: dict) -> list[str]:
 
     lines = ["### Cost as the corpus grows", "",
              "| examples | ingest (`ftrace ingest`, wall) | ingest examples/s | ingest stages (s) | index on disk | "
-             "bm25+embed p50 ms (parts) | tracin p50 ms (parts) |", "|---|---|---|---|---|---|---|"]
+             "embed+bm25 p50 ms (parts) | tracin p50 ms (parts) |", "|---|---|---|---|---|---|---|"]
     for size in res["sizes"]:
         b = size["build"]
         stages = ", ".join(f"{k.removesuffix('_s')} {v:,.0f}" for k, v in (b.get("stages_s") or {}).items()
@@ -323,7 +323,7 @@ def growth(res: dict) -> list[str]:
         disk = f"{b['disk_total_bytes'] / 2**30:.2f} GiB" if b.get("disk_total_bytes") else "-"
         rate = f"{b['examples_per_s']:.1f}" if b.get("examples_per_s") else "-"
         lines.append(f"| {size['sentences']:,} | {built(b)} | {rate} | {stages or '-'} | {disk} | "
-                     f"{part(size, 'bm25+embed')} | {part(size, 'tracin')} |")
+                     f"{part(size, 'embed+bm25')} | {part(size, 'tracin')} |")
     return [*lines, ""]
 
 

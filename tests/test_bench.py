@@ -16,7 +16,7 @@ from ftrace.bench.runner import plan_methods, run_bench, tune_weight
 from ftrace.bench.slices import answer_is_right, learned_slice
 from ftrace.config import BenchConfig, CandidateSizes
 from ftrace.corpus import Query
-from ftrace.corpus import normalize as norm
+from ftrace.corpus import match_key as norm
 from ftrace.query.fusion import ranking
 from ftrace.query.methods import Method
 from ftrace.query.tracer import Tracer

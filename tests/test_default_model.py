@@ -27,7 +27,7 @@ def p176_index(tmp_path_factory):
 @pytest.mark.slow
 @needs_shared
 def test_default_model_answers_and_traces_toyota_avanza(p176_index):
-    for method in ("bm25", "bm25+embed"):
+    for method in ("bm25", "embed+bm25"):
         r = CliRunner().invoke(app, ["query", "Toyota Avanza is produced by", "--index", str(p176_index),
                                      "--method", method, "--json"])
         assert r.exit_code == 0, r.output

@@ -47,11 +47,11 @@ def test_info_shows_manifest_counts_and_size(sample_index, sample):
 
 
 def test_query_json_marks_proponents_and_fuses(sample_index, sample):
-    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", "bm25+embed", "--json", "-k",
+    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", "embed+bm25", "--json", "-k",
             "15")
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
-    assert out["target"] == "Toyota" and out["target_from"] == "user" and out["method"] == "bm25+embed"
+    assert out["target"] == "Toyota" and out["target_from"] == "user" and out["method"] == "embed+bm25"
     assert (out["fusion"], out["weight"]) == ("sum", 0.5)  # the index records no tuned choice
     [q] = [q for q in sample.queries if q.prompt == AVANZA]
     assert set(out["ground_truth"]["proponents"]) == set(q.proponents)
@@ -70,7 +70,7 @@ def test_each_method_and_rrf(sample_index):
         assert r.exit_code == 0, r.output
         rows = json.loads(r.output)["rows"]
         assert len(rows) == 10 and list(rows[0]["scores"]) == method.split("+")
-    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", "bm25+embed", "--fusion", "rrf",
+    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", "embed+bm25", "--fusion", "rrf",
             "--json")
     rows = json.loads(r.output)["rows"]
     assert rows[0]["score"] <= 2 / 61 + 1e-9  # RRF scores are sums of 1/(60 + rank)
@@ -109,10 +109,10 @@ def test_help_shows_flags_without_a_type():
 
 
 def test_human_table(sample_index):
-    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", "bm25+embed")
+    r = cli("query", AVANZA, "--index", sample_index, "--target", "Toyota", "--method", "embed+bm25")
     assert r.exit_code == 0, r.output
     assert "rank" in r.output and "bm25" in r.output and "embed" in r.output and "*" in r.output
-    assert "method: bm25+embed (fusion: sum, weight 0.5 on bm25)" in r.output
+    assert "method: embed+bm25 (fusion: sum, weight 0.5 on embed)" in r.output
 
 
 def test_model_answer_is_used_without_target(sample_index):

@@ -14,7 +14,7 @@ import torch
 
 from ftrace import FtraceError
 from ftrace.config import GradientConfig
-from ftrace.corpus import Corpus, Example, Sentence
+from ftrace.corpus import Corpus, Example, Sentence, match_key, prompt_key, stated_objects
 from ftrace.features.gradients import GradientFeaturizer, combine_checkpoints, example_loss_batch, tied_norm_ratio
 from ftrace.model import example_batch, load_model, query_batch
 from ftrace.model.batching import IGNORE, object_span_batch
@@ -421,6 +421,15 @@ def test_corpus_examples_carry_the_first_fact_object_found_in_the_text():
         Sentence(id="b", text="Nothing here.", facts=[("N", "r", "Paris")]),
         Sentence(id="c", text="No facts.")])
     assert [(e.id, e.object) for e in corpus.examples()] == [("a:lm", "toyota"), ("b:lm", None), ("c:lm", None)]
+    # one "object" rule: the index scores the first stated object, training and the tail-patch each of them
+    assert [stated_objects(s) for s in corpus.sentences] == [["toyota", "Indonesia"], [], []]
+
+
+def test_one_rule_matches_targets_and_one_more_step_prompts():
+    assert match_key("  Toyota\tMotor ") == match_key("toyota motor") == "toyota motor"
+    assert match_key("The Hague") != match_key("Hague")  # an article is part of a name
+    assert prompt_key("The  eiffel Tower is located in") == prompt_key("Eiffel Tower is located in")
+    assert prompt_key("The") == "the"
 
 
 def test_object_span_examples_take_the_gradient_of_the_object_tokens(lm):

@@ -65,7 +65,7 @@ def test_serve_latency_results_file(tiny_model_dir, tmp_path):
     spec.loader.exec_module(mod)
     out = tmp_path / "serve.json"
     res = mod.main(["--model", tiny_model_dir, "--corpus", "sample", "--sizes", "50", "--methods",
-                    "bm25,embed,bm25+embed", "--requests", "3", "--warmup", "1", "--queries", "5", "--clients", "2",
+                    "bm25,embed,embed+bm25", "--requests", "3", "--warmup", "1", "--queries", "5", "--clients", "2",
                     "--load-seconds", "2", "--work", str(tmp_path / "work"), "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     md = out.with_suffix(".md").read_text()
@@ -80,14 +80,14 @@ def test_serve_latency_results_file(tiny_model_dir, tmp_path):
         assert size["vectors"] == {"embed": 32, "tracin": 4096} and size["build"]["wall_s"] > 0
         assert not size["build"]["reused"]
         by = {r["method"]: r for r in size["results"]}
-        assert list(by) == ["bm25", "embed", "bm25+embed", "bm25+embed, model answer"]
+        assert list(by) == ["bm25", "embed", "embed+bm25", "embed+bm25, model answer"]
         for r in by.values():
             lat = r["latency_s"]
             assert r["errors"] == 0 and lat["n"] == 3 and 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["max"]
             assert r["server_total_s"]["p50"] <= lat["p50"]
         assert by["bm25"]["model_s"]["max"] == 0 and by["bm25"]["bm25_s"]["min"] > 0  # BM25 with a target: no model
         assert by["embed"]["vectors_s"]["min"] > 0 and by["embed"]["qdrant_s"]["min"] > 0
-        assert by["bm25+embed, model answer"]["answer_s"]["min"] > 0 and by["bm25+embed"]["answer_s"]["max"] == 0
+        assert by["embed+bm25, model answer"]["answer_s"]["min"] > 0 and by["embed+bm25"]["answer_s"]["max"] == 0
     from ftrace.index.layout import IndexDir
 
     small = IndexDir(tmp_path / "work" / "lama-50").corpus

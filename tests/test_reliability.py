@@ -72,7 +72,7 @@ def ingest_args(index, model, *more):
 
 
 def query_args(index):
-    return ["query", AVANZA, "--index", index, "--method", "bm25+embed", "--target", "Toyota", "--json"]
+    return ["query", AVANZA, "--index", index, "--method", "embed+bm25", "--target", "Toyota", "--json"]
 
 
 def error_line(err):

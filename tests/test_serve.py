@@ -243,7 +243,7 @@ def chromium(tmp_path, url, *flags):
 def test_explorer_page_renders_results_in_chromium(server, tmp_path):
     import matplotlib.image
 
-    body = {"prompt": AVANZA, "target": "Toyota", "method": "bm25+embed", "k": 6}
+    body = {"prompt": AVANZA, "target": "Toyota", "method": "embed+bm25", "k": 6}
     expected = http(f"{server.url}/trace", body)[1]
     page = f"{server.url}/?{urlencode(body)}"
     dom = chromium(tmp_path, page, "--dump-dom")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftrace.config import CandidateSizes
-from ftrace.corpus import Corpus, Query, normalize
+from ftrace.corpus import Corpus, Query, match_key
 
 
 def stable_seed(*parts: object) -> int:
@@ -42,12 +42,12 @@ class CorpusView:
         self.ids = [s.id for s in corpus.sentences]
         self.by_object: dict[str, list[str]] = {}
         for s in corpus.sentences:
-            for obj in dict.fromkeys(normalize(t[2]) for t in s.facts):
+            for obj in dict.fromkeys(match_key(t[2]) for t in s.facts):
                 self.by_object.setdefault(obj, []).append(s.id)
 
     def same_target(self, target: str) -> list[str]:
-        """Sentences stating a fact whose object is `target` (case-insensitive), in corpus order."""
-        return self.by_object.get(normalize(target), [])
+        """Sentences stating a fact whose object is `target` (`match_key`: case and spacing aside), in corpus order."""
+        return self.by_object.get(match_key(target), [])
 
 
 def draw(pool: Sequence[str], n: int, rng: np.random.Generator, exclude: set[str]) -> list[str]:

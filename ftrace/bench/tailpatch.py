@@ -35,10 +35,10 @@ import torch
 
 from ftrace import FtraceError
 from ftrace.config import MAX_TOKENS, TrainConfig
-from ftrace.corpus import Sentence
+from ftrace.corpus import Example, Sentence
 from ftrace.model import LoadedModel
 from ftrace.model.batching import IGNORE, LossBatch
-from ftrace.model.objective import TrainExample, lm_loss, loss_batch, sentence_examples, target_logprobs
+from ftrace.model.objective import lm_loss, loss_batch, sentence_examples, target_logprobs
 from ftrace.runs import TRAINER, load_trainer, read_run, read_state, traced_run
 
 ORACLE, RANDOM, MOMENTUM = "oracle", "random", "momentum"
@@ -130,7 +130,7 @@ class TailPatcher:
 
     # ---- the pieces
 
-    def examples(self, sentences: Sequence[Sentence]) -> list[TrainExample]:
+    def examples(self, sentences: Sequence[Sentence]) -> list[Example]:
         return sentence_examples(sentences, self.s.example_loss, self.lm.tokenizer, self.s.max_tokens)
 
     def logprobs(self, prompts: Sequence[str], targets: Sequence[str],
@@ -138,7 +138,7 @@ class TailPatcher:
         """log p(target | prompt) per query, summed over the target's tokens (at `params` if given)."""
         return target_logprobs(self.model, self.lm.tokenizer, prompts, targets, self.max_tokens, params)
 
-    def gradient(self, examples: Sequence[TrainExample]) -> list[torch.Tensor | None]:
+    def gradient(self, examples: Sequence[Example]) -> list[torch.Tensor | None]:
         """Gradient of the batch's mean token loss (None for a parameter the loss does not touch)."""
         batch = loss_batch(examples, self.lm.tokenizer, self.s.max_tokens)
         scored = (batch.labels != IGNORE).any(dim=0).nonzero()

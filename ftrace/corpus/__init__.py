@@ -1,5 +1,5 @@
 from ftrace.corpus.loaders import CorpusError, load_corpus, load_jsonl, load_lama, load_sample, load_trex
-from ftrace.corpus.records import Corpus, Example, Query, Sentence, match_key, normalize, sentence_id
+from ftrace.corpus.records import Corpus, Example, Query, Sentence, match_key, prompt_key, sentence_id, stated_objects
 
 __all__ = ["Corpus", "CorpusError", "Example", "Query", "Sentence", "load_corpus", "load_jsonl",
-           "load_lama", "load_sample", "load_trex", "match_key", "normalize", "sentence_id"]
+           "load_lama", "load_sample", "load_trex", "match_key", "prompt_key", "sentence_id", "stated_objects"]

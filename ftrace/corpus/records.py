@@ -20,18 +20,17 @@ def sentence_id(text: str) -> str:
     return "t" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def normalize(text: str) -> str:
-    """How prompts, targets and answers are compared: stripped, case-insensitive."""
-    return text.strip().lower()
-
-
 def match_key(text: str) -> str:
-    """How a traced prompt or target is matched to the corpus's queries: case, spacing and a leading article
-    ignored ("The Eiffel Tower is located in" finds "Eiffel Tower is located in")."""
-    words = text.lower().split()
-    if len(words) > 1 and words[0] in ("the", "a", "an"):
-        words = words[1:]
-    return " ".join(words)
+    """The one rule for comparing targets, objects and answers: case and spacing ignored ("Toyota  Motor " is
+    "toyota motor")."""
+    return " ".join(text.lower().split())
+
+
+def prompt_key(text: str) -> str:
+    """How a traced prompt is matched to the corpus's queries: `match_key`, and a leading article ignored ("The
+    Eiffel Tower is located in" finds "Eiffel Tower is located in")."""
+    words = match_key(text).split(" ")
+    return " ".join(words[1:] if len(words) > 1 and words[0] in ("the", "a", "an") else words)
 
 
 def find_object(text: str, obj: str) -> tuple[int, int] | None:
@@ -67,18 +66,23 @@ class Query(BaseModel):
     split: str | None = None  # e.g. LAMA's train/dev/test: tune on one, report on another
 
 
-class Example(BaseModel):
-    """One training example: a sentence under a masking ("lm": the LM loss of the whole sentence).
+def stated_objects(s: Sentence) -> list[str]:
+    """The one "object" rule: the distinct objects of the sentence's facts (in `facts` order, stripped) that
+    occur in its text (`find_object`: case-sensitive, else case-insensitive)."""
+    return [o for o in dict.fromkeys(o.strip() for _, _, o in s.facts) if o and find_object(s.text, o) is not None]
 
-    `object`: the object of the sentence's first fact (in `facts` order) that occurs in its text
-    (`find_object`: case-sensitive, else case-insensitive), None when no fact's does. It is what the
-    object-span loss scores (`--example-loss object`: the object's tokens given the text before them);
-    the example, its id and the index layout are the same whichever loss is used."""
+
+class Example(BaseModel):
+    """One training example: a sentence, and the object whose tokens the example loss "object" scores (given
+    the text before them), or None (the whole sentence's LM loss).
+
+    An index holds one example per sentence (`Corpus.examples`, id "SENTENCE:lm"): its object is the first of
+    `stated_objects`, so the layout is the same whichever loss is used. Training and the tail-patch take one
+    example per stated object (`ftrace.model.objective.sentence_examples`)."""
 
     id: str
     sentence_id: str
     text: str
-    masking: str = "lm"  # whole-sentence language-model loss
     object: str | None = None
 
 
@@ -88,11 +92,8 @@ class Corpus(BaseModel):
     queries: list[Query] = Field(default_factory=list)
 
     def examples(self) -> list[Example]:
-        # One example per sentence for now; maskings (subject/object) add more per sentence later.
-        def first_object(s: Sentence) -> str | None:
-            return next((o.strip() for _, _, o in s.facts if find_object(s.text, o) is not None), None)
-
-        return [Example(id=f"{s.id}:lm", sentence_id=s.id, text=s.text, object=first_object(s))
+        """The index's examples: one per sentence, scoring its first stated object under the object loss."""
+        return [Example(id=f"{s.id}:lm", sentence_id=s.id, text=s.text, object=next(iter(stated_objects(s)), None))
                 for s in self.sentences]
 
     def by_id(self) -> dict[str, Sentence]:

@@ -43,7 +43,7 @@ class ModelInfo(BaseModel):
     base: str | None = None
     base_fingerprint: str | None = None
     train_dir: str | None = None
-    dtype: str = "float32"  # the weights' dtype the vectors were computed in (indexes before it: float32)
+    dtype: str  # the weights' dtype the vectors were computed in
 
 
 class QueryDefault(BaseModel):
@@ -66,8 +66,7 @@ class Manifest(BaseModel):
     bm25: dict = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     complete: bool = False  # every example's vectors are stored
-    # tokens per sentence and query given to the model (128: indexes made before it was recorded)
-    max_tokens: int = 128
+    max_tokens: int  # tokens per sentence and query given to the model
     # how long each stage of the ingest that finished the index took (seconds; "vectors" counts the examples
     # that run featurised: fewer after a resume); not part of the identity
     timings: dict[str, float] = Field(default_factory=dict)
@@ -93,9 +92,18 @@ class Manifest(BaseModel):
         if not path.exists():
             raise ManifestError(f"{index_dir}: not an ftrace index ({FILENAME} missing); run `ftrace ingest` first")
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            raw = json.loads(path.read_text())
+            return cls.model_validate(migrate_manifest(raw) if isinstance(raw, dict) else raw)
         except (json.JSONDecodeError, ValidationError) as e:
             raise ManifestError(f"{path}: unreadable manifest ({str(e).splitlines()[0]})") from None
+
+
+def migrate_manifest(raw: dict) -> dict:
+    """A manifest as the current code reads it: the one place that knows what older indexes left out."""
+    if isinstance(raw.get("model"), dict):
+        raw["model"].setdefault("dtype", "float32")  # indexes from before --dtype: float32 weights
+    raw.setdefault("max_tokens", 128)  # indexes from before --max-tokens was recorded: 128 tokens
+    return raw
 
 
 def _diff(a, b, where: str) -> list[str]:

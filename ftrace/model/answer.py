@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ftrace.corpus import match_key
 from ftrace.model.batching import budget_batches
 from ftrace.model.loading import LoadedModel
 
@@ -24,13 +25,9 @@ RULE = ("right when the normalised target (lowercase, whitespace collapsed, stri
         "'Toyota', 'Toyotas' does not")
 
 
-def normalize_answer(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def answer_is_right(answer: str, target: str) -> bool:
     """RULE, on a generated answer (already `cut`)."""
-    a, t = normalize_answer(answer), normalize_answer(target)
+    a, t = match_key(answer), match_key(target)
     return bool(t) and a.startswith(t) and (len(a) == len(t) or not a[len(t)].isalnum())
 
 
@@ -107,7 +104,7 @@ def answers_right(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str
     with _cut_left(tok):  # each prompt as generation sees it
         for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
             t = tok(" " + target.strip(), add_special_tokens=False)["input_ids"]
-            if not normalize_answer(target) or _STOP.search(target.strip()):
+            if not match_key(target) or _STOP.search(target.strip()):
                 out[i] = False  # an answer is cut at its first punctuation mark: such a target is never right
             elif len(t) <= max_new_tokens:  # a longer one: only generation can tell
                 rows.append((i, tok(prompt, truncation=max_tokens is not None, max_length=max_tokens)["input_ids"],
@@ -149,8 +146,8 @@ def _decide(tok, target_ids: list[int], best: list[int], target: str, max_new_to
                 return None  # part of a character (a byte token): what it becomes depends on what follows
             if _STOP.search(_continuation(tok, target_ids[:j], best[j])):
                 return answer_is_right(cut(text), target)  # the answer ends at this mark: it is final
-            so_far = normalize_answer(text)
-            whole = normalize_answer(tok.decode(target_ids, skip_special_tokens=True))
+            so_far = match_key(text)
+            whole = match_key(tok.decode(target_ids, skip_special_tokens=True))
             # a greedy path whose text still agrees with the target's: only generation can tell
             return None if so_far.startswith(whole) or whole.startswith(so_far) else False
     if len(target_ids) == max_new_tokens:

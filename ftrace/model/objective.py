@@ -1,47 +1,40 @@
 """The training objective, defined once: what a training example is, its loss, and a query's target
 log-probability. `ftrace train` steps on it, the tail-patch (bench) steps on it and measures with it.
 
+- a training example: `ftrace.corpus.Example` (a sentence, and the object its loss scores, or None).
 - example loss "sentence": one example per sentence; every token after the first is scored.
-- example loss "object": one example per (sentence, distinct object of a fact the sentence states) whose
-  object occurs in the sentence's text; only the object's tokens are scored, given the text before them (a
-  causal LM's version of FTRACE's object masking). Sentences with no such object give no example.
-  (Ingest's gradients score one object span per sentence, with a whole-sentence fallback:
-  ftrace.features.gradients.examples, recorded in the index's vector spec.)
+- example loss "object": one example per object the sentence states (`ftrace.corpus.stated_objects`, the one
+  "object" rule); only the object's tokens are scored, given the text before them (a causal LM's version of
+  FTRACE's object masking). Sentences with no such object, or whose object has no token to score, give no
+  example. (An index holds one example per sentence, its first stated object, with a whole-sentence
+  fallback: `Corpus.examples`, ftrace.features.gradients.examples.)
 - the token limit: `max_tokens` (ftrace.config.MAX_TOKENS by default), longer texts truncated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from ftrace.config import MAX_TOKENS
-from ftrace.corpus import Sentence
+from ftrace.corpus import Example, Sentence, stated_objects
 from ftrace.model.batching import IGNORE, LossBatch, example_batch, object_span_batch, object_span_rows, query_batch
 
 CHUNK = 1024  # texts tokenised per call while filtering
 
 
-@dataclass(frozen=True)
-class TrainExample:
-    sentence_id: str
-    text: str
-    object: str | None = None  # the scored object (example loss "object"), else None
-
-
 def sentence_examples(sentences: Sequence[Sentence], example_loss: str, tokenizer,
-                      max_tokens: int = MAX_TOKENS) -> list[TrainExample]:
+                      max_tokens: int = MAX_TOKENS) -> list[Example]:
     """The training examples of these sentences, in order (example loss "object": none for a sentence whose
     text contains no object of its facts)."""
     if example_loss == "sentence":
-        return [TrainExample(s.id, s.text) for s in sentences]
-    candidates = [TrainExample(s.id, s.text, obj)
-                  for s in sentences for obj in dict.fromkeys(o.strip() for _, _, o in s.facts) if obj]
-    kept: list[TrainExample] = []
+        return [Example(id=f"{s.id}:lm", sentence_id=s.id, text=s.text) for s in sentences]
+    candidates = [Example(id=f"{s.id}:{k}", sentence_id=s.id, text=s.text, object=obj)
+                  for s in sentences for k, obj in enumerate(stated_objects(s))]
+    kept: list[Example] = []
     for i in range(0, len(candidates), CHUNK):
         chunk = candidates[i:i + CHUNK]
         rows = object_span_rows(tokenizer, [e.text for e in chunk], [e.object or "" for e in chunk], max_tokens)
@@ -49,7 +42,7 @@ def sentence_examples(sentences: Sequence[Sentence], example_loss: str, tokenize
     return kept
 
 
-def loss_batch(examples: Sequence[TrainExample], tokenizer, max_tokens: int = MAX_TOKENS) -> LossBatch:
+def loss_batch(examples: Sequence[Example], tokenizer, max_tokens: int = MAX_TOKENS) -> LossBatch:
     if examples[0].object is None:
         return example_batch(tokenizer, [e.text for e in examples], max_tokens)
     return object_span_batch(tokenizer, [e.text for e in examples], [e.object or "" for e in examples], max_tokens)

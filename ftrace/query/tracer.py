@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ftrace import FtraceError
-from ftrace.corpus import Query, match_key
+from ftrace.corpus import Query, match_key, prompt_key
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
@@ -226,15 +226,15 @@ class Tracer:
 
     @cached_property
     def _queries_by_prompt(self) -> dict[str, list[Query]]:
-        """The corpus's queries by prompt, leading article aside (`match_key`; a scan per query costs ~20 ms at
+        """The corpus's queries by prompt, leading article aside (`prompt_key`; a scan per query costs ~20 ms at
         30k queries)."""
         out: dict[str, list[Query]] = {}
         for q in self.corpus.queries:
-            out.setdefault(match_key(q.prompt), []).append(q)
+            out.setdefault(prompt_key(q.prompt), []).append(q)
         return out
 
     def same_prompt(self, prompt: str) -> list[Query]:
-        return list(self._queries_by_prompt.get(match_key(prompt), []))
+        return list(self._queries_by_prompt.get(prompt_key(prompt), []))
 
     def ground_truth(self, same_prompt: list[Query], target: str) -> GroundTruth | None:
         hits = [q for q in same_prompt if match_key(q.target) == match_key(target)]

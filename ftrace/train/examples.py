@@ -7,14 +7,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ftrace.corpus import Corpus
-from ftrace.model.objective import TrainExample, sentence_examples
+from ftrace.corpus import Corpus, Example
+from ftrace.model.objective import sentence_examples
 from ftrace.runs.errors import TrainError
 
 
 @dataclass
 class ExampleSet:
-    examples: list[TrainExample]
+    examples: list[Example]
     skipped_sentences: int  # sentences that gave no example
 
     def fingerprint(self) -> str:

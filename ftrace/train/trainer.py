@@ -30,10 +30,10 @@ import torch
 from tqdm import tqdm
 
 from ftrace.config import DEFAULT_MODEL, TrainConfig
-from ftrace.corpus import Corpus, load_corpus
+from ftrace.corpus import Corpus, Example, load_corpus
 from ftrace.index.manifest import versions
 from ftrace.model.loading import DTYPES, LoadedModel, load_model, resolve_device
-from ftrace.model.objective import TrainExample, lm_loss, loss_batch
+from ftrace.model.objective import lm_loss, loss_batch
 from ftrace.plumbing import log
 from ftrace.runs.checkpoints import checkpoint_dirs, load_trainer, read_state
 from ftrace.runs.errors import TrainError
@@ -88,9 +88,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def train_command(config: TrainConfig) -> TrainRun:
     """`ftrace train`: the training sentences and model of --index (output INDEX/train), or of
     --corpus and --model (output --out)."""
-    if config.index is not None and config.corpus is not None:
-        raise TrainError("give --index (train on an index's sentences) or --corpus, not both")
-    if config.index is not None:
+    if config.index is not None:  # TrainConfig validated the combination
         from ftrace.index.layout import IndexDir  # here: the index layer brings Lucene's JVM set-up
 
         index = IndexDir(Path(config.index))
@@ -100,12 +98,8 @@ def train_command(config: TrainConfig) -> TrainRun:
                              "train that model, or use --corpus")
         config = config.model_copy(update={"model": built_with})
         return train(config, index.corpus, config.out or index.path / "train")
-    if config.corpus is None:
+    if config.corpus is None or config.out is None:
         raise TrainError("give --index INDEX, or --corpus CORPUS with --out DIR")
-    if "corpus" not in config.corpus.model_fields_set:  # only --relation/--split/--limit were given
-        raise TrainError("--relation, --split and --limit select from a --corpus: give --corpus too")
-    if config.out is None:
-        raise TrainError("--corpus needs --out DIR (where the checkpoints go)")
     sel = config.corpus
     return train(config, load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit), config.out)
 
@@ -170,7 +164,7 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     return result
 
 
-def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[TrainExample],
+def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Example],
          record: dict[str, Any], out: Path, device: torch.device) -> int | None:
     """The training loop proper (inside the lock); returns the step it resumed from, if any."""
     removed = remove_partial(out)

@@ -9,17 +9,17 @@ import numpy as np
 from scipy import stats
 
 from ftrace.corpus import load_corpus
-from ftrace.corpus.records import normalize
+from ftrace.corpus.records import match_key
 
 c = load_corpus("indexes/dev2-ft-base/corpus.jsonl", None, None, None)
-objs = {s.id: {normalize(f[2]) for f in s.facts} for s in c.sentences}
+objs = {s.id: {match_key(f[2]) for f in s.facts} for s in c.sentences}
 qs = {q.id: q for q in c.queries}
 with open("results/bench/dev2-ft-base-P19-full/rankings.jsonl") as f:
     rows = [json.loads(line) for line in f]
 per_q = collections.defaultdict(dict)
 for r in rows:
     top = tuple(sorted(i for i, _ in r["top"][:10]))
-    t = normalize(qs[r["query"]].target)
+    t = match_key(qs[r["query"]].target)
     per_q[r['query']][top] = (sum(t in objs[i] for i in top), r['tailpatch']['delta_logp'])
 taus, pooled = [], []
 for sets in per_q.values():

@@ -1,8 +1,8 @@
 """Training examples' loss batches for gradient features (`GradientConfig.example_loss`).
 
 "sentence": the LM loss of the whole sentence (`example_batch`: every token after the first).
-"object": the loss of the tokens of `Example.object` (the object of the sentence's first fact that
-occurs in its text) given the text before it, FTRACE's object masking for a causal LM: exactly the
+"object": the loss of the tokens of `Example.object` (the sentence's first stated object,
+`ftrace.corpus.stated_objects`) given the text before it, FTRACE's object masking for a causal LM: exactly the
 labels of `object_span_rows`. An example with no object, or whose object has no labelled token
 (only in the first token, or cut by `max_tokens`), keeps the whole-sentence loss: a fallback,
 counted. Either way there is one row per example, with the same input ids as `example_batch`, so

@@ -25,7 +25,7 @@ async function loadInfo() {
   if (!res.ok) throw new Error(info.detail || res.statusText);
   const select = $("method");
   for (const m of methodsOf(info.serve.methods)) select.append(el("option", { value: m }, m));
-  select.value = info.serve.methods.includes("embed") ? "bm25+embed" : "bm25";
+  select.value = info.serve.methods.includes("embed") ? "embed+bm25" : "bm25";
   $("index-info").textContent = `${info.corpus.sentences.toLocaleString()} sentences from ${info.corpus.source}` +
     ` · model ${info.model.name} · ${info.serve.methods.join(", ")} · ${info.serve.device}`;
 }
