@@ -1,4 +1,5 @@
-"""The resumable score cache: OUT/cache.jsonl, one JSON line per computed entry.
+"""The bench's resumable cache of computed results (scores, the model's answers, tail-patch steps): OUT/cache.jsonl
+and OUT/tailpatch.jsonl, one JSON line per computed entry.
 
 Each line is {"k": settings hash, "seed": int | null, "q": query id, "m": method, "v": value,
 "t": seconds it took to compute}.
@@ -23,7 +24,7 @@ def settings_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps([FORMAT, obj], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class ScoreCache:
+class ResultCache:
     def __init__(self, path: Path, keys: set[str]):
         """Load the entries of `keys` (the settings hashes this run may use) from `path`."""
         self.path = Path(path)

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from ftrace.bench import metrics as M
-from ftrace.bench.cache import ScoreCache, settings_hash
+from ftrace.bench.cache import ResultCache, settings_hash
 from ftrace.bench.candidates import draw, rng_for
 from ftrace.bench.evaluate import DrawRankings, Members
 from ftrace.bench.paths import shown
 from ftrace.bench.scoring import ids_digest
 from ftrace.bench.tailpatch import MOMENTUM, ORACLE, RANDOM, TailPatcher
-from ftrace.corpus import Query
+from ftrace.corpus import Query, Sentence
 
 STATS = ("delta_logp", "delta_logp_vs_momentum", "delta_p")
 
@@ -41,23 +43,33 @@ def reference_sets(patcher: TailPatcher) -> list[str]:
     return [ORACLE, RANDOM, *([MOMENTUM] if patcher.moments is not None else [])]
 
 
-def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: DrawRankings,
+@dataclass(frozen=True)
+class TailPatchRun:
+    """What the tail-patch takes from a bench run."""
+
+    patcher: TailPatcher  # the step and the measurement, at the index's final checkpoint
+    k: int  # sentences per set: each method's top k
+    methods: Sequence[str]
+    sentences: Mapping[str, Sentence]  # the corpus by id, in corpus order (the random reference draws from it)
+    identity: Mapping[str, Any]  # the index and model the rankings came from: part of the cache key
+    out: Path  # the bench's output directory (OUT/tailpatch.jsonl)
+    stat_test: str
+
+
+def tailpatch(run: TailPatchRun, per_seed: Mapping[int, Sequence[Query]], rankings: DrawRankings,
               members: Members) -> tuple[dict, dict[tuple[int, str, str], dict]]:
     """(results["tailpatch"], {(seed, query id, set): {"delta_logp", "examples"}} for rankings.jsonl)."""
-    c, tracer = bench.c, bench.tracer
-    m = tracer.index.manifest
-    patcher = TailPatcher.for_index(tracer.lm, m.model.train_dir, m.max_tokens, c.tailpatch_lr)
-    k = c.tailpatch_k
-    key = settings_hash({"tailpatch": _as_hashed(asdict(patcher.s)), **bench.scorer.identity, "k": k})
-    cache = ScoreCache(bench.out / "tailpatch.jsonl", {key})
-    sets = [*bench.methods, *reference_sets(patcher)]
-    sentences = tracer.corpus.by_id()
+    patcher, k, sentences = run.patcher, run.k, run.sentences
+    corpus_ids = list(sentences)
+    key = settings_hash({"tailpatch": _as_hashed(asdict(patcher.s)), **run.identity, "k": k})
+    cache = ResultCache(run.out / "tailpatch.jsonl", {key})
+    sets = [*run.methods, *reference_sets(patcher)]
 
     def batch_of(seed: int, q: Query, name: str) -> list[str]:
         if name == ORACLE:
             ids = list(dict.fromkeys(q.proponents))[:k]
         elif name == RANDOM:
-            ids = draw(bench.scorer.view.ids, k, rng_for("tailpatch-random", seed, q.id), set())
+            ids = draw(corpus_ids, k, rng_for("tailpatch-random", seed, q.id), set())
         elif name == MOMENTUM:
             ids = []
         else:
@@ -85,7 +97,7 @@ def tailpatch(bench, per_seed: Mapping[int, Sequence[Query]], rankings: DrawRank
     for (seed, qid, s), ids in wanted.items():
         v = cache.entries[(key, None, qid, _digest(ids))]
         per_run[(seed, qid, s)] = {"delta_logp": v["after"] - before[qid], "examples": v["n"], "after": v["after"]}
-    results = summarize(per_seed, per_run, sets, before, members, c.stat_test)
+    results = summarize(per_seed, per_run, sets, before, members, run.stat_test)
     results.update({
         "k": k, "sets": sets, "step": {**asdict(patcher.s), "state": shown(patcher.s.state)},
         "what": "one AdamW step on a set of training sentences as one batch, from the final checkpoint (weights never "

@@ -283,9 +283,14 @@ class Bench:
             members = self.members(per_seed, rankings, slice_of, base_learned is not None)
             tail = None
             if c.metric != "attribution":
-                from ftrace.bench.influence import tailpatch  # loads the training machinery
+                from ftrace.bench.influence import TailPatchRun, tailpatch  # loads the training machinery
+                from ftrace.bench.tailpatch import TailPatcher
 
-                tail_results, tail = tailpatch(self, per_seed, rankings, members)
+                patcher = TailPatcher.for_index(self.tracer.lm, self.manifest.model.train_dir, self.manifest.max_tokens,
+                                                c.tailpatch_lr)
+                run = TailPatchRun(patcher, c.tailpatch_k, self.methods, self.tracer.corpus.by_id(),
+                                   self.scorer.identity, self.out, c.stat_test)
+                tail_results, tail = tailpatch(run, per_seed, rankings, members)
         finally:
             self.scorer.close()
             if self.own_tracer:

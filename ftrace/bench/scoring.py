@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ftrace.bench.cache import ScoreCache, settings_hash
+from ftrace.bench.cache import ResultCache, settings_hash
 from ftrace.bench.candidates import CandidateSet, CorpusView, candidate_set
 from ftrace.config import BenchConfig
 from ftrace.corpus import Query
@@ -77,7 +77,7 @@ class Scorer:
         base = tracer.index.manifest.model
         self.base_answer_key = settings_hash({"answers": {"name": base.base, "fingerprint": base.base_fingerprint},
                                               **dtype, **limit})
-        self.cache = ScoreCache(out / "cache.jsonl", {self.key, self.answer_key, self.base_answer_key})
+        self.cache = ResultCache(out / "cache.jsonl", {self.key, self.answer_key, self.base_answer_key})
         self.computed = 0
         self._qvec: dict[str, dict[str, np.ndarray]] = {}
 
@@ -207,7 +207,7 @@ class Scorer:
         for path in sorted(self.cache.path.parent.parent.glob("*/cache.jsonl")):
             if path.resolve() == self.cache.path.resolve():
                 continue
-            other = ScoreCache(path, {key})
+            other = ResultCache(path, {key})
             for (_, _, qid, m), v in other.entries.items():
                 if m == tag and isinstance(v, dict):
                     found.setdefault(qid, (v, other.seconds[(key, None, qid, m)]))
