@@ -1,10 +1,11 @@
-"""What every layer uses and none owns: messages on stderr and files written atomically."""
+"""What every layer uses and none owns: messages on stderr, files written atomically and file locks."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import os
 import sys
 from collections.abc import Iterator
@@ -38,6 +39,16 @@ def write_atomic(path: Path, text: str) -> None:
     """`path.write_text(text)` (UTF-8), atomically (`replacing`)."""
     with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def try_lock(fd: int, how: int) -> bool:
+    """Take an OS file lock (`fcntl.LOCK_EX` or `LOCK_SH`) on `fd` without waiting; False when another process
+    holds it. The kernel releases it when its process dies: no stale locks."""
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def directory_problem(path: Path) -> str | None:

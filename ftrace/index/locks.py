@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ftrace import FtraceError
-from ftrace.plumbing import directory_problem, write_atomic
+from ftrace.plumbing import directory_problem, try_lock, write_atomic
 
 WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK = ".write.lock", ".store.lock", ".serve.lock", ".setup.lock"
 PROGRESS = ".progress.json"
@@ -64,14 +64,6 @@ def store_wait_s() -> float:
         return max(0.0, float(raw))
     except ValueError:
         raise FtraceError(f"{WAIT_ENV}={raw!r}: give a number of seconds") from None
-
-
-def _try_lock(fd: int, how: int) -> bool:
-    try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
 
 
 def _stamp_of(fd: int) -> dict:
@@ -114,7 +106,7 @@ def writer(index_dir: Path) -> Iterator[None]:
     made_file = not path.exists()
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if not _try_lock(fd, fcntl.LOCK_EX):
+        if not try_lock(fd, fcntl.LOCK_EX):
             pid, since = _holder(fd)
             raise IndexBusyError(f"{index_dir}: is being written by pid {pid} since {since}; wait for it to finish")
         _stamp(fd)
@@ -138,7 +130,7 @@ def _held_by(index_dir: Path, name: str) -> dict | None:
     except FileNotFoundError:
         return None
     try:
-        return None if _try_lock(fd, fcntl.LOCK_SH) else _stamp_of(fd)
+        return None if try_lock(fd, fcntl.LOCK_SH) else _stamp_of(fd)
     finally:
         os.close(fd)
 
@@ -155,7 +147,7 @@ def serving(index_dir: Path, url: str) -> Iterator[None]:
     at once if another server holds it. The stamp records the server's `url` for the readers it refuses."""
     fd = os.open(Path(index_dir) / SERVE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if not _try_lock(fd, fcntl.LOCK_EX):
+        if not try_lock(fd, fcntl.LOCK_EX):
             raise _served_error(index_dir, _stamp_of(fd))
         _stamp(fd, url=url)
         yield
@@ -250,7 +242,7 @@ class StoreLock:
             return
         fd = os.open(self.index_dir / STORE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.timeout_s
-        while not _try_lock(fd, fcntl.LOCK_EX):
+        while not try_lock(fd, fcntl.LOCK_EX):
             if time.monotonic() >= deadline:
                 pid, _ = _holder(fd)
                 os.close(fd)

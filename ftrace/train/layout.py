@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ftrace.plumbing import write_atomic
+from ftrace.plumbing import try_lock, write_atomic
 from ftrace.runs.errors import TrainError
 from ftrace.runs.layout import LOCK
 
@@ -55,10 +55,8 @@ def remove_partial(out: Path) -> list[str]:
 def locked(out: Path) -> Iterator[None]:
     """Hold run.lock for the duration; a second trainer in the same directory is refused."""
     with open(out / LOCK, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrainError(f"{out}: another ftrace train is running here") from None
+        if not try_lock(f.fileno(), fcntl.LOCK_EX):
+            raise TrainError(f"{out}: another ftrace train is running here")
         try:
             yield
         finally:
