@@ -293,14 +293,10 @@ def query(config: QueryConfig) -> None:
     from ftrace.query.render import render
     from ftrace.query.tracer import Tracer
 
-    if not config.prompt.strip():
-        raise FtraceError("PROMPT is empty: give the text the model completes, e.g. 'Toyota Avanza is produced by'")
     tracer = Tracer(config.index, model=config.model, embed_layers=config.embed_layers, device=config.device,
                     dtype=config.dtype)
     try:
-        result = tracer.query(config.prompt, target=config.target, k=config.k, method=config.method,
-                              fusion=config.fusion, weight=config.weight, depth=config.depth,
-                              cascade_k=config.cascade_k)
+        result = tracer.query(config)
     finally:
         tracer.close()
     typer.echo(result.model_dump_json(indent=2) if config.as_json else render(result))

@@ -269,9 +269,10 @@ CascadeK = Annotated[int, Field(ge=1), cli("Cascade fusion: how many of the seco
                                           "the sum re-ranks.", "--cascade-k", min=1)]
 
 
-class QueryConfig(Strict):
+class TraceOptions(Strict):
+    """One trace, validated once: what `ftrace query` and a `/trace` request ask of an index (`Tracer.query`)."""
+
     prompt: Annotated[str, cli("What the model completes, e.g. 'Toyota Avanza is produced by'.", argument=True)]
-    index: IndexPath = DEFAULT_INDEX
     target: Annotated[str | None, cli("The answer to trace (default: the model's greedy answer).")] = None
     k: Annotated[int, Field(ge=1), cli("Sentences to show.", "--k", "-k", min=1)] = 10
     # None: the index's own choice (`ftrace bench --save-default`, with its tuned fusion and weight), else bm25
@@ -288,6 +289,24 @@ class QueryConfig(Strict):
                          cli("Cascade fusion: how many of the second method's top sentences the sum re-ranks "
                              "(default: the index's choice, else 20).", "--cascade-k", min=1)] = None
     depth: Annotated[int, Field(ge=1), cli("Candidates each method retrieves before fusion.", min=1)] = 100
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_given(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("blank; give the text the model completes, e.g. 'Toyota Avanza is produced by'")
+        return v
+
+    @field_validator("target")
+    @classmethod
+    def _target_given(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("blank; give the answer to trace, or leave it out to trace the model's own answer")
+        return v
+
+
+class QueryConfig(TraceOptions):
+    index: IndexPath = DEFAULT_INDEX
     model: Annotated[str | None, cli("Must match the index's model (checked).")] = None
     embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
     device: Device = "auto"

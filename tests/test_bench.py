@@ -14,7 +14,7 @@ from ftrace.bench.candidates import CorpusView, candidate_set, sample_queries, s
 from ftrace.bench.evaluate import evaluate
 from ftrace.bench.runner import plan_methods, run_bench, tune_weight
 from ftrace.bench.slices import answer_is_right, learned_slice
-from ftrace.config import BenchConfig, CandidateSizes
+from ftrace.config import BenchConfig, CandidateSizes, TraceOptions
 from ftrace.corpus import Query
 from ftrace.corpus import match_key as norm
 from ftrace.query.fusion import ranking
@@ -411,7 +411,7 @@ def test_full_mode_matches_tracer_query(sample_index, sample, answers, planned, 
     q = next(q for q in sample.queries if q.id == x["query"])
     tracer = Tracer(sample_index)
     try:
-        result = tracer.query(q.prompt, target=q.target, k=10, method="embed+bm25", depth=20)
+        result = tracer.query(TraceOptions(prompt=q.prompt, target=q.target, k=10, method="embed+bm25", depth=20))
     finally:
         tracer.close()
     ours = dict(x["top"])

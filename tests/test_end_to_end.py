@@ -132,8 +132,8 @@ def test_second_ingest_is_a_no_op(sample_index, tiny_model_dir):
 @pytest.mark.parametrize("args, message", [
     (["query", AVANZA, "--model", "other-model"], "built with model"),
     (["query", AVANZA, "--embed-layers", "1"], "layers [0, 2], not [1]"),
-    (["query", "  "], "PROMPT is empty"),
-    (["query", AVANZA, "--target", " "], "--target is empty"),
+    (["query", "  "], "PROMPT '  ': blank; give the text the model completes"),
+    (["query", AVANZA, "--target", " "], "--target ' ': blank"),
     (["query", AVANZA, "--method", "bm26"], "--method 'bm26'"),
     (["query", AVANZA, "--weight", "2"], "--weight 2.0"),
     (["query", AVANZA, "--device", "tpu"], "--device 'tpu'"),

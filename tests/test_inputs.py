@@ -161,8 +161,8 @@ def test_http_messages_name_the_json_fields():
     cases = {
         "--method 'bm26': this index has ['bm25', 'embed'] (and their a+b fusions), not 'bm26'":
             "method 'bm26': this index has ['bm25', 'embed'] (and their a+b fusions), not 'bm26'",
-        "PROMPT is empty: give the text the model completes": "prompt is empty: give the text the model completes",
-        "--target is empty": "target is empty",
+        "PROMPT '  ': blank; give the text the model completes": "prompt '  ': blank; give the text the model completes",
+        "--target ' ': blank": "target ' ': blank",
         "--k 0: must be at least 1": "k 0: must be at least 1",
         "--depth 0: must be at least 1": "depth 0: must be at least 1",
         "--weight 2: must be within [0, 1]": "weight 2: must be within [0, 1]",
@@ -215,8 +215,8 @@ def client(tmp_path_factory, sample_index):
     ({"prompt": AVANZA, "weight": True}, 422, "weight true: Input should be a valid number"),
     ({"prompt": AVANZA, "depth": False}, 422, "depth false: Input should be a valid integer"),
     ({"prompt": AVANZA, "method": "bm26"}, 400, "method 'bm26': this index has ['bm25', 'embed', 'tracin']"),
-    ({"prompt": "  "}, 400, "prompt is empty"),
-    ({"prompt": AVANZA, "target": " "}, 400, "target is empty"),
+    ({"prompt": "  "}, 422, "prompt '  ': blank"),
+    ({"prompt": AVANZA, "target": " "}, 422, "target ' ': blank"),
 ])
 def test_bad_requests_name_json_fields(client, body, status, message):
     r = client.post("/trace", json=body)

@@ -113,7 +113,7 @@ def test_trace_matches_query_json(server, sample_index, body):
     ({"prompt": AVANZA, "k": 0}, 422, "k 0: Input should be greater than or equal to 1"),
     ({"prompt": AVANZA, "fusion": "max"}, 422, "fusion 'max': Input should be 'sum', 'rrf' or 'cascade'"),
     ({"prompt": AVANZA, "index": "/etc"}, 422, "index: not an option of this request"),
-    ({"prompt": "  "}, 400, "prompt is empty"),
+    ({"prompt": "  "}, 422, "prompt '  ': blank"),
     (b"{not json", 422, "request body: not valid JSON"),
     (b"", 422, "request body: Field required"),
 ])

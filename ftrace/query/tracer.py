@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ftrace import FtraceError
+from ftrace.config import TraceOptions
 from ftrace.corpus import Query, match_key, prompt_key
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import progress_note, reading
@@ -245,13 +246,13 @@ class Tracer:
 
     # --- one query, end to end ----------------------------------------------------------------
 
-    def query(self, prompt: str, target: str | None = None, k: int = 10, method: str | None = None,
-              fusion: Fusion | None = None, weight: float | None = None, depth: int = 100,
-              cascade_k: int | None = None) -> QueryResult:
-        """`method`, `fusion`, `weight`, `cascade_k`: None takes the index's default (`resolve`)."""
+    def query(self, o: TraceOptions) -> QueryResult:
+        """One trace (validated options: `ftrace query`'s QueryConfig is one). `method`, `fusion`, `weight`,
+        `cascade_k`: None takes the index's default (`resolve`)."""
         self.timings = {}
         with self._timed("total"):
-            return self._query(prompt, target, k, *self.resolve(method, fusion, weight, cascade_k), depth)
+            return self._query(o.prompt, o.target, o.k, *self.resolve(o.method, o.fusion, o.weight, o.cascade_k),
+                               o.depth)
 
     def resolve(self, method: str | None, fusion: Fusion | None, weight: float | None,
                 cascade_k: int | None) -> tuple[str, Fusion, float, int]:
@@ -268,19 +269,6 @@ class Tracer:
 
     def _query(self, prompt: str, target: str | None, k: int, method: str, fusion: Fusion, weight: float,
                cascade_k: int, depth: int) -> QueryResult:
-        if not prompt.strip():
-            raise FtraceError("PROMPT is empty: give the text the model completes, e.g. 'Toyota Avanza is produced by'")
-        if target is not None and not target.strip():
-            raise FtraceError("--target is empty")
-        if fusion not in ("sum", "rrf", "cascade"):
-            raise FtraceError(f"--fusion {fusion!r}: choose sum, rrf or cascade")
-        if cascade_k < 1:
-            raise FtraceError(f"--cascade-k {cascade_k}: must be at least 1")
-        for name, value in (("--k", k), ("--depth", depth)):
-            if value < 1:
-                raise FtraceError(f"{name} {value}: must be at least 1")
-        if not 0.0 <= weight <= 1.0:
-            raise FtraceError(f"--weight {weight}: must be within [0, 1]")
         m = parse_method(method, self.methods)
         if "bm25" in m.components and (not target or m.components != ("bm25",)):
             self._open_bm25_meanwhile()  # the model loads below: overlap the JVM start with it

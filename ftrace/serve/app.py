@@ -8,8 +8,8 @@
                   their scripts and styles served from the fastapi-offline wheel (no CDN: they work offline)
 
 Bad requests get a 4xx whose `detail` is one line naming the JSON field: 422 where the body does not
-validate (QueryConfig's own types and bounds, strictly: `"k": true` or `"k": "5"` is not a number), 400
-where the tracer refuses it (e.g. a method the index lacks); the tracer's messages name `ftrace query`'s
+validate (TraceOptions, the query's own types, bounds and checks, strictly: `"k": true` or `"k": "5"` is not a
+number), 400 where the tracer refuses it (e.g. a method the index lacks); the tracer's messages name `ftrace query`'s
 options (`--method`, `PROMPT`), which `http_message` turns into the fields (`method`, `prompt`). Every
 request's work is bounded: a body over MAX_BODY bytes gets a 413 (a POST without a Content-Length, 411); a
 prompt keeps its last --max-tokens tokens (for the answer too); a /trace request not answered within
@@ -36,29 +36,29 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import ConfigDict, create_model
 
 from ftrace import FtraceError, __version__
-from ftrace.config import Cli, QueryConfig, ServeConfig, Strict, option_name
+from ftrace.config import Cli, ServeConfig, TraceOptions, option_name
 from ftrace.query.tracer import QueryResult, RequestTimeout
 from ftrace.serve.service import Service
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 65_536  # bytes of a request body: a prompt keeps only its last --max-tokens tokens anyway
 # what a request may set: `ftrace query`'s options but the index, model and device, which are the server's
-REQUEST_FIELDS = ("prompt", "target", "k", "method", "fusion", "weight", "cascade_k", "depth")
+REQUEST_FIELDS = tuple(TraceOptions.model_fields)
 
 
-class _Request(Strict):
+class _Request(TraceOptions):
     # strict: a JSON body's types are what they say, so `"k": true` or `"k": "5"` is refused, not read as 1 or 5
     model_config = ConfigDict(strict=True)
 
 
-def _request_model() -> type[BaseModel]:
-    """POST /trace's body: QueryConfig's fields (types, defaults, bounds), described by their CLI help."""
+def _request_model() -> type[TraceOptions]:
+    """POST /trace's body: TraceOptions (types, defaults, bounds, checks), its fields described by their CLI help."""
     fields: dict[str, Any] = {}
     for name in REQUEST_FIELDS:
-        field = copy.copy(QueryConfig.model_fields[name])
+        field = copy.copy(TraceOptions.model_fields[name])
         field.description = next((m.help for m in field.metadata if isinstance(m, Cli)), None)
         fields[name] = (field.annotation, field)
     return create_model("TraceRequest", __base__=_Request, **fields)
@@ -69,14 +69,14 @@ TraceRequest = _request_model()
 # `ftrace query`'s names of the request's fields, as its messages spell them (--method, --cascade-k, PROMPT) -> the
 # JSON field; a quoted value (a user's text, e.g. "--method '--k': ...") is left as it is
 _FIELD_OF = {option_name(name, mark): name for name in REQUEST_FIELDS
-             for mark in QueryConfig.model_fields[name].metadata if isinstance(mark, Cli)}
+             for mark in TraceOptions.model_fields[name].metadata if isinstance(mark, Cli)}
 _CLI_NAME = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"|(?<![\w-])("
                        + "|".join(map(re.escape, sorted(_FIELD_OF, key=len, reverse=True))) + r")(?![\w-])")
 
 
 def http_message(message: str) -> str:
     """A message of the tracer or config, which names `ftrace query`'s options, as it reads over HTTP: naming the
-    request's JSON fields (`--cascade-k 0: ...` -> `cascade_k 0: ...`, `PROMPT is empty` -> `prompt is empty`)."""
+    request's JSON fields (`--cascade-k 0: ...` -> `cascade_k 0: ...`, `PROMPT` -> `prompt`)."""
     return _CLI_NAME.sub(lambda m: _FIELD_OF[m[1]] if m[1] else m[0], message)
 
 
@@ -155,10 +155,9 @@ def create_app(service: Service, timeout: float = 30.0) -> FastAPI:
 
     @app.post("/trace", response_model=QueryResult, summary="Trace one prediction (as `ftrace query --json`)")
     async def trace(request: TraceRequest) -> Response:  # type: ignore[valid-type]
-        body = request.model_dump()  # type: ignore[attr-defined]
         try:  # the worker drops the request at its next step after the deadline; the client hears at once
             result, timings = await asyncio.wait_for(
-                service.run(service.trace, body, time.monotonic() + timeout), timeout)
+                service.run(service.trace, request, time.monotonic() + timeout), timeout)
         except TimeoutError:
             return timed_out()
         return Response(result.model_dump_json(), media_type="application/json",

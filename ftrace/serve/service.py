@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ftrace.config import TraceOptions
 from ftrace.index.locks import serving
 from ftrace.query.tracer import QueryResult, Tracer
 
@@ -58,7 +59,7 @@ class Service:
         prompt = c.queries[0].prompt if c.queries else " ".join(c.sentences[0].text.split()[:4])
         target = tracer.answer(prompt).strip() or "the"
         for method in tracer.methods:
-            tracer.query(prompt, target, k=1, method=method)
+            tracer.query(TraceOptions(prompt=prompt, target=target, k=1, method=method))
         return tracer
 
     @property
@@ -70,13 +71,13 @@ class Service:
         """Run `fn(*args)` on the tracer's thread, after every call submitted before it."""
         return await asyncio.wrap_future(self._pool.submit(fn, *args))
 
-    def trace(self, request: dict, deadline: float | None = None) -> tuple[QueryResult, dict[str, float]]:
-        """One `ftrace query` (its options as a dict) and the seconds each part took; past `deadline`
+    def trace(self, request: TraceOptions, deadline: float | None = None) -> tuple[QueryResult, dict[str, float]]:
+        """One `ftrace query` and the seconds each part took; past `deadline`
         (time.monotonic()) it stops at its next part (`RequestTimeout`), freeing the worker."""
         tracer = self._tracer
         tracer.deadline = deadline
         try:
-            result = tracer.query(**request)
+            result = tracer.query(request)
         finally:
             tracer.deadline = None
         return result, dict(tracer.timings)
