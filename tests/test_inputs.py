@@ -161,7 +161,8 @@ def test_http_messages_name_the_json_fields():
     cases = {
         "--method 'bm26': this index has ['bm25', 'embed'] (and their a+b fusions), not 'bm26'":
             "method 'bm26': this index has ['bm25', 'embed'] (and their a+b fusions), not 'bm26'",
-        "PROMPT '  ': blank; give the text the model completes": "prompt '  ': blank; give the text the model completes",
+        "PROMPT '  ': blank; give the text the model completes":
+            "prompt '  ': blank; give the text the model completes",
         "--target ' ': blank": "target ' ': blank",
         "--k 0: must be at least 1": "k 0: must be at least 1",
         "--depth 0: must be at least 1": "depth 0: must be at least 1",

@@ -142,6 +142,23 @@ def test_tailpatch_speed_results_file(tiny_model_dir, tmp_path):
     assert "| step |" in out.with_suffix(".md").read_text() and res["examples_per_set"] == 4
 
 
+def test_train_step_results_file(tiny_model_dir, tmp_path):
+    """perf/train_step.py end to end on the tiny model: the three ways timed over the same epoch, the padding that
+    one padded batch costs counted, and the ratio to the floor taken from the same run."""
+    spec = importlib.util.spec_from_file_location("train_step", SCRIPT.with_name("train_step.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "ts.json"
+    res = mod.main(["--model", tiny_model_dir, "--corpus", "sample", "--examples", "12", "--batch-size", "4",
+                    "--repeats", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == res and res["examples"] == 12
+    assert list(res["seconds_per_epoch"]) == ["one padded batch", "ftrace step", "floor"]
+    for t in res["seconds_per_epoch"].values():
+        assert 0 < t["min"] <= t["median"] <= t["max"]
+    assert res["padded_tokens_one_batch"] >= res["tokens"] and res["x_floor"]["floor"] == 1.0
+    assert "| ftrace step |" in out.with_suffix(".md").read_text()
+
+
 def test_shared_machine_results_file(tiny_model_dir, tmp_path):
     """perf/shared_machine.py end to end on the tiny model: real worker processes alone and beside a neighbour,
     per wait policy, each with its rates and the machine's load."""

@@ -365,3 +365,26 @@ def test_an_older_run_json_is_read_under_the_new_names(tmp_path):
     run = read_run(out)
     assert run["identity"]["config"] == {"example_loss": "object", "max_tokens": 64, "dtype": "float32"}
     assert run["config"]["example_loss"] == "object" and run["config"]["max_tokens"] == 64
+
+
+@pytest.mark.parametrize("example_loss", ["sentence", "object"])
+def test_grouped_step_has_the_one_batch_gradient(sample, tiny_model_dir, example_loss):
+    """A training step's loss and gradient, computed in length-sorted groups that are each padded to their own
+    longest row (one long sentence no longer pads the rest), equal those of the batch padded as one."""
+    from ftrace.model.objective import accumulate_gradient, loss_batch, sentence_examples
+
+    lm = load_model(tiny_model_dir)
+    examples = sentence_examples(sample.sentences[:40], example_loss, lm.tokenizer)[:12]
+    examples.append(examples[0].model_copy(update={"text": " ".join(s.text for s in sample.sentences[:6])}))
+    batch = loss_batch(examples, lm.tokenizer)
+    assert batch.input_ids.shape[1] > 3 * float(batch.attention_mask.sum(1).float().median())  # padding dominates
+
+    lm.model.zero_grad()
+    loss = lm_loss(lm.model, batch)
+    loss.backward()
+    whole = {n: p.grad.clone() for n, p in lm.model.named_parameters()}
+    lm.model.zero_grad()
+    grouped = accumulate_gradient(lm.model, batch, group_tokens=64)  # several groups
+    assert grouped == pytest.approx(loss.item(), rel=1e-5)
+    for n, p in lm.model.named_parameters():
+        torch.testing.assert_close(p.grad, whole[n], rtol=1e-4, atol=1e-6, msg=n)

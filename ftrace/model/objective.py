@@ -9,6 +9,8 @@ log-probability. `ftrace train` steps on it, the tail-patch (bench) steps on it 
   example. (An index holds one example per sentence, its first stated object, with a whole-sentence
   fallback: `Corpus.examples`, ftrace.features.gradients.examples.)
 - the token limit: `max_tokens` (ftrace.config.MAX_TOKENS by default), longer texts truncated.
+- a training step's gradient (`accumulate_gradient`): the batch's mean token loss, computed in length-sorted
+  groups so that one long sentence does not pad the others.
 """
 
 from __future__ import annotations
@@ -21,9 +23,18 @@ from torch.func import functional_call
 
 from ftrace.config import MAX_TOKENS
 from ftrace.corpus import Example, Sentence, stated_objects
-from ftrace.model.batching import IGNORE, LossBatch, example_batch, object_span_batch, object_span_rows, query_batch
+from ftrace.model.batching import (
+    IGNORE,
+    LossBatch,
+    budget_batches,
+    example_batch,
+    object_span_batch,
+    object_span_rows,
+    query_batch,
+)
 
 CHUNK = 1024  # texts tokenised per call while filtering
+GROUP_TOKENS = 1024  # padded tokens per forward and backward within a training step (ingest's --batch-tokens)
 
 
 def sentence_examples(sentences: Sequence[Sentence], example_loss: str, tokenizer,
@@ -56,6 +67,35 @@ def lm_loss(model: torch.nn.Module, batch: LossBatch) -> torch.Tensor:
         return logits.sum() * 0.0
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                            ignore_index=IGNORE)
+
+
+def accumulate_gradient(model: torch.nn.Module, batch: LossBatch, group_tokens: int = GROUP_TOKENS) -> float:
+    """Add to the parameters' .grad the gradient of `lm_loss(model, batch)` and return that loss, computed in groups:
+    the rows sorted by the position of their last scored token (nothing after it changes the loss of a causal LM),
+    cut into groups of at most `group_tokens` padded tokens, each padded to its own longest row, each scored token
+    weighing 1 / (the batch's scored tokens). The same loss and gradient as one padded batch, up to float rounding,
+    for the tokens the rows really have (perf/results/train_step-cpu.md)."""
+    device = next(model.parameters()).device
+    scored = batch.labels[:, 1:] != IGNORE
+    total = int(scored.sum())
+    if not total:  # nothing scored: lm_loss's zero loss
+        loss = lm_loss(model, batch.to(device))
+        loss.backward()
+        return loss.item()
+    # tokens up to each row's last scored one; a row with none adds nothing to the loss
+    ends = [int(row.nonzero().max()) + 2 if row.any() else 0 for row in scored]
+    order = sorted((i for i, end in enumerate(ends) if end), key=ends.__getitem__)
+    value = 0.0
+    for part in budget_batches([ends[i] for i in order], len(order), group_tokens):
+        rows, width = order[part], max(ends[i] for i in order[part])
+        group = LossBatch(batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
+                          batch.labels[rows, :width]).to(device)
+        logits = model(input_ids=group.input_ids, attention_mask=group.attention_mask, use_cache=False).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                               group.labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum") / total
+        loss.backward()
+        value += loss.item()
+    return value
 
 
 @torch.no_grad()

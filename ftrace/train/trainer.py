@@ -33,7 +33,7 @@ from ftrace.config import DEFAULT_MODEL, TrainConfig
 from ftrace.corpus import Corpus, Example, load_corpus
 from ftrace.index.manifest import versions
 from ftrace.model.loading import DTYPES, LoadedModel, load_model, resolve_device
-from ftrace.model.objective import lm_loss, loss_batch
+from ftrace.model.objective import accumulate_gradient, loss_batch
 from ftrace.plumbing import log
 from ftrace.runs.checkpoints import checkpoint_dirs, load_trainer, read_state
 from ftrace.runs.errors import TrainError
@@ -217,12 +217,10 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Exam
             for step in range(start, plan.total_steps):
                 batch = loss_batch([examples[i] for i in plan.batch(step)], base.tokenizer, config.max_tokens)
                 lr = scheduler.get_last_lr()[0]
-                loss = lm_loss(model, batch.to(device))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                value = accumulate_gradient(model, batch)
                 optimizer.step()
                 scheduler.step()
-                value = loss.item()
                 if not math.isfinite(value):
                     raise TrainError(f"step {step + 1}: the loss is {value}; try a lower --lr")
                 since.append(value)
