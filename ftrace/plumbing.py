@@ -1,4 +1,5 @@
-"""What every layer uses and none owns: messages on stderr, files written atomically and file locks."""
+"""What every layer uses and none owns: messages on stderr, files written atomically, file locks and the
+differences between what a directory holds and what is asked of it."""
 
 from __future__ import annotations
 
@@ -49,6 +50,42 @@ def try_lock(fd: int, how: int) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def differences(have, want, holder: str, where: str = "") -> list[str]:
+    """What differs between what `holder` ("index", "run") has and what is asked for, one short line per leaf:
+    nested specs are compared field by field, never dumped whole. Where both hold a `config`, differing settings are
+    reported without the fields derived from them."""
+    def at(key: object) -> str:
+        return f"{where}.{key}" if where else str(key)
+
+    if isinstance(have, dict) and isinstance(want, dict):
+        settings = differences(have.get("config"), want.get("config"), holder, at("config"))
+        if settings:
+            return settings
+        out = []
+        for k in dict.fromkeys([*have, *want]):  # in the holder's order: a model's name before its checkpoints
+            out += differences(have.get(k), want.get(k), holder, at(k))
+        return out
+    if isinstance(have, list) and isinstance(want, list) and len(have) == len(want):
+        return [d for i, (x, y) in enumerate(zip(have, want, strict=True))
+                for d in differences(x, y, holder, f"{where}[{i}]")]
+    if have == want:
+        return []
+    if have is None or want is None:
+        return [f"{where}: {f'asked for, not in the {holder}' if have is None else f'in the {holder}, not asked for'}"]
+    return [f"{where}: {holder} has {_short(have)}, asked for {_short(want)}"]
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def describe_differences(diffs: list[str], shown: int = 3) -> str:
+    """The first few differences, and how many more there are."""
+    more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
+    return "; ".join(diffs[:shown]) + more
 
 
 def directory_problem(path: Path) -> str | None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ftrace import FtraceError, __version__
 from ftrace.config import StoreConfig
-from ftrace.plumbing import write_atomic
+from ftrace.plumbing import differences, write_atomic
 
 FILENAME = "manifest.json"
 FORMAT = 1
@@ -80,8 +80,7 @@ class Manifest(BaseModel):
                 "store": self.store.model_dump(exclude={"shard_number", "replication_factor"})}
 
     def differences(self, other: Manifest) -> list[str]:
-        mine, theirs = self.identity(), other.identity()
-        return _diff(mine, theirs, "")
+        return differences(self.identity(), other.identity(), "index")
 
     def write(self, index_dir: Path) -> None:
         write_atomic(Path(index_dir) / FILENAME, self.model_dump_json(indent=2))  # never half a manifest
@@ -104,37 +103,6 @@ def migrate_manifest(raw: dict) -> dict:
         raw["model"].setdefault("dtype", "float32")  # indexes from before --dtype: float32 weights
     raw.setdefault("max_tokens", 128)  # indexes from before --max-tokens was recorded: 128 tokens
     return raw
-
-
-def _diff(a, b, where: str) -> list[str]:
-    """What differs, one short line per leaf: nested specs are compared field by field, never dumped whole. In a
-    vector spec, differing settings (its `config`) are reported without the fields derived from them."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        settings = _diff(a.get("config"), b.get("config"), f"{where}.config")
-        if settings:
-            return settings
-        out = []
-        for k in dict.fromkeys([*a, *b]):  # in the manifest's order: a model's name before its checkpoints
-            out += _diff(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{where}[{i}]")]
-    if a == b:
-        return []
-    if a is None or b is None:
-        return [f"{where}: {'asked for, not in the index' if a is None else 'in the index, not asked for'}"]
-    return [f"{where}: index has {_short(a)}, asked for {_short(b)}"]
-
-
-def _short(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def describe_differences(diffs: list[str], shown: int = 3) -> str:
-    """The first few differences, and how many more there are."""
-    more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
-    return "; ".join(diffs[:shown]) + more
 
 
 INDEX_DISTRIBUTIONS = ("torch", "transformers", "qdrant-edge-py", "qdrant-client", "pyserini")

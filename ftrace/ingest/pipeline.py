@@ -20,12 +20,12 @@ from ftrace.features.gradients import TracInFeaturizer, example_loss_batch
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import K1, B, build_lucene
 from ftrace.index.locks import LOCK_FILES, clear_progress, exclusive, reading, record_progress, writer
-from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, describe_differences, versions
+from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, versions
 from ftrace.index.vectors import VectorStore
 from ftrace.ingest import shards
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch, budget_batches, token_lengths
-from ftrace.plumbing import log, release_freed_memory
+from ftrace.plumbing import describe_differences, log, release_freed_memory
 from ftrace.runs import TracedRun, traced_run
 
 TRIM_EVERY = 32  # batches between handing freed heap memory back (about 0.2 s each: well under 1% of the time)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ftrace.plumbing import try_lock, write_atomic
+from ftrace.plumbing import describe_differences, differences, try_lock, write_atomic
 from ftrace.runs.errors import TrainError
 from ftrace.runs.layout import LOCK
 
@@ -22,22 +22,12 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: obj}
-
-
 def check_identity(out: Path, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
     """Refuse when any value in `wanted` differs from the run's (keys absent from `wanted` are not
     compared, so a cheap check can run before the model is loaded)."""
-    have, want = _flatten(recorded), _flatten(wanted)
-    diffs = [f"{k}: run has {have.get(k)!r}, asked for {v!r}" for k, v in want.items() if have.get(k) != v]
+    diffs = differences({k: recorded.get(k) for k in wanted}, wanted, "run")
     if diffs:
-        raise TrainError(f"{out}: holds a different train run ({'; '.join(diffs)}); "
+        raise TrainError(f"{out}: holds a different train run ({describe_differences(diffs)}); "
                          "use another output directory or delete this one")
 
 
