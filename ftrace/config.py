@@ -486,8 +486,8 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> TrainConfig:
-        """Where the sentences come from: an index, or a corpus with an output directory (`ftrace train` refuses
-        neither; the library's `train()` takes the corpus itself)."""
+        """Where the sentences come from: an index, or a corpus with an output directory. (Giving neither is refused
+        by `ftrace train` itself, not here: the library's `train()` takes the corpus as an argument.)"""
         if self.index is not None and self.corpus is not None:
             raise ValueError("give --index (train on an index's sentences) or --corpus, not both")
         if self.corpus is not None and "corpus" not in self.corpus.model_fields_set:

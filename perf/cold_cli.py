@@ -7,8 +7,9 @@ types it, on the sample index.
 
 Protocol
 - Commands (wall clock of the whole process, from fork to exit): `bm25 --target` (BM25 only, the
-  answer given: no model needed), `default` (embed+bm25, the model's own answer: model load, greedy
-  answer, query embedding), `embed+bm25 --target`; and `python -c pass` (the interpreter alone).
+  answer given: no model needed), `default` (the index's default method, the model's own answer: model
+  load and greedy answer), `embed+bm25 --target` (model load and query embedding); and `python -c pass` (the
+  interpreter alone).
 - One untimed warm-up run of each (the page cache holds the files afterwards, as for a user's second
   query), then --repeats rounds; within a round every command runs once per source (this checkout,
   and --baseline if given), so a load spike from other processes hits all alike; min / median / max
@@ -44,7 +45,7 @@ TARGETS = {"default": 4.0, "bm25 --target": 2.0}  # seconds, issue 10
 COMMANDS = {
     "bm25 --target": ["query", PROMPT, "--method", "bm25", "--target", TARGET],
     "default": ["query", PROMPT],
-    "embed+bm25 --target": ["query", PROMPT, "--target", TARGET],
+    "embed+bm25 --target": ["query", PROMPT, "--method", "embed+bm25", "--target", TARGET],
 }
 
 PROBE = """

@@ -26,9 +26,10 @@ def match_key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def prompt_key(text: str) -> str:
-    """How a traced prompt is matched to the corpus's queries: `match_key`, and a leading article ignored ("The
-    Eiffel Tower is located in" finds "Eiffel Tower is located in")."""
+def lookup_key(text: str) -> str:
+    """How a user's prompt or target finds the corpus's queries (`ftrace query`'s ground truth): `match_key`, and a
+    leading article ignored ("The Eiffel Tower is located in" finds "Eiffel Tower is located in", a model's answer
+    "the United States" finds "United States")."""
     words = match_key(text).split(" ")
     return " ".join(words[1:] if len(words) > 1 and words[0] in ("the", "a", "an") else words)
 

@@ -11,6 +11,7 @@ import platform
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -50,9 +51,9 @@ class QueryDefault(BaseModel):
     """The method `ftrace query` and `serve` use when none is given, chosen by `ftrace bench --save-default`."""
 
     method: str
-    fusion: str | None = None
-    weight: float | None = None
-    cascade_k: int | None = None
+    fusion: Literal["sum", "rrf", "cascade"] | None = None
+    weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    cascade_k: int | None = Field(default=None, ge=1)
     source: str  # the bench run that chose it (its command and MRR)
 
 

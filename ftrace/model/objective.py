@@ -34,7 +34,9 @@ from ftrace.model.batching import (
 )
 
 CHUNK = 1024  # texts tokenised per call while filtering
-GROUP_TOKENS = 1024  # padded tokens per forward and backward within a training step (ingest's --batch-tokens)
+# padded tokens per forward and backward within a training step on the CPU (ingest's --batch-tokens); a GPU runs
+# the batch whole (its parallelism hides padding; sequential small passes would not be faster there)
+GROUP_TOKENS = 1024
 
 
 def sentence_examples(sentences: Sequence[Sentence], example_loss: str, tokenizer,
@@ -69,13 +71,15 @@ def lm_loss(model: torch.nn.Module, batch: LossBatch) -> torch.Tensor:
                            ignore_index=IGNORE)
 
 
-def accumulate_gradient(model: torch.nn.Module, batch: LossBatch, group_tokens: int = GROUP_TOKENS) -> float:
+def accumulate_gradient(model: torch.nn.Module, batch: LossBatch, group_tokens: int | None = None) -> float:
     """Add to the parameters' .grad the gradient of `lm_loss(model, batch)` and return that loss, computed in groups:
     the rows sorted by the position of their last scored token (nothing after it changes the loss of a causal LM),
-    cut into groups of at most `group_tokens` padded tokens, each padded to its own longest row, each scored token
-    weighing 1 / (the batch's scored tokens). The same loss and gradient as one padded batch, up to float rounding,
+    cut into groups of at most `group_tokens` padded tokens (default: GROUP_TOKENS on the CPU, the whole batch
+    elsewhere), each padded to its own longest row, each scored token weighing 1 / (the batch's scored tokens). The
+    same loss and gradient as one padded batch, up to float rounding (summed in float32 whatever the weights' dtype),
     for the tokens the rows really have (perf/results/train_step-cpu.md)."""
-    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     scored = batch.labels[:, 1:] != IGNORE
     total = int(scored.sum())
     if not total:  # nothing scored: lm_loss's zero loss
@@ -85,8 +89,21 @@ def accumulate_gradient(model: torch.nn.Module, batch: LossBatch, group_tokens: 
     # tokens up to each row's last scored one; a row with none adds nothing to the loss
     ends = [int(row.nonzero().max()) + 2 if row.any() else 0 for row in scored]
     order = sorted((i for i, end in enumerate(ends) if end), key=ends.__getitem__)
+    budget = group_tokens or (GROUP_TOKENS if device.type == "cpu" else len(order) * max(ends))
+    groups = budget_batches([ends[i] for i in order], len(order), budget)
+    # low-precision weights: the groups' gradients are summed in float32, rounded to the weights' dtype once
+    low = [p for p in params if p.dtype != torch.float32] if len(groups) > 1 else []
+    wide: dict[torch.nn.Parameter, torch.Tensor] = {}
+
+    def widen() -> None:
+        for p in low:
+            if p.grad is not None:
+                wide[p] = p.grad.float() if p not in wide else wide[p].add_(p.grad.float())
+                p.grad = None
+
+    widen()
     value = 0.0
-    for part in budget_batches([ends[i] for i in order], len(order), group_tokens):
+    for part in groups:
         rows, width = order[part], max(ends[i] for i in order[part])
         group = LossBatch(batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
                           batch.labels[rows, :width]).to(device)
@@ -95,6 +112,9 @@ def accumulate_gradient(model: torch.nn.Module, batch: LossBatch, group_tokens: 
                                group.labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum") / total
         loss.backward()
         value += loss.item()
+        widen()
+    for p, g in wide.items():
+        p.grad = g.to(p.dtype)
     return value
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from ftrace import FtraceError
 from ftrace.config import TraceOptions
-from ftrace.corpus import Query, match_key, prompt_key
+from ftrace.corpus import Query, lookup_key
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
@@ -227,18 +227,18 @@ class Tracer:
 
     @cached_property
     def _queries_by_prompt(self) -> dict[str, list[Query]]:
-        """The corpus's queries by prompt, leading article aside (`prompt_key`; a scan per query costs ~20 ms at
+        """The corpus's queries by prompt, leading article aside (`lookup_key`; a scan per query costs ~20 ms at
         30k queries)."""
         out: dict[str, list[Query]] = {}
         for q in self.corpus.queries:
-            out.setdefault(prompt_key(q.prompt), []).append(q)
+            out.setdefault(lookup_key(q.prompt), []).append(q)
         return out
 
     def same_prompt(self, prompt: str) -> list[Query]:
-        return list(self._queries_by_prompt.get(prompt_key(prompt), []))
+        return list(self._queries_by_prompt.get(lookup_key(prompt), []))
 
     def ground_truth(self, same_prompt: list[Query], target: str) -> GroundTruth | None:
-        hits = [q for q in same_prompt if match_key(q.target) == match_key(target)]
+        hits = [q for q in same_prompt if lookup_key(q.target) == lookup_key(target)]
         if not hits:
             return None
         props = list(dict.fromkeys(p for q in hits for p in q.proponents))
@@ -262,7 +262,7 @@ class Tracer:
         method = method or (d.method if d else "bm25")
         if (d is not None and parse_method(method, None).components == parse_method(d.method, None).components
                 and fusion in (None, d.fusion)):  # the weight was tuned for that fusion kind only
-            fusion = d.fusion  # type: ignore[assignment]
+            fusion = d.fusion
             weight = d.weight if weight is None else weight
             cascade_k = cascade_k or d.cascade_k
         return method, fusion or "sum", 0.5 if weight is None else weight, cascade_k or CASCADE_K

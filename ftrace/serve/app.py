@@ -10,7 +10,7 @@
 Bad requests get a 4xx whose `detail` is one line naming the JSON field: 422 where the body does not
 validate (TraceOptions, the query's own types, bounds and checks, strictly: `"k": true` or `"k": "5"` is not a
 number), 400 where the tracer refuses it (e.g. a method the index lacks); the tracer's messages name `ftrace query`'s
-options (`--method`, `PROMPT`), which `http_message` turns into the fields (`method`, `prompt`). Every
+options (`--method`, `--target`), which `http_message` turns into the fields (`method`, `target`). Every
 request's work is bounded: a body over MAX_BODY bytes gets a 413 (a POST without a Content-Length, 411); a
 prompt keeps its last --max-tokens tokens (for the answer too); a /trace request not answered within
 --request-timeout seconds (time in the queue included) gets a 503, and the worker drops it at its next step.
@@ -76,7 +76,7 @@ _CLI_NAME = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"|(?<![\w-])("
 
 def http_message(message: str) -> str:
     """A message of the tracer or config, which names `ftrace query`'s options, as it reads over HTTP: naming the
-    request's JSON fields (`--cascade-k 0: ...` -> `cascade_k 0: ...`, `PROMPT` -> `prompt`)."""
+    request's JSON fields (`--method 'x': ...` -> `method 'x': ...`, `PROMPT` -> `prompt`)."""
     return _CLI_NAME.sub(lambda m: _FIELD_OF[m[1]] if m[1] else m[0], message)
 
 
