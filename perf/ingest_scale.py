@@ -199,7 +199,8 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
     from ftrace.config import DEFAULT_MODEL
     from ftrace.index.manifest import Manifest
 
-    name = "all" if size is None or size >= len(corpus.sentences) else f"{size}{'-longest' if args.longest else ''}"
+    longest = getattr(args, "longest", False)  # perf/serve_latency.py builds its indexes here too, without it
+    name = "all" if size is None or size >= len(corpus.sentences) else f"{size}{'-longest' if longest else ''}"
     index = work / f"lama-{name}"
     record = index.with_name(index.name + ".build.json")
     if (index / "manifest.json").exists() and Manifest.read(index).complete and record.exists():
@@ -209,7 +210,7 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
             raise SystemExit(f"{index}: built with {m.model.name} in {m.model.dtype}, not {wanted[0]} in {wanted[1]}; "
                              "give another --work or delete it")
         return {**json.loads(record.read_text()), "reused": True}
-    source = args.corpus if name == "all" else str(corpus_file(corpus, size, args.seed, work, args.longest)[0])
+    source = args.corpus if name == "all" else str(corpus_file(corpus, size, args.seed, work, longest)[0])
     cmd = [sys.executable, "-m", "ftrace.cli", "ingest", "--index", str(index), "--corpus", source,
            "--dtype", args.dtype, "--device", "cpu", *(["--model", args.model] if args.model else [])]
     busy0, steal0, t0 = machine_busy_seconds(), steal_seconds(), time.perf_counter()
