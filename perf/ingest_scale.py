@@ -5,7 +5,7 @@ the plain forward pass over a fixed sample of the same sentences, measured in th
     python perf/ingest_scale.py                                # 1k, 10k and all sentences, ingest's defaults
     python perf/ingest_scale.py --dtype bfloat16               # the model in bfloat16 (ingest --dtype)
     python perf/ingest_scale.py --sizes 200 --sample 64 --repeats 1 --model PATH --corpus sample   # a quick check
-    python perf/ingest_scale.py --dtype bfloat16 --sizes 10000 --longest --sample 0  # memory: the longest 10k alone
+    python perf/ingest_scale.py --dtype bfloat16 --sizes 2000 --longest --sample 0 --batch-tokens 512  # the longest 2k
 
 Protocol
 - Reference, in this process first: a seeded sample of --sample sentences of the corpus, cut into the
@@ -131,7 +131,8 @@ def reference_rates(corpus, args) -> dict:
     from ftrace.config import CorpusSelection, IngestConfig
     from ftrace.features.gradients import example_loss_batch
 
-    c = IngestConfig(corpus=CorpusSelection(corpus=args.corpus), model=args.model, dtype=args.dtype, device="cpu")
+    c = IngestConfig(corpus=CorpusSelection(corpus=args.corpus), model=args.model, dtype=args.dtype, device="cpu",
+                     **({"batch_tokens": args.batch_tokens} if args.batch_tokens else {}))
     lm, featurizers, chosen, lengths, parts = ingest_batches(c, corpus, args.sample, args.seed)
     loss = {f.name: f.example_loss for f in featurizers}
     model = lm.model
@@ -201,7 +202,8 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
 
     longest = getattr(args, "longest", False)  # perf/serve_latency.py builds its indexes here too, without it
     name = "all" if size is None or size >= len(corpus.sentences) else f"{size}{'-longest' if longest else ''}"
-    index = work / f"lama-{name}"
+    budget = getattr(args, "batch_tokens", None)
+    index = work / f"lama-{name}{f'-bt{budget}' if budget else ''}"
     record = index.with_name(index.name + ".build.json")
     if (index / "manifest.json").exists() and Manifest.read(index).complete and record.exists():
         m = Manifest.read(index)
@@ -212,7 +214,8 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
         return {**json.loads(record.read_text()), "reused": True}
     source = args.corpus if name == "all" else str(corpus_file(corpus, size, args.seed, work, longest)[0])
     cmd = [sys.executable, "-m", "ftrace.cli", "ingest", "--index", str(index), "--corpus", source,
-           "--dtype", args.dtype, "--device", "cpu", *(["--model", args.model] if args.model else [])]
+           "--dtype", args.dtype, "--device", "cpu", *(["--model", args.model] if args.model else []),
+           *(["--batch-tokens", str(args.batch_tokens)] if getattr(args, "batch_tokens", None) else [])]
     busy0, steal0, t0 = machine_busy_seconds(), steal_seconds(), time.perf_counter()
     with open(index.with_name(index.name + ".log"), "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -291,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--sample", type=int, default=1024, help="sentences in the fixed reference sample (0: none)")
     ap.add_argument("--longest", action="store_true", help="each size: the N longest sentences, not a sample")
+    ap.add_argument("--batch-tokens", type=int, default=None, help="ingest's --batch-tokens (default: ingest's)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(ROOT / "indexes" / "scale"))
