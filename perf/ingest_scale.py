@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gradient_throughput import (
     HZ,
     ROOT,
+    SHARED,
     command_of,
     machine,
     machine_busy_seconds,
@@ -51,7 +52,6 @@ from gradient_throughput import (
     write_results,
 )
 
-SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TARGET_S = {"target": 7200, "stretch": 3600}  # issue 15: the whole corpus in 2 hours, 1 hour the stretch
 
 

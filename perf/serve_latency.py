@@ -43,10 +43,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import HZ, ROOT, machine, machine_busy_seconds, rel
+from gradient_throughput import HZ, ROOT, SHARED, machine, machine_busy_seconds, rel
 from ingest_scale import ingest_size
 
-SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 METHODS = ["bm25", "embed", "tracin", "embed+bm25", "tracin+bm25", "tracin+embed"]
 ANSWER = "embed+bm25, model answer"  # the default method without a target: greedy answer generation included
 TARGET = {"method": "embed+bm25", "p50_s": 0.5}  # issue 10: warm p50 < 0.5 s at ~100k examples on CPU

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gradient_throughput import (
-    ROOT,
+    SHARED,
     command_of,
     machine,
     machine_busy_seconds,
@@ -43,7 +42,6 @@ from gradient_throughput import (
     write_results,
 )
 
-SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 WAYS = ("one padded batch", "ftrace step", "floor")
 
 

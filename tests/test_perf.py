@@ -12,12 +12,17 @@ pytestmark = pytest.mark.slow  # real processes, servers or the real model: the 
 SCRIPT = Path(__file__).resolve().parents[1] / "perf" / "gradient_throughput.py"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("gradient_throughput", SCRIPT)
+def perf_script(name: str):
+    """perf/NAME.py, imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return perf_script("gradient_throughput")
 
 
 def test_throughput_results_file(bench, tiny_model_dir, tmp_path):
@@ -60,9 +65,7 @@ def test_throughput_random_init(bench, tiny_model_dir, tmp_path):
 def test_serve_latency_results_file(tiny_model_dir, tmp_path):
     """perf/serve_latency.py end to end on the tiny model: a seeded sample of the sample corpus, a real
     `ftrace serve` subprocess, per-method percentiles with model and store parts, a load test."""
-    spec = importlib.util.spec_from_file_location("serve_latency", SCRIPT.with_name("serve_latency.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = perf_script("serve_latency")
     out = tmp_path / "serve.json"
     res = mod.main(["--model", tiny_model_dir, "--corpus", "sample", "--sizes", "50", "--methods",
                     "bm25,embed,embed+bm25", "--requests", "3", "--warmup", "1", "--queries", "5", "--clients", "2",
@@ -104,9 +107,7 @@ def test_ingest_scale_results_file(tiny_model_dir, tmp_path):
     """perf/ingest_scale.py end to end on the tiny model: the reference passes on a fixed sample, then real
     `ftrace ingest` processes for a sample and the whole corpus, each with its wall time, RSS, disk and stages;
     a second run reuses the complete indexes."""
-    spec = importlib.util.spec_from_file_location("ingest_scale", SCRIPT.with_name("ingest_scale.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = perf_script("ingest_scale")
     out = tmp_path / "scale.json"
     argv = ["--model", tiny_model_dir, "--corpus", "sample", "--sizes", "60,all", "--sample", "24",
             "--repeats", "2", "--work", str(tmp_path / "work"), "--out", str(out)]
@@ -130,9 +131,7 @@ def test_ingest_scale_results_file(tiny_model_dir, tmp_path):
 
 def test_tailpatch_speed_results_file(tiny_model_dir, tmp_path):
     """perf/tailpatch_speed.py end to end on the tiny model: every part timed, min <= median <= max."""
-    spec = importlib.util.spec_from_file_location("tailpatch_speed", SCRIPT.with_name("tailpatch_speed.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = perf_script("tailpatch_speed")
     out = tmp_path / "tp.json"
     res = mod.main(["--model", tiny_model_dir, "--sets", "3", "--k", "4", "--repeats", "2", "--out", str(out)])
     assert json.loads(out.read_text()) == res
@@ -145,9 +144,7 @@ def test_tailpatch_speed_results_file(tiny_model_dir, tmp_path):
 def test_train_step_results_file(tiny_model_dir, tmp_path):
     """perf/train_step.py end to end on the tiny model: the three ways timed over the same epoch, the padding that
     one padded batch costs counted, and the ratio to the floor taken from the same run."""
-    spec = importlib.util.spec_from_file_location("train_step", SCRIPT.with_name("train_step.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = perf_script("train_step")
     out = tmp_path / "ts.json"
     res = mod.main(["--model", tiny_model_dir, "--corpus", "sample", "--examples", "12", "--batch-size", "4",
                     "--repeats", "2", "--out", str(out)])
@@ -162,9 +159,7 @@ def test_train_step_results_file(tiny_model_dir, tmp_path):
 def test_shared_machine_results_file(tiny_model_dir, tmp_path):
     """perf/shared_machine.py end to end on the tiny model: real worker processes alone and beside a neighbour,
     per wait policy, each with its rates and the machine's load."""
-    spec = importlib.util.spec_from_file_location("shared_machine", SCRIPT.with_name("shared_machine.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = perf_script("shared_machine")
     out = tmp_path / "shared.json"
     res = mod.main(["--model", tiny_model_dir, "--sentences", "8", "--passes", "2", "--threads", "1",
                     "--policies", "spin,passive", "--out", str(out)])
@@ -182,9 +177,7 @@ def test_hnsw_recall_results_file(sample_index, tmp_path):
     recall of each vector kind within [0, 1] with latencies for both searches."""
     from ftrace.index.manifest import Manifest
 
-    spec = importlib.util.spec_from_file_location("hnsw_recall", SCRIPT.with_name("hnsw_recall.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = perf_script("hnsw_recall")
     before = Manifest.read(sample_index).model_dump()
     out = tmp_path / "hnsw.json"
     res = mod.main(["--index", str(sample_index), "--queries", "6", "--warmup", "1", "--work", str(tmp_path / "w"),

@@ -63,12 +63,17 @@ def loss_batch(examples: Sequence[Example], tokenizer, max_tokens: int = MAX_TOK
 
 def lm_loss(model: torch.nn.Module, batch: LossBatch) -> torch.Tensor:
     """Mean cross-entropy over the batch's scored tokens (labels[b, t] is predicted at t - 1)."""
+    return _cross_entropy(model, batch, "mean")
+
+
+def _cross_entropy(model: torch.nn.Module, batch: LossBatch, reduction: str) -> torch.Tensor:
+    """The cross-entropy of the batch's scored tokens, "mean" or "sum" (labels[b, t] is predicted at t - 1)."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     logits, labels = logits[:, :-1], batch.labels[:, 1:]
     if not (labels != IGNORE).any():  # nothing scored (every text a single token): no gradient
         return logits.sum() * 0.0
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=IGNORE)
+                           ignore_index=IGNORE, reduction=reduction)
 
 
 def accumulate_gradient(model: torch.nn.Module, batch: LossBatch, group_tokens: int | None = None) -> float:
@@ -107,9 +112,7 @@ def accumulate_gradient(model: torch.nn.Module, batch: LossBatch, group_tokens: 
         rows, width = order[part], max(ends[i] for i in order[part])
         group = LossBatch(batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
                           batch.labels[rows, :width]).to(device)
-        logits = model(input_ids=group.input_ids, attention_mask=group.attention_mask, use_cache=False).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                               group.labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum") / total
+        loss = _cross_entropy(model, group, "sum") / total
         loss.backward()
         value += loss.item()
         widen()
