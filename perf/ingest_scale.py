@@ -6,6 +6,7 @@ the plain forward pass over a fixed sample of the same sentences, measured in th
     python perf/ingest_scale.py --dtype bfloat16               # the model in bfloat16 (ingest --dtype)
     python perf/ingest_scale.py --sizes 200 --sample 64 --repeats 1 --model PATH --corpus sample   # a quick check
     python perf/ingest_scale.py --dtype bfloat16 --sizes 2000 --longest --sample 0 --batch-tokens 512  # the longest 2k
+    python perf/ingest_scale.py --dtype bfloat16 --sizes '' --compare-tokens 512   # 1024 vs 512 tokens a batch
 
 Protocol
 - Reference, in this process first: a seeded sample of --sample sentences of the corpus, cut into the
@@ -19,6 +20,8 @@ Protocol
   does): wall time, peak RSS of that process (wait4), bytes on disk, the stage times the manifest records,
   and the CPU other processes used meanwhile. An index already complete is reported from its record
   (WORK/lama-SIZE.build.json) instead of being rebuilt; delete it to measure again.
+- --compare-tokens N adds a pass that featurises each reference batch cut again within N tokens (the same
+  sentences, smaller batches), to choose ingest's --batch-tokens by its speed in the same run.
 - With --longest, a size is the N longest sentences (by token count) instead of a seeded sample: the last
   batches of a whole-corpus ingest, where its featurisation memory peaks. --sample 0 skips the reference.
 - One run per results file: perf/results/ingest_scale-cpu[-DTYPE].{json,md} (--out to change).
@@ -153,6 +156,14 @@ def reference_rates(corpus, args) -> dict:
             f.vectors(batches[loss[f.name]])
 
     methods = {"plain forward": plain, "body forward": body, "ftrace featurisation": ftrace}
+    if args.compare_tokens:
+        from ftrace.model.batching import budget_batches
+
+        def finer(part):  # the same sentences, cut again within the smaller budget
+            for sub in budget_batches(lengths[part], c.batch_size, args.compare_tokens):
+                ftrace(slice(part.start + sub.start, part.start + sub.stop))
+
+        methods[f"ftrace featurisation, {args.compare_tokens}-token batches"] = finer
     longest = max(parts, key=lambda p: (p.stop - p.start) * max(lengths[p]))
     for step in methods.values():  # warm-up
         step(longest)
@@ -182,6 +193,7 @@ def reference_rates(corpus, args) -> dict:
     for m in methods:
         out["methods"][m]["x_plain_forward"] = round(plain_s / float(np.median(seconds[m])), 3)
     out["featurizers"] = {f.name: f.spec().get("tied", f.spec().get("layers")) for f in featurizers}
+    out["batch_tokens"] = c.batch_tokens
     return out
 
 
@@ -249,7 +261,8 @@ def markdown(r: dict) -> str:
              f"Command: `{r['command']}`", ""]
     if ref:
         lines += [f"Reference (same run, in one process, taking turns batch by batch): a seeded sample of "
-                  f"{ref['examples']} sentences ({ref['tokens']:,} tokens, {ref['batches']} length-sorted batches), "
+                  f"{ref['examples']} sentences ({ref['tokens']:,} tokens, {ref['batches']} length-sorted batches "
+                  f"within {ref.get('batch_tokens', 'the default budget of')} tokens), "
                   f"{ref['repeats']} passes after a warm-up; other processes kept {ref['other_processes_cores']} "
                   "cores busy meanwhile.", "",
                   "| pass | examples/s (min / median / max) | tokens/s (median) | x plain forward |",
@@ -295,6 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sample", type=int, default=1024, help="sentences in the fixed reference sample (0: none)")
     ap.add_argument("--longest", action="store_true", help="each size: the N longest sentences, not a sample")
     ap.add_argument("--batch-tokens", type=int, default=None, help="ingest's --batch-tokens (default: ingest's)")
+    ap.add_argument("--compare-tokens", type=int, default=None,
+                    help="reference: also featurise each batch cut again within this token budget")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(ROOT / "indexes" / "scale"))
@@ -307,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M")
     reference = reference_rates(corpus, args) if args.sample else None
-    sizes = [None if s.strip() == "all" else int(s) for s in args.sizes.split(",")]
+    sizes = [None if s.strip() == "all" else int(s) for s in args.sizes.split(",") if s.strip()]
     built = []
     for size in sizes:
         built.append(ingest_size(corpus, size, args, work))

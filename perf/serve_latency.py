@@ -21,6 +21,11 @@ Protocol
   Latency: the client's wall time per request. Parts, from the server's Server-Timing header: model =
   answer generation + query vectors; store = BM25 (Lucene) + Qdrant Edge; the rest of the server's
   total is fusion and building the rows; the rest of the latency is HTTP and JSON.
+- With --beside POLICY: every method of every size timed again, right after, while a neighbour runs on the
+  same machine: perf/shared_machine.py's featurisation worker in a loop (ingest's work, 2 torch threads, its
+  idle OpenMP threads as POLICY says: passive is what a running `ftrace ingest` does, spin what a torch job
+  with the runtime's default does). The ratio beside /
+  quiet per method is the slowdown (issue 18: within 2x).
 - Load: --clients concurrent clients for --load-seconds against the largest index, embed+bm25 with
   targets: completed requests per second, latency p50 / p95, errors (any non-200 or failed request).
 - The machine is shared with others: load averages (as `uptime`) before and after each phase, and the
@@ -45,6 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gradient_throughput import HZ, ROOT, SHARED, machine, machine_busy_seconds, rel
 from ingest_scale import ingest_size
+from shared_machine import POLICIES, spawn, wait_ready
 
 METHODS = ["bm25", "embed", "tracin", "embed+bm25", "tracin+bm25", "tracin+embed"]
 ANSWER = "embed+bm25, model answer"  # the default method without a target: greedy answer generation included
@@ -142,6 +148,17 @@ def time_method(url: str, queries: list[dict], method: str, warmup: int, request
             "store_s": part("bm25", "qdrant"), "bm25_s": part("bm25"), "qdrant_s": part("qdrant")}
 
 
+def time_methods(args, url: str, queries: list[dict], methods: list[str]) -> list[dict]:
+    """Every method with the queries' targets, then embed+bm25 with the model's answer (--answer)."""
+    results = []
+    for method, answer in [*((x, False) for x in methods), *([("embed+bm25", True)] if "embed+bm25" in methods
+                                                              and args.answer else [])]:
+        results.append(time_method(url, queries, method, args.warmup, args.requests, answer=answer))
+        print(f"  {results[-1]['method']:<14} p50 {results[-1]['latency_s'].get('p50', float('nan')):.3f} s",
+              flush=True)
+    return results
+
+
 def load_test(url: str, queries: list[dict], clients: int, seconds: float) -> dict:
     bodies = [{**q, "method": LOAD_METHOD} for q in queries]
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -185,19 +202,24 @@ def run_size(args, corpus, size: int | None) -> tuple[dict, object]:
     server = start_server(index, Path(args.work) / f"serve-{n}.log", "--device", "cpu", env=env)
     try:
         methods = [x for x in args.methods if x.split("+")[0] in ("bm25", *m.vectors)]
-        results = []
         with Phase(server.proc.pid) as phase:
-            for method in methods:
-                results.append(time_method(server.url, queries, method, args.warmup, args.requests, answer=False))
-                print(f"  {method:<14} p50 {results[-1]['latency_s'].get('p50', float('nan')):.3f} s", flush=True)
-            if "embed+bm25" in methods and args.answer:
-                results.append(time_method(server.url, queries, "embed+bm25", args.warmup, args.requests,
-                                           answer=True))
-                print(f"  {ANSWER} p50 {results[-1]['latency_s'].get('p50', float('nan')):.3f} s", flush=True)
+            results = time_methods(args, server.url, queries, methods)
         out = {"sentences": n, "examples": m.corpus.examples, "index": rel(index),
                "vectors": {k: v["size"] for k, v in m.vectors.items()}, "build": built,
                "server_startup_s": round(server.startup_s, 1), "queries_sampled": len(queries),
                "results": results, "machine_load": phase.result}
+        if args.beside:
+            print("  beside a neighbour (a featurisation worker in a loop)", flush=True)
+            neighbour = spawn(argparse.Namespace(sentences=32, passes=1, dtype=m.model.dtype, model=args.model),
+                              args.beside, 2, loop=True)
+            try:
+                wait_ready(neighbour)
+                with Phase(server.proc.pid) as beside:
+                    out["beside"] = time_methods(args, server.url, queries, methods)
+                out["beside_load"] = beside.result | {"policy": args.beside}
+            finally:
+                neighbour.kill()
+                neighbour.wait()
     except BaseException:
         server.stop()
         raise
@@ -218,6 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--load-seconds", type=float, default=60.0, help="load test length (0: none)")
     ap.add_argument("--threads", type=int, default=1, help="the server's torch/OMP threads")
+    ap.add_argument("--beside", choices=list(POLICIES), default=None,
+                    help="also time every method beside a neighbour with this OpenMP wait policy (passive: ftrace's)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="ingest --dtype of indexes this script builds")
     ap.add_argument("--seed", type=int, default=0)
@@ -354,6 +378,20 @@ def table(res: dict) -> str:
                          f"{ms(r['store_s'])} / {ms(r['store_s'], 'p95')} | {ms(r['bm25_s'])} | {ms(r['qdrant_s'])} | "
                          f"{r['errors']} |")
         lines.append("")
+        if size.get("beside"):
+            bl = size["beside_load"]
+            lines += [f"Beside a neighbour (a featurisation worker in a loop, 2 threads, OpenMP wait policy "
+                      f"{bl['policy']}; the same requests right after the quiet ones): the server used "
+                      f"{bl['server_cores']} cores, others {bl['others_cores']}.", "",
+                      "| method | quiet p50 | beside p50 | beside / quiet | p95 quiet / beside | within 2x |",
+                      "|---|---|---|---|---|---|"]
+            for q, b in zip(size["results"], size["beside"], strict=True):
+                ratio = b["latency_s"]["p50"] / q["latency_s"]["p50"] if q["latency_s"].get("n") and b[
+                    "latency_s"].get("n") else float("nan")
+                lines.append(f"| {q['method']} | {ms(q['latency_s'])} | {ms(b['latency_s'])} | {ratio:.2f} | "
+                             f"{ms(q['latency_s'], 'p95')} / {ms(b['latency_s'], 'p95')} | "
+                             f"{'yes' if ratio <= 2 else 'no'} |")
+            lines.append("")
     if res["load"]:
         ld, ml = res["load"], res["load"]["machine_load"]
         lines += [f"### Load: {ld['clients']} concurrent clients for {ld['seconds']} s, {ld['method']}, "

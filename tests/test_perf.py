@@ -69,13 +69,18 @@ def test_serve_latency_results_file(tiny_model_dir, tmp_path):
     out = tmp_path / "serve.json"
     res = mod.main(["--model", tiny_model_dir, "--corpus", "sample", "--sizes", "50", "--methods",
                     "bm25,embed,embed+bm25", "--requests", "3", "--warmup", "1", "--queries", "5", "--clients", "2",
-                    "--load-seconds", "2", "--work", str(tmp_path / "work"), "--out", str(out)])
+                    "--load-seconds", "2", "--beside", "passive", "--work", str(tmp_path / "work"), "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     md = out.with_suffix(".md").read_text()
     for size in res["sizes"]:  # the table says what the JSON says
         for r in size["results"]:
             lat = r["latency_s"]
             assert f"| {r['method']} | {1000 * lat['p50']:.0f} | {1000 * lat['p95']:.0f} |" in md, r["method"]
+        # --beside: the same methods again beside a neighbour, which kept the machine busy meanwhile
+        assert [b["method"] for b in size["beside"]] == [r["method"] for r in size["results"]]
+        assert all(b["errors"] == 0 and b["latency_s"]["n"] == 3 for b in size["beside"])
+        assert size["beside_load"]["others_cores"] > 0.2
+        assert "| method | quiet p50 | beside p50 | beside / quiet |" in md
     load = res["load"]
     assert f"{load['completed']} requests completed, {load['throughput_rps']:.2f} per second" in md
     assert [s["sentences"] for s in res["sizes"]] == [50]
@@ -127,6 +132,20 @@ def test_ingest_scale_results_file(tiny_model_dir, tmp_path):
         assert b["tracin"] == "both" and b["dtype"] == "float32"
     assert "| 337 |" in out.with_suffix(".md").read_text()
     assert all(b["reused"] for b in mod.main(argv)["sizes"])
+
+
+def test_ingest_scale_compare_tokens(tiny_model_dir, tmp_path):
+    """--compare-tokens adds a featurisation pass over the same sentences cut into smaller batches; with no sizes
+    the script measures only the reference."""
+    mod = perf_script("ingest_scale")
+    out = tmp_path / "compare.json"
+    res = mod.main(["--model", tiny_model_dir, "--corpus", "sample", "--sizes", "", "--sample", "24",
+                    "--repeats", "1", "--batch-tokens", "256", "--compare-tokens", "64", "--out", str(out)])
+    ref = res["reference"]
+    assert res["sizes"] == [] and ref["batch_tokens"] == 256
+    finer = ref["methods"]["ftrace featurisation, 64-token batches"]
+    assert finer["examples_per_s"]["median"] > 0 and finer["x_plain_forward"] > 0
+    assert "64-token batches" in out.with_suffix(".md").read_text()
 
 
 def test_tailpatch_speed_results_file(tiny_model_dir, tmp_path):
