@@ -48,6 +48,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -154,8 +155,8 @@ def spread(values: list[float]) -> dict:
 
 
 def command_of(script: str, argv: list[str] | None) -> str:
-    """The command line that made a results file, paths relative to the repository."""
-    return "python " + " ".join([rel(script), *(sys.argv[1:] if argv is None else argv)])
+    """The command line that made a results file, paths relative to the repository (quoted for a shell)."""
+    return "python " + shlex.join([rel(script), *(sys.argv[1:] if argv is None else argv)])
 
 
 def results_path(out: str | None, name: str, dtype: str = "float32") -> Path:

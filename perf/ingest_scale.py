@@ -20,6 +20,7 @@ Protocol
   does): wall time, peak RSS of that process (wait4), bytes on disk, the stage times the manifest records,
   and the CPU other processes used meanwhile. An index already complete is reported from its record
   (WORK/lama-SIZE.build.json) instead of being rebuilt; delete it to measure again.
+- --sample-longest N draws the reference sample from the N longest sentences instead of all of them.
 - --compare-tokens N adds a pass that featurises each reference batch cut again within N tokens (the same
   sentences, smaller batches), to choose ingest's --batch-tokens by its speed in the same run.
 - With --longest, a size is the N longest sentences (by token count) instead of a seeded sample: the last
@@ -110,15 +111,19 @@ def sample_rss(pid: int, every_s: float, stop: threading.Event) -> list[tuple[fl
     return samples
 
 
-def ingest_batches(c, corpus, n: int, seed: int):
-    """The model and ingest's featurizers for config `c`, and a seeded sample of `n` of the corpus's examples cut
-    into the batches ingest makes (sorted by token length, within --batch-size and --batch-tokens)."""
+def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
+    """The model and ingest's featurizers for config `c`, and a seeded sample of `n` of the corpus's examples (of
+    its `from_longest` longest ones, when given) cut into the batches ingest makes (sorted by token length, within
+    --batch-size and --batch-tokens)."""
     from ftrace.ingest.pipeline import build_featurizers
     from ftrace.model import load_model
     from ftrace.model.batching import budget_batches, token_lengths
 
     lm = load_model(c.model, "cpu", c.dtype)
     examples = corpus.examples()
+    if from_longest:
+        every = token_lengths(lm.tokenizer, [e.text for e in examples])
+        examples = [examples[i] for i in sorted(range(len(examples)), key=lambda i: (-every[i], i))[:from_longest]]
     pick = np.random.default_rng(seed).choice(len(examples), min(n, len(examples)), replace=False)
     chosen = [examples[i] for i in pick]
     lengths = [min(k, c.max_tokens) for k in token_lengths(lm.tokenizer, [e.text for e in chosen])]
@@ -136,7 +141,7 @@ def reference_rates(corpus, args) -> dict:
 
     c = IngestConfig(corpus=CorpusSelection(corpus=args.corpus), model=args.model, dtype=args.dtype, device="cpu",
                      **({"batch_tokens": args.batch_tokens} if args.batch_tokens else {}))
-    lm, featurizers, chosen, lengths, parts = ingest_batches(c, corpus, args.sample, args.seed)
+    lm, featurizers, chosen, lengths, parts = ingest_batches(c, corpus, args.sample, args.seed, args.sample_longest)
     loss = {f.name: f.example_loss for f in featurizers}
     model = lm.model
 
@@ -194,6 +199,7 @@ def reference_rates(corpus, args) -> dict:
         out["methods"][m]["x_plain_forward"] = round(plain_s / float(np.median(seconds[m])), 3)
     out["featurizers"] = {f.name: f.spec().get("tied", f.spec().get("layers")) for f in featurizers}
     out["batch_tokens"] = c.batch_tokens
+    out["drawn_from_longest"] = args.sample_longest or None
     return out
 
 
@@ -260,8 +266,10 @@ def markdown(r: dict) -> str:
     lines = [f"# `ftrace ingest` at scale ({r['machine']['cpu']}, {r['machine']['cores']} cores, {r['dtype']})", "",
              f"Command: `{r['command']}`", ""]
     if ref:
+        among = f" of the {ref['drawn_from_longest']:,} longest" if ref.get("drawn_from_longest") else ""
         lines += [f"Reference (same run, in one process, taking turns batch by batch): a seeded sample of "
-                  f"{ref['examples']} sentences ({ref['tokens']:,} tokens, {ref['batches']} length-sorted batches "
+                  f"{ref['examples']} sentences{among} ({ref['tokens']:,} tokens, {ref['batches']} length-sorted "
+                  "batches "
                   f"within {ref.get('batch_tokens', 'the default budget of')} tokens), "
                   f"{ref['repeats']} passes after a warm-up; other processes kept {ref['other_processes_cores']} "
                   "cores busy meanwhile.", "",
@@ -306,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default=None)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--sample", type=int, default=1024, help="sentences in the fixed reference sample (0: none)")
+    ap.add_argument("--sample-longest", type=int, default=0,
+                    help="draw the reference sample from this many longest sentences (0: from all)")
     ap.add_argument("--longest", action="store_true", help="each size: the N longest sentences, not a sample")
     ap.add_argument("--batch-tokens", type=int, default=None, help="ingest's --batch-tokens (default: ingest's)")
     ap.add_argument("--compare-tokens", type=int, default=None,

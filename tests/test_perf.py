@@ -140,12 +140,14 @@ def test_ingest_scale_compare_tokens(tiny_model_dir, tmp_path):
     mod = perf_script("ingest_scale")
     out = tmp_path / "compare.json"
     res = mod.main(["--model", tiny_model_dir, "--corpus", "sample", "--sizes", "", "--sample", "24",
-                    "--repeats", "1", "--batch-tokens", "256", "--compare-tokens", "64", "--out", str(out)])
+                    "--repeats", "1", "--batch-tokens", "256", "--compare-tokens", "64", "--sample-longest", "100",
+                    "--out", str(out)])
     ref = res["reference"]
-    assert res["sizes"] == [] and ref["batch_tokens"] == 256
+    assert res["sizes"] == [] and ref["batch_tokens"] == 256 and ref["drawn_from_longest"] == 100
     finer = ref["methods"]["ftrace featurisation, 64-token batches"]
     assert finer["examples_per_s"]["median"] > 0 and finer["x_plain_forward"] > 0
-    assert "64-token batches" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert "64-token batches" in md and "sentences of the 100 longest" in md
 
 
 def test_tailpatch_speed_results_file(tiny_model_dir, tmp_path):
