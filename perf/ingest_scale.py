@@ -21,8 +21,8 @@ Protocol
   and the CPU other processes used meanwhile. An index already complete is reported from its record
   (WORK/lama-SIZE.build.json) instead of being rebuilt; delete it to measure again.
 - --sample-longest N draws the reference sample from the N longest sentences instead of all of them.
-- --compare-tokens N adds a pass that featurises each reference batch cut again within N tokens (the same
-  sentences, smaller batches), to choose ingest's --batch-tokens by its speed in the same run.
+- --compare-tokens N adds a pass over the same sentences in the batches ingest would make at --batch-tokens N
+  (each timed in turn with the reference batch it starts in), to choose ingest's budget by its speed in one run.
 - With --longest, a size is the N longest sentences (by token count) instead of a seeded sample: the last
   batches of a whole-corpus ingest, where its featurisation memory peaks. --sample 0 skips the reference.
 - One run per results file: perf/results/ingest_scale-cpu[-DTYPE].{json,md} (--out to change).
@@ -81,7 +81,7 @@ def corpus_file(corpus, size: int | None, seed: int, work: Path, longest: bool =
                 from ftrace.model.batching import token_lengths
 
                 lengths = token_lengths(load_model().tokenizer, [x.text for x in corpus.sentences])
-                keep = sorted(sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))[:n])
+                keep = sorted(longest(lengths, n))
             else:
                 keep = sorted(np.random.default_rng(seed).choice(len(corpus.sentences), n, replace=False))
             sentences = [corpus.sentences[i] for i in keep]
@@ -111,6 +111,11 @@ def sample_rss(pid: int, every_s: float, stop: threading.Event) -> list[tuple[fl
     return samples
 
 
+def longest(lengths: list[int], n: int) -> list[int]:
+    """Positions of the `n` longest, longest first (ties in order)."""
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))[:n]
+
+
 def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     """The model and ingest's featurizers for config `c`, and a seeded sample of `n` of the corpus's examples (of
     its `from_longest` longest ones, when given) cut into the batches ingest makes (sorted by token length, within
@@ -123,7 +128,7 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     examples = corpus.examples()
     if from_longest:
         every = token_lengths(lm.tokenizer, [e.text for e in examples])
-        examples = [examples[i] for i in sorted(range(len(examples)), key=lambda i: (-every[i], i))[:from_longest]]
+        examples = [examples[i] for i in longest(every, from_longest)]
     pick = np.random.default_rng(seed).choice(len(examples), min(n, len(examples)), replace=False)
     chosen = [examples[i] for i in pick]
     lengths = [min(k, c.max_tokens) for k in token_lengths(lm.tokenizer, [e.text for e in chosen])]
@@ -164,9 +169,14 @@ def reference_rates(corpus, args) -> dict:
     if args.compare_tokens:
         from ftrace.model.batching import budget_batches
 
-        def finer(part):  # the same sentences, cut again within the smaller budget
-            for sub in budget_batches(lengths[part], c.batch_size, args.compare_tokens):
-                ftrace(slice(part.start + sub.start, part.start + sub.stop))
+        # ingest's plan at the other budget over the same sorted sentences; each of its batches is timed with the
+        # batch of this plan it starts in
+        finer_plan = budget_batches(lengths, c.batch_size, args.compare_tokens)
+
+        def finer(part):
+            for sub in finer_plan:
+                if part.start <= sub.start < part.stop:
+                    ftrace(sub)
 
         methods[f"ftrace featurisation, {args.compare_tokens}-token batches"] = finer
     longest = max(parts, key=lambda p: (p.stop - p.start) * max(lengths[p]))
@@ -199,6 +209,8 @@ def reference_rates(corpus, args) -> dict:
         out["methods"][m]["x_plain_forward"] = round(plain_s / float(np.median(seconds[m])), 3)
     out["featurizers"] = {f.name: f.spec().get("tied", f.spec().get("layers")) for f in featurizers}
     out["batch_tokens"] = c.batch_tokens
+    if args.compare_tokens:
+        out["compare_tokens"] = {"budget": args.compare_tokens, "batches": len(finer_plan)}
     out["drawn_from_longest"] = args.sample_longest or None
     return out
 
@@ -325,6 +337,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", default=str(ROOT / "indexes" / "scale"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.compare_tokens is not None and args.compare_tokens < 1:
+        ap.error("--compare-tokens: a token budget of at least 1")
+    if args.sample_longest and not args.sample:
+        ap.error("--sample-longest draws the reference sample: it needs --sample")
     from ftrace.corpus import load_corpus
 
     corpus = load_corpus(args.corpus)

@@ -4,6 +4,7 @@ load test.
 
     python perf/serve_latency.py                       # SmolLM2-135M; 1k, 10k, all 102,133 sentences
     python perf/serve_latency.py --model PATH --corpus sample --sizes 100,all --requests 5 --load-seconds 3
+    python perf/serve_latency.py --dtype bfloat16 --sizes 1000 --load-seconds 0 --beside passive   # shared cores
 
 Protocol
 - Corpora: the LAMA T-REx sentences of the shared data (--corpus, default ../shared/data/lama-trex):
@@ -21,11 +22,12 @@ Protocol
   Latency: the client's wall time per request. Parts, from the server's Server-Timing header: model =
   answer generation + query vectors; store = BM25 (Lucene) + Qdrant Edge; the rest of the server's
   total is fusion and building the rows; the rest of the latency is HTTP and JSON.
-- With --beside POLICY: every method of every size timed again, right after, while a neighbour runs on the
-  same machine: perf/shared_machine.py's featurisation worker in a loop (ingest's work, 2 torch threads, its
-  idle OpenMP threads as POLICY says: passive is what a running `ftrace ingest` does, spin what a torch job
-  with the runtime's default does). The ratio beside /
-  quiet per method is the slowdown (issue 18: within 2x).
+- With --beside POLICY: after the quiet timing of a size, every method timed again while a neighbour runs on
+  the same machine, then once more quiet: the neighbour is perf/shared_machine.py's featurisation worker in a
+  loop (ingest's work on 32 sentences of the shipped sample corpus, the index's model and dtype, 2 torch
+  threads, its idle OpenMP threads as POLICY says: passive is what a running `ftrace ingest` does, spin what a
+  torch job with the runtime's default does). Per method, beside p50 / the mean of the two quiet p50s is the
+  slowdown (issue 18: within 2x).
 - Load: --clients concurrent clients for --load-seconds against the largest index, embed+bm25 with
   targets: completed requests per second, latency p50 / p95, errors (any non-200 or failed request).
 - The machine is shared with others: load averages (as `uptime`) before and after each phase, and the
@@ -48,14 +50,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import HZ, ROOT, SHARED, machine, machine_busy_seconds, rel
+from gradient_throughput import HZ, ROOT, SHARED, command_of, machine, machine_busy_seconds, rel, write_results
 from ingest_scale import ingest_size
-from shared_machine import POLICIES, spawn, wait_ready
+from shared_machine import POLICIES, neighbour
 
 METHODS = ["bm25", "embed", "tracin", "embed+bm25", "tracin+bm25", "tracin+embed"]
 ANSWER = "embed+bm25, model answer"  # the default method without a target: greedy answer generation included
 TARGET = {"method": "embed+bm25", "p50_s": 0.5}  # issue 10: warm p50 < 0.5 s at ~100k examples on CPU
 LOAD_METHOD = "embed+bm25"
+SHARED_SLOWDOWN = 2.0  # issue 18: beside another model process, within 2x of the quiet figure
 
 
 # --- corpora and indexes ------------------------------------------------------------------------
@@ -209,17 +212,12 @@ def run_size(args, corpus, size: int | None) -> tuple[dict, object]:
                "server_startup_s": round(server.startup_s, 1), "queries_sampled": len(queries),
                "results": results, "machine_load": phase.result}
         if args.beside:
-            print("  beside a neighbour (a featurisation worker in a loop)", flush=True)
-            neighbour = spawn(argparse.Namespace(sentences=32, passes=1, dtype=m.model.dtype, model=args.model),
-                              args.beside, 2, loop=True)
-            try:
-                wait_ready(neighbour)
-                with Phase(server.proc.pid) as beside:
-                    out["beside"] = time_methods(args, server.url, queries, methods)
-                out["beside_load"] = beside.result | {"policy": args.beside}
-            finally:
-                neighbour.kill()
-                neighbour.wait()
+            print(f"  beside a neighbour ({args.beside}), then quiet again", flush=True)
+            worker = argparse.Namespace(sentences=32, passes=1, dtype=m.model.dtype, model=args.model)
+            with neighbour(worker, args.beside, 2), Phase(server.proc.pid) as beside:
+                out["beside"] = time_methods(args, server.url, queries, methods)
+            out["beside_load"] = beside.result | {"policy": args.beside}
+            out["quiet_after"] = time_methods(args, server.url, queries, methods)
     except BaseException:
         server.stop()
         raise
@@ -254,10 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.requests < 1 or args.warmup < 0 or not sizes:
         raise SystemExit("--requests must be at least 1, --warmup at least 0, and --sizes name one size")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    return run(args, sizes)
+    return run(args, sizes, argv)
 
 
-def run(args, sizes: list[int | None]) -> dict:
+def run(args, sizes: list[int | None], argv: list[str] | None = None) -> dict:
     import torch
 
     from ftrace.corpus import load_corpus
@@ -288,14 +286,9 @@ def run(args, sizes: list[int | None]) -> dict:
            "queries": args.queries, "seed": args.seed, "sizes": per_size, "load": load, "target": target,
            "machine": machine(torch.device("cpu")) | {"uptime_load_at_end": [round(x, 2) for x in os.getloadavg()]},
            "total_seconds": round(time.perf_counter() - started, 1),
-           "command": " ".join(["python perf/serve_latency.py", *(sys.argv[1:] if __name__ == "__main__" else [])]),
+           "command": command_of(__file__, argv),
            "notes": [*NOTES, busy_note(per_size, load)]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table(res))
-    print(table(res))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    write_results(Path(args.out), res, table(res))
     return res
 
 
@@ -313,7 +306,8 @@ def busy_note(per_size: list[dict], load: dict | None) -> str:
     others = [p["machine_load"]["others_cores"] for p in [*per_size, *([load] if load else [])]]
     loads = [p["machine_load"]["load_before"][0] for p in [*per_size, *([load] if load else [])]]
     quiet = max(others) < 0.1
-    return (f"The machine was {'quiet' if quiet else 'shared'}: other processes kept {min(others):.2f}-"
+    return (f"During the quiet phases the machine was {'quiet' if quiet else 'shared'}: other processes kept "
+            f"{min(others):.2f}-"
             f"{max(others):.2f} of its {os.cpu_count()} cores busy during the phases (1-minute load average "
             f"{min(loads):.1f}-{max(loads):.1f} at their starts)"
             + ("." if quiet else "; a quiet machine would give lower times, the model-bound ones most."))
@@ -350,6 +344,23 @@ def growth(res: dict) -> list[str]:
     return [*lines, ""]
 
 
+def beside_table(size: dict) -> list[str]:
+    bl = size["beside_load"]
+    lines = [f"Beside a neighbour (a featurisation worker in a loop, 2 threads, OpenMP wait policy {bl['policy']}), "
+             f"between the quiet timing above and a second quiet one: the server used {bl['server_cores']} cores, "
+             f"others {bl['others_cores']}.", "",
+             "| method | quiet p50 (before / after) | beside p50 | beside / quiet | p95 quiet / beside | "
+             f"within {SHARED_SLOWDOWN:g}x |", "|---|---|---|---|---|---|"]
+    for q, b, a in zip(size["results"], size["beside"], size["quiet_after"], strict=True):
+        quiet = [r["latency_s"]["p50"] for r in (q, a) if r["latency_s"].get("n")]
+        ratio = b["latency_s"]["p50"] / (sum(quiet) / len(quiet)) if quiet and b["latency_s"].get("n") else None
+        lines.append(f"| {q['method']} | {ms(q['latency_s'])} / {ms(a['latency_s'])} | {ms(b['latency_s'])} | "
+                     f"{'-' if ratio is None else f'{ratio:.2f}'} | {ms(q['latency_s'], 'p95')} / "
+                     f"{ms(b['latency_s'], 'p95')} | "
+                     f"{'-' if ratio is None else 'yes' if ratio <= SHARED_SLOWDOWN else 'no'} |")
+    return [*lines, ""]
+
+
 def ms(d: dict, key: str = "p50") -> str:
     return "-" if not d.get("n") else f"{1000 * d[key]:.0f}"
 
@@ -379,19 +390,7 @@ def table(res: dict) -> str:
                          f"{r['errors']} |")
         lines.append("")
         if size.get("beside"):
-            bl = size["beside_load"]
-            lines += [f"Beside a neighbour (a featurisation worker in a loop, 2 threads, OpenMP wait policy "
-                      f"{bl['policy']}; the same requests right after the quiet ones): the server used "
-                      f"{bl['server_cores']} cores, others {bl['others_cores']}.", "",
-                      "| method | quiet p50 | beside p50 | beside / quiet | p95 quiet / beside | within 2x |",
-                      "|---|---|---|---|---|---|"]
-            for q, b in zip(size["results"], size["beside"], strict=True):
-                ratio = b["latency_s"]["p50"] / q["latency_s"]["p50"] if q["latency_s"].get("n") and b[
-                    "latency_s"].get("n") else float("nan")
-                lines.append(f"| {q['method']} | {ms(q['latency_s'])} | {ms(b['latency_s'])} | {ratio:.2f} | "
-                             f"{ms(q['latency_s'], 'p95')} / {ms(b['latency_s'], 'p95')} | "
-                             f"{'yes' if ratio <= 2 else 'no'} |")
-            lines.append("")
+            lines += beside_table(size)
     if res["load"]:
         ld, ml = res["load"], res["load"]["machine_load"]
         lines += [f"### Load: {ld['clients']} concurrent clients for {ld['seconds']} s, {ld['method']}, "

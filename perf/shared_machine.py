@@ -24,11 +24,13 @@ Protocol
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,11 +86,22 @@ def wait_ready(proc: subprocess.Popen) -> None:
         raise SystemExit(f"the worker did not start (exit {proc.wait()})")
 
 
-def measure(args, policy: str, threads: int, beside: bool) -> dict:
-    neighbour = spawn(args, policy, threads, loop=True) if beside else None
+@contextlib.contextmanager
+def neighbour(args, policy: str, threads: int) -> Iterator[subprocess.Popen]:
+    """A worker featurising in a loop while inside, ready before the body runs; it must still run at the end."""
+    proc = spawn(args, policy, threads, loop=True)
     try:
-        if neighbour:
-            wait_ready(neighbour)
+        wait_ready(proc)
+        yield proc
+        if proc.poll() is not None:
+            raise SystemExit(f"the neighbour stopped (exit {proc.returncode}) before the timing ended")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def measure(args, policy: str, threads: int, beside: bool) -> dict:
+    with neighbour(args, policy, threads) if beside else contextlib.nullcontext():
         busy0, t0 = machine_busy_seconds(), time.perf_counter()
         proc = spawn(args, policy, threads, loop=False)
         out, _ = proc.communicate()
@@ -97,10 +110,6 @@ def measure(args, policy: str, threads: int, beside: bool) -> dict:
         result = json.loads(out.strip().splitlines()[-1])
         result["machine_busy_cores"] = round((machine_busy_seconds() - busy0) / (time.perf_counter() - t0), 2)
         return result
-    finally:
-        if neighbour:
-            neighbour.kill()
-            neighbour.wait()
 
 
 def markdown(r: dict) -> str:

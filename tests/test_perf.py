@@ -77,10 +77,12 @@ def test_serve_latency_results_file(tiny_model_dir, tmp_path):
             lat = r["latency_s"]
             assert f"| {r['method']} | {1000 * lat['p50']:.0f} | {1000 * lat['p95']:.0f} |" in md, r["method"]
         # --beside: the same methods again beside a neighbour, which kept the machine busy meanwhile
-        assert [b["method"] for b in size["beside"]] == [r["method"] for r in size["results"]]
-        assert all(b["errors"] == 0 and b["latency_s"]["n"] == 3 for b in size["beside"])
-        assert size["beside_load"]["others_cores"] > 0.2
-        assert "| method | quiet p50 | beside p50 | beside / quiet |" in md
+        # (then once more quiet)
+        for again in (size["beside"], size["quiet_after"]):
+            assert [b["method"] for b in again] == [r["method"] for r in size["results"]]
+            assert all(b["errors"] == 0 and b["latency_s"]["n"] == 3 for b in again)
+        assert size["beside_load"]["others_cores"] > 0.2 and size["beside_load"]["policy"] == "passive"
+        assert "| method | quiet p50 (before / after) | beside p50 | beside / quiet |" in md
     load = res["load"]
     assert f"{load['completed']} requests completed, {load['throughput_rps']:.2f} per second" in md
     assert [s["sentences"] for s in res["sizes"]] == [50]
@@ -144,6 +146,7 @@ def test_ingest_scale_compare_tokens(tiny_model_dir, tmp_path):
                     "--out", str(out)])
     ref = res["reference"]
     assert res["sizes"] == [] and ref["batch_tokens"] == 256 and ref["drawn_from_longest"] == 100
+    assert ref["compare_tokens"]["budget"] == 64 and ref["compare_tokens"]["batches"] >= ref["batches"]
     finer = ref["methods"]["ftrace featurisation, 64-token batches"]
     assert finer["examples_per_s"]["median"] > 0 and finer["x_plain_forward"] > 0
     md = out.with_suffix(".md").read_text()
@@ -211,3 +214,18 @@ def test_hnsw_recall_results_file(sample_index, tmp_path):
             recall = h["recall@10"]
             assert 0.0 <= recall["min"] <= recall["mean"] <= 1.0 and 0 < h["latency"]["p50_ms"]
     assert Manifest.read(sample_index).model_dump() == before and (tmp_path / "w").exists()
+
+
+def test_query_floor_results_file(sample_index, tmp_path):
+    """perf/query_floor.py on the tiny model's sample index: ftrace's query vector and answer beside their floors
+    (the bare decode loop must give the same answers, or the script stops), ratios and top ops in the file."""
+    mod = perf_script("query_floor")
+    out = tmp_path / "floor.json"
+    res = mod.main(["--index", str(sample_index), "--queries", "3", "--repeats", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    s = res["seconds_per_query"]
+    assert set(s) == {"query vector", "floor: forward + backward", "forward", "answer", "floor: decode"}
+    assert all(0 < v["min"] <= v["median"] <= v["max"] for v in s.values())
+    assert set(res["x_floor"]) == {"query vector", "answer"} and all(x > 0 for x in res["x_floor"].values())
+    assert all(len(ops) == 5 and ops[0]["self_ms"] >= ops[-1]["self_ms"] for ops in res["profiles"].values())
+    assert f"| query vector | {1000 * s['query vector']['min']:.0f} /" in out.with_suffix(".md").read_text()
