@@ -58,7 +58,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))  # ../shared/data
 SAMPLE = ROOT / "ftrace" / "corpus" / "data" / "sample.jsonl"
-LAMA = ROOT.parent / "shared" / "data" / "lama-trex" / "P176" / "train.jsonl"
+LAMA = SHARED / "lama-trex" / "P176" / "train.jsonl"
 LINEAR_LAYERS = ["model.layers.*.self_attn.*_proj", "model.layers.*.mlp.*_proj"]
 METHODS = ["plain", "no-hooks", "ftrace-embed", "ftrace-linear", "naive-embed", "naive-linear", "bergson"]
 NAIVE_OF = {"ftrace-embed": "naive-embed", "ftrace-linear": "naive-linear", "bergson": "naive-linear"}

@@ -281,8 +281,7 @@ def markdown(r: dict) -> str:
         among = f" of the {ref['drawn_from_longest']:,} longest" if ref.get("drawn_from_longest") else ""
         lines += [f"Reference (same run, in one process, taking turns batch by batch): a seeded sample of "
                   f"{ref['examples']} sentences{among} ({ref['tokens']:,} tokens, {ref['batches']} length-sorted "
-                  "batches "
-                  f"within {ref.get('batch_tokens', 'the default budget of')} tokens), "
+                  f"batches within {ref['batch_tokens']} tokens), "
                   f"{ref['repeats']} passes after a warm-up; other processes kept {ref['other_processes_cores']} "
                   "cores busy meanwhile.", "",
                   "| pass | examples/s (min / median / max) | tokens/s (median) | x plain forward |",
@@ -331,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--longest", action="store_true", help="each size: the N longest sentences, not a sample")
     ap.add_argument("--batch-tokens", type=int, default=None, help="ingest's --batch-tokens (default: ingest's)")
     ap.add_argument("--compare-tokens", type=int, default=None,
-                    help="reference: also featurise each batch cut again within this token budget")
+                    help="reference: also featurise the sample in the batches ingest makes at this token budget")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(ROOT / "indexes" / "scale"))

@@ -307,9 +307,8 @@ def busy_note(per_size: list[dict], load: dict | None) -> str:
     loads = [p["machine_load"]["load_before"][0] for p in [*per_size, *([load] if load else [])]]
     quiet = max(others) < 0.1
     return (f"During the quiet phases the machine was {'quiet' if quiet else 'shared'}: other processes kept "
-            f"{min(others):.2f}-"
-            f"{max(others):.2f} of its {os.cpu_count()} cores busy during the phases (1-minute load average "
-            f"{min(loads):.1f}-{max(loads):.1f} at their starts)"
+            f"{min(others):.2f}-{max(others):.2f} of its {os.cpu_count()} cores busy during the phases (1-minute load "
+            f"average {min(loads):.1f}-{max(loads):.1f} at their starts)"
             + ("." if quiet else "; a quiet machine would give lower times, the model-bound ones most."))
 
 
