@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,9 @@ from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gradient_throughput import ROOT, command_of, results_path, write_results
+
 PROMPT, TARGET = "Toyota Avanza is produced by", "Toyota"
 TARGETS = {"default": 4.0, "bm25 --target": 2.0}  # seconds, issue 10
 COMMANDS = {
@@ -132,14 +135,14 @@ def build_index(where: Path, source: Path, threads: int) -> Path:
     return index
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", type=Path, help="a sample index (default: build one in a temp dir)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--baseline", type=Path, help="another checkout to time alongside (e.g. before a change)")
-    ap.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / "cold_cli-cpu.json")
-    a = ap.parse_args()
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
     sources = {"this checkout": ROOT} | ({"baseline": a.baseline.resolve()} if a.baseline else {})
     with tempfile.TemporaryDirectory() as tmp:
         # built by the oldest source: a newer ftrace reads older indexes, not always the reverse
@@ -166,23 +169,21 @@ def main() -> None:
                    for s, src in sources.items()}
         load_after = os.getloadavg()
     result = {
-        "machine": machine(), "threads": a.threads, "repeats": a.repeats, "load_average_before": load_before,
+        "command": command_of(__file__, argv), "machine": machine(), "threads": a.threads, "repeats": a.repeats,
+        "load_average_before": load_before,
         "load_average_after": load_after, "index": "built by this script" if a.index is None else str(a.index),
-        "commands": {n: " ".join(["ftrace", *c, "--index", "INDEX"]) for n, c in COMMANDS.items()},
+        "commands": {n: shlex.join(["ftrace", *c, "--index", "INDEX"]) for n, c in COMMANDS.items()},
         "sources": {s: str(p) for s, p in sources.items()},
         "wall_s": {s: {n: spread(v) for n, v in w.items()} for s, w in walls.items()},
         "stages_s": {s: {n: spread(v) for n, v in st.items()} for s, st in stages.items()},
         "imports": imports, "targets_s": TARGETS,
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2))
-    a.out.with_suffix(".md").write_text(markdown(result))
-    print(a.out.with_suffix(".md").read_text())
+    write_results(results_path(a.out, "cold_cli"), result, markdown(result))
 
 
 def markdown(r: dict) -> str:
     m, srcs = r["machine"], list(r["wall_s"])
-    lines = [f"# Cold `ftrace query` ({'perf/cold_cli.py'})", "",
+    lines = ["# Cold `ftrace query` (perf/cold_cli.py)", "", f"Command: `{r['command']}`", "",
              f"{m['cpu']}, {m['cores']} cores, {r['threads']} torch thread(s); Python {m['python']}, torch "
              f"{m['torch']}, transformers {m['transformers']}, pyserini {m['pyserini']}. Load average (1, 5, 15 "
              f"min) {tuple(round(x, 2) for x in r['load_average_before'])} before, "

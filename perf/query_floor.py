@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from ftrace.model import query_batch
-    from ftrace.model.answer import _STOP, MAX_NEW_TOKENS, cut
+    from ftrace.model.answer import MAX_NEW_TOKENS, cut, has_stop
     from ftrace.query.tracer import Tracer
 
     torch.set_num_threads(args.threads)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         while True:
             new.append(int(out.logits[0, -1].argmax()))
             text = tok.decode(new, skip_special_tokens=True)
-            if len(new) == MAX_NEW_TOKENS or _STOP.search(text) or new[-1] == tok.eos_token_id:
+            if len(new) == MAX_NEW_TOKENS or has_stop(text) or new[-1] == tok.eos_token_id:
                 break
             out = lm.model(input_ids=torch.tensor([new[-1:]]), past_key_values=out.past_key_values, use_cache=True)
         if i in answers and cut(text) != answers[i]:

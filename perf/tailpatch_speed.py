@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -39,7 +39,9 @@ from ftrace.corpus import load_sample
 from ftrace.model import load_model
 from ftrace.model.objective import lm_loss, loss_batch
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gradient_throughput import command_of, results_path, write_results
+
 METHODS = ["gradient", "step", "train step", "update", "score"]  # the first three need no given gradient
 
 
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sets", type=int, default=10)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / "tailpatch_speed-cpu.json")
+    ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
     corpus = load_sample()
@@ -107,17 +109,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"repeat {r + 1}: " + ", ".join(f"{m} {times[m][-1]:.2f} s" for m in METHODS))
 
     summary = {m: {"min": min(v), "median": statistics.median(v), "max": max(v)} for m, v in times.items()}
-    result = {"command": "python perf/tailpatch_speed.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k != "out"),
-              "model": a.model, "k": a.k, "sets": a.sets, "repeats": a.repeats,
+    result = {"command": command_of(__file__, argv), "model": a.model, "k": a.k, "sets": a.sets, "repeats": a.repeats,
               "examples_per_set": float(np.mean([len(patcher.examples(s)) for s in sets])),
               "seconds_per_set": summary, "threads": torch.get_num_threads(), "load_average_1min": load,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
               "800 steps at the median step (minutes)": round(800 * summary["step"]["median"] / 60, 1)}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
     rows = [f"| {m} | {s['min']:.2f} | {s['median']:.2f} | {s['max']:.2f} |" for m, s in summary.items()]
-    a.out.with_suffix(".md").write_text("\n".join([
+    write_results(results_path(a.out, "tailpatch_speed"), result, "\n".join([
         "# Tail-patch step time (CPU)", "",
         f"`{result['command']}`: {a.model}, {a.sets} sets of {a.k} sample sentences "
         f"({result['examples_per_set']:.1f} examples each), {a.repeats} repeats, {result['threads']} torch threads, "
@@ -126,7 +124,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"step / train step (median): {summary['step']['median'] / summary['train step']['median']:.2f}. "
         f"The 800 distinct steps of results/train's P19 run would take "
         f"{result['800 steps at the median step (minutes)']} minutes at the median step.", ""]))
-    print(a.out.with_suffix(".md").read_text())
     return result
 
 

@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # real processes, servers or the real model: the full tier
@@ -136,6 +137,48 @@ def test_ingest_scale_results_file(tiny_model_dir, tmp_path):
     assert all(b["reused"] for b in mod.main(argv)["sizes"])
 
 
+def test_ingest_scale_tail(tiny_model_dir, tmp_path, capsys):
+    """--tail N: stand-in vectors for all but ingest's last N examples, then a real ingest that builds BM25 over the
+    whole corpus and featurises only those N, the longest, into a store holding the whole collection."""
+    mod = perf_script("ingest_scale")
+    out, work = tmp_path / "tail.json", tmp_path / "work"
+    argv = ["--model", tiny_model_dir, "--corpus", "sample", "--sizes", "all", "--tail", "40", "--sample", "0",
+            "--work", str(work), "--out", str(out)]
+    (b,) = mod.main(argv)["sizes"]
+    # the batch the tail starts in is featurised whole, as a resumed ingest does
+    assert (b["sentences"], b["stand_ins"]) == (337, 297) and 40 <= b["featurised"] < 100 and b["peak_rss_gib"] > 0.1
+    assert b["index"].endswith("lama-all-tail40") and b["stages_s"]["bm25_s"] >= 0
+    from ftrace.config import CorpusSelection, IngestConfig
+    from ftrace.index.layout import IndexDir
+    from ftrace.ingest.pipeline import ingest, ingest_order
+    from ftrace.model import load_model
+
+    def embed_vectors(path):
+        index = IndexDir(path)
+        assert index.manifest.complete and index.bm25_dir.is_dir()
+        store, out = index.open_store(), {}
+        try:
+            for ids, vectors, _ in store.points(["embed"]):
+                out.update(zip(ids, vectors["embed"], strict=True))
+        finally:
+            store.close()
+        return out
+
+    tail = embed_vectors(work / "lama-all-tail40")
+    ingest(IngestConfig(index=str(tmp_path / "plain"), corpus=CorpusSelection(corpus="sample"), model=tiny_model_dir))
+    plain = embed_vectors(tmp_path / "plain")
+    ordered, _ = ingest_order(load_model(tiny_model_dir).tokenizer, IndexDir(tmp_path / "plain").corpus.examples())
+    assert len(tail) == len(plain) == 337
+    # the featurised tail holds the vectors a plain ingest stores; the rest stood in for them
+    for i, e in enumerate(ordered):
+        same = np.allclose(tail[e.id], plain[e.id], atol=1e-3)
+        assert same if i >= 337 - b["featurised"] else not same, (i, e.id)
+    assert f"{b['featurised']} longest of 337" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        mod.main([*argv, "--sizes", "60,all"])  # refused before anything runs
+    assert "--tail N: a count of at least 1, with --sizes all" in capsys.readouterr().err
+
+
 def test_ingest_scale_compare_tokens(tiny_model_dir, tmp_path):
     """--compare-tokens adds a featurisation pass over the same sentences cut into smaller batches; with no sizes
     the script measures only the reference."""
@@ -158,7 +201,7 @@ def test_tailpatch_speed_results_file(tiny_model_dir, tmp_path):
     mod = perf_script("tailpatch_speed")
     out = tmp_path / "tp.json"
     res = mod.main(["--model", tiny_model_dir, "--sets", "3", "--k", "4", "--repeats", "2", "--out", str(out)])
-    assert json.loads(out.read_text()) == res
+    assert json.loads(out.read_text()) == res and res["command"].startswith("python perf/tailpatch_speed.py --model ")
     assert list(res["seconds_per_set"]) == ["gradient", "step", "train step", "update", "score"]
     for t in res["seconds_per_set"].values():
         assert 0 < t["min"] <= t["median"] <= t["max"]

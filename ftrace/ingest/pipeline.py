@@ -197,6 +197,14 @@ def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: 
     return manifest
 
 
+def ingest_order(tokenizer, examples: list[Example]) -> tuple[list[Example], list[int]]:
+    """The examples in the order ingest featurises them, with their token counts: similar lengths together, so
+    batches carry little padding (padding does not change a vector, up to rounding)."""
+    lengths = token_lengths(tokenizer, [e.text for e in examples]) if examples else []
+    order = sorted(range(len(examples)), key=lengths.__getitem__)
+    return [examples[i] for i in order], [lengths[i] for i in order]
+
+
 def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel, featurizers: list[Featurizer],
                    c: IngestConfig, progress_dir: Path) -> int:
     """Store the vectors of those of `examples` not stored yet, recording progress in `progress_dir` (the
@@ -211,10 +219,7 @@ def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel,
     for i in range(0, len(examples), 1000):
         done |= store.present([e.id for e in examples[i:i + 1000]])
     record_progress(progress_dir, len(done), len(examples))
-    # Similar lengths together: less padding, same vectors up to rounding (padding does not change a vector).
-    lengths = token_lengths(lm.tokenizer, [e.text for e in examples]) if examples else []
-    order = sorted(range(len(examples)), key=lengths.__getitem__)
-    ordered, lengths = [examples[i] for i in order], [lengths[i] for i in order]
+    ordered, lengths = ingest_order(lm.tokenizer, examples)
     plan = [part for part in _batches(lengths, c) if any(e.id not in done for e in ordered[part])]
     todo = sum(p.stop - p.start for p in plan)
     if done:

@@ -31,6 +31,11 @@ def answer_is_right(answer: str, target: str) -> bool:
     return bool(t) and a.startswith(t) and (len(a) == len(t) or not a[len(t)].isalnum())
 
 
+def has_stop(text: str) -> bool:
+    """Whether a continuation holds a newline or punctuation mark: the answer ends there (`cut`)."""
+    return _STOP.search(text) is not None
+
+
 def cut(text: str) -> str:
     """The answer in a generated continuation: up to the first newline or punctuation mark, stripped."""
     return _STOP.split(text, maxsplit=1)[0].strip()
@@ -45,7 +50,7 @@ class _Answered:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
-        return torch.tensor([bool(_STOP.search(t)) for t in texts], device=input_ids.device)
+        return torch.tensor([has_stop(t) for t in texts], device=input_ids.device)
 
 
 @contextlib.contextmanager
@@ -104,7 +109,7 @@ def answers_right(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str
     with _cut_left(tok):  # each prompt as generation sees it
         for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
             t = tok(" " + target.strip(), add_special_tokens=False)["input_ids"]
-            if not match_key(target) or _STOP.search(target.strip()):
+            if not match_key(target) or has_stop(target.strip()):
                 out[i] = False  # an answer is cut at its first punctuation mark: such a target is never right
             elif len(t) <= max_new_tokens:  # a longer one: only generation can tell
                 rows.append((i, tok(prompt, truncation=max_tokens is not None, max_length=max_tokens)["input_ids"],
@@ -144,7 +149,7 @@ def _decide(tok, target_ids: list[int], best: list[int], target: str, max_new_to
             text = tok.decode(target_ids[:j] + [best[j]], skip_special_tokens=True)
             if "\ufffd" in text:
                 return None  # part of a character (a byte token): what it becomes depends on what follows
-            if _STOP.search(_continuation(tok, target_ids[:j], best[j])):
+            if has_stop(_continuation(tok, target_ids[:j], best[j])):
                 return answer_is_right(cut(text), target)  # the answer ends at this mark: it is final
             so_far = match_key(text)
             whole = match_key(tok.decode(target_ids, skip_special_tokens=True))
