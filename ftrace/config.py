@@ -216,7 +216,8 @@ class IngestConfig(Strict):
     # memory grows with examples x padded length (SmolLM2: ~1.6-2.2 MB a token, perf/results/batch_memory-cpu*.md),
     # so long sentences (sorted together) come in smaller batches. 1024 (32 x 32) instead of 2048: 1,500 long LAMA
     # sentences in bfloat16 peaked at 4.5 instead of 7.0 GiB, in a time within run-to-run noise
-    # (results/scale/README.md#ingest); the vectors do not depend on it beyond float rounding
+    # (results/scale/README.md#ingest); past ingest.pipeline.SQUARE_FROM tokens batches shrink further; the vectors
+    # do not depend on it beyond float rounding
     batch_tokens: Annotated[int, Field(ge=1), cli("Token budget per batch: at most this many examples x padded "
                                                   "length (a longer sentence is a batch of its own).", min=1)] = 1024
     device: Device = "auto"

@@ -132,9 +132,9 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     """The model and ingest's featurizers for config `c`, and a seeded sample of `n` of the corpus's examples (of
     its `from_longest` longest ones, when given) cut into the batches ingest makes (sorted by token length, within
     --batch-size and --batch-tokens)."""
-    from ftrace.ingest.pipeline import build_featurizers
+    from ftrace.ingest.pipeline import batch_plan, build_featurizers
     from ftrace.model import load_model
-    from ftrace.model.batching import budget_batches, token_lengths
+    from ftrace.model.batching import token_lengths
 
     lm = load_model(c.model, "cpu", c.dtype)
     examples = corpus.examples()
@@ -146,7 +146,7 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     lengths = [min(k, c.max_tokens) for k in token_lengths(lm.tokenizer, [e.text for e in chosen])]
     order = sorted(range(len(chosen)), key=lengths.__getitem__)
     chosen, lengths = [chosen[i] for i in order], [lengths[i] for i in order]
-    return lm, build_featurizers(lm, c, None), chosen, lengths, budget_batches(lengths, c.batch_size, c.batch_tokens)
+    return lm, build_featurizers(lm, c, None), chosen, lengths, batch_plan(lengths, c)
 
 
 def reference_rates(corpus, args) -> dict:
@@ -179,11 +179,11 @@ def reference_rates(corpus, args) -> dict:
 
     methods = {"plain forward": plain, "body forward": body, "ftrace featurisation": ftrace}
     if args.compare_tokens:
-        from ftrace.model.batching import budget_batches
+        from ftrace.ingest.pipeline import batch_plan
 
         # ingest's plan at the other budget over the same sorted sentences; each of its batches is timed with the
         # batch of this plan it starts in
-        finer_plan = budget_batches(lengths, c.batch_size, args.compare_tokens)
+        finer_plan = batch_plan(lengths, c.model_copy(update={"batch_tokens": args.compare_tokens}))
 
         def finer(part):
             for sub in finer_plan:

@@ -448,6 +448,24 @@ def test_the_token_budget_splits_only_batches_of_long_sentences(sample, tiny_mod
     assert budget_batches([5, 50, 5], 8, 20) == [slice(0, 1), slice(1, 2), slice(2, 3)]  # too long: alone
 
 
+def test_past_square_from_a_batch_keeps_no_more_attention_than_a_full_batch_at_that_length():
+    """Ingest's plan: up to SQUARE_FROM tokens the token budget alone; past it, examples x length² stays within
+    budget x SQUARE_FROM too, and each batch is as full as both allow."""
+    from ftrace.ingest.pipeline import SQUARE_FROM, batch_plan
+
+    c = IngestConfig()
+    lengths = sorted(list(range(8, c.max_tokens + 1)) * 6)  # six sentences of every length
+    plain, capped = budget_batches(lengths, c.batch_size, c.batch_tokens), batch_plan(lengths, c)
+    short = [p for p in plain if lengths[p.stop - 1] <= SQUARE_FROM]
+    assert capped[:len(short)] == short  # the same batches up to SQUARE_FROM tokens
+    assert [i for p in capped for i in range(p.start, p.stop)] == list(range(len(lengths)))
+    for p, after in zip(capped[len(short):], capped[len(short) + 1:], strict=False):
+        size, width, next_width = p.stop - p.start, lengths[p.stop - 1], lengths[after.start]
+        assert size * width <= c.batch_tokens and size * width**2 <= c.batch_tokens * SQUARE_FROM
+        assert (size + 1) * next_width > c.batch_tokens or (size + 1) * next_width**2 > c.batch_tokens * SQUARE_FROM
+    assert [p.stop - p.start for p in capped if lengths[p.start] == c.max_tokens] == [2, 2, 2]  # 256: 512 a batch
+
+
 @pytest.mark.slow
 def test_a_tight_token_budget_gives_the_same_vectors(tmp_path, sample_index, tiny_model_dir):
     from ftrace.ingest.pipeline import ingest

@@ -29,6 +29,10 @@ from ftrace.plumbing import describe_differences, log, release_freed_memory
 from ftrace.runs import TracedRun, traced_run
 
 TRIM_EVERY = 32  # batches between handing freed heap memory back (about 0.2 s each: well under 1% of the time)
+# Past this length a batch holds fewer tokens (budget_batches' square_from): a whole-corpus ingest's memory peaked
+# on its longest batches, where the attention weights the backward keeps (examples x length²) dominate; 2.9% of
+# LAMA's tokens lie in sentences longer than it (results/scale/README.md#ingest)
+SQUARE_FROM = 128
 
 
 def checkpoint_names(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -> list[str]:
@@ -61,14 +65,15 @@ def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig) -> Ite
     rng = np.random.default_rng(c.tracin.seed)
     pick = sorted(rng.choice(len(examples), size=min(c.tracin.whiten_samples, len(examples)), replace=False))
     chosen = [examples[i] for i in pick]
-    parts = _batches(token_lengths(lm.tokenizer, [e.text for e in chosen]), c)
+    parts = batch_plan(token_lengths(lm.tokenizer, [e.text for e in chosen]), c)
     for part in tqdm(parts, desc="whitening calibration", unit="batch", leave=False):
         yield example_loss_batch(lm.tokenizer, chosen[part], c.tracin.example_loss, c.max_tokens)[0]
 
 
-def _batches(lengths: list[int], c: IngestConfig) -> list[slice]:
-    """At most --batch-size examples, within the --batch-tokens budget (lengths as cut by --max-tokens)."""
-    return budget_batches([min(n, c.max_tokens) for n in lengths], c.batch_size, c.batch_tokens)
+def batch_plan(lengths: list[int], c: IngestConfig) -> list[slice]:
+    """At most --batch-size examples, within the --batch-tokens budget, and fewer past SQUARE_FROM tokens (lengths
+    as cut by --max-tokens)."""
+    return budget_batches([min(n, c.max_tokens) for n in lengths], c.batch_size, c.batch_tokens, SQUARE_FROM)
 
 
 def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], c: IngestConfig,
@@ -220,7 +225,7 @@ def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel,
         done |= store.present([e.id for e in examples[i:i + 1000]])
     record_progress(progress_dir, len(done), len(examples))
     ordered, lengths = ingest_order(lm.tokenizer, examples)
-    plan = [part for part in _batches(lengths, c) if any(e.id not in done for e in ordered[part])]
+    plan = [part for part in batch_plan(lengths, c) if any(e.id not in done for e in ordered[part])]
     todo = sum(p.stop - p.start for p in plan)
     if done:
         log(f"resuming: {len(done)} examples already stored; {todo} to featurise in {len(plan)} batches of the plan "

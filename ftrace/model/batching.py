@@ -81,17 +81,22 @@ def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
 
 
-def budget_batches(lengths: Sequence[int], batch_size: int, budget: int) -> list[slice]:
+def budget_batches(lengths: Sequence[int], batch_size: int, budget: int, square_from: int = 0) -> list[slice]:
     """Split examples, in their order, into consecutive batches of at most `batch_size` examples whose padded
     size (examples x the longest one's length) stays within `budget` tokens; an example longer than that is a
-    batch of its own. Memory then grows with the budget, not with the longest sentence. The split depends
-    only on the lengths (ingest plans every batch from all the examples, and a resumed ingest redoes the
-    plan's unfinished batches)."""
+    batch of its own. Memory then grows with the budget, not with the longest sentence. With `square_from` L, a
+    batch of sentences longer than L also keeps examples x length² within budget x L: the attention weights a
+    backward pass keeps grow with the square of the length, and past L a batch keeps no more of them than a full
+    batch of L-token sentences. The split depends only on the lengths (ingest plans every batch from all the
+    examples, and a resumed ingest redoes the plan's unfinished batches)."""
     out: list[slice] = []
     start = width = 0
     for i, n in enumerate(lengths):
         wider = max(width, n)
-        if i > start and (i - start >= batch_size or (i - start + 1) * wider > budget):
+        count = i - start + 1
+        over = count * wider > budget or (square_from and wider > square_from
+                                          and count * wider * wider > budget * square_from)
+        if i > start and (i - start >= batch_size or over):
             out.append(slice(start, i))
             start, wider = i, n
         width = wider
