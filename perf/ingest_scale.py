@@ -317,7 +317,8 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
     cpu = usage.ru_utime + usage.ru_stime
     m = Manifest.read(index)
     disk = disk_bytes(index)
-    built = {"index": rel(index), "command": shlex.join(["ftrace", *cmd[3:]]).replace(str(ROOT) + "/", ""),
+    shown = ["ftrace", *(rel(a) if os.path.isabs(a) else a for a in cmd[3:])]  # paths relative to the repository
+    built = {"index": rel(index), "command": shlex.join(shown),
              "sentences": m.corpus.sentences, "featurised": round(m.timings["vectors"]), "stand_ins": stand_ins,
              "wall_s": round(wall, 1), "examples_per_s": round(m.timings["vectors"] / wall, 2), "stages_s": m.timings,
              "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2), "cpu_s": round(cpu, 1),
