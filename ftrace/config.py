@@ -81,6 +81,10 @@ class CorpusSelection(Strict):
 ExampleLoss = Literal["sentence", "object"]
 # tokens per sentence or prompt given to the model: the one default of every command and library function
 MAX_TOKENS = 256
+# Past this length an ingest batch holds fewer tokens (budget_batches' square_from): a whole-corpus ingest's memory
+# peaked on its longest batches, where the attention weights the backward keeps (examples x length²) grow; 2.9% of
+# LAMA's tokens lie in sentences longer than it (results/scale/README.md#ingest)
+SQUARE_FROM = 128
 
 
 class EmbeddingConfig(Strict):
@@ -216,10 +220,12 @@ class IngestConfig(Strict):
     # memory grows with examples x padded length (SmolLM2: ~1.6-2.2 MB a token, perf/results/batch_memory-cpu*.md),
     # so long sentences (sorted together) come in smaller batches. 1024 (32 x 32) instead of 2048: 1,500 long LAMA
     # sentences in bfloat16 peaked at 4.5 instead of 7.0 GiB, in a time within run-to-run noise
-    # (results/scale/README.md#ingest); past ingest.pipeline.SQUARE_FROM tokens batches shrink further; the vectors
+    # (results/scale/README.md#ingest); past SQUARE_FROM tokens batches shrink further; the vectors
     # do not depend on it beyond float rounding
     batch_tokens: Annotated[int, Field(ge=1), cli("Token budget per batch: at most this many examples x padded "
-                                                  "length (a longer sentence is a batch of its own).", min=1)] = 1024
+                                                  "length (a longer sentence is a batch of its own); past "
+                                                  f"{SQUARE_FROM} tokens, examples x length² within it x "
+                                                  f"{SQUARE_FROM}.", min=1)] = 1024
     device: Device = "auto"
     dtype: Dtype = "float32"
     threads: Threads = None

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import ROOT, command_of, results_path, write_results
+from gradient_throughput import ROOT, command_of, rel, results_path, shell_line, write_results
 
 PROMPT, TARGET = "Toyota Avanza is produced by", "Toyota"
 TARGETS = {"default": 4.0, "bm25 --target": 2.0}  # seconds, issue 10
@@ -171,9 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "command": command_of(__file__, argv), "machine": machine(), "threads": a.threads, "repeats": a.repeats,
         "load_average_before": load_before,
-        "load_average_after": load_after, "index": "built by this script" if a.index is None else str(a.index),
-        "commands": {n: shlex.join(["ftrace", *c, "--index", "INDEX"]) for n, c in COMMANDS.items()},
-        "sources": {s: str(p) for s, p in sources.items()},
+        "load_average_after": load_after, "index": "built by this script" if a.index is None else rel(a.index),
+        "commands": {n: shell_line(["ftrace", *c, "--index", "INDEX"]) for n, c in COMMANDS.items()},
+        "sources": {s: rel(p) for s, p in sources.items()},
         "wall_s": {s: {n: spread(v) for n, v in w.items()} for s, w in walls.items()},
         "stages_s": {s: {n: spread(v) for n, v in st.items()} for s, st in stages.items()},
         "imports": imports, "targets_s": TARGETS,

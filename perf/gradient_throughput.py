@@ -154,9 +154,15 @@ def spread(values: list[float]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
+def shell_line(args: list[str]) -> str:
+    """A command line as a results file shows it: absolute paths relative to the repository (see `rel`), quoted
+    for a shell."""
+    return shlex.join([rel(a) if os.path.isabs(a) else a for a in args])
+
+
 def command_of(script: str, argv: list[str] | None) -> str:
-    """The command line that made a results file, paths relative to the repository (quoted for a shell)."""
-    return "python " + shlex.join([rel(script), *(sys.argv[1:] if argv is None else argv)])
+    """The command line that made a results file."""
+    return "python " + shell_line([script, *(sys.argv[1:] if argv is None else argv)])
 
 
 def results_path(out: str | None, name: str, dtype: str = "float32") -> Path:

@@ -30,7 +30,8 @@ Protocol
   `ftrace ingest` would set it up, random unit vectors stand in for every example but the last N of ingest's plan
   (the longest sentences), and then the real `ftrace ingest` resumes it: it builds BM25 over the whole corpus,
   holds the whole collection in its store and featurises the N longest sentences, like the last stretch of a
-  whole-corpus run. Its peak RSS is that of a whole-corpus ingest; its time is the last stretch's only.
+  whole-corpus run. Its peak RSS is that stretch's, an estimate of a whole run's (which also carries the heap that
+  its earlier batches leave behind); its time is the stretch's only.
 - One run per results file: perf/results/ingest_scale-cpu[-DTYPE].{json,md} (--out to change).
 """
 
@@ -40,7 +41,6 @@ import argparse
 import json
 import os
 import resource
-import shlex
 import subprocess
 import sys
 import threading
@@ -59,6 +59,7 @@ from gradient_throughput import (
     machine_busy_seconds,
     rel,
     results_path,
+    shell_line,
     spread,
     write_results,
 )
@@ -130,9 +131,9 @@ def longest(lengths: list[int], n: int) -> list[int]:
 
 def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     """The model and ingest's featurizers for config `c`, and a seeded sample of `n` of the corpus's examples (of
-    its `from_longest` longest ones, when given) cut into the batches ingest makes (sorted by token length, within
-    --batch-size and --batch-tokens)."""
-    from ftrace.ingest.pipeline import batch_plan, build_featurizers
+    its `from_longest` longest ones, when given) in ingest's order and cut into the batches ingest's plan makes
+    (`batch_plan`)."""
+    from ftrace.ingest.pipeline import batch_plan, build_featurizers, ingest_order
     from ftrace.model import load_model
     from ftrace.model.batching import token_lengths
 
@@ -142,10 +143,8 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
         every = token_lengths(lm.tokenizer, [e.text for e in examples])
         examples = [examples[i] for i in longest(every, from_longest)]
     pick = np.random.default_rng(seed).choice(len(examples), min(n, len(examples)), replace=False)
-    chosen = [examples[i] for i in pick]
-    lengths = [min(k, c.max_tokens) for k in token_lengths(lm.tokenizer, [e.text for e in chosen])]
-    order = sorted(range(len(chosen)), key=lengths.__getitem__)
-    chosen, lengths = [chosen[i] for i in order], [lengths[i] for i in order]
+    chosen, lengths = ingest_order(lm.tokenizer, [examples[i] for i in pick])
+    lengths = [min(k, c.max_tokens) for k in lengths]
     return lm, build_featurizers(lm, c, None), chosen, lengths, batch_plan(lengths, c)
 
 
@@ -303,7 +302,7 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
     stand_ins = stand_in_all_but_tail(index, corpus, args) if tail else 0
     busy0, steal0, t0 = machine_busy_seconds(), steal_seconds(), time.perf_counter()
     with open(index.with_name(index.name + ".log"), "a") as log:  # appended: a resumed index keeps its earlier log
-        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M')}: {shlex.join(cmd)}\n")
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M')}: {shell_line(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         stop = threading.Event()
@@ -317,8 +316,7 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
     cpu = usage.ru_utime + usage.ru_stime
     m = Manifest.read(index)
     disk = disk_bytes(index)
-    shown = ["ftrace", *(rel(a) if os.path.isabs(a) else a for a in cmd[3:])]  # paths relative to the repository
-    built = {"index": rel(index), "command": shlex.join(shown),
+    built = {"index": rel(index), "command": shell_line(["ftrace", *cmd[3:]]),
              "sentences": m.corpus.sentences, "featurised": round(m.timings["vectors"]), "stand_ins": stand_ins,
              "wall_s": round(wall, 1), "examples_per_s": round(m.timings["vectors"] / wall, 2), "stages_s": m.timings,
              "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2), "cpu_s": round(cpu, 1),
@@ -370,7 +368,8 @@ def markdown(r: dict) -> str:
                          f"{', '.join(f'{g} ({a}) GiB' for _, g, a in marks)}; highest of the samples every "
                          f"{b['resident_every_s']:.0f} s: {top[1]} ({top[2]}) GiB, highest anonymous "
                          f"{max(a for *_, a in curve)} GiB | | | | | | | |")
-    full = next((b for b in r["sizes"] if b["index"].endswith("lama-all")), None)
+    full = next((b for b in r["sizes"] if b["index"].endswith("lama-all")
+                 and b.get("featurised", b["sentences"]) == b["sentences"]), None)  # whole, not resumed
     if full:
         t = full["wall_s"]
         lines += ["", f"The whole corpus: {t / 60:.1f} minutes: the 2-hour target is "
@@ -383,8 +382,11 @@ def markdown(r: dict) -> str:
                       f"stood in for the first {b['stand_ins']:,} examples of ingest's plan, then one `ftrace ingest` "
                       f"process built BM25 over all {b['sentences']:,} sentences, held the whole collection in its "
                       f"store and featurised the {b['featurised']:,} longest: peak RSS {b['peak_rss_gib']} GiB "
-                      f"(target 6 GiB: {'met' if b['peak_rss_gib'] <= 6 else 'missed'}). Its time is that "
-                      "stretch's only."]
+                      f"(target 6 GiB, on this stretch: {'met' if b['peak_rss_gib'] <= 6 else 'missed'}). A whole "
+                      "run also carries the heap its earlier batches leave behind; the time is the stretch's only."]
+        elif b.get("featurised", b["sentences"]) < b["sentences"]:
+            lines += ["", f"`{b['index']}` was resumed: this process featurised {b['featurised']:,} of its "
+                      f"{b['sentences']:,} sentences, so its wall time is not the whole ingest's."]
     lines += ["", "Records from an earlier run (reused) say so in the JSON (`reused`)."]
     return "\n".join(lines) + "\n"
 
@@ -419,7 +421,9 @@ def main(argv: list[str] | None = None) -> dict:
     from ftrace.corpus import load_corpus
 
     corpus = load_corpus(args.corpus)
-    work = Path(args.work)
+    if args.tail >= len(corpus.examples()):
+        ap.error(f"--tail {args.tail}: fewer than the corpus's {len(corpus.examples()):,} examples")
+    work = Path(args.work).resolve()  # the ingest processes run in the repository
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M")
     reference = reference_rates(corpus, args) if args.sample else None

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
             text = tok.decode(new, skip_special_tokens=True)
             if len(new) == MAX_NEW_TOKENS or has_stop(text) or new[-1] == tok.eos_token_id:
                 break
-            out = lm.model(input_ids=torch.tensor([new[-1:]]), past_key_values=out.past_key_values, use_cache=True)
+            out = lm.model(input_ids=torch.tensor([new[-1:]]), cache=out.cache, use_cache=True)
         if i in answers and cut(text) != answers[i]:
             raise SystemExit(f"floor: decode answered {cut(text)!r} where ftrace answered {answers[i]!r}")
 

@@ -177,6 +177,9 @@ def test_ingest_scale_tail(tiny_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         mod.main([*argv, "--sizes", "60,all"])  # refused before anything runs
     assert "--tail N: a count of at least 1, with --sizes all" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main([*argv, "--tail", "337"])  # the whole corpus would be featurised: refused
+    assert "--tail 337: fewer than the corpus's 337 examples" in capsys.readouterr().err
 
 
 def test_ingest_scale_compare_tokens(tiny_model_dir, tmp_path):

@@ -451,7 +451,8 @@ def test_the_token_budget_splits_only_batches_of_long_sentences(sample, tiny_mod
 def test_past_square_from_a_batch_keeps_no_more_attention_than_a_full_batch_at_that_length():
     """Ingest's plan: up to SQUARE_FROM tokens the token budget alone; past it, examples x length² stays within
     budget x SQUARE_FROM too, and each batch is as full as both allow."""
-    from ftrace.ingest.pipeline import SQUARE_FROM, batch_plan
+    from ftrace.config import SQUARE_FROM
+    from ftrace.ingest.pipeline import batch_plan
 
     c = IngestConfig()
     lengths = sorted(list(range(8, c.max_tokens + 1)) * 6)  # six sentences of every length

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ftrace import FtraceError
-from ftrace.config import IngestConfig
+from ftrace.config import SQUARE_FROM, IngestConfig
 from ftrace.corpus import Corpus, Example, load_corpus
 from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoints
 from ftrace.features.embedding import EmbeddingFeaturizer
@@ -29,10 +29,6 @@ from ftrace.plumbing import describe_differences, log, release_freed_memory
 from ftrace.runs import TracedRun, traced_run
 
 TRIM_EVERY = 32  # batches between handing freed heap memory back (about 0.2 s each: well under 1% of the time)
-# Past this length a batch holds fewer tokens (budget_batches' square_from): a whole-corpus ingest's memory peaked
-# on its longest batches, where the attention weights the backward keeps (examples x length²) dominate; 2.9% of
-# LAMA's tokens lie in sentences longer than it (results/scale/README.md#ingest)
-SQUARE_FROM = 128
 
 
 def checkpoint_names(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -> list[str]:
