@@ -242,7 +242,7 @@ def stand_in_all_but_tail(index: Path, corpus, args) -> int:
     but the last --tail of ingest's plan. Returns how many stand in."""
     from ftrace.config import CorpusSelection, IngestConfig
     from ftrace.index.layout import IndexDir
-    from ftrace.ingest.pipeline import build_featurizers, ingest_order, plan_manifest
+    from ftrace.ingest.pipeline import build_featurizers, ensure_store, ingest_order, plan_manifest
     from ftrace.model import load_model
 
     if index.exists():
@@ -257,13 +257,13 @@ def stand_in_all_but_tail(index: Path, corpus, args) -> int:
     manifest.write(index)
     corpus.write_jsonl(target.corpus_file)
     examples, _ = ingest_order(lm.tokenizer, corpus.examples())
-    del lm, featurizers
     stand_ins = examples[:max(0, len(examples) - args.tail)]
-    sizes = {name: spec["size"] for name, spec in manifest.vectors.items()}
+    sizes = {f.name: f.size for f in featurizers}
     rng = np.random.default_rng(args.seed)
     store = target.open_store(manifest)
     try:
-        store.create(sizes, c.store.float16, c.store.shard_number, c.store.replication_factor)
+        ensure_store(store, featurizers, c)
+        del lm, featurizers
         for i in range(0, len(stand_ins), 500):
             chunk = stand_ins[i:i + 500]
             vectors = {}
@@ -421,8 +421,8 @@ def main(argv: list[str] | None = None) -> dict:
     from ftrace.corpus import load_corpus
 
     corpus = load_corpus(args.corpus)
-    if args.tail >= len(corpus.examples()):
-        ap.error(f"--tail {args.tail}: fewer than the corpus's {len(corpus.examples()):,} examples")
+    if args.tail >= (examples := len(corpus.sentences)):  # one example a sentence
+        ap.error(f"--tail {args.tail}: fewer than the corpus's {examples:,} examples")
     work = Path(args.work).resolve()  # the ingest processes run in the repository
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M")

@@ -156,9 +156,7 @@ def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexD
                 build_lucene(index.bm25_dir, ((x.id, x.text) for x in corpus.sentences), total=len(corpus.sentences))
         if target is not index:
             return _build_shard(c, corpus, lm, featurizers, target, store, planned)
-        if not store.exists():
-            store.create({f.name: f.size for f in featurizers}, c.store.float16, c.store.shard_number,
-                         c.store.replication_factor)
+        ensure_store(store, featurizers, c)
         with timed(timings, "vectors_s"):
             if index.shards():
                 shards.merge(index, store, manifest, corpus.examples())
@@ -179,6 +177,13 @@ def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexD
     return manifest
 
 
+def ensure_store(store: VectorStore, featurizers: list[Featurizer], c: IngestConfig) -> None:
+    """Create the collection the featurizers' vectors go to, unless it is there already."""
+    if not store.exists():
+        store.create({f.name: f.size for f in featurizers}, c.store.float16, c.store.shard_number,
+                     c.store.replication_factor)
+
+
 def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], target: IndexDir,
                  store: VectorStore, planned: Manifest) -> Manifest:
     """Store shard I of N's vectors in its staging store; its own manifest says when it is complete, and its
@@ -187,9 +192,7 @@ def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: 
     manifest = _prepare(target, planned, fresh=False)
     if not manifest.complete:
         manifest.write(target.path)
-        if not store.exists():
-            store.create({f.name: f.size for f in featurizers}, c.store.float16, c.store.shard_number,
-                         c.store.replication_factor)
+        ensure_store(store, featurizers, c)
         _store_vectors(store, shards.split(corpus.examples(), i, n), lm, featurizers, c, target.path)
         manifest.complete = True
         manifest.write(target.path)
