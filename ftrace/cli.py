@@ -214,6 +214,15 @@ def _renamed(options: list[_Option], given: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
+def _use_threads(n: int) -> None:
+    """--threads: torch's math threads, without importing torch for a command that may never need it (a BM25
+    query, a query a server answers): OpenMP reads OMP_NUM_THREADS when torch loads."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+
+
 def command_from_config(cls: type[C], recorded: bool = False) -> Callable[[Callable[[C], Any]], Callable[..., Any]]:
     """Turn `fn(config)` into a typer command whose options are the config's `Cli` fields; with `recorded`, the
     command writes run records and takes `--config FILE` (`ftrace.runrecord`)."""
@@ -234,10 +243,8 @@ def command_from_config(cls: type[C], recorded: bool = False) -> Callable[[Calla
                 config = parse_config(cls, options, given, read_record(record, fn.__name__))
             else:
                 config = parse_config(cls, options, given)
-            if getattr(config, "threads", None):  # torch is imported only when asked to
-                import torch
-
-                torch.set_num_threads(config.threads)  # type: ignore[attr-defined]
+            if getattr(config, "threads", None):
+                _use_threads(config.threads)  # type: ignore[attr-defined]
             return fn(config)
 
         params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
@@ -289,16 +296,25 @@ def _complete(index: Path) -> bool:
 @app.command()
 @command_from_config(QueryConfig)
 def query(config: QueryConfig) -> None:
-    """Trace one prediction: nearest training sentences by BM25, model vectors and their fusions."""
+    """Trace one prediction: nearest training sentences by BM25, model vectors and their fusions (asked of
+    `ftrace serve` when one holds the index)."""
+    from ftrace.index.locks import served_by
     from ftrace.query.render import render
-    from ftrace.query.tracer import Tracer
 
-    tracer = Tracer(config.index, model=config.model, embed_layers=config.embed_layers, device=config.device,
-                    dtype=config.dtype)
-    try:
-        result = tracer.query(config)
-    finally:
-        tracer.close()
+    url = served_by(config.index)
+    if url is not None:
+        from ftrace.query.remote import query_served
+
+        result = query_served(url, config)
+    else:
+        from ftrace.query.tracer import Tracer
+
+        tracer = Tracer(config.index, model=config.model, embed_layers=config.embed_layers, device=config.device,
+                        dtype=config.dtype)
+        try:
+            result = tracer.query(config)
+        finally:
+            tracer.close()
     typer.echo(result.model_dump_json(indent=2) if config.as_json else render(result))
 
 
@@ -314,10 +330,17 @@ def serve(config: ServeConfig) -> None:
 @app.command()
 @friendly
 def info(index: Annotated[Path, typer.Option("--index", "-i", help="Index directory.")] = DEFAULT_INDEX) -> None:
-    """Show what made an index (its manifest) and what it holds now (counts, completeness, size)."""
+    """Show what made an index (its manifest) and what it holds now (counts, completeness, size); asked of
+    `ftrace serve` when one holds the index."""
     from ftrace.index.layout import IndexDir
-    from ftrace.index.locks import reading
+    from ftrace.index.locks import reading, served_by
 
+    url = served_by(index)
+    if url is not None:
+        from ftrace.query.remote import info_served
+
+        typer.echo(json.dumps(info_served(url, index), indent=2))
+        return
     reading(index)
     d = IndexDir(index)
     typer.echo(json.dumps({**d.manifest.model_dump(), "status": d.status()}, indent=2))

@@ -1,6 +1,7 @@
 """Helpers for tests and benchmarks: a tiny, randomly initialised causal LM with a tokenizer trained on
 the given texts, saved as a normal Hugging Face model directory (what tests and quick demos pass as
-`--model`), `ftrace serve` started in a subprocess, and `record` for perf/reliability.py's report."""
+`--model`), `ftrace serve` started in a subprocess, a CLI command's heavy imports (`cli_imports`), and `record`
+for perf/reliability.py's report."""
 
 from __future__ import annotations
 
@@ -42,6 +43,21 @@ def make_tiny_model(out_dir: Path, texts: Iterable[str], seed: int = 0, vocab_si
     model.save_pretrained(out_dir)
     fast.save_pretrained(out_dir)
     return out_dir
+
+
+HEAVY = ("torch", "transformers", "jnius", "qdrant_edge")  # the model stack, the JVM bridge, the vector store
+
+
+def cli_imports(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+                timeout: float = 120) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`ftrace ARGS` in a fresh process (`env`: its whole environment, default this one's), and which of HEAVY it
+    imported (what a cold command pays for)."""
+    probe = ("import json, sys\nfrom ftrace.cli import app\ntry:\n    app(sys.argv[1:], standalone_mode=False)\n"
+             f"finally:\n    print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)), file=sys.stderr)\n")
+    p = subprocess.run([sys.executable, "-c", probe, *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    lines = p.stderr.splitlines()
+    return p, json.loads(lines[-1]) if lines and lines[-1].startswith("[") else []
 
 
 @dataclass

@@ -8,8 +8,11 @@ types it, on the sample index.
 Protocol
 - Commands (wall clock of the whole process, from fork to exit): `bm25 --target` (BM25 only, the
   answer given: no model needed), `default` (the index's default method, the model's own answer: model
-  load and greedy answer), `embed+bm25 --target` (model load and query embedding); and `python -c pass` (the
-  interpreter alone).
+  load and greedy answer), `embed+bm25 --target` (model load and query embedding); `default, index served`
+  (`default` on a copy of the index that an `ftrace serve` of this checkout holds, started before the timed
+  runs: the query is asked of the warm server); and two references: `python -c pass` (the interpreter alone)
+  and the floor of a cold model query, a plain-transformers process (no ftrace) that imports torch and
+  transformers, loads the default model's cached copy and runs one forward of the prompt.
 - One untimed warm-up run of each (the page cache holds the files afterwards, as for a user's second
   query), then --repeats rounds; within a round every command runs once per source (this checkout,
   and --baseline if given), so a load spike from other processes hits all alike; min / median / max
@@ -30,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +46,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gradient_throughput import ROOT, command_of, rel, results_path, shell_line, write_results
 
+from ftrace.config import DEFAULT_MODEL
+from ftrace.index.locks import LOCK_FILES
+from ftrace.model.loading import cache_dir
+from ftrace.testing import start_server
+
 PROMPT, TARGET = "Toyota Avanza is produced by", "Toyota"
 TARGETS = {"default": 4.0, "bm25 --target": 2.0}  # seconds, issue 10
 COMMANDS = {
@@ -49,6 +58,18 @@ COMMANDS = {
     "default": ["query", PROMPT],
     "embed+bm25 --target": ["query", PROMPT, "--method", "embed+bm25", "--target", TARGET],
 }
+
+FLOOR_NAME = "floor: torch + transformers, load, one forward"
+FLOOR = """
+import sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+with torch.no_grad():
+    model(**tok(sys.argv[2], return_tensors="pt"))
+"""
+SERVED = "default, index served"
 
 PROBE = """
 import json, sys, time
@@ -146,17 +167,26 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # built by the oldest source: a newer ftrace reads older indexes, not always the reverse
         index = a.index or build_index(Path(tmp), sources.get("baseline", ROOT), a.threads)
+        served = Path(tmp) / "served"
+        shutil.copytree(index, served, ignore=shutil.ignore_patterns(*LOCK_FILES))
+        server = start_server(served, Path(tmp) / "serve.log", "--device", "cpu",
+                              env=env(ROOT, a.threads))  # outside the timed region, like a user's running server
         load_before = os.getloadavg()
-        jobs = {"python -c pass": [sys.executable, "-c", "pass"]} | {k: cli(v, index) for k, v in COMMANDS.items()}
-        for src in sources.values():  # warm-up: file caches, compiled bytecode
-            for args in jobs.values():
+        model_dir = str(cache_dir() / "models" / DEFAULT_MODEL)
+        common = {"python -c pass": [sys.executable, "-c", "pass"],
+                  FLOOR_NAME: [sys.executable, "-c", FLOOR, model_dir, PROMPT]}
+        jobs = {s: common | {k: cli(v, index) for k, v in COMMANDS.items()}
+                | ({SERVED: cli(COMMANDS["default"], served)} if s == "this checkout" else {}) for s in sources}
+        for s, src in sources.items():  # warm-up: file caches, compiled bytecode
+            for args in jobs[s].values():
                 timed(args, src, a.threads)
         walls: dict = {s: defaultdict(list) for s in sources}
         stages: dict = {s: defaultdict(list) for s in sources}
         for r in range(a.repeats):
-            for name, args in jobs.items():
+            for name in jobs["this checkout"]:
                 for s, src in sources.items():
-                    walls[s][name].append(timed(args, src, a.threads)[0])
+                    if name in jobs[s]:
+                        walls[s][name].append(timed(jobs[s][name], src, a.threads)[0])
             for s, src in sources.items():
                 _, p = timed([sys.executable, "-c", PROBE, str(index)], src, a.threads)
                 for k, v in json.loads(p.stdout.splitlines()[-1]).items():
@@ -167,11 +197,13 @@ def main(argv: list[str] | None = None) -> None:
                                              a.threads)[1].stderr) for n, c in COMMANDS.items()}
                    for s, src in sources.items()}
         load_after = os.getloadavg()
+        server.stop()
     result = {
         "command": command_of(__file__, argv), "machine": machine(), "threads": a.threads, "repeats": a.repeats,
         "load_average_before": load_before,
         "load_average_after": load_after, "index": "built by this script" if a.index is None else rel(a.index),
-        "commands": {n: shell_line(["ftrace", *c, "--index", "INDEX"]) for n, c in COMMANDS.items()},
+        "commands": {n: shell_line(["ftrace", *c, "--index", "INDEX"]) for n, c in COMMANDS.items()}
+        | {SERVED: shell_line(["ftrace", *COMMANDS["default"], "--index", "SERVED_INDEX"])},
         "sources": {s: rel(p) for s, p in sources.items()},
         "wall_s": {s: {n: spread(v) for n, v in w.items()} for s, w in walls.items()},
         "stages_s": {s: {n: spread(v) for n, v in st.items()} for s, st in stages.items()},
@@ -191,11 +223,16 @@ def markdown(r: dict) -> str:
              "rounds after a warm-up; seconds, min / median / max.", "",
              "| command | " + " | ".join(srcs) + " | target |", "|---|" + "---|" * len(srcs) + "---|"]
     for name in r["wall_s"][srcs[0]]:
-        cells = [f"{w['min']:.2f} / **{w['median']:.2f}** / {w['max']:.2f}" for w in
-                 (r["wall_s"][s][name] for s in srcs)]
+        cells = [f"{w['min']:.2f} / **{w['median']:.2f}** / {w['max']:.2f}" if w else "-" for w in
+                 (r["wall_s"][s].get(name) for s in srcs)]
         target = r["targets_s"].get(name)
         lines.append(f"| `{r['commands'].get(name, name)}` | " + " | ".join(cells) +
                      f" | {f'<= {target:.0f} s' if target else ''} |")
+    for s in srcs:
+        med = {n: w["median"] for n, w in r["wall_s"][s].items()}
+        ratios = ", ".join(f"`{n}` {med[n] / med[FLOOR_NAME]:.2f}x" for n in ("default", "embed+bm25 --target", SERVED)
+                           if n in med)
+        lines += ["", f"{s}: median over the floor's median: {ratios}."]
     lines += ["", "Stages (a probe process running a query's steps one at a time; median seconds):", "",
               "| stage | " + " | ".join(srcs) + " |", "|---|" + "---|" * len(srcs)]
     for name in r["stages_s"][srcs[0]]:

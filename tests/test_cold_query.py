@@ -2,34 +2,23 @@
 imports neither torch nor transformers, and greedy answers stop at the answer's end with the same answers."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from ftrace.model.answer import _Answered, cut, greedy_answers
+from ftrace.testing import cli_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 AVANZA = "Toyota Avanza is produced by"
 
-PROBE = """
-import json, sys
-from ftrace.cli import app
-try:
-    app(sys.argv[1:], standalone_mode=False)
-finally:
-    print(json.dumps(sorted(m for m in ("torch", "transformers", "jnius") if m in sys.modules)), file=sys.stderr)
-"""
-
-
 def test_a_bm25_query_with_a_target_loads_no_model_stack(sample_index):
     args = ["query", AVANZA, "--index", str(sample_index), "--method", "bm25", "--target", "Toyota", "--json"]
-    p = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    p, heavy = cli_imports(args, ROOT, {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                                             "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr[-2000:]
-    assert json.loads(p.stderr.splitlines()[-1]) == ["jnius"]  # Lucene, and nothing of the model's
+    assert heavy == ["jnius"]  # Lucene, and nothing of the model's
     rows = json.loads(p.stdout)["rows"]
     assert rows[0]["scores"]["bm25"] > 0 and len(rows) == 10
 

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ftrace.cli import app
-from ftrace.testing import record, start_server
+from ftrace.testing import cli_imports, record, start_server
 
 pytestmark = pytest.mark.slow  # real processes, servers or the real model: the full tier
 
@@ -208,16 +208,47 @@ def test_a_request_over_its_time_is_answered_503_and_dropped(tmp_path, sample_in
         service.close()
 
 
-def test_a_served_index_refuses_other_readers_and_servers_at_once(server):
-    pid = server.proc.pid
-    for args in (["query", AVANZA, "--index", str(server.index), "--target", "Toyota"],
-                 ["info", "--index", str(server.index)],
-                 ["serve", "--index", str(server.index), "--port", "0"]):
-        started = time.monotonic()
-        r = runner.invoke(app, args)
-        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
-        assert f"is served by `ftrace serve` (pid {pid}) at {server.url}" in r.output, r.output
-        assert time.monotonic() - started < 10  # at once, not after the store lock's wait
+def test_a_served_index_refuses_a_second_server_at_once(server):
+    started = time.monotonic()
+    r = runner.invoke(app, ["serve", "--index", str(server.index), "--port", "0"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"is served by `ftrace serve` (pid {server.proc.pid}) at {server.url}" in r.output, r.output
+    assert time.monotonic() - started < 10  # at once, not after the store lock's wait
+
+
+def test_query_and_info_on_a_served_index_ask_the_server(server, sample_index):
+    """`ftrace query` on a served index is the server's /trace, in a process that loads no model and starts no
+    JVM (no torch, transformers or jnius imported); `ftrace info` is its /info."""
+    body = BODIES[1]
+    args = ["query", body["prompt"], "--index", str(server.index), "--json", "--target", body["target"],
+            "--method", body["method"], "--fusion", body["fusion"], "--weight", str(body["weight"]), "--k", "5",
+            "--threads", "1"]  # the server's threads answer; asking for them imports nothing
+    p, heavy = cli_imports(args, ROOT, {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    same_result(json.loads(p.stdout), cli_query(sample_index, body))
+    assert f"{server.index} is served by `ftrace serve` at {server.url}: asked it" in p.stderr
+    assert heavy == [], heavy
+    # the model's own answer, in this process as a user runs it
+    r = runner.invoke(app, ["query", AVANZA, "--index", str(server.index), "--json", "--method", "embed"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == http(f"{server.url}/trace", {"prompt": AVANZA, "method": "embed"})[1]
+    r = runner.invoke(app, ["info", "--index", str(server.index)])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["serve"]["url"] == server.url and info["serve"]["pid"] == server.proc.pid
+    assert info["status"]["complete"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "bm26"], "which answered 400: method 'bm26': this index has ['bm25', 'embed', 'tracin']"),
+    (["--dtype", "float32"], "--dtype float32: {index} is served by `ftrace serve` at {url}, whose weights"),
+    (["--model", "gpt2"], "{index}: built with model"),
+    (["--k", "0"], "--k"),  # the options' own checks come first, as without a server
+])
+def test_a_query_the_server_refuses_fails_in_one_line(server, extra, message):
+    r = runner.invoke(app, ["query", AVANZA, "--index", str(server.index), "--target", "Toyota", *extra])
+    assert r.exit_code != 0 and message.format(index=server.index, url=server.url) in r.output, r.output
+    assert len([ln for ln in r.output.splitlines() if "asked it" not in ln and ln.strip()]) == 1, r.output
 
 
 def test_serve_refusals(server, tmp_path):

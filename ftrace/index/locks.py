@@ -8,7 +8,8 @@
   `FTRACE_STORE_WAIT_S` seconds (default 60), then fail with one line; so concurrent queries take turns on
   the shard for the seconds each holds it, and a long `ftrace bench` holds it for its whole run.
 - `.serve.lock`: held exclusively by `ftrace serve` for its lifetime (`serving`), since it keeps the store
-  open: a second server and every other reader are refused at once (`reading`), pointed at the server's URL.
+  open: a second server and every other reader are refused at once (`reading`), pointed at the server's URL;
+  `ftrace query` and `ftrace info` ask the server instead (`served_by`, `ftrace.query.remote`).
 - `.setup.lock`: `ftrace ingest --shard` processes take turns (`exclusive`, waiting as long as it takes) on
   what they share in the index directory: its manifest, corpus copy and fitted whitening. Each shard holds
   `.write.lock` of its own staging directory (`shards/I-of-N/`) instead of the index's.
@@ -159,6 +160,14 @@ def writing(index_dir: Path) -> tuple[str, str] | None:
     """(pid, start time) of the ingest writing this directory now, or None."""
     stamp = _held_by(index_dir, WRITE_LOCK)
     return None if stamp is None else _pid_since(stamp)
+
+
+def served_by(index_dir: Path) -> str | None:
+    """The URL of the `ftrace serve` holding this index now, None when none does (`ftrace query` and `info` then
+    ask it instead of opening the index)."""
+    check_directory(index_dir)
+    stamp = _held_by(index_dir, SERVE_LOCK)
+    return None if stamp is None else str(stamp.get("url", "")) or None
 
 
 def reading(index_dir: Path) -> None:

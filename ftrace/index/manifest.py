@@ -83,6 +83,14 @@ class Manifest(BaseModel):
     def differences(self, other: Manifest) -> list[str]:
         return differences(self.identity(), other.identity(), "index")
 
+    def check_asked(self, index_dir: Path, model: str | None, embed_layers: list[int] | None) -> None:
+        """A query's --model and --embed-layers, which must be this index's."""
+        if model is not None and model != self.model.name:
+            raise ManifestError(f"{index_dir}: built with model {self.model.name!r}, not {model!r}")
+        if embed_layers is not None and "embed" in self.vectors and self.vectors["embed"]["layers"] != embed_layers:
+            raise ManifestError(f"{index_dir}: embeddings were built from layers {self.vectors['embed']['layers']}, "
+                                f"not {embed_layers}")
+
     def write(self, index_dir: Path) -> None:
         write_atomic(Path(index_dir) / FILENAME, self.model_dump_json(indent=2))  # never half a manifest
 

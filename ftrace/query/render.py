@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import textwrap
 
-from ftrace.query.tracer import QueryResult
+from ftrace.query.result import QueryResult
 
 
 def render(result: QueryResult) -> str:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel
 
 from ftrace import FtraceError
 from ftrace.config import TraceOptions
@@ -29,6 +28,7 @@ from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
 from ftrace.query.fusion import by_sentence, ranking
 from ftrace.query.methods import CASCADE_K, Fuser, Fusion, Method, fusion_pool, parse_method
+from ftrace.query.result import GroundTruth, QueryResult, Row
 
 if TYPE_CHECKING:  # torch and transformers behind these load in seconds: imported where the model is needed
     from ftrace.features.base import Featurizer
@@ -37,33 +37,6 @@ if TYPE_CHECKING:  # torch and transformers behind these load in seconds: import
 
 class RequestTimeout(FtraceError):
     """A query passed its deadline (`Tracer.deadline`)."""
-
-
-class Row(BaseModel):
-    rank: int
-    sentence_id: str
-    text: str
-    score: float
-    scores: dict[str, float]
-    proponent: bool | None = None
-
-
-class GroundTruth(BaseModel):
-    query_ids: list[str]
-    target: str
-    proponents: list[str]
-
-
-class QueryResult(BaseModel):
-    prompt: str
-    target: str
-    target_from: str  # "model" or "user"
-    method: str
-    fusion: str | None
-    weight: float | None = None  # the fusion weight of the first method
-    rows: list[Row]
-    ground_truth: GroundTruth | None = None
-    note: str | None = None
 
 
 class Tracer:
@@ -78,11 +51,7 @@ class Tracer:
             todo = (f"finish its shards (`ftrace ingest --shard I/{max(split)}`), then run `ftrace ingest`" if split
                     else "run `ftrace ingest` again to resume it")
             raise ManifestError(f"{index}: ingest did not finish{progress_note(index)}; {todo}")
-        if model is not None and model != m.model.name:
-            raise ManifestError(f"{index}: built with model {m.model.name!r}, not {model!r}")
-        if embed_layers is not None and "embed" in m.vectors and m.vectors["embed"]["layers"] != embed_layers:
-            raise ManifestError(f"{index}: embeddings were built from layers {m.vectors['embed']['layers']}, "
-                                f"not {embed_layers}")
+        m.check_asked(index, model, embed_layers)
         self.device, self.dtype = device, dtype or m.model.dtype
         self.corpus = self.index.corpus
         self.sentences = self.corpus.by_id()

@@ -40,7 +40,8 @@ from pydantic import ConfigDict, create_model
 
 from ftrace import FtraceError, __version__
 from ftrace.config import Cli, ServeConfig, TraceOptions, option_name
-from ftrace.query.tracer import QueryResult, RequestTimeout
+from ftrace.query.result import QueryResult
+from ftrace.query.tracer import RequestTimeout
 from ftrace.serve.service import Service
 
 STATIC = Path(__file__).parent / "static"

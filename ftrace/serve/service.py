@@ -5,9 +5,9 @@ open) and the JVM behind Lucene (pyjnius attaches each calling thread) are singl
 Every use of the Tracer is submitted to a single-thread executor, so concurrent requests queue and
 run one at a time, in arrival order, always on the same thread; the event loop stays free for
 /health and for accepting connections meanwhile. The server also holds the index's `.serve.lock`
-for its lifetime (`ftrace.index.locks.serving`): another `ftrace serve`, `query`, `bench` or `info`
-on the index is refused at once and pointed at this server's URL (not for vectors in a Qdrant
-server, `--qdrant-url`, which any number of processes share).
+for its lifetime (`ftrace.index.locks.serving`): `ftrace query` and `info` on the index ask this server
+(`ftrace.query.remote`); another `ftrace serve` or a `bench` is refused at once and pointed at its URL
+(not for vectors in a Qdrant server, `--qdrant-url`, which any number of processes share).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 from ftrace.config import TraceOptions
 from ftrace.index.locks import serving
-from ftrace.query.tracer import QueryResult, Tracer
+from ftrace.query.result import QueryResult
+from ftrace.query.tracer import Tracer
 
 T = TypeVar("T")
 

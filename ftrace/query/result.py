@@ -1,0 +1,33 @@
+"""What a trace returns (`ftrace query --json`, POST /trace): light models, so that rendering a result, or
+reading one from a server (`query.remote`), imports no retrieval code."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class Row(BaseModel):
+    rank: int
+    sentence_id: str
+    text: str
+    score: float
+    scores: dict[str, float]
+    proponent: bool | None = None
+
+
+class GroundTruth(BaseModel):
+    query_ids: list[str]
+    target: str
+    proponents: list[str]
+
+
+class QueryResult(BaseModel):
+    prompt: str
+    target: str
+    target_from: str  # "model" or "user"
+    method: str
+    fusion: str | None
+    weight: float | None = None  # the fusion weight of the first method
+    rows: list[Row]
+    ground_truth: GroundTruth | None = None
+    note: str | None = None
