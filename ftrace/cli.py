@@ -214,15 +214,6 @@ def _renamed(options: list[_Option], given: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
-def _use_threads(n: int) -> None:
-    """--threads: torch's math threads, without importing torch for a command that may never need it (a BM25
-    query, a query a server answers): OpenMP reads OMP_NUM_THREADS when torch loads."""
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
-    else:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
-
-
 def command_from_config(cls: type[C], recorded: bool = False) -> Callable[[Callable[[C], Any]], Callable[..., Any]]:
     """Turn `fn(config)` into a typer command whose options are the config's `Cli` fields; with `recorded`, the
     command writes run records and takes `--config FILE` (`ftrace.runrecord`)."""
@@ -243,8 +234,10 @@ def command_from_config(cls: type[C], recorded: bool = False) -> Callable[[Calla
                 config = parse_config(cls, options, given, read_record(record, fn.__name__))
             else:
                 config = parse_config(cls, options, given)
-            if getattr(config, "threads", None):
-                _use_threads(config.threads)  # type: ignore[attr-defined]
+            if getattr(config, "threads", None):  # torch is imported only when asked to
+                import torch
+
+                torch.set_num_threads(config.threads)  # type: ignore[attr-defined]
             return fn(config)
 
         params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
@@ -301,11 +294,11 @@ def query(config: QueryConfig) -> None:
     from ftrace.index.locks import served_by
     from ftrace.query.render import render
 
-    url = served_by(config.index)
-    if url is not None:
+    server = served_by(config.index)
+    if server is not None:
         from ftrace.query.remote import query_served
 
-        result = query_served(url, config)
+        result = query_served(server, config)
     else:
         from ftrace.query.tracer import Tracer
 
@@ -335,11 +328,11 @@ def info(index: Annotated[Path, typer.Option("--index", "-i", help="Index direct
     from ftrace.index.layout import IndexDir
     from ftrace.index.locks import reading, served_by
 
-    url = served_by(index)
-    if url is not None:
+    server = served_by(index)
+    if server is not None:
         from ftrace.query.remote import info_served
 
-        typer.echo(json.dumps(info_served(url, index), indent=2))
+        typer.echo(json.dumps(info_served(server, index), indent=2))
         return
     reading(index)
     d = IndexDir(index)

@@ -50,14 +50,18 @@ HEAVY = ("torch", "transformers", "jnius", "qdrant_edge")  # the model stack, th
 
 def cli_imports(args: list[str], cwd: Path, env: dict[str, str] | None = None,
                 timeout: float = 120) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """`ftrace ARGS` in a fresh process (`env`: its whole environment, default this one's), and which of HEAVY it
-    imported (what a cold command pays for)."""
-    probe = ("import json, sys\nfrom ftrace.cli import app\ntry:\n    app(sys.argv[1:], standalone_mode=False)\n"
-             f"finally:\n    print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)), file=sys.stderr)\n")
+    """`ftrace ARGS` in a fresh process (`env`: its whole environment, default this one's), with its exit status,
+    and which of HEAVY it imported (what a cold command pays for)."""
+    probe = ("import json, sys\nfrom ftrace.cli import app\ncode = 1\ntry:\n"
+             "    code = app(sys.argv[1:], standalone_mode=False)\nfinally:\n"
+             f"    print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)), file=sys.stderr)\n"
+             "sys.exit(code or 0)\n")
     p = subprocess.run([sys.executable, "-c", probe, *args], cwd=cwd, capture_output=True, text=True,
                        timeout=timeout, env=env)
-    lines = p.stderr.splitlines()
-    return p, json.loads(lines[-1]) if lines and lines[-1].startswith("[") else []
+    lists = [line for line in p.stderr.splitlines() if line.startswith("[")]
+    if not lists:
+        raise AssertionError(f"the probe printed no import list: {p.stderr[-2000:]}")
+    return p, json.loads(lists[-1])
 
 
 @dataclass

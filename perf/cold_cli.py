@@ -12,7 +12,8 @@ Protocol
   (`default` on a copy of the index that an `ftrace serve` of this checkout holds, started before the timed
   runs: the query is asked of the warm server); and two references: `python -c pass` (the interpreter alone)
   and the floor of a cold model query, a plain-transformers process (no ftrace) that imports torch and
-  transformers, loads the default model's cached copy and runs one forward of the prompt.
+  transformers, loads the index's model (the default one's cached copy) in the index's dtype and runs one
+  forward of the prompt.
 - One untimed warm-up run of each (the page cache holds the files afterwards, as for a user's second
   query), then --repeats rounds; within a round every command runs once per source (this checkout,
   and --baseline if given), so a load spike from other processes hits all alike; min / median / max
@@ -48,6 +49,7 @@ from gradient_throughput import ROOT, command_of, rel, results_path, shell_line,
 
 from ftrace.config import DEFAULT_MODEL
 from ftrace.index.locks import LOCK_FILES
+from ftrace.index.manifest import Manifest
 from ftrace.model.loading import cache_dir
 from ftrace.testing import start_server
 
@@ -64,10 +66,10 @@ FLOOR = """
 import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=getattr(torch, sys.argv[2])).eval()
 tok = AutoTokenizer.from_pretrained(sys.argv[1])
 with torch.no_grad():
-    model(**tok(sys.argv[2], return_tensors="pt"))
+    model(**tok(sys.argv[3], return_tensors="pt"))
 """
 SERVED = "default, index served"
 
@@ -171,33 +173,39 @@ def main(argv: list[str] | None = None) -> None:
         shutil.copytree(index, served, ignore=shutil.ignore_patterns(*LOCK_FILES))
         server = start_server(served, Path(tmp) / "serve.log", "--device", "cpu",
                               env=env(ROOT, a.threads))  # outside the timed region, like a user's running server
-        load_before = os.getloadavg()
-        model_dir = str(cache_dir() / "models" / DEFAULT_MODEL)
-        common = {"python -c pass": [sys.executable, "-c", "pass"],
-                  FLOOR_NAME: [sys.executable, "-c", FLOOR, model_dir, PROMPT]}
-        jobs = {s: common | {k: cli(v, index) for k, v in COMMANDS.items()}
-                | ({SERVED: cli(COMMANDS["default"], served)} if s == "this checkout" else {}) for s in sources}
-        for s, src in sources.items():  # warm-up: file caches, compiled bytecode
-            for args in jobs[s].values():
-                timed(args, src, a.threads)
-        walls: dict = {s: defaultdict(list) for s in sources}
-        stages: dict = {s: defaultdict(list) for s in sources}
-        for r in range(a.repeats):
-            for name in jobs["this checkout"]:
+        try:
+            load_before = os.getloadavg()
+            model = Manifest.read(index).model  # the floor loads the index's model, in its dtype
+            source = str(cache_dir() / "models" / DEFAULT_MODEL) if model.name == DEFAULT_MODEL else model.name
+            common = {"python -c pass": [sys.executable, "-c", "pass"],
+                      FLOOR_NAME: [sys.executable, "-c", FLOOR, source, model.dtype, PROMPT]}
+            jobs = {s: common | {k: cli(v, index) for k, v in COMMANDS.items()}
+                    | ({SERVED: cli(COMMANDS["default"], served)} if s == "this checkout" else {}) for s in sources}
+            for s, src in sources.items():  # warm-up: file caches, compiled bytecode
+                for args in jobs[s].values():
+                    timed(args, src, a.threads)
+            walls: dict = {s: defaultdict(list) for s in sources}
+            stages: dict = {s: defaultdict(list) for s in sources}
+            for r in range(a.repeats):
+                for name in jobs["this checkout"]:
+                    for s, src in sources.items():
+                        if name in jobs[s]:
+                            took, p = timed(jobs[s][name], src, a.threads)
+                            if name == SERVED and ": it answered" not in p.stderr:  # not a cold local query
+                                raise SystemExit(f"the served query was not answered by the server: {p.stderr}")
+                            walls[s][name].append(took)
                 for s, src in sources.items():
-                    if name in jobs[s]:
-                        walls[s][name].append(timed(jobs[s][name], src, a.threads)[0])
-            for s, src in sources.items():
-                _, p = timed([sys.executable, "-c", PROBE, str(index)], src, a.threads)
-                for k, v in json.loads(p.stdout.splitlines()[-1]).items():
-                    stages[s][k].append(v)
-            print(f"round {r + 1}/{a.repeats}: " + ", ".join(
-                f"{s} {n} {walls[s][n][-1]:.2f}s" for s in sources for n in COMMANDS), file=sys.stderr)
-        imports = {s: {n: import_times(timed([sys.executable, "-X", "importtime", *cli(c, index)[1:]], src,
-                                             a.threads)[1].stderr) for n, c in COMMANDS.items()}
-                   for s, src in sources.items()}
-        load_after = os.getloadavg()
-        server.stop()
+                    _, p = timed([sys.executable, "-c", PROBE, str(index)], src, a.threads)
+                    for k, v in json.loads(p.stdout.splitlines()[-1]).items():
+                        stages[s][k].append(v)
+                print(f"round {r + 1}/{a.repeats}: " + ", ".join(
+                    f"{s} {n} {walls[s][n][-1]:.2f}s" for s in sources for n in COMMANDS), file=sys.stderr)
+            imports = {s: {n: import_times(timed([sys.executable, "-X", "importtime", *cli(c, index)[1:]], src,
+                                                 a.threads)[1].stderr) for n, c in COMMANDS.items()}
+                       for s, src in sources.items()}
+            load_after = os.getloadavg()
+        finally:
+            server.stop()
     result = {
         "command": command_of(__file__, argv), "machine": machine(), "threads": a.threads, "repeats": a.repeats,
         "load_average_before": load_before,

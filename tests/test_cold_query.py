@@ -13,10 +13,11 @@ from ftrace.testing import cli_imports
 ROOT = Path(__file__).resolve().parents[1]
 AVANZA = "Toyota Avanza is produced by"
 
+
 def test_a_bm25_query_with_a_target_loads_no_model_stack(sample_index):
     args = ["query", AVANZA, "--index", str(sample_index), "--method", "bm25", "--target", "Toyota", "--json"]
-    p, heavy = cli_imports(args, ROOT, {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-                                             "PATH": "/usr/bin:/bin"})
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    p, heavy = cli_imports(args, ROOT, env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert heavy == ["jnius"]  # Lucene, and nothing of the model's
     rows = json.loads(p.stdout)["rows"]

@@ -3,6 +3,7 @@ index, real HTTP, real Qdrant Edge and Lucene, and the explorer page in headless
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -16,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ftrace.cli import app
+from ftrace.index.locks import serving
 from ftrace.testing import cli_imports, record, start_server
 
 pytestmark = pytest.mark.slow  # real processes, servers or the real model: the full tier
@@ -222,16 +224,19 @@ def test_query_and_info_on_a_served_index_ask_the_server(server, sample_index):
     body = BODIES[1]
     args = ["query", body["prompt"], "--index", str(server.index), "--json", "--target", body["target"],
             "--method", body["method"], "--fusion", body["fusion"], "--weight", str(body["weight"]), "--k", "5",
-            "--threads", "1"]  # the server's threads answer; asking for them imports nothing
+            "--device", "cpu", "--dtype", "float32"]  # as the server runs: asked, not refused
     p, heavy = cli_imports(args, ROOT, {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr[-3000:]
     same_result(json.loads(p.stdout), cli_query(sample_index, body))
-    assert f"{server.index} is served by `ftrace serve` at {server.url}: asked it" in p.stderr
+    assert f"{server.index}: is served by `ftrace serve` (pid {server.proc.pid}) at {server.url}: it answered" \
+        in p.stderr
     assert heavy == [], heavy
-    # the model's own answer, in this process as a user runs it
+    # the model's own answer, in this process as a user runs it, and rendered for people
     r = runner.invoke(app, ["query", AVANZA, "--index", str(server.index), "--json", "--method", "embed"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == http(f"{server.url}/trace", {"prompt": AVANZA, "method": "embed"})[1]
+    r = runner.invoke(app, ["query", AVANZA, "--index", str(server.index), "--method", "embed+bm25", "--k", "30"])
+    assert r.exit_code == 0 and "prompt: 'Toyota Avanza is produced by'" in r.stdout, r.output
     r = runner.invoke(app, ["info", "--index", str(server.index)])
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)
@@ -240,15 +245,42 @@ def test_query_and_info_on_a_served_index_ask_the_server(server, sample_index):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--method", "bm26"], "which answered 400: method 'bm26': this index has ['bm25', 'embed', 'tracin']"),
-    (["--dtype", "float32"], "--dtype float32: {index} is served by `ftrace serve` at {url}, whose weights"),
+    (["--method", "bm26"], "{where}, which answered 400: --method 'bm26': this index has ['bm25', 'embed', 'tracin']"),
+    (["--dtype", "bfloat16"], "--dtype bfloat16: {where}, in float32; ask it with --dtype float32, or stop it"),
+    (["--device", "cuda"], "--device cuda: {where}, on cpu; ask it without --device, or stop it"),
     (["--model", "gpt2"], "{index}: built with model"),
-    (["--k", "0"], "--k"),  # the options' own checks come first, as without a server
+    (["--k", "0"], "--k 0: "),  # the options' own checks come first, as without a server
 ])
-def test_a_query_the_server_refuses_fails_in_one_line(server, extra, message):
+def test_a_query_the_server_would_answer_otherwise_fails_in_one_line(server, extra, message):
     r = runner.invoke(app, ["query", AVANZA, "--index", str(server.index), "--target", "Toyota", *extra])
-    assert r.exit_code != 0 and message.format(index=server.index, url=server.url) in r.output, r.output
-    assert len([ln for ln in r.output.splitlines() if "asked it" not in ln and ln.strip()]) == 1, r.output
+    where = f"{server.index}: is served by `ftrace serve` (pid {server.proc.pid}) at {server.url}"
+    assert r.exit_code != 0 and message.format(index=server.index, where=where) in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_a_query_waits_for_a_starting_server_then_says_why_it_failed(sample_index, tmp_path, monkeypatch):
+    """A server holds the index before it listens (its model loads meanwhile): a query waits for it, up to
+    FTRACE_STORE_WAIT_S, and says so; one that stops before answering is reported as stopped. The lock and the
+    socket are real; the server is this test, which never listens."""
+    index = tmp_path / "idx"
+    shutil.copytree(sample_index, index)
+    monkeypatch.setenv("FTRACE_STORE_WAIT_S", "1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused, as while a server starts
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with serving(index, url, "cpu", "float32"):
+            started = time.monotonic()
+            r = runner.invoke(app, ["query", AVANZA, "--index", str(index), "--target", "Toyota"])
+            took = time.monotonic() - started
+        assert r.exit_code == 1 and 1 <= took < 10, (took, r.output)
+        assert "which is starting: waiting for it" in r.stderr, r.output
+        assert "which is still starting after 1 s (FTRACE_STORE_WAIT_S)" in r.stderr, r.output
+        with ThreadPoolExecutor(1) as pool, serving(index, url, "cpu", "float32") as _:
+            asked = pool.submit(runner.invoke, app, ["info", "--index", str(index)])
+            time.sleep(0.5)
+        # the lock is released (the server stopped) while the query waits
+        r = asked.result()
+    assert r.exit_code == 1 and "which stopped before answering; run the command again" in r.output, r.output
 
 
 def test_serve_refusals(server, tmp_path):

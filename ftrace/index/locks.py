@@ -8,8 +8,9 @@
   `FTRACE_STORE_WAIT_S` seconds (default 60), then fail with one line; so concurrent queries take turns on
   the shard for the seconds each holds it, and a long `ftrace bench` holds it for its whole run.
 - `.serve.lock`: held exclusively by `ftrace serve` for its lifetime (`serving`), since it keeps the store
-  open: a second server and every other reader are refused at once (`reading`), pointed at the server's URL;
-  `ftrace query` and `ftrace info` ask the server instead (`served_by`, `ftrace.query.remote`).
+  open. The file holds its pid, URL, device and dtype: `ftrace query` and `ftrace info` ask the server instead
+  (`served_by`, `ftrace.query.remote`); a second server and `bench` are refused at once (`reading`), pointed
+  at the server's URL.
 - `.setup.lock`: `ftrace ingest --shard` processes take turns (`exclusive`, waiting as long as it takes) on
   what they share in the index directory: its manifest, corpus copy and fitted whitening. Each shard holds
   `.write.lock` of its own staging directory (`shards/I-of-N/`) instead of the index's.
@@ -136,21 +137,27 @@ def _held_by(index_dir: Path, name: str) -> dict | None:
         os.close(fd)
 
 
+def served_note(index_dir: Path, stamp: dict) -> str:
+    """'INDEX: is served by `ftrace serve` (pid N) at URL', the start of every message about a served index."""
+    return f"{index_dir}: is served by `ftrace serve` (pid {stamp.get('pid', '?')}) at {stamp.get('url', '?')}"
+
+
 def _served_error(index_dir: Path, stamp: dict) -> IndexBusyError:
     url = stamp.get("url", "?")
-    return IndexBusyError(f"{index_dir}: is served by `ftrace serve` (pid {stamp.get('pid', '?')}) at {url}, "
-                          f"which holds its vector store; ask it (POST {url}/trace, GET {url}/info) or stop it")
+    return IndexBusyError(f"{served_note(index_dir, stamp)}, which holds its vector store; `ftrace query` and "
+                          f"`ftrace info` ask it (as POST {url}/trace and GET {url}/info do); stop it to run this")
 
 
 @contextlib.contextmanager
-def serving(index_dir: Path, url: str) -> Iterator[None]:
+def serving(index_dir: Path, url: str, device: str, dtype: str) -> Iterator[None]:
     """Hold `.serve.lock` while `ftrace serve` owns this index (its store stays open), or raise IndexBusyError
-    at once if another server holds it. The stamp records the server's `url` for the readers it refuses."""
+    at once if another server holds it. The stamp records the server's `url`, `device` and `dtype`, for the
+    queries it answers in their place (`served_by`) and the readers it refuses."""
     fd = os.open(Path(index_dir) / SERVE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         if not try_lock(fd, fcntl.LOCK_EX):
             raise _served_error(index_dir, _stamp_of(fd))
-        _stamp(fd, url=url)
+        _stamp(fd, url=url, device=device, dtype=dtype)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -162,12 +169,12 @@ def writing(index_dir: Path) -> tuple[str, str] | None:
     return None if stamp is None else _pid_since(stamp)
 
 
-def served_by(index_dir: Path) -> str | None:
-    """The URL of the `ftrace serve` holding this index now, None when none does (`ftrace query` and `info` then
-    ask it instead of opening the index)."""
+def served_by(index_dir: Path) -> dict | None:
+    """The stamp (pid, url, device, dtype) of the `ftrace serve` holding this index now, None when none does
+    (`ftrace query` and `info` then ask it instead of opening the index)."""
     check_directory(index_dir)
     stamp = _held_by(index_dir, SERVE_LOCK)
-    return None if stamp is None else str(stamp.get("url", "")) or None
+    return stamp if stamp is not None and stamp.get("url") else None  # no url yet: mid-write, refused as before
 
 
 def reading(index_dir: Path) -> None:

@@ -24,7 +24,7 @@ def render(result: QueryResult) -> str:
     lines += ["", head + "sentence"]
     indent = len(head)
     for row in result.rows:
-        cells = f"{row.rank:>4}  {row.score:>7.3f}  " + "".join(f"{row.scores[m]:>8.3f}  " for m in methods)
+        cells = f"{row.rank:>4}  {row.score:>7.3f}  " + "".join(f"{_score(row.scores[m]):>8}  " for m in methods)
         if result.ground_truth:
             cells += ("*  " if row.proponent else "   ")
         text = textwrap.shorten(row.text, max(40, width - indent), placeholder=" ...")
@@ -34,3 +34,7 @@ def render(result: QueryResult) -> str:
     if not result.rows:
         lines.append("(no results)")
     return "\n".join(lines)
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"  # None: outside that method's candidates

@@ -11,7 +11,7 @@ class Row(BaseModel):
     sentence_id: str
     text: str
     score: float
-    scores: dict[str, float]
+    scores: dict[str, float | None]  # per method; None: outside that method's candidates (--depth)
     proponent: bool | None = None
 
 

@@ -252,7 +252,7 @@ class Tracer:
         truth = self.ground_truth(same, target)
         props = set(truth.proponents) if truth else None
         rows = [Row(rank=r, sentence_id=s, text=self.sentences[s].text, score=sc,
-                    scores={p: per_method[p].get(s, float("nan")) for p in per_method},
+                    scores={p: per_method[p].get(s) for p in per_method},
                     proponent=(s in props) if props is not None else None)
                 for r, (s, sc) in enumerate(ranking(scores)[:k], 1)]
         known = sorted({q.target for q in same}) if truth is None else []

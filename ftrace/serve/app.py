@@ -10,7 +10,8 @@
 Bad requests get a 4xx whose `detail` is one line naming the JSON field: 422 where the body does not
 validate (TraceOptions, the query's own types, bounds and checks, strictly: `"k": true` or `"k": "5"` is not a
 number), 400 where the tracer refuses it (e.g. a method the index lacks); the tracer's messages name `ftrace query`'s
-options (`--method`, `--target`), which `http_message` turns into the fields (`method`, `target`). Every
+options (`--method`, `--target`), which `http_message` turns into the fields (`method`, `target`); a 400's
+`message` keeps the options' names, for `ftrace query` asking in a user's place (`query.remote`). Every
 request's work is bounded: a body over MAX_BODY bytes gets a 413 (a POST without a Content-Length, 411); a
 prompt keeps its last --max-tokens tokens (for the answer too); a /trace request not answered within
 --request-timeout seconds (time in the queue included) gets a 503, and the worker drops it at its next step.
@@ -147,7 +148,8 @@ def create_app(service: Service, timeout: float = 30.0) -> FastAPI:
 
     @app.exception_handler(FtraceError)
     async def refused(request: Request, exc: FtraceError) -> JSONResponse:
-        return JSONResponse({"detail": http_message(str(exc))}, status_code=400)
+        # `message`: the same words naming `ftrace query`'s options, for the CLI asking in its place (query.remote)
+        return JSONResponse({"detail": http_message(str(exc)), "message": str(exc)}, status_code=400)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:  # logged by uvicorn too
