@@ -77,6 +77,13 @@ class Tracer:
         finally:
             self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
+    @property
+    def device_name(self) -> str:
+        """The device the model runs on ('auto' resolved), known before it loads."""
+        from ftrace.model.loading import resolve_device
+
+        return str(resolve_device(self.device))
+
     @cached_property
     def lm(self) -> LoadedModel:
         from ftrace.model import load_model

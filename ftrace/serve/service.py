@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 from ftrace.config import TraceOptions
 from ftrace.index.locks import serving
-from ftrace.model.loading import resolve_device
 from ftrace.query.result import QueryResult
 from ftrace.query.tracer import Tracer
 
@@ -47,8 +46,7 @@ class Service:
         tracer = Tracer(self.index, device=self.device, dtype=self.dtype)
         try:
             if tracer.index.manifest.store.backend != "remote":  # a Qdrant server is shared: nothing to hold
-                device = str(resolve_device(self.device))
-                self._held.enter_context(serving(self.index, self.url, device, tracer.dtype))
+                self._held.enter_context(serving(self.index, self.url, tracer.device_name, tracer.dtype))
             return self._warm(tracer.open())
         except BaseException:
             tracer.close()
