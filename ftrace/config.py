@@ -79,6 +79,8 @@ class CorpusSelection(Strict):
 
 # The example loss: the one name (--example-loss) for what a training example's loss scores, in ingest and train
 ExampleLoss = Literal["sentence", "object"]
+# ingest's example loss when neither --example-loss nor a training run says (results/attribution/README.md#example-loss)
+DEFAULT_EXAMPLE_LOSS: ExampleLoss = "sentence"
 # tokens per sentence or prompt given to the model: the one default of every command and library function
 MAX_TOKENS = 256
 # Past this length an ingest batch holds fewer tokens (budget_batches' square_from): a whole-corpus ingest's memory
@@ -91,6 +93,14 @@ class EmbeddingConfig(Strict):
     # hidden_states index: 0 = the embedding layer's output (FTRACE's best), i = output of block i.
     layers: Annotated[list[int], cli("Hidden-state layers to pool (0 = embedding layer).", "--embed-layers",
                                      split=True)] = [0]
+    # a plain mean of a model's token vectors is dominated by the direction all of them share and weighs "the" like
+    # "Toyota" (results/attribution/README.md#embed)
+    pooling: Annotated[Literal["mean", "idf"],
+                       cli("mean: the plain mean of the tokens' hidden states; idf: each token weighted by its inverse "
+                           "document frequency and the corpus's mean token subtracted, both fitted at ingest on "
+                           "--embed-samples sentences.", "--embed-pooling")] = "mean"
+    samples: Annotated[int, Field(ge=1), cli("Seeded sample of sentences the idf pooling is fitted on.",
+                                             "--embed-samples", min=1)] = 4096
 
 
 class GradientConfig(Strict):
@@ -124,12 +134,9 @@ class GradientConfig(Strict):
     tied: Annotated[Literal["both", "input", "output"],
                     cli("Gradient of a tied weight: both (the true gradient), input (its embedding lookup only) "
                         "or output (its LM-head use only).", "--tracin-tied")] = "both"
-    # the loss of each stored training example; queries always score their target tokens
-    example_loss: Annotated[ExampleLoss,
-                            cli("Training examples' loss: sentence (LM loss of the whole sentence) or object (the "
-                                "object tokens of the sentence's first fact found in it, given the text before; "
-                                "whole sentence where none).", "--example-loss",
-                                renamed_from=("--tracin-loss",))] = "sentence"
+    # the loss of each stored training example (ftrace.features.gradients.examples); queries always score their
+    # target tokens. The CLI option is TracInConfig's.
+    example_loss: ExampleLoss = DEFAULT_EXAMPLE_LOSS
 
 
 class TracInConfig(GradientConfig):
@@ -157,11 +164,21 @@ class TracInConfig(GradientConfig):
     layers: Annotated[list[str] | None,
                       cli("Module name patterns whose weight gradients are projected (default: the input embedding).",
                           "--tracin-layers", split=True)] = None  # type: ignore[assignment]
+    # None: the training run's own loss with --train-run (its checkpoints learned from it), else
+    # DEFAULT_EXAMPLE_LOSS (`ftrace.ingest.pipeline.ingest` resolves it before anything else reads it)
+    example_loss: Annotated[ExampleLoss | None,
+                            cli("Training examples' loss: sentence (LM loss of the whole sentence) or object (the "
+                                "object tokens of the sentence's first fact found in it, given the text before; "
+                                "whole sentence where none). Default: the training run's with --train-run, else "
+                                f"{DEFAULT_EXAMPLE_LOSS}.", "--example-loss",
+                                renamed_from=("--tracin-loss",))] = None  # type: ignore[assignment]
 
     def gradient(self, input_embedding: str) -> GradientConfig:
-        """The featurizer's own part of these settings (`input_embedding`: the default layer)."""
-        return GradientConfig(**self.model_dump(include=set(GradientConfig.model_fields) - {"layers"}),
-                              layers=self.layers or [input_embedding])
+        """The featurizer's own part of these settings (`input_embedding`: the default layer; an unresolved example
+        loss: DEFAULT_EXAMPLE_LOSS)."""
+        return GradientConfig(**self.model_dump(include=set(GradientConfig.model_fields) - {"layers", "example_loss"}),
+                              layers=self.layers or [input_embedding],
+                              example_loss=self.example_loss or DEFAULT_EXAMPLE_LOSS)
 
 
 class StoreConfig(Strict):
@@ -482,6 +499,14 @@ class TrainConfig(Strict):
     seed: Annotated[int, Field(ge=0), cli("Seed of the data order and of everything random.")] = 0
     checkpoints: Annotated[int, Field(ge=1), cli("Fine-tuned checkpoints, evenly spaced (plus the base model "
                                                  "as step 0).")] = 3
+    # FTRACE traced its model's early checkpoints (6-19% of the way): a fact learned long ago has a saturated gradient
+    checkpoint_at: Annotated[list[float] | None,
+                             cli("Checkpoints at these fractions of the run instead of evenly spaced, e.g. "
+                                 "0.06,0.12,0.19,0.5 (the final step is always one).", "--checkpoint-at",
+                                 split=True)] = None
+    eval_facts: Annotated[int, Field(ge=0), cli("At every checkpoint, check this many of the corpus's facts (a "
+                                                "seeded sample of its queries) for a right answer, recorded in "
+                                                "its state.json: the learning curve (0: none).", min=0)] = 0
     example_loss: Annotated[ExampleLoss, cli("sentence: LM loss of the whole sentence; object: loss of the fact's "
                                              "object tokens given the sentence prefix.", "--example-loss",
                                              renamed_from=("--loss",))] = "sentence"
@@ -490,6 +515,13 @@ class TrainConfig(Strict):
     device: Device = "auto"
     dtype: Dtype = "float32"  # the weights trained (float16 has no loss scaling: prefer bfloat16)
     threads: Threads = None
+
+    @field_validator("checkpoint_at")
+    @classmethod
+    def _fractions(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(0 < f <= 1 for f in v):
+            raise ValueError("give fractions of the run in (0, 1], e.g. 0.06,0.12,0.19")
+        return sorted(set(v)) if v else None
 
     @model_validator(mode="after")
     def _one_source(self) -> TrainConfig:

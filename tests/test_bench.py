@@ -319,6 +319,13 @@ def test_rerank_run_reports_and_slices(sample_index, sample, answers, planned, t
     assert "| Method | MRR | Recall@10 (FTRACE) | Recall@10 (TrackStar) |" in table
     assert "queries per seed: 8, 8" in table
     assert all(f"skipped {m}" in table for m in planned["skipped"])
+    # each slice's table warns of exactly the methods whose MRR is below random-target's
+    for sl, metrics in r["metrics"].items():
+        floor = metrics["random-target"]["mrr"]["mean"]
+        below = [m for m in METHODS if m != "random-target" and metrics[m]["mrr"]["mean"] < floor]
+        section = table.split(f"## {sl} (")[1].split("\n## ")[0]
+        warned = section.split("**Warning: below random-target by MRR")[1].split("\n")[0] if below else ""
+        assert ("**Warning" in section) == bool(below) and all(f" {m} (" in warned for m in below), (sl, section)
 
     # rankings.jsonl agrees with the metrics: MRR recomputed from the proponent ranks
     rows = read_jsonl(out / "rankings.jsonl")

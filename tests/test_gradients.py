@@ -457,3 +457,7 @@ def test_object_span_examples_take_the_gradient_of_the_object_tokens(lm):
     close(feat.projections(batch, normalize_blocks=False), torch.cat(factored_reference(feat, ref), 1))
     assert np.abs(feat.vectors(batch) - feat.vectors(sentence))[spans].max() > 0.05
     assert "object span" in GradientFeaturizer(lm.model, GradientConfig(example_loss="object")).spec()["loss"]
+    # a batch in which no example states an object (it crashed a 21k-sentence ingest): every one falls back
+    objectless = [e.model_copy(update={"object": None}) for e in examples]
+    batch, fallbacks = example_loss_batch(lm.tokenizer, objectless, "object")
+    assert fallbacks == len(examples) and torch.equal(batch.labels, sentence.labels)

@@ -363,7 +363,8 @@ def test_an_older_run_json_is_read_under_the_new_names(tmp_path):
     old = {"loss": "object", "max_length": 64}
     (out / "run.json").write_text(json.dumps({"format": 1, "identity": {"config": dict(old)}, "config": dict(old)}))
     run = read_run(out)
-    assert run["identity"]["config"] == {"example_loss": "object", "max_tokens": 64, "dtype": "float32"}
+    assert run["identity"]["config"] == {"example_loss": "object", "max_tokens": 64, "dtype": "float32",
+                                         "checkpoint_at": None, "eval_facts": 0}
     assert run["config"]["example_loss"] == "object" and run["config"]["max_tokens"] == 64
 
 
@@ -395,3 +396,78 @@ def test_grouped_step_has_the_one_batch_gradient(sample, tiny_model_dir, example
         else:  # the cosine of the whole gradient: bfloat16 keeps about 3 significant digits
             cos = torch.nn.functional.cosine_similarity(p.grad.float().flatten(), whole[n].float().flatten(), dim=0)
             assert cos > 0.99, (n, float(cos))
+
+
+@pytest.mark.slow
+def test_a_trained_fact_traces_to_its_own_sentence(tmp_path, sample, tiny_model_dir, capsys):
+    """Issue 27: after a few epochs of object-loss training on a handful of sentences, an index of the run takes
+    the run's loss by default (and says so), and at the trained checkpoints each trained fact's own sentence scores
+    positive under tracin and above every sentence that states another object."""
+    from ftrace.config import IngestConfig
+    from ftrace.corpus import stated_objects
+    from ftrace.index.manifest import Manifest
+    from ftrace.ingest.pipeline import ingest
+    from ftrace.query.tracer import Tracer
+
+    sentences = [s for s in sample.sentences if s.facts and s.facts[0][1] in ("capital", "author")]
+    corpus = Corpus(source="capital+author", sentences=sentences,
+                    queries=[q for q in sample.queries if q.fact and q.fact[1] in ("capital", "author")])
+    corpus.link_proponents()
+    run = tmp_path / "run"
+    train(TrainConfig(model=tiny_model_dir, lr=1e-2, epochs=6, batch_size=8, example_loss="object", checkpoints=3),
+          corpus, run)
+    index = tmp_path / "index"
+    capsys.readouterr()
+    ingest(IngestConfig.model_validate({"index": index, "tracin": {"train_dir": run, "dim": 256},
+                                        "batch_size": 16}), corpus)
+    said = capsys.readouterr().err
+    assert "example loss object (the run's)" in said and "--checkpoint-select ftrace" in said, said
+    assert "object span" in Manifest.read(index).vectors["tracin"]["loss"]
+
+    def ranks(index: Path) -> list[tuple[int, float]]:
+        """Per trained fact and own sentence: its tracin rank among the sentences stating another object, and its
+        score."""
+        objects = {s.id: set(stated_objects(s)) for s in sentences}
+        out = []
+        tracer = Tracer(index)
+        try:
+            for q in corpus.queries:
+                scores = tracer.score("tracin", q.prompt, q.target, list(objects))
+                others = [scores[s] for s, objs in objects.items() if q.target not in objs]
+                for p in (p for p in q.proponents if q.target in objects[p]):
+                    out.append((1 + sum(o > scores[p] for o in others), scores[p]))
+        finally:
+            tracer.close()
+        return out
+
+    own, score = zip(*ranks(index), strict=True)
+    assert len(own) >= 10 and np.mean(own) <= 1.2 and max(own) <= 3 and min(score) > 0, (own, score)
+    # the same checkpoints under the whole-sentence loss (said to differ from the run's) trace far worse
+    other = tmp_path / "sentence-loss"
+    ingest(IngestConfig.model_validate({"index": other, "tracin": {"train_dir": run, "dim": 256,
+                                                                   "example_loss": "sentence"}}), corpus)
+    assert "note: the run trained on the object loss" in capsys.readouterr().err
+    worse = [r for r, _ in ranks(other)]
+    assert np.mean(worse) > 2 * np.mean(own), (own, worse)
+
+
+def test_early_checkpoints_and_the_learning_curve(tmp_path, sample, tiny_model_dir, capsys):
+    """--checkpoint-at puts checkpoints at fractions of the run (and the final step); --eval-facts records at each
+    one which of a seeded sample of the corpus's facts the model answers right, the same as the bench's rule."""
+    from ftrace.model.answer import answers_right
+    from ftrace.train.facts import fact_sample
+
+    run = train(config(tiny_model_dir, checkpoint_at=[0.5, 0.1, 0.25], eval_facts=20), sample, tmp_path / "run")
+    assert [d.name for d in run.checkpoints] == ["step-0", "step-2", "step-3", "step-6", "step-12"]
+    said = capsys.readouterr().err
+    assert "base model; facts right" in said and said.count("facts right") == 5
+    states = [json.loads((d / "state.json").read_text()) for d in run.checkpoints]
+    picked = fact_sample(sample, 20, seed=0)
+    assert len({q.id for q in picked}) == 20 and fact_sample(sample, 20, seed=0) == picked
+    for d, s in zip(run.checkpoints, states, strict=True):
+        right = answers_right(load_model(str(d)), [q.prompt for q in picked], [q.target for q in picked])
+        ids = [q.id for q, r in zip(picked, right, strict=True) if r]
+        assert s["facts"] == {"right": sum(right), "of": 20, "right_ids": ids}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["checkpoints"][1]["facts"] == states[1]["facts"]
+    with pytest.raises(ValueError, match="fractions of the run"):
+        config(tiny_model_dir, checkpoint_at=[0.5, 1.5])

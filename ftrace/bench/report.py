@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ftrace.bench.metrics import FISHER_RESAMPLES, LABELS, METRICS
-from ftrace.bench.runner import BenchRun
+from ftrace.bench.runner import RANDOM_TARGET, BenchRun
 from ftrace.plumbing import replacing, write_atomic
 
 TOP = 10
@@ -30,6 +30,19 @@ def _fused(v: dict) -> str:
         ", ".join(f"{n} {c:+.2f}" for n, c in zip(v["model"]["features"], v["model"]["coef"], strict=True))
     mrr = f", tuning MRR {v['tune_mrr']:.3f}" if "tune_mrr" in v else ""
     return f"{what} ({v['source']}{mrr})" if v["weight"] is not None else f"[{what}] ({v['source']}{mrr})"
+
+
+def _mrr(table: dict, method: str) -> str:
+    return f"{table[method]['mrr']['mean']:.3f}"
+
+
+def below_random_target(table: dict) -> list[str]:
+    """The methods of one slice's table whose mean MRR is below random-target's (none without that baseline)."""
+    floor = table.get(RANDOM_TARGET, {}).get("mrr", {}).get("mean")
+    if floor is None:
+        return []
+    return [m for m, row in table.items()
+            if m != RANDOM_TARGET and row["mrr"]["mean"] is not None and row["mrr"]["mean"] < floor]
 
 
 def markdown_table(results: dict) -> str:
@@ -72,6 +85,13 @@ def markdown_table(results: dict) -> str:
             lines.append(f"| {method} | " + " | ".join(_cell(row[m]) for m in METRICS) + " |")
         sig = results["significance"].get(sl, {})
         lines.append("")
+        below = below_random_target(table)
+        if below:
+            lines.append(f"**Warning: below random-target by MRR ({_mrr(table, RANDOM_TARGET)}):** "
+                         + ", ".join(f"{m} ({_mrr(table, m)})" for m in below)
+                         + ": a random order of the sentences whose fact has the query's target as object ranks "
+                           "the proponents better (README: what the numbers mean).")
+            lines.append("")
         if "best" in sig:
             a_, b_ = sig["compared"]
             main = sig["main_test"]

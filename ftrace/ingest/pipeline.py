@@ -4,6 +4,7 @@ of N processes featurising 1/N of the examples (shards.py), finished by a final 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ftrace import FtraceError
-from ftrace.config import SQUARE_FROM, IngestConfig
+from ftrace.config import DEFAULT_EXAMPLE_LOSS, SQUARE_FROM, IngestConfig
 from ftrace.corpus import Corpus, Example, load_corpus
 from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoints
 from ftrace.features.embedding import EmbeddingFeaturizer
@@ -55,15 +56,16 @@ def build_featurizers(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -
     return out
 
 
-def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig) -> Iterator[LossBatch]:
-    """A seeded sample of training examples, for fitting whitening (under the gradients' example loss)."""
+def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig, n: int, loss: str) -> Iterator[LossBatch]:
+    """A seeded sample of n training examples under `loss`, for fitting what a featurizer fits (whitening, idf
+    pooling)."""
     examples = corpus.examples()
     rng = np.random.default_rng(c.tracin.seed)
-    pick = sorted(rng.choice(len(examples), size=min(c.tracin.whiten_samples, len(examples)), replace=False))
+    pick = sorted(rng.choice(len(examples), size=min(n, len(examples)), replace=False))
     chosen = [examples[i] for i in pick]
     parts = batch_plan(token_lengths(lm.tokenizer, [e.text for e in chosen]), c)
-    for part in tqdm(parts, desc="whitening calibration", unit="batch", leave=False):
-        yield example_loss_batch(lm.tokenizer, chosen[part], c.tracin.example_loss, c.max_tokens)[0]
+    for part in tqdm(parts, desc="calibration sample", unit="batch", leave=False):
+        yield example_loss_batch(lm.tokenizer, chosen[part], loss, c.max_tokens)[0]
 
 
 def batch_plan(lengths: list[int], c: IngestConfig) -> list[slice]:
@@ -115,6 +117,7 @@ def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
     if run and c.model not in (None, str(run.final), run.base):
         raise FtraceError(f"--model {c.model}: with --train-run the model is the run's final checkpoint "
                           f"({run.final}); leave --model out")
+    c = resolve_example_loss(c, run)
     if c.tracin.enabled and c.tracin.example_loss == "object" and not any(e.object for e in corpus.examples()):
         raise FtraceError(f"--example-loss object: no sentence of {corpus.source} states a fact whose object "
                           "appears in its text")
@@ -128,6 +131,23 @@ def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
     shards.check_layout(index, n)
     with writer(index.shard(i, n).path):  # one process per shard; shards run side by side
         return _build(c, corpus, run, index, index.shard(i, n))
+
+
+def resolve_example_loss(c: IngestConfig, run: TracedRun | None) -> IngestConfig:
+    """`c` with the gradients' example loss decided: --example-loss, else the training run's (the loss its
+    checkpoints learned from: a fitted checkpoint's gradient under another loss points elsewhere, issue 27), else
+    DEFAULT_EXAMPLE_LOSS. With a run, say which checkpoints and which loss the gradients use."""
+    t = c.tracin
+    loss = t.example_loss or (run.example_loss if run else DEFAULT_EXAMPLE_LOSS)
+    if run and t.enabled:
+        steps = ", ".join(p.name for p in run.checkpoints)
+        log(f"--train-run {run.train_dir}: gradients at {steps} (--checkpoint-select {t.select}), example loss "
+            f"{loss} ({'--example-loss' if t.example_loss else 'the run'}'s); answers and embeddings from "
+            f"{run.final.name}")
+        if loss != run.example_loss:
+            log(f"note: the run trained on the {run.example_loss} loss; at its fitted checkpoints a gradient under "
+                f"the {loss} loss can point away from what it learned")
+    return c.model_copy(update={"tracin": t.model_copy(update={"example_loss": loss})})
 
 
 def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexDir, target: IndexDir) -> Manifest:
@@ -149,7 +169,7 @@ def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexD
             if not index.corpus_file.exists():
                 corpus.write_jsonl(index.corpus_file)
             for f in featurizers:  # whitening: fitted once, used by every shard
-                f.fit(lambda: calibration_batches(corpus, lm, c), index.path)
+                f.fit(functools.partial(calibration_batches, corpus, lm, c, loss=f.example_loss), index.path)
         timings: dict[str, float] = {}
         if (c.shard_of or (0, 1))[0] == 0 and not index.bm25_dir.exists():
             with timed(timings, "bm25_s"):

@@ -112,6 +112,8 @@ def object_span_rows(tokenizer, texts: Sequence[str], objects: Sequence[str],
     absent, or only covered by the first token (never labelled) or by tokens cut by `max_tokens`."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("object spans need a fast tokenizer (character offsets)")
+    if not texts:  # a tokenizer called with no text raises IndexError
+        return []
     enc = tokenizer(list(texts), truncation=True, max_length=max_tokens, return_offsets_mapping=True)
     rows: list[tuple[list[int], list[int]] | None] = []
     for text, obj, ids, offsets in zip(texts, objects, enc["input_ids"], enc["offset_mapping"], strict=True):

@@ -66,4 +66,6 @@ def migrate_run(run: dict[str, Any]) -> dict[str, Any]:
             if old in config:
                 config[new] = config.pop(old)
         config.setdefault("dtype", "float32")  # runs from before --dtype trained in float32
+        config.setdefault("checkpoint_at", None)  # and before --checkpoint-at and --eval-facts
+        config.setdefault("eval_facts", 0)
     return run

@@ -52,7 +52,8 @@ def select_checkpoints(train_dir: Path | str, which: Literal["all", "ftrace"] = 
 @dataclass
 class TracedRun:
     """What an index built from a train run uses: gradients at `checkpoints` (each with its own
-    second moments), answers and embeddings from `final`, the learned slices from `base`."""
+    second moments), answers and embeddings from `final`, the learned slices from `base`; `example_loss` is the
+    loss the run trained on (the index's gradients take it unless told otherwise)."""
 
     train_dir: Path
     final: Path
@@ -60,6 +61,7 @@ class TracedRun:
     moments: list[Path | None]  # exp_avg_sq.pt per checkpoint (None: none saved)
     base: str
     base_fingerprint: str
+    example_loss: str
 
 
 def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final", "base"] = "ftrace") -> TracedRun:
@@ -81,4 +83,5 @@ def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final", "
     else:
         picked = [d for d in select_checkpoints(train_dir, which) if d in tuned]
     moments = [d / MOMENTS if (d / MOMENTS).exists() else None for d in picked]
-    return TracedRun(train_dir, tuned[-1], picked, moments, run["model"]["name"], run["model"]["fingerprint"])
+    return TracedRun(train_dir, tuned[-1], picked, moments, run["model"]["name"], run["model"]["fingerprint"],
+                     run["identity"]["config"]["example_loss"])

@@ -4,7 +4,8 @@ A checkpoint `step-N/` holds
     config.json, model.safetensors, tokenizer files  (save_pretrained: `load_model("…/step-N")` works)
     exp_avg_sq.pt  {parameter name: second moment shaped like the parameter} (see optim.py); step 0
                    has none (a fresh optimizer has no moments; its state.json says so)
-    state.json     {"step", "epoch", "train_loss", "lr", "optimizer", "second_moments", "complete"}:
+    state.json     {"step", "epoch", "train_loss", "lr", "optimizer", "second_moments", "complete"} (and "facts",
+                   the learning curve, with --eval-facts: ftrace.train.facts):
                    train_loss = mean training loss of the steps since the previous checkpoint,
                    lr = learning rate of the last of those steps (both null at step 0)
     trainer.pt     optimizer and scheduler state_dicts, step and RNG states, for resuming; only

@@ -6,7 +6,8 @@
   step s (counted from 0) is batch s mod steps-per-epoch of epoch s // steps-per-epoch. The order
   depends only on (seed, step), so a resumed run sees exactly the batches an uninterrupted one does.
 - K checkpoints fall at steps ceil(k x total / K) for k = 1..K (duplicates dropped when total < K),
-  so the last is the final step; step 0 (the base model) is always saved as well.
+  so the last is the final step; or, given fractions f (`at`), at steps ceil(f x total) and the final step.
+  Step 0 (the base model) is always saved as well.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Plan:
     max_steps: int | None
     seed: int
     checkpoints: int
+    at: tuple[float, ...] = ()  # fractions of the run, instead of `checkpoints` evenly spaced
 
     @property
     def steps_per_epoch(self) -> int:
@@ -39,6 +41,8 @@ class Plan:
     def checkpoint_steps(self) -> list[int]:
         """Steps of the fine-tuned checkpoints, ascending, without step 0."""
         total, k = self.total_steps, self.checkpoints
+        if self.at:
+            return sorted({max(1, math.ceil(f * total)) for f in self.at} | {total})
         return sorted({math.ceil(i * total / k) for i in range(1, k + 1)})
 
     def epoch_of(self, step: int) -> float:

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from ftrace.config import DEFAULT_MODEL, TrainConfig
-from ftrace.corpus import Corpus, Example, load_corpus
+from ftrace.corpus import Corpus, Example, Query, load_corpus
 from ftrace.index.manifest import versions
 from ftrace.model.loading import DTYPES, LoadedModel, load_model, resolve_device
 from ftrace.model.objective import accumulate_gradient, loss_batch
@@ -40,6 +40,7 @@ from ftrace.runs.errors import TrainError
 from ftrace.runs.layout import FORMAT, LOSS, PLOT, RUN, read_run
 from ftrace.train import checkpoints as ckpt
 from ftrace.train.examples import build_examples
+from ftrace.train.facts import fact_sample, facts_right
 from ftrace.train.layout import check_identity, locked, remove_partial, write_json
 from ftrace.train.losslog import LossLog, read_losses, truncate_losses
 from ftrace.train.optim import make_optimizer, second_moments, state_names
@@ -121,7 +122,7 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
         raise TrainError(f"--model {config.model}: ftrace train fine-tunes causal LMs, not encoder-decoders")
     exset = build_examples(corpus, config.example_loss, base.tokenizer, config.max_tokens)
     plan = Plan(len(exset.examples), config.batch_size, config.epochs, config.max_steps, config.seed,
-                config.checkpoints)
+                config.checkpoints, tuple(config.checkpoint_at or ()))
     identity = {"config": config.identity(), "corpus_fingerprint": corpus.fingerprint(),
                 "model_fingerprint": base.fingerprint, "examples_fingerprint": exset.fingerprint()}
     result = TrainRun(out, [], plan.total_steps, len(exset.examples), exset.skipped_sentences, None, False)
@@ -158,14 +159,17 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": versions(("torch", "transformers")),
         }
-        result.resumed_from = _run(config, plan, base, exset.examples, record, out, device)
+        facts = fact_sample(corpus, config.eval_facts, config.seed) if config.eval_facts else []
+        if config.eval_facts and not facts:
+            log(f"--eval-facts {config.eval_facts}: the corpus has no queries; no learning curve")
+        result.resumed_from = _run(config, plan, base, exset.examples, record, out, device, facts)
     result.checkpoints = checkpoint_dirs(out)
     log(f"{out}: done, {plan.total_steps} steps; final weights in {result.checkpoints[-1]}")
     return result
 
 
 def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Example],
-         record: dict[str, Any], out: Path, device: torch.device) -> int | None:
+         record: dict[str, Any], out: Path, device: torch.device, facts: list[Query]) -> int | None:
     """The training loop proper (inside the lock); returns the step it resumed from, if any."""
     removed = remove_partial(out)
     done = checkpoint_dirs(out)
@@ -193,8 +197,10 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Exam
     targets = set(plan.checkpoint_steps())
 
     def checkpoint(step: int, train_loss: float | None, lr: float | None) -> None:
-        state = {"step": step, "epoch": plan.epoch_of(step), "train_loss": train_loss, "lr": lr,
-                 "optimizer": config.optimizer, "device": str(device)}
+        state: dict[str, Any] = {"step": step, "epoch": plan.epoch_of(step), "train_loss": train_loss, "lr": lr,
+                                 "optimizer": config.optimizer, "device": str(device)}
+        if facts:  # the learning curve; reads the weights only (no RNG, no gradient)
+            state["facts"] = facts_right(model, base.tokenizer, facts, config.max_tokens)
         trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "step": step, "rng": _rng_state(device)}
         moments = second_moments(optimizer, model) if step > 0 else None
@@ -204,8 +210,11 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Exam
         write_json(out / RUN, record)
         plot_losses(out / PLOT, read_losses(out / LOSS), record["checkpoints"], title=f"{base.name} on "
                     f"{record['corpus']['source']}")
+        right = f"; facts right {state['facts']['right']} of {state['facts']['of']}" if facts else ""
         if step > 0:
-            log(f"checkpoint {path.name}: epoch {state['epoch']:.2f}, loss {train_loss:.4f}, lr {lr:.3g}")
+            log(f"checkpoint {path.name}: epoch {state['epoch']:.2f}, loss {train_loss:.4f}, lr {lr:.3g}{right}")
+        elif right:
+            log(f"base model{right}")
 
     start = resumed or 0
     if not done:
