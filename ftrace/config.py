@@ -375,9 +375,11 @@ class BenchConfig(Strict):
                                            "query.", split=True)] = ["dev"]
     relations: Annotated[list[str] | None, cli("Only queries of these relations (LAMA ids, e.g. P19).", "--relation",
                                                split=True)] = None
-    only: Annotated[Literal["pre-train-learned", "fine-tune-learned", "not-learned"] | None,
+    only: Annotated[Literal["pre-train-learned", "fine-tune-learned", "fine-tune-learned-strict",
+                            "not-learned"] | None,
                     cli("Draw queries (and tuning queries) from this learned slice only, e.g. pre-train-learned "
-                        "(FTRACE's: the facts the model already answers).")] = None
+                        "(FTRACE's: the facts the model already answers) or fine-tune-learned-strict (fine-tune-"
+                        "learned, and none of the base model's 3 beam-search answers right: FTRACE's code).")] = None
     tune_split: Annotated[list[str] | None, cli("Splits to tune fusion weights on (grid 0, 0.1, ..., 1; max MRR) or "
                                                 "fit --fusion learned on ('all': every split). Default: weight 0.5.",
                                                 split=True)] = None
@@ -514,6 +516,11 @@ class TrainConfig(Strict):
                                                 renamed_from=("--max-length",))] = MAX_TOKENS
     device: Device = "auto"
     dtype: Dtype = "float32"  # the weights trained (float16 has no loss scaling: prefer bfloat16)
+    # pure bfloat16 weights round most AdamW updates of lr ~2e-4 away; autocast keeps float32 weights and updates
+    autocast: Annotated[Literal["bfloat16"] | None,
+                        cli("Mixed precision: forward and backward in this dtype (torch.autocast), the weights and "
+                            "the optimizer in --dtype (float32: exact updates; on a CPU with AMX about 1.9x "
+                            "float32's speed).", "--autocast")] = None
     threads: Threads = None
 
     @field_validator("checkpoint_at")

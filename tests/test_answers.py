@@ -79,3 +79,19 @@ def test_a_partial_character_is_left_to_generation(tmp_path):
     best = target[:j] + [first_byte] * (len(target) + 1 - j)
     assert _decide(tok, target, best, "José", 8) is None
     assert _decide(tok, target, target + [tok.convert_tokens_to_ids("Ġwas")], "José", 8) is True
+
+
+def test_top_answers_of_a_beam_search(lm, sample):
+    """FTRACE's strict rule reads the base model's 3 beam-search answers: one beam is the greedy answer, and a
+    target is in the top answers exactly when one of the beams is right for it."""
+    from ftrace.model.answer import answer_is_right, beam_answers, greedy_answers, in_top_answers
+
+    prompts = [q.prompt for q in sample.queries[:12]]
+    assert [a[0] for a in beam_answers(lm, prompts, 1)] == greedy_answers(lm, prompts)
+    top = beam_answers(lm, prompts, 3)
+    assert all(len(a) == 3 for a in top)
+    third = [a[2] or "x" for a in top]  # each prompt's third beam as its target: found among the top 3
+    assert in_top_answers(lm, prompts, third, 3) == [any(answer_is_right(b, t) for b in a)
+                                                     for a, t in zip(top, third, strict=True)]
+    assert all(in_top_answers(lm, [p], [t], 3)[0] for p, t in zip(prompts, third, strict=True) if t != "x")
+    assert in_top_answers(lm, prompts, ["zzqx never"] * len(prompts), 3) == [False] * len(prompts)

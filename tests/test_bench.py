@@ -610,14 +610,23 @@ def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp
         calls.append(("right", lm.name, len(prompts)))
         return [answer_is_right(a, t) for a, t in zip(fakes[lm.name](lm, prompts), targets, strict=True)]
 
+    near = {q.prompt for q in sample.queries[::3] + sample.queries[2::8]}  # in the base model's top 3 answers
+
+    def in_top(lm, prompts, targets, beams, **k):
+        calls.append(("top", lm.name, len(prompts), beams))
+        return [p in near for p in prompts]
+
     monkeypatch.setattr(scoring, "greedy_answers", answers)
     monkeypatch.setattr(scoring, "answers_right", rights)
+    monkeypatch.setattr(scoring, "in_top_answers", in_top)
     out = tmp_path / "bench"
     s = BenchConfig(index=index, split=None, queries=20, seeds=2, out=out, methods=["bm25", "embed"],
                     sizes=CandidateSizes(bm25=10, same_target=5, random=10))
     r = bench_results(s)
     at_base, at_final = {q.id for q in sample.queries[::3]}, {q.id for q in sample.queries[::2]}
+    top3 = {q.id for q in sample.queries if q.prompt in near}
     expect = {"all": lambda ids: ids, "fine-tune-learned": lambda ids: ids & at_final - at_base,
+              "fine-tune-learned-strict": lambda ids: ids & at_final - top3,
               "pre-train-learned": lambda ids: ids & at_base, "not-learned": lambda ids: ids - at_base - at_final}
     per_seed = [set(ids) for ids in r["queries"]["per_seed"].values()]
     distinct = set.union(*per_seed)
@@ -628,12 +637,14 @@ def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp
     assert r["answers"]["base"] == {"model": base, "correct": len(distinct & at_base)}
     assert r["answers"]["correct"] == len(distinct & at_final) and r["index"]["base_model"] == base
     batches = [min(16, len(distinct) - i) for i in range(0, len(distinct), 16)]
-    eligible = sum(bool(q.proponents) for q in sample.queries)  # every one decided before the draw, in one call
-    assert calls == [("right", base, eligible), ("right", m.model.name, eligible)] + \
-        [(m.model.name, n) for n in batches] + [(base, n) for n in batches]
+    eligible = [q.id for q in sample.queries if q.proponents]  # every one decided before the draw, in one call
+    tuned = len(set(eligible) & at_final - at_base)  # only these need the base model's top answers
+    assert calls == [("right", base, len(eligible)), ("right", m.model.name, len(eligible))] \
+        + [("top", base, min(16, tuned - i), 3) for i in range(0, tuned, 16)] \
+        + [(m.model.name, n) for n in batches] + [(base, n) for n in batches]
     rows = read_jsonl(out / "rankings.jsonl")
-    for x in rows:
-        want = next(sl for sl in list(expect)[1:] if x["query"] in expect[sl]({x["query"]}))
+    for x in rows:  # each query's own slice (the strict one within fine-tune-learned)
+        want = next(sl for sl in list(expect)[2:] + ["fine-tune-learned"] if x["query"] in expect[sl]({x["query"]}))
         assert x["slice"] == want and ("and more" in x["base_answer"]) == (x["query"] in at_base)
     table = (out / "table.md").read_text()
     assert all(f"## {sl} (" in table for sl in expect) and f"at the base model ({base})" in table

@@ -364,7 +364,7 @@ def test_an_older_run_json_is_read_under_the_new_names(tmp_path):
     (out / "run.json").write_text(json.dumps({"format": 1, "identity": {"config": dict(old)}, "config": dict(old)}))
     run = read_run(out)
     assert run["identity"]["config"] == {"example_loss": "object", "max_tokens": 64, "dtype": "float32",
-                                         "checkpoint_at": None, "eval_facts": 0}
+                                         "checkpoint_at": None, "eval_facts": 0, "autocast": None}
     assert run["config"]["example_loss"] == "object" and run["config"]["max_tokens"] == 64
 
 
@@ -471,3 +471,16 @@ def test_early_checkpoints_and_the_learning_curve(tmp_path, sample, tiny_model_d
     assert json.loads((tmp_path / "run" / "run.json").read_text())["checkpoints"][1]["facts"] == states[1]["facts"]
     with pytest.raises(ValueError, match="fractions of the run"):
         config(tiny_model_dir, checkpoint_at=[0.5, 1.5])
+
+
+def test_autocast_trains_float32_weights_in_bfloat16_passes(full_run, tmp_path, sample, tiny_model_dir):
+    """--autocast bfloat16: the passes run in bfloat16 (the losses differ from float32's in rounding only), the weights
+    and the optimizer stay float32, and the run learns as the float32 one does."""
+    out, _ = full_run
+    run = train(config(tiny_model_dir, autocast="bfloat16"), sample, tmp_path / "mixed")
+    final = load_model(str(run.checkpoints[-1])).model
+    assert all(p.dtype == torch.float32 for p in final.parameters())
+    plain = [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
+    mixed = [json.loads(line)["loss"] for line in (tmp_path / "mixed" / "loss.jsonl").read_text().splitlines()]
+    assert plain != mixed and np.allclose(plain, mixed, rtol=0.05)
+    assert not same_weights(run.checkpoints[-1], out / f"step-{STEPS}")

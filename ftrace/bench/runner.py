@@ -39,7 +39,7 @@ from ftrace.bench.candidates import draw, rng_for, sample_queries, seeded_tiebre
 from ftrace.bench.evaluate import DrawRankings, evaluate
 from ftrace.bench.paths import shown
 from ftrace.bench.scoring import QueryScores, Scorer
-from ftrace.bench.slices import ALL, BM25_HARD, RULE, learned_slices, slice_names
+from ftrace.bench.slices import ALL, BM25_HARD, FINE_TUNE, RULE, in_slice, learned_slices, slice_names, strict_slices
 from ftrace.config import GRID, BenchConfig
 from ftrace.corpus import Query
 from ftrace.index.locks import writer
@@ -231,8 +231,7 @@ class Bench:
             return {f: {"weight": c.default_weight, "source": "default, no --tune-split"} for f in self.fusions}
         pool = self.eligible(c.tune_split, c.tune_relations, tuning=True)
         if c.only:
-            learned, base_learned = self.learned(pool)
-            pool = self.only(pool, learned_slices(learned, base_learned),
+            pool = self.only(pool, self.slices(pool, *self.learned(pool)),
                              f"--tune-split {','.join(c.tune_split or ['all'])}")
         tune_qs = sample_queries(pool, c.queries, 0, purpose="tune")
         what = " and ".join(([f"split {','.join(c.tune_split)!r}"] if c.tune_split else [])
@@ -262,7 +261,7 @@ class Bench:
         try:
             pool = self.eligible(c.split, c.relations)
             learned, base_learned = self.learned(pool)
-            slice_of = learned_slices(learned, base_learned)
+            slice_of = self.slices(pool, learned, base_learned)
             if c.only:
                 pool = self.only(pool, slice_of, f"--split {','.join(c.split or ['all'])}")
             per_seed = {seed: sample_queries(pool, c.queries, seed) for seed in range(c.seeds)}
@@ -311,9 +310,19 @@ class Bench:
         base = self.scorer.rights(queries, base=True) if self.manifest.model.base else None
         return self.scorer.rights(queries), base
 
+    def slices(self, pool: Sequence[Query], learned: dict[str, bool], base_learned: dict[str, bool] | None
+               ) -> dict[str, str]:
+        """query id -> its learned slice, the fine-tune-learned ones that the base model's top beams miss as well
+        marked strict (one beam search each, base model only)."""
+        slice_of = learned_slices(learned, base_learned)
+        if base_learned is None:
+            return slice_of
+        return strict_slices(slice_of, self.scorer.in_top_at_base([q for q in pool if slice_of[q.id] == FINE_TUNE]))
+
     def only(self, pool: list[Query], slice_of: dict[str, str], what: str) -> list[Query]:
         """The queries of `pool` in the --only slice (chosen before any draw, as FTRACE filters its queries)."""
-        kept = [q for q in pool if slice_of[q.id] == self.c.only]
+        assert self.c.only is not None
+        kept = [q for q in pool if in_slice(slice_of[q.id], self.c.only)]
         if not kept:
             raise FtraceError(f"--only {self.c.only}: none of the {len(pool)} queries of {what} is in that slice "
                               f"(slices: {', '.join(f'{k} {v}' for k, v in Counter(slice_of.values()).items())})")
@@ -324,7 +333,7 @@ class Bench:
         """The draws of every slice reported: all, the learned slices, and bm25-hard (BM25's top 1 is not a
         proponent: the room the model signals have)."""
         draws = {(seed, q.id) for seed, qs in per_seed.items() for q in qs}
-        out = {sl: draws if sl == ALL else {d for d in draws if slice_of[d[1]] == sl}
+        out = {sl: draws if sl == ALL else {d for d in draws if in_slice(slice_of[d[1]], sl)}
                for sl in slice_names(with_base)}
         if "bm25" in self.methods:
             out[BM25_HARD] = {(seed, q.id) for seed, qs in per_seed.items() for q in qs

@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from ftrace.bench.cache import ResultCache, settings_hash
 from ftrace.bench.candidates import CandidateSet, CorpusView, candidate_set
+from ftrace.bench.slices import STRICT_BEAMS
 from ftrace.config import BenchConfig
 from ftrace.corpus import Query
 from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, load_model
-from ftrace.model.answer import RIGHT_RULE_VERSION, answers_right, greedy_answers
+from ftrace.model.answer import RIGHT_RULE_VERSION, answers_right, greedy_answers, in_top_answers
 from ftrace.query.methods import fusion_pool
 from ftrace.query.tracer import Tracer
 
@@ -159,6 +160,16 @@ class Scorer:
                                RIGHT_BATCH, lambda lm, qs: answers_right(lm, [q.prompt for q in qs],
                                                                          [q.target for q in qs], max_tokens=limit))
 
+    def in_top_at_base(self, queries: Sequence[Query]) -> dict[str, bool]:
+        """query id -> whether any of the base model's STRICT_BEAMS beam-search answers is right (FTRACE's strict
+        fine-tune-learned rule), cached per query."""
+        limit = self.tracer.index.manifest.max_tokens
+        return self._per_query(queries, True, "top",
+                               lambda q: {"prompt": q.prompt, "target": q.target, "beams": STRICT_BEAMS},
+                               ANSWER_BATCH, lambda lm, qs: in_top_answers(lm, [q.prompt for q in qs],
+                                                                           [q.target for q in qs], STRICT_BEAMS,
+                                                                           max_tokens=limit))
+
     def _per_query(self, queries: Sequence[Query], base: bool, field: str, inputs: Callable[[Query], dict],
                    batch: int, compute: Callable[[LoadedModel, list[Query]], list]) -> dict[str, Any]:
         """query id -> `field` of the model's (or base model's) output for it: cached (entries "@field" under
@@ -182,7 +193,7 @@ class Scorer:
                     self.cache.put(key, None, q.id, tag, v, t)
                     out[q.id] = v[field]
             todo = [q for q in todo if q.id not in out]
-        what = {"answer": "answers", "right": "right?"}[field]
+        what = {"answer": "answers", "right": "right?", "top": f"top-{STRICT_BEAMS} answers"}[field]
         with tqdm(total=len(todo), desc=f"base model {what}" if base else f"model {what}", unit="query",
                   disable=not todo) as bar:
             for i in range(0, len(todo), batch):

@@ -65,22 +65,39 @@ def _cut_left(tok) -> Iterator[None]:
 
 
 @torch.no_grad()
-def greedy_answers(lm: LoadedModel, prompts: Sequence[str], batch_size: int = 16,
-                   max_new_tokens: int = MAX_NEW_TOKENS, max_tokens: int | None = None) -> list[str]:
-    """Greedy answers to many prompts, `batch_size` at a time (left-padded, so every prompt's
-    continuation starts at the same position). A prompt over `max_tokens` tokens (the index's
-    --max-tokens) loses its beginning, as the query vectors do: a request's work stays bounded."""
+def beam_answers(lm: LoadedModel, prompts: Sequence[str], beams: int = 1, batch_size: int = 16,
+                 max_new_tokens: int = MAX_NEW_TOKENS, max_tokens: int | None = None) -> list[list[str]]:
+    """The `beams` best answers of a beam search per prompt, best first (1: the greedy answer), `batch_size` prompts
+    at a time (left-padded, so every prompt's continuation starts at the same position). A prompt over `max_tokens`
+    tokens (the index's --max-tokens) loses its beginning, as the query vectors do: a request's work stays
+    bounded."""
     tok = lm.tokenizer
-    out: list[str] = []
+    out: list[list[str]] = []
     with _cut_left(tok):
         for i in range(0, len(prompts), batch_size):
             enc = tok(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True,
                       truncation=max_tokens is not None, max_length=max_tokens).to(lm.model.device)
             start = 0 if lm.is_seq2seq else enc["input_ids"].shape[1]  # a decoder-only model repeats the prompt
-            gen = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tok.pad_token_id, stopping_criteria=[_Answered(tok, start)])
-            out += [cut(t) for t in tok.batch_decode(gen[:, start:], skip_special_tokens=True)]
+            gen = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=beams,
+                                    num_return_sequences=beams, pad_token_id=tok.pad_token_id,
+                                    stopping_criteria=[_Answered(tok, start)])
+            texts = [cut(t) for t in tok.batch_decode(gen[:, start:], skip_special_tokens=True)]
+            out += [texts[j:j + beams] for j in range(0, len(texts), beams)]
     return out
+
+
+def greedy_answers(lm: LoadedModel, prompts: Sequence[str], batch_size: int = 16,
+                   max_new_tokens: int = MAX_NEW_TOKENS, max_tokens: int | None = None) -> list[str]:
+    """The greedy answer to each prompt (`beam_answers` with one beam)."""
+    return [a[0] for a in beam_answers(lm, prompts, 1, batch_size, max_new_tokens, max_tokens)]
+
+
+def in_top_answers(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str], beams: int = 3,
+                   max_tokens: int | None = None) -> list[bool]:
+    """Whether any of the `beams` best answers of a beam search is right for its target (FTRACE's code keeps a fact
+    as fine-tune-learned only where its first checkpoint's 3 beams all miss it)."""
+    found = beam_answers(lm, prompts, beams, max_tokens=max_tokens)
+    return [any(answer_is_right(a, t) for a in answers) for answers, t in zip(found, targets, strict=True)]
 
 
 def greedy_answer(lm: LoadedModel, prompt: str, max_new_tokens: int = MAX_NEW_TOKENS,

@@ -66,6 +66,7 @@ def migrate_run(run: dict[str, Any]) -> dict[str, Any]:
             if old in config:
                 config[new] = config.pop(old)
         config.setdefault("dtype", "float32")  # runs from before --dtype trained in float32
-        config.setdefault("checkpoint_at", None)  # and before --checkpoint-at and --eval-facts
+        config.setdefault("checkpoint_at", None)  # and before --checkpoint-at, --eval-facts and --autocast
         config.setdefault("eval_facts", 0)
+        config.setdefault("autocast", None)
     return run

@@ -137,7 +137,8 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     todo = [s for s in (0, *plan.checkpoint_steps()) if s not in written]
     sizes = ckpt.CheckpointSizes.of(base.model, DTYPES[config.dtype], config.optimizer)
     disk = ckpt.check_disk(out, sizes, todo) if todo else None
-    log(f"model {base.name} ({base.fingerprint}) on {device} in {config.dtype}; {config.optimizer}, "
+    mixed = f" (forward and backward in {config.autocast})" if config.autocast else ""
+    log(f"model {base.name} ({base.fingerprint}) on {device} in {config.dtype}{mixed}; {config.optimizer}, "
         f"lr {config.lr:g}, loss {config.example_loss}")
     skipped = f"; {exset.skipped_sentences} sentences skipped (no fact object in their text)" \
         if config.example_loss == "object" else ""
@@ -227,7 +228,9 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Exam
                 batch = loss_batch([examples[i] for i in plan.batch(step)], base.tokenizer, config.max_tokens)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.zero_grad(set_to_none=True)
-                value = accumulate_gradient(model, batch)
+                with torch.autocast(device.type, dtype=DTYPES[config.autocast or config.dtype],
+                                    enabled=config.autocast is not None):
+                    value = accumulate_gradient(model, batch)
                 optimizer.step()
                 scheduler.step()
                 if not math.isfinite(value):
