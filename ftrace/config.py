@@ -79,7 +79,8 @@ class CorpusSelection(Strict):
 
 # The example loss: the one name (--example-loss) for what a training example's loss scores, in ingest and train
 ExampleLoss = Literal["sentence", "object"]
-# ingest's example loss when neither --example-loss nor a training run says (results/attribution/README.md#example-loss)
+# ingest's example loss when neither --example-loss, an existing index nor a training run says
+# (results/attribution/README.md#the-example-loss)
 DEFAULT_EXAMPLE_LOSS: ExampleLoss = "sentence"
 # tokens per sentence or prompt given to the model: the one default of every command and library function
 MAX_TOKENS = 256
@@ -99,8 +100,8 @@ class EmbeddingConfig(Strict):
                        cli("mean: the plain mean of the tokens' hidden states; idf: each token weighted by its inverse "
                            "document frequency and the corpus's mean token subtracted, both fitted at ingest on "
                            "--embed-samples sentences.", "--embed-pooling")] = "mean"
-    samples: Annotated[int, Field(ge=1), cli("Seeded sample of sentences the idf pooling is fitted on.",
-                                             "--embed-samples", min=1)] = 4096
+    samples: Annotated[int, Field(ge=1), cli("Seeded sample of sentences the idf pooling is fitted on (unused by "
+                                             "the mean).", "--embed-samples", min=1)] = 4096
 
 
 class GradientConfig(Strict):
@@ -164,21 +165,26 @@ class TracInConfig(GradientConfig):
     layers: Annotated[list[str] | None,
                       cli("Module name patterns whose weight gradients are projected (default: the input embedding).",
                           "--tracin-layers", split=True)] = None  # type: ignore[assignment]
-    # None: the training run's own loss with --train-run (its checkpoints learned from it), else
-    # DEFAULT_EXAMPLE_LOSS (`ftrace.ingest.pipeline.ingest` resolves it before anything else reads it)
+    # None: decided by `loss_for` (ftrace.ingest.pipeline.resolve_example_loss, before anything else reads it)
     example_loss: Annotated[ExampleLoss | None,
                             cli("Training examples' loss: sentence (LM loss of the whole sentence) or object (the "
                                 "object tokens of the sentence's first fact found in it, given the text before; "
-                                "whole sentence where none). Default: the training run's with --train-run, else "
-                                f"{DEFAULT_EXAMPLE_LOSS}.", "--example-loss",
+                                "whole sentence where none). Default: an existing index's own, else the training "
+                                f"run's with --train-run, else {DEFAULT_EXAMPLE_LOSS}.", "--example-loss",
                                 renamed_from=("--tracin-loss",))] = None  # type: ignore[assignment]
 
-    def gradient(self, input_embedding: str) -> GradientConfig:
-        """The featurizer's own part of these settings (`input_embedding`: the default layer; an unresolved example
-        loss: DEFAULT_EXAMPLE_LOSS)."""
+    def loss_for(self, run: ExampleLoss | None = None, index: ExampleLoss | None = None) -> ExampleLoss:
+        """The one rule for the gradients' example loss: --example-loss, else the index's own (re-running or resuming
+        an ingest keeps what the index was built with), else the training run's (the loss its checkpoints learned
+        from: a fitted checkpoint's gradient under the other one points elsewhere, results/attribution), else
+        DEFAULT_EXAMPLE_LOSS."""
+        return self.example_loss or index or run or DEFAULT_EXAMPLE_LOSS
+
+    def gradient(self, input_embedding: str, run_loss: ExampleLoss | None = None) -> GradientConfig:
+        """The featurizer's own part of these settings (`input_embedding`: the default layer; the example loss by
+        `loss_for`, given the training run's)."""
         return GradientConfig(**self.model_dump(include=set(GradientConfig.model_fields) - {"layers", "example_loss"}),
-                              layers=self.layers or [input_embedding],
-                              example_loss=self.example_loss or DEFAULT_EXAMPLE_LOSS)
+                              layers=self.layers or [input_embedding], example_loss=self.loss_for(run_loss))
 
 
 class StoreConfig(Strict):
@@ -519,7 +525,7 @@ class TrainConfig(Strict):
     # pure bfloat16 weights round most AdamW updates of lr ~2e-4 away; autocast keeps float32 weights and updates
     autocast: Annotated[Literal["bfloat16"] | None,
                         cli("Mixed precision: forward and backward in this dtype (torch.autocast), the weights and "
-                            "the optimizer in --dtype (float32: exact updates; on a CPU with AMX about 1.9x "
+                            "the optimizer in float32 (--dtype float32: exact updates; on a CPU with AMX about 1.85x "
                             "float32's speed).", "--autocast")] = None
     threads: Threads = None
 
@@ -529,6 +535,13 @@ class TrainConfig(Strict):
         if v is not None and not all(0 < f <= 1 for f in v):
             raise ValueError("give fractions of the run in (0, 1], e.g. 0.06,0.12,0.19")
         return sorted(set(v)) if v else None
+
+    @model_validator(mode="after")
+    def _autocast_keeps_float32_weights(self) -> TrainConfig:
+        if self.autocast and self.dtype != "float32":
+            raise ValueError(f"--autocast {self.autocast}: mixed precision keeps the weights in float32; give "
+                             f"--dtype float32 (or leave --autocast out to train {self.dtype} weights)")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> TrainConfig:

@@ -637,15 +637,17 @@ def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp
     assert r["answers"]["base"] == {"model": base, "correct": len(distinct & at_base)}
     assert r["answers"]["correct"] == len(distinct & at_final) and r["index"]["base_model"] == base
     batches = [min(16, len(distinct) - i) for i in range(0, len(distinct), 16)]
-    eligible = [q.id for q in sample.queries if q.proponents]  # every one decided before the draw, in one call
-    tuned = len(set(eligible) & at_final - at_base)  # only these need the base model's top answers
-    assert calls == [("right", base, len(eligible)), ("right", m.model.name, len(eligible))] \
+    eligible = sum(bool(q.proponents) for q in sample.queries)  # every one decided before the draw, in one call
+    tuned = len(distinct & at_final - at_base)  # only the drawn fine-tune-learned ones need the base's top answers
+    assert calls == [("right", base, eligible), ("right", m.model.name, eligible)] \
         + [("top", base, min(16, tuned - i), 3) for i in range(0, tuned, 16)] \
         + [(m.model.name, n) for n in batches] + [(base, n) for n in batches]
     rows = read_jsonl(out / "rankings.jsonl")
-    for x in rows:  # each query's own slice (the strict one within fine-tune-learned)
-        want = next(sl for sl in list(expect)[2:] + ["fine-tune-learned"] if x["query"] in expect[sl]({x["query"]}))
+    for x in rows:  # each query's learned slice, and within fine-tune-learned whether it is strict
+        want = next(sl for sl in ("fine-tune-learned", "pre-train-learned", "not-learned")
+                    if x["query"] in expect[sl]({x["query"]}))
         assert x["slice"] == want and ("and more" in x["base_answer"]) == (x["query"] in at_base)
+        assert x.get("strict") == (x["query"] not in top3 if want == "fine-tune-learned" else None)
     table = (out / "table.md").read_text()
     assert all(f"## {sl} (" in table for sl in expect) and f"at the base model ({base})" in table
 
@@ -689,3 +691,39 @@ def test_the_default_split_on_an_index_without_splits_evaluates_every_query(samp
     msg = str(e.value)
     assert msg.startswith("--split dev: no queries with proponents in this index (its splits: none; its 11 relations")
     assert "\n" not in msg and "None" not in msg
+
+
+def test_only_the_strict_slice_decides_it_before_the_draw(sample_index, sample, monkeypatch, tmp_path):
+    """--only fine-tune-learned-strict: the base model's top answers are searched for every eligible fine-tune-learned
+    query before any draw, and every draw comes from the strict slice."""
+    import shutil
+
+    from ftrace.index.manifest import Manifest
+    from ftrace.model import load_model
+    from ftrace.testing import make_tiny_model
+
+    base = str(make_tiny_model(tmp_path / "base", [s.text for s in sample.sentences], seed=1))
+    index = tmp_path / "index"
+    shutil.copytree(sample_index, index)
+    m = Manifest.read(index)
+    m.model.base, m.model.base_fingerprint = base, load_model(base).fingerprint
+    m.write(index)
+    at_final = {q.prompt: q.target for q in sample.queries[::2]}
+    near = {q.prompt for q in sample.queries[::4]}
+    patch_answers(monkeypatch, lambda lm, prompts, *a, **k: fake_answers(at_final if lm.name != base else {})(lm,
+                                                                                                            prompts))
+    searched = []
+
+    def in_top(lm, prompts, targets, beams, **k):
+        searched.extend(prompts)
+        return [p in near for p in prompts]
+
+    monkeypatch.setattr(scoring, "in_top_answers", in_top)
+    s = BenchConfig(index=index, split=None, queries=5, seeds=2, out=tmp_path / "strict", methods=["bm25"],
+                    only="fine-tune-learned-strict", sizes=CandidateSizes(bm25=10, same_target=5, random=10))
+    r = bench_results(s, write=False)
+    eligible = {q.prompt for q in sample.queries if q.proponents and q.prompt in at_final}
+    assert set(searched) == eligible and len(searched) == len(eligible)
+    strict = {q.id for q in sample.queries if q.prompt in at_final and q.prompt not in near}
+    assert all(set(ids) <= strict and len(ids) == 5 for ids in r["queries"]["per_seed"].values())
+    assert r["query_counts"]["fine-tune-learned-strict"] == r["query_counts"]["fine-tune-learned"] == [5, 5]

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from ftrace import FtraceError
 from ftrace.config import IngestConfig
 from ftrace.features.embedding import STATE
 from ftrace.index.manifest import Manifest
@@ -59,15 +60,26 @@ def test_idf_pooling_is_the_weighted_centred_mean_fitted_on_a_sample(idf_index, 
         tracer.close()
 
 
-def test_the_idf_state_is_needed_and_kept(idf_index, tiny_model_dir, tmp_path):
-    before = (idf_index / STATE).read_bytes()
-    ingest(IngestConfig.model_validate({"index": idf_index, "model": tiny_model_dir, "tracin": {"enabled": False},
+def test_a_resumed_ingest_keeps_the_fitted_state(idf_index, tiny_model_dir, tmp_path):
+    """An ingest resumed after the fit reuses the saved state, never refits under stored vectors; a query on an index
+    whose state is missing is refused in one line."""
+    import shutil
+
+    index = tmp_path / "resumed"
+    shutil.copytree(idf_index, index)
+    with np.load(index / STATE) as state:
+        marked = {"idf": np.ones_like(state["idf"]), "means": state["means"], "sentences": state["sentences"]}
+    with open(index / STATE, "wb") as fh:  # a fit would overwrite these weights
+        np.savez(fh, **marked)
+    m = Manifest.read(index)
+    m.complete = False  # as an ingest killed after its fit leaves it
+    m.write(index)
+    ingest(IngestConfig.model_validate({"index": index, "model": tiny_model_dir, "tracin": {"enabled": False},
                                         "embed": {"pooling": "idf", "samples": 100}, "batch_size": 16}))
-    assert (idf_index / STATE).read_bytes() == before  # a complete index: nothing refitted
-    moved = tmp_path / "state.npz"
-    (idf_index / STATE).rename(moved)
-    try:
-        with pytest.raises(Exception, match="embed-state.npz: missing or unreadable"):
-            Tracer(idf_index).featurizer("embed")
-    finally:
-        moved.rename(idf_index / STATE)
+    assert Manifest.read(index).complete
+    with np.load(index / STATE) as state:
+        assert (state["idf"] == 1).all()
+    (index / STATE).unlink()
+    with pytest.raises(FtraceError, match="embed-state.npz: missing or unreadable") as e:
+        Tracer(index).featurizer("embed")
+    assert "\n" not in str(e.value)

@@ -449,6 +449,10 @@ def test_a_trained_fact_traces_to_its_own_sentence(tmp_path, sample, tiny_model_
     assert "note: the run trained on the object loss" in capsys.readouterr().err
     worse = [r for r, _ in ranks(other)]
     assert np.mean(worse) > 2 * np.mean(own), (own, worse)
+    # the same command without --example-loss on that index keeps the index's own loss (not refused as different)
+    ingest(IngestConfig.model_validate({"index": other, "tracin": {"train_dir": run, "dim": 256}}), corpus)
+    said = capsys.readouterr().err
+    assert "example loss sentence (the index's)" in said and "already complete" in said, said
 
 
 def test_early_checkpoints_and_the_learning_curve(tmp_path, sample, tiny_model_dir, capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ftrace.bench.metrics import FISHER_RESAMPLES, LABELS, METRICS
 from ftrace.bench.runner import RANDOM_TARGET, BenchRun
+from ftrace.bench.slices import FINE_TUNE, FINE_TUNE_STRICT
 from ftrace.plumbing import replacing, write_atomic
 
 TOP = 10
@@ -90,7 +91,7 @@ def markdown_table(results: dict) -> str:
             lines.append(f"**Warning: below random-target by MRR ({_mrr(table, RANDOM_TARGET)}):** "
                          + ", ".join(f"{m} ({_mrr(table, m)})" for m in below)
                          + ": a random order of the sentences whose fact has the query's target as object ranks "
-                           "the proponents better (README: what the numbers mean).")
+                           "the proponents better (docs/bench.md#methods-and-fusion).")
             lines.append("")
         if "best" in sig:
             a_, b_ = sig["compared"]
@@ -261,7 +262,9 @@ def write_rankings(run: BenchRun, path: Path) -> None:
                     f.write(json.dumps({
                         "seed": seed, "query": q.id, "method": m, "prompt": q.prompt, "target": q.target,
                         "answer": run.answers.get(q.id), "learned": run.learned[q.id],
-                        "slice": run.slice_of[q.id],
+                        "slice": FINE_TUNE if run.slice_of[q.id] == FINE_TUNE_STRICT else run.slice_of[q.id],
+                        **({"strict": run.slice_of[q.id] == FINE_TUNE_STRICT}
+                           if run.slice_of[q.id] in (FINE_TUNE, FINE_TUNE_STRICT) else {}),
                         **({"base_answer": run.base_answers.get(q.id)} if run.base_answers is not None else {}),
                         "top": [[i, round(sc, 6)] for i, sc in ranked[:TOP]],
                         "proponents": len(props), "proponent_ranks": ranks,

@@ -25,7 +25,6 @@ averaged over the seeds that drew it.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +38,17 @@ from ftrace.bench.candidates import draw, rng_for, sample_queries, seeded_tiebre
 from ftrace.bench.evaluate import DrawRankings, evaluate
 from ftrace.bench.paths import shown
 from ftrace.bench.scoring import QueryScores, Scorer
-from ftrace.bench.slices import ALL, BM25_HARD, FINE_TUNE, RULE, in_slice, learned_slices, slice_names, strict_slices
+from ftrace.bench.slices import (
+    ALL,
+    BM25_HARD,
+    FINE_TUNE,
+    FINE_TUNE_STRICT,
+    RULE,
+    in_slice,
+    learned_slices,
+    slice_names,
+    strict_slices,
+)
 from ftrace.config import GRID, BenchConfig
 from ftrace.corpus import Query
 from ftrace.index.locks import writer
@@ -231,8 +240,10 @@ class Bench:
             return {f: {"weight": c.default_weight, "source": "default, no --tune-split"} for f in self.fusions}
         pool = self.eligible(c.tune_split, c.tune_relations, tuning=True)
         if c.only:
-            pool = self.only(pool, self.slices(pool, *self.learned(pool)),
-                             f"--tune-split {','.join(c.tune_split or ['all'])}")
+            slice_of = learned_slices(*self.learned(pool))
+            if c.only == FINE_TUNE_STRICT:
+                slice_of = self.strict(pool, slice_of)
+            pool = self.only(pool, slice_of, f"--tune-split {','.join(c.tune_split or ['all'])}")
         tune_qs = sample_queries(pool, c.queries, 0, purpose="tune")
         what = " and ".join(([f"split {','.join(c.tune_split)!r}"] if c.tune_split else [])
                             + ([f"relations {','.join(c.tune_relations)}"] if c.tune_relations else []))
@@ -261,12 +272,16 @@ class Bench:
         try:
             pool = self.eligible(c.split, c.relations)
             learned, base_learned = self.learned(pool)
-            slice_of = self.slices(pool, learned, base_learned)
+            slice_of = learned_slices(learned, base_learned)
+            if c.only == FINE_TUNE_STRICT:  # decided before the draw, like every --only
+                slice_of = self.strict(pool, slice_of)
             if c.only:
                 pool = self.only(pool, slice_of, f"--split {','.join(c.split or ['all'])}")
             per_seed = {seed: sample_queries(pool, c.queries, seed) for seed in range(c.seeds)}
             weights_info = self.tune({q.id for q in pool})
             drawn = list({q.id: q for qs in per_seed.values() for q in qs}.values())
+            if base_learned is not None and c.only != FINE_TUNE_STRICT:  # the beam search for the drawn ones only
+                slice_of = self.strict(drawn, slice_of)
             answers = self.scorer.answers(drawn)  # shown beside the rankings; the slices come from `learned`
             base_answers = self.scorer.answers(drawn, base=True) if self.manifest.model.base else None
             self.scorer.release_base()
@@ -310,22 +325,20 @@ class Bench:
         base = self.scorer.rights(queries, base=True) if self.manifest.model.base else None
         return self.scorer.rights(queries), base
 
-    def slices(self, pool: Sequence[Query], learned: dict[str, bool], base_learned: dict[str, bool] | None
-               ) -> dict[str, str]:
-        """query id -> its learned slice, the fine-tune-learned ones that the base model's top beams miss as well
-        marked strict (one beam search each, base model only)."""
-        slice_of = learned_slices(learned, base_learned)
-        if base_learned is None:
-            return slice_of
-        return strict_slices(slice_of, self.scorer.in_top_at_base([q for q in pool if slice_of[q.id] == FINE_TUNE]))
+    def strict(self, queries: Sequence[Query], slice_of: dict[str, str]) -> dict[str, str]:
+        """`slice_of` with those of `queries` that are fine-tune-learned and that the base model's top beam-search
+        answers miss as well moved to the strict slice (a beam search each, base model only)."""
+        return strict_slices(slice_of, self.scorer.in_top_at_base([q for q in queries if slice_of[q.id] == FINE_TUNE]))
 
     def only(self, pool: list[Query], slice_of: dict[str, str], what: str) -> list[Query]:
         """The queries of `pool` in the --only slice (chosen before any draw, as FTRACE filters its queries)."""
         assert self.c.only is not None
         kept = [q for q in pool if in_slice(slice_of[q.id], self.c.only)]
         if not kept:
+            known = [sl for sl in slice_names(True)[1:] if sl != FINE_TUNE_STRICT or self.c.only == FINE_TUNE_STRICT]
+            counts = {sl: n for sl in known if (n := sum(in_slice(slice_of[q.id], sl) for q in pool))}
             raise FtraceError(f"--only {self.c.only}: none of the {len(pool)} queries of {what} is in that slice "
-                              f"(slices: {', '.join(f'{k} {v}' for k, v in Counter(slice_of.values()).items())})")
+                              f"(slices: {', '.join(f'{k} {v}' for k, v in counts.items())})")
         return kept
 
     def members(self, per_seed: dict[int, list[Query]], rankings: DrawRankings, slice_of: dict[str, str],

@@ -52,9 +52,10 @@ def learned_slices(right: Mapping[str, bool], right_at_base: Mapping[str, bool] 
 
 
 def strict_slices(slice_of: Mapping[str, str], in_top_at_base: Mapping[str, bool]) -> dict[str, str]:
-    """`slice_of` with each fine-tune-learned query none of whose base-model top answers is right moved to
-    FINE_TUNE_STRICT (reported as a part of FINE_TUNE: `in_slice`)."""
-    return {q: FINE_TUNE_STRICT if sl == FINE_TUNE and not in_top_at_base[q] else sl for q, sl in slice_of.items()}
+    """`slice_of` with each fine-tune-learned query of `in_top_at_base` none of whose base-model top answers is right
+    moved to FINE_TUNE_STRICT (reported as a part of FINE_TUNE: `in_slice`)."""
+    return {q: FINE_TUNE_STRICT if sl == FINE_TUNE and in_top_at_base.get(q) is False else sl
+            for q, sl in slice_of.items()}
 
 
 def in_slice(query_slice: str, sl: str) -> bool:

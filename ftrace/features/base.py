@@ -36,9 +36,10 @@ class Featurizer(Protocol):
 
     def spec(self) -> dict: ...
 
-    def fit(self, batches: Callable[[int], Iterable[LossBatch]], index_dir: Path) -> None:
-        """Fit what the vectors need from the corpus (`batches(n)`: a seeded sample of n training examples) and save
-        it beside the index, or load it where a resumed ingest finds it saved; nothing for most featurizers."""
+    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], index_dir: Path) -> None:
+        """Fit what the vectors need from the corpus (`batches(n, seed)`: a sample of n training examples drawn with
+        the seed, which the spec records) and save it beside the index, or load it where a resumed ingest finds it
+        saved; nothing for most featurizers."""
         ...
 
     def load(self, index_dir: Path) -> None: ...

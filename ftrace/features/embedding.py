@@ -23,6 +23,7 @@ from ftrace.model.batching import LossBatch
 from ftrace.plumbing import replacing
 
 STATE = "embed-state.npz"
+SAMPLE_SEED = 0  # the idf pooling's sample (recorded in the spec)
 
 
 class EmbeddingFeaturizer:
@@ -52,12 +53,13 @@ class EmbeddingFeaturizer:
     def spec(self) -> dict:
         spec = {"kind": "embedding", "pooling": self.config.pooling, "layers": self.config.layers, "size": self.size}
         if self.config.pooling == "idf":
-            spec |= {"samples": self.config.samples, "fitted_on": "seeded sample of the corpus's sentences",
+            spec |= {"samples": self.config.samples, "seed": SAMPLE_SEED,
+                     "fitted_on": "seeded sample of the corpus's sentences",
                      "weights": "idf = log((n + 1) / (df + 0.5))", "centred": "the sample's mean token, per layer"}
         return spec
 
     @torch.no_grad()
-    def fit(self, batches: Callable[[int], Iterable[LossBatch]], index_dir: Path) -> None:
+    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], index_dir: Path) -> None:
         """"idf" pooling: document frequencies and mean token states over a seeded sample (reused when an
         interrupted ingest resumes, never refitted under stored vectors)."""
         if self.config.pooling != "idf":
@@ -69,7 +71,7 @@ class EmbeddingFeaturizer:
         df = torch.zeros(vocabulary, dtype=torch.float64)
         sums = torch.zeros(len(self.config.layers), self.model.config.hidden_size, dtype=torch.float64)
         sentences = tokens = 0
-        for batch in batches(self.config.samples):
+        for batch in batches(self.config.samples, SAMPLE_SEED):
             hidden, mask = self._hidden(batch)
             for row, keep in zip(batch.input_ids, batch.attention_mask, strict=True):
                 df[row[keep.bool()].unique()] += 1

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ftrace import FtraceError
-from ftrace.config import DEFAULT_EXAMPLE_LOSS, SQUARE_FROM, IngestConfig
+from ftrace.config import SQUARE_FROM, IngestConfig
 from ftrace.corpus import Corpus, Example, load_corpus
 from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoints
 from ftrace.features.embedding import EmbeddingFeaturizer
@@ -21,6 +21,7 @@ from ftrace.features.gradients import TracInFeaturizer, example_loss_batch
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import K1, B, build_lucene
 from ftrace.index.locks import LOCK_FILES, clear_progress, exclusive, reading, record_progress, writer
+from ftrace.index.manifest import FILENAME as MANIFEST
 from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, versions
 from ftrace.index.vectors import VectorStore
 from ftrace.ingest import shards
@@ -41,7 +42,7 @@ def build_featurizers(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -
     out: list[Featurizer] = [EmbeddingFeaturizer(lm.model, c.embed)]
     t = c.tracin
     if t.enabled:
-        gradient = t.gradient(input_embedding_name(lm.model))
+        gradient = t.gradient(input_embedding_name(lm.model), run.example_loss if run else None)
         models, checkpoints = load_checkpoints(lm, checkpoint_names(lm, c, run))
         if run and t.checkpoint_optimizer:
             if t.optimizer_state:
@@ -56,11 +57,14 @@ def build_featurizers(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -
     return out
 
 
-def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig, n: int, loss: str) -> Iterator[LossBatch]:
-    """A seeded sample of n training examples under `loss`, for fitting what a featurizer fits (whitening, idf
-    pooling)."""
+def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig, n: int, seed: int,
+                        loss: str) -> Iterator[LossBatch]:
+    """A sample of n training examples drawn with `seed`, under `loss`, for fitting what a featurizer fits
+    (`Featurizer.fit`: whitening, idf pooling)."""
     examples = corpus.examples()
-    rng = np.random.default_rng(c.tracin.seed)
+    if not examples:
+        return
+    rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(examples), size=min(n, len(examples)), replace=False))
     chosen = [examples[i] for i in pick]
     parts = batch_plan(token_lengths(lm.tokenizer, [e.text for e in chosen]), c)
@@ -94,7 +98,7 @@ def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer]
 def _prepare(index: IndexDir, planned: Manifest, fresh: bool = True) -> Manifest:
     """Start a new index, or resume one built the same way; refuse anything else untouched (and,
     with `fresh`, a directory holding anything but locks and shards)."""
-    if (index.path / "manifest.json").exists():
+    if (index.path / MANIFEST).exists():
         old = Manifest.read(index.path)
         diffs = old.differences(planned)
         if diffs:
@@ -134,20 +138,21 @@ def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
 
 
 def resolve_example_loss(c: IngestConfig, run: TracedRun | None) -> IngestConfig:
-    """`c` with the gradients' example loss decided: --example-loss, else the training run's (the loss its
-    checkpoints learned from: a fitted checkpoint's gradient under another loss points elsewhere, issue 27), else
-    DEFAULT_EXAMPLE_LOSS. With a run, say which checkpoints and which loss the gradients use."""
+    """`c` with the gradients' example loss decided (`TracInConfig.loss_for`: --example-loss, an existing index's,
+    the training run's, the default). With a run, say which checkpoints and which loss the gradients use."""
     t = c.tracin
-    loss = t.example_loss or (run.example_loss if run else DEFAULT_EXAMPLE_LOSS)
+    built = Manifest.read(c.index).vectors.get("tracin", {}) if (Path(c.index) / MANIFEST).exists() else {}
+    index_loss = built.get("config", {}).get("example_loss")
+    loss = t.loss_for(run.example_loss if run else None, index_loss)
     if run and t.enabled:
         steps = ", ".join(p.name for p in run.checkpoints)
+        source = "--example-loss" if t.example_loss else "the index's" if index_loss else "the run's"
         log(f"--train-run {run.train_dir}: gradients at {steps} (--checkpoint-select {t.select}), example loss "
-            f"{loss} ({'--example-loss' if t.example_loss else 'the run'}'s); answers and embeddings from "
-            f"{run.final.name}")
+            f"{loss} ({source}); answers and embeddings from {run.final.name}")
         if loss != run.example_loss:
             log(f"note: the run trained on the {run.example_loss} loss; at its fitted checkpoints a gradient under "
                 f"the {loss} loss can point away from what it learned")
-    return c.model_copy(update={"tracin": t.model_copy(update={"example_loss": loss})})
+    return c.model_copy(update={"tracin": t.model_copy(update={"example_loss": loss})})  # values already valid
 
 
 def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexDir, target: IndexDir) -> Manifest:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
+from ftrace.config import ExampleLoss
 from ftrace.runs.checkpoints import MOMENTS, checkpoint_dirs, read_state
 from ftrace.runs.errors import TrainError
 from ftrace.runs.layout import read_run
@@ -61,7 +62,7 @@ class TracedRun:
     moments: list[Path | None]  # exp_avg_sq.pt per checkpoint (None: none saved)
     base: str
     base_fingerprint: str
-    example_loss: str
+    example_loss: ExampleLoss
 
 
 def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final", "base"] = "ftrace") -> TracedRun:
@@ -83,5 +84,8 @@ def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final", "
     else:
         picked = [d for d in select_checkpoints(train_dir, which) if d in tuned]
     moments = [d / MOMENTS if (d / MOMENTS).exists() else None for d in picked]
+    loss = run["identity"]["config"].get("example_loss")
+    if loss not in get_args(ExampleLoss):
+        raise TrainError(f"--train-run {train_dir}: run.json names no known example loss ({loss!r})")
     return TracedRun(train_dir, tuned[-1], picked, moments, run["model"]["name"], run["model"]["fingerprint"],
-                     run["identity"]["config"]["example_loss"])
+                     loss)

@@ -11,20 +11,21 @@ RUN=runs/dev2-object/train
 $FT train "${CORPUS[@]}" --out $RUN --example-loss object --epochs 3 --batch-size 16 --lr 2e-4 --checkpoints 3
 
 # When these ran, --train-run (then --checkpoints) divided by each checkpoint's second moments by default; it no longer does
-# (the result below), so the variants that had it say --checkpoint-optimizer explicitly.
-OPT=--checkpoint-optimizer
+# (the result below), so the variants that had it say --checkpoint-optimizer explicitly. Likewise the gradients then took the
+# whole-sentence example loss whatever the run trained on (now the run's: results/attribution), so they say so.
+OPT="--checkpoint-optimizer --example-loss sentence"
 declare -A VARIANT=(
   [base]="--model smollm2-135m"
   [base-input]="--model smollm2-135m --tracin-tied input"
   [ft3]="--train-run $RUN $OPT"
   [ft1]="--train-run $RUN $OPT --checkpoint-select final"
-  [ft3-noopt]="--train-run $RUN --no-checkpoint-optimizer"
+  [ft3-noopt]="--train-run $RUN --no-checkpoint-optimizer --example-loss sentence"
   [ft3-whiten]="--train-run $RUN $OPT --whiten"
   [ft3-input]="--train-run $RUN $OPT --tracin-tied input"
   [ft3-output]="--train-run $RUN $OPT --tracin-tied output"
-  [ft3-objloss]="--train-run $RUN $OPT --example-loss object"
+  [ft3-objloss]="--train-run $RUN --checkpoint-optimizer --example-loss object"
   [ft3-floor]="--train-run $RUN $OPT --optimizer-floor 1"
-  [ft3-input-noopt]="--train-run $RUN --no-checkpoint-optimizer --tracin-tied input"
+  [ft3-input-noopt]="--train-run $RUN --no-checkpoint-optimizer --tracin-tied input --example-loss sentence"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(base base-input ft3 ft1 ft3-noopt ft3-whiten ft3-input ft3-output ft3-objloss ft3-floor

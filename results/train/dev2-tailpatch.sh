@@ -7,6 +7,6 @@
 set -euo pipefail
 FT=.venv/bin/ftrace
 $FT ingest --index indexes/dev2-ft-base --corpus ../shared/data/lama-trex --relation P138,P19 --split dev \
-  --train-run runs/dev2-object/train --checkpoint-select base
+  --train-run runs/dev2-object/train --checkpoint-select base --example-loss sentence
 $FT bench --index indexes/dev2-ft-base --mode full --metric all --relation P19 --queries 100 --seeds 1 \
   --tune-relation P138 --out results/bench/dev2-ft-base-P19-full

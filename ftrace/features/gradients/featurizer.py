@@ -266,7 +266,7 @@ class TracInFeaturizer:
         `example_loss_batch(tokenizer, examples, f.example_loss, max_tokens)`."""
         return self.config.example_loss
 
-    def fit(self, batches: Callable[[int], Iterable[LossBatch]], index_dir: Path) -> None:
+    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], index_dir: Path) -> None:
         if not self.config.whiten:
             return
         for i, f in enumerate(self.per_checkpoint):
@@ -274,7 +274,7 @@ class TracInFeaturizer:
             if path.exists():  # resumed ingest: reuse the fitted whitening, never refit under stored vectors
                 f.load(path)
                 continue
-            f.fit_whitening(batches(self.whiten_samples))
+            f.fit_whitening(batches(self.whiten_samples, self.config.seed))
             f.save(path)
 
     def load(self, index_dir: Path) -> None:
