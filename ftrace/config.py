@@ -79,9 +79,10 @@ class CorpusSelection(Strict):
 
 # The example loss: the one name (--example-loss) for what a training example's loss scores, in ingest and train
 ExampleLoss = Literal["sentence", "object"]
-# ingest's example loss when neither --example-loss, an existing index nor a training run says
-# (results/attribution/README.md#the-example-loss)
-DEFAULT_EXAMPLE_LOSS: ExampleLoss = "sentence"
+# ingest's example loss when neither --example-loss, an existing index nor a training run says: FTRACE's masked
+# object, 0.29 against the whole sentence's 0.21 tracin MRR on train-split facts (results/attribution/README.md#the-
+# example-loss); a corpus that states no objects gets the whole sentence
+DEFAULT_EXAMPLE_LOSS: ExampleLoss = "object"
 # tokens per sentence or prompt given to the model: the one default of every command and library function
 MAX_TOKENS = 256
 # Past this length an ingest batch holds fewer tokens (budget_batches' square_from): a whole-corpus ingest's memory
@@ -95,11 +96,12 @@ class EmbeddingConfig(Strict):
     layers: Annotated[list[int], cli("Hidden-state layers to pool (0 = embedding layer).", "--embed-layers",
                                      split=True)] = [0]
     # a plain mean of a model's token vectors is dominated by the direction all of them share and weighs "the" like
-    # "Toyota" (results/attribution/README.md#embed)
+    # "Toyota": idf pooling 0.69 against the mean's 0.24 embed MRR on train-split facts (results/attribution/README.md
+    # #embed); an existing index keeps its own (ftrace.ingest.pipeline.resolve_defaults)
     pooling: Annotated[Literal["mean", "idf"],
-                       cli("mean: the plain mean of the tokens' hidden states; idf: each token weighted by its inverse "
-                           "document frequency and the corpus's mean token subtracted, both fitted at ingest on "
-                           "--embed-samples sentences.", "--embed-pooling")] = "mean"
+                       cli("idf: each token's hidden state weighted by its inverse document frequency, the corpus's "
+                           "mean token subtracted, both fitted at ingest on --embed-samples sentences; mean: FTRACE's "
+                           "plain mean (default: an existing index's own, else idf).", "--embed-pooling")] = "idf"
     samples: Annotated[int, Field(ge=1), cli("Seeded sample of sentences the idf pooling is fitted on (unused by "
                                              "the mean).", "--embed-samples", min=1)] = 4096
 
@@ -165,20 +167,22 @@ class TracInConfig(GradientConfig):
     layers: Annotated[list[str] | None,
                       cli("Module name patterns whose weight gradients are projected (default: the input embedding).",
                           "--tracin-layers", split=True)] = None  # type: ignore[assignment]
-    # None: decided by `loss_for` (ftrace.ingest.pipeline.resolve_example_loss, before anything else reads it)
+    # None: decided by `loss_for` (ftrace.ingest.pipeline.resolve_defaults, before anything else reads it)
     example_loss: Annotated[ExampleLoss | None,
                             cli("Training examples' loss: sentence (LM loss of the whole sentence) or object (the "
                                 "object tokens of the sentence's first fact found in it, given the text before; "
                                 "whole sentence where none). Default: an existing index's own, else the training "
-                                f"run's with --train-run, else {DEFAULT_EXAMPLE_LOSS}.", "--example-loss",
+                                f"run's with --train-run, else {DEFAULT_EXAMPLE_LOSS} (sentence for a corpus that "
+                                "states no objects).", "--example-loss",
                                 renamed_from=("--tracin-loss",))] = None  # type: ignore[assignment]
 
-    def loss_for(self, run: ExampleLoss | None = None, index: ExampleLoss | None = None) -> ExampleLoss:
+    def loss_for(self, run: ExampleLoss | None = None, index: ExampleLoss | None = None,
+                 objects: bool = True) -> ExampleLoss:
         """The one rule for the gradients' example loss: --example-loss, else the index's own (re-running or resuming
         an ingest keeps what the index was built with), else the training run's (the loss its checkpoints learned
         from: a fitted checkpoint's gradient under the other one points elsewhere, results/attribution), else
-        DEFAULT_EXAMPLE_LOSS."""
-        return self.example_loss or index or run or DEFAULT_EXAMPLE_LOSS
+        DEFAULT_EXAMPLE_LOSS where the corpus states `objects` at all, else the whole sentence."""
+        return self.example_loss or index or run or (DEFAULT_EXAMPLE_LOSS if objects else "sentence")
 
     def gradient(self, input_embedding: str, run_loss: ExampleLoss | None = None) -> GradientConfig:
         """The featurizer's own part of these settings (`input_embedding`: the default layer; the example loss by

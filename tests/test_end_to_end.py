@@ -216,12 +216,14 @@ def test_qdrant_client_back_end_end_to_end(tmp_path, tiny_model_dir, sample):
     assert len(json.loads(r.output)["rows"]) == 10
 
 
-def test_padding_does_not_change_embeddings(tiny_model_dir):
+@pytest.mark.parametrize("pooling", ["idf", "mean"])
+def test_padding_does_not_change_embeddings(tiny_model_dir, sample, pooling, tmp_path):
     from ftrace.config import EmbeddingConfig
     from ftrace.model import example_batch, load_model
 
     lm = load_model(tiny_model_dir)
-    f = EmbeddingFeaturizer(lm.model, EmbeddingConfig(layers=[0, 1, 2]))
+    f = EmbeddingFeaturizer(lm.model, EmbeddingConfig(layers=[0, 1, 2], pooling=pooling))
+    f.fit(lambda n, seed: [example_batch(lm.tokenizer, [s.text for s in sample.sentences[:n]])], tmp_path)
     short = "Toyota makes cars."
     alone = f.vectors(example_batch(lm.tokenizer, [short]))[0]
     padded = f.vectors(example_batch(lm.tokenizer, [short, "A much longer sentence that needs padding " * 3]))[0]
@@ -232,7 +234,7 @@ def test_padding_does_not_change_embeddings(tiny_model_dir):
 
 
 def test_tracin_scores_equal_cosine_of_gradient_vectors(sample_index, sample):
-    from ftrace.model import example_batch
+    from ftrace.features.gradients import example_loss_batch
     from ftrace.query.tracer import Tracer
 
     tracer = Tracer(sample_index)
@@ -240,7 +242,10 @@ def test_tracin_scores_equal_cosine_of_gradient_vectors(sample_index, sample):
         qvec = tracer.query_vectors(AVANZA, "Toyota")["tracin"]
         texts = sample.sentences[:10]
         scores = tracer.score("tracin", AVANZA, "Toyota", [s.id for s in texts])
-        stored = tracer.featurizer("tracin").vectors(example_batch(tracer.lm.tokenizer, [s.text for s in texts]))
+        examples = {e.sentence_id: e for e in tracer.corpus.examples()}
+        loss = tracer.index.manifest.vectors["tracin"]["config"]["example_loss"]  # the object loss, by default
+        batch, _ = example_loss_batch(tracer.lm.tokenizer, [examples[s.id] for s in texts], loss)
+        stored = tracer.featurizer("tracin").vectors(batch)
         assert [scores[s.id] for s in texts] == pytest.approx(list(stored @ qvec), abs=3e-3)
     finally:
         tracer.close()

@@ -121,8 +121,9 @@ def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
     if run and c.model not in (None, str(run.final), run.base):
         raise FtraceError(f"--model {c.model}: with --train-run the model is the run's final checkpoint "
                           f"({run.final}); leave --model out")
-    c = resolve_example_loss(c, run)
-    if c.tracin.enabled and c.tracin.example_loss == "object" and not any(e.object for e in corpus.examples()):
+    objects = any(e.object for e in corpus.examples())
+    c = resolve_defaults(c, run, objects)
+    if c.tracin.enabled and c.tracin.example_loss == "object" and not objects:
         raise FtraceError(f"--example-loss object: no sentence of {corpus.source} states a fact whose object "
                           "appears in its text")
     log(f"corpus: {len(corpus.sentences)} sentences, {len(corpus.queries)} queries ({corpus.source})")
@@ -137,13 +138,18 @@ def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
         return _build(c, corpus, run, index, index.shard(i, n))
 
 
-def resolve_example_loss(c: IngestConfig, run: TracedRun | None) -> IngestConfig:
-    """`c` with the gradients' example loss decided (`TracInConfig.loss_for`: --example-loss, an existing index's,
-    the training run's, the default). With a run, say which checkpoints and which loss the gradients use."""
+def resolve_defaults(c: IngestConfig, run: TracedRun | None, objects: bool = True) -> IngestConfig:
+    """`c` with what its defaults leave open decided: the gradients' example loss (`TracInConfig.loss_for`:
+    --example-loss, an existing index's, the training run's, the default; `objects`: whether the corpus states any),
+    and the embed pooling (--embed-pooling, else an existing index's own: re-running the command that built an index
+    resumes it rather than being refused as different). With a run, say which checkpoints and loss the gradients use."""
     t = c.tracin
-    built = Manifest.read(c.index).vectors.get("tracin", {}) if (Path(c.index) / MANIFEST).exists() else {}
-    index_loss = built.get("config", {}).get("example_loss")
-    loss = t.loss_for(run.example_loss if run else None, index_loss)
+    built = Manifest.read(c.index).vectors if (Path(c.index) / MANIFEST).exists() else {}
+    index_loss = built.get("tracin", {}).get("config", {}).get("example_loss")
+    embed = c.embed
+    if "pooling" not in embed.model_fields_set and "embed" in built:
+        embed = embed.model_copy(update={"pooling": built["embed"].get("pooling", "mean")})
+    loss = t.loss_for(run.example_loss if run else None, index_loss, objects)
     if run and t.enabled:
         steps = ", ".join(p.name for p in run.checkpoints)
         source = "--example-loss" if t.example_loss else "the index's" if index_loss else "the run's"
@@ -152,7 +158,7 @@ def resolve_example_loss(c: IngestConfig, run: TracedRun | None) -> IngestConfig
         if loss != run.example_loss:
             log(f"note: the run trained on the {run.example_loss} loss; at its fitted checkpoints a gradient under "
                 f"the {loss} loss can point away from what it learned")
-    return c.model_copy(update={"tracin": t.model_copy(update={"example_loss": loss})})  # values already valid
+    return c.model_copy(update={"tracin": t.model_copy(update={"example_loss": loss}), "embed": embed})  # all valid
 
 
 def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexDir, target: IndexDir) -> Manifest:

@@ -1,0 +1,60 @@
+"""Paired comparisons of `ftrace bench` runs over the same distinct queries: each query's reciprocal rank of its
+first proponent, averaged over the seeds that drew it, for a method of one run against a method of another (or the
+same run), optionally within one learned slice; paired t-test and Wilcoxon signed-rank test over those queries.
+
+    python results/attribution/paired.py RUN_A:METHOD RUN_B:METHOD [--slice fine-tune-learned] [--strict]
+
+Prints one markdown table row: A's MRR, B's MRR, the difference, both p-values and the number of queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+
+def per_query_rr(run: Path, method: str, slice_: str | None = None, strict: bool = False) -> dict[str, float]:
+    """query id -> mean over the seeds that drew it of 1 / (rank of its first proponent) under `method`."""
+    per: dict[str, list[float]] = {}
+    for line in (run / "rankings.jsonl").read_text().splitlines():
+        x = json.loads(line)
+        if x["method"] != method or (slice_ and x["slice"] != slice_) or (strict and not x.get("strict")):
+            continue
+        ranks = x["proponent_ranks"]
+        per.setdefault(x["query"], []).append(1 / min(ranks) if ranks else 0.0)
+    return {q: float(np.mean(v)) for q, v in per.items()}
+
+
+def compare(a: tuple[Path, str], b: tuple[Path, str], slice_: str | None = None, strict: bool = False) -> dict:
+    ra, rb = per_query_rr(*a, slice_, strict), per_query_rr(*b, slice_, strict)
+    qs = sorted(set(ra) & set(rb))
+    x, y = np.array([ra[q] for q in qs]), np.array([rb[q] for q in qs])
+    differ = len(qs) > 1 and bool(np.any(x != y))
+    return {"a": x.mean() if qs else float("nan"), "b": y.mean() if qs else float("nan"), "queries": len(qs),
+            "t": stats.ttest_rel(x, y).pvalue if differ else float("nan"),
+            "wilcoxon": stats.wilcoxon(x, y).pvalue if differ else float("nan")}
+
+
+def spec(text: str) -> tuple[Path, str]:
+    run, _, method = text.rpartition(":")
+    return Path(run), method
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("a", type=spec)
+    ap.add_argument("b", type=spec)
+    ap.add_argument("--slice", default=None)
+    ap.add_argument("--strict", action="store_true")
+    o = ap.parse_args()
+    r = compare(o.a, o.b, o.slice, o.strict)
+    print(f"| {o.a[0].name}:{o.a[1]} | {o.b[0].name}:{o.b[1]} | {r['a']:.3f} | {r['b']:.3f} | {r['a'] - r['b']:+.3f} | "
+          f"{r['t']:.2g} | {r['wilcoxon']:.2g} | {r['queries']} |")
+
+
+if __name__ == "__main__":
+    main()
