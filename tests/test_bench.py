@@ -582,12 +582,12 @@ def test_bench_config_record_runs_it_again(sample_index, answers, tmp_path):
     assert r.exit_code == 1 and "--config: nosuch: Extra inputs are not permitted" in r.output, r.output
 
 
-def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp_path):
-    """An index built from a training run records its base model: three learned slices, by the
-    answers of the base and the final model (each batched, cached, and the base checked)."""
+def with_a_base_model(sample_index, sample, tmp_path):
+    """A copy of the sample index that records a base model (as an index built from a training run does): (the
+    copy, the base model's path, its manifest)."""
     import shutil
 
-    from ftrace.index.manifest import Manifest, ManifestError
+    from ftrace.index.manifest import Manifest
     from ftrace.model import load_model
     from ftrace.testing import make_tiny_model
 
@@ -597,6 +597,15 @@ def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp
     m = Manifest.read(index)
     m.model.base, m.model.base_fingerprint = base, load_model(base).fingerprint
     m.write(index)
+    return index, base, m
+
+
+def test_learned_slices_with_a_base_model(sample_index, sample, monkeypatch, tmp_path):
+    """An index built from a training run records its base model: three learned slices, by the
+    answers of the base and the final model (each batched, cached, and the base checked)."""
+    from ftrace.index.manifest import ManifestError
+
+    index, base, m = with_a_base_model(sample_index, sample, tmp_path)
 
     fakes = {base: fake_answers({q.prompt: q.target for q in sample.queries[::3]}),
              m.model.name: fake_answers({q.prompt: q.target for q in sample.queries[::2]})}
@@ -696,18 +705,7 @@ def test_the_default_split_on_an_index_without_splits_evaluates_every_query(samp
 def test_only_the_strict_slice_decides_it_before_the_draw(sample_index, sample, monkeypatch, tmp_path):
     """--only fine-tune-learned-strict: the base model's top answers are searched for every eligible fine-tune-learned
     query before any draw, and every draw comes from the strict slice."""
-    import shutil
-
-    from ftrace.index.manifest import Manifest
-    from ftrace.model import load_model
-    from ftrace.testing import make_tiny_model
-
-    base = str(make_tiny_model(tmp_path / "base", [s.text for s in sample.sentences], seed=1))
-    index = tmp_path / "index"
-    shutil.copytree(sample_index, index)
-    m = Manifest.read(index)
-    m.model.base, m.model.base_fingerprint = base, load_model(base).fingerprint
-    m.write(index)
+    index, base, m = with_a_base_model(sample_index, sample, tmp_path)
     at_final = {q.prompt: q.target for q in sample.queries[::2]}
     near = {q.prompt for q in sample.queries[::4]}
     patch_answers(monkeypatch, lambda lm, prompts, *a, **k: fake_answers(at_final if lm.name != base else {})(lm,
