@@ -76,7 +76,8 @@ def main() -> None:
     for name, w in weights.items():
         for centre in ("none", "mean token", "mean sentence"):
             for text in ("prompt + target", "prompt"):
-                if name.startswith(("idf (", "idf sq", "SIF")) and (centre != "mean token" or text != "prompt + target"):
+                variant = name.startswith(("idf (", "idf sq", "SIF"))
+                if variant and (centre != "mean token" or text != "prompt + target"):
                     continue
                 rows.append(f"| {name} | {centre} | {text} | {mrr(w, centre, text):.3f} |")
                 print(rows[-1], flush=True)
