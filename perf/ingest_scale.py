@@ -43,6 +43,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -133,7 +134,7 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     """The model and ingest's featurizers for config `c`, and a seeded sample of `n` of the corpus's examples (of
     its `from_longest` longest ones, when given) in ingest's order and cut into the batches ingest's plan makes
     (`batch_plan`)."""
-    from ftrace.ingest.pipeline import batch_plan, build_featurizers, ingest_order
+    from ftrace.ingest.pipeline import batch_plan, build_featurizers, fit_featurizers, ingest_order
     from ftrace.model import load_model
     from ftrace.model.batching import token_lengths
 
@@ -145,7 +146,10 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     pick = np.random.default_rng(seed).choice(len(examples), min(n, len(examples)), replace=False)
     chosen, lengths = ingest_order(lm.tokenizer, [examples[i] for i in pick])
     lengths = [min(k, c.max_tokens) for k in lengths]
-    return lm, build_featurizers(lm, c, None), chosen, lengths, batch_plan(lengths, c)
+    featurizers = build_featurizers(lm, c, None)
+    with tempfile.TemporaryDirectory() as fitted:  # what ingest fits (the idf pooling) on the corpus, as ingest does
+        fit_featurizers(featurizers, corpus, lm, c, Path(fitted))
+    return lm, featurizers, chosen, lengths, batch_plan(lengths, c)
 
 
 def reference_rates(corpus, args) -> dict:

@@ -45,7 +45,7 @@ def test_bfloat16_weights_keep_the_fingerprint(models):
 def test_bfloat16_vectors_are_close_to_float32_ones(models, sample):
     f32, b16 = models
     batch = example_batch(f32.tokenizer, [s.text for s in sample.sentences[:24]])
-    featurizers = [lambda m: EmbeddingFeaturizer(m, EmbeddingConfig(layers=[0, 2])),
+    featurizers = [lambda m: EmbeddingFeaturizer(m, EmbeddingConfig(layers=[0, 2], pooling="mean")),
                    lambda m: GradientFeaturizer(m, GradientConfig(layers=["model.embed_tokens"], dim=256)),
                    lambda m: GradientFeaturizer(m, GradientConfig(layers=["model.layers.*.mlp.*"], dim=64))]
     for make in featurizers:
@@ -63,7 +63,7 @@ def test_half_precision_on_the_gpu_is_close_to_float32_on_the_cpu(models, sample
     gpu = load_model(tiny_model_dir, "cuda", dtype)
     assert {(p.device.type, p.dtype) for p in gpu.model.parameters()} == {("cuda", getattr(torch, dtype))}
     batch = example_batch(f32.tokenizer, [s.text for s in sample.sentences[:24]])
-    for make in (lambda m: EmbeddingFeaturizer(m, EmbeddingConfig(layers=[0, 2])),
+    for make in (lambda m: EmbeddingFeaturizer(m, EmbeddingConfig(layers=[0, 2], pooling="mean")),
                  lambda m: GradientFeaturizer(m, GradientConfig(layers=["model.embed_tokens",
                                                                         "model.layers.*.mlp.down_proj"], dim=64))):
         assert cosines(make(f32.model).vectors(batch), make(gpu.model).vectors(batch)).min() > 0.999

@@ -72,6 +72,14 @@ def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig, n: int
         yield example_loss_batch(lm.tokenizer, chosen[part], loss, c.max_tokens)[0]
 
 
+def fit_featurizers(featurizers: list[Featurizer], corpus: Corpus, lm: LoadedModel, c: IngestConfig,
+                    directory: Path) -> None:
+    """Fit what each featurizer fits (whitening, idf pooling) on its calibration sample, saving it in `directory`
+    (or loading what an interrupted ingest saved there)."""
+    for f in featurizers:
+        f.fit(functools.partial(calibration_batches, corpus, lm, c, loss=f.example_loss), directory)
+
+
 def batch_plan(lengths: list[int], c: IngestConfig) -> list[slice]:
     """At most --batch-size examples, within the --batch-tokens budget, and fewer past SQUARE_FROM tokens (lengths
     as cut by --max-tokens)."""
@@ -122,8 +130,9 @@ def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
         raise FtraceError(f"--model {c.model}: with --train-run the model is the run's final checkpoint "
                           f"({run.final}); leave --model out")
     objects = any(e.object for e in corpus.examples())
+    asked = c.tracin.example_loss or (run.example_loss if run else None)  # not an existing index's own
     c = resolve_defaults(c, run, objects)
-    if c.tracin.enabled and c.tracin.example_loss == "object" and not objects:
+    if c.tracin.enabled and asked == "object" and not objects:
         raise FtraceError(f"--example-loss object: no sentence of {corpus.source} states a fact whose object "
                           "appears in its text")
     log(f"corpus: {len(corpus.sentences)} sentences, {len(corpus.queries)} queries ({corpus.source})")
@@ -179,8 +188,7 @@ def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexD
             manifest.write(index.path)  # first: other shards then find an index here, not a foreign directory
             if not index.corpus_file.exists():
                 corpus.write_jsonl(index.corpus_file)
-            for f in featurizers:  # whitening: fitted once, used by every shard
-                f.fit(functools.partial(calibration_batches, corpus, lm, c, loss=f.example_loss), index.path)
+            fit_featurizers(featurizers, corpus, lm, c, index.path)  # fitted once, used by every shard
         timings: dict[str, float] = {}
         if (c.shard_of or (0, 1))[0] == 0 and not index.bm25_dir.exists():
             with timed(timings, "bm25_s"):
