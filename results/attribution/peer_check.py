@@ -117,7 +117,8 @@ def main() -> None:
 
     result = {
         "command": "python results/attribution/peer_check.py " + " ".join(
-            f"--{k.replace('_', '-')} {v if not isinstance(v, Path) else v.resolve().relative_to(ROOT)}"
+            f"--{k.replace('_', '-')} " + (str(v.resolve().relative_to(ROOT)) if isinstance(v, Path)
+                                            else ",".join(map(str, v)) if isinstance(v, list) else str(v))
             for k, v in vars(a).items()),
         "index": str(a.index.resolve().relative_to(ROOT)), "model": m.model.name if not Path(m.model.name).exists()
         else str(Path(m.model.name).resolve().relative_to(ROOT)), "index_dtype": m.model.dtype,
