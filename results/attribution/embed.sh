@@ -2,7 +2,7 @@
 # Issue 27, item 4: embed at FTRACE's level. The same corpus as example_loss.sh (P20, P27, P31, P39, train + dev:
 # 6,910 sentences; the base SmolLM2-135M-Instruct, never trained on them), embed from the embedding layer pooled two
 # ways: FTRACE's plain mean (the index indexes/attribution/loss-sentence made by example_loss.sh) and the idf pooling
-# (--embed-pooling idf: each token weighted by its inverse document frequency over a seeded sample of 4,096
+# (--embed-pooling idf, the default since: each token weighted by its inverse document frequency over a seeded sample of 4,096
 # sentences, the sample's mean token subtracted). The pooling was chosen on TRAIN-split facts (a numpy prototype
 # over full retrieval, then these benches); dev is reported. Run from the repository root after example_loss.sh.
 set -euo pipefail

@@ -11,7 +11,7 @@ REL=P20,P27,P31,P39
 for loss in sentence object; do
   IDX=indexes/attribution/loss-$loss
   $FT ingest --index "$IDX" --corpus ../shared/data/lama-trex --relation "$REL" --split train,dev \
-      --dtype bfloat16 --example-loss "$loss"
+      --dtype bfloat16 --example-loss "$loss" --embed-pooling mean  # the pooling of its day (embed.sh compares)
   for split in train dev; do
     $FT bench --index "$IDX" --mode rerank --split "$split" --queries 200 --seeds 3 \
         --methods bm25,embed,tracin,random-target --out "results/attribution/loss-$loss-$split-rerank" > /dev/null
