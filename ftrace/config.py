@@ -529,8 +529,8 @@ class TrainConfig(Strict):
     # pure bfloat16 weights round most AdamW updates of lr ~2e-4 away; autocast keeps float32 weights and updates
     autocast: Annotated[Literal["bfloat16"] | None,
                         cli("Mixed precision: forward and backward in this dtype (torch.autocast), the weights and "
-                            "the optimizer in float32 (--dtype float32: exact updates; on a CPU with AMX about 1.85x "
-                            "float32's speed).", "--autocast")] = None
+                            "the optimizer in float32 (--dtype float32: exact updates; faster than float32 on a CPU "
+                            "with AMX or a GPU).", "--autocast")] = None
     threads: Threads = None
 
     @field_validator("checkpoint_at")

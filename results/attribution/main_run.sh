@@ -3,7 +3,7 @@
 # and NOT YET RUN. The six pilot relations' whole train split (P131, P527, P37, P30, P136, P1303: 21,480 sentences,
 # 4,239 facts), continued training of the default model with the object loss (the pilot: a third of the facts right
 # within one epoch, flat after it; the whole-sentence loss a seventh in three), 1.5 epochs, mixed precision (float32
-# weights and AdamW, bfloat16 passes: 1.85x float32's step on an AMX CPU), checkpoints early (FTRACE's 6-19%) and
+# weights and AdamW, bfloat16 passes: about 1.85x float32's step on an AMX CPU, a rough figure taken beside other jobs), checkpoints early (FTRACE's 6-19%) and
 # late, the learning curve on 1,000 facts at each. Estimated on the day of the pilot (a host at 0.56x the fast day):
 # about 2 hours of training, then about 2 hours for the index (4 checkpoints' gradients). It will not fit one
 # session: RUNS should be a directory that outlives the work tree (e.g. ~/ftrace-runs), and the same command resumes
