@@ -265,10 +265,14 @@ def command_from_config(cls: type[C], recorded: bool = False) -> Callable[[Calla
 @command_from_config(IngestConfig, recorded=True)
 def ingest(config: IngestConfig) -> None:
     """Index a corpus: BM25 (Lucene) plus per-example model vectors (Qdrant)."""
-    from ftrace.corpus import load_corpus
+    from ftrace.model.corpus import load_selection
+    from ftrace.runs import read_run
 
-    sel = config.corpus  # read first: a bad corpus is refused in a second, before torch is even imported
-    corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
+    # read first: a bad corpus is refused in a second, before torch is even imported (unless a record is long enough
+    # to cut at the model's tokens); a training run's tokenizer is its base model's
+    model = config.model or (((read_run(config.tracin.train_dir) or {}).get("model") or {}).get("name")
+                             if config.tracin.train_dir else None)
+    corpus = load_selection(config.corpus, model, config.max_tokens)
     from ftrace.ingest.pipeline import ingest as run
     from ftrace.runrecord import RECORD, write_record
 

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 from conftest import LAMA, TREX, needs_shared
 
-from ftrace.corpus import CorpusError, load_corpus, load_jsonl, load_lama, load_trex, sentence_id
+from ftrace.corpus import CorpusError, load_corpus, load_lama, load_records, load_trex, sentence_id
 from ftrace.corpus.loaders import prompt_from_template
 
 
@@ -85,7 +85,7 @@ def test_sample_corpus_is_a_usable_benchmark(sample):
 def test_plain_jsonl_round_trip(tmp_path, sample):
     path = tmp_path / "c.jsonl"
     sample.write_jsonl(path)
-    again = load_jsonl(path)
+    again = load_records(path)
     assert again.fingerprint() == sample.fingerprint()
     assert [q.proponents for q in again.queries] == [q.proponents for q in sample.queries]
 
@@ -94,15 +94,15 @@ def test_plain_jsonl_ids_default_to_text_hash(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text('{"text": "Paris is the capital of France."}\n'
                     '{"prompt": "The capital of France is", "target": "Paris", "proponents": []}\n')
-    c = load_jsonl(path)
+    c = load_records(path)
     assert c.sentences[0].id == sentence_id("Paris is the capital of France.")
 
 
 @pytest.mark.parametrize("lines, expected", [
     (['{"text": "ok."}', '{"text": "broken'], r"c\.jsonl:2: not valid JSON"),
-    (['{"text": "ok."}', '', '{"txt": "typo"}'], r"c\.jsonl:3: a line needs either 'text'"),
+    (['{"text": "ok."}', '', '{"txt": "typo"}'], r"c\.jsonl:3: a record needs either 'text'"),
     (['{"id": "a", "text": "one."}', '{"id": "a", "text": "two."}'],
-     r"c\.jsonl:2: duplicate sentence id 'a' \(first on line 1\)"),
+     r"c\.jsonl:2: duplicate id 'a' \(first on line 1\)"),
     (['{"text": "one.", "facts": [["a", "b"]]}'], r"c\.jsonl:1: facts\.0"),
     (['{"text": "one."}', '{"prompt": "x", "target": "y", "proponents": ["nope"]}'],
      r"unknown proponent ids \['nope'\]"),
@@ -113,14 +113,14 @@ def test_plain_jsonl_errors_name_file_and_line(tmp_path, lines, expected):
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(CorpusError, match=expected):
-        load_jsonl(path)
+        load_records(path)
 
 
 def test_non_utf8_line_names_file_and_line(tmp_path):
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(b'{"text": "fine."}\n{"text": "caf\xe9"}\n')
     with pytest.raises(CorpusError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xe9\)"):
-        load_jsonl(path)
+        load_records(path)
 
 
 def test_missing_corpus_is_a_clear_error(tmp_path):

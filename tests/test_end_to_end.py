@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 from ftrace.cli import app
 from ftrace.config import IngestConfig
 from ftrace.features.embedding import EmbeddingFeaturizer
+from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import open_store
 from ftrace.ingest.pipeline import ingest
@@ -44,6 +46,9 @@ def test_info_shows_manifest_counts_and_size(sample_index, sample):
     assert info["complete"] and info["corpus"]["sentences"] == len(sample.sentences)
     assert status["points"] == status["bm25_documents"] == status["examples_expected"] == len(sample.sentences)
     assert status["bytes_on_disk"] > 100_000
+    if shutil.which("du"):  # allocated bytes, as du counts them (not the apparent sizes of sparse files)
+        du = subprocess.run(["du", "-s", "--block-size=1", str(sample_index)], capture_output=True, text=True)
+        assert status["bytes_on_disk"] == int(du.stdout.split()[0])
 
 
 def test_query_json_marks_proponents_and_fuses(sample_index, sample):
@@ -286,9 +291,20 @@ def test_long_prompts_keep_their_end_and_long_sentences_are_counted(tmp_path, ti
     batch = query_batch(lm.tokenizer, [filler + AVANZA, filler + "Mount Fuji is located in"], ["Toyota", "Japan"], 64)
     assert not torch.equal(batch.input_ids[0, :-3], batch.input_ids[1, :-3])  # the ends differ, not cut away
 
-    corpus = tmp_path / "long.jsonl"
+    # a record of documents is cut into passages the model sees whole; a sentence of T-REx is kept whole, and cut
+    records = tmp_path / "long.jsonl"
     lines = [json.dumps({"text": s.text}) for s in sample.sentences[:20]] + [json.dumps({"text": filler + "The end."})]
-    corpus.write_text("\n".join(lines) + "\n")
+    records.write_text("\n".join(lines) + "\n")
+    r = cli("ingest", "--index", tmp_path / "passages", "--corpus", records, "--model", tiny_model_dir, "--max-tokens",
+            "100", "--no-tracin")
+    assert r.exit_code == 0 and "truncated" not in r.output, r.output
+    assert len(IndexDir(tmp_path / "passages").corpus.sentences) > 21
+    text = " ".join(s.text for s in sample.sentences[:20]) + " " + filler + "The end."
+    starts = [0, *(i + 1 for i, c in enumerate(text) if c == " " and text[i - 1] == ".")]
+    corpus = tmp_path / "long.json"  # raw T-REx: one document, its sentences' boundaries
+    corpus.write_text(json.dumps([{"docid": "d", "text": text, "triples": [],
+                                   "sentences_boundaries": [[a, b] for a, b in zip(starts, [*starts[1:], len(text)],
+                                                                                   strict=True)]}]))
     index = tmp_path / "long"
     r = cli("ingest", "--index", index, "--corpus", corpus, "--model", tiny_model_dir, "--max-tokens", "100",
             "--no-tracin")

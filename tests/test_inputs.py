@@ -64,7 +64,7 @@ def corpora(tmp_path):
     return {"sample": "sample", "plain": str(plain), "trex": str(trex), "lama": str(lama)}
 
 
-KINDS = {"sample": "is the built-in plain jsonl corpus", "plain": "is a plain jsonl corpus",
+KINDS = {"sample": "is a corpus of records", "plain": "is a corpus of records",
          "trex": "is a raw T-REx file"}
 
 

@@ -1,73 +1,36 @@
-"""Corpus loaders: ftrace's plain jsonl, LAMA T-REx (jsonl per relation), raw T-REx documents.
+"""Corpus loaders: records (ftrace's plain format, in any of `files`' formats), LAMA T-REx (jsonl per relation), raw
+T-REx documents.
 
 Every loader returns a `Corpus` whose order depends only on its input and arguments, and every
-malformed input raises `CorpusError` naming the file and line.
+malformed input raises `CorpusError` naming the file and line (or row).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ftrace import FtraceError
 from ftrace.config import SPLITS
-from ftrace.corpus.records import Corpus, Query, Sentence, sentence_id
+from ftrace.corpus.files import CorpusError, is_records, json_error, read_jsonl, read_records
+from ftrace.corpus.passages import Passages
+from ftrace.corpus.records import Corpus, Query, Sentence, find_object, sentence_id
 
-
-class CorpusError(FtraceError):
-    pass
+# A record line of a jsonl corpus holds one sentence, document or query: a document may run to megabytes (a book), but
+# a line past this is a file that is not one record per line (a JSON array, a dump). The files ftrace writes itself
+# (an index's corpus.jsonl, whose query lines list every proponent: 5,000 for one LAMA fact) and LAMA lines, with
+# all their evidence, are not capped.
+MAX_RECORD_LINE = 32 * 2**20
 
 
 def _describe(err: ValidationError) -> str:
     e = err.errors()[0]
     where = ".".join(str(p) for p in e["loc"])
     return f"{where}: {e['msg']}" if where else e["msg"]
-
-
-def _json_error(e: json.JSONDecodeError) -> str:
-    """json's message with its position: its `msg` alone can end mid-sentence ("Invalid control character at")."""
-    return f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
-
-
-# A plain corpus line a user gives holds one sentence or query: 64 KiB is far more text than any model reads of
-# one (--max-tokens), so a longer line is a file that is not one record per line. The files ftrace writes itself
-# (an index's corpus.jsonl, whose query lines list every proponent: 5,000 for one LAMA fact) and LAMA lines, with
-# all their evidence, are not capped.
-MAX_SENTENCE_LINE = 65_536
-
-
-def read_jsonl(path: Path, max_line: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; a bad line (or one over `max_line` bytes) raises
-    CorpusError."""
-    try:
-        f = open(path, "rb")  # lines decoded one by one, so a bad byte is reported on its own line
-    except OSError as e:
-        raise CorpusError(f"{path}: cannot read corpus file ({e.strerror})") from None
-    with f:
-        n = 0
-        while raw := f.readline(-1 if max_line is None else max_line + 2):  # a huge line is never read whole
-            n += 1
-            if max_line is not None and len(raw.rstrip(b"\r\n")) > max_line:
-                raise CorpusError(f"{path}:{n}: line longer than {max_line:,} bytes; a corpus line holds one "
-                                  "sentence or query")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise CorpusError(f"{path}:{n}: not UTF-8 text (byte {e.object[e.start]:#04x})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line.rstrip("\r\n"))  # without its newline: an error at its end is on this line
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path}:{n}: {_json_error(e)}") from None
-            if not isinstance(obj, dict):
-                raise CorpusError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            yield n, obj
 
 
 def _parse(model: type[BaseModel], obj: Any, where: str) -> Any:
@@ -77,47 +40,91 @@ def _parse(model: type[BaseModel], obj: Any, where: str) -> Any:
         raise CorpusError(f"{where}: {_describe(e)}") from None
 
 
-# --- plain jsonl -----------------------------------------------------------------------------
+# --- records -------------------------------------------------------------------------------
 
 class _PlainSentence(BaseModel):
     id: str | None = None
     text: str
     facts: list[tuple[str, str, str]] = []
+    # where a passage lies in its document (an index's own corpus.jsonl, written after cutting)
+    document: str | None = None
+    span: tuple[int, int] | None = None
+    passage: int | None = None
 
 
-def load_jsonl(path: Path, source: str | None = None, max_line: int | None = MAX_SENTENCE_LINE) -> Corpus:
-    """ftrace's own format: sentence lines {"text", "id"?, "facts"?} and query lines
-    {"prompt", "target", "id"?, "fact"?, "proponents"?}. See docs in the README. `max_line`: the longest line
-    accepted (None for the files ftrace wrote itself)."""
+def load_records(path: Path, source: str | None = None, max_line: int | None = MAX_RECORD_LINE,
+                 text_field: str = "text", id_field: str = "id", passages: Passages | None = None) -> Corpus:
+    """ftrace's own format, in any file `files.read_records` reads: text records {TEXT_FIELD, ID_FIELD?, "facts"?}
+    (sentences or documents) and query records {"prompt", "target", "id"?, "fact"?, "proponents"?}; see
+    docs/index-format.md. With `passages`, a record longer than a passage is cut into passages (id "DOC#K", the
+    document's facts whose object they state); a query's proponent naming a cut document means its passages stating
+    the query's fact (all of them when none does). `max_line`: the longest jsonl line accepted (None for the files
+    ftrace wrote itself)."""
     sentences: list[Sentence] = []
     queries: list[Query] = []
-    seen: dict[str, int] = {}
-    for n, obj in read_jsonl(path, max_line):
-        where = f"{path}:{n}"
+    seen: dict[str, str] = {}
+    cut: dict[str, list[Sentence]] = {}  # document id -> its passages
+    for where, obj in read_records(path, max_line):
         if "prompt" in obj:
-            obj.setdefault("id", f"q{n}")
+            obj.setdefault("id", f"q{where.rsplit(':', 1)[-1].removeprefix(' row ')}")
             q = _parse(Query, obj, where)
             if not q.prompt.strip() or not q.target.strip():
                 raise CorpusError(f"{where}: query prompt and target must not be empty")
             queries.append(q)
-        elif "text" in obj:
-            raw = _parse(_PlainSentence, obj, where)
+        elif text_field in obj:
+            record = _text_record(obj, text_field, id_field, where)
+            raw = _parse(_PlainSentence, record, where)
             if not raw.text.strip():
-                raise CorpusError(f"{where}: sentence text is empty")
+                raise CorpusError(f"{where}: text is empty")
             sid = raw.id or sentence_id(raw.text)
-            if sid in seen:
-                raise CorpusError(f"{where}: duplicate sentence id {sid!r} (first on line {seen[sid]})")
-            seen[sid] = n
-            sentences.append(Sentence(id=sid, text=raw.text, facts=raw.facts))
+            spans = passages.spans(raw.text) if passages and raw.document is None else [(0, len(raw.text))]
+            pieces = [Sentence(id=sid, text=raw.text, facts=raw.facts, document=raw.document, span=raw.span,
+                               passage=raw.passage)] if len(spans) == 1 else [
+                Sentence(id=f"{sid}#{k}", text=raw.text[a:b], document=sid, span=(a, b), passage=k,
+                         facts=[f for f in raw.facts if find_object(raw.text[a:b], f[2])])
+                for k, (a, b) in enumerate(spans)]
+            for s in pieces:
+                if s.id in seen:
+                    file, _, first = seen[s.id].rpartition(":")
+                    at = f"on line {first}" if where.startswith(f"{file}:") else f"at {seen[s.id]}"
+                    raise CorpusError(f"{where}: duplicate id {s.id!r} (first {at})")
+                seen[s.id] = where
+            if len(pieces) > 1:
+                cut[sid] = pieces
+            sentences += pieces
         else:
-            raise CorpusError(f"{where}: a line needs either 'text' (a sentence) or 'prompt' (a query)")
+            raise CorpusError(f"{where}: a record needs either {text_field!r} (a text: --text-field) or 'prompt' "
+                              "(a query)")
     if not sentences:
-        raise CorpusError(f"{path}: no sentence lines")
+        raise CorpusError(f"{path}: no text records")
     for q in queries:
+        q.proponents = [p for d in q.proponents for p in _passages_of(d, q, cut)]
         missing = [p for p in q.proponents if p not in seen]
         if missing:
             raise CorpusError(f"{path}: query {q.id!r} names unknown proponent ids {missing[:3]}")
-    return Corpus(source=source or str(path), sentences=sentences, queries=queries).link_proponents()
+    described = f" ({passages.describe()})" if passages and cut else ""
+    return Corpus(source=(source or str(path)) + described, sentences=sentences, queries=queries).link_proponents()
+
+
+def _text_record(obj: dict[str, Any], text_field: str, id_field: str, where: str) -> dict[str, Any]:
+    """A text record under the names `_PlainSentence` reads: its text and id fields (an integer id becomes text)."""
+    rid = obj.get(id_field)
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        rid = str(rid)
+    elif rid is not None and not isinstance(rid, str):
+        raise CorpusError(f"{where}: {id_field}: an id must be a string or an integer, got {type(rid).__name__}")
+    if not isinstance(obj[text_field], str):
+        raise CorpusError(f"{where}: {text_field}: text must be a string, got {type(obj[text_field]).__name__}")
+    return {**obj, "text": obj[text_field], "id": rid}
+
+
+def _passages_of(doc: str, q: Query, cut: dict[str, list[Sentence]]) -> list[str]:
+    """A proponent id as the index knows it: itself, or the passages of a cut document (those stating the query's
+    fact, else all)."""
+    if doc not in cut:
+        return [doc]
+    stating = [s.id for s in cut[doc] if q.fact and tuple(q.fact) in s.facts]
+    return stating or [s.id for s in cut[doc]]
 
 
 def sample_path() -> Path:
@@ -125,7 +132,7 @@ def sample_path() -> Path:
 
 
 def load_sample() -> Corpus:
-    return load_jsonl(sample_path(), source="sample")
+    return load_records(sample_path(), source="sample")
 
 
 # --- LAMA T-REx ------------------------------------------------------------------------------
@@ -228,7 +235,7 @@ def load_trex(path: Path, templates: dict[str, str] | None = None) -> Corpus:
     except OSError as e:
         raise CorpusError(f"{path}: cannot read T-REx file ({e.strerror})") from None
     except json.JSONDecodeError as e:
-        raise CorpusError(f"{path}:{e.lineno}: {_json_error(e)}") from None
+        raise CorpusError(f"{path}:{e.lineno}: {json_error(e)}") from None
     if not isinstance(docs, list):
         raise CorpusError(f"{path}: expected a JSON list of T-REx documents")
     sentences: list[Sentence] = []
@@ -269,26 +276,37 @@ def load_corpus(
     relations: Sequence[str] | None = None,
     splits: Sequence[str] = SPLITS,
     limit: int | None = None,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    passages: Passages | None = None,
 ) -> Corpus:
-    """'sample', a plain .jsonl file, a LAMA T-REx directory, or a raw T-REx .json file. `relations`, `splits`
-    (other than all three) and `limit` select LAMA facts: with any other corpus they are refused, not ignored."""
-    if spec == "sample":
-        _lama_only(spec, "the built-in plain jsonl corpus", relations, splits, limit)
-        return load_sample()
+    """'sample', records (a .jsonl, .jsonl.gz, .jsonl.zst or .parquet file, a `datasets` directory, or a directory of
+    such files), a LAMA T-REx directory, or a raw T-REx .json file. `relations`, `splits` (other than all three) and
+    `limit` select LAMA facts, `text_field` and `id_field` name a record's fields: with a corpus of the other kind
+    they are refused, not ignored. `passages` cuts records longer than a passage; LAMA and T-REx sentences are kept
+    whole, one example each, as FTRACE does."""
     path = Path(spec)
+    if spec != "sample" and not path.exists():
+        raise CorpusError(f"{path}: corpus not found (give 'sample', a .jsonl[.gz|.zst] or .parquet file, a datasets "
+                          "or shards directory, a LAMA T-REx directory or a T-REx .json file)")
+    if spec == "sample" or is_records(path):
+        _lama_only(spec, "a corpus of records", relations, splits, limit)
+        return load_records(sample_path() if spec == "sample" else path, "sample" if spec == "sample" else None,
+                            text_field=text_field, id_field=id_field, passages=passages)
+    fields = [f"{option} {value}" for option, value, default in (("--text-field", text_field, "text"),
+                                                                  ("--id-field", id_field, "id")) if value != default]
+    if fields:
+        raise CorpusError(f"{fields[0]}: the corpus {spec!r} is LAMA T-REx data, whose fields are fixed; --text-field "
+                          "and --id-field name the fields of a corpus of records")
     if path.is_dir():
-        if not (path / "relations.jsonl").exists():
-            raise CorpusError(f"{path}: a corpus directory must be in the LAMA T-REx layout (relations.jsonl missing)")
         return load_lama(path, relations, splits, limit)
-    if not path.exists():
-        raise CorpusError(f"{path}: corpus not found (give 'sample', a .jsonl file, a LAMA T-REx directory or a "
-                          "T-REx .json file)")
-    if path.suffix == ".json":
-        _lama_only(spec, "a raw T-REx file", relations, splits, limit)
-        rel_file = path.parent.parent / "lama-trex" / "relations.jsonl"
-        return load_trex(path, load_templates(rel_file) if rel_file.exists() else None)
-    _lama_only(spec, "a plain jsonl corpus", relations, splits, limit)
-    return load_jsonl(path)
+    if path.suffix != ".json":
+        raise CorpusError(f"{path}: not a corpus file (.jsonl, .jsonl.gz, .jsonl.zst, .parquet, or a raw T-REx "
+                          ".json)")
+    _lama_only(spec, "a raw T-REx file", relations, splits, limit)
+    rel_file = path.parent.parent / "lama-trex" / "relations.jsonl"
+    return load_trex(path, load_templates(rel_file) if rel_file.exists() else None)
 
 
 def _lama_only(spec: str, kind: str, relations: Sequence[str] | None, splits: Sequence[str],

@@ -53,9 +53,15 @@ def fact_key(triple: Iterable[str]) -> str:
 
 
 class Sentence(BaseModel):
+    """A training example's text: a sentence, a short record, or a passage of a longer document (with the document's
+    id, the passage's character span [start, end) in it, and its number from 0)."""
+
     id: str
     text: str
     facts: list[Triple] = Field(default_factory=list)
+    document: str | None = None
+    span: tuple[int, int] | None = None
+    passage: int | None = None
 
 
 class Query(BaseModel):
@@ -121,9 +127,9 @@ class Corpus(BaseModel):
         return self
 
     def write_jsonl(self, path: Path) -> None:
-        """Write in the plain jsonl format (readable back with `load_jsonl`)."""
+        """Write in the plain jsonl format (readable back with `load_records`)."""
         with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for s in self.sentences:
-                f.write(json.dumps(s.model_dump(), ensure_ascii=False) + "\n")
+                f.write(json.dumps(s.model_dump(exclude_none=True), ensure_ascii=False) + "\n")
             for q in self.queries:
                 f.write(json.dumps(q.model_dump(exclude_none=True), ensure_ascii=False) + "\n")

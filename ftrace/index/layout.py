@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ftrace import FtraceError
-from ftrace.corpus import Corpus, load_jsonl
+from ftrace.corpus import Corpus, load_records
 from ftrace.index.lexical import LuceneBM25
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import VectorStore, open_store
@@ -53,7 +53,7 @@ class IndexDir:
     @cached_property
     def corpus(self) -> Corpus:
         # written by ingest itself: a query line lists all its proponents, however many (no line cap)
-        return load_jsonl(self.corpus_file, source=self.manifest.corpus.source, max_line=None)
+        return load_records(self.corpus_file, source=self.manifest.corpus.source, max_line=None)
 
     def open_store(self, manifest: Manifest | None = None) -> VectorStore:
         s = (manifest or self.manifest).store
@@ -96,6 +96,8 @@ class IndexDir:
                                           if (d.path / "manifest.json").exists() else "starting")
                              for (i, n), d in shards.items()}
         train = self.path / "train"  # `ftrace train --index`'s checkpoints are not part of the index
-        out["bytes_on_disk"] = sum(p.stat().st_size for p in self.path.rglob("*")
-                                   if p.is_file() and train not in p.parents)
+        # allocated, as `du -s` counts (files and directories): Qdrant preallocates sparse files far larger than
+        # what they hold
+        out["bytes_on_disk"] = sum(p.lstat().st_blocks * 512 for p in [self.path, *self.path.rglob("*")]
+                                   if p != train and train not in p.parents)
         return out

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ftrace import FtraceError
 from ftrace.config import SQUARE_FROM, IngestConfig
-from ftrace.corpus import Corpus, Example, load_corpus
+from ftrace.corpus import Corpus, Example
 from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoints
 from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer, example_loss_batch
@@ -27,6 +27,7 @@ from ftrace.index.vectors import VectorStore
 from ftrace.ingest import shards
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch, budget_batches, token_lengths
+from ftrace.model.corpus import load_selection
 from ftrace.plumbing import describe_differences, log, release_freed_memory
 from ftrace.runs import TracedRun, traced_run
 
@@ -122,10 +123,9 @@ def _prepare(index: IndexDir, planned: Manifest, fresh: bool = True) -> Manifest
 
 def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
     """Build or resume the index `c` describes; `corpus`: its corpus selection, when already loaded."""
-    sel = c.corpus
-    if corpus is None:
-        corpus = load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit)
     run = traced_run(c.tracin.train_dir, c.tracin.select) if c.tracin.train_dir else None
+    if corpus is None:
+        corpus = load_selection(c.corpus, c.model or (run.base if run else None), c.max_tokens)
     if run and c.model not in (None, str(run.final), run.base):
         raise FtraceError(f"--model {c.model}: with --train-run the model is the run's final checkpoint "
                           f"({run.final}); leave --model out")

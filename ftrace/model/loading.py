@@ -102,8 +102,7 @@ def load_model(name: str | None = None, device: str | torch.device = "cpu",
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     name = name or DEFAULT_MODEL
-    source = _default_model_dir() if name == DEFAULT_MODEL else name
-    hub = _hub_options(name) if name != DEFAULT_MODEL else {}
+    source, hub = _source(name)
     target = device if isinstance(device, torch.device) else resolve_device(device)
     weights = dtype if isinstance(dtype, torch.dtype) else DTYPES[dtype]
     # On the CPU in bfloat16 or float16, plain ("eager") attention: PyTorch's fused CPU attention backward is
@@ -128,6 +127,24 @@ def load_model(name: str | None = None, device: str | torch.device = "cpu",
         # in place (transformers' typing of .to is narrower than nn.Module's)
         cast(Any, model).to(device=target, dtype=weights)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, fingerprint=fingerprint)
+
+
+def _source(name: str) -> tuple[str | Path, dict[str, Any]]:
+    """Where from_pretrained finds `name`, and its hub options."""
+    return (_default_model_dir(), {}) if name == DEFAULT_MODEL else (name, _hub_options(name))
+
+
+def load_tokenizer(name: str | None = None) -> Any:
+    """The tokenizer of the model `load_model(name)` loads, alone (in about a second)."""
+    from transformers import AutoTokenizer
+
+    name = name or DEFAULT_MODEL
+    source, hub = _source(name)
+    try:
+        return AutoTokenizer.from_pretrained(source, **hub)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"--model {name!r}: cannot load its tokenizer ({first})") from None
 
 
 HUB_TIMEOUT_S = 5.0

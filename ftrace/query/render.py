@@ -21,13 +21,15 @@ def render(result: QueryResult) -> str:
     methods = list(result.rows[0].scores) if result.rows else []
     head = (f"{'rank':>4}  {'score':>7}  " + "".join(f"{m:>8}  " for m in methods)
             + ("P  " if result.ground_truth else ""))
-    lines += ["", head + "sentence"]
+    lines += ["", head + ("text ([document start-end] for a passage)" if any(r.document for r in result.rows)
+                          else "sentence")]
     indent = len(head)
     for row in result.rows:
         cells = f"{row.rank:>4}  {row.score:>7.3f}  " + "".join(f"{_score(row.scores[m]):>8}  " for m in methods)
         if result.ground_truth:
             cells += ("*  " if row.proponent else "   ")
-        text = textwrap.shorten(row.text, max(40, width - indent), placeholder=" ...")
+        where = f"[{row.document} {row.span[0]}-{row.span[1]}] " if row.document and row.span else ""
+        text = textwrap.shorten(where + row.text, max(40, width - indent), placeholder=" ...")
         lines.append(cells + text)
     if result.ground_truth:
         lines += ["", "P: * marks a known proponent (a sentence stating the queried fact)"]

@@ -13,6 +13,12 @@ class Row(BaseModel):
     score: float
     scores: dict[str, float | None]  # per method; None: outside that method's candidates (--depth)
     proponent: bool | None = None
+    # a passage of a longer document: the document's id, the passage's character span in it, and the document's text
+    # just before and after it (from its neighbouring passages)
+    document: str | None = None
+    span: tuple[int, int] | None = None
+    before: str | None = None
+    after: str | None = None
 
 
 class GroundTruth(BaseModel):

@@ -23,6 +23,7 @@ import numpy as np
 from ftrace import FtraceError
 from ftrace.config import TraceOptions
 from ftrace.corpus import Query, lookup_key
+from ftrace.corpus.passages import around
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
@@ -210,6 +211,14 @@ class Tracer:
             out.setdefault(lookup_key(q.prompt), []).append(q)
         return out
 
+    def provenance(self, sentence_id: str) -> dict[str, Any]:
+        """Where a passage lies in its document, with the text around it (nothing for a sentence or short record)."""
+        s = self.sentences[sentence_id]
+        if s.document is None:
+            return {}
+        before, after = around(s, self.sentences)
+        return {"document": s.document, "span": s.span, "before": before, "after": after}
+
     def same_prompt(self, prompt: str) -> list[Query]:
         return list(self._queries_by_prompt.get(lookup_key(prompt), []))
 
@@ -260,7 +269,7 @@ class Tracer:
         props = set(truth.proponents) if truth else None
         rows = [Row(rank=r, sentence_id=s, text=self.sentences[s].text, score=sc,
                     scores={p: per_method[p].get(s) for p in per_method},
-                    proponent=(s in props) if props is not None else None)
+                    proponent=(s in props) if props is not None else None, **self.provenance(s))
                 for r, (s, sc) in enumerate(ranking(scores)[:k], 1)]
         known = sorted({q.target for q in same}) if truth is None else []
         notes = [f"the corpus knows this prompt with target(s) {known[:3]}, not {target!r}"] if known else []

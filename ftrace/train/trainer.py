@@ -30,8 +30,9 @@ import torch
 from tqdm import tqdm
 
 from ftrace.config import DEFAULT_MODEL, TrainConfig
-from ftrace.corpus import Corpus, Example, Query, load_corpus
+from ftrace.corpus import Corpus, Example, Query
 from ftrace.index.manifest import versions
+from ftrace.model.corpus import load_selection
 from ftrace.model.loading import DTYPES, LoadedModel, load_model, resolve_device
 from ftrace.model.objective import accumulate_gradient, loss_batch
 from ftrace.plumbing import log
@@ -101,8 +102,7 @@ def train_command(config: TrainConfig) -> TrainRun:
         return train(config, index.corpus, config.out or index.path / "train")
     if config.corpus is None or config.out is None:
         raise TrainError("give --index INDEX, or --corpus CORPUS with --out DIR")
-    sel = config.corpus
-    return train(config, load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit), config.out)
+    return train(config, load_selection(config.corpus, config.model, config.max_tokens), config.out)
 
 
 def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:

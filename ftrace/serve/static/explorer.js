@@ -42,6 +42,15 @@ function range(rows, get) {
   return [Math.min(0, ...values), Math.max(...values)]; // bars start at 0 unless a score is negative
 }
 
+// A sentence as it is; a passage of a longer document under its document id and character span, its text a summary
+// that opens onto the document's text around it, the passage highlighted.
+function textCell(r) {
+  if (!r.document) return [r.text];
+  return [el("div", { class: "where mute" }, `${r.document} · characters ${r.span[0]}–${r.span[1]}`),
+    el("details", {}, el("summary", {}, r.text),
+      el("div", { class: "context" }, r.before ? `…${r.before}` : "", el("mark", {}, r.text), r.after ? `${r.after}…` : ""))];
+}
+
 function render(result, timing) {
   const methods = result.rows.length ? Object.keys(result.rows[0].scores) : [];
   const truth = result.ground_truth;
@@ -55,7 +64,8 @@ function render(result, timing) {
   if (result.note) summary.append(el("div", { class: "mute", id: "note" }, `note: ${result.note}`));
 
   const fused = methods.length > 1;
-  const head = [el("th", {}, "#"), el("th", {}, "sentence"), ...(fused ? [el("th", {}, "fused")] : []),
+  const passages = result.rows.some((r) => r.document);
+  const head = [el("th", {}, "#"), el("th", {}, passages ? "passage" : "sentence"), ...(fused ? [el("th", {}, "fused")] : []),
     ...methods.map((m) => el("th", {}, m)), el("th", { title: "known proponent" }, "P")];
   $("head").replaceChildren(...head);
   const scale = Object.fromEntries(methods.map((m) => [m, range(result.rows, (r) => r.scores[m])]));
@@ -63,7 +73,7 @@ function render(result, timing) {
   $("rows").replaceChildren(...result.rows.map((r) => el("tr",
     { "data-sentence-id": r.sentence_id, class: r.proponent ? "proponent" : "" },
     el("td", { class: "rank" }, String(r.rank)),
-    el("td", { class: "text" }, r.text),
+    el("td", { class: "text" }, ...textCell(r)),
     ...(fused ? [el("td", { class: "score" }, bar("fused", r.score, ...fusedScale))] : []),
     ...methods.map((m) => el("td", { class: "score" }, bar(m, r.scores[m], ...scale[m]))),
     el("td", { class: "mark" }, r.proponent ? el("span", { class: "proponent-mark", title: "known proponent" }, "★") : ""))));

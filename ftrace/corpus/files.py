@@ -1,0 +1,160 @@
+"""The files a corpus of records comes in: jsonl (plain, .gz or .zst), parquet, a Hugging Face `datasets` directory
+(`save_to_disk`), or a directory of such files (shards, read in name order).
+
+`read_records` yields (where, record) one record at a time, `where` naming the file and its line (jsonl, from 1) or
+row (parquet and datasets, from 0: what `table[i]` and `dataset[i]` take), so that a bad record is reported there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any
+
+from ftrace import FtraceError
+
+
+class CorpusError(FtraceError):
+    pass
+
+
+JSONL = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+PARQUET = ".parquet"
+DATASETS_STATE = "state.json"  # what `datasets.Dataset.save_to_disk` writes beside its .arrow files
+ROWS_PER_BATCH = 1024  # parquet and arrow rows read at a time: memory bounded by a batch, not the file
+
+
+def is_records(path: Path) -> bool:
+    """Whether `path` is a file or directory of records (as opposed to a LAMA directory or a raw T-REx file)."""
+    if path.is_dir():
+        return not (path / "relations.jsonl").exists()
+    return path.name.endswith((*JSONL, PARQUET))
+
+
+def record_files(path: Path) -> list[Path]:
+    """The files to read, in order: `path` itself, a `datasets` directory's arrow files, or a directory's record
+    files (not recursive)."""
+    if not path.is_dir():
+        return [path]
+    if (path / "dataset_dict.json").exists():
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise CorpusError(f"{path}: a datasets DatasetDict; give one split's directory ({', '.join(splits)})")
+    if (path / DATASETS_STATE).exists():
+        return [path / f["filename"] for f in _datasets_files(path)]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith((*JSONL, PARQUET)))
+    if not files:
+        raise CorpusError(f"{path}: no corpus files in this directory (.jsonl, .jsonl.gz, .jsonl.zst or .parquet), "
+                          "and it is neither a datasets directory (state.json) nor a LAMA T-REx one (relations.jsonl)")
+    return files
+
+
+def _datasets_files(path: Path) -> list[dict[str, Any]]:
+    try:
+        state = json.loads((path / DATASETS_STATE).read_text(encoding="utf-8"))
+        return list(state["_data_files"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorpusError(f"{path / DATASETS_STATE}: not a datasets state file ({type(e).__name__}: {e})") from None
+
+
+def read_records(path: Path, max_line: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every record of the file or directory `path`, with where it is. `max_line`: the longest jsonl line accepted
+    (a longer one is an error, and is never read whole)."""
+    row = 0  # a datasets directory's rows are numbered across its files, as `dataset[i]` does
+    datasets = path.is_dir() and (path / DATASETS_STATE).exists()
+    for f in record_files(path):
+        if f.name.endswith(JSONL):
+            for n, obj in read_jsonl(f, max_line):
+                yield f"{f}:{n}", obj
+        elif f.name.endswith(PARQUET) or datasets:
+            for i, obj in enumerate(_read_arrow(f, datasets)):
+                yield (f"{path}: row {row}" if datasets else f"{f}: row {i}"), obj
+                row += 1
+        else:
+            raise CorpusError(f"{f}: not a corpus file (.jsonl, .jsonl.gz, .jsonl.zst or .parquet)")
+
+
+def _decompress_errors(path: Path) -> tuple[type[BaseException], ...]:
+    """What reading a (compressed) jsonl file raises on corrupt data: gzip's BadGzipFile is an OSError, a truncated
+    stream an EOFError; zstandard's ZstdError is its own."""
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        return OSError, EOFError, zstandard.ZstdError
+    return OSError, EOFError, zlib.error
+
+
+def _open_jsonl(path: Path, stack: ExitStack) -> io.BufferedIOBase | IO[bytes]:
+    raw = stack.enter_context(open(path, "rb"))
+    if path.name.endswith(".gz"):
+        return stack.enter_context(gzip.open(raw))
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        return stack.enter_context(io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)))
+    return raw
+
+
+def read_jsonl(path: Path, max_line: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line of a jsonl file (plain, .gz or .zst); a bad line (or one
+    over `max_line` bytes) raises CorpusError."""
+    with ExitStack() as stack:
+        try:
+            f = _open_jsonl(path, stack)  # lines decoded one by one, so a bad byte is reported on its own line
+        except OSError as e:
+            raise CorpusError(f"{path}: cannot read corpus file ({e.strerror})") from None
+        errors, n = _decompress_errors(path), 0
+        while True:
+            try:
+                raw = f.readline(-1 if max_line is None else max_line + 2)  # a huge line is never read whole
+            except errors as e:
+                raise CorpusError(f"{path}:{n + 1}: cannot decompress ({type(e).__name__}: {e})") from None
+            if not raw:
+                break
+            n += 1
+            if max_line is not None and len(raw.rstrip(b"\r\n")) > max_line:
+                raise CorpusError(f"{path}:{n}: line longer than {max_line:,} bytes; a corpus line holds one "
+                                  "record")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                hint = "; a compressed file needs its .gz or .zst suffix" if n == 1 and raw[:2] in (
+                    b"\x1f\x8b", b"\x28\xb5") else ""
+                raise CorpusError(f"{path}:{n}: not UTF-8 text (byte {e.object[e.start]:#04x}){hint}") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line.rstrip("\r\n"))  # without its newline: an error at its end is on this line
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{path}:{n}: {json_error(e)}") from None
+            if not isinstance(obj, dict):
+                raise CorpusError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            yield n, obj
+
+
+def _read_arrow(path: Path, stream: bool) -> Iterator[dict[str, Any]]:
+    """The rows of a parquet file, or of an Arrow IPC stream (a `datasets` shard), a batch at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if stream:
+            with pa.memory_map(str(path)) as source:
+                reader = pa.ipc.open_stream(source)
+                for batch in reader:
+                    yield from batch.to_pylist()
+        else:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=ROWS_PER_BATCH):
+                yield from batch.to_pylist()
+    except (OSError, pa.ArrowException) as e:
+        raise CorpusError(f"{path}: cannot read {'Arrow' if stream else 'parquet'} file "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def json_error(e: json.JSONDecodeError) -> str:
+    """json's message with its position: its `msg` alone can end mid-sentence ("Invalid control character at")."""
+    return f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"

@@ -1,0 +1,84 @@
+"""Cutting long documents into passages: windows of a model's tokens, `size` long, starting every `stride` tokens,
+so that consecutive passages overlap by size - stride tokens and every span of that many tokens lies whole inside
+one passage. The last window ends at the document's end. The defaults (ftrace.config.PASSAGE_TOKENS,
+PASSAGE_OVERLAP) are justified where they are declared.
+
+The corpus layer knows no model: the caller gives `offsets`, a text's token character spans (a fast tokenizer's
+offset mapping, `ftrace.model.corpus`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ftrace.corpus.records import Sentence
+
+Offsets = Callable[[str], list[tuple[int, int]]]
+
+
+def token_windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """Token windows [a, b) over n tokens: a = 0, stride, 2 stride, ..., the last one reaching n."""
+    out = []
+    start = 0
+    while True:
+        out.append((start, min(start + size, n)))
+        if start + size >= n:
+            return out
+        start += stride
+
+
+@dataclass(frozen=True)
+class Passages:
+    """How long records are cut: windows of `size` tokens every `stride` (see the module docstring)."""
+
+    size: int
+    stride: int
+    offsets: Offsets
+
+    def describe(self) -> str:
+        return f"passages of {self.size} tokens every {self.stride}"
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans [start, end) of the passages of `text`: one (the whole text) for a text of at most `size`
+        tokens. A window is trimmed of surrounding whitespace, and shortened at its end while its text, tokenised
+        alone, runs over `size` (a word cut from the space before it can take one more token)."""
+        if len(text) <= self.size:  # a token covers at least one character: no need to tokenise
+            return [(0, len(text))]
+        offs = self.offsets(text)
+        if len(offs) <= self.size:
+            return [(0, len(text))]
+        out = []
+        for a, b in token_windows(len(offs), self.size, self.stride):
+            while True:
+                start, end = _trimmed(text, offs[a][0], offs[b - 1][1])
+                over = len(self.offsets(text[start:end])) - self.size
+                if over <= 0 or b - a <= over:
+                    break
+                b -= over
+            out.append((start, end))
+        return out
+
+
+def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def around(passage: Sentence, by_id: dict[str, Sentence], chars: int = 300) -> tuple[str, str]:
+    """Up to `chars` characters of the document before and after a passage, from its neighbours (consecutive passages
+    overlap, so they hold the text around it; without overlap the whitespace between them is shown as one space)."""
+    if passage.document is None or passage.span is None or passage.passage is None:
+        return "", ""
+    a, b = passage.span
+    before = after = ""
+    prev = by_id.get(f"{passage.document}#{passage.passage - 1}")
+    if prev is not None and prev.span is not None:
+        before = prev.text[:max(0, a - prev.span[0])] if prev.span[1] >= a else prev.text + " "
+    nxt = by_id.get(f"{passage.document}#{passage.passage + 1}")
+    if nxt is not None and nxt.span is not None:
+        after = nxt.text[max(0, b - nxt.span[0]):] if nxt.span[0] <= b else " " + nxt.text
+    return before[-chars:], after[:chars]

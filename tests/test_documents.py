@@ -1,0 +1,246 @@
+"""Corpora of documents: the record formats users hold (jsonl, .gz, .zst, parquet, a datasets directory, a directory
+of shards), documents cut into passages at the model's tokens, and an index of passages that says where a hit lies."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from typer.testing import CliRunner
+
+from ftrace.cli import app
+from ftrace.corpus import CorpusError, Passages, load_corpus
+from ftrace.corpus.passages import around, token_windows
+from ftrace.index.layout import IndexDir
+from ftrace.model.corpus import _offsets
+
+RECORDS = [{"doc_id": "d1", "content": "Spanish is the official language of Spain."},
+           {"doc_id": 7, "content": "Apple developed macOS."},
+           {"doc_id": "d3", "content": "Toyota builds the Avanza in Indonesia."}]
+
+
+def write_jsonl(path, records, opener=open):
+    with opener(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    return path
+
+
+def write_zst(path, records):
+    path.write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in records).encode()))
+    return path
+
+
+def write_datasets(path, records):
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_list(records).save_to_disk(str(path))
+    return path
+
+
+def write_parquet(path, records):
+    pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
+FORMATS = {
+    "jsonl": lambda d, r: write_jsonl(d / "c.jsonl", r),
+    "jsonl.gz": lambda d, r: write_jsonl(d / "c.jsonl.gz", r, gzip.open),
+    "jsonl.zst": lambda d, r: write_zst(d / "c.jsonl.zst", r),
+    "parquet": lambda d, r: write_parquet(d / "c.parquet", r),
+    "datasets": lambda d, r: write_datasets(d / "saved", r),
+    "shards": lambda d, r: (write_jsonl(d / "part-0.jsonl.gz", r[:1], gzip.open), write_parquet(d / "part-1.parquet",
+                                                                                                   r[1:]), d)[-1],
+}
+
+
+def load(path, **kw):
+    return load_corpus(str(path), text_field="content", id_field="doc_id", **kw)
+
+
+@pytest.mark.parametrize("kind", sorted(FORMATS))
+def test_every_format_reads_the_same_records(tmp_path, kind):
+    # a record's id as text (an integer id included), its text from --text-field
+    # a column holds one type: in parquet and datasets every id is text, in jsonl one is an integer
+    records = RECORDS if kind.startswith("jsonl") else [{**r, "doc_id": str(r["doc_id"])} for r in RECORDS]
+    c = load(FORMATS[kind](tmp_path, records))
+    assert [(s.id, s.text) for s in c.sentences] == [("d1", RECORDS[0]["content"]), ("7", RECORDS[1]["content"]),
+                                                      ("d3", RECORDS[2]["content"])]
+
+
+BAD = {  # kind -> (records, where, message): the second record is bad in each
+    "jsonl": ([RECORDS[0], {"doc_id": "x", "text": "the wrong field"}], "c.jsonl:2",
+              "a record needs either 'content' (a text: --text-field) or 'prompt' (a query)"),
+    "jsonl.gz": ([RECORDS[0], {"doc_id": "x", "content": ""}], "c.jsonl.gz:2", "text is empty"),
+    "jsonl.zst": ([RECORDS[0], {"doc_id": ["x"], "content": "a list id"}], "c.jsonl.zst:2",
+                  "doc_id: an id must be a string or an integer, got list"),
+    "parquet": ([RECORDS[0], {"doc_id": "x", "content": None}], "c.parquet: row 1",
+                "content: text must be a string, got NoneType"),
+    "datasets": ([RECORDS[0], {"doc_id": "d1", "content": "a second d1"}], "saved: row 1",
+                 "duplicate id 'd1'"),
+    "shards": ([RECORDS[0], {"doc_id": "x", "content": " "}], "part-1.parquet: row 0", "text is empty"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_a_bad_record_names_its_file_and_line_or_row(tmp_path, kind):
+    records, where, message = BAD[kind]
+    path = FORMATS[kind](tmp_path, records)
+    with pytest.raises(CorpusError) as e:
+        load(path)
+    line = str(e.value)
+    assert "\n" not in line and where in line and message in line, line
+
+
+def test_broken_and_unnamed_compressed_files_are_named(tmp_path):
+    whole = write_jsonl(tmp_path / "c.jsonl.gz", RECORDS * 50, gzip.open).read_bytes()
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(CorpusError, match=r"cut\.jsonl\.gz:\d+: cannot decompress"):
+        load(tmp_path / "cut.jsonl.gz")
+    (tmp_path / "plain.jsonl").write_bytes(whole)  # gzip data under a plain name: the message says what to do
+    with pytest.raises(CorpusError, match=r"plain\.jsonl:1: not UTF-8 text \(byte 0x8b\); a compressed file needs"):
+        load(tmp_path / "plain.jsonl")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match=r"empty: no corpus files in this directory"):
+        load(tmp_path / "empty")
+    with pytest.raises(CorpusError, match=r"--text-field content: the corpus .* is LAMA T-REx data"):
+        load_corpus(str(write_jsonl(tmp_path / "t.json", [])), text_field="content")
+
+
+def document(sample, n=30):
+    return " ".join(s.text for s in sample.sentences[:n])
+
+
+def test_a_long_document_is_cut_into_passages_that_tile_it_with_the_stride(sample, tiny_model_dir):
+    offsets = _offsets(tiny_model_dir)
+    text = document(sample)
+    size, stride = 64, 48
+    tokens = offsets(text)
+    assert len(tokens) > 4 * size  # several passages
+    spans = Passages(size, stride, offsets).spans(text)
+    windows = token_windows(len(tokens), size, stride)
+    assert len(spans) == len(windows) > 4
+    for (a, b), (ta, _) in zip(spans, windows, strict=True):
+        assert a == tokens[ta][0] + (text[tokens[ta][0]] == " ")  # each starts at its window's first token
+        assert len(offsets(text[a:b])) <= size  # and fits a passage, tokenised alone
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)  # the first starts, the last ends, the document
+    assert all(b1 > a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))  # overlapping: no gap
+    assert Passages(size, stride, offsets).spans(sample.sentences[0].text) == [(0, len(sample.sentences[0].text))]
+
+
+def test_passages_keep_their_document_span_and_facts(tmp_path, sample, tiny_model_dir):
+    facts = [f for s in sample.sentences[:30] for f in s.facts]
+    doc = document(sample)
+    path = write_jsonl(tmp_path / "docs.jsonl", [
+        {"id": "doc-1", "text": doc, "facts": facts},
+        {"id": "short", "text": sample.sentences[40].text},
+        {"prompt": "Spanish is the official language of", "target": "Spain", "fact": facts[0],
+         "proponents": ["doc-1"]}])
+    c = load_corpus(str(path), passages=Passages(64, 48, _offsets(tiny_model_dir)))
+    *passages, short = c.sentences
+    assert short.id == "short" and short.document is None  # a short record is one example, as before
+    assert [p.id for p in passages] == [f"doc-1#{k}" for k in range(len(passages))]
+    for p in passages:
+        assert p.document == "doc-1" and doc[p.span[0]:p.span[1]] == p.text
+        assert all(f in facts and f[2] in p.text for f in p.facts)
+    q = c.queries[0]
+    assert q.proponents and all(tuple(facts[0]) in c.by_id()[p].facts for p in q.proponents)
+    assert "passages of 64 tokens every 48" in c.source
+    second = passages[1]
+    before, after = around(second, c.by_id(), chars=10_000)
+    assert doc.startswith(before) and (before + second.text + after) in doc
+
+
+def ingest_args(index, model, corpus, *extra):
+    return ["ingest", "--index", str(index), "--model", model, "--corpus", str(corpus), "--passage-tokens", "64",
+            "--stride", "48", "--embed-layers", "0,2", "--batch-size", "8", *extra]
+
+
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory, sample):
+    d = tmp_path_factory.mktemp("docs")
+    sentences = sample.sentences
+    records = [{"id": f"doc-{i}", "text": " ".join(s.text for s in sentences[i:i + 25]),
+                "facts": [f for s in sentences[i:i + 25] for f in s.facts]} for i in range(0, 100, 25)]
+    records.append({"prompt": "Toyota Avanza is produced by", "target": "Toyota"})
+    return write_jsonl(d / "docs.jsonl.gz", records, gzip.open)
+
+
+@pytest.fixture(scope="module")
+def passage_index(tmp_path_factory, documents, tiny_model_dir):
+    index = tmp_path_factory.mktemp("pidx") / "docs"
+    r = CliRunner().invoke(app, ingest_args(index, tiny_model_dir, documents))
+    assert r.exit_code == 0, r.output
+    return index
+
+
+def test_a_query_on_a_passage_index_says_where_each_hit_lies(passage_index):
+    corpus = IndexDir(passage_index).corpus
+    assert {s.document for s in corpus.sentences} == {f"doc-{i}" for i in range(0, 100, 25)}
+    r = CliRunner().invoke(app, ["query", "Toyota Avanza is produced by", "--index", str(passage_index), "--target",
+                                 "Toyota", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)["rows"]
+    by_id = corpus.by_id()
+    for row in rows:
+        s = by_id[row["sentence_id"]]
+        assert row["document"] == s.document and tuple(row["span"]) == s.span
+        assert row["before"] or row["after"]  # a passage with a neighbour shows the text around it
+    top = rows[0]
+    assert "Avanza" in top["text"]
+    r = CliRunner().invoke(app, ["query", "Toyota Avanza is produced by", "--index", str(passage_index), "--target",
+                                 "Toyota"])
+    assert f"[{top['document']} {top['span'][0]}-{top['span'][1]}]" in r.output
+
+
+def vectors_of(index):
+    from ftrace.index.vectors import open_store
+
+    store, out = open_store("edge", index), {}
+    try:
+        for ids, vecs, _ in store.points(["embed", "tracin"]):
+            out.update({i: [*vecs["embed"][j].tolist(), *vecs["tracin"][j].tolist()] for j, i in enumerate(ids)})
+    finally:
+        store.close()
+    return out
+
+
+KILL_AT_SECOND_BATCH = """
+import os, signal
+from ftrace.features.embedding import EmbeddingFeaturizer
+real, calls = EmbeddingFeaturizer.vectors, []
+def dying(self, batch):
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, batch)
+EmbeddingFeaturizer.vectors = dying
+import sys
+from ftrace.cli import app
+app(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_resumed_and_sharded_ingests_of_documents_equal_a_plain_one(tmp_path, passage_index, documents,
+                                                                   tiny_model_dir):
+    want = vectors_of(passage_index)
+    resumed = tmp_path / "resumed"
+    p = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_BATCH,
+                        *ingest_args(resumed, tiny_model_dir, documents)], capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr[-2000:]
+    r = CliRunner().invoke(app, ingest_args(resumed, tiny_model_dir, documents))
+    assert r.exit_code == 0 and "resuming: 8 examples already stored" in r.output, r.output
+    sharded = tmp_path / "sharded"
+    for extra in (["--shard", "0/2"], ["--shard", "1/2"], []):
+        r = CliRunner().invoke(app, ingest_args(sharded, tiny_model_dir, documents, *extra))
+        assert r.exit_code == 0, r.output
+    for index in (resumed, sharded):
+        assert IndexDir(index).corpus.fingerprint() == IndexDir(passage_index).corpus.fingerprint()
+        got = vectors_of(index)
+        assert set(got) == set(want)
+        assert max(abs(a - b) for i in want for a, b in zip(got[i], want[i], strict=True)) < 2e-3
