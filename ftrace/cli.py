@@ -4,6 +4,8 @@ handed to one function. Heavy modules are imported inside the commands, so `--he
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -298,21 +300,34 @@ def query(config: QueryConfig) -> None:
     from ftrace.index.locks import served_by
     from ftrace.query.render import render
 
+    prompts = None
+    if config.prompts is not None:  # read first: a bad file is refused before the index opens
+        from ftrace.query.batch import read_prompts
+
+        prompts = read_prompts(config.prompts)
     server = served_by(config.index)
     if server is not None:
         from ftrace.query.remote import query_served
 
-        result = query_served(server, config)
+        trace: Callable[[QueryConfig], Any] = functools.partial(query_served, server)
+        close: Callable[[], Any] = contextlib.nullcontext
     else:
         from ftrace.query.tracer import Tracer
 
         tracer = Tracer(config.index, model=config.model, embed_layers=config.embed_layers, device=config.device,
                         dtype=config.dtype)
-        try:
-            result = tracer.query(config)
-        finally:
-            tracer.close()
-    typer.echo(result.model_dump_json(indent=2) if config.as_json else render(result))
+        trace, close = tracer.query, tracer.close
+    try:
+        if prompts is None:
+            result = trace(config)
+            typer.echo(result.model_dump_json(indent=2) if config.as_json else render(result))
+            return
+        from ftrace.query.batch import trace_all, write_results
+
+        write_results(trace_all(prompts, lambda p: trace(config.model_copy(update={
+            "prompt": p.prompt, "target": p.target, "prompts": None, "out": None}))), config.out)
+    finally:
+        close()
 
 
 @app.command()

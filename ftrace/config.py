@@ -359,8 +359,8 @@ class TraceOptions(Strict):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_given(cls, v: str) -> str:
-        if not v.strip():
+    def _prompt_given(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
             raise ValueError("blank; give the text the model completes, e.g. 'Toyota Avanza is produced by'")
         return v
 
@@ -373,6 +373,15 @@ class TraceOptions(Strict):
 
 
 class QueryConfig(TraceOptions):
+    # one prompt, or a file of them (--prompts)
+    # optional here: --prompts instead
+    prompt: Annotated[str | None, cli("What the model completes, e.g. 'Toyota Avanza is produced by' (or --prompts "
+                                      "FILE).", argument=True)] = None  # type: ignore[assignment]
+    prompts: Annotated[Path | None, cli("Trace every prompt of FILE in one process: a .txt file of one prompt a "
+                                        "line, or records {prompt, target?, id?} (.jsonl[.gz|.zst], .parquet); "
+                                        "JSONL on stdout, or --out.", metavar="FILE")] = None
+    out: Annotated[Path | None, cli("With --prompts: write OUT.jsonl (a result a prompt) and OUT.csv (a row a "
+                                    "hit) instead of printing JSONL.", metavar="OUT")] = None
     index: IndexPath = DEFAULT_INDEX
     model: Annotated[str | None, cli("Must match the index's model (checked).")] = None
     embed_layers: Annotated[list[int] | None, cli("Must match the index's layers (checked).", split=True)] = None
@@ -380,6 +389,17 @@ class QueryConfig(TraceOptions):
     dtype: QueryDtype = None
     threads: Threads = None
     as_json: Annotated[bool, Field(exclude=True), cli("JSON output for scripts.", "--json")] = False
+
+    @model_validator(mode="after")
+    def _one_or_a_file(self) -> QueryConfig:
+        if (self.prompt is None) == (self.prompts is None):
+            raise ValueError("give a PROMPT or --prompts FILE" if self.prompt is None else
+                             "give a PROMPT or --prompts FILE, not both")
+        if self.prompts is not None and self.target is not None:
+            raise ValueError("--target with --prompts: give each prompt's target in the file")
+        if self.out is not None and self.prompts is None:
+            raise ValueError("--out goes with --prompts (one prompt's result is printed; --json for JSON)")
+        return self
 
 
 class ServeConfig(Strict):

@@ -1,5 +1,6 @@
 """ingest -> query through the CLI, on the sample corpus with a tiny random transformer."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -372,3 +373,33 @@ def test_the_default_method_is_bm25_or_what_the_index_benchmark_chose(tmp_path, 
     assert query() == ("embed+bm25", "rrf", 0.3)
     assert query("--weight", "0.8") == ("embed+bm25", "rrf", 0.8)  # what the user gives wins
     assert query("--method", "bm25+embed") == ("bm25+embed", "sum", 0.5)  # another fusion: untuned defaults
+
+
+def test_a_file_of_prompts_is_traced_in_one_process_as_each_alone(tmp_path, sample_index):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "avanza", "prompt": AVANZA, "target": "Toyota"},
+        {"prompt": "Honda Civic is produced by", "target": "Honda"},
+        {"prompt": "Mount Fuji is located in"}]) + "\n")  # the model's own answer
+    args = ["--index", sample_index, "--method", "embed+bm25", "-k", "5"]
+    r = cli("query", "--prompts", prompts, "--out", tmp_path / "out", *args)
+    assert r.exit_code == 0, r.output
+    results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in results] == ["avanza", "2", "3"]  # an id, else the line
+    assert [x["target_from"] for x in results] == ["user", "user", "model"]
+    for x in results:  # each as `ftrace query` traces it alone
+        alone = ["query", x["prompt"], *args, "--json"] + (["--target", x["target"]] if x["target_from"] == "user"
+                                                           else [])
+        assert json.loads(cli(*alone).output)["rows"] == x["rows"]
+    with open(tmp_path / "out.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 15 and table[0]["id"] == "avanza" and table[0]["rank"] == "1"
+    assert float(table[0]["score_bm25"]) == results[0]["rows"][0]["scores"]["bm25"]
+    r = cli("query", "--prompts", prompts, *args)  # without --out: JSON lines on stdout
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ["avanza", "2", "3"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": AVANZA}) + "\n" + json.dumps({"target": "Toyota"}) + "\n")
+    r = cli("query", "--prompts", bad, *args)
+    assert r.exit_code == 1 and "bad.jsonl:2: a prompt record needs a non-blank 'prompt'" in r.output
+    r = cli("query", AVANZA, "--prompts", prompts, *args)
+    assert r.exit_code == 1 and "give a PROMPT or --prompts FILE, not both" in r.output
