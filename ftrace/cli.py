@@ -270,6 +270,8 @@ def ingest(config: IngestConfig) -> None:
     from ftrace.model.corpus import load_selection
     from ftrace.runs import read_run
 
+    if config.add is not None:
+        return _add(config)
     # read first: a bad corpus is refused in a second, before torch is even imported (unless a record is long enough
     # to cut at the model's tokens); a training run's tokenizer is its base model's
     model = config.model or (((read_run(config.tracin.train_dir) or {}).get("model") or {}).get("name")
@@ -284,6 +286,20 @@ def ingest(config: IngestConfig) -> None:
     # the run that built (or finished) the index; a shard's run is part of the final ingest's
     if config.shard is None and _complete(index) and not (was_complete and (index / RECORD).exists()):
         write_record(index, "ingest", config)
+
+
+def _add(config: IngestConfig) -> None:
+    """`ftrace ingest --add`: the addition read (and cut into passages) as the index's corpus was, then appended."""
+    from ftrace.index.manifest import Manifest
+    from ftrace.model.corpus import load_selection
+
+    m = Manifest.read(config.index)
+    size, stride = m.corpus.passages or config.corpus.passages(m.max_tokens)
+    sel = config.corpus.model_copy(update={"corpus": config.add, "passage_tokens": size, "stride": stride})
+    addition = load_selection(sel, m.model.name, m.max_tokens)
+    from ftrace.ingest.addition import add
+
+    add(config, addition)
 
 
 def _complete(index: Path) -> bool:

@@ -267,6 +267,10 @@ Threads = Annotated[int | None, Field(ge=1, exclude=True),
                         "--threads", min=1)]
 
 
+# what `ftrace ingest --add` takes besides the index's own settings: where and how fast it runs
+ADD_OPTIONS = {"index", "add", "corpus", "device", "batch_size", "batch_tokens", "threads"}
+
+
 class IngestConfig(Strict):
     index: IndexPath = DEFAULT_INDEX
     corpus: CorpusSelection = CorpusSelection()
@@ -291,6 +295,9 @@ class IngestConfig(Strict):
     max_tokens: Annotated[int, Field(ge=8),
                           cli("Tokens per sentence and query given to the model; longer sentences lose their end "
                               "(counted at ingest), longer prompts their beginning.")] = MAX_TOKENS
+    add: Annotated[str | None, cli("Append this corpus (any --corpus form) to the complete index --index, "
+                                   "featurised as the index was (its model, checkpoints, vectors and passages).",
+                                   metavar="CORPUS")] = None
     shard: Annotated[str | None, cli("Featurise only shard I of N (0-based, e.g. 0/4), one process or GPU each; "
                                      "then `ftrace ingest` without --shard finishes the index.",
                                      metavar="I/N")] = None
@@ -329,6 +336,15 @@ class IngestConfig(Strict):
         if self.tracin.train_dir is not None and self.tracin.checkpoints:
             raise ValueError("--checkpoint and --train-run: give model checkpoints or a training run, not both")
         self.corpus.check_passages(self.max_tokens)
+        if self.add is not None:
+            asked = sorted({f"the {f} options" if f in ("embed", "tracin", "store") else "--" + f.replace("_", "-")
+                            for f in self.model_fields_set - ADD_OPTIONS}
+                           | {"--" + f.replace("_", "-") for f in self.corpus.model_fields_set
+                              if f not in ("text_field", "id_field")})
+            if asked:
+                raise ValueError(f"--add extends the index as it was built; leave out {asked[0]} (what may go "
+                                 "with --add: --device, --batch-size, --batch-tokens, --threads, --text-field, "
+                                 "--id-field)")
         return self
 
 

@@ -16,6 +16,7 @@ from ftrace.cli import app
 from ftrace.corpus import CorpusError, Passages, load_corpus
 from ftrace.corpus.passages import around, token_windows
 from ftrace.index.layout import IndexDir
+from ftrace.index.manifest import Manifest
 from ftrace.model.corpus import _offsets
 
 RECORDS = [{"doc_id": "d1", "content": "Spanish is the official language of Spain."},
@@ -244,3 +245,46 @@ def test_resumed_and_sharded_ingests_of_documents_equal_a_plain_one(tmp_path, pa
         got = vectors_of(index)
         assert set(got) == set(want)
         assert max(abs(a - b) for i in want for a, b in zip(got[i], want[i], strict=True)) < 2e-3
+
+
+@pytest.mark.slow
+def test_an_index_grows_by_an_addition_as_if_built_whole(tmp_path, tiny_model_dir, sample):
+    """`ftrace ingest --add`: the first 40 sample sentences, then 30 more and a long document (cut into passages as
+    the index's corpus was) added to it, give the index a single ingest of all of them gives; it refuses a clash of
+    ids and options that would change how the index was built."""
+    lines = [json.dumps({"id": s.id, "text": s.text, "facts": s.facts}) for s in sample.sentences]
+    first, more, whole = tmp_path / "first.jsonl", tmp_path / "more.jsonl", tmp_path / "whole.jsonl"
+    first.write_text("\n".join(lines[:40]) + "\n")
+    long = json.dumps({"id": "long-doc", "text": document(sample, 40)})
+    more.write_text("\n".join([*lines[40:70], long]) + "\n")
+    whole.write_text("\n".join([*lines[:70], long]) + "\n")
+    # mean pooling: an addition takes the idf statistics (and whitening) the index fitted on its first corpus, which
+    # an index built whole fits on all of it
+    common = ["--model", tiny_model_dir, "--passage-tokens", "64", "--embed-layers", "0,2", "--batch-size", "8",
+              "--embed-pooling", "mean"]
+    for index, corpus in (("grown", first), ("whole", whole)):
+        r = CliRunner().invoke(app, ["ingest", "--index", str(tmp_path / index), "--corpus", str(corpus), *common])
+        assert r.exit_code == 0, r.output
+    grown = tmp_path / "grown"
+    r = CliRunner().invoke(app, ["ingest", "--index", str(grown), "--add", str(more), "--model", tiny_model_dir])
+    assert r.exit_code == 1 and "--add extends the index as it was built; leave out --model" in r.output
+    r = CliRunner().invoke(app, ["ingest", "--index", str(grown), "--add", str(first)])
+    assert r.exit_code == 1 and "40 id(s) the index holds already" in r.output, r.output
+    add = ["ingest", "--index", str(grown), "--add", str(more), "--batch-size", "8"]
+    p = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_BATCH, *add], capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr[-2000:]  # killed mid-addition: the index says so, and the command finishes it
+    r = CliRunner().invoke(app, ["query", "Toyota Avanza is produced by", "--index", str(grown)])
+    assert r.exit_code == 1 and f"the addition of {more}" in r.output and "did not finish" in r.output, r.output
+    r = CliRunner().invoke(app, add)
+    assert r.exit_code == 0 and "finishing the addition" in r.output, r.output
+    g, w = Manifest.read(grown), Manifest.read(tmp_path / "whole")
+    assert g.complete and g.corpus.fingerprint == w.corpus.fingerprint and g.identity() == w.identity()
+    assert [a.source for a in g.additions] == [str(more) + " (passages of 64 tokens every 48)"]
+    assert any(s.document == "long-doc" for s in IndexDir(grown).corpus.sentences)  # cut as the index's corpus
+    got, want = vectors_of(grown), vectors_of(tmp_path / "whole")
+    assert set(got) == set(want)
+    assert max(abs(a - b) for i in want for a, b in zip(got[i], want[i], strict=True)) < 2e-3
+    ask = ["query", "Toyota Avanza is produced by", "--target", "Toyota", "--method", "bm25", "--json"]
+    rows = [json.loads(CliRunner().invoke(app, [*ask, "--index", str(d)]).output)["rows"] for d in (grown, tmp_path
+                                                                                                    / "whole")]
+    assert [r["sentence_id"] for r in rows[0]] == [r["sentence_id"] for r in rows[1]]

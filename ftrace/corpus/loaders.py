@@ -103,7 +103,8 @@ def load_records(path: Path, source: str | None = None, max_line: int | None = M
         if missing:
             raise CorpusError(f"{path}: query {q.id!r} names unknown proponent ids {missing[:3]}")
     described = f" ({passages.describe()})" if passages and cut else ""
-    return Corpus(source=(source or str(path)) + described, sentences=sentences, queries=queries).link_proponents()
+    return Corpus(source=(source or str(path)) + described, sentences=sentences, queries=queries,
+                  passages=(passages.size, passages.stride) if passages else None).link_proponents()
 
 
 def _text_record(obj: dict[str, Any], text_field: str, id_field: str, where: str) -> dict[str, Any]:

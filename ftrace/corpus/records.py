@@ -97,6 +97,7 @@ class Corpus(BaseModel):
     source: str
     sentences: list[Sentence]
     queries: list[Query] = Field(default_factory=list)
+    passages: tuple[int, int] | None = None  # (tokens, stride) its long records were cut with, for a corpus of records
 
     def examples(self) -> list[Example]:
         """The index's examples: one per sentence, scoring its first stated object under the object loss."""

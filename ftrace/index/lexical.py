@@ -41,6 +41,26 @@ def build_lucene(path: Path, docs: Iterable[tuple[str, str]], total: int | None 
     tmp.rename(path)
 
 
+def append_lucene(path: Path, docs: Sequence[tuple[str, str]], threads: int = 2) -> None:
+    """Add to the index in `path` the (id, text) pairs whose id it lacks (so that an interrupted append, run again,
+    adds each once: Lucene commits the additions at close, all or none)."""
+    reader = LuceneBM25(path)
+    try:
+        held = reader.present([i for i, _ in docs])
+    finally:
+        reader.close()
+    todo = [(i, t) for i, t in docs if i not in held]
+    if not todo:
+        return
+    indexer = autoclass("io.anserini.index.SimpleIndexer")(str(path), True, threads)  # True: append
+    doc = autoclass("io.anserini.collection.JsonCollection$Document")
+    try:
+        for doc_id, text in tqdm(todo, desc="bm25 index", unit="doc", leave=False):
+            indexer.addJsonDocument(doc.fromFields(doc_id, text))
+    finally:
+        indexer.close()
+
+
 class LuceneBM25:
     def __init__(self, path: Path, k1: float = K1, b: float = B):
         path = Path(path)
@@ -78,6 +98,17 @@ class LuceneBM25:
         scores = dict.fromkeys(ids, 0.0)
         scores.update(self._run(q.build(), len(ids)))
         return scores
+
+    def present(self, ids: Sequence[str], chunk: int = 1024) -> set[str]:
+        """Which of `ids` the index holds."""
+        out: set[str] = set()
+        for start in range(0, len(ids), chunk):
+            terms = autoclass("java.util.ArrayList")()
+            for i in ids[start:start + chunk]:
+                terms.add(jstring_ref(i))
+            q = autoclass("org.apache.lucene.search.TermInSetQuery")("id", terms)
+            out.update(i for i, _ in self._run(q, chunk))
+        return out
 
     def count(self) -> int:
         return int(self.reader.numDocs())

@@ -33,6 +33,19 @@ class CorpusInfo(BaseModel):
     sentences: int
     examples: int
     queries: int
+    passages: tuple[int, int] | None = None  # (tokens, stride) long records were cut with (an addition's too)
+
+
+class Addition(BaseModel):
+    """A corpus appended to a complete index (`ftrace ingest --add`)."""
+
+    source: str
+    fingerprint: str  # the addition's own
+    sentences: int
+    examples: int
+    queries: int
+    corpus: str  # the fingerprint of the index's corpus with it
+    added: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 class ModelInfo(BaseModel):
@@ -73,6 +86,9 @@ class Manifest(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     # not part of the identity: a choice made after the index was built, from its own benchmark
     query_default: QueryDefault | None = None
+    # corpora appended since it was built, oldest first, and one being appended (the index is incomplete meanwhile)
+    additions: list[Addition] = Field(default_factory=list)
+    adding: Addition | None = None
 
     def identity(self) -> dict:
         return {"corpus": self.corpus.fingerprint, "model": self.model.model_dump(),

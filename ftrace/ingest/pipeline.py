@@ -91,7 +91,7 @@ def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer]
                   run: TracedRun | None) -> Manifest:
     return Manifest(
         corpus=CorpusInfo(source=corpus.source, fingerprint=corpus.fingerprint(), sentences=len(corpus.sentences),
-                          examples=len(corpus.examples()), queries=len(corpus.queries)),
+                          examples=len(corpus.examples()), queries=len(corpus.queries), passages=corpus.passages),
         model=ModelInfo(name=lm.name, fingerprint=lm.fingerprint,
                         checkpoints=checkpoint_names(lm, c, run),
                         base=run.base if run else None, base_fingerprint=run.base_fingerprint if run else None,
@@ -200,7 +200,7 @@ def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexD
             if index.shards():
                 shards.merge(index, store, manifest, corpus.examples())
             else:
-                timings["vectors"] = _store_vectors(store, corpus.examples(), lm, featurizers, c, index.path)
+                timings["vectors"] = store_vectors(store, corpus.examples(), lm, featurizers, c, index.path)
         if c.store.hnsw:
             log("building HNSW (blocking)")
             with timed(timings, "hnsw_s"):
@@ -232,7 +232,7 @@ def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: 
     if not manifest.complete:
         manifest.write(target.path)
         ensure_store(store, featurizers, c)
-        _store_vectors(store, shards.split(corpus.examples(), i, n), lm, featurizers, c, target.path)
+        store_vectors(store, shards.split(corpus.examples(), i, n), lm, featurizers, c, target.path)
         manifest.complete = True
         manifest.write(target.path)
         clear_progress(target.path)
@@ -248,7 +248,7 @@ def ingest_order(tokenizer, examples: list[Example]) -> tuple[list[Example], lis
     return [examples[i] for i in order], [lengths[i] for i in order]
 
 
-def _store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel, featurizers: list[Featurizer],
+def store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel, featurizers: list[Featurizer],
                    c: IngestConfig, progress_dir: Path) -> int:
     """Store the vectors of those of `examples` not stored yet, recording progress in `progress_dir` (the
     directory the writer holds: the index, or a shard's staging directory); how many it featurised.

@@ -47,6 +47,9 @@ class Tracer:
         reading(index)  # refuse at once, before any model work, while an ingest writes this index
         self.index = IndexDir(Path(index))
         m = self.index.manifest
+        if m.adding is not None:
+            raise ManifestError(f"{index}: the addition of {m.adding.source} did not finish{progress_note(index)}; run "
+                                "`ftrace ingest --add` with it again to finish it")
         if not m.complete:
             split = {n for (_, n) in self.index.shards()}  # a sharded ingest: its shards resume, then the final one
             todo = (f"finish its shards (`ftrace ingest --shard I/{max(split)}`), then run `ftrace ingest`" if split
