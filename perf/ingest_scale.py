@@ -246,6 +246,7 @@ def stand_in_all_but_tail(index: Path, corpus, args) -> int:
     but the last --tail of ingest's plan. Returns how many stand in."""
     from ftrace.config import CorpusSelection, IngestConfig
     from ftrace.index.layout import IndexDir
+    from ftrace.index.texts import write_texts
     from ftrace.ingest.pipeline import build_featurizers, ensure_store, ingest_order, plan_manifest
     from ftrace.model import load_model
 
@@ -259,7 +260,7 @@ def stand_in_all_but_tail(index: Path, corpus, args) -> int:
     target = IndexDir(index)
     index.mkdir(parents=True)
     manifest.write(index)
-    corpus.write_jsonl(target.corpus_file)
+    write_texts(target.corpus_file, corpus)
     examples, _ = ingest_order(lm.tokenizer, corpus.examples())
     stand_ins = examples[:max(0, len(examples) - args.tail)]
     sizes = {f.name: f.size for f in featurizers}

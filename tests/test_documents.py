@@ -152,7 +152,7 @@ def test_passages_keep_their_document_span_and_facts(tmp_path, sample, tiny_mode
     assert q.proponents and all(tuple(facts[0]) in c.by_id()[p].facts for p in q.proponents)
     assert "passages of 64 tokens every 48" in c.source
     second = passages[1]
-    before, after = around(second, c.by_id(), chars=10_000)
+    before, after = around(second, c.by_id().get, chars=10_000)
     assert doc.startswith(before) and (before + second.text + after) in doc
 
 

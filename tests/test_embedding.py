@@ -1,7 +1,6 @@
 """The embed vector's pooling: FTRACE's plain mean, and the idf pooling fitted at ingest (weights and centring saved
 beside the index, used again by queries)."""
 
-import json
 from collections import Counter
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 from ftrace import FtraceError
 from ftrace.config import IngestConfig
 from ftrace.features.embedding import STATE
+from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import Manifest
 from ftrace.ingest.pipeline import ingest
 from ftrace.model import example_batch, load_model
@@ -32,8 +32,7 @@ def test_idf_pooling_is_the_weighted_centred_mean_fitted_on_a_sample(idf_index, 
     lm = load_model(tiny_model_dir)
     E = lm.model.get_input_embeddings().weight.detach().float().numpy()
     # the fitted statistics, recomputed by hand from the sample's token ids
-    corpus = [json.loads(line) for line in (idf_index / "corpus.jsonl").read_text().splitlines()]
-    texts = {r["id"]: r["text"] for r in corpus if "text" in r}
+    texts = {s.id: s.text for s in IndexDir(idf_index).corpus.sentences}
     rng = np.random.default_rng(0)  # the ingest's seed (--tracin-seed)
     picked = sorted(rng.choice(len(sample.sentences), size=100, replace=False))
     ids = [lm.tokenizer(sample.sentences[i].text)["input_ids"] for i in picked]

@@ -321,8 +321,8 @@ def test_long_prompts_keep_their_end_and_long_sentences_are_counted(tmp_path, ti
 
 @pytest.mark.slow
 def test_an_index_whose_fact_has_10000_proponents_is_readable(tmp_path, tiny_model_dir):
-    """The line cap guards the corpora users give, not the index's own corpus.jsonl, whose query line lists
-    every proponent (about 180 KB here; 5,000 proponents for one LAMA fact)."""
+    """The line cap guards the corpora users give, not the index's own texts, whose query lists every proponent
+    (about 180 KB here; 5,000 proponents for one LAMA fact)."""
     fact = ["Oslo", "P17", "Norway"]
     lines = [{"text": f"Oslo district {i} lies in Norway.", "facts": [fact]} for i in range(10_000)]
     lines.append({"prompt": "Oslo is located in", "target": "Norway", "fact": fact})
@@ -331,7 +331,7 @@ def test_an_index_whose_fact_has_10000_proponents_is_readable(tmp_path, tiny_mod
     index = tmp_path / "idx"
     ingest(IngestConfig.model_validate({"index": index, "model": tiny_model_dir, "corpus": {"corpus": str(corpus)},
                                         "tracin": {"enabled": False}}))
-    assert max(len(line) for line in (index / "corpus.jsonl").read_bytes().splitlines()) > 65_536
+    assert len(IndexDir(index).texts.queries_for("Oslo is located in")[0].proponents) == 10_000
     r = cli("query", "Oslo is located in", "--index", index, "--target", "Norway", "--method", "bm25", "--json")
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.output)["ground_truth"]["proponents"]) == 10_000
@@ -403,3 +403,24 @@ def test_a_file_of_prompts_is_traced_in_one_process_as_each_alone(tmp_path, samp
     assert r.exit_code == 1 and "bad.jsonl:2: a prompt record needs a non-blank 'prompt'" in r.output
     r = cli("query", AVANZA, "--prompts", prompts, *args)
     assert r.exit_code == 1 and "give a PROMPT or --prompts FILE, not both" in r.output
+
+
+def test_a_query_reads_only_what_it_shows_and_an_older_index_still_answers(tmp_path, sample_index):
+    """The texts live in corpus.sqlite, read by id and prompt: a query never loads the whole corpus. An index made
+    before it (corpus.jsonl) answers the same."""
+    from ftrace.config import QueryConfig
+    from ftrace.query.tracer import Tracer
+
+    tracer = Tracer(sample_index)
+    try:
+        result = tracer.query(QueryConfig(prompt=AVANZA, target="Toyota", method="embed+bm25"))
+        assert result.ground_truth and result.rows and "corpus" not in tracer.index.__dict__
+    finally:
+        tracer.close()
+    older = tmp_path / "older"
+    shutil.copytree(sample_index, older)
+    IndexDir(older).corpus.write_jsonl(older / "corpus.jsonl")
+    (older / "corpus.sqlite").unlink()
+    args = ["query", AVANZA, "--target", "Toyota", "--method", "embed+bm25", "--json"]
+    got, want = (json.loads(cli(*args, "--index", d).output) for d in (older, sample_index))
+    assert got == want

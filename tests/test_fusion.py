@@ -62,7 +62,7 @@ def test_fuse_weights_the_first_component():
 
 def test_sentence_score_is_max_over_examples():
     scores = by_sentence({"s1:lm": 0.2, "s1:obj": 0.9, "s2:lm": -1.0},
-                         {"s1:lm": "s1", "s1:obj": "s1", "s2:lm": "s2"})
+                         {"s1:lm": "s1", "s1:obj": "s1", "s2:lm": "s2"}.__getitem__)
     assert scores == {"s1": 0.9, "s2": -1.0}
     assert not math.isnan(sum(scores.values()))
 

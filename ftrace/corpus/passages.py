@@ -68,17 +68,17 @@ def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def around(passage: Sentence, by_id: dict[str, Sentence], chars: int = 300) -> tuple[str, str]:
+def around(passage: Sentence, get: Callable[[str], Sentence | None], chars: int = 300) -> tuple[str, str]:
     """Up to `chars` characters of the document before and after a passage, from its neighbours (consecutive passages
     overlap, so they hold the text around it; without overlap the whitespace between them is shown as one space)."""
     if passage.document is None or passage.span is None or passage.passage is None:
         return "", ""
     a, b = passage.span
     before = after = ""
-    prev = by_id.get(f"{passage.document}#{passage.passage - 1}")
+    prev = get(f"{passage.document}#{passage.passage - 1}")
     if prev is not None and prev.span is not None:
         before = prev.text[:max(0, a - prev.span[0])] if prev.span[1] >= a else prev.text + " "
-    nxt = by_id.get(f"{passage.document}#{passage.passage + 1}")
+    nxt = get(f"{passage.document}#{passage.passage + 1}")
     if nxt is not None and nxt.span is not None:
         after = nxt.text[max(0, b - nxt.span[0]):] if nxt.span[0] <= b else " " + nxt.text
     return before[-chars:], after[:chars]

@@ -48,6 +48,16 @@ def find_object(text: str, obj: str) -> tuple[int, int] | None:
     return (m.start(), m.end()) if m else None
 
 
+def example_id(sentence_id: str) -> str:
+    """The id of an index's one example of a sentence (`Corpus.examples`)."""
+    return f"{sentence_id}:lm"
+
+
+def example_sentence(example_id: str) -> str:
+    """The sentence an index's example belongs to."""
+    return example_id.removesuffix(":lm")
+
+
 def fact_key(triple: Iterable[str]) -> str:
     return "|".join(triple)
 
@@ -101,7 +111,7 @@ class Corpus(BaseModel):
 
     def examples(self) -> list[Example]:
         """The index's examples: one per sentence, scoring its first stated object under the object loss."""
-        return [Example(id=f"{s.id}:lm", sentence_id=s.id, text=s.text, object=next(iter(stated_objects(s)), None))
+        return [Example(id=example_id(s.id), sentence_id=s.id, text=s.text, object=next(iter(stated_objects(s)), None))
                 for s in self.sentences]
 
     def by_id(self) -> dict[str, Sentence]:

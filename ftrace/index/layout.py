@@ -1,4 +1,5 @@
-"""An index directory: manifest.json, corpus.jsonl (the sentences and queries it was built from),
+"""An index directory: manifest.json, corpus.sqlite (the sentences and queries it was built from; corpus.jsonl in an
+index made before it),
 bm25/ (Lucene), and qdrant/ (Qdrant Edge) or qdrant-local/ (qdrant-client local mode). While a
 sharded ingest runs, shards/I-of-N/ holds each shard's staging directory: its manifest and, for the
 in-directory back ends, its own store (one writer each), merged into the index's by the final ingest.
@@ -11,9 +12,10 @@ from functools import cached_property
 from pathlib import Path
 
 from ftrace import FtraceError
-from ftrace.corpus import Corpus, load_records
+from ftrace.corpus import Corpus
 from ftrace.index.lexical import LuceneBM25
 from ftrace.index.manifest import Manifest
+from ftrace.index.texts import Texts
 from ftrace.index.vectors import VectorStore, open_store
 
 
@@ -23,7 +25,11 @@ class IndexDir:
 
     @property
     def corpus_file(self) -> Path:
-        return self.path / "corpus.jsonl"
+        """The texts (`ftrace.index.texts`); an index made before it holds corpus.jsonl instead."""
+        return self.path / "corpus.sqlite"
+
+    def has_corpus(self) -> bool:
+        return self.corpus_file.exists() or (self.path / "corpus.jsonl").exists()
 
     @property
     def bm25_dir(self) -> Path:
@@ -51,9 +57,14 @@ class IndexDir:
         return Manifest.read(self.path)
 
     @cached_property
+    def texts(self) -> Texts:
+        """The sentences and queries, read by id and prompt."""
+        return Texts.open(self.path, self.manifest.corpus.source, self.manifest.corpus.passages)
+
+    @cached_property
     def corpus(self) -> Corpus:
-        # written by ingest itself: a query line lists all its proponents, however many (no line cap)
-        return load_records(self.corpus_file, source=self.manifest.corpus.source, max_line=None)
+        """The whole corpus (bench, train): queries read what they need from `texts`."""
+        return self.texts.corpus()
 
     def open_store(self, manifest: Manifest | None = None) -> VectorStore:
         s = (manifest or self.manifest).store

@@ -18,6 +18,7 @@ from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import append_lucene
 from ftrace.index.locks import clear_progress, writer
 from ftrace.index.manifest import Addition, CorpusInfo, Manifest, ManifestError
+from ftrace.index.texts import write_texts
 from ftrace.ingest.pipeline import store_vectors
 from ftrace.model import load_model
 from ftrace.plumbing import log
@@ -45,7 +46,8 @@ def add(c: IngestConfig, addition: Corpus) -> Manifest:
             merged = corpus if corpus.fingerprint() == pending.corpus else merge(corpus, addition, len(m.additions) + 1)
             log(f"finishing the addition of {pending.source}")
         if merged is not corpus:
-            merged.write_jsonl(index.corpus_file)
+            write_texts(index.corpus_file, merged)
+            (index.path / "corpus.jsonl").unlink(missing_ok=True)  # an index made before corpus.sqlite: replaced
         new = {s.id for s in addition.sentences}
         append_lucene(index.bm25_dir, [(s.id, s.text) for s in merged.sentences if s.id in new])
         lm = load_model(m.model.name, c.device, m.model.dtype)

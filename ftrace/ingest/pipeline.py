@@ -23,6 +23,7 @@ from ftrace.index.lexical import K1, B, build_lucene
 from ftrace.index.locks import LOCK_FILES, clear_progress, exclusive, reading, record_progress, writer
 from ftrace.index.manifest import FILENAME as MANIFEST
 from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, versions
+from ftrace.index.texts import write_texts
 from ftrace.index.vectors import VectorStore
 from ftrace.ingest import shards
 from ftrace.model import LoadedModel, load_model
@@ -186,8 +187,8 @@ def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexD
         with exclusive(index.path):  # what shards share, prepared by whichever comes first
             manifest = _prepare(index, planned, fresh=False)
             manifest.write(index.path)  # first: other shards then find an index here, not a foreign directory
-            if not index.corpus_file.exists():
-                corpus.write_jsonl(index.corpus_file)
+            if not index.has_corpus():
+                write_texts(index.corpus_file, corpus)
             fit_featurizers(featurizers, corpus, lm, c, index.path)  # fitted once, used by every shard
         timings: dict[str, float] = {}
         if (c.shard_of or (0, 1))[0] == 0 and not index.bm25_dir.exists():

@@ -74,11 +74,11 @@ def cascade(first: Scores, second: Scores, weights: tuple[float, float], k: int)
     return {i: 1.0 + head[i] if i in top else min(tail.get(i, 0.0), _BELOW_ONE) for i in set(first) | set(second)}
 
 
-def by_sentence(example_scores: Scores, sentence_of: Mapping[str, str]) -> dict[str, float]:
+def by_sentence(example_scores: Scores, sentence_of: Callable[[str], str]) -> dict[str, float]:
     """A sentence's score is the max over its examples."""
     out: dict[str, float] = {}
     for e, s in example_scores.items():
-        sid = sentence_of[e]
+        sid = sentence_of(e)
         if sid not in out or s > out[sid]:
             out[sid] = s
     return out

@@ -22,8 +22,9 @@ import numpy as np
 
 from ftrace import FtraceError
 from ftrace.config import TraceOptions
-from ftrace.corpus import Query, lookup_key
+from ftrace.corpus import Corpus, Query, Sentence, lookup_key
 from ftrace.corpus.passages import around
+from ftrace.corpus.records import example_id, example_sentence
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
@@ -57,12 +58,7 @@ class Tracer:
             raise ManifestError(f"{index}: ingest did not finish{progress_note(index)}; {todo}")
         m.check_asked(index, model, embed_layers)
         self.device, self.dtype = device, dtype or m.model.dtype
-        self.corpus = self.index.corpus
-        self.sentences = self.corpus.by_id()
-        self.sentence_of = {e.id: e.sentence_id for e in self.corpus.examples()}
-        self.examples_of: dict[str, list[str]] = {}
-        for e, s in self.sentence_of.items():
-            self.examples_of.setdefault(s, []).append(e)
+        self.texts = self.index.texts  # read by id and prompt: a query opens what it shows, not the whole corpus
         self._featurizers: dict[str, Featurizer] = {}
         self._bm25_opening: Future | None = None
         self._opening_lock = threading.Lock()
@@ -147,6 +143,8 @@ class Tracer:
         for name in ("store", "bm25"):
             if name in self.__dict__:
                 self.__dict__.pop(name).close()
+        if "texts" in self.index.__dict__:
+            self.index.__dict__.pop("texts").close()
 
     # --- the pieces ---------------------------------------------------------------------------
 
@@ -180,7 +178,7 @@ class Tracer:
                 return dict(self.bm25.search(f"{prompt} {target}", depth))
         vec = (qvec or self.query_vectors(prompt, target, [method]))[method]
         with self._timed("qdrant"):
-            return by_sentence(dict(self.store.search(method, vec, depth)), self.sentence_of)
+            return by_sentence(dict(self.store.search(method, vec, depth)), example_sentence)
 
     def score(self, method: str, prompt: str, target: str, sentence_ids: list[str],
               qvec: dict[str, np.ndarray] | None = None) -> dict[str, float]:
@@ -190,10 +188,10 @@ class Tracer:
             with self._timed("bm25"):
                 return self.bm25.score(f"{prompt} {target}", sentence_ids)
         vec = (qvec or self.query_vectors(prompt, target, [method]))[method]
-        examples = [e for s in sentence_ids for e in self.examples_of[s]]
+        examples = [example_id(s) for s in sentence_ids]
         with self._timed("qdrant"):
             hits = self.store.search(method, vec, len(examples), ids=examples, exact=True)
-            return by_sentence(dict(hits), self.sentence_of)
+            return by_sentence(dict(hits), example_sentence)
 
     def runs(self, method: Method, prompt: str, target: str, depth: int,
              qvec: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
@@ -206,24 +204,19 @@ class Tracer:
         return {c: self.score(c, prompt, target, pool, qvec) for c in method.components}
 
     @cached_property
-    def _queries_by_prompt(self) -> dict[str, list[Query]]:
-        """The corpus's queries by prompt, leading article aside (`lookup_key`; a scan per query costs ~20 ms at
-        30k queries)."""
-        out: dict[str, list[Query]] = {}
-        for q in self.corpus.queries:
-            out.setdefault(lookup_key(q.prompt), []).append(q)
-        return out
+    def corpus(self) -> Corpus:
+        """The whole corpus (the bench's candidates and slices); a query reads only `texts`."""
+        return self.index.corpus
 
-    def provenance(self, sentence_id: str) -> dict[str, Any]:
+    def provenance(self, s: Sentence) -> dict[str, Any]:
         """Where a passage lies in its document, with the text around it (nothing for a sentence or short record)."""
-        s = self.sentences[sentence_id]
         if s.document is None:
             return {}
-        before, after = around(s, self.sentences)
+        before, after = around(s, self.texts.get)
         return {"document": s.document, "span": s.span, "before": before, "after": after}
 
     def same_prompt(self, prompt: str) -> list[Query]:
-        return list(self._queries_by_prompt.get(lookup_key(prompt), []))
+        return self.texts.queries_for(prompt)
 
     def ground_truth(self, same_prompt: list[Query], target: str) -> GroundTruth | None:
         hits = [q for q in same_prompt if lookup_key(q.target) == lookup_key(target)]
@@ -270,10 +263,12 @@ class Tracer:
         same = self.same_prompt(prompt)
         truth = self.ground_truth(same, target)
         props = set(truth.proponents) if truth else None
-        rows = [Row(rank=r, sentence_id=s, text=self.sentences[s].text, score=sc,
+        top = ranking(scores)[:k]
+        shown = self.texts.sentences(s for s, _ in top)
+        rows = [Row(rank=r, sentence_id=s, text=shown[s].text, score=sc,
                     scores={p: per_method[p].get(s) for p in per_method},
-                    proponent=(s in props) if props is not None else None, **self.provenance(s))
-                for r, (s, sc) in enumerate(ranking(scores)[:k], 1)]
+                    proponent=(s in props) if props is not None else None, **self.provenance(shown[s]))
+                for r, (s, sc) in enumerate(top, 1)]
         known = sorted({q.target for q in same}) if truth is None else []
         notes = [f"the corpus knows this prompt with target(s) {known[:3]}, not {target!r}"] if known else []
         limit = self.index.manifest.max_tokens

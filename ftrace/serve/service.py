@@ -56,8 +56,7 @@ class Service:
     def _warm(tracer: Tracer) -> Tracer:
         """Trace once by every method, so the first request pays no first-call costs (the first greedy
         answer alone takes seconds)."""
-        c = tracer.corpus
-        prompt = c.queries[0].prompt if c.queries else " ".join(c.sentences[0].text.split()[:4])
+        prompt = tracer.texts.example_prompt()
         target = tracer.answer(prompt).strip() or "the"
         for method in tracer.methods:
             tracer.query(TraceOptions(prompt=prompt, target=target, k=1, method=method))
