@@ -318,9 +318,10 @@ def query(config: QueryConfig) -> None:
 
     prompts = None
     if config.prompts is not None:  # read first: a bad file is refused before the index opens
-        from ftrace.query.batch import read_prompts
+        from ftrace.query.batch import check_out, read_prompts
 
         prompts = read_prompts(config.prompts)
+        check_out(config.out)
     server = served_by(config.index)
     if server is not None:
         from ftrace.query.remote import query_served

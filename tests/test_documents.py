@@ -102,6 +102,10 @@ def test_broken_and_unnamed_compressed_files_are_named(tmp_path):
     (tmp_path / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])
     with pytest.raises(CorpusError, match=r"cut\.jsonl\.gz:\d+: cannot decompress"):
         load(tmp_path / "cut.jsonl.gz")
+    zst = write_zst(tmp_path / "c.jsonl.zst", RECORDS * 50).read_bytes()
+    (tmp_path / "cut.jsonl.zst").write_bytes(zst[:-8])  # zstandard's own reader returns nothing, silently
+    with pytest.raises(CorpusError, match=r"cut\.jsonl\.zst:\d+: cannot decompress .*truncated"):
+        load(tmp_path / "cut.jsonl.zst")
     (tmp_path / "plain.jsonl").write_bytes(whole)  # gzip data under a plain name: the message says what to do
     with pytest.raises(CorpusError, match=r"plain\.jsonl:1: not UTF-8 text \(byte 0x8b\); a compressed file needs"):
         load(tmp_path / "plain.jsonl")
@@ -288,3 +292,23 @@ def test_an_index_grows_by_an_addition_as_if_built_whole(tmp_path, tiny_model_di
     rows = [json.loads(CliRunner().invoke(app, [*ask, "--index", str(d)]).output)["rows"] for d in (grown, tmp_path
                                                                                                     / "whole")]
     assert [r["sentence_id"] for r in rows[0]] == [r["sentence_id"] for r in rows[1]]
+
+
+def test_records_keep_their_own_fields_and_ids_stay_unique(tmp_path, tiny_model_dir):
+    offsets = _offsets(tiny_model_dir)
+    emoji = "\U0001F600" * 40  # 40 characters, 160 bytes: more tokens than characters, cut all the same
+    assert len(Passages(64, 48, offsets).spans(emoji)) > 1
+    # a user's field named like a passage's provenance is not taken for it (XSum's "document" is its text)
+    c = load_corpus(str(write_jsonl(tmp_path / "x.jsonl", [{"id": "a", "document": "The text.", "summary": "s"}])),
+                    text_field="document", passages=Passages(64, 48, offsets))
+    assert c.sentences[0].document is None and c.sentences[0].text == "The text."
+    # a cut document's id is taken: a later record of the same id is refused
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": "y", "text": emoji}, {"id": "y", "text": "short"}])
+    with pytest.raises(CorpusError, match=r"d\.jsonl:2: duplicate id 'y' \(first on line 1\)"):
+        load_corpus(str(path), passages=Passages(64, 48, offsets))
+    # queries without ids, one per file of a directory of shards, get distinct ids
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(2):
+        write_jsonl(shards / f"part-{i}.jsonl", [{"text": f"Text {i}."}, {"prompt": f"P{i}", "target": "t"}])
+    assert [q.id for q in load_corpus(str(shards)).queries] == ["q2", "part-1.jsonl:q2"]

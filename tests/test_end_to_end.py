@@ -403,6 +403,8 @@ def test_a_file_of_prompts_is_traced_in_one_process_as_each_alone(tmp_path, samp
     assert r.exit_code == 1 and "bad.jsonl:2: a prompt record needs a non-blank 'prompt'" in r.output
     r = cli("query", AVANZA, "--prompts", prompts, *args)
     assert r.exit_code == 1 and "give a PROMPT or --prompts FILE, not both" in r.output
+    r = cli("query", "--prompts", prompts, "--out", tmp_path / "nowhere" / "out", *args)  # before any tracing
+    assert r.exit_code == 1 and "no directory" in r.output and "prompts:" not in r.output
 
 
 def test_a_query_reads_only_what_it_shows_and_an_older_index_still_answers(tmp_path, sample_index):

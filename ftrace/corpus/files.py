@@ -13,6 +13,7 @@ import json
 import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,11 +30,39 @@ DATASETS_STATE = "state.json"  # what `datasets.Dataset.save_to_disk` writes bes
 ROWS_PER_BATCH = 1024  # parquet and arrow rows read at a time: memory bounded by a batch, not the file
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where a record is: its file (and that file's number among a directory's), and its line (jsonl, from 1) or row
+    (parquet and datasets, from 0: what `table[i]` and `dataset[i]` take; a datasets directory counts across its
+    files)."""
+
+    file: Path
+    file_number: int
+    line: int | None = None
+    row: int | None = None
+    shown: Path | None = None  # what a message names for a row (a datasets directory rather than its shard)
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line is not None else f"{self.shown or self.file}: row {self.row}"
+
+    @property
+    def number(self) -> int:
+        return self.line if self.line is not None else self.row or 0
+
+    def default_id(self, prefix: str) -> str:
+        """An id for a record that gives none: PREFIX + its line or row, with its file's name after the first."""
+        return f"{prefix}{self.number}" if self.file_number == 0 else f"{self.file.name}:{prefix}{self.number}"
+
+    def same_file(self, other: Where) -> bool:
+        return self.file == other.file
+
+
 def is_records(path: Path) -> bool:
-    """Whether `path` is a file or directory of records (as opposed to a LAMA directory or a raw T-REx file)."""
+    """Whether `path` is a file or directory of records (as opposed to a LAMA directory or a raw T-REx .json file);
+    a file of any name but .json is read as records (jsonl unless compressed or parquet)."""
     if path.is_dir():
         return not (path / "relations.jsonl").exists()
-    return path.name.endswith((*JSONL, PARQUET))
+    return path.suffix != ".json"
 
 
 def record_files(path: Path) -> list[Path]:
@@ -61,21 +90,23 @@ def _datasets_files(path: Path) -> list[dict[str, Any]]:
         raise CorpusError(f"{path / DATASETS_STATE}: not a datasets state file ({type(e).__name__}: {e})") from None
 
 
-def read_records(path: Path, max_line: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_records(path: Path, max_line: int | None = None) -> Iterator[tuple[Where, dict[str, Any]]]:
     """Every record of the file or directory `path`, with where it is. `max_line`: the longest jsonl line accepted
-    (a longer one is an error, and is never read whole)."""
+    (a longer one is an error, and is never read whole). A file that is neither compressed jsonl nor parquet is read
+    as jsonl, whatever its name (.jsonl, .ndjson, none)."""
     row = 0  # a datasets directory's rows are numbered across its files, as `dataset[i]` does
     datasets = path.is_dir() and (path / DATASETS_STATE).exists()
-    for f in record_files(path):
-        if f.name.endswith(JSONL):
-            for n, obj in read_jsonl(f, max_line):
-                yield f"{f}:{n}", obj
-        elif f.name.endswith(PARQUET) or datasets:
-            for i, obj in enumerate(_read_arrow(f, datasets)):
-                yield (f"{path}: row {row}" if datasets else f"{f}: row {i}"), obj
+    for k, f in enumerate(record_files(path)):
+        if datasets:
+            for obj in _read_arrow(f, True):
+                yield Where(path, 0, row=row, shown=path), obj
                 row += 1
+        elif f.name.endswith(PARQUET):
+            for i, obj in enumerate(_read_arrow(f, False)):
+                yield Where(f, k, row=i), obj
         else:
-            raise CorpusError(f"{f}: not a corpus file (.jsonl, .jsonl.gz, .jsonl.zst or .parquet)")
+            for n, obj in read_jsonl(f, max_line):
+                yield Where(f, k, line=n), obj
 
 
 def _decompress_errors(path: Path) -> tuple[type[BaseException], ...]:
@@ -93,10 +124,38 @@ def _open_jsonl(path: Path, stack: ExitStack) -> io.BufferedIOBase | IO[bytes]:
     if path.name.endswith(".gz"):
         return stack.enter_context(gzip.open(raw))
     if path.name.endswith(".zst"):
+        return stack.enter_context(io.BufferedReader(_ZstdFrames(raw)))
+    return raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """A .zst file's frames, decompressed in turn; a file that ends inside a frame is an error (zstandard's
+    stream_reader returns nothing for it, silently)."""
+
+    def __init__(self, raw: IO[bytes]):
         import zstandard
 
-        return stack.enter_context(io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)))
-    return raw
+        self.raw, self.new = raw, zstandard.ZstdDecompressor().decompressobj
+        self.d, self.buf = self.new(), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self.buf:
+            if self.d.eof:  # a frame ended: the next one, if any, starts in what it left over
+                chunk = self.d.unused_data or self.raw.read(ROWS_PER_BATCH * 64)
+                if not chunk:
+                    return 0
+                self.d = self.new()
+            else:
+                chunk = self.raw.read(ROWS_PER_BATCH * 64)
+                if not chunk:
+                    raise EOFError("the file ends inside a compressed frame (truncated?)")
+            self.buf = self.d.decompress(chunk)
+        n = min(len(b), len(self.buf))
+        b[:n], self.buf = self.buf[:n], self.buf[n:]
+        return n
 
 
 def read_jsonl(path: Path, max_line: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

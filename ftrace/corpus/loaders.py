@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ftrace.config import SPLITS
-from ftrace.corpus.files import CorpusError, is_records, json_error, read_jsonl, read_records
+from ftrace.corpus.files import CorpusError, Where, is_records, json_error, read_jsonl, read_records
 from ftrace.corpus.passages import Passages
 from ftrace.corpus.records import Corpus, Query, Sentence, find_object, sentence_id
 
@@ -46,52 +46,54 @@ class _PlainSentence(BaseModel):
     id: str | None = None
     text: str
     facts: list[tuple[str, str, str]] = []
-    # where a passage lies in its document (an index's own corpus.jsonl, written after cutting)
+    # where a passage lies in its document: read from the files ftrace wrote itself only
     document: str | None = None
     span: tuple[int, int] | None = None
     passage: int | None = None
 
 
-def load_records(path: Path, source: str | None = None, max_line: int | None = MAX_RECORD_LINE,
-                 text_field: str = "text", id_field: str = "id", passages: Passages | None = None) -> Corpus:
+PROVENANCE = ("document", "span", "passage")
+
+
+def load_records(path: Path, source: str | None = None, text_field: str = "text", id_field: str = "id",
+                 passages: Passages | None = None, own: bool = False) -> Corpus:
     """ftrace's own format, in any file `files.read_records` reads: text records {TEXT_FIELD, ID_FIELD?, "facts"?}
     (sentences or documents) and query records {"prompt", "target", "id"?, "fact"?, "proponents"?}; see
     docs/index-format.md. With `passages`, a record longer than a passage is cut into passages (id "DOC#K", the
     document's facts whose object they state); a query's proponent naming a cut document means its passages stating
-    the query's fact (all of them when none does). `max_line`: the longest jsonl line accepted (None for the files
-    ftrace wrote itself)."""
+    the query's fact (all of them when none does). `own`: a file ftrace wrote itself (an index's corpus.jsonl), read
+    with its passages' provenance and no line cap (a query line lists all its proponents)."""
     sentences: list[Sentence] = []
     queries: list[Query] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, Where] = {}
+    asked: dict[str, Where] = {}
     cut: dict[str, list[Sentence]] = {}  # document id -> its passages
-    for where, obj in read_records(path, max_line):
+    for where, obj in read_records(path, None if own else MAX_RECORD_LINE):
         if "prompt" in obj:
-            obj.setdefault("id", f"q{where.rsplit(':', 1)[-1].removeprefix(' row ')}")
-            q = _parse(Query, obj, where)
+            obj.setdefault("id", where.default_id("q"))
+            q = _parse(Query, obj, str(where))
             if not q.prompt.strip() or not q.target.strip():
                 raise CorpusError(f"{where}: query prompt and target must not be empty")
+            _unique(q.id, where, asked, "query id")
             queries.append(q)
         elif text_field in obj:
-            record = _text_record(obj, text_field, id_field, where)
-            raw = _parse(_PlainSentence, record, where)
+            record = _text_record(obj, text_field, id_field, where, own)
+            raw = _parse(_PlainSentence, record, str(where))
             if not raw.text.strip():
                 raise CorpusError(f"{where}: text is empty")
             sid = raw.id or sentence_id(raw.text)
-            spans = passages.spans(raw.text) if passages and raw.document is None else [(0, len(raw.text))]
-            pieces = [Sentence(id=sid, text=raw.text, facts=raw.facts, document=raw.document, span=raw.span,
-                               passage=raw.passage)] if len(spans) == 1 else [
-                Sentence(id=f"{sid}#{k}", text=raw.text[a:b], document=sid, span=(a, b), passage=k,
-                         facts=[f for f in raw.facts if find_object(raw.text[a:b], f[2])])
-                for k, (a, b) in enumerate(spans)]
-            for s in pieces:
-                if s.id in seen:
-                    file, _, first = seen[s.id].rpartition(":")
-                    at = f"on line {first}" if where.startswith(f"{file}:") else f"at {seen[s.id]}"
-                    raise CorpusError(f"{where}: duplicate id {s.id!r} (first {at})")
-                seen[s.id] = where
-            if len(pieces) > 1:
-                cut[sid] = pieces
-            sentences += pieces
+            _unique(sid, where, seen, "id")
+            spans = passages.spans(raw.text) if passages and not own else [(0, len(raw.text))]
+            if len(spans) == 1:
+                sentences.append(Sentence(id=sid, text=raw.text, facts=raw.facts, document=raw.document,
+                                          span=raw.span, passage=raw.passage))
+                continue
+            cut[sid] = [Sentence(id=f"{sid}#{k}", text=raw.text[a:b], document=sid, span=(a, b), passage=k,
+                                 facts=[f for f in raw.facts if find_object(raw.text[a:b], f[2])])
+                        for k, (a, b) in enumerate(spans)]
+            for s in cut[sid]:
+                _unique(s.id, where, seen, "id")
+            sentences += cut[sid]
         else:
             raise CorpusError(f"{where}: a record needs either {text_field!r} (a text: --text-field) or 'prompt' "
                               "(a query)")
@@ -99,7 +101,7 @@ def load_records(path: Path, source: str | None = None, max_line: int | None = M
         raise CorpusError(f"{path}: no text records")
     for q in queries:
         q.proponents = [p for d in q.proponents for p in _passages_of(d, q, cut)]
-        missing = [p for p in q.proponents if p not in seen]
+        missing = [p for p in q.proponents if p not in seen or p in cut]
         if missing:
             raise CorpusError(f"{path}: query {q.id!r} names unknown proponent ids {missing[:3]}")
     described = f" ({passages.describe()})" if passages and cut else ""
@@ -107,8 +109,19 @@ def load_records(path: Path, source: str | None = None, max_line: int | None = M
                   passages=(passages.size, passages.stride) if passages else None).link_proponents()
 
 
-def _text_record(obj: dict[str, Any], text_field: str, id_field: str, where: str) -> dict[str, Any]:
-    """A text record under the names `_PlainSentence` reads: its text and id fields (an integer id becomes text)."""
+def _unique(key: str, where: Where, seen: dict[str, Where], what: str) -> None:
+    """Refuse a second record of the same id, naming where the first was."""
+    if key in seen:
+        first = seen[key]
+        at = (f"on line {first.line}" if first.line is not None else f"at row {first.row}") if first.same_file(
+            where) else f"at {first}"
+        raise CorpusError(f"{where}: duplicate {what} {key!r} (first {at})")
+    seen[key] = where
+
+
+def _text_record(obj: dict[str, Any], text_field: str, id_field: str, where: Where, own: bool) -> dict[str, Any]:
+    """A text record under the names `_PlainSentence` reads: its text and id fields (an integer id becomes text);
+    a user's fields that happen to be named like a passage's provenance are not taken for it."""
     rid = obj.get(id_field)
     if isinstance(rid, int) and not isinstance(rid, bool):
         rid = str(rid)
@@ -116,7 +129,8 @@ def _text_record(obj: dict[str, Any], text_field: str, id_field: str, where: str
         raise CorpusError(f"{where}: {id_field}: an id must be a string or an integer, got {type(rid).__name__}")
     if not isinstance(obj[text_field], str):
         raise CorpusError(f"{where}: {text_field}: text must be a string, got {type(obj[text_field]).__name__}")
-    return {**obj, "text": obj[text_field], "id": rid}
+    kept = obj if own else {k: v for k, v in obj.items() if k not in PROVENANCE}
+    return {**kept, "text": obj[text_field], "id": rid}
 
 
 def _passages_of(doc: str, q: Query, cut: dict[str, list[Sentence]]) -> list[str]:

@@ -18,7 +18,8 @@ Offsets = Callable[[str], list[tuple[int, int]]]
 
 
 def token_windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
-    """Token windows [a, b) over n tokens: a = 0, stride, 2 stride, ..., the last one reaching n."""
+    """Token windows [a, b) over n tokens: a = 0, stride, 2 stride, ..., the last one reaching n (`Passages.spans`'s
+    windows where none needs shortening)."""
     out = []
     start = 0
     while True:
@@ -41,23 +42,29 @@ class Passages:
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans [start, end) of the passages of `text`: one (the whole text) for a text of at most `size`
-        tokens. A window is trimmed of surrounding whitespace, and shortened at its end while its text, tokenised
-        alone, runs over `size` (a word cut from the space before it can take one more token)."""
-        if len(text) <= self.size:  # a token covers at least one character: no need to tokenise
+        tokens. A window is trimmed of surrounding whitespace (one of whitespace alone is no passage), and shortened
+        at its end while its text, tokenised alone, runs over `size` (a word cut from the space before it can take
+        one more token); the next window then starts no later than where it ended, so no text is left out."""
+        if 2 * len(text.encode("utf-8")) <= self.size:  # shorter than any tokenizer makes it: no need to tokenise
             return [(0, len(text))]
         offs = self.offsets(text)
         if len(offs) <= self.size:
             return [(0, len(text))]
         out = []
-        for a, b in token_windows(len(offs), self.size, self.stride):
+        a = 0
+        while True:
+            b = min(a + self.size, len(offs))
             while True:
                 start, end = _trimmed(text, offs[a][0], offs[b - 1][1])
                 over = len(self.offsets(text[start:end])) - self.size
                 if over <= 0 or b - a <= over:
                     break
                 b -= over
-            out.append((start, end))
-        return out
+            if end > start:
+                out.append((start, end))
+            if b >= len(offs):
+                return out
+            a = min(a + self.stride, b)
 
 
 def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:

@@ -84,17 +84,22 @@ class LuceneBM25:
         """Top-k (sentence id, BM25 score)."""
         return self._run(self._query(text), k)
 
+    @staticmethod
+    def _ids(ids: Sequence[str]):
+        """A Lucene query matching the documents of these ids."""
+        terms = autoclass("java.util.ArrayList")()
+        for i in ids:
+            terms.add(jstring_ref(i))
+        return autoclass("org.apache.lucene.search.TermInSetQuery")("id", terms)
+
     def score(self, text: str, ids: Sequence[str]) -> dict[str, float]:
         """BM25 score of every listed sentence (0 where no query term occurs), in one Lucene call."""
         if not ids:
             return {}
-        terms = autoclass("java.util.ArrayList")()
-        for i in ids:
-            terms.add(jstring_ref(i))
         occur = autoclass("org.apache.lucene.search.BooleanClause$Occur")
         q = autoclass("org.apache.lucene.search.BooleanQuery$Builder")()
         q.add(self._query(text), occur.MUST)
-        q.add(autoclass("org.apache.lucene.search.TermInSetQuery")("id", terms), occur.FILTER)
+        q.add(self._ids(ids), occur.FILTER)
         scores = dict.fromkeys(ids, 0.0)
         scores.update(self._run(q.build(), len(ids)))
         return scores
@@ -103,11 +108,7 @@ class LuceneBM25:
         """Which of `ids` the index holds."""
         out: set[str] = set()
         for start in range(0, len(ids), chunk):
-            terms = autoclass("java.util.ArrayList")()
-            for i in ids[start:start + chunk]:
-                terms.add(jstring_ref(i))
-            q = autoclass("org.apache.lucene.search.TermInSetQuery")("id", terms)
-            out.update(i for i, _ in self._run(q, chunk))
+            out.update(i for i, _ in self._run(self._ids(ids[start:start + chunk]), chunk))
         return out
 
     def count(self) -> int:

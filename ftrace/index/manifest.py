@@ -59,6 +59,12 @@ class ModelInfo(BaseModel):
     train_dir: str | None = None
     dtype: str  # the weights' dtype the vectors were computed in
 
+    def check_weights(self, index_dir: Path, fingerprint: str) -> None:
+        """Refuse a model whose weights are no longer those the index was built with."""
+        if fingerprint != self.fingerprint:
+            raise ManifestError(f"{index_dir}: model {self.name!r} has changed since the index was built (weights "
+                                f"{fingerprint}, index {self.fingerprint})")
+
 
 class QueryDefault(BaseModel):
     """The method `ftrace query` and `serve` use when none is given, chosen by `ftrace bench --save-default`."""

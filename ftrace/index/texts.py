@@ -53,7 +53,7 @@ class Texts:
         if path.exists():
             db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
         else:  # an index from before corpus.sqlite: its corpus.jsonl (a query line lists every proponent: no cap)
-            legacy = load_records(Path(index_dir) / "corpus.jsonl", source=source, max_line=None)
+            legacy = load_records(Path(index_dir) / "corpus.jsonl", source=source, own=True)
             db = _fill(sqlite3.connect(":memory:", check_same_thread=False), legacy)
         return cls(db, source, passages)
 

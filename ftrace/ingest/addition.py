@@ -8,6 +8,7 @@ passages it lacks (by id), and the vector store the examples it lacks. Then the 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ftrace import FtraceError
@@ -16,7 +17,7 @@ from ftrace.corpus import Corpus
 from ftrace.features.base import from_specs
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import append_lucene
-from ftrace.index.locks import clear_progress, writer
+from ftrace.index.locks import IndexBusyError, clear_progress, served_by, writer
 from ftrace.index.manifest import Addition, CorpusInfo, Manifest, ManifestError
 from ftrace.index.texts import write_texts
 from ftrace.ingest.pipeline import store_vectors
@@ -26,40 +27,44 @@ from ftrace.plumbing import log
 
 def add(c: IngestConfig, addition: Corpus) -> Manifest:
     index = IndexDir(Path(c.index))
+    if served_by(index.path) is not None:
+        raise IndexBusyError(f"{index.path}: `ftrace serve` holds this index; stop it before adding to it")
     with writer(index.path):
         m = Manifest.read(index.path)
         pending = m.adding
         if pending is None and not m.complete:
             raise ManifestError(f"{index.path}: ingest did not finish; finish it (`ftrace ingest`) before adding to it")
-        if pending is not None and pending.fingerprint != addition.fingerprint():
+        fingerprint = addition_fingerprint(addition)
+        if pending is not None and pending.fingerprint != fingerprint:
             raise ManifestError(f"{index.path}: the addition of {pending.source} did not finish; run `ftrace ingest "
                                 f"--add` with it again first")
+        # everything that can refuse, before the index changes: the model and checkpoints as built, the store
+        lm = load_model(m.model.name, c.device, m.model.dtype)
+        m.model.check_weights(index.path, lm.fingerprint)
+        featurizers = list(from_specs(lm, m.vectors, index.path).values())
         corpus = index.corpus
         if pending is None:
             merged = merge(corpus, addition, len(m.additions) + 1)
-            pending = Addition(source=addition.source, fingerprint=addition.fingerprint(),
-                               sentences=len(addition.sentences), examples=len(addition.examples()),
-                               queries=len(addition.queries), corpus=merged.fingerprint())
-            m.adding, m.complete = pending, False
-            m.write(index.path)  # first: from here an interruption is finished by the same command
         else:
-            merged = corpus if corpus.fingerprint() == pending.corpus else merge(corpus, addition, len(m.additions) + 1)
             log(f"finishing the addition of {pending.source}")
-        if merged is not corpus:
-            write_texts(index.corpus_file, merged)
-            (index.path / "corpus.jsonl").unlink(missing_ok=True)  # an index made before corpus.sqlite: replaced
-        new = {s.id for s in addition.sentences}
-        append_lucene(index.bm25_dir, [(s.id, s.text) for s in merged.sentences if s.id in new])
-        lm = load_model(m.model.name, c.device, m.model.dtype)
-        if lm.fingerprint != m.model.fingerprint:
-            raise ManifestError(f"{index.path}: model {m.model.name!r} has changed since the index was built "
-                                f"(weights {lm.fingerprint}, index {m.model.fingerprint})")
-        featurizers = list(from_specs(lm, m.vectors, index.path).values())
+            merged = corpus if corpus.fingerprint() == pending.corpus else merge(corpus, addition,
+                                                                                   len(m.additions) + 1)
         store = index.open_store()
         try:
+            if pending is None:
+                pending = Addition(source=addition.source, fingerprint=fingerprint,
+                                   sentences=len(addition.sentences), examples=len(addition.examples()),
+                                   queries=len(addition.queries), corpus=merged.fingerprint())
+                m.adding, m.complete = pending, False
+                m.write(index.path)  # first: from here an interruption is finished by the same command
+            if merged is not corpus:
+                write_texts(index.corpus_file, merged)
+                (index.path / "corpus.jsonl").unlink(missing_ok=True)  # an index made before corpus.sqlite
+            new = {s.id for s in addition.sentences}
+            append_lucene(index.bm25_dir, [(s.id, s.text) for s in merged.sentences if s.id in new])
             examples = [e for e in merged.examples() if e.sentence_id in new]
             store_vectors(store, examples, lm, featurizers, c.model_copy(update={"max_tokens": m.max_tokens}),
-                           index.path)
+                          index.path)
             if m.store.hnsw:
                 log("building HNSW (blocking)")
                 store.optimize()
@@ -74,6 +79,14 @@ def add(c: IngestConfig, addition: Corpus) -> Manifest:
         clear_progress(index.path)
     log(f"{index.path}: {pending.examples} examples added ({m.corpus.examples} in all)")
     return m
+
+
+def addition_fingerprint(addition: Corpus) -> str:
+    """The addition's texts and queries: a resumed addition must be the very same."""
+    h = hashlib.sha256(addition.fingerprint().encode())
+    for q in addition.queries:
+        h.update(q.model_dump_json().encode())
+    return h.hexdigest()[:16]
 
 
 def merge(corpus: Corpus, addition: Corpus, number: int) -> Corpus:

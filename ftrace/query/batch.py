@@ -40,41 +40,63 @@ def read_prompts(path: Path) -> list[Prompt]:
                 raise FtraceError(f"{where}: a prompt record needs a non-blank 'prompt'")
             if target is not None and (not isinstance(target, str) or not target.strip()):
                 raise FtraceError(f"{where}: 'target' must be non-blank text (or left out: the model's answer)")
-            out.append(Prompt(id=str(rid) if rid is not None else where.rsplit(" ", 1)[-1].rsplit(":", 1)[-1],
-                              prompt=prompt, target=target))
+            out.append(Prompt(id=str(rid) if rid is not None else where.default_id(""), prompt=prompt,
+                              target=target))
     if not out:
         raise FtraceError(f"--prompts {path}: no prompts")
     return out
 
 
-def trace_all(prompts: list[Prompt], trace: Callable[[Prompt], QueryResult]) -> Iterator[tuple[Prompt, QueryResult]]:
+def check_out(out: Path | None) -> None:
+    """Refuse an --out whose directory is missing before any prompt is traced, not after all of them."""
+    if out is not None and not out.parent.is_dir():
+        raise FtraceError(f"--out {out}: no directory {out.parent}")
+
+
+def trace_all(prompts: list[Prompt], trace: Callable[[Prompt], QueryResult]
+              ) -> Iterator[tuple[Prompt, QueryResult | str]]:
+    """Each prompt's result, or the one-line error it got (the other prompts go on)."""
+    failed = 0
     for p in tqdm(prompts, desc="prompts", unit="prompt"):
-        yield p, trace(p)
+        try:
+            yield p, trace(p)
+        except FtraceError as e:
+            failed += 1
+            yield p, str(e)
+    if failed:
+        log(f"{failed} of {len(prompts)} prompts failed: their records hold the error")
+
+
+def as_record(p: Prompt, r: QueryResult | str) -> str:
+    return json.dumps({"id": p.id, **(r.model_dump() if isinstance(r, QueryResult) else {"prompt": p.prompt,
+                                                                                          "error": r})},
+                      ensure_ascii=False)
 
 
 CSV_FIELDS = ["id", "prompt", "target", "target_from", "method", "rank", "sentence_id", "document", "span_start",
               "span_end", "score", "proponent", "text"]
 
 
-def write_results(results: Iterator[tuple[Prompt, QueryResult]], out: Path | None) -> int:
-    """Each result as a JSON line ({"id": ..., **result}) on stdout, or OUT.jsonl and OUT.csv (a row a hit, every
-    method's score a column) written whole or not at all. How many prompts were traced."""
+def write_results(results: Iterator[tuple[Prompt, QueryResult | str]], out: Path | None) -> int:
+    """Each result as a JSON line ({"id": ..., **result}, or {"id", "prompt", "error"}) on stdout, or OUT.jsonl and
+    OUT.csv (a row a hit, every method's score a column) written whole or not at all. How many prompts there were."""
     if out is None:
         n = 0
         for p, r in results:
-            print(json.dumps({"id": p.id, **r.model_dump()}, ensure_ascii=False), flush=True)
+            print(as_record(p, r), flush=True)
             n += 1
         return n
     done = list(results)
-    methods = list(dict.fromkeys(m for _, r in done for row in r.rows for m in row.scores))
+    traced = [(p, r) for p, r in done if isinstance(r, QueryResult)]
+    methods = list(dict.fromkeys(m for _, r in traced for row in r.rows for m in row.scores))
     base = out.with_suffix("") if out.suffix in (".jsonl", ".csv") else out
     jsonl, table = base.with_name(base.name + ".jsonl"), base.with_name(base.name + ".csv")
     with replacing(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"id": p.id, **r.model_dump()}, ensure_ascii=False) + "\n" for p, r in done)
+        f.writelines(as_record(p, r) + "\n" for p, r in done)
     with replacing(table) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_FIELDS + [f"score_{m}" for m in methods])
-        for p, r in done:
+        for p, r in traced:
             for row in r.rows:
                 span = row.span or (None, None)
                 w.writerow([p.id, r.prompt, r.target, r.target_from, r.method, row.rank, row.sentence_id,

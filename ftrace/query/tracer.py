@@ -90,9 +90,7 @@ class Tracer:
 
         m = self.index.manifest
         lm = load_model(m.model.name, self.device, self.dtype)
-        if lm.fingerprint != m.model.fingerprint:
-            raise ManifestError(f"{self.index.path}: model {m.model.name!r} has changed since the index was built "
-                                f"(weights {lm.fingerprint}, index {m.model.fingerprint})")
+        m.model.check_weights(self.index.path, lm.fingerprint)
         return lm
 
     def featurizer(self, name: str) -> Featurizer:
