@@ -482,7 +482,7 @@ class BenchConfig(Strict):
     tailpatch_lr: Annotated[float | None, Field(gt=0), cli("Tail-patch learning rate (default: the lr of the "
                                                            "training run's last step; 2e-4 for an index no run "
                                                            "made).")] = None
-    out: Annotated[Path | None, cli("Output directory (default results/bench/<index name>-<mode>).")] = None
+    out: Annotated[Path | None, cli("Output directory (default INDEX/bench/<mode>).")] = None
     save_default: Annotated[bool, cli("Record the best method by MRR over all queries (with its tuned fusion "
                                       "weight) in the index as `ftrace query`'s default.", "--save-default")] = False
     device: Annotated[Device, Field(exclude=True)] = "auto"
@@ -526,7 +526,9 @@ class BenchConfig(Strict):
         return self
 
     def out_dir(self) -> Path:
-        return self.out or Path("results") / "bench" / f"{Path(self.index).resolve().name}-{self.mode}"
+        """--out, else beside the index it evaluates (a user's runs belong with their index, not in ftrace's own
+        results/)."""
+        return self.out or Path(self.index) / "bench" / self.mode
 
     def command(self) -> str:
         parts = ["ftrace bench", f"--index {self.index}", f"--mode {self.mode}", f"--queries {self.queries}",

@@ -31,6 +31,9 @@ def test_answers_are_cut_at_the_first_phrase():
 
     assert cut(" Toyota Motor Corporation, which") == "Toyota Motor Corporation"
     assert cut("Paris.\nThe") == "Paris" and cut("\nParis") == "" and cut(" New York ") == "New York"
+    # a continuation that repeats its first words keeps them once; a name of repeated words stays whole
+    assert cut(" Philadelphia Philadelphia PA Philadelphia") == "Philadelphia"
+    assert cut(" New York New York City") == "New York" and cut(" Walla Walla, Washington") == "Walla Walla"
 
 
 def test_the_teacher_forced_rule_agrees_with_generation(lm, sample, monkeypatch):

@@ -60,6 +60,7 @@ def test_checkpoints_are_complete_and_loadable(full_run, tiny_model_dir):
     assert dirs == run.checkpoints
     states = [json.loads((d / "state.json").read_text()) for d in dirs]
     assert [s["step"] for s in states] == [0, 4, 8, 12] and all(s["complete"] for s in states)
+    assert not (out / "run.lock").exists()  # held while training, removed when it stops
     assert states[0]["second_moments"] is None and not (dirs[0] / "exp_avg_sq.pt").exists()
     assert states[0]["train_loss"] is None and states[-1]["lr"] > 0
     # Only the latest checkpoint keeps the resume state.
@@ -488,3 +489,16 @@ def test_autocast_trains_float32_weights_in_bfloat16_passes(full_run, tmp_path, 
     mixed = [json.loads(line)["loss"] for line in (tmp_path / "mixed" / "loss.jsonl").read_text().splitlines()]
     assert plain != mixed and np.allclose(plain, mixed, rtol=0.05)
     assert not same_weights(run.checkpoints[-1], out / f"step-{STEPS}")
+
+
+def test_a_second_trainer_in_the_same_directory_is_refused(tmp_path):
+    from ftrace.train.layout import locked
+
+    with locked(tmp_path):
+        assert (tmp_path / "run.lock").exists()
+        with pytest.raises(TrainError, match="another ftrace train is running here"), locked(tmp_path):
+            pass
+        assert (tmp_path / "run.lock").exists()  # the refused one leaves the holder's lock alone
+    assert not (tmp_path / "run.lock").exists()
+    with locked(tmp_path):  # and the directory can be trained in again
+        pass

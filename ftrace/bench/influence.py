@@ -15,6 +15,7 @@ k and the step settings.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,7 +164,9 @@ def versus(a: Sequence[float], bm25: Sequence[float]) -> dict:
     from scipy import stats
 
     d = np.subtract(a, bm25)
-    wilcoxon = float(stats.wilcoxon(a, bm25).pvalue) if np.any(d != 0) else None
+    with warnings.catch_warnings():  # few or tied differences: scipy's approximation warns, the p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        wilcoxon = float(stats.wilcoxon(a, bm25).pvalue) if np.any(d != 0) else None
     return {"mean_difference": float(d.mean()), "median_difference": float(np.median(d)),
             "wins": float(np.mean(d > 0)), "losses": float(np.mean(d < 0)), **M.paired_pvalues(a, bm25),
             "wilcoxon": wilcoxon}

@@ -82,7 +82,9 @@ def paired_pvalues(a: Sequence[float], b: Sequence[float], seed: int = 42) -> di
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(x) < 2 or not np.any(x != y):
         return {"student": None, "fisher": None}
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        # nearly equal differences: scipy warns of precision loss and returns nan or a p-value; neither is an error
+        warnings.simplefilter("ignore", RuntimeWarning)
         t = float(stats.ttest_rel(x, y).pvalue)
     fisher = stats.permutation_test((x, y), _mean_difference, permutation_type="samples", vectorized=True,
                                     n_resamples=FISHER_RESAMPLES, alternative="two-sided",

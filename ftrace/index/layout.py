@@ -106,9 +106,10 @@ class IndexDir:
             out["shards"] = {f"{i}/{n}": (("complete" if Manifest.read(d.path).complete else "incomplete")
                                           if (d.path / "manifest.json").exists() else "starting")
                              for (i, n), d in shards.items()}
-        train = self.path / "train"  # `ftrace train --index`'s checkpoints are not part of the index
+        # `ftrace train --index`'s checkpoints and `ftrace bench`'s results live beside it, not in it
+        outside = {self.path / "train", self.path / "bench"}
         # allocated, as `du -s` counts (files and directories): Qdrant preallocates sparse files far larger than
         # what they hold
         out["bytes_on_disk"] = sum(p.lstat().st_blocks * 512 for p in [self.path, *self.path.rglob("*")]
-                                   if p != train and train not in p.parents)
+                                   if p not in outside and not outside & set(p.parents))
         return out

@@ -36,9 +36,12 @@ def build_lucene(path: Path, docs: Iterable[tuple[str, str]], total: int | None 
             indexer.addJsonDocument(doc.fromFields(doc_id, text))
     finally:
         indexer.close()
+    old = path.with_name(path.name + ".old")  # the index it replaces: renamed aside, never missing from disk
+    shutil.rmtree(old, ignore_errors=True)
     if path.exists():
-        shutil.rmtree(path)
+        path.rename(old)
     tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def append_lucene(path: Path, docs: Sequence[tuple[str, str]], threads: int = 2) -> None:

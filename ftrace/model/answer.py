@@ -37,8 +37,14 @@ def has_stop(text: str) -> bool:
 
 
 def cut(text: str) -> str:
-    """The answer in a generated continuation: up to the first newline or punctuation mark, stripped."""
-    return _STOP.split(text, maxsplit=1)[0].strip()
+    """The answer in a generated continuation: up to the first newline or punctuation mark, stripped, and its first
+    words alone where they repeat with more after ("Philadelphia Philadelphia PA Philadelphia" -> "Philadelphia"; a
+    name of repeated words, "Walla Walla", is kept: no LAMA object repeats a word)."""
+    words = _STOP.split(text, maxsplit=1)[0].split()
+    for k in range(1, (len(words) - 1) // 2 + 1):  # k words, again, and more after them
+        if words[k:2 * k] == words[:k]:
+            return " ".join(words[:k])
+    return " ".join(words)
 
 
 class _Answered:

@@ -1,7 +1,7 @@
 """What `ftrace train` writes in its output directory, as readers see it: run.json and its migration.
 
     run.json         what the run is (identity: config, base model, corpus) and how far it got
-    run.lock         held (flock) while a process trains here: two at once are refused
+    run.lock         held (flock) while a process trains here: two at once are refused; removed when it stops
     loss.jsonl       one line per step: {"step", "epoch", "loss", "lr"}
     loss.png         the loss curve with the checkpoints marked
     config.json      the run's record: `ftrace train --config OUT/config.json` runs it again (ftrace.runrecord)

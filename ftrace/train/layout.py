@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,11 +44,20 @@ def remove_partial(out: Path) -> list[str]:
 
 @contextmanager
 def locked(out: Path) -> Iterator[None]:
-    """Hold run.lock for the duration; a second trainer in the same directory is refused."""
-    with open(out / LOCK, "a") as f:
+    """Hold run.lock for the duration; a second trainer in the same directory is refused. The file is removed
+    (still locked) when the holder is done, so none is left behind: a process that locked a file removed meanwhile
+    takes the new one instead (the inode check)."""
+    path = out / LOCK
+    while True:
+        f = open(path, "a")
         if not try_lock(f.fileno(), fcntl.LOCK_EX):
+            f.close()
             raise TrainError(f"{out}: another ftrace train is running here")
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        if path.exists() and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+            break
+        f.close()  # the holder before us removed it after we opened it: lock the one there now
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        f.close()  # releases the lock
