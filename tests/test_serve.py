@@ -1,6 +1,7 @@
 """`ftrace serve`: a real uvicorn server (the CLI in a subprocess) over a copy of the tiny-model sample
 index, real HTTP, real Qdrant Edge and Lucene, and the explorer page in headless Chromium."""
 
+import html
 import json
 import shutil
 import socket
@@ -338,3 +339,31 @@ def test_stopping_the_server_frees_the_index(server):
     assert f"closed {server.index}" in server.log.read_text(), server.log.read_text()[-3000:]
     r = runner.invoke(app, ["query", AVANZA, "--index", str(server.index), "--target", "Toyota", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["rows"], r.output
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not found: `apt-get install chromium` (Debian), which "
+                                             "`bash scripts/install.sh --test` does as root where apt is available")
+def test_the_explorer_shows_a_passage_in_its_document(tmp_path, sample, tiny_model_dir):
+    """A hit of a document corpus: its document and character span, and the document's text around it (from its
+    neighbouring passages), the passage highlighted."""
+    records = [{"id": f"doc-{i}", "text": " ".join(s.text for s in sample.sentences[i:i + 25])} for i in (0, 25)]
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
+    index = tmp_path / "idx"
+    r = runner.invoke(app, ["ingest", "--index", str(index), "--corpus", str(corpus), "--model", tiny_model_dir,
+                            "--passage-tokens", "64", "--no-tracin"])
+    assert r.exit_code == 0, r.output
+    served = start_server(index, tmp_path / "serve.log", "--device", "cpu",
+                          env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    try:
+        body = {"prompt": AVANZA, "target": "Toyota", "method": "bm25", "k": 3}
+        rows = http(f"{served.url}/trace", body)[1]["rows"]
+        dom = chromium(tmp_path, f"{served.url}/?{urlencode(body)}", "--dump-dom")
+    finally:
+        served.stop()
+    assert 'data-state="done"' in dom and ">passage</th>" in dom, dom[-3000:]
+    for row in rows:
+        start, end = row["span"]
+        assert f"{row['document']} · characters {start}–{end}" in dom
+        assert html.escape(row["text"], quote=False) in dom.split(f'data-sentence-id="{row["sentence_id"]}"')[1]
+    assert dom.count("<mark>") == len(rows) and "<details>" in dom
