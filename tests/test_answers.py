@@ -36,6 +36,14 @@ def test_answers_are_cut_at_the_first_phrase():
     assert cut(" New York New York City") == "New York" and cut(" Walla Walla, Washington") == "Walla Walla"
 
 
+def test_an_answer_is_right_a_leading_article_aside():
+    from ftrace.model.answer import answer_is_right
+
+    assert answer_is_right("the United States", "United States") and answer_is_right("Beatles", "The Beatles")
+    assert answer_is_right("Toyota Motor", "Toyota") and not answer_is_right("Toyotas", "Toyota")
+    assert not answer_is_right("the", "United States")
+
+
 def test_the_teacher_forced_rule_agrees_with_generation(lm, sample, monkeypatch):
     """`answers_right` (one teacher-forced pass) says what `answer_is_right(greedy_answer(...))` says, on every
     sample query and on targets made from the generated answers: the answer itself (several tokens), its first

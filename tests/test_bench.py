@@ -220,9 +220,10 @@ def test_significance_is_over_distinct_queries():
 
 def test_answer_rule():
     for answer, target in [("Toyota", "Toyota"), ("toyota motor", "Toyota"), ("  TOYOTA  ", "toyota"),
-                           ("Toyota's", "Toyota"), ("Toyota-based", "Toyota"), ("New  York City", "new york")]:
+                           ("Toyota's", "Toyota"), ("Toyota-based", "Toyota"), ("New  York City", "new york"),
+                           ("the Toyota", "Toyota")]:  # one rule: a leading article aside
         assert answer_is_right(answer, target), (answer, target)
-    for answer, target in [("Toyotas", "Toyota"), ("the Toyota", "Toyota"), ("Toy", "Toyota"), ("", "Toyota"),
+    for answer, target in [("Toyotas", "Toyota"), ("Toy", "Toyota"), ("", "Toyota"),
                            ("Toyota", ""), ("New Yorker", "New York"), ("Honda", "Toyota")]:
         assert not answer_is_right(answer, target), (answer, target)
     assert learned_slice(True, None) == "pre-train-learned" and learned_slice(False, None) == "not-learned"

@@ -14,7 +14,7 @@ import torch
 
 from ftrace import FtraceError
 from ftrace.config import GradientConfig
-from ftrace.corpus import Corpus, Example, Sentence, lookup_key, match_key, stated_objects
+from ftrace.corpus import Corpus, Example, Sentence, match_key, stated_objects
 from ftrace.features.gradients import GradientFeaturizer, combine_checkpoints, example_loss_batch, tied_norm_ratio
 from ftrace.model import example_batch, load_model, query_batch
 from ftrace.model.batching import IGNORE, object_span_batch
@@ -425,12 +425,11 @@ def test_corpus_examples_carry_the_first_fact_object_found_in_the_text():
     assert [stated_objects(s) for s in corpus.sentences] == [["toyota", "Indonesia"], [], []]
 
 
-def test_one_rule_matches_targets_and_lookups_forgive_an_article():
+def test_one_rule_matches_targets_answers_and_prompts_an_article_aside():
     assert match_key("  Toyota\tMotor ") == match_key("toyota motor") == "toyota motor"
-    assert match_key("the United States") != match_key("United States")  # not the greedy answer's target
-    assert lookup_key("The  eiffel Tower is located in") == lookup_key("Eiffel Tower is located in")
-    assert lookup_key("the United States") == lookup_key(match_key("United States"))
-    assert lookup_key("The") == "the"
+    assert match_key("the United States") == match_key("United States")  # one rule: answers, targets, prompts
+    assert match_key("The  eiffel Tower is located in") == match_key("Eiffel Tower is located in")
+    assert match_key("The") == "the"
 
 
 def test_object_span_examples_take_the_gradient_of_the_object_tokens(lm):

@@ -20,18 +20,15 @@ def sentence_id(text: str) -> str:
     return "t" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
+ARTICLES = ("the", "a", "an")
+
+
 def match_key(text: str) -> str:
-    """The one rule for comparing targets, objects and answers: case and spacing ignored ("Toyota  Motor " is
-    "toyota motor")."""
-    return " ".join(text.lower().split())
-
-
-def lookup_key(text: str) -> str:
-    """How a user's prompt or target finds the corpus's queries (`ftrace query`'s ground truth): `match_key`, and a
-    leading article ignored ("The Eiffel Tower is located in" finds "Eiffel Tower is located in", a model's answer
-    "the United States" finds "United States")."""
-    words = match_key(text).split(" ")
-    return " ".join(words[1:] if len(words) > 1 and words[0] in ("the", "a", "an") else words)
+    """The one rule for comparing targets, objects, answers and prompts: case, spacing and a leading article aside
+    ("Toyota  Motor " is "toyota motor"; a model's answer "the United States" is the target "United States"; "The
+    Eiffel Tower is located in" finds the query "Eiffel Tower is located in"). A lone article stays itself."""
+    words = " ".join(text.lower().split()).split(" ")
+    return " ".join(words[1:] if len(words) > 1 and words[0] in ARTICLES else words)
 
 
 def find_object(text: str, obj: str) -> tuple[int, int] | None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ftrace.corpus import Corpus, Query, Sentence, load_records, lookup_key
+from ftrace.corpus import Corpus, Query, Sentence, load_records, match_key
 from ftrace.plumbing import replacing
 
 SCHEMA = """
@@ -36,7 +36,7 @@ def _fill(db: sqlite3.Connection, corpus: Corpus) -> sqlite3.Connection:
         db.executemany("INSERT INTO sentences (id, json) VALUES (?, ?)",
                        ((s.id, s.model_dump_json(exclude_none=True)) for s in corpus.sentences))
         db.executemany("INSERT INTO queries (key, json) VALUES (?, ?)",
-                       ((lookup_key(q.prompt), q.model_dump_json(exclude_none=True)) for q in corpus.queries))
+                       ((match_key(q.prompt), q.model_dump_json(exclude_none=True)) for q in corpus.queries))
     return db
 
 
@@ -77,9 +77,9 @@ class Texts:
         return out
 
     def queries_for(self, prompt: str) -> list[Query]:
-        """The queries whose prompt is `prompt`, leading article aside (`lookup_key`)."""
+        """The queries whose prompt is `prompt`, leading article aside (`match_key`)."""
         return [Query.model_validate_json(js) for (js,) in
-                self._rows("SELECT json FROM queries WHERE key = ? ORDER BY n", [lookup_key(prompt)])]
+                self._rows("SELECT json FROM queries WHERE key = ? ORDER BY n", [match_key(prompt)])]
 
     def example_prompt(self) -> str:
         """A prompt to warm a model with: the first query's, else the first sentence's first words."""

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ftrace.corpus import match_key
+from ftrace.corpus.records import ARTICLES, match_key
 from ftrace.model.batching import budget_batches
 from ftrace.model.loading import LoadedModel
 
@@ -18,11 +18,12 @@ MAX_NEW_TOKENS = 8  # the longest answer generated
 BATCH_TOKENS = 4096  # answers_right: padded tokens a batch (its logits: that many x the vocabulary)
 # answers_right's implementation of RULE; a new version makes cached verdicts (bench's "@right") stale
 # 2: a forced argmax that is part of a character (a byte token) is left to generation
-RIGHT_RULE_VERSION = 2
+# 3: a leading article aside (the one `match_key` rule): "the United States" is right for "United States"
+RIGHT_RULE_VERSION = 3
 
-RULE = ("right when the normalised target (lowercase, whitespace collapsed, stripped) equals the normalised greedy "
-        "answer or is its prefix followed by a space or punctuation: 'Toyota Motor' and 'Toyota's' count for "
-        "'Toyota', 'Toyotas' does not")
+RULE = ("right when the normalised target (lowercase, whitespace collapsed, stripped, a leading article aside) equals "
+        "the normalised greedy answer or is its prefix followed by a space or punctuation: 'Toyota Motor', 'Toyota's' "
+        "and 'the Toyota' count for 'Toyota', 'Toyotas' does not")
 
 
 def answer_is_right(answer: str, target: str) -> bool:
@@ -175,6 +176,8 @@ def _decide(tok, target_ids: list[int], best: list[int], target: str, max_new_to
             if has_stop(_continuation(tok, target_ids[:j], best[j])):
                 return answer_is_right(cut(text), target)  # the answer ends at this mark: it is final
             so_far = match_key(text)
+            if so_far in ARTICLES:
+                return None  # an article first: what follows it decides (`match_key` sets it aside)
             whole = match_key(tok.decode(target_ids, skip_special_tokens=True))
             # a greedy path whose text still agrees with the target's: only generation can tell
             return None if so_far.startswith(whole) or whole.startswith(so_far) else False

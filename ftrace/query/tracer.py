@@ -22,7 +22,7 @@ import numpy as np
 
 from ftrace import FtraceError
 from ftrace.config import TraceOptions
-from ftrace.corpus import Corpus, Query, Sentence, lookup_key
+from ftrace.corpus import Corpus, Query, Sentence, match_key
 from ftrace.corpus.passages import around
 from ftrace.corpus.records import example_id, example_sentence
 from ftrace.index.layout import IndexDir
@@ -217,7 +217,7 @@ class Tracer:
         return self.texts.queries_for(prompt)
 
     def ground_truth(self, same_prompt: list[Query], target: str) -> GroundTruth | None:
-        hits = [q for q in same_prompt if lookup_key(q.target) == lookup_key(target)]
+        hits = [q for q in same_prompt if match_key(q.target) == match_key(target)]
         if not hits:
             return None
         props = list(dict.fromkeys(p for q in hits for p in q.proponents))
