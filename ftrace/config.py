@@ -348,6 +348,10 @@ class IngestConfig(Strict):
         return self
 
 
+# A fusion's defaults, for queries and the bench alike: equal weights, and a cascade re-ranking the second method's top
+# 20 (ftrace.query.methods)
+FUSION_WEIGHT = 0.5
+CASCADE_K = 20
 CascadeK = Annotated[int, Field(ge=1), cli("Cascade fusion: how many of the second method's top sentences "
                                           "the sum re-ranks.", "--cascade-k", min=1)]
 
@@ -367,10 +371,10 @@ class TraceOptions(Strict):
                           "its default method, else sum.")] = None
     weight: Annotated[float | None, Field(ge=0.0, le=1.0),
                       cli("Fusion weight of the first method (the second gets 1 - weight). Default: the index's "
-                          "tuned weight for its default method, else 0.5.")] = None
+                          f"tuned weight for its default method, else {FUSION_WEIGHT}.")] = None
     cascade_k: Annotated[int | None, Field(ge=1),
                          cli("Cascade fusion: how many of the second method's top sentences the sum re-ranks "
-                             "(default: the index's choice, else 20).", "--cascade-k", min=1)] = None
+                             f"(default: the index's choice, else {CASCADE_K}).", "--cascade-k", min=1)] = None
     depth: Annotated[int, Field(ge=1), cli("Candidates each method retrieves before fusion.", min=1)] = 100
 
     @field_validator("prompt")
@@ -460,7 +464,8 @@ class BenchConfig(Strict):
                         "(FTRACE's: the facts the model already answers) or fine-tune-learned-strict (fine-tune-"
                         "learned, and none of the base model's 3 beam-search answers right: FTRACE's code).")] = None
     tune_split: Annotated[list[str] | None, cli("Splits to tune fusion weights on (grid 0, 0.1, ..., 1; max MRR) or "
-                                                "fit --fusion learned on ('all': every split). Default: weight 0.5.",
+                                                "fit --fusion learned on ('all': every split). Default: weight "
+                                                f"{FUSION_WEIGHT}.",
                                                 split=True)] = None
     tune_relations: Annotated[list[str] | None, cli("Relations to tune fusion weights on, or fit --fusion learned "
                                                     "on (with or without --tune-split); choose ones you do not report.",
@@ -470,7 +475,7 @@ class BenchConfig(Strict):
     fusion: Annotated[Literal["sum", "rrf", "cascade", "learned"],
                       cli("How every a+b method fuses: sum, rrf, cascade (with a tuned or default weight) or "
                           "learned (logistic regression fitted on the --tune-split/--tune-relation queries).")] = "sum"
-    cascade_k: CascadeK = 20
+    cascade_k: CascadeK = CASCADE_K
     depth: Annotated[int, Field(ge=1), cli("Full mode: sentences each method retrieves (and ranking length).",
                                            min=1)] = 100
     metric: Annotated[Literal["attribution", "tailpatch", "all"],
@@ -491,7 +496,7 @@ class BenchConfig(Strict):
     as_json: Annotated[bool, Field(exclude=True), cli("Print results.json instead of the table.", "--json")] = False
     sizes: CandidateSizes = CandidateSizes()
     grid: list[float] = GRID
-    default_weight: float = 0.5
+    default_weight: float = FUSION_WEIGHT
     stat_test: Literal["student", "fisher"] = "student"  # main paired test; the other is reported too
 
     @field_validator("split", "tune_split", mode="before")

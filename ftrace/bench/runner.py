@@ -49,14 +49,14 @@ from ftrace.bench.slices import (
     slice_names,
     strict_slices,
 )
-from ftrace.config import GRID, BenchConfig
+from ftrace.config import CASCADE_K, FUSION_WEIGHT, GRID, BenchConfig
 from ftrace.corpus import Query
 from ftrace.index.locks import writer
 from ftrace.index.manifest import Manifest, QueryDefault, versions
 from ftrace.plumbing import log
 from ftrace.query.fusion import ranking
 from ftrace.query.learned import LearnedFusion
-from ftrace.query.methods import CASCADE_K, FUSIONS, Fuser, Fusion, Method, parse_method
+from ftrace.query.methods import FUSIONS, Fuser, Fusion, Method, parse_method
 from ftrace.query.tracer import Tracer
 
 FTRACE_FUSIONS = (("tracin", "embed"), ("tracin", "bm25"), ("embed", "bm25"))
@@ -121,7 +121,7 @@ def fused_mrr(parts: Parts, proponents: dict[str, list[str]], fuser: Fuser, seed
 
 
 def tune_weight(parts: Parts, proponents: dict[str, list[str]], method: Method, grid: Sequence[float] = GRID,
-                seed: int = 0, default: float = 0.5, fusion: Fusion = "sum",
+                seed: int = 0, default: float = FUSION_WEIGHT, fusion: Fusion = "sum",
                 cascade_k: int = CASCADE_K) -> tuple[float, dict[float, float]]:
     """The w of `grid` maximising MRR of the fusion over the queries of `parts` (query id ->
     component scores); ties go to the w closest to `default`, then the smaller."""

@@ -28,7 +28,7 @@ from ftrace.corpus import Query
 from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.answer import RIGHT_RULE_VERSION, answers_right, greedy_answers, in_top_answers
-from ftrace.query.methods import fusion_pool
+from ftrace.query.methods import fused_parts, parse_method
 from ftrace.query.tracer import Tracer
 
 
@@ -124,11 +124,9 @@ class Scorer:
             cands = self.candidates(seed, q)
             return QueryScores({m: self.scored(seed, q, m, cands.ids) for m in self.singles}, candidates=cands)
         single = {m: self.retrieved(q, m) for m in self.singles}
-        fused: dict[str, dict[str, dict[str, float]]] = {}
-        for f in self.fusions:
-            parts = f.split("+")
-            pool = fusion_pool({p: single[p] for p in parts})
-            fused[f] = {p: self.scored(None, q, p, pool, f"{f}:{p}") for p in parts}
+        fused = {f: fused_parts(parse_method(f, None), single.__getitem__,
+                                lambda p, pool, f=f: self.scored(None, q, p, pool, f"{f}:{p}"))  # type: ignore[misc]
+                 for f in self.fusions}
         return QueryScores(single, fused)
 
     # ---- answers

@@ -11,11 +11,12 @@ fusions put bm25 last, so BM25 retrieves and the sum re-ranks) and, in the bench
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from ftrace import FtraceError
+from ftrace.config import CASCADE_K, FUSION_WEIGHT
 from ftrace.query.fusion import Scores, cascade, rrf, weighted_sum
 from ftrace.query.learned import LearnedFusion
 
@@ -28,7 +29,6 @@ FUSIONS: dict[str, str] = {
                "scores normalised over them (w on the first method), ranked above the rest in the second's order",
     "learned": "logistic regression over both methods' min-max scores and 1/ranks, fitted on the tuning queries",
 }
-CASCADE_K = 20
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,14 @@ def fusion_pool(retrieved: Mapping[str, Scores]) -> list[str]:
     return sorted({s for run in retrieved.values() for s in run})
 
 
+def fused_parts(method: Method, retrieve: Callable[[str], Scores],
+                score: Callable[[str, list[str]], dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The one fusion path over a whole corpus (queries and the full-retrieval bench): each component retrieves its
+    top sentences, and every component scores their union (`fusion_pool`)."""
+    pool = fusion_pool({c: retrieve(c) for c in method.components})
+    return {c: score(c, pool) for c in method.components}
+
+
 def fuse(runs: Mapping[str, Scores], method: Method, weight: float, fusion: Fusion = "sum",
          cascade_k: int = CASCADE_K) -> dict[str, float]:
     """Fuse the component runs of `method` (weight w on a, 1 - w on b): min-max weighted sum, weighted
@@ -84,7 +92,7 @@ class Fuser:
 
     method: Method
     fusion: FusionKind = "sum"
-    weight: float = 0.5
+    weight: float = FUSION_WEIGHT
     cascade_k: int = CASCADE_K
     model: LearnedFusion | None = None
 

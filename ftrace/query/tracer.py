@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ftrace import FtraceError
-from ftrace.config import TraceOptions
+from ftrace.config import CASCADE_K, FUSION_WEIGHT, TraceOptions
 from ftrace.corpus import Corpus, Query, Sentence, match_key
 from ftrace.corpus.passages import around
 from ftrace.corpus.records import example_id, example_sentence
@@ -29,7 +29,7 @@ from ftrace.index.layout import IndexDir
 from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
 from ftrace.query.fusion import by_sentence, ranking
-from ftrace.query.methods import CASCADE_K, Fuser, Fusion, Method, fusion_pool, parse_method
+from ftrace.query.methods import Fuser, Fusion, Method, fused_parts, parse_method
 from ftrace.query.result import GroundTruth, QueryResult, Row
 
 if TYPE_CHECKING:  # torch and transformers behind these load in seconds: imported where the model is needed
@@ -198,8 +198,8 @@ class Tracer:
         if not method.is_fusion:
             (name,) = method.components
             return {name: self.retrieve(name, prompt, target, depth, qvec)}
-        pool = fusion_pool({c: self.retrieve(c, prompt, target, depth, qvec) for c in method.components})
-        return {c: self.score(c, prompt, target, pool, qvec) for c in method.components}
+        return fused_parts(method, lambda c: self.retrieve(c, prompt, target, depth, qvec),
+                           lambda c, pool: self.score(c, prompt, target, pool, qvec))
 
     @cached_property
     def corpus(self) -> Corpus:
@@ -244,7 +244,7 @@ class Tracer:
             fusion = d.fusion
             weight = d.weight if weight is None else weight
             cascade_k = cascade_k or d.cascade_k
-        return method, fusion or "sum", 0.5 if weight is None else weight, cascade_k or CASCADE_K
+        return method, fusion or "sum", FUSION_WEIGHT if weight is None else weight, cascade_k or CASCADE_K
 
     def _query(self, prompt: str, target: str | None, k: int, method: str, fusion: Fusion, weight: float,
                cascade_k: int, depth: int) -> QueryResult:
