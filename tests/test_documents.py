@@ -128,9 +128,12 @@ def test_a_long_document_is_cut_into_passages_that_tile_it_with_the_stride(sampl
     assert len(tokens) > 4 * size  # several passages
     spans = Passages(size, stride, offsets).spans(text)
     windows = token_windows(len(tokens), size, stride)
-    assert len(spans) == len(windows) > 4
-    for (a, b), (ta, _) in zip(spans, windows, strict=True):
-        assert a == tokens[ta][0] + (text[tokens[ta][0]] == " ")  # each starts at its window's first token
+    assert len(windows) - 1 <= len(spans) <= len(windows) + 1 and len(spans) > 4
+    starts = [t[0] for t in tokens]
+    for k, (a, b) in enumerate(spans):
+        # each starts at its window's first token, or a few tokens before it, between two words
+        nominal = starts[min(k * stride, len(tokens) - 1)]
+        assert nominal - 60 <= a <= nominal + 1 and (a == 0 or not (text[a - 1].isalnum() and text[a].isalnum()))
         assert len(offsets(text[a:b])) <= size  # and fits a passage, tokenised alone
     assert spans[0][0] == 0 and spans[-1][1] == len(text)  # the first starts, the last ends, the document
     assert all(b1 > a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))  # overlapping: no gap

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from ftrace.corpus.records import Sentence
 
+SNAP = 8  # tokens a passage's edge may move back to fall between words
+
 Offsets = Callable[[str], list[tuple[int, int]]]
 
 
@@ -42,18 +44,29 @@ class Passages:
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans [start, end) of the passages of `text`: one (the whole text) for a text of at most `size`
-        tokens. A window is trimmed of surrounding whitespace (one of whitespace alone is no passage), and shortened
-        at its end while its text, tokenised alone, runs over `size` (a word cut from the space before it can take
-        one more token); the next window then starts no later than where it ended, so no text is left out."""
+        tokens. A window starts and ends between words where one of the `SNAP` tokens before its edge allows (not
+        in the middle of "Flound"), is trimmed of surrounding whitespace (one of whitespace alone is no passage), and
+        is shortened at its end while its text, tokenised alone, runs over `size` (a word cut from the space before
+        it can take one more token); the next window starts no later than where it ended, so no text is left out."""
         if 2 * len(text.encode("utf-8")) <= self.size:  # shorter than any tokenizer makes it: no need to tokenise
             return [(0, len(text))]
         offs = self.offsets(text)
-        if len(offs) <= self.size:
+        n = len(offs)
+        if n <= self.size:
             return [(0, len(text))]
+
+        def between_words(i: int) -> bool:  # token i starts a word (or the text, or follows a non-letter)
+            at = offs[i][0]
+            return i == 0 or i >= n or not (text[at - 1].isalnum() and text[at].isalnum())
+
+        def snapped(i: int, floor: int) -> int:  # i, or the nearest token edge between words at most SNAP before
+            return next((j for j in range(i, max(floor, i - SNAP) - 1, -1) if between_words(j)), i)
+
         out = []
         a = 0
         while True:
-            b = min(a + self.size, len(offs))
+            b = min(a + self.size, n)
+            b = b if b == n else snapped(b, a + 1)
             while True:
                 start, end = _trimmed(text, offs[a][0], offs[b - 1][1])
                 over = len(self.offsets(text[start:end])) - self.size
@@ -62,9 +75,9 @@ class Passages:
                 b -= over
             if end > start:
                 out.append((start, end))
-            if b >= len(offs):
+            if b >= n:
                 return out
-            a = min(a + self.stride, b)
+            a = snapped(min(a + self.stride, b), a + 1)
 
 
 def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
