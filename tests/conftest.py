@@ -16,6 +16,14 @@ def needs_shared(test):
     return pytest.mark.shared_data(_skip_without_shared(test))
 
 
+def needs_cuda(test):
+    """Marks a test `gpu` (`pytest -m gpu` runs these on a lent GPU machine) and skips it where no CUDA device is."""
+    import torch
+
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+    return pytest.mark.gpu(skip(test))
+
+
 @pytest.fixture(scope="session")
 def sample():
     from ftrace.corpus import load_sample

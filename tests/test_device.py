@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import needs_cuda
 
 from ftrace import FtraceError
 from ftrace.config import EmbeddingConfig, GradientConfig
@@ -15,7 +16,7 @@ from ftrace.model import example_batch, load_model, query_batch
 from ftrace.model.answer import greedy_answers
 from ftrace.model.loading import resolve_device
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+cuda = needs_cuda
 LAYERS = ["model.embed_tokens", "model.layers.*.mlp.down_proj", "model.layers.0.self_attn.q_proj"]
 
 

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import needs_cuda
 from typer.testing import CliRunner
 
 from ftrace.cli import app
@@ -18,7 +19,7 @@ from ftrace.model import example_batch, load_model
 from ftrace.query.tracer import Tracer
 
 AVANZA = "Toyota Avanza is produced by"
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+cuda = needs_cuda
 
 
 def cli(*args):

@@ -200,7 +200,9 @@ def test_a_request_over_its_time_is_answered_503_and_dropped(tmp_path, sample_in
         r = client.post("/trace", json={"prompt": "slow", "target": "Toyota", "method": "tracin"})
         assert r.status_code == 503 and "longer than 1 s (--request-timeout)" in r.json()["detail"]
         took, r_slow = time.monotonic() - started, r.json()["detail"]
-        assert 0.9 < took < 1.4
+        # at the deadline, not before it, and before the slow work (1.5 s of sleep, then the vectors) could finish:
+        # an ordering that holds however busy the machine is
+        assert 0.9 < took < 1.5
         r = client.post("/trace", json={"prompt": AVANZA, "target": "Toyota", "method": "tracin", "k": 3})
         assert r.status_code == 200 and len(r.json()["rows"]) == 3, r.json()
         assert "slow" not in after and AVANZA in after  # the slow one was dropped at its next step
