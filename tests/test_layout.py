@@ -1,6 +1,7 @@
 """The package's shape: which layer may import which (ruff and mypy run from .ci/run)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,13 @@ def test_cli_options_come_from_the_configs_and_only_given_values_reach_them(monk
     assert c.corpus.model_fields_set == {"corpus", "relations"}  # defaults are the config's, not re-sent by the CLI
     r = CliRunner().invoke(app, ["ingest", "--embed-layers", "0,x"])
     assert r.exit_code == 1 and "--embed-layers 0,x" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_no_results_file_names_the_machine_it_was_made_on():
+    """Results name paths relative to the repository (or ~/...): never this machine's absolute paths."""
+    root = PACKAGE.parent
+    machine = re.compile(r"(?<![\w.~])/(work|root|home|tmp|Users)/")
+    found = [f"{p.relative_to(root)}:{n}" for d in ("results", "perf/results") for p in sorted((root / d).rglob("*"))
+             if p.is_file() and p.suffix in (".json", ".md", ".jsonl", ".csv")
+             for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if machine.search(line)]
+    assert not found, found[:5]

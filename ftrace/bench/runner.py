@@ -36,7 +36,7 @@ from ftrace import FtraceError
 from ftrace.bench import metrics as M
 from ftrace.bench.candidates import draw, rng_for, sample_queries, seeded_tiebreak
 from ftrace.bench.evaluate import DrawRankings, evaluate
-from ftrace.bench.paths import shown
+from ftrace.bench.paths import shown, shown_paths
 from ftrace.bench.scoring import QueryScores, Scorer
 from ftrace.bench.slices import (
     ALL,
@@ -373,13 +373,11 @@ class Bench:
             "benchmark": "FTRACE-style fact tracing (Akyurek et al. 2022) + TrackStar recall@10"
                          + (" + TrackStar tail-patch influence" if c.metric != "attribution" else ""),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": c.command(),
-            "settings": c.model_dump(mode="json"),
-            "index": {"path": shown(Path(c.index)), "identity": m.identity(), "created": m.created,
-                      "corpus": m.corpus.model_dump(),
-                      "model": shown(Path(m.model.name)) if Path(m.model.name).exists() else m.model.name,
-                      "base_model": m.model.base,
-                      "search": "hnsw (approximate)" if m.store.hnsw else "exact"},
+            "command": " ".join(shown_paths(part) for part in c.command().split(" ")),
+            "settings": shown_paths(c.model_dump(mode="json")),
+            "index": shown_paths({"path": shown(Path(c.index)), "identity": m.identity(), "created": m.created,
+                                  "corpus": m.corpus.model_dump(), "model": m.model.name, "base_model": m.model.base,
+                                  "search": "hnsw (approximate)" if m.store.hnsw else "exact"}),
             "mode": c.mode,
             "candidate_sizes": c.sizes.model_dump() if c.mode == "rerank" else None,
             "depth": c.depth if c.mode == "full" else None,
