@@ -4,8 +4,6 @@ handed to one function. Heavy modules are imported inside the commands, so `--he
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import inspect
 import json
 import logging
@@ -271,7 +269,10 @@ def ingest(config: IngestConfig) -> None:
     from ftrace.runs import read_run
 
     if config.add is not None:
-        return _add(config)
+        from ftrace.ingest.addition import add_corpus
+
+        add_corpus(config)
+        return
     # read first: a bad corpus is refused in a second, before torch is even imported (unless a record is long enough
     # to cut at the model's tokens); a training run's tokenizer is its base model's
     model = config.model or (((read_run(config.tracin.train_dir) or {}).get("model") or {}).get("name")
@@ -288,20 +289,6 @@ def ingest(config: IngestConfig) -> None:
         write_record(index, "ingest", config)
 
 
-def _add(config: IngestConfig) -> None:
-    """`ftrace ingest --add`: the addition read (and cut into passages) as the index's corpus was, then appended."""
-    from ftrace.index.manifest import Manifest
-    from ftrace.model.corpus import load_selection
-
-    m = Manifest.read(config.index)
-    size, stride = m.corpus.passages or config.corpus.passages(m.max_tokens)
-    sel = config.corpus.model_copy(update={"corpus": config.add, "passage_tokens": size, "stride": stride})
-    addition = load_selection(sel, m.model.name, m.max_tokens)
-    from ftrace.ingest.addition import add
-
-    add(config, addition)
-
-
 def _complete(index: Path) -> bool:
     from ftrace.index.manifest import Manifest
 
@@ -313,8 +300,7 @@ def _complete(index: Path) -> bool:
 def query(config: QueryConfig) -> None:
     """Trace one prediction: nearest training sentences by BM25, model vectors and their fusions (asked of
     `ftrace serve` when one holds the index)."""
-    from ftrace.index.locks import served_by
-    from ftrace.query.render import render
+    from ftrace.query.remote import tracing
 
     prompts = None
     if config.prompts is not None:  # read first: a bad file is refused before the index opens
@@ -322,29 +308,17 @@ def query(config: QueryConfig) -> None:
 
         prompts = read_prompts(config.prompts)
         check_out(config.out)
-    server = served_by(config.index)
-    if server is not None:
-        from ftrace.query.remote import query_served
-
-        trace: Callable[[QueryConfig], Any] = functools.partial(query_served, server)
-        close: Callable[[], Any] = contextlib.nullcontext
-    else:
-        from ftrace.query.tracer import Tracer
-
-        tracer = Tracer(config.index, model=config.model, embed_layers=config.embed_layers, device=config.device,
-                        dtype=config.dtype)
-        trace, close = tracer.query, tracer.close
-    try:
+    with tracing(config) as trace:
         if prompts is None:
+            from ftrace.query.render import render
+
             result = trace(config)
             typer.echo(result.model_dump_json(indent=2) if config.as_json else render(result))
-            return
-        from ftrace.query.batch import trace_all, write_results
+        else:
+            from ftrace.query.batch import trace_all, write_results
 
-        write_results(trace_all(prompts, lambda p: trace(config.model_copy(update={
-            "prompt": p.prompt, "target": p.target, "prompts": None, "out": None}))), config.out)
-    finally:
-        close()
+            write_results(trace_all(prompts, lambda p: trace(config.model_copy(update={
+                "prompt": p.prompt, "target": p.target, "prompts": None, "out": None}))), config.out)
 
 
 @app.command()

@@ -22,7 +22,16 @@ from ftrace.index.manifest import Addition, CorpusInfo, Manifest, ManifestError
 from ftrace.index.texts import write_texts
 from ftrace.ingest.pipeline import store_vectors
 from ftrace.model import load_model
+from ftrace.model.corpus import load_selection
 from ftrace.plumbing import log
+
+
+def add_corpus(c: IngestConfig) -> Manifest:
+    """`ftrace ingest --add`: the addition read (and cut into passages) as the index's corpus was, then appended."""
+    m = Manifest.read(c.index)
+    size, stride = m.corpus.passages or c.corpus.passages(m.max_tokens)
+    sel = c.corpus.model_copy(update={"corpus": c.add, "passage_tokens": size, "stride": stride})
+    return add(c, load_selection(sel, m.model.name, m.max_tokens))
 
 
 def add(c: IngestConfig, addition: Corpus) -> Manifest:

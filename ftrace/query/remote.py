@@ -6,12 +6,15 @@ for (or the index's) and on the device it names, else the query is refused in on
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import json
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +118,21 @@ def info_served(stamp: dict, index: Path) -> dict:
     answer = _ask(index, stamp, "/info")
     print(f"{served_note(index, stamp)}: it answered", file=sys.stderr, flush=True)
     return answer
+
+
+@contextlib.contextmanager
+def tracing(config: QueryConfig) -> Iterator[Callable[[QueryConfig], QueryResult]]:
+    """How `ftrace query` traces: by the server holding the index when one does, else here (a Tracer opened for the
+    block and closed after it)."""
+    server = served_by(config.index)
+    if server is not None:
+        yield functools.partial(query_served, server)
+        return
+    from ftrace.query.tracer import Tracer
+
+    tracer = Tracer(config.index, model=config.model, embed_layers=config.embed_layers, device=config.device,
+                    dtype=config.dtype)
+    try:
+        yield tracer.query
+    finally:
+        tracer.close()
