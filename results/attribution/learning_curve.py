@@ -30,8 +30,11 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
+    from ftrace.bench.paths import shown_paths  # runs kept outside the repository are named from ~, not the machine
+
     lines = ["# Learning curves: facts right at each checkpoint", "",
-             f"Command: `python results/attribution/learning_curve.py {' '.join(str(r) for r in a.runs)} --out "
+             f"Command: `python results/attribution/learning_curve.py {' '.join(shown_paths(str(r)) for r in a.runs)} "
+             "--out "
              f"{a.out.resolve().relative_to(ROOT)}`", "",
              "| run | example loss | step | epoch | train loss | facts right | of which wrong at the base |",
              "|---|---|---|---|---|---|---|"]
