@@ -32,18 +32,17 @@ ROWS_PER_BATCH = 1024  # parquet and arrow rows read at a time: memory bounded b
 
 @dataclass(frozen=True)
 class Where:
-    """Where a record is: its file (and that file's number among a directory's), and its line (jsonl, from 1) or row
-    (parquet and datasets, from 0: what `table[i]` and `dataset[i]` take; a datasets directory counts across its
-    files)."""
+    """Where a record is: its file (and that file's number among a directory's; a datasets directory itself, its rows
+    counted across its shards), and its line (jsonl, from 1) or row (parquet and datasets, from 0: what `table[i]` and
+    `dataset[i]` take)."""
 
     file: Path
     file_number: int
     line: int | None = None
     row: int | None = None
-    shown: Path | None = None  # what a message names for a row (a datasets directory rather than its shard)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}" if self.line is not None else f"{self.shown or self.file}: row {self.row}"
+        return f"{self.file}:{self.line}" if self.line is not None else f"{self.file}: row {self.row}"
 
     @property
     def number(self) -> int:
@@ -99,7 +98,7 @@ def read_records(path: Path, max_line: int | None = None) -> Iterator[tuple[Wher
     for k, f in enumerate(record_files(path)):
         if datasets:
             for obj in _read_arrow(f, True):
-                yield Where(path, 0, row=row, shown=path), obj
+                yield Where(path, 0, row=row), obj  # named by the directory, as `dataset[i]` counts
                 row += 1
         elif f.name.endswith(PARQUET):
             for i, obj in enumerate(_read_arrow(f, False)):

@@ -101,7 +101,7 @@ def load_records(path: Path, source: str | None = None, text_field: str = "text"
         raise CorpusError(f"{path}: no text records")
     for q in queries:
         q.proponents = [p for d in q.proponents for p in _passages_of(d, q, cut)]
-        missing = [p for p in q.proponents if p not in seen or p in cut]
+        missing = [p for p in q.proponents if p not in seen]
         if missing:
             raise CorpusError(f"{path}: query {q.id!r} names unknown proponent ids {missing[:3]}")
     described = f" ({passages.describe()})" if passages and cut else ""
