@@ -265,25 +265,17 @@ def command_from_config(cls: type[C], recorded: bool = False) -> Callable[[Calla
 @command_from_config(IngestConfig, recorded=True)
 def ingest(config: IngestConfig) -> None:
     """Index a corpus: BM25 (Lucene) plus per-example model vectors (Qdrant)."""
-    from ftrace.model.corpus import load_selection
-    from ftrace.runs import read_run
-
     if config.add is not None:
         from ftrace.ingest.addition import add_corpus
 
         add_corpus(config)
         return
-    # read first: a bad corpus is refused in a second, before torch is even imported (unless a record is long enough
-    # to cut at the model's tokens); a training run's tokenizer is its base model's
-    model = config.model or (((read_run(config.tracin.train_dir) or {}).get("model") or {}).get("name")
-                             if config.tracin.train_dir else None)
-    corpus = load_selection(config.corpus, model, config.max_tokens)
     from ftrace.ingest.pipeline import ingest as run
     from ftrace.runrecord import RECORD, write_record
 
     index = Path(config.index)
     was_complete = _complete(index)
-    run(config, corpus)
+    run(config)  # reads the corpus first (streamed into the index's staging store): a bad one is refused there
     # the run that built (or finished) the index; a shard's run is part of the final ingest's
     if config.shard is None and _complete(index) and not (was_complete and (index / RECORD).exists()):
         write_record(index, "ingest", config)

@@ -134,6 +134,7 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     """The model and ingest's featurizers for config `c`, and a seeded sample of `n` of the corpus's examples (of
     its `from_longest` longest ones, when given) in ingest's order and cut into the batches ingest's plan makes
     (`batch_plan`)."""
+    from ftrace.corpus import write_corpus
     from ftrace.ingest.pipeline import batch_plan, build_featurizers, fit_featurizers, ingest_order
     from ftrace.model import load_model
     from ftrace.model.batching import token_lengths
@@ -148,7 +149,7 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     lengths = [min(k, c.max_tokens) for k in lengths]
     featurizers = build_featurizers(lm, c, None)
     with tempfile.TemporaryDirectory() as fitted:  # what ingest fits (the idf pooling) on the corpus, as ingest does
-        fit_featurizers(featurizers, corpus, lm, c, Path(fitted))
+        fit_featurizers(featurizers, write_corpus(None, corpus), lm, c, Path(fitted))
     return lm, featurizers, chosen, lengths, batch_plan(lengths, c)
 
 
@@ -245,8 +246,8 @@ def stand_in_all_but_tail(index: Path, corpus, args) -> int:
     measured ingest refuses to resume anything built differently) and store random unit vectors for every example
     but the last --tail of ingest's plan. Returns how many stand in."""
     from ftrace.config import CorpusSelection, IngestConfig
+    from ftrace.corpus import write_corpus
     from ftrace.index.layout import IndexDir
-    from ftrace.index.texts import write_texts
     from ftrace.ingest.pipeline import build_featurizers, ensure_store, ingest_order, plan_manifest
     from ftrace.model import load_model
 
@@ -256,11 +257,12 @@ def stand_in_all_but_tail(index: Path, corpus, args) -> int:
                      dtype=args.dtype, device="cpu")
     lm = load_model(c.model, "cpu", c.dtype)
     featurizers = build_featurizers(lm, c, None)
-    manifest = plan_manifest(corpus, lm, featurizers, c, None)
     target = IndexDir(index)
     index.mkdir(parents=True)
+    texts = write_corpus(target.corpus_file, corpus)
+    manifest = plan_manifest(texts, lm, featurizers, c, None)
+    texts.close()
     manifest.write(index)
-    write_texts(target.corpus_file, corpus)
     examples, _ = ingest_order(lm.tokenizer, corpus.examples())
     stand_ins = examples[:max(0, len(examples) - args.tail)]
     sizes = {f.name: f.size for f in featurizers}

@@ -73,7 +73,7 @@ def test_compose_ingests_into_the_cluster_then_serves(compose, monkeypatch):
                                                                                   "ftrace"]
     assert "COPY docker/wait-for-cluster.py" in (DOCKER / "Dockerfile").read_text()
     seen = []  # the compose file's ingest options, through ftrace's own parser
-    monkeypatch.setattr(pipeline, "ingest", lambda config, corpus: seen.append(config))
+    monkeypatch.setattr(pipeline, "ingest", lambda config: seen.append(config))
     r = cli(*ingest["command"])
     assert r.exit_code == 0, r.output
     [c] = seen

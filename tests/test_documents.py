@@ -315,3 +315,49 @@ def test_records_keep_their_own_fields_and_ids_stay_unique(tmp_path, tiny_model_
     for i in range(2):
         write_jsonl(shards / f"part-{i}.jsonl", [{"text": f"Text {i}."}, {"prompt": f"P{i}", "target": "t"}])
     assert [q.id for q in load_corpus(str(shards)).queries] == ["q2", "part-1.jsonl:q2"]
+
+
+def test_a_corpus_of_records_is_stored_in_a_stream(tmp_path):
+    """Reading records into a corpus store holds a batch of them, not the corpus: ten times the records, about the
+    same peak of Python memory (an in-memory corpus grows tenfold)."""
+    import tracemalloc
+
+    from ftrace.corpus.loaders import store_records
+
+    def peak(n):
+        path = write_jsonl(tmp_path / f"r{n}.jsonl", [
+            {"id": f"r{i}", "text": f"Record {i} says that entity {i} is located in place {i % 97}.",
+             "facts": [[f"entity {i}", "P131", f"place {i % 97}"]]} for i in range(n)])
+        tracemalloc.start()
+        store = store_records(tmp_path / f"r{n}.sqlite", path)
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(store) == n and store.at([n])[0].id == f"r{n - 1}"
+        store.close()
+        return top
+
+    small, large = peak(3_000), peak(30_000)
+    assert large < 2 * small, (small, large)
+
+
+def test_ingest_of_records_never_holds_the_corpus(tmp_path, tiny_model_dir, documents, monkeypatch):
+    """`ftrace ingest` of a corpus of records reads it into the index's store in a stream and featurises from there:
+    no step builds the whole corpus in memory (each way to do so refuses here), and the index equals one built
+    from the corpus held in memory."""
+    from ftrace.corpus import Corpus, CorpusStore
+
+    def refuse(*_, **__):
+        raise AssertionError("the whole corpus was built in memory")
+
+    for target, name in ((CorpusStore, "corpus"), (Corpus, "examples"), (Corpus, "by_id")):
+        monkeypatch.setattr(target, name, refuse)
+    monkeypatch.setattr("ftrace.corpus.loaders.load_records", refuse)
+    index = tmp_path / "streamed"
+    r = CliRunner().invoke(app, ingest_args(index, tiny_model_dir, documents, "--no-tracin"))
+    assert r.exit_code == 0, r.output
+    monkeypatch.undo()
+    assert not IndexDir(index).staging_file.exists()
+    m = Manifest.read(index)
+    held = load_corpus(str(documents), passages=Passages(64, 48, _offsets(tiny_model_dir)))
+    assert m.complete and m.corpus.fingerprint == held.fingerprint() and m.corpus.examples == len(held.sentences)
+    assert IndexDir(index).corpus.queries == held.queries

@@ -91,7 +91,7 @@ def test_cli_options_come_from_the_configs_and_only_given_values_reach_them(monk
             "sub_label": "A", "obj_label": "B", "predicate_id": r,
             "evidences": [{"obj_surface": "B", "masked_sentence": f"A {r} [MASK] ."}]}) + "\n")
     seen = []
-    monkeypatch.setattr(pipeline, "ingest", lambda config, corpus: seen.append(config))
+    monkeypatch.setattr(pipeline, "ingest", lambda config: seen.append(config))
     r = CliRunner().invoke(app, ["ingest", "--corpus", str(lama), "--relation", "P19,P36", "--relation", "P17",
                                  "--tracin-dim", "64", "--no-tracin", "--float32"])
     assert r.exit_code == 0, r.output

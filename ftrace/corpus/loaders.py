@@ -19,6 +19,7 @@ from ftrace.config import SPLITS
 from ftrace.corpus.files import CorpusError, Where, is_records, json_error, read_jsonl, read_records
 from ftrace.corpus.passages import Passages
 from ftrace.corpus.records import Corpus, Query, Sentence, find_object, sentence_id
+from ftrace.corpus.store import CorpusStore, CorpusWriter, connect, write_corpus
 
 # A record line of a jsonl corpus holds one sentence, document or query: a document may run to megabytes (a book), but
 # a line past this is a file that is not one record per line (a JSON array, a dump). The files ftrace writes itself
@@ -57,66 +58,47 @@ PROVENANCE = ("document", "span", "passage")
 
 def load_records(path: Path, source: str | None = None, text_field: str = "text", id_field: str = "id",
                  passages: Passages | None = None, own: bool = False) -> Corpus:
-    """ftrace's own format, in any file `files.read_records` reads: text records {TEXT_FIELD, ID_FIELD?, "facts"?}
-    (sentences or documents) and query records {"prompt", "target", "id"?, "fact"?, "proponents"?}; see
-    docs/index-format.md. With `passages`, a record longer than a passage is cut into passages (id "DOC#K", the
-    document's facts whose object they state); a query's proponent naming a cut document means its passages stating
-    the query's fact (all of them when none does). `own`: a file ftrace wrote itself (an index's corpus.jsonl), read
-    with its passages' provenance and no line cap (a query line lists all its proponents)."""
-    sentences: list[Sentence] = []
-    queries: list[Query] = []
-    seen: dict[str, Where] = {}
-    asked: dict[str, Where] = {}
-    cut: dict[str, list[Sentence]] = {}  # document id -> its passages
+    """`store_records` held in memory, as a `Corpus`."""
+    return store_records(None, path, source, text_field, id_field, passages, own).corpus()
+
+
+def store_records(dest: Path | None, path: Path, source: str | None = None, text_field: str = "text",
+                  id_field: str = "id", passages: Passages | None = None, own: bool = False) -> CorpusStore:
+    """ftrace's own format, in any file `files.read_records` reads, written to a corpus store at `dest` (in memory:
+    None) one record at a time: text records {TEXT_FIELD, ID_FIELD?, "facts"?} (sentences or documents) and query
+    records {"prompt", "target", "id"?, "fact"?, "proponents"?}; see docs/index-format.md. With `passages`, a record
+    longer than a passage is cut into passages (id "DOC#K", the document's facts whose object they state); a query's
+    proponent naming a cut document means its passages stating the query's fact (all of them when none does). `own`:
+    a file ftrace wrote itself (an index's corpus.jsonl), read with its passages' provenance and no line cap (a query
+    line lists all its proponents)."""
+    w = CorpusWriter(connect(dest))
     for where, obj in read_records(path, None if own else MAX_RECORD_LINE):
         if "prompt" in obj:
             obj.setdefault("id", where.default_id("q"))
             q = _parse(Query, obj, str(where))
             if not q.prompt.strip() or not q.target.strip():
                 raise CorpusError(f"{where}: query prompt and target must not be empty")
-            _unique(q.id, where, asked, "query id")
-            queries.append(q)
+            w.add_query(q, where)
         elif text_field in obj:
             record = _text_record(obj, text_field, id_field, where, own)
             raw = _parse(_PlainSentence, record, str(where))
             if not raw.text.strip():
                 raise CorpusError(f"{where}: text is empty")
             sid = raw.id or sentence_id(raw.text)
-            _unique(sid, where, seen, "id")
             spans = passages.spans(raw.text) if passages and not own else [(0, len(raw.text))]
             if len(spans) == 1:
-                sentences.append(Sentence(id=sid, text=raw.text, facts=raw.facts, document=raw.document,
-                                          span=raw.span, passage=raw.passage))
-                continue
-            cut[sid] = [Sentence(id=f"{sid}#{k}", text=raw.text[a:b], document=sid, span=(a, b), passage=k,
-                                 facts=[f for f in raw.facts if find_object(raw.text[a:b], f[2])])
-                        for k, (a, b) in enumerate(spans)]
-            for s in cut[sid]:
-                _unique(s.id, where, seen, "id")
-            sentences += cut[sid]
+                w.add(Sentence(id=sid, text=raw.text, facts=raw.facts, document=raw.document, span=raw.span,
+                               passage=raw.passage), where)
+            else:
+                w.add_document([Sentence(id=f"{sid}#{k}", text=raw.text[a:b], document=sid, span=(a, b), passage=k,
+                                         facts=[f for f in raw.facts if find_object(raw.text[a:b], f[2])])
+                                for k, (a, b) in enumerate(spans)], where)
         else:
             raise CorpusError(f"{where}: a record needs either {text_field!r} (a text: --text-field) or 'prompt' "
                               "(a query)")
-    if not sentences:
-        raise CorpusError(f"{path}: no text records")
-    for q in queries:
-        q.proponents = [p for d in q.proponents for p in _passages_of(d, q, cut)]
-        missing = [p for p in q.proponents if p not in seen]
-        if missing:
-            raise CorpusError(f"{path}: query {q.id!r} names unknown proponent ids {missing[:3]}")
-    described = f" ({passages.describe()})" if passages and cut else ""
-    return Corpus(source=(source or str(path)) + described, sentences=sentences, queries=queries,
-                  passages=(passages.size, passages.stride) if passages else None).link_proponents()
-
-
-def _unique(key: str, where: Where, seen: dict[str, Where], what: str) -> None:
-    """Refuse a second record of the same id, naming where the first was."""
-    if key in seen:
-        first = seen[key]
-        at = (f"on line {first.line}" if first.line is not None else f"at row {first.row}") if first.same_file(
-            where) else f"at {first}"
-        raise CorpusError(f"{where}: duplicate {what} {key!r} (first {at})")
-    seen[key] = where
+    described = f" ({passages.describe()})" if passages and w.cut else ""
+    w.finish((source or str(path)) + described, (passages.size, passages.stride) if passages else None)
+    return CorpusStore(w.db)
 
 
 def _text_record(obj: dict[str, Any], text_field: str, id_field: str, where: Where, own: bool) -> dict[str, Any]:
@@ -131,15 +113,6 @@ def _text_record(obj: dict[str, Any], text_field: str, id_field: str, where: Whe
         raise CorpusError(f"{where}: {text_field}: text must be a string, got {type(obj[text_field]).__name__}")
     kept = obj if own else {k: v for k, v in obj.items() if k not in PROVENANCE}
     return {**kept, "text": obj[text_field], "id": rid}
-
-
-def _passages_of(doc: str, q: Query, cut: dict[str, list[Sentence]]) -> list[str]:
-    """A proponent id as the index knows it: itself, or the passages of a cut document (those stating the query's
-    fact, else all)."""
-    if doc not in cut:
-        return [doc]
-    stating = [s.id for s in cut[doc] if q.fact and tuple(q.fact) in s.facts]
-    return stating or [s.id for s in cut[doc]]
 
 
 def sample_path() -> Path:
@@ -301,27 +274,58 @@ def load_corpus(
     `limit` select LAMA facts, `text_field` and `id_field` name a record's fields: with a corpus of the other kind
     they are refused, not ignored. `passages` cuts records longer than a passage; LAMA and T-REx sentences are kept
     whole, one example each, as FTRACE does."""
+    records = _records(spec, relations, splits, limit, text_field, id_field)
+    if records is not None:
+        return load_records(records, "sample" if spec == "sample" else None, text_field=text_field,
+                            id_field=id_field, passages=passages)
+    path = Path(spec)
+    if path.is_dir():
+        return load_lama(path, relations, splits, limit)
+    rel_file = path.parent.parent / "lama-trex" / "relations.jsonl"
+    return load_trex(path, load_templates(rel_file) if rel_file.exists() else None)
+
+
+def store_corpus(
+    dest: Path,
+    spec: str,
+    relations: Sequence[str] | None = None,
+    splits: Sequence[str] = SPLITS,
+    limit: int | None = None,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    passages: Passages | None = None,
+) -> CorpusStore:
+    """`load_corpus`'s corpus written to a corpus store at `dest`: records streamed there one at a time (memory
+    bounded by a batch of them, whatever the corpus's size), LAMA and T-REx loaded first."""
+    records = _records(spec, relations, splits, limit, text_field, id_field)
+    if records is None:
+        return write_corpus(dest, load_corpus(spec, relations, splits, limit))
+    return store_records(dest, records, "sample" if spec == "sample" else None, text_field=text_field,
+                         id_field=id_field, passages=passages)
+
+
+def _records(spec: str, relations: Sequence[str] | None, splits: Sequence[str], limit: int | None,
+             text_field: str, id_field: str) -> Path | None:
+    """The file or directory of records `spec` names (None: LAMA or T-REx), refusing options of the other kind."""
     path = Path(spec)
     if spec != "sample" and not path.exists():
         raise CorpusError(f"{path}: corpus not found (give 'sample', a .jsonl[.gz|.zst] or .parquet file, a datasets "
                           "or shards directory, a LAMA T-REx directory or a T-REx .json file)")
     if spec == "sample" or is_records(path):
         _lama_only(spec, "a corpus of records", relations, splits, limit)
-        return load_records(sample_path() if spec == "sample" else path, "sample" if spec == "sample" else None,
-                            text_field=text_field, id_field=id_field, passages=passages)
+        return sample_path() if spec == "sample" else path
     fields = [f"{option} {value}" for option, value, default in (("--text-field", text_field, "text"),
                                                                   ("--id-field", id_field, "id")) if value != default]
     if fields:
         raise CorpusError(f"{fields[0]}: the corpus {spec!r} is LAMA T-REx data, whose fields are fixed; --text-field "
                           "and --id-field name the fields of a corpus of records")
-    if path.is_dir():
-        return load_lama(path, relations, splits, limit)
-    if path.suffix != ".json":
+    if not path.is_dir() and path.suffix != ".json":
         raise CorpusError(f"{path}: not a corpus file (.jsonl, .jsonl.gz, .jsonl.zst, .parquet, or a raw T-REx "
                           ".json)")
-    _lama_only(spec, "a raw T-REx file", relations, splits, limit)
-    rel_file = path.parent.parent / "lama-trex" / "relations.jsonl"
-    return load_trex(path, load_templates(rel_file) if rel_file.exists() else None)
+    if not path.is_dir():
+        _lama_only(spec, "a raw T-REx file", relations, splits, limit)
+    return None
 
 
 def _lama_only(spec: str, kind: str, relations: Sequence[str] | None, splits: Sequence[str],

@@ -100,6 +100,19 @@ class Example(BaseModel):
     object: str | None = None
 
 
+def index_example(s: Sentence) -> Example:
+    """A sentence's one example in an index: scoring its first stated object under the object loss."""
+    return Example(id=example_id(s.id), sentence_id=s.id, text=s.text, object=next(iter(stated_objects(s)), None))
+
+
+def fingerprint_of(sentences: Iterable[Sentence]) -> str:
+    """A corpus's identity in a manifest: its sentences' ids and texts, in order."""
+    h = hashlib.sha256()
+    for s in sentences:
+        h.update(s.id.encode() + b"\0" + s.text.encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
 class Corpus(BaseModel):
     source: str
     sentences: list[Sentence]
@@ -107,21 +120,14 @@ class Corpus(BaseModel):
     passages: tuple[int, int] | None = None  # (tokens, stride) its long records were cut with, for a corpus of records
 
     def examples(self) -> list[Example]:
-        """The index's examples: one per sentence, scoring its first stated object under the object loss."""
-        return [Example(id=example_id(s.id), sentence_id=s.id, text=s.text, object=next(iter(stated_objects(s)), None))
-                for s in self.sentences]
+        """The index's examples: one per sentence (`index_example`)."""
+        return [index_example(s) for s in self.sentences]
 
     def by_id(self) -> dict[str, Sentence]:
         return {s.id: s for s in self.sentences}
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for s in self.sentences:
-            h.update(s.id.encode())
-            h.update(b"\0")
-            h.update(s.text.encode())
-            h.update(b"\n")
-        return h.hexdigest()[:16]
+        return fingerprint_of(self.sentences)
 
     def link_proponents(self) -> Corpus:
         """Add to each query every sentence stating its fact (a sentence proves every fact it states)."""

@@ -12,10 +12,10 @@ from functools import cached_property
 from pathlib import Path
 
 from ftrace import FtraceError
-from ftrace.corpus import Corpus
+from ftrace.corpus import Corpus, CorpusStore
+from ftrace.corpus.loaders import store_records
 from ftrace.index.lexical import LuceneBM25
 from ftrace.index.manifest import Manifest
-from ftrace.index.texts import Texts
 from ftrace.index.vectors import VectorStore, open_store
 
 
@@ -25,8 +25,14 @@ class IndexDir:
 
     @property
     def corpus_file(self) -> Path:
-        """The texts (`ftrace.index.texts`); an index made before it holds corpus.jsonl instead."""
+        """The texts (`ftrace.corpus.store`); an index made before it holds corpus.jsonl instead."""
         return self.path / "corpus.sqlite"
+
+    @property
+    def staging_file(self) -> Path:
+        """The corpus an ingest reads its selection into first: renamed to `corpus_file` once the manifest
+        accepts it (the same corpus, or a new index), removed otherwise."""
+        return self.path / "corpus.sqlite.staging"
 
     def has_corpus(self) -> bool:
         return self.corpus_file.exists() or (self.path / "corpus.jsonl").exists()
@@ -57,9 +63,13 @@ class IndexDir:
         return Manifest.read(self.path)
 
     @cached_property
-    def texts(self) -> Texts:
-        """The sentences and queries, read by id and prompt."""
-        return Texts.open(self.path, self.manifest.corpus.source, self.manifest.corpus.passages)
+    def texts(self) -> CorpusStore:
+        """The sentences and queries, read by id, prompt and row."""
+        source, passages = self.manifest.corpus.source, self.manifest.corpus.passages
+        if self.corpus_file.exists():
+            return CorpusStore.open(self.corpus_file, source, passages)
+        # an index from before corpus.sqlite: its corpus.jsonl (a query line lists every proponent: no cap)
+        return CorpusStore(store_records(None, self.path / "corpus.jsonl", source, own=True).db, source, passages)
 
     @cached_property
     def corpus(self) -> Corpus:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from tqdm import tqdm
 
 from ftrace import FtraceError
 from ftrace.config import SQUARE_FROM, IngestConfig
-from ftrace.corpus import Corpus, Example
+from ftrace.corpus import Corpus, CorpusStore, Example, write_corpus
+from ftrace.corpus.records import example_id
 from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoints
 from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer, example_loss_batch
@@ -23,15 +25,15 @@ from ftrace.index.lexical import K1, B, build_lucene
 from ftrace.index.locks import LOCK_FILES, clear_progress, exclusive, reading, record_progress, writer
 from ftrace.index.manifest import FILENAME as MANIFEST
 from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, versions
-from ftrace.index.texts import write_texts
 from ftrace.index.vectors import VectorStore
 from ftrace.ingest import shards
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch, budget_batches, token_lengths
-from ftrace.model.corpus import load_selection
+from ftrace.model.corpus import store_selection
 from ftrace.plumbing import describe_differences, log, release_freed_memory
 from ftrace.runs import TracedRun, traced_run
 
+PLAN_ROWS = 1000  # rows read (and tokenised, and looked up in the store) at a time while planning
 TRIM_EVERY = 32  # batches between handing freed heap memory back (about 0.2 s each: well under 1% of the time)
 
 
@@ -59,27 +61,26 @@ def build_featurizers(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -
     return out
 
 
-def calibration_batches(corpus: Corpus, lm: LoadedModel, c: IngestConfig, n: int, seed: int,
+def calibration_batches(texts: CorpusStore, lm: LoadedModel, c: IngestConfig, n: int, seed: int,
                         loss: str) -> Iterator[LossBatch]:
     """A sample of n training examples drawn with `seed`, under `loss`, for fitting what a featurizer fits
     (`Featurizer.fit`: whitening, idf pooling)."""
-    examples = corpus.examples()
-    if not examples:
+    total = len(texts)
+    if not total:
         return
     rng = np.random.default_rng(seed)
-    pick = sorted(rng.choice(len(examples), size=min(n, len(examples)), replace=False))
-    chosen = [examples[i] for i in pick]
+    chosen = texts.examples_at(sorted(rng.choice(total, size=min(n, total), replace=False) + 1))
     parts = batch_plan(token_lengths(lm.tokenizer, [e.text for e in chosen]), c)
     for part in tqdm(parts, desc="calibration sample", unit="batch", leave=False):
         yield example_loss_batch(lm.tokenizer, chosen[part], loss, c.max_tokens)[0]
 
 
-def fit_featurizers(featurizers: list[Featurizer], corpus: Corpus, lm: LoadedModel, c: IngestConfig,
+def fit_featurizers(featurizers: list[Featurizer], texts: CorpusStore, lm: LoadedModel, c: IngestConfig,
                     directory: Path) -> None:
     """Fit what each featurizer fits (whitening, idf pooling) on its calibration sample, saving it in `directory`
     (or loading what an interrupted ingest saved there)."""
     for f in featurizers:
-        f.fit(functools.partial(calibration_batches, corpus, lm, c, loss=f.example_loss), directory)
+        f.fit(functools.partial(calibration_batches, texts, lm, c, loss=f.example_loss), directory)
 
 
 def batch_plan(lengths: list[int], c: IngestConfig) -> list[slice]:
@@ -88,11 +89,11 @@ def batch_plan(lengths: list[int], c: IngestConfig) -> list[slice]:
     return budget_batches([min(n, c.max_tokens) for n in lengths], c.batch_size, c.batch_tokens, SQUARE_FROM)
 
 
-def plan_manifest(corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], c: IngestConfig,
+def plan_manifest(texts: CorpusStore, lm: LoadedModel, featurizers: list[Featurizer], c: IngestConfig,
                   run: TracedRun | None) -> Manifest:
     return Manifest(
-        corpus=CorpusInfo(source=corpus.source, fingerprint=corpus.fingerprint(), sentences=len(corpus.sentences),
-                          examples=len(corpus.examples()), queries=len(corpus.queries), passages=corpus.passages),
+        corpus=CorpusInfo(source=texts.source, fingerprint=texts.fingerprint(), sentences=len(texts),
+                          examples=len(texts), queries=texts.query_count(), passages=texts.passages),
         model=ModelInfo(name=lm.name, fingerprint=lm.fingerprint,
                         checkpoints=checkpoint_names(lm, c, run),
                         base=run.base if run else None, base_fingerprint=run.base_fingerprint if run else None,
@@ -115,8 +116,8 @@ def _prepare(index: IndexDir, planned: Manifest, fresh: bool = True) -> Manifest
             raise ManifestError(f"{index.path}: holds an index built differently ({describe_differences(diffs)}); "
                                 "choose another --index or delete this one")
         return old
-    if fresh and index.path.exists() and any(p.name not in (*LOCK_FILES, index.shards_dir.name)
-                                             for p in index.path.iterdir()):
+    if fresh and index.path.exists() and any(p.name not in (*LOCK_FILES, index.shards_dir.name,
+                                                            index.staging_file.name) for p in index.path.iterdir()):
         raise ManifestError(f"{index.path}: directory is not empty and holds no ftrace index; "
                             "refusing to write into it")
     return planned
@@ -125,27 +126,47 @@ def _prepare(index: IndexDir, planned: Manifest, fresh: bool = True) -> Manifest
 def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
     """Build or resume the index `c` describes; `corpus`: its corpus selection, when already loaded."""
     run = traced_run(c.tracin.train_dir, c.tracin.select) if c.tracin.train_dir else None
-    if corpus is None:
-        corpus = load_selection(c.corpus, c.model or (run.base if run else None), c.max_tokens)
     if run and c.model not in (None, str(run.final), run.base):
         raise FtraceError(f"--model {c.model}: with --train-run the model is the run's final checkpoint "
                           f"({run.final}); leave --model out")
-    objects = any(e.object for e in corpus.examples())
-    asked = c.tracin.example_loss or (run.example_loss if run else None)  # not an existing index's own
-    c = resolve_defaults(c, run, objects)
-    if c.tracin.enabled and asked == "object" and not objects:
-        raise FtraceError(f"--example-loss object: no sentence of {corpus.source} states a fact whose object "
-                          "appears in its text")
-    log(f"corpus: {len(corpus.sentences)} sentences, {len(corpus.queries)} queries ({corpus.source})")
     index = IndexDir(Path(c.index))
     if c.shard_of is None:
-        with writer(index.path):  # a second ingest is refused here, at once, before the model loads
-            return _build(c, corpus, run, index, index)
+        with writer(index.path):  # a second ingest is refused here, at once, before the corpus and model load
+            return _staged(c, corpus, run, index, index)
     i, n = c.shard_of
     reading(index.path)  # refused while a plain or final ingest writes the index
     shards.check_layout(index, n)
     with writer(index.shard(i, n).path):  # one process per shard; shards run side by side
-        return _build(c, corpus, run, index, index.shard(i, n))
+        return _staged(c, corpus, run, index, index.shard(i, n))
+
+
+def _staged(c: IngestConfig, corpus: Corpus | None, run: TracedRun | None, index: IndexDir,
+            target: IndexDir) -> Manifest:
+    """Read the corpus selection into `target`'s staging store (records streamed: memory bounded by a batch, not by
+    the corpus), then build from it."""
+    staging = target.staging_file
+    timings: dict[str, float] = {}
+    try:
+        with timed(timings, "corpus_s"):
+            if corpus is None:
+                texts = store_selection(staging, c.corpus, c.model or (run.base if run else None), c.max_tokens)
+            else:
+                texts = write_corpus(staging, corpus)
+    except BaseException:
+        staging.unlink(missing_ok=True)  # a bad corpus leaves nothing behind
+        raise
+    try:
+        objects = texts.has_objects()
+        asked = c.tracin.example_loss or (run.example_loss if run else None)  # not an existing index's own
+        c = resolve_defaults(c, run, objects)
+        if c.tracin.enabled and asked == "object" and not objects:
+            raise FtraceError(f"--example-loss object: no sentence of {texts.source} states a fact whose object "
+                              "appears in its text")
+        log(f"corpus: {len(texts)} sentences, {texts.query_count()} queries ({texts.source})")
+        return _build(c, texts, run, index, target, timings)
+    finally:
+        texts.close()
+        staging.unlink(missing_ok=True)
 
 
 def resolve_defaults(c: IngestConfig, run: TracedRun | None, objects: bool = True) -> IngestConfig:
@@ -171,11 +192,13 @@ def resolve_defaults(c: IngestConfig, run: TracedRun | None, objects: bool = Tru
     return c.model_copy(update={"tracin": t.model_copy(update={"example_loss": loss}), "embed": embed})  # all valid
 
 
-def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexDir, target: IndexDir) -> Manifest:
-    """Ingest into `index`; the vectors go to `target`'s store (a shard's staging directory, or the index)."""
+def _build(c: IngestConfig, texts: CorpusStore, run: TracedRun | None, index: IndexDir, target: IndexDir,
+           timings: dict[str, float]) -> Manifest:
+    """Ingest `texts` (the staged corpus) into `index`; the vectors go to `target`'s store (a shard's staging
+    directory, or the index). `timings`: seconds per stage so far, completed in the manifest."""
     lm = load_model(str(run.final) if run else c.model, c.device, c.dtype)
     featurizers = build_featurizers(lm, c, run)
-    planned = plan_manifest(corpus, lm, featurizers, c, run)
+    planned = plan_manifest(texts, lm, featurizers, c, run)
     if _prepare(index, planned).complete:
         log(f"{index.path}: already complete; nothing to do")
         shards.remove_staging(index)  # left by a final ingest stopped after it finished
@@ -187,21 +210,22 @@ def _build(c: IngestConfig, corpus: Corpus, run: TracedRun | None, index: IndexD
         with exclusive(index.path):  # what shards share, prepared by whichever comes first
             manifest = _prepare(index, planned, fresh=False)
             manifest.write(index.path)  # first: other shards then find an index here, not a foreign directory
-            if not index.has_corpus():
-                write_texts(index.corpus_file, corpus)
-            fit_featurizers(featurizers, corpus, lm, c, index.path)  # fitted once, used by every shard
-        timings: dict[str, float] = {}
+            # the corpus the manifest names (checked by `_prepare`): the staged copy takes the place of any other
+            os.replace(target.staging_file, index.corpus_file)
+            (index.path / "corpus.jsonl").unlink(missing_ok=True)  # an index from before corpus.sqlite
+            fit_featurizers(featurizers, texts, lm, c, index.path)  # fitted once, used by every shard
         if (c.shard_of or (0, 1))[0] == 0 and not index.bm25_dir.exists():
             with timed(timings, "bm25_s"):
-                build_lucene(index.bm25_dir, ((x.id, x.text) for x in corpus.sentences), total=len(corpus.sentences))
+                build_lucene(index.bm25_dir, ((s.id, s.text) for s in texts.iter_sentences()), total=len(texts))
         if target is not index:
-            return _build_shard(c, corpus, lm, featurizers, target, store, planned)
+            return _build_shard(c, texts, lm, featurizers, target, store, planned)
         ensure_store(store, featurizers, c)
         with timed(timings, "vectors_s"):
             if index.shards():
-                shards.merge(index, store, manifest, corpus.examples())
+                shards.merge(index, store, manifest, (example_id(s.id) for s in texts.iter_sentences()))
             else:
-                timings["vectors"] = store_vectors(store, corpus.examples(), lm, featurizers, c, index.path)
+                timings["vectors"] = store_vectors(store, texts, range(1, len(texts) + 1), lm, featurizers, c,
+                                                   index.path)
         if c.store.hnsw:
             log("building HNSW (blocking)")
             with timed(timings, "hnsw_s"):
@@ -224,8 +248,8 @@ def ensure_store(store: VectorStore, featurizers: list[Featurizer], c: IngestCon
                      c.store.replication_factor)
 
 
-def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: list[Featurizer], target: IndexDir,
-                 store: VectorStore, planned: Manifest) -> Manifest:
+def _build_shard(c: IngestConfig, texts: CorpusStore, lm: LoadedModel, featurizers: list[Featurizer],
+                 target: IndexDir, store: VectorStore, planned: Manifest) -> Manifest:
     """Store shard I of N's vectors in its staging store; its own manifest says when it is complete, and its
     own progress file how far it got (a reader refused by the index sums the shards')."""
     i, n = c.shard_of or (0, 1)
@@ -233,7 +257,7 @@ def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: 
     if not manifest.complete:
         manifest.write(target.path)
         ensure_store(store, featurizers, c)
-        store_vectors(store, shards.split(corpus.examples(), i, n), lm, featurizers, c, target.path)
+        store_vectors(store, texts, shards.rows(len(texts), i, n), lm, featurizers, c, target.path)
         manifest.complete = True
         manifest.write(target.path)
         clear_progress(target.path)
@@ -241,45 +265,60 @@ def _build_shard(c: IngestConfig, corpus: Corpus, lm: LoadedModel, featurizers: 
     return manifest
 
 
+def length_order(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Positions in the order ingest featurises them: by token length, ties in corpus order (similar lengths
+    together, so batches carry little padding; padding does not change a vector, up to rounding)."""
+    return np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+
+
 def ingest_order(tokenizer, examples: list[Example]) -> tuple[list[Example], list[int]]:
-    """The examples in the order ingest featurises them, with their token counts: similar lengths together, so
-    batches carry little padding (padding does not change a vector, up to rounding)."""
+    """Examples held in memory in the order ingest featurises them (`length_order`), with their token counts."""
     lengths = token_lengths(tokenizer, [e.text for e in examples]) if examples else []
-    order = sorted(range(len(examples)), key=lengths.__getitem__)
+    order = length_order(lengths)
     return [examples[i] for i in order], [lengths[i] for i in order]
 
 
-def store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel, featurizers: list[Featurizer],
-                   c: IngestConfig, progress_dir: Path) -> int:
-    """Store the vectors of those of `examples` not stored yet, recording progress in `progress_dir` (the
-    directory the writer holds: the index, or a shard's staging directory); how many it featurised.
+def store_vectors(store: VectorStore, texts: CorpusStore, rows: Sequence[int], lm: LoadedModel,
+                  featurizers: list[Featurizer], c: IngestConfig, progress_dir: Path) -> int:
+    """Store the vectors of the examples of corpus rows `rows` not stored yet, recording progress in `progress_dir`
+    (the directory the writer holds: the index, or a shard's staging directory); how many it featurised. The rows
+    are read a batch at a time: memory holds a few numbers per row, not the corpus.
 
-    The batches are always those of the uninterrupted plan over all `examples` (sorted by token length, cut by
-    the batch budget), and a batch with anything left to store is featurised whole: a resumed ingest computes
-    every vector in the very batch, of the very shape, a clean one does, so its vectors are bit-identical on any
-    machine when --batch-size, --batch-tokens and --threads are those of the first run (BLAS kernels may round
-    differently for other batch shapes and thread counts; none of the three is part of the index's identity)."""
-    done: set[str] = set()
-    for i in range(0, len(examples), 1000):
-        done |= store.present([e.id for e in examples[i:i + 1000]])
-    record_progress(progress_dir, len(done), len(examples))
-    ordered, lengths = ingest_order(lm.tokenizer, examples)
-    plan = [part for part in batch_plan(lengths, c) if any(e.id not in done for e in ordered[part])]
+    The batches are always those of the uninterrupted plan over all `rows` (sorted by token length, cut by the batch
+    budget), and a batch with anything left to store is featurised whole: a resumed ingest computes every vector in
+    the very batch, of the very shape, a clean one does, so its vectors are bit-identical on any machine when
+    --batch-size, --batch-tokens and --threads are those of the first run (BLAS kernels may round differently for
+    other batch shapes and thread counts; none of the three is part of the index's identity)."""
+    at = np.asarray(rows, dtype=np.int64)
+    stored = np.zeros(len(at), dtype=bool)
+    lengths = np.zeros(len(at), dtype=np.int64)
+    with tqdm(total=len(at), desc="planning", unit="ex", leave=False) as bar:
+        for k in range(0, len(at), PLAN_ROWS):
+            sentences = texts.at(at[k:k + PLAN_ROWS])
+            ids = [example_id(s.id) for s in sentences]
+            present = store.present(ids)
+            stored[k:k + len(ids)] = [i in present for i in ids]
+            lengths[k:k + len(ids)] = token_lengths(lm.tokenizer, [s.text for s in sentences])
+            bar.update(len(ids))
+    done = int(stored.sum())
+    record_progress(progress_dir, done, len(at))
+    order = length_order(lengths)
+    plan = [part for part in batch_plan(lengths[order].tolist(), c) if not stored[order[part]].all()]
     todo = sum(p.stop - p.start for p in plan)
     if done:
-        log(f"resuming: {len(done)} examples already stored; {todo} to featurise in {len(plan)} batches of the plan "
+        log(f"resuming: {done} examples already stored; {todo} to featurise in {len(plan)} batches of the plan "
             "(a batch partly stored is redone whole)")
-    long = sum(n > c.max_tokens for n in lengths)
+    long = int((lengths > c.max_tokens).sum())
     if long:
         log(f"{long} sentences longer than {c.max_tokens} tokens were truncated to their first {c.max_tokens} "
             "(--max-tokens)")
     # each featurizer's example loss: gradients may score object spans, embeddings read whole sentences
     loss_of = {f.name: f.example_loss for f in featurizers}
     fallbacks = 0
-    stored, n = len(done), 0
+    n = 0
     with tqdm(total=todo, desc="vectors", unit="ex") as bar:
         for part in plan:
-            chunk = ordered[part]
+            chunk = texts.examples_at(at[order[part]])
             batches = {}
             for loss in sorted(set(loss_of.values())):
                 batches[loss], fell_back = example_loss_batch(lm.tokenizer, chunk, loss, c.max_tokens)
@@ -287,8 +326,8 @@ def store_vectors(store: VectorStore, examples: list[Example], lm: LoadedModel, 
             vectors = {f.name: f.vectors(batches[loss_of[f.name]]) for f in featurizers}
             store.upsert([e.id for e in chunk], vectors,
                          [{"example_id": e.id, "sentence_id": e.sentence_id} for e in chunk])
-            stored += sum(e.id not in done for e in chunk)
-            record_progress(progress_dir, stored, len(examples))  # for readers refused meanwhile
+            done += int((~stored[order[part]]).sum())
+            record_progress(progress_dir, done, len(at))  # for readers refused meanwhile
             bar.update(len(chunk))
             if (n := n + 1) % TRIM_EVERY == 0:
                 release_freed_memory()

@@ -13,12 +13,12 @@ examples, then `ftrace ingest` without --shard finishes the index.
 
 from __future__ import annotations
 
+import itertools
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from ftrace import FtraceError
-from ftrace.corpus import Example
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import writing
 from ftrace.index.manifest import Manifest
@@ -34,6 +34,11 @@ class ShardError(FtraceError):
 def split(items: Sequence[T], i: int, n: int) -> list[T]:
     """Shard I of N: items I, I+N, I+2N, ..."""
     return list(items[i::n])
+
+
+def rows(count: int, i: int, n: int) -> range:
+    """Shard I of N of a corpus of `count` rows (numbered from 1): `split` of its examples."""
+    return range(i + 1, count + 1, n)
 
 
 def check_layout(index: IndexDir, n: int) -> None:
@@ -66,7 +71,7 @@ def unfinished(index: IndexDir, manifest: Manifest) -> list[str]:
     return out
 
 
-def merge(index: IndexDir, store: VectorStore, manifest: Manifest, examples: Sequence[Example]) -> None:
+def merge(index: IndexDir, store: VectorStore, manifest: Manifest, example_ids: Iterable[str]) -> None:
     """Finish a sharded ingest into `store` (the index's, open): refuse while any shard is unfinished,
     copy the staging stores in, check that every example is stored, remove the staging directories."""
     problems = unfinished(index, manifest)
@@ -84,11 +89,17 @@ def merge(index: IndexDir, store: VectorStore, manifest: Manifest, examples: Seq
                     store.upsert(ids, vectors, payloads)
             finally:
                 src.close()
-    ids = [e.id for e in examples]
-    stored: set[str] = set()
-    for k in range(0, len(ids), 1000):
-        stored |= store.present(ids[k:k + 1000])
-    missing = [k for k, i in enumerate(ids) if i not in stored]
+    missing: list[int] = []  # positions of the examples no store holds
+    first = ""
+    count = 0
+    every = iter(example_ids)
+    while part := list(itertools.islice(every, 1000)):
+        stored = store.present(part)
+        for example in part:
+            if example not in stored:
+                first = first or example
+                missing.append(count)
+            count += 1
     if missing:  # a shard's store lost points: reopen those shards, so that running them again stores them
         n = max(n for (_, n) in index.shards())
         owners = sorted({k % n for k in missing})
@@ -96,8 +107,8 @@ def merge(index: IndexDir, store: VectorStore, manifest: Manifest, examples: Seq
             m = Manifest.read(index.shard(i, n).path)
             m.complete = False
             m.write(index.shard(i, n).path)
-        raise ShardError(f"{index.path}: {len(missing)} of {len(ids)} examples are missing from the shards' stores "
-                         f"(e.g. {ids[missing[0]]}); run `ftrace ingest --shard I/{n}` again for I in "
+        raise ShardError(f"{index.path}: {len(missing)} of {count} examples are missing from the shards' stores "
+                         f"(e.g. {first}); run `ftrace ingest --shard I/{n}` again for I in "
                          f"{', '.join(map(str, owners))}, then `ftrace ingest`")
 
 

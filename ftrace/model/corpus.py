@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from ftrace.config import DEFAULT_MODEL, CorpusSelection
-from ftrace.corpus import Corpus, Passages, load_corpus
+from ftrace.corpus import Corpus, CorpusStore, Passages, load_corpus, store_corpus
 from ftrace.corpus.passages import Offsets
 
 
 def load_selection(sel: CorpusSelection, model: str | None, max_tokens: int) -> Corpus:
     """The corpus `sel` names, its long records cut into passages of `model`'s tokens, for a model given `max_tokens`
     tokens (its tokenizer is loaded only when a record may be longer than a passage)."""
-    passages = Passages(*sel.passages(max_tokens), _offsets(model or DEFAULT_MODEL))
     return load_corpus(sel.corpus, sel.relations, sel.splits, sel.limit, text_field=sel.text_field,
-                       id_field=sel.id_field, passages=passages)
+                       id_field=sel.id_field, passages=_passages(sel, model, max_tokens))
+
+
+def store_selection(dest: Path, sel: CorpusSelection, model: str | None, max_tokens: int) -> CorpusStore:
+    """`load_selection`'s corpus written to a corpus store at `dest` (records streamed: `store_corpus`)."""
+    return store_corpus(dest, sel.corpus, sel.relations, sel.splits, sel.limit, text_field=sel.text_field,
+                        id_field=sel.id_field, passages=_passages(sel, model, max_tokens))
+
+
+def _passages(sel: CorpusSelection, model: str | None, max_tokens: int) -> Passages:
+    return Passages(*sel.passages(max_tokens), _offsets(model or DEFAULT_MODEL))
 
 
 def _offsets(model: str) -> Offsets:

@@ -1,0 +1,263 @@
+"""Issue 28's scale table: a corpus of documents cut into passages, ingested with BM25 + embed and HNSW at 10k, 100k
+and 1M passages: ingest time, passages/s, peak RSS, disk per passage, stage times, warm and cold query latency, and
+HNSW recall against exact search.
+
+    python perf/make_documents.py --out /tmp/lama-docs.jsonl          # once: all LAMA T-REx splits, one per subject
+    python perf/corpus_scale.py --documents /tmp/lama-docs.jsonl --sizes 10000,100000,1000000 --work /tmp/scale
+
+Protocol
+- Text: the shared LAMA T-REx evidence sentences, joined into one document per subject by perf/make_documents.py
+  (--documents), cut by ingest into passages of the default size (--max-tokens 256 tokens, every 192). A corpus of
+  N passages: the documents in order, then again under varied ids ("SUBJECT~K") where the real text runs out, until
+  their passages (estimated from each document's token count) reach N; its queries: one per fact of the documents
+  it holds (their first copy; proponents linked by fact). Written once per size as plain .jsonl, not timed; the
+  exact passage count is the index's.
+- Ingest: one `ftrace ingest --no-tracin --hnsw` process per size (BM25 and the default embed vectors of the default
+  model in --dtype, HNSW built at the end), its wall time and peak RSS (the largest resident set of the process,
+  JVM included) from /usr/bin/time, its stages from the manifest's timings: reading and cutting the corpus into
+  the index's store (corpus_s), Lucene (bm25_s), embed vectors into Qdrant Edge (vectors_s: the plan's pass over
+  every row included), HNSW (hnsw_s); the rest is start-up (imports, model load) and fitting the idf pooling.
+- Disk: the bytes the index directory allocates (`ftrace info`'s bytes_on_disk), per passage.
+- Warm queries: `ftrace serve` on the index (1 torch thread), --warmup untimed requests then --requests timed ones
+  per method (bm25, embed, embed+bm25) with the queries' targets, cycling through a seeded sample of the corpus's
+  queries: p50 / p95 of the client's wall time.
+- Cold: `ftrace query PROMPT --target T --method embed+bm25` in a fresh process, --cold-repeats times: the median.
+- HNSW recall@10 of the embed vectors: for --recall-queries seeded queries, the top 10 by HNSW (ftrace's search)
+  against the top 10 by exact search (`exact=True`: a full scan of the same store).
+- Nothing else runs on the machine meanwhile (the host's speed varies from day to day: the plain-forward check of
+  perf/ingest_scale.py, run just before, is recorded with --speed-check).
+- One run per results file: perf/results/corpus_scale-cpu.{json,md} (--out to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gradient_throughput import ROOT, command_of, machine, rel, write_results
+from serve_latency import time_method
+
+FTRACE = [sys.executable, "-m", "ftrace.cli"]
+METHODS = ["bm25", "embed", "embed+bm25"]
+
+
+def passages_per_document(docs: list[dict]) -> list[int]:
+    """Each document's passages as ingest's defaults cut it, estimated from its token count (a window's edges
+    snap between words, so the real count can differ by one now and then)."""
+    from ftrace.config import DEFAULT_MODEL, MAX_TOKENS, CorpusSelection
+    from ftrace.corpus.passages import token_windows
+    from ftrace.model.loading import load_tokenizer
+
+    size, stride = CorpusSelection().passages(MAX_TOKENS)
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    counts = []
+    for k in range(0, len(docs), 512):
+        ids = tokenizer([d["text"] for d in docs[k:k + 512]], add_special_tokens=False)["input_ids"]
+        counts += [len(token_windows(len(i), size, stride)) for i in ids]
+    return counts
+
+
+def write_corpus(docs: list[dict], queries: list[dict], counts: list[int], n: int, path: Path) -> dict:
+    """The documents (copied under varied ids past the first pass) until their passages reach `n`, and the queries
+    of the subjects they hold."""
+    written, passages, subjects = 0, 0, set()
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        k = 0
+        while passages < n:
+            for d, c in zip(docs, counts, strict=True):
+                if passages >= n:
+                    break
+                f.write(json.dumps(d if k == 0 else {**d, "id": f"{d['id']}~{k}"}, ensure_ascii=False) + "\n")
+                subjects.add(d["id"])
+                written, passages = written + 1, passages + c
+            k += 1
+        kept = [q for q in queries if q["fact"][0] in subjects]
+        f.writelines(json.dumps(q, ensure_ascii=False) + "\n" for q in kept)
+    tmp.rename(path)
+    return {"documents": written, "copies": k, "passages_estimated": passages, "queries": len(kept)}
+
+
+def ingest(corpus: Path, index: Path, dtype: str) -> dict:
+    """One `ftrace ingest` process: wall seconds and peak RSS (GiB) from /usr/bin/time."""
+    stats = index.with_name(index.name + ".time")
+    start = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-o", str(stats), "-f", "%M %e", *FTRACE, "ingest", "--index", str(index),
+                        "--corpus", str(corpus), "--no-tracin", "--hnsw", "--dtype", dtype],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(2))
+    wall = time.perf_counter() - start
+    if p.returncode:
+        raise SystemExit(f"ingest of {corpus} failed:\n{p.stderr[-3000:]}")
+    kib, seconds = stats.read_text().split()[-2:]
+    return {"wall_s": round(wall, 1), "time_s": float(seconds), "peak_rss_gib": round(int(kib) / 2**20, 2)}
+
+
+def env(threads: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+
+
+def sample(index: Path, n: int, seed: int) -> list[dict]:
+    """A seeded sample of the index's queries with a proponent (read from its store: not the whole corpus)."""
+    from ftrace.index.layout import IndexDir
+
+    queries = [q for q in IndexDir(index).texts.queries() if q.proponents]
+    picks = np.random.default_rng(seed).choice(len(queries), min(n, len(queries)), replace=False)
+    return [{"prompt": queries[i].prompt, "target": queries[i].target} for i in sorted(picks)]
+
+
+def warm(index: Path, queries: list[dict], args) -> dict:
+    from ftrace.testing import start_server
+
+    server = start_server(index, index.with_name(index.name + ".serve.log"), "--device", "cpu", env=env(1))
+    try:
+        out = {"server_startup_s": round(server.startup_s, 1)}
+        for method in METHODS:
+            r = time_method(server.url, queries, method, args.warmup, args.requests, answer=False)
+            out[method] = {k: r["latency_s"].get(k) for k in ("p50", "p95")} | {"errors": r["errors"]}
+            print(f"  warm {method:<11} p50 {out[method]['p50']:.3f} s", flush=True)
+    finally:
+        server.stop()
+    return out
+
+
+def cold(index: Path, q: dict, repeats: int) -> dict:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        p = subprocess.run([*FTRACE, "query", q["prompt"], "--index", str(index), "--target", q["target"],
+                            "--method", "embed+bm25"], capture_output=True, text=True, env=env(2))
+        times.append(time.perf_counter() - start)
+        if p.returncode:
+            raise SystemExit(f"ftrace query failed:\n{p.stderr[-2000:]}")
+    return {"median_s": round(statistics.median(times), 2), "min_s": round(min(times), 2),
+            "max_s": round(max(times), 2), "repeats": repeats}
+
+
+def recall(index: Path, queries: list[dict], k: int) -> dict:
+    from ftrace.query.tracer import Tracer
+
+    tracer = Tracer(index, device="cpu")
+    try:
+        got = []
+        for q in queries:
+            v = tracer.query_vectors(q["prompt"], q["target"], ["embed"])["embed"]
+            exact = {i for i, _ in tracer.store.search("embed", v, k, exact=True)}
+            approx = {i for i, _ in tracer.store.search("embed", v, k)}
+            got.append(len(exact & approx) / max(1, len(exact)))
+    finally:
+        tracer.close()
+    return {f"recall@{k}": round(float(np.mean(got)), 4), "min": round(float(np.min(got)), 2),
+            "perfect": round(float(np.mean(np.array(got) == 1)), 3), "queries": len(got)}
+
+
+def run_size(n: int, docs, queries, counts, args) -> dict:
+    from ftrace.index.layout import IndexDir
+
+    work = Path(args.work)
+    corpus, index = work / f"docs-{n}.jsonl", work / f"index-{n}"
+    made = write_corpus(docs, queries, counts, n, corpus) if not corpus.exists() else json.loads(
+        corpus.with_suffix(".json").read_text())
+    corpus.with_suffix(".json").write_text(json.dumps(made))
+    if index.exists():
+        raise SystemExit(f"{index}: left by an earlier run; delete it to measure again")
+    print(f"[{n}] ingest {rel(corpus)} ({made['documents']} documents)", flush=True)
+    built = ingest(corpus, index, args.dtype)
+    d = IndexDir(index)
+    m = d.manifest
+    passages = m.corpus.examples
+    out = {"target": n, "corpus": made, "passages": passages, "ingest": built,
+           "passages_per_s": round(passages / built["wall_s"], 1), "stages_s": m.timings,
+           "disk_bytes": d.status()["bytes_on_disk"]}
+    out["disk_bytes_per_passage"] = round(out["disk_bytes"] / passages)
+    print(f"  {passages} passages in {built['wall_s']} s, peak RSS {built['peak_rss_gib']} GiB", flush=True)
+    qs = sample(index, max(args.queries, args.recall_queries), args.seed)
+    out["warm"] = warm(index, qs[:args.queries], args)
+    out["cold_query"] = cold(index, qs[0], args.cold_repeats)
+    out["hnsw_recall"] = recall(index, qs[:args.recall_queries], 10)
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(index)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--documents", type=Path, required=True, help="perf/make_documents.py's output (.jsonl)")
+    ap.add_argument("--sizes", default="10000,100000,1000000", help="passages per corpus, comma-separated")
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    ap.add_argument("--work", default="/tmp/corpus-scale")
+    ap.add_argument("--queries", type=int, default=50, help="distinct queries the warm requests cycle through")
+    ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--cold-repeats", type=int, default=3)
+    ap.add_argument("--recall-queries", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speed-check", type=Path, default=None, help="perf/ingest_scale.py's plain-forward check")
+    ap.add_argument("--keep", action="store_true", help="keep the indexes (default: delete each once measured)")
+    ap.add_argument("--out", default=str(ROOT / "perf" / "results" / "corpus_scale-cpu.json"))
+    args = ap.parse_args(argv)
+    import torch
+
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    lines = [json.loads(x) for x in args.documents.read_text(encoding="utf-8").splitlines() if x.strip()]
+    docs, queries = [x for x in lines if "text" in x], [x for x in lines if "prompt" in x]
+    counts = passages_per_document(docs)
+    res: dict = {"command": command_of(__file__, argv), "documents": {
+        "file": args.documents.name, "count": len(docs), "passages_estimated": int(sum(counts)),
+        "words": sum(len(d["text"].split()) for d in docs), "queries": len(queries)},
+        "dtype": args.dtype, "machine": machine(torch.device("cpu")), "sizes": []}
+    if args.speed_check:
+        ref = json.loads(args.speed_check.read_text())["reference"]["methods"]["plain forward"]
+        res["plain_forward_sentences_per_s"] = round(ref["examples_per_s"]["median"], 1)
+    for n in [int(x) for x in args.sizes.split(",")]:
+        res["sizes"].append(run_size(n, docs, queries, counts, args))
+        write_results(Path(args.out), res, markdown(res))
+    return res
+
+
+def markdown(r: dict) -> str:
+    d = r["documents"]
+    lines = [
+        "# A corpus of documents at 10k, 100k and 1M passages (issue 28)", "",
+        f"`{r['command']}`", "",
+        f"Text: the shared LAMA T-REx evidence sentences joined into {d['count']:,} per-subject documents "
+        f"({d['words']:,} words, about {d['passages_estimated']:,} passages of 256 tokens every 192); larger corpora "
+        "repeat them under varied ids (`SUBJECT~K`). BM25 + embed (no gradients), HNSW built at the end, "
+        f"SmolLM2-135M-Instruct (dequantised from its Q4_1 GGUF) in {r['dtype']}. "
+        + (f"Host speed: plain forward {r['plain_forward_sentences_per_s']} LAMA sentences/s (fast day: 77). "
+           if "plain_forward_sentences_per_s" in r else ""), "",
+        "| passages | documents (copies) | ingest | passages/s | peak RSS | disk / passage | corpus | bm25 | vectors "
+        "| hnsw | warm p50 / p95: bm25 | embed | embed+bm25 | cold query | HNSW recall@10 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def ms(w: dict) -> str:
+        return f"{1000 * w['p50']:.0f} / {1000 * w['p95']:.0f} ms"
+
+    for s in r["sizes"]:
+        t, w = s["stages_s"], s["warm"]
+        lines.append(
+            f"| {s['passages']:,} | {s['corpus']['documents']:,} ({s['corpus']['copies']}) "
+            f"| {s['ingest']['wall_s'] / 60:.1f} min "
+            f"| {s['passages_per_s']:,.0f} | {s['ingest']['peak_rss_gib']} GiB | {s['disk_bytes_per_passage']:,} B "
+            f"| {t.get('corpus_s', 0):.0f} s | {t.get('bm25_s', 0):.0f} s | {t.get('vectors_s', 0):.0f} s "
+            f"| {t.get('hnsw_s', 0):.0f} s | {ms(w['bm25'])} | {ms(w['embed'])} | {ms(w['embed+bm25'])} "
+            f"| {s['cold_query']['median_s']} s | {s['hnsw_recall']['recall@10']} |")
+    lines += ["", "Stages from the manifest's timings (the rest of the ingest's wall time is start-up and the idf "
+              "fit); warm latencies are `ftrace serve`'s /trace with targets, one request at a time; the cold query "
+              "is a fresh `ftrace query --method embed+bm25` process (median). HNSW recall: the embed vectors' top "
+              "10 by HNSW against exact search on the same store. The index's files are in the JSON beside this."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
