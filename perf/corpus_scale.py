@@ -66,7 +66,7 @@ def passages_per_document(docs: list[dict]) -> list[int]:
     return counts
 
 
-def write_corpus(docs: list[dict], queries: list[dict], counts: list[int], n: int, path: Path) -> dict:
+def write_documents(docs: list[dict], queries: list[dict], counts: list[int], n: int, path: Path) -> dict:
     """The documents (copied under varied ids past the first pass) until their passages reach `n`, and the queries
     of the subjects they hold."""
     written, passages, subjects = 0, 0, set()
@@ -165,7 +165,7 @@ def run_size(n: int, docs, queries, counts, args) -> dict:
 
     work = Path(args.work)
     corpus, index = work / f"docs-{n}.jsonl", work / f"index-{n}"
-    made = write_corpus(docs, queries, counts, n, corpus) if not corpus.exists() else json.loads(
+    made = write_documents(docs, queries, counts, n, corpus) if not corpus.exists() else json.loads(
         corpus.with_suffix(".json").read_text())
     corpus.with_suffix(".json").write_text(json.dumps(made))
     if index.exists():

@@ -282,6 +282,11 @@ def test_an_index_grows_by_an_addition_as_if_built_whole(tmp_path, tiny_model_di
     assert p.returncode == -9, p.stderr[-2000:]  # killed mid-addition: the index says so, and the command finishes it
     r = CliRunner().invoke(app, ["query", "Toyota Avanza is produced by", "--index", str(grown)])
     assert r.exit_code == 1 and f"the addition of {more}" in r.output and "did not finish" in r.output, r.output
+    # the index's own ingest command neither undoes nor finishes it: refused, the merged corpus kept
+    merged = IndexDir(grown).corpus_file.read_bytes()
+    r = CliRunner().invoke(app, ["ingest", "--index", str(grown), "--corpus", str(first), *common])
+    assert r.exit_code == 1 and "finish it with `ftrace ingest --add`" in r.output, r.output
+    assert IndexDir(grown).corpus_file.read_bytes() == merged
     r = CliRunner().invoke(app, add)
     assert r.exit_code == 0 and "finishing the addition" in r.output, r.output
     g, w = Manifest.read(grown), Manifest.read(tmp_path / "whole")
@@ -309,6 +314,15 @@ def test_records_keep_their_own_fields_and_ids_stay_unique(tmp_path, tiny_model_
     path = write_jsonl(tmp_path / "d.jsonl", [{"id": "y", "text": emoji}, {"id": "y", "text": "short"}])
     with pytest.raises(CorpusError, match=r"d\.jsonl:2: duplicate id 'y' \(first on line 1\)"):
         load_corpus(str(path), passages=Passages(64, 48, offsets))
+    # ... and by a later document's passage ("y#1" cut first, then "y" cut into "y#0", "y#1", ...)
+    path = write_jsonl(tmp_path / "e.jsonl", [{"id": "y#1", "text": emoji}, {"id": "y", "text": emoji}])
+    with pytest.raises(CorpusError, match=r"e\.jsonl:2: duplicate id 'y#1' \(first on line 1\)"):
+        load_corpus(str(path), passages=Passages(64, 48, offsets))
+    # the first error in the file is the one reported, though ids are checked a batch of records at a time
+    path = write_jsonl(tmp_path / "f.jsonl", [{"id": "z", "text": "One."}, {"id": "z", "text": "Two."},
+                                              {"id": "w", "text": ""}])
+    with pytest.raises(CorpusError, match=r"f\.jsonl:2: duplicate id 'z' \(first on line 1\)"):
+        load_corpus(str(path))
     # queries without ids, one per file of a directory of shards, get distinct ids
     shards = tmp_path / "shards"
     shards.mkdir()

@@ -8,6 +8,7 @@ malformed input raises `CorpusError` naming the file and line (or row).
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,7 @@ from ftrace.config import SPLITS
 from ftrace.corpus.files import CorpusError, Where, is_records, json_error, read_jsonl, read_records
 from ftrace.corpus.passages import Passages
 from ftrace.corpus.records import Corpus, Query, Sentence, find_object, sentence_id
-from ftrace.corpus.store import CorpusStore, CorpusWriter, connect, write_corpus
+from ftrace.corpus.store import CorpusStore, CorpusWriter, write_corpus
 
 # A record line of a jsonl corpus holds one sentence, document or query: a document may run to megabytes (a book), but
 # a line past this is a file that is not one record per line (a JSON array, a dump). The files ftrace writes itself
@@ -71,34 +72,58 @@ def store_records(dest: Path | None, path: Path, source: str | None = None, text
     proponent naming a cut document means its passages stating the query's fact (all of them when none does). `own`:
     a file ftrace wrote itself (an index's corpus.jsonl), read with its passages' provenance and no line cap (a query
     line lists all its proponents)."""
-    w = CorpusWriter(connect(dest))
-    for where, obj in read_records(path, None if own else MAX_RECORD_LINE):
-        if "prompt" in obj:
-            obj.setdefault("id", where.default_id("q"))
-            q = _parse(Query, obj, str(where))
-            if not q.prompt.strip() or not q.target.strip():
-                raise CorpusError(f"{where}: query prompt and target must not be empty")
-            w.add_query(q, where)
-        elif text_field in obj:
-            record = _text_record(obj, text_field, id_field, where, own)
-            raw = _parse(_PlainSentence, record, str(where))
-            if not raw.text.strip():
-                raise CorpusError(f"{where}: text is empty")
-            sid = raw.id or sentence_id(raw.text)
-            spans = passages.spans(raw.text) if passages and not own else [(0, len(raw.text))]
-            if len(spans) == 1:
-                w.add(Sentence(id=sid, text=raw.text, facts=raw.facts, document=raw.document, span=raw.span,
-                               passage=raw.passage), where)
-            else:
-                w.add_document([Sentence(id=f"{sid}#{k}", text=raw.text[a:b], document=sid, span=(a, b), passage=k,
-                                         facts=[f for f in raw.facts if find_object(raw.text[a:b], f[2])])
-                                for k, (a, b) in enumerate(spans)], where)
-        else:
-            raise CorpusError(f"{where}: a record needs either {text_field!r} (a text: --text-field) or 'prompt' "
-                              "(a query)")
-    described = f" ({passages.describe()})" if passages and w.cut else ""
-    w.finish((source or str(path)) + described, (passages.size, passages.stride) if passages else None)
+    try:
+        w = CorpusWriter(dest)
+    except sqlite3.Error as e:
+        raise CorpusError(f"{dest}: cannot write the corpus store ({e})") from None
+    try:
+        _read_into(w, path, text_field, id_field, passages, own)
+        described = f" ({passages.describe()})" if passages and w.cut else ""
+        w.finish((source or str(path)) + described, (passages.size, passages.stride) if passages else None, str(path))
+    except sqlite3.Error as e:  # e.g. the disk is full
+        w.close()
+        raise CorpusError(f"{dest}: cannot write the corpus store ({e})") from None
+    except BaseException:
+        w.close()
+        raise
     return CorpusStore(w.db)
+
+
+def _read_into(w: CorpusWriter, path: Path, text_field: str, id_field: str, passages: Passages | None,
+               own: bool) -> None:
+    try:
+        for where, obj in read_records(path, None if own else MAX_RECORD_LINE):
+            _add_record(w, where, obj, text_field, id_field, passages, own)
+    except CorpusError:
+        w.flush()  # a duplicate id before this record is the first error in the file: raised here
+        raise
+
+
+def _add_record(w: CorpusWriter, where: Where, obj: dict[str, Any], text_field: str, id_field: str,
+                passages: Passages | None, own: bool) -> None:
+    if "prompt" in obj:
+        obj.setdefault("id", where.default_id("q"))
+        q = _parse(Query, obj, str(where))
+        if not q.prompt.strip() or not q.target.strip():
+            raise CorpusError(f"{where}: query prompt and target must not be empty")
+        w.add_query(q, where)
+    elif text_field in obj:
+        record = _text_record(obj, text_field, id_field, where, own)
+        raw = _parse(_PlainSentence, record, str(where))
+        if not raw.text.strip():
+            raise CorpusError(f"{where}: text is empty")
+        sid = raw.id or sentence_id(raw.text)
+        spans = passages.spans(raw.text) if passages and not own else [(0, len(raw.text))]
+        if len(spans) == 1:
+            w.add(Sentence(id=sid, text=raw.text, facts=raw.facts, document=raw.document, span=raw.span,
+                           passage=raw.passage), where)
+        else:
+            w.add_document([Sentence(id=f"{sid}#{k}", text=raw.text[a:b], document=sid, span=(a, b), passage=k,
+                                     facts=[f for f in raw.facts if find_object(raw.text[a:b], f[2])])
+                            for k, (a, b) in enumerate(spans)], where)
+    else:
+        raise CorpusError(f"{where}: a record needs either {text_field!r} (a text: --text-field) or 'prompt' "
+                          "(a query)")
 
 
 def _text_record(obj: dict[str, Any], text_field: str, id_field: str, where: Where, own: bool) -> dict[str, Any]:

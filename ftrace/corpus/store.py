@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -51,8 +52,12 @@ class CorpusWriter:
     Ids must be unique (a second one is refused, naming where the first was); queries are held until `finish`, which
     resolves and links their proponents (`Corpus.link_proponents`'s rule) and checks that each exists."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, path: Path | None):
+        """A new store at `path` (replacing a file there), or in memory (None)."""
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
+        self.path = path
+        self.db = db = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False)
         db.isolation_level = None  # transactions as written here
         # a new file, renamed into place once written: no journal on disk (one in memory, for the savepoints)
         db.executescript("PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF;" + SCHEMA + WRITING)
@@ -68,7 +73,7 @@ class CorpusWriter:
         self._hash = hashlib.sha256()
 
     def add(self, s: Sentence, where: Where | None = None) -> None:
-        if self.cut and s.document is None:  # a document's id is taken too
+        if self.cut:  # a cut document's id is taken too (by a sentence, or by a later document's passage)
             self._taken(s.id, where, "documents")
         self._rows.append((s, where))
         if len(self._rows) >= ROWS:
@@ -95,10 +100,19 @@ class CorpusWriter:
             raise CorpusError(f"{where or 'corpus'}: duplicate id {key!r}{first_at(self._where(found), where)}")
 
     def add_query(self, q: Query, where: Where | None = None) -> None:
-        if q.id in self._asked:
-            raise CorpusError(f"{where or 'query'}: duplicate query id {q.id!r}{first_at(self._asked[q.id], where)}")
-        self._asked[q.id] = where
+        """A query; one read from a file (`where`) must have an id no earlier one of the file has."""
+        if where is not None:
+            if q.id in self._asked:
+                raise CorpusError(f"{where}: duplicate query id {q.id!r}{first_at(self._asked[q.id], where)}")
+            self._asked[q.id] = where
         self.queries.append(q)
+
+    def flush(self) -> None:
+        """Store the rows added so far (a duplicate id among them is raised here)."""
+        self._flush()
+
+    def close(self) -> None:
+        self.db.close()
 
     def _flush(self) -> None:
         rows, self._rows = self._rows, []
@@ -113,7 +127,6 @@ class CorpusWriter:
         except sqlite3.IntegrityError:
             self.db.execute("ROLLBACK TO batch")
             self._duplicate(rows)
-            raise  # not reached: `_duplicate` raises
         self.db.execute("RELEASE batch")
         self.db.executemany("INSERT INTO at VALUES (?, ?, ?, ?)",
                             ((base + k + 1, self._file(w), w.line, w.row) for k, (_, w) in enumerate(rows) if w))
@@ -135,7 +148,7 @@ class CorpusWriter:
         file, line, row = found
         return None if file is None else Where(self._wheres[file].file, self._wheres[file].file_number, line, row)
 
-    def _duplicate(self, rows: list[tuple[Sentence, Where | None]]) -> None:
+    def _duplicate(self, rows: list[tuple[Sentence, Where | None]]) -> NoReturn:
         """Raise for the first row of `rows` whose id is taken, naming where the first was."""
         mine: dict[str, Where | None] = {}
         for s, w in rows:
@@ -144,20 +157,22 @@ class CorpusWriter:
                 first = mine.get(s.id) if found is None else self._where(found)
                 raise CorpusError(f"{w or 'corpus'}: duplicate id {s.id!r}{first_at(first, w)}")
             mine[s.id] = w
-        raise CorpusError("duplicate id")  # the database found one this scan did not: not expected
+        raise CorpusError(f"{rows[0][1] or 'corpus'}: duplicate id among the {len(rows)} records from here")
 
-    def finish(self, source: str, passages: tuple[int, int] | None) -> dict[str, Any]:
-        """Resolve and link the queries' proponents, write them and the corpus's description; what it wrote."""
+    def finish(self, source: str, passages: tuple[int, int] | None, name: str | None = None) -> dict[str, Any]:
+        """Resolve and link the queries' proponents, write them and the corpus's description (and, for a file, sync
+        it to disk: it is renamed into an index next); what it wrote. `name`: the input, as errors name it."""
         self._flush()
+        name = name or source
         if not self.count:
-            raise CorpusError(f"{source}: no text records")
+            raise CorpusError(f"{name}: no text records")
         self.db.execute("CREATE INDEX temp.facts_by_fact ON facts (fact)")
         for q in self.queries:
             named = list(dict.fromkeys(p for d in q.proponents for p in self._passages_of(d, q)))
             known = self._known(named)
             missing = [p for p in named if p not in known]
             if missing:
-                raise CorpusError(f"{source}: query {q.id!r} names unknown proponent ids {missing[:3]}")
+                raise CorpusError(f"{name}: query {q.id!r} names unknown proponent ids {missing[:3]}")
             stating = [i for (i,) in self.db.execute(
                 "SELECT s.id FROM facts f JOIN sentences s ON s.n = f.n WHERE f.fact = ? ORDER BY f.n",
                 [fact_key(q.fact)])] if q.fact else []
@@ -169,6 +184,9 @@ class CorpusWriter:
                 "objects": self.objects}
         self.db.executemany("INSERT INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))
         self.db.execute("COMMIT")
+        if self.path is not None:
+            with open(self.path, "rb") as f:
+                os.fsync(f.fileno())
         return meta
 
     def _passages_of(self, doc: str, q: Query) -> list[str]:
@@ -192,7 +210,7 @@ class CorpusWriter:
 
 
 def first_at(first: Where | None, where: Where | None) -> str:
-    """" (first on line 3)", " (first at row 2)" in the same file, " (first at FILE:LINE)" in another; "" unknown."""
+    """' (first on line 3)', ' (first at row 2)' in the same file, ' (first at FILE:LINE)' in another; '' unknown."""
     if first is None:
         return ""
     if where is not None and first.same_file(where):
@@ -201,21 +219,18 @@ def first_at(first: Where | None, where: Where | None) -> str:
 
 
 def write_corpus(path: Path | None, corpus: Corpus) -> CorpusStore:
-    """A store of a corpus held in memory (LAMA, T-REx, a merged one): at `path`, or in memory (None)."""
-    w = CorpusWriter(connect(path))
-    for s in corpus.sentences:
-        w.add(s)
-    for q in corpus.queries:
-        w.add_query(q.model_copy(deep=True))
-    w.finish(corpus.source, corpus.passages)
+    """A store of a corpus held in memory (LAMA, T-REx): at `path`, or in memory (None)."""
+    w = CorpusWriter(path)
+    try:
+        for s in corpus.sentences:
+            w.add(s)
+        for q in corpus.queries:
+            w.add_query(q.model_copy(deep=True))
+        w.finish(corpus.source, corpus.passages)
+    except BaseException:
+        w.close()
+        raise
     return CorpusStore(w.db)
-
-
-def connect(path: Path | None) -> sqlite3.Connection:
-    """A new store's connection: a file at `path` (replacing one there), or in memory (None)."""
-    if path is not None:
-        Path(path).unlink(missing_ok=True)
-    return sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False)
 
 
 class CorpusStore:
@@ -224,7 +239,7 @@ class CorpusStore:
     def __init__(self, db: sqlite3.Connection, source: str | None = None, passages: tuple[int, int] | None = None):
         self.db = db
         self._lock = threading.Lock()
-        meta = self.meta()
+        self._meta = meta = self._read_meta()
         self.source = source if source is not None else meta.get("source", "")
         self.passages = passages if source is not None else (tuple(meta["passages"]) if meta.get("passages")
                                                              else None)
@@ -242,11 +257,16 @@ class CorpusStore:
 
     def meta(self) -> dict[str, Any]:
         """What the writer recorded (source, passages, fingerprint, counts); {} in a store from before it did."""
+        return dict(self._meta)
+
+    def _read_meta(self) -> dict[str, Any]:
         if not self._rows("SELECT name FROM sqlite_master WHERE name = 'meta'"):
             return {}
         return {k: json.loads(v) for k, v in self._rows("SELECT key, value FROM meta")}
 
     def __len__(self) -> int:
+        if "sentences" in self._meta:
+            return int(self._meta["sentences"])
         return int(self._rows("SELECT count(*) FROM sentences")[0][0])
 
     def get(self, sentence_id: str) -> Sentence | None:
@@ -308,6 +328,8 @@ class CorpusStore:
         return str(self.meta().get("fingerprint") or fingerprint_of(self.iter_sentences()))
 
     def query_count(self) -> int:
+        if "queries" in self._meta:
+            return int(self._meta["queries"])
         return int(self._rows("SELECT count(*) FROM queries")[0][0])
 
     def has_objects(self) -> bool:

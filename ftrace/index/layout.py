@@ -34,9 +34,6 @@ class IndexDir:
         accepts it (the same corpus, or a new index), removed otherwise."""
         return self.path / "corpus.sqlite.staging"
 
-    def has_corpus(self) -> bool:
-        return self.corpus_file.exists() or (self.path / "corpus.jsonl").exists()
-
     @property
     def bm25_dir(self) -> Path:
         return self.path / "bm25"
@@ -65,6 +62,10 @@ class IndexDir:
     @cached_property
     def texts(self) -> CorpusStore:
         """The sentences and queries, read by id, prompt and row."""
+        return self.open_texts()
+
+    def open_texts(self) -> CorpusStore:
+        """`texts`, opened anew (for its caller to close)."""
         source, passages = self.manifest.corpus.source, self.manifest.corpus.passages
         if self.corpus_file.exists():
             return CorpusStore.open(self.corpus_file, source, passages)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ftrace import FtraceError
 from ftrace.config import IngestConfig
 from ftrace.corpus import CorpusStore
-from ftrace.corpus.store import CorpusWriter, connect
+from ftrace.corpus.store import CorpusWriter
 from ftrace.features.base import from_specs
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import append_lucene
@@ -61,21 +61,21 @@ def _add(c: IngestConfig, index: IndexDir, m: Manifest, addition: CorpusStore) -
     lm = load_model(m.model.name, c.device, m.model.dtype)
     m.model.check_weights(index.path, lm.fingerprint)
     featurizers = list(from_specs(lm, m.vectors, index.path).values())
-    held = index.texts
-    if pending is not None:
-        log(f"finishing the addition of {pending.source}")
-    merged = held if pending is not None and held.fingerprint() == pending.corpus else merge(
-        held, addition, len(m.additions) + 1, index.path / MERGING, m)
-    total = len(merged)  # the addition's rows are the last ones
-    store = index.open_store()
+    store = index.open_store()  # an unreachable server refuses here
+    held = index.open_texts()
+    merged = held
     try:
+        if pending is not None:
+            log(f"finishing the addition of {pending.source}")
+        if pending is None or held.fingerprint() != pending.corpus:
+            merged = merge(held, addition, len(m.additions) + 1, index.path / MERGING, m)
+        total = len(merged)  # the addition's rows are the last ones
         if pending is None:
             pending = Addition(source=addition.source, fingerprint=fingerprint, sentences=len(addition),
                                examples=len(addition), queries=addition.query_count(), corpus=merged.fingerprint())
             m.adding, m.complete = pending, False
             m.write(index.path)  # first: from here an interruption is finished by the same command
         if merged is not held:
-            held.close()
             os.replace(index.path / MERGING, index.corpus_file)
             (index.path / "corpus.jsonl").unlink(missing_ok=True)  # an index made before corpus.sqlite
         append_lucene(index.bm25_dir, [(s.id, s.text) for s in addition.iter_sentences()])
@@ -88,6 +88,7 @@ def _add(c: IngestConfig, index: IndexDir, m: Manifest, addition: CorpusStore) -
                               examples=total, queries=merged.query_count(), passages=m.corpus.passages)
     finally:
         store.close()
+        held.close()
         merged.close()
     m.additions.append(pending)
     m.adding, m.complete = None, True
@@ -110,18 +111,23 @@ def merge(held: CorpusStore, addition: CorpusStore, number: int, dest: Path, m: 
     the index holds is refused; a query id it holds gets "~N" (the addition's number): queries are named by line by
     default. Proponents are linked anew (a sentence of either may state a fact of the other's queries)."""
     ids = [s.id for s in addition.iter_sentences()]
-    clash = [i for k in range(0, len(ids), 900) for i in held.sentences(ids[k:k + 900])]
+    held_ids = set(held.sentences(ids))
+    clash = [i for i in ids if i in held_ids]
     if clash:
         raise FtraceError(f"--add {addition.source}: {len(clash)} id(s) the index holds already, e.g. {clash[0]!r}; "
                           "ids must stay unique (give the new records other ids)")
-    w = CorpusWriter(connect(dest))
-    for store in (held, addition):
-        for s in store.iter_sentences():
-            w.add(s)
-    queries = held.queries()
-    asked = {q.id for q in queries}
-    for q in [*queries, *(q.model_copy(update={"id": f"{q.id}~{number}"}) if q.id in asked else q
-                          for q in addition.queries())]:
-        w.add_query(q)
-    w.finish(m.corpus.source, m.corpus.passages)
+    w = CorpusWriter(dest)
+    try:
+        for store in (held, addition):
+            for s in store.iter_sentences():
+                w.add(s)
+        queries = held.queries()
+        asked = {q.id for q in queries}
+        for q in [*queries, *(q.model_copy(update={"id": f"{q.id}~{number}"}) if q.id in asked else q
+                              for q in addition.queries())]:
+            w.add_query(q)
+        w.finish(m.corpus.source, m.corpus.passages)
+    except BaseException:
+        w.close()
+        raise
     return CorpusStore(w.db, m.corpus.source, m.corpus.passages)

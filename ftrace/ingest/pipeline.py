@@ -115,12 +115,22 @@ def _prepare(index: IndexDir, planned: Manifest, fresh: bool = True) -> Manifest
         if diffs:
             raise ManifestError(f"{index.path}: holds an index built differently ({describe_differences(diffs)}); "
                                 "choose another --index or delete this one")
+        if old.adding is not None:
+            raise ManifestError(f"{index.path}: the addition of {old.adding.source} did not finish; finish it with "
+                                "`ftrace ingest --add` and that corpus")
         return old
-    if fresh and index.path.exists() and any(p.name not in (*LOCK_FILES, index.shards_dir.name,
-                                                            index.staging_file.name) for p in index.path.iterdir()):
+    if fresh:
+        refuse_foreign(index)
+    return planned
+
+
+def refuse_foreign(index: IndexDir) -> None:
+    """Refuse a directory that holds anything but an index (or the bookkeeping of one being started)."""
+    if (not (index.path / MANIFEST).exists() and index.path.exists()
+            and any(p.name not in (*LOCK_FILES, index.shards_dir.name, index.staging_file.name)
+                    for p in index.path.iterdir())):
         raise ManifestError(f"{index.path}: directory is not empty and holds no ftrace index; "
                             "refusing to write into it")
-    return planned
 
 
 def ingest(c: IngestConfig, corpus: Corpus | None = None) -> Manifest:
@@ -144,6 +154,7 @@ def _staged(c: IngestConfig, corpus: Corpus | None, run: TracedRun | None, index
             target: IndexDir) -> Manifest:
     """Read the corpus selection into `target`'s staging store (records streamed: memory bounded by a batch, not by
     the corpus), then build from it."""
+    refuse_foreign(index)  # before a copy of the corpus is written into it
     staging = target.staging_file
     timings: dict[str, float] = {}
     try:
@@ -210,9 +221,9 @@ def _build(c: IngestConfig, texts: CorpusStore, run: TracedRun | None, index: In
         with exclusive(index.path):  # what shards share, prepared by whichever comes first
             manifest = _prepare(index, planned, fresh=False)
             manifest.write(index.path)  # first: other shards then find an index here, not a foreign directory
-            # the corpus the manifest names (checked by `_prepare`): the staged copy takes the place of any other
-            os.replace(target.staging_file, index.corpus_file)
-            (index.path / "corpus.jsonl").unlink(missing_ok=True)  # an index from before corpus.sqlite
+            if not index.corpus_file.exists():  # else the index's own, the same texts (`_prepare`): left as it is
+                os.replace(target.staging_file, index.corpus_file)  # read on from its new name
+                (index.path / "corpus.jsonl").unlink(missing_ok=True)  # an index from before corpus.sqlite
             fit_featurizers(featurizers, texts, lm, c, index.path)  # fitted once, used by every shard
         if (c.shard_of or (0, 1))[0] == 0 and not index.bm25_dir.exists():
             with timed(timings, "bm25_s"):
