@@ -282,9 +282,9 @@ def ingest(config: IngestConfig) -> None:
 
 
 def _complete(index: Path) -> bool:
-    from ftrace.index.manifest import Manifest
+    from ftrace.index.manifest import FILENAME, Manifest
 
-    return (index / "manifest.json").is_file() and Manifest.read(index).complete
+    return (index / FILENAME).is_file() and Manifest.read(index).complete
 
 
 @app.command()

@@ -15,6 +15,7 @@ from ftrace import FtraceError
 from ftrace.corpus import Corpus, CorpusStore
 from ftrace.corpus.loaders import store_records
 from ftrace.index.lexical import LuceneBM25
+from ftrace.index.manifest import FILENAME as MANIFEST
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import VectorStore, open_store
 
@@ -27,6 +28,16 @@ class IndexDir:
     def corpus_file(self) -> Path:
         """The texts (`ftrace.corpus.store`); an index made before it holds corpus.jsonl instead."""
         return self.path / "corpus.sqlite"
+
+    @property
+    def legacy_corpus_file(self) -> Path:
+        """An index made before corpus.sqlite holds its corpus here (ftrace's plain jsonl format)."""
+        return self.path / "corpus.jsonl"
+
+    @property
+    def merging_file(self) -> Path:
+        """`ftrace ingest --add`'s corpus: the index's with the addition's after it, renamed to `corpus_file`."""
+        return self.path / "corpus.sqlite.merging"
 
     @property
     def staging_file(self) -> Path:
@@ -70,7 +81,7 @@ class IndexDir:
         if self.corpus_file.exists():
             return CorpusStore.open(self.corpus_file, source, passages)
         # an index from before corpus.sqlite: its corpus.jsonl (a query line lists every proponent: no cap)
-        return CorpusStore(store_records(None, self.path / "corpus.jsonl", source, own=True).db, source, passages)
+        return CorpusStore(store_records(None, self.legacy_corpus_file, source, own=True).db, source, passages)
 
     @cached_property
     def corpus(self) -> Corpus:
@@ -115,7 +126,7 @@ class IndexDir:
         shards = self.shards()
         if shards:  # a sharded ingest in progress: which shards have finished
             out["shards"] = {f"{i}/{n}": (("complete" if Manifest.read(d.path).complete else "incomplete")
-                                          if (d.path / "manifest.json").exists() else "starting")
+                                          if (d.path / MANIFEST).exists() else "starting")
                              for (i, n), d in shards.items()}
         # `ftrace train --index`'s checkpoints and `ftrace bench`'s results live beside it, not in it
         outside = {self.path / "train", self.path / "bench"}

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ftrace import FtraceError
+from ftrace.index.manifest import FILENAME as MANIFEST
 from ftrace.plumbing import directory_problem, try_lock, write_atomic
 
 WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK = ".write.lock", ".store.lock", ".serve.lock", ".setup.lock"
@@ -115,7 +116,7 @@ def writer(index_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            if made_file and not (index_dir / "manifest.json").exists():  # nothing written: leave no trace
+            if made_file and not (index_dir / MANIFEST).exists():  # nothing written: leave no trace
                 with contextlib.suppress(OSError):
                     path.unlink()
                 for d in made:  # e.g. a shard's INDEX/shards/I-of-N/, and INDEX/shards/ if left empty

@@ -26,8 +26,6 @@ from ftrace.model import load_model
 from ftrace.model.corpus import store_selection
 from ftrace.plumbing import log
 
-MERGING = "corpus.sqlite.merging"  # the index's corpus with the addition's after it, renamed into place
-
 
 def add_corpus(c: IngestConfig) -> Manifest:
     """`ftrace ingest --add`: the addition read (and cut into passages) as the index's corpus was, then appended."""
@@ -46,7 +44,7 @@ def add_corpus(c: IngestConfig) -> Manifest:
                 addition.close()
         finally:
             index.staging_file.unlink(missing_ok=True)
-            (index.path / MERGING).unlink(missing_ok=True)
+            index.merging_file.unlink(missing_ok=True)
 
 
 def _add(c: IngestConfig, index: IndexDir, m: Manifest, addition: CorpusStore) -> Manifest:
@@ -68,7 +66,7 @@ def _add(c: IngestConfig, index: IndexDir, m: Manifest, addition: CorpusStore) -
         if pending is not None:
             log(f"finishing the addition of {pending.source}")
         if pending is None or held.fingerprint() != pending.corpus:
-            merged = merge(held, addition, len(m.additions) + 1, index.path / MERGING, m)
+            merged = merge(held, addition, len(m.additions) + 1, index.merging_file, m)
         total = len(merged)  # the addition's rows are the last ones
         if pending is None:
             pending = Addition(source=addition.source, fingerprint=fingerprint, sentences=len(addition),
@@ -76,8 +74,8 @@ def _add(c: IngestConfig, index: IndexDir, m: Manifest, addition: CorpusStore) -
             m.adding, m.complete = pending, False
             m.write(index.path)  # first: from here an interruption is finished by the same command
         if merged is not held:
-            os.replace(index.path / MERGING, index.corpus_file)
-            (index.path / "corpus.jsonl").unlink(missing_ok=True)  # an index made before corpus.sqlite
+            os.replace(index.merging_file, index.corpus_file)
+            index.legacy_corpus_file.unlink(missing_ok=True)
         append_lucene(index.bm25_dir, [(s.id, s.text) for s in addition.iter_sentences()])
         store_vectors(store, merged, range(total - pending.sentences + 1, total + 1), lm, featurizers,
                       c.model_copy(update={"max_tokens": m.max_tokens}), index.path)

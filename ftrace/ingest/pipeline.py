@@ -223,7 +223,7 @@ def _build(c: IngestConfig, texts: CorpusStore, run: TracedRun | None, index: In
             manifest.write(index.path)  # first: other shards then find an index here, not a foreign directory
             if not index.corpus_file.exists():  # else the index's own, the same texts (`_prepare`): left as it is
                 os.replace(target.staging_file, index.corpus_file)  # read on from its new name
-                (index.path / "corpus.jsonl").unlink(missing_ok=True)  # an index from before corpus.sqlite
+                index.legacy_corpus_file.unlink(missing_ok=True)
             fit_featurizers(featurizers, texts, lm, c, index.path)  # fitted once, used by every shard
         if (c.shard_of or (0, 1))[0] == 0 and not index.bm25_dir.exists():
             with timed(timings, "bm25_s"):

@@ -21,6 +21,7 @@ from typing import TypeVar
 from ftrace import FtraceError
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import writing
+from ftrace.index.manifest import FILENAME as MANIFEST
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import VectorStore
 
@@ -62,7 +63,7 @@ def unfinished(index: IndexDir, manifest: Manifest) -> list[str]:
         holder = writing(d.path)
         if holder is not None:
             out.append(f"{i}/{n} is running (pid {holder[0]})")
-        elif not (d.path / "manifest.json").exists():
+        elif not (d.path / MANIFEST).exists():
             out.append(f"{i}/{n} has not run")
         elif diffs := Manifest.read(d.path).differences(manifest):
             out.append(f"{i}/{n} was built differently ({'; '.join(diffs[:2])})")
