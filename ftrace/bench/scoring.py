@@ -138,9 +138,7 @@ class Scorer:
         if m.base is None:
             raise ManifestError(f"{self.tracer.index.path}: the index records no base model")
         lm = load_model(m.base, self.tracer.device, self.tracer.dtype)
-        if m.base_fingerprint is not None and lm.fingerprint != m.base_fingerprint:
-            raise ManifestError(f"{self.tracer.index.path}: base model {m.base!r} has changed since the index was "
-                                f"built (weights {lm.fingerprint}, index {m.base_fingerprint})")
+        m.check_weights(self.tracer.index.path, lm.fingerprint, base=True)
         return lm
 
     def answers(self, queries: Sequence[Query], base: bool = False) -> dict[str, str]:

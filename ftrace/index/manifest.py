@@ -59,11 +59,12 @@ class ModelInfo(BaseModel):
     train_dir: str | None = None
     dtype: str  # the weights' dtype the vectors were computed in
 
-    def check_weights(self, index_dir: Path, fingerprint: str) -> None:
-        """Refuse a model whose weights are no longer those the index was built with."""
-        if fingerprint != self.fingerprint:
-            raise ManifestError(f"{index_dir}: model {self.name!r} has changed since the index was built (weights "
-                                f"{fingerprint}, index {self.fingerprint})")
+    def check_weights(self, index_dir: Path, fingerprint: str, base: bool = False) -> None:
+        """Refuse a model (or, with `base`, the base model) whose weights are no longer those the index recorded."""
+        name, want = (self.base, self.base_fingerprint) if base else (self.name, self.fingerprint)
+        if want is not None and fingerprint != want:
+            raise ManifestError(f"{index_dir}: {'base model' if base else 'model'} {name!r} has changed since the "
+                                f"index was built (weights {fingerprint}, index {want})")
 
 
 class QueryDefault(BaseModel):
