@@ -26,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import ROOT, SHARED
+from common import ROOT, SHARED
 
 # runs one command and prints its peak RSS in KiB: RUSAGE_CHILDREN covers only what this wrapper waited for
 WRAPPER = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "

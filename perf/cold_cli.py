@@ -44,8 +44,7 @@ from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import ROOT, command_of, rel, results_path, shell_line, write_results
+from common import ROOT, command_of, rel, results_path, shell_line, write_results
 
 from ftrace.config import DEFAULT_MODEL
 from ftrace.index.locks import LOCK_FILES

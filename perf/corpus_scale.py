@@ -41,9 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import ROOT, command_of, machine, rel, write_results
+from common import ROOT, command_of, machine, rel, write_results
 from serve_latency import time_method
 
 FTRACE = [sys.executable, "-m", "ftrace.cli"]

@@ -44,139 +44,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import platform
-import re
-import shlex
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FTRACE_SHARED_DATA", ROOT.parent / "shared" / "data"))  # ../shared/data
-SAMPLE = ROOT / "ftrace" / "corpus" / "data" / "sample.jsonl"
-LAMA = SHARED / "lama-trex" / "P176" / "train.jsonl"
+from common import (
+    MAX_TOKENS,
+    ROOT,
+    command_of,
+    cpu_seconds,
+    load_texts,
+    machine,
+    machine_busy_seconds,
+    mem_mb,
+    peak_reset,
+    rel,
+    slug,
+    spread,
+)
+
 LINEAR_LAYERS = ["model.layers.*.self_attn.*_proj", "model.layers.*.mlp.*_proj"]
 METHODS = ["plain", "no-hooks", "ftrace-embed", "ftrace-linear", "naive-embed", "naive-linear", "bergson"]
 NAIVE_OF = {"ftrace-embed": "naive-embed", "ftrace-linear": "naive-linear", "bergson": "naive-linear"}
 TARGETS = [("ftrace-linear", "no-hooks", 0.9), ("ftrace-linear", "bergson", 1.3)]
-MAX_TOKENS = 256  # ingest's --max-tokens default
-HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def rel(path: str | Path) -> str:
-    """`path` relative to the repository when it lies inside it or beside it (../shared), else as given."""
-    p = Path(path).resolve()
-    if p.is_relative_to(ROOT):
-        return str(p.relative_to(ROOT))
-    if p.is_relative_to(ROOT.parent):
-        return os.path.relpath(p, ROOT)
-    return str(path)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def _texts_of(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            obj = json.loads(line) if line.strip() else {}
-            if "text" in obj:
-                yield obj["text"]
-            for ev in obj.get("evidences", []):  # LAMA T-REx: [MASK] = the object's surface form
-                yield ev["masked_sentence"].replace("[MASK]", ev["obj_surface"])
-
-
-def load_texts(n: int, path: str | None = None) -> tuple[list[str], str, int]:
-    """(n texts, source, distinct): distinct sentences from `path`, else the shipped sample corpus then
-    LAMA P176 (where ../shared is); where fewer than n exist they are repeated (same cost per text)."""
-    sources = [Path(path)] if path else [p for p in (SAMPLE, LAMA) if p.exists()]
-    texts: list[str] = []
-    seen: set[str] = set()
-    used = []
-    for src in sources:
-        used.append(rel(src))
-        for t in _texts_of(src):
-            if t not in seen:
-                seen.add(t)
-                texts.append(t)
-                if len(texts) >= n:
-                    break
-        if len(texts) >= n:
-            break
-    if not texts:
-        raise SystemExit(f"no texts in {', '.join(map(str, sources)) or 'any source'}")
-    distinct = len(texts)
-    texts = (texts * math.ceil(n / distinct))[:n]
-    return texts, " + ".join(used), distinct
-
-
-# --- measuring ---------------------------------------------------------------------------------
-
-def peak_reset() -> None:
-    try:  # "5" resets this process's peak RSS (VmHWM), Linux >= 4.0
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def mem_mb(field: str) -> float:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def machine_busy_seconds() -> float:
-    try:
-        v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-        return (sum(v[:8]) - v[3] - v[4]) / HZ  # all but idle and iowait
-    except OSError:
-        return float("nan")
-
-
-def spread(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
-def shell_line(args: list[str]) -> str:
-    """A command line as a results file shows it: absolute paths relative to the repository (see `rel`), quoted
-    for a shell."""
-    return shlex.join([rel(a) if os.path.isabs(a) else a for a in args])
-
-
-def command_of(script: str, argv: list[str] | None) -> str:
-    """The command line that made a results file."""
-    return "python " + shell_line([script, *(sys.argv[1:] if argv is None else argv)])
-
-
-def results_path(out: str | None, name: str, dtype: str = "float32") -> Path:
-    """--out, or perf/results/NAME-cpu[-DTYPE].json."""
-    suffix = "" if dtype == "float32" else f"-{dtype}"
-    return Path(out) if out else ROOT / "perf" / "results" / f"{name}-cpu{suffix}.json"
-
-
-def write_results(out: Path, result: dict, md: str) -> None:
-    """One run's results file (JSON) and its markdown beside it (.md), printed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(md)
-    print(md)
 
 
 class Method:
@@ -434,28 +325,6 @@ def load(args, device, dtype):
     return model, tok, name, weights
 
 
-def machine(device) -> dict:
-    import torch
-    import transformers
-
-    cpu = platform.processor() or ""
-    mem = None
-    try:
-        cpu = next(x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name"))
-        mem = round(next(int(x.split()[1]) for x in open("/proc/meminfo") if x.startswith("MemTotal")) / 2**20, 1)
-    except (OSError, StopIteration):
-        pass
-    out = {"device": device.type, "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem,
-           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "python": platform.python_version(),
-           "platform": platform.platform(), "float32_matmul_precision": torch.get_float32_matmul_precision()}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        out |= {"card": torch.cuda.get_device_name(device), "gpu_memory_gb": round(props.total_memory / 2**30, 1),
-                "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
-    return out
-
-
 def agreement(a, b) -> float:
     """Pearson correlation of the pairwise dot products (upper triangle) of two vector sets."""
     import numpy as np
@@ -491,7 +360,8 @@ def table(res: dict) -> str:
     cuda = m["device"] == "cuda"
     where = (f"{m['card']} ({m['gpu_memory_gb']} GB), CUDA {m['cuda']}" if cuda
              else f"{m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, {m['torch_threads']} torch threads")
-    lines = [f"Model `{res['model']}` ({res['weights']}), {res['dtype']}, on {where}; torch {m['torch']}, "
+    lines = [*([f"`{res['command']}`", ""] if "command" in res else []),
+             f"Model `{res['model']}` ({res['weights']}), {res['dtype']}, on {where}; torch {m['torch']}, "
              f"transformers {m['transformers']}, Python {m['python']}.", "",
              f"{res['examples']} examples from `{res['text_source']}` ({res['distinct_texts']} distinct), sorted by "
              f"token length into {res['batches']} batches of {res['batch_size']} ({res['tokens']} tokens in "
@@ -569,12 +439,12 @@ def main(argv: list[str] | None = None) -> dict:
     was_disabled = logging.root.manager.disable
     logging.disable(logging.INFO)  # and its per-batch INFO lines
     try:
-        return run(args)
+        return run(args, command_of(__file__, argv))
     finally:
         logging.disable(was_disabled)
 
 
-def run(args) -> dict:
+def run(args, command: str) -> dict:
     import numpy as np
     import torch
 
@@ -634,7 +504,7 @@ def run(args) -> dict:
     if distinct < len(texts):
         notes.insert(0, f"Only {distinct} distinct texts: they are repeated to make {len(texts)} examples (the "
                         "agreement check uses each distinct text once).")
-    res = {"model": model_name, "weights": weights, "device": device.type, "card": mach.get("card"),
+    res = {"command": command, "model": model_name, "weights": weights, "device": device.type, "card": mach.get("card"),
            "dtype": args.dtype, "examples": len(texts), "distinct_texts": distinct, "text_source": source,
            "batch_size": bs, "batches": len(batches), "sorted_by_length": True, "max_tokens": MAX_TOKENS,
            "tokens": int(sum(int(b.attention_mask.sum()) for b in batches)),

@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import ROOT, command_of, machine, rel, write_results
+from common import ROOT, command_of, machine, rel, write_results
 from serve_latency import sample_queries
 
 

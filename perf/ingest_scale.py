@@ -49,9 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import (
+from common import (
     HZ,
     ROOT,
     SHARED,

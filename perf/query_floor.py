@@ -25,12 +25,10 @@ Protocol
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import command_of, machine, machine_busy_seconds, rel, results_path, spread, write_results
+from common import command_of, machine, machine_busy_seconds, rel, results_path, spread, write_results
 from serve_latency import sample_queries
 
 FLOORS = {"query vector": "floor: forward + backward", "answer": "floor: decode"}

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import threading
 import time
 import urllib.error
@@ -48,9 +47,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import HZ, ROOT, SHARED, command_of, machine, machine_busy_seconds, rel, write_results
+from common import HZ, ROOT, SHARED, command_of, machine, machine_busy_seconds, rel, write_results
 from ingest_scale import ingest_size
 from shared_machine import POLICIES, neighbour
 

@@ -31,10 +31,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import ROOT, command_of, machine, machine_busy_seconds, results_path, spread, write_results
+from common import ROOT, command_of, machine, machine_busy_seconds, results_path, spread, write_results
 
 # the environment each policy runs with (OMP_WAIT_POLICY and GOMP_SPINCOUNT otherwise unset)
 POLICIES = {"spin": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "brief": {"GOMP_SPINCOUNT": "10000"},

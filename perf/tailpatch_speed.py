@@ -26,21 +26,17 @@ import copy
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import command_of, results_path, write_results
 
 from ftrace.bench.tailpatch import TailPatcher
 from ftrace.config import MAX_TOKENS
 from ftrace.corpus import load_sample
 from ftrace.model import load_model
 from ftrace.model.objective import lm_loss, loss_batch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import command_of, results_path, write_results
 
 METHODS = ["gradient", "step", "train step", "update", "score"]  # the first three need no given gradient
 

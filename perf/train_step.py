@@ -26,12 +26,9 @@ import argparse
 import copy
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gradient_throughput import (
+from common import (
     SHARED,
     command_of,
     machine,

@@ -3,6 +3,7 @@ min / median / max, ratios to the no-hooks floor, one results file (JSON + markd
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "perf" / "gradient_throughput.py"
 
 
 def perf_script(name: str):
-    """perf/NAME.py, imported as a module."""
+    """perf/NAME.py, imported as a module (its directory on sys.path, as when it runs as a script: the scripts
+    import perf/common.py and each other)."""
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
