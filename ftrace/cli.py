@@ -351,7 +351,9 @@ def bench(config: BenchConfig) -> None:
     if not Path(config.index).exists():
         raise FtraceError(f"--index {config.index}: no such directory; build one with `ftrace ingest`")
     run = run_bench(config)
-    write_record(run.out, "bench", run.config)  # as run: e.g. --split all where the index has no splits
+    from ftrace.bench.paths import shown_paths
+
+    write_record(run.out, "bench", run.config, shown_paths)  # as run: e.g. --split all where the index has none
     if config.as_json:
         typer.echo(json.dumps(run.results, indent=2, ensure_ascii=False))
     else:

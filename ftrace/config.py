@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ftrace.plumbing import directory_problem
 
@@ -256,7 +256,8 @@ class StoreConfig(Strict):
 
 # --- commands -------------------------------------------------------------------------------------
 
-IndexPath = Annotated[Path, cli("Index directory.", "--index", "-i")]
+IndexPath = Annotated[Path, AfterValidator(Path.expanduser),  # "~/..." as results files name it (bench.paths)
+                      cli("Index directory.", "--index", "-i")]
 # where the model runs; vectors and answers are the same on every device (up to float rounding)
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$"),
                    cli("auto (CUDA when present), cpu, cuda[:N] or mps.", "--device")]
@@ -452,7 +453,8 @@ GRID = [round(i / 10, 1) for i in range(11)]
 
 
 class BenchConfig(Strict):
-    index: Annotated[Path, cli("Index directory (from `ftrace ingest`).", "--index", "-i")]
+    index: Annotated[Path, AfterValidator(Path.expanduser), cli("Index directory (from `ftrace ingest`).", "--index",
+                                                                "-i")]
     mode: Annotated[Literal["rerank", "full"],
                     cli("rerank: score FTRACE candidate sets; full: retrieve from the whole corpus.")] = "rerank"
     queries: Annotated[int, Field(ge=1), cli("Queries per seed, drawn with the seed from those with >= 1 "

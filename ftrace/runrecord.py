@@ -11,6 +11,7 @@ re-runs from the directory it ran in. A directory given to --config means its co
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,13 @@ RECORD = "config.json"
 FORMAT = 1
 
 
-def write_record(directory: Path, command: str, config: BaseModel) -> Path:
-    """DIRECTORY/config.json for `ftrace COMMAND --config` (replaced at each run: the last one is recorded)."""
+def write_record(directory: Path, command: str, config: BaseModel,
+                 paths: Callable[[Any], Any] | None = None) -> Path:
+    """DIRECTORY/config.json for `ftrace COMMAND --config` (replaced at each run: the last one is recorded);
+    `paths`: how the record names paths (a bench run's, which may be a results file: `bench.paths.shown_paths`)."""
     path = Path(directory) / RECORD
-    record = {"format": FORMAT, "command": command, "config": config.model_dump(mode="json")}
+    values = config.model_dump(mode="json")
+    record = {"format": FORMAT, "command": command, "config": paths(values) if paths else values}
     write_atomic(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return path
 

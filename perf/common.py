@@ -24,12 +24,15 @@ HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def rel(path: str | Path) -> str:
-    """`path` relative to the repository when it lies inside it or beside it (../shared), else as given."""
+    """`path` relative to the repository when it lies inside it or beside it (../shared), "~/..." in the home
+    directory, else as given: a results file does not name the machine it was made on."""
     p = Path(path).resolve()
     if p.is_relative_to(ROOT):
         return str(p.relative_to(ROOT))
     if p.is_relative_to(ROOT.parent):
         return os.path.relpath(p, ROOT)
+    if p.is_relative_to(Path.home()):
+        return str(Path("~") / p.relative_to(Path.home()))
     return str(path)
 
 

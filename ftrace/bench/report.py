@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ftrace.bench.metrics import FISHER_RESAMPLES, LABELS, METRICS
+from ftrace.bench.paths import shown_paths
 from ftrace.bench.runner import RANDOM_TARGET, BenchRun
 from ftrace.bench.slices import FINE_TUNE, FINE_TUNE_STRICT
 from ftrace.plumbing import replacing, write_atomic
@@ -279,7 +280,7 @@ def _patched(v: dict) -> dict:
 
 def write_results(run: BenchRun) -> Path:
     path = Path(run.out) / "results.json"
-    write_atomic(path, json.dumps(run.results, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(path, json.dumps(shown_paths(run.results), indent=2, ensure_ascii=False) + "\n")
     return path
 
 
