@@ -73,20 +73,13 @@ def store_records(dest: Path | None, path: Path, source: str | None = None, text
     a file ftrace wrote itself (an index's corpus.jsonl), read with its passages' provenance and no line cap (a query
     line lists all its proponents)."""
     try:
-        w = CorpusWriter(dest)
-    except sqlite3.Error as e:
-        raise CorpusError(f"{dest}: cannot write the corpus store ({e})") from None
-    try:
-        _read_into(w, path, text_field, id_field, passages, own)
-        described = f" ({passages.describe()})" if passages and w.cut else ""
-        w.finish((source or str(path)) + described, (passages.size, passages.stride) if passages else None, str(path))
+        with CorpusWriter(dest) as w:
+            _read_into(w, path, text_field, id_field, passages, own)
+            described = f" ({passages.describe()})" if passages and w.cut else ""
+            return w.finish((source or str(path)) + described, (passages.size, passages.stride) if passages else None,
+                            str(path))
     except sqlite3.Error as e:  # e.g. the disk is full
-        w.close()
         raise CorpusError(f"{dest}: cannot write the corpus store ({e})") from None
-    except BaseException:
-        w.close()
-        raise
-    return CorpusStore(w.db)
 
 
 def _read_into(w: CorpusWriter, path: Path, text_field: str, id_field: str, passages: Passages | None,
@@ -299,15 +292,11 @@ def load_corpus(
     `limit` select LAMA facts, `text_field` and `id_field` name a record's fields: with a corpus of the other kind
     they are refused, not ignored. `passages` cuts records longer than a passage; LAMA and T-REx sentences are kept
     whole, one example each, as FTRACE does."""
-    records = _records(spec, relations, splits, limit, text_field, id_field)
-    if records is not None:
-        return load_records(records, "sample" if spec == "sample" else None, text_field=text_field,
-                            id_field=id_field, passages=passages)
-    path = Path(spec)
-    if path.is_dir():
-        return load_lama(path, relations, splits, limit)
-    rel_file = path.parent.parent / "lama-trex" / "relations.jsonl"
-    return load_trex(path, load_templates(rel_file) if rel_file.exists() else None)
+    got = _selected(spec, relations, splits, limit, text_field, id_field)
+    if isinstance(got, Corpus):
+        return got
+    return load_records(got, "sample" if spec == "sample" else None, text_field=text_field, id_field=id_field,
+                        passages=passages)
 
 
 def store_corpus(
@@ -323,16 +312,17 @@ def store_corpus(
 ) -> CorpusStore:
     """`load_corpus`'s corpus written to a corpus store at `dest`: records streamed there one at a time (memory
     bounded by a batch of them, whatever the corpus's size), LAMA and T-REx loaded first."""
-    records = _records(spec, relations, splits, limit, text_field, id_field)
-    if records is None:
-        return write_corpus(dest, load_corpus(spec, relations, splits, limit))
-    return store_records(dest, records, "sample" if spec == "sample" else None, text_field=text_field,
+    got = _selected(spec, relations, splits, limit, text_field, id_field)
+    if isinstance(got, Corpus):
+        return write_corpus(dest, got)
+    return store_records(dest, got, "sample" if spec == "sample" else None, text_field=text_field,
                          id_field=id_field, passages=passages)
 
 
-def _records(spec: str, relations: Sequence[str] | None, splits: Sequence[str], limit: int | None,
-             text_field: str, id_field: str) -> Path | None:
-    """The file or directory of records `spec` names (None: LAMA or T-REx), refusing options of the other kind."""
+def _selected(spec: str, relations: Sequence[str] | None, splits: Sequence[str], limit: int | None,
+              text_field: str, id_field: str) -> Path | Corpus:
+    """The file or directory of records `spec` names, or the LAMA or T-REx corpus it names, loaded; options of the
+    other kind are refused."""
     path = Path(spec)
     if spec != "sample" and not path.exists():
         raise CorpusError(f"{path}: corpus not found (give 'sample', a .jsonl[.gz|.zst] or .parquet file, a datasets "
@@ -348,9 +338,11 @@ def _records(spec: str, relations: Sequence[str] | None, splits: Sequence[str], 
     if not path.is_dir() and path.suffix != ".json":
         raise CorpusError(f"{path}: not a corpus file (.jsonl, .jsonl.gz, .jsonl.zst, .parquet, or a raw T-REx "
                           ".json)")
-    if not path.is_dir():
-        _lama_only(spec, "a raw T-REx file", relations, splits, limit)
-    return None
+    if path.is_dir():
+        return load_lama(path, relations, splits, limit)
+    _lama_only(spec, "a raw T-REx file", relations, splits, limit)
+    rel_file = path.parent.parent / "lama-trex" / "relations.jsonl"
+    return load_trex(path, load_templates(rel_file) if rel_file.exists() else None)
 
 
 def _lama_only(spec: str, kind: str, relations: Sequence[str] | None, splits: Sequence[str],

@@ -77,12 +77,12 @@ class CorpusWriter:
             self._taken(s.id, where, "documents")
         self._rows.append((s, where))
         if len(self._rows) >= ROWS:
-            self._flush()
+            self.flush()
 
     def add_document(self, passages: Sequence[Sentence], where: Where | None = None) -> None:
         """The passages a document was cut into (their `document` its id)."""
         doc = str(passages[0].document)
-        self._flush()
+        self.flush()
         self._taken(doc, where, "documents")
         self._taken(doc, where, "sentences")
         first = self.count + 1
@@ -107,14 +107,18 @@ class CorpusWriter:
             self._asked[q.id] = where
         self.queries.append(q)
 
-    def flush(self) -> None:
-        """Store the rows added so far (a duplicate id among them is raised here)."""
-        self._flush()
-
     def close(self) -> None:
         self.db.close()
 
-    def _flush(self) -> None:
+    def __enter__(self) -> CorpusWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:  # a store half written is of no use: `finish` hands a finished one over
+            self.close()
+
+    def flush(self) -> None:
+        """Store the rows added so far (a duplicate id among them is raised here)."""
         rows, self._rows = self._rows, []
         if not rows:
             return
@@ -159,10 +163,11 @@ class CorpusWriter:
             mine[s.id] = w
         raise CorpusError(f"{rows[0][1] or 'corpus'}: duplicate id among the {len(rows)} records from here")
 
-    def finish(self, source: str, passages: tuple[int, int] | None, name: str | None = None) -> dict[str, Any]:
+    def finish(self, source: str, passages: tuple[int, int] | None, name: str | None = None) -> CorpusStore:
         """Resolve and link the queries' proponents, write them and the corpus's description (and, for a file, sync
-        it to disk: it is renamed into an index next); what it wrote. `name`: the input, as errors name it."""
-        self._flush()
+        it to disk: it is renamed into an index next); the store, open for reading. `name`: the input, as errors
+        name it."""
+        self.flush()
         name = name or source
         if not self.count:
             raise CorpusError(f"{name}: no text records")
@@ -187,7 +192,7 @@ class CorpusWriter:
         if self.path is not None:
             with open(self.path, "rb") as f:
                 os.fsync(f.fileno())
-        return meta
+        return CorpusStore(self.db)
 
     def _passages_of(self, doc: str, q: Query) -> list[str]:
         """A proponent id as the store knows it: itself, or the passages of a cut document (those stating the
@@ -220,17 +225,12 @@ def first_at(first: Where | None, where: Where | None) -> str:
 
 def write_corpus(path: Path | None, corpus: Corpus) -> CorpusStore:
     """A store of a corpus held in memory (LAMA, T-REx): at `path`, or in memory (None)."""
-    w = CorpusWriter(path)
-    try:
+    with CorpusWriter(path) as w:
         for s in corpus.sentences:
             w.add(s)
         for q in corpus.queries:
             w.add_query(q.model_copy(deep=True))
-        w.finish(corpus.source, corpus.passages)
-    except BaseException:
-        w.close()
-        raise
-    return CorpusStore(w.db)
+        return w.finish(corpus.source, corpus.passages)
 
 
 class CorpusStore:

@@ -114,8 +114,7 @@ def merge(held: CorpusStore, addition: CorpusStore, number: int, dest: Path, m: 
     if clash:
         raise FtraceError(f"--add {addition.source}: {len(clash)} id(s) the index holds already, e.g. {clash[0]!r}; "
                           "ids must stay unique (give the new records other ids)")
-    w = CorpusWriter(dest)
-    try:
+    with CorpusWriter(dest) as w:
         for store in (held, addition):
             for s in store.iter_sentences():
                 w.add(s)
@@ -124,8 +123,4 @@ def merge(held: CorpusStore, addition: CorpusStore, number: int, dest: Path, m: 
         for q in [*queries, *(q.model_copy(update={"id": f"{q.id}~{number}"}) if q.id in asked else q
                               for q in addition.queries())]:
             w.add_query(q)
-        w.finish(m.corpus.source, m.corpus.passages)
-    except BaseException:
-        w.close()
-        raise
-    return CorpusStore(w.db, m.corpus.source, m.corpus.passages)
+        return w.finish(m.corpus.source, m.corpus.passages)

@@ -157,16 +157,13 @@ def _staged(c: IngestConfig, corpus: Corpus | None, run: TracedRun | None, index
     refuse_foreign(index)  # before a copy of the corpus is written into it
     staging = target.staging_file
     timings: dict[str, float] = {}
+    texts = None
     try:
         with timed(timings, "corpus_s"):
             if corpus is None:
                 texts = store_selection(staging, c.corpus, c.model or (run.base if run else None), c.max_tokens)
             else:
                 texts = write_corpus(staging, corpus)
-    except BaseException:
-        staging.unlink(missing_ok=True)  # a bad corpus leaves nothing behind
-        raise
-    try:
         objects = texts.has_objects()
         asked = c.tracin.example_loss or (run.example_loss if run else None)  # not an existing index's own
         c = resolve_defaults(c, run, objects)
@@ -176,8 +173,9 @@ def _staged(c: IngestConfig, corpus: Corpus | None, run: TracedRun | None, index
         log(f"corpus: {len(texts)} sentences, {texts.query_count()} queries ({texts.source})")
         return _build(c, texts, run, index, target, timings)
     finally:
-        texts.close()
-        staging.unlink(missing_ok=True)
+        if texts is not None:
+            texts.close()
+        staging.unlink(missing_ok=True)  # renamed into the index by then, or (a bad corpus) left nothing behind
 
 
 def resolve_defaults(c: IngestConfig, run: TracedRun | None, objects: bool = True) -> IngestConfig:
