@@ -136,9 +136,10 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     from ftrace.ingest.pipeline import batch_plan, build_featurizers, fit_featurizers, ingest_order
     from ftrace.model import load_model
     from ftrace.model.batching import token_lengths
+    from ftrace.model.objective import index_examples
 
     lm = load_model(c.model, "cpu", c.dtype)
-    examples = corpus.examples()
+    examples = index_examples(corpus.sentences)
     if from_longest:
         every = token_lengths(lm.tokenizer, [e.text for e in examples])
         examples = [examples[i] for i in longest(every, from_longest)]
@@ -156,26 +157,27 @@ def reference_rates(corpus, args) -> dict:
     import torch
 
     from ftrace.config import CorpusSelection, IngestConfig
-    from ftrace.features.gradients import example_loss_batch
+    from ftrace.model.objective import Objective
 
     c = IngestConfig(corpus=CorpusSelection(corpus=args.corpus), model=args.model, dtype=args.dtype, device="cpu",
                      **({"batch_tokens": args.batch_tokens} if args.batch_tokens else {}))
     lm, featurizers, chosen, lengths, parts = ingest_batches(c, corpus, args.sample, args.seed, args.sample_longest)
     loss = {f.name: f.example_loss for f in featurizers}
+    objectives = {x: Objective(x, lm.tokenizer, c.max_tokens) for x in {"sentence", *loss.values()}}
     model = lm.model
 
     @torch.no_grad()
     def plain(part):
-        b = example_loss_batch(lm.tokenizer, chosen[part], "sentence", c.max_tokens)[0]
+        b = objectives["sentence"].batch(chosen[part])[0]
         model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
 
     @torch.no_grad()
     def body(part):
-        b = example_loss_batch(lm.tokenizer, chosen[part], "sentence", c.max_tokens)[0]
+        b = objectives["sentence"].batch(chosen[part])[0]
         model.base_model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
 
     def ftrace(part):
-        batches = {x: example_loss_batch(lm.tokenizer, chosen[part], x, c.max_tokens)[0] for x in set(loss.values())}
+        batches = {x: objectives[x].batch(chosen[part])[0] for x in set(loss.values())}
         for f in featurizers:
             f.vectors(batches[loss[f.name]])
 
@@ -248,6 +250,7 @@ def stand_in_all_but_tail(index: Path, corpus, args) -> int:
     from ftrace.index.layout import IndexDir
     from ftrace.ingest.pipeline import build_featurizers, ensure_store, ingest_order, plan_manifest
     from ftrace.model import load_model
+    from ftrace.model.objective import index_examples
 
     if index.exists():
         raise SystemExit(f"{index}: left by an earlier --tail run; delete it to measure again")
@@ -261,7 +264,7 @@ def stand_in_all_but_tail(index: Path, corpus, args) -> int:
     manifest = plan_manifest(texts, lm, featurizers, c, None)
     texts.close()
     manifest.write(index)
-    examples, _ = ingest_order(lm.tokenizer, corpus.examples())
+    examples, _ = ingest_order(lm.tokenizer, index_examples(corpus.sentences))
     stand_ins = examples[:max(0, len(examples) - args.tail)]
     sizes = {f.name: f.size for f in featurizers}
     rng = np.random.default_rng(args.seed)

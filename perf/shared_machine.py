@@ -45,14 +45,15 @@ def worker(args) -> None:
 
     from ftrace.config import CorpusSelection, IngestConfig
     from ftrace.corpus import load_corpus
-    from ftrace.features.gradients import example_loss_batch
+    from ftrace.model.objective import Objective
 
     c = IngestConfig(corpus=CorpusSelection(corpus="sample"), model=args.model, dtype=args.dtype, device="cpu")
     lm, featurizers, chosen, lengths, parts = ingest_batches(c, load_corpus("sample"), args.sentences, 0)
     loss = {f.name: f.example_loss for f in featurizers}
+    objectives = {x: Objective(x, lm.tokenizer, c.max_tokens) for x in set(loss.values())}
 
     def featurise(part) -> None:
-        batches = {x: example_loss_batch(lm.tokenizer, chosen[part], x, c.max_tokens)[0] for x in set(loss.values())}
+        batches = {x: o.batch(chosen[part])[0] for x, o in objectives.items()}
         for f in featurizers:
             f.vectors(batches[loss[f.name]])
 

@@ -33,10 +33,9 @@ import torch
 from common import command_of, results_path, write_results
 
 from ftrace.bench.tailpatch import TailPatcher
-from ftrace.config import MAX_TOKENS
 from ftrace.corpus import load_sample
 from ftrace.model import load_model
-from ftrace.model.objective import lm_loss, loss_batch
+from ftrace.model.objective import lm_loss
 
 METHODS = ["gradient", "step", "train step", "update", "score"]  # the first three need no given gradient
 
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
             patcher.patch(q.prompt, q.target, sentences)
         else:
             opt.zero_grad(set_to_none=True)
-            lm_loss(trained, loss_batch(examples, lm.tokenizer, MAX_TOKENS)).backward()
+            lm_loss(trained, patcher.objective.batch(examples)[0]).backward()
             opt.step()
         return time.perf_counter() - t0
 

@@ -62,13 +62,14 @@ def main(argv: list[str] | None = None) -> dict:
     from ftrace.corpus import load_corpus
     from ftrace.model import load_model
     from ftrace.model.loading import DTYPES
-    from ftrace.model.objective import GROUP_TOKENS, accumulate_gradient, lm_loss, loss_batch, sentence_examples
+    from ftrace.model.objective import GROUP_TOKENS, Objective, accumulate_gradient, lm_loss
 
     corpus = load_corpus(a.corpus) if a.corpus == "sample" else load_corpus(a.corpus, splits=[a.split])
     lm = load_model(a.model)
     rng = np.random.default_rng(a.seed)
     pool = [corpus.sentences[int(i)] for i in rng.permutation(len(corpus.sentences))[:4 * a.examples]]
-    examples = sentence_examples(pool, a.example_loss, lm.tokenizer)[:a.examples]
+    objective = Objective(a.example_loss, lm.tokenizer)
+    examples = objective.training_examples(pool)[:a.examples]
     batches = [examples[i:i + a.batch_size] for i in range(0, len(examples), a.batch_size)]
     tokens = [len(lm.tokenizer(e.text, truncation=True, max_length=MAX_TOKENS)["input_ids"]) for e in examples]
     by_length = [examples[i] for i in np.argsort(tokens, kind="stable")]
@@ -82,10 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         if way == "floor":
             model.zero_grad(set_to_none=True)
-            lm_loss(model, loss_batch(sorted_batches[i], lm.tokenizer)).backward()
+            lm_loss(model, objective.batch(sorted_batches[i])[0]).backward()
         else:
             opts[way].zero_grad(set_to_none=True)
-            batch = loss_batch(batches[i], lm.tokenizer)
+            batch = objective.batch(batches[i])[0]
             if way == "ftrace step":
                 accumulate_gradient(model, batch)
             else:

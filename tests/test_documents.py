@@ -363,7 +363,7 @@ def test_ingest_of_records_never_holds_the_corpus(tmp_path, tiny_model_dir, docu
     def refuse(*_, **__):
         raise AssertionError("the whole corpus was built in memory")
 
-    for target, name in ((CorpusStore, "corpus"), (Corpus, "examples"), (Corpus, "by_id")):
+    for target, name in ((CorpusStore, "corpus"), (Corpus, "by_id"), (Corpus, "fingerprint")):
         monkeypatch.setattr(target, name, refuse)
     monkeypatch.setattr("ftrace.corpus.loaders.load_records", refuse)
     index = tmp_path / "streamed"

@@ -16,6 +16,7 @@ from ftrace.features.gradients import GradientFeaturizer
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import open_store
 from ftrace.model import example_batch, load_model
+from ftrace.model.objective import index_examples
 from ftrace.query.tracer import Tracer
 
 AVANZA = "Toyota Avanza is produced by"
@@ -82,7 +83,7 @@ def test_an_index_records_its_dtype_and_queries_use_it(tmp_path, sample_index, t
     assert Manifest.read(sample_index).model.dtype == "float32"
     stores = [open_store("edge", d) for d in (index, sample_index)]
     try:
-        ids = [e.id for e in Tracer(sample_index).corpus.examples()]
+        ids = [e.id for e in index_examples(Tracer(sample_index).corpus.sentences)]
         got, want = ({i: v for batch in s.points(["embed", "tracin"]) for i, v in zip(batch[0], batch[1]["embed"],
                                                                                        strict=True)}
                      for s in stores)

@@ -240,7 +240,7 @@ def test_padding_does_not_change_embeddings(tiny_model_dir, sample, pooling, tmp
 
 
 def test_tracin_scores_equal_cosine_of_gradient_vectors(sample_index, sample):
-    from ftrace.features.gradients import example_loss_batch
+    from ftrace.model.objective import Objective, index_examples
     from ftrace.query.tracer import Tracer
 
     tracer = Tracer(sample_index)
@@ -248,9 +248,9 @@ def test_tracin_scores_equal_cosine_of_gradient_vectors(sample_index, sample):
         qvec = tracer.query_vectors(AVANZA, "Toyota")["tracin"]
         texts = sample.sentences[:10]
         scores = tracer.score("tracin", AVANZA, "Toyota", [s.id for s in texts])
-        examples = {e.sentence_id: e for e in tracer.corpus.examples()}
+        examples = {e.sentence_id: e for e in index_examples(tracer.corpus.sentences)}
         loss = tracer.index.manifest.vectors["tracin"]["config"]["example_loss"]  # the object loss, by default
-        batch, _ = example_loss_batch(tracer.lm.tokenizer, [examples[s.id] for s in texts], loss)
+        batch, _ = Objective(loss, tracer.lm.tokenizer).batch([examples[s.id] for s in texts])
         stored = tracer.featurizer("tracin").vectors(batch)
         assert [scores[s.id] for s in texts] == pytest.approx(list(stored @ qvec), abs=3e-3)
     finally:

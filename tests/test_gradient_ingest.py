@@ -8,10 +8,10 @@ from typer.testing import CliRunner
 
 from ftrace.cli import app
 from ftrace.features.base import from_specs
-from ftrace.features.gradients import example_loss_batch
 from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import Manifest
 from ftrace.model import example_batch, load_model
+from ftrace.model.objective import Objective, index_examples
 
 
 @pytest.mark.slow
@@ -32,13 +32,13 @@ def test_ingest_with_object_loss_stores_object_span_gradients(tmp_path, tiny_mod
 
     # the stored vectors are the object-span gradients (whitened as the index's state says), and an
     # example without an object span got the whole-sentence one
-    examples = IndexDir(index).corpus.examples()
+    examples = index_examples(IndexDir(index).corpus.sentences)
     lm = load_model(tiny_model_dir)
     tracin = from_specs(lm, Manifest.read(index).vectors, index, ["tracin"])["tracin"]
     with_span = [e for e in examples if e.object][:3]
     without = [e for e in examples if not e.object][:2]
     chosen = with_span + without
-    batch, fallbacks = example_loss_batch(lm.tokenizer, chosen, "object")
+    batch, fallbacks = Objective("object", lm.tokenizer).batch(chosen)
     assert fallbacks == len(without)
     expected = tracin.vectors(batch)
     whole = tracin.vectors(example_batch(lm.tokenizer, [e.text for e in chosen]))

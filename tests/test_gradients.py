@@ -15,9 +15,10 @@ import torch
 from ftrace import FtraceError
 from ftrace.config import GradientConfig
 from ftrace.corpus import Corpus, Example, Sentence, match_key, stated_objects
-from ftrace.features.gradients import GradientFeaturizer, combine_checkpoints, example_loss_batch, tied_norm_ratio
+from ftrace.features.gradients import GradientFeaturizer, combine_checkpoints, tied_norm_ratio
 from ftrace.model import example_batch, load_model, query_batch
-from ftrace.model.batching import IGNORE, object_span_batch
+from ftrace.model.batching import IGNORE, LossBatch, object_span_rows
+from ftrace.model.objective import Objective, index_examples
 from ftrace.testing import make_tiny_model
 
 MAKERS = ["Toyota", "Honda", "Nokia", "IBM", "Apple", "Sony", "Boeing", "Airbus", "Nintendo", "Fiat"]
@@ -34,6 +35,18 @@ LINEARS = ["model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layer
 def lm(tmp_path_factory):
     path = make_tiny_model(tmp_path_factory.mktemp("tiny"), TEXTS, seed=0)
     return load_model(str(path))
+
+
+def padded(rows, pad_id: int) -> LossBatch:
+    """A right-padded batch of (ids, labels) rows, built here: the reference the objective's batches are checked
+    against."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE)
+    for b, (tok, lab) in enumerate(rows):
+        ids[b, :len(tok)], mask[b, :len(tok)], labels[b, :len(lab)] = torch.tensor(tok), 1, torch.tensor(lab)
+    return LossBatch(ids, mask, labels)
 
 
 def naive_grads(lm, batch, names):
@@ -420,9 +433,25 @@ def test_corpus_examples_carry_the_first_fact_object_found_in_the_text():
                  facts=[("Avanza", "made_in", "Japan"), ("Avanza", "maker", "toyota"), ("x", "y", "Indonesia")]),
         Sentence(id="b", text="Nothing here.", facts=[("N", "r", "Paris")]),
         Sentence(id="c", text="No facts.")])
-    assert [(e.id, e.object) for e in corpus.examples()] == [("a:lm", "toyota"), ("b:lm", None), ("c:lm", None)]
+    assert [(e.id, e.object) for e in index_examples(corpus.sentences)] == [("a:lm", "toyota"), ("b:lm", None),
+                                                                            ("c:lm", None)]
     # one "object" rule: the index scores the first stated object, training and the tail-patch each of them
     assert [stated_objects(s) for s in corpus.sentences] == [["toyota", "Indonesia"], [], []]
+
+
+def test_training_and_the_index_score_the_same_tokens_of_a_one_object_sentence(lm):
+    """One objective: a sentence stating one object is the same loss row in training and in the index; a batch
+    takes each example's rule, whatever the first example's (a training batch once took the first's for all)."""
+    one = Sentence(id="a", text=TEXTS[10], facts=[("x", "maker", "Toyota")])
+    objective = Objective("object", lm.tokenizer)
+    (trained,) = objective.training_examples([one])
+    (indexed,) = index_examples([one])
+    (a, none), (b, also_none) = objective.batch([trained]), objective.batch([indexed])
+    assert (none, also_none) == (0, 0) and torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+    plain = Example(id="p", sentence_id="p", text=TEXTS[0])
+    mixed, fallbacks = objective.batch([plain, trained])
+    assert fallbacks == 1 and torch.equal(mixed.labels[1, :a.labels.shape[1]], a.labels[0])
+    assert (mixed.labels[0] != IGNORE).sum() == mixed.attention_mask[0].sum() - 1  # the whole sentence
 
 
 def test_one_rule_matches_targets_answers_and_prompts_an_article_aside():
@@ -439,12 +468,13 @@ def test_object_span_examples_take_the_gradient_of_the_object_tokens(lm):
     objects = ["Toyota", "Honda", None, "Apple", "Honda", "Nokia"]  # Honda: one first token
     examples = [Example(id=str(i), sentence_id=str(i), text=t, object=o)
                 for i, (t, o) in enumerate(zip(texts, objects, strict=True))]
-    batch, fallbacks = example_loss_batch(lm.tokenizer, examples, "object")
-    sentence, none = example_loss_batch(lm.tokenizer, examples, "sentence")
+    batch, fallbacks = Objective("object", lm.tokenizer).batch(examples)
+    sentence, none = Objective("sentence", lm.tokenizer).batch(examples)
     assert (fallbacks, none) == (3, 0)
     assert torch.equal(batch.input_ids, sentence.input_ids)  # same rows, only the labels differ
     spans, whole = [0, 1, 5], [2, 3, 4]
-    by_object = object_span_batch(lm.tokenizer, [texts[i] for i in spans], [objects[i] or "" for i in spans])
+    by_object = padded(object_span_rows(lm.tokenizer, [texts[i] for i in spans], [objects[i] or "" for i in spans]),
+                       lm.tokenizer.pad_token_id)
     for j, i in enumerate(spans):
         assert 0 < (by_object.labels[j] != IGNORE).sum() < (sentence.labels[i] != IGNORE).sum()
     # naive per-example gradients of each example's own loss, built independently
@@ -458,5 +488,5 @@ def test_object_span_examples_take_the_gradient_of_the_object_tokens(lm):
     assert "object span" in GradientFeaturizer(lm.model, GradientConfig(example_loss="object")).spec()["loss"]
     # a batch in which no example states an object (it crashed a 21k-sentence ingest): every one falls back
     objectless = [e.model_copy(update={"object": None}) for e in examples]
-    batch, fallbacks = example_loss_batch(lm.tokenizer, objectless, "object")
+    batch, fallbacks = Objective("object", lm.tokenizer).batch(objectless)
     assert fallbacks == len(examples) and torch.equal(batch.labels, sentence.labels)

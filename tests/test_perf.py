@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ftrace.model.objective import index_examples
+
 pytestmark = pytest.mark.slow  # real processes, servers or the real model: the full tier
 
 SCRIPT = Path(__file__).resolve().parents[1] / "perf" / "gradient_throughput.py"
@@ -171,7 +173,8 @@ def test_ingest_scale_tail(tiny_model_dir, tmp_path, capsys):
     tail = embed_vectors(work / "lama-all-tail40")
     ingest(IngestConfig(index=str(tmp_path / "plain"), corpus=CorpusSelection(corpus="sample"), model=tiny_model_dir))
     plain = embed_vectors(tmp_path / "plain")
-    ordered, _ = ingest_order(load_model(tiny_model_dir).tokenizer, IndexDir(tmp_path / "plain").corpus.examples())
+    sentences = IndexDir(tmp_path / "plain").corpus.sentences
+    ordered, _ = ingest_order(load_model(tiny_model_dir).tokenizer, index_examples(sentences))
     assert len(tail) == len(plain) == 337
     # the featurised tail holds the vectors a plain ingest stores; the rest stood in for them
     for i, e in enumerate(ordered):

@@ -28,6 +28,7 @@ from ftrace.index.locks import LOCK_FILES, PROGRESS, IndexBusyError, StoreLock, 
 from ftrace.index.manifest import Manifest, ManifestError
 from ftrace.index.vectors import open_store, point_id
 from ftrace.model.batching import budget_batches, token_lengths
+from ftrace.model.objective import index_examples
 from ftrace.query.tracer import Tracer
 from ftrace.testing import record
 
@@ -89,7 +90,7 @@ def checksums(index):
 
 def stored_vectors(index):
     """Every stored vector of the index, per vector name, in corpus order (as stored: float16)."""
-    ids = [e.id for e in IndexDir(Path(index)).corpus.examples()]
+    ids = [e.id for e in index_examples(IndexDir(Path(index)).corpus.sentences)]
     store = open_store("edge", index)
     try:
         recs = store.shard.retrieve([point_id(i) for i in ids], with_payload=["example_id"], with_vector=True)
@@ -141,6 +142,7 @@ EdgeStore.upsert = upsert
 # A writer slow enough to be met: it sleeps after storing each batch.
 SLOW_WRITER = """
 from ftrace.index.vectors import EdgeStore
+from ftrace.model.objective import index_examples
 real = EdgeStore.upsert
 def upsert(self, *args):
     real(self, *args)

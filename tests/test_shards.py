@@ -15,6 +15,7 @@ from ftrace.cli import app
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import open_store
 from ftrace.ingest.shards import split
+from ftrace.model.objective import index_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 AVANZA = "Toyota Avanza is produced by"
@@ -64,7 +65,8 @@ def assert_within_float16_rounding(got, want):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 16])
 def test_shard_split_covers_every_example_exactly_once(n, sample):
-    for items in (list(range(0)), list(range(1)), list(range(5)), list(range(1001)), sample.examples()):
+    for items in (list(range(0)), list(range(1)), list(range(5)), list(range(1001)),
+                  index_examples(sample.sentences)):
         parts = [split(items, i, n) for i in range(n)]
         flat = [x for p in parts for x in p]
         assert sorted(map(id, flat)) == sorted(map(id, items)) and len(flat) == len(items)  # each exactly once
@@ -112,6 +114,7 @@ def test_three_processes_build_the_index_a_plain_ingest_builds(tmp_path, sample_
 KILL_AT_THIRD_BATCH = """
 import os, signal
 from ftrace.features.embedding import EmbeddingFeaturizer
+from ftrace.model.objective import index_examples
 real, calls = EmbeddingFeaturizer.vectors, []
 def dying(self, batch):
     calls.append(1)

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from ftrace import FtraceError
 from ftrace.cli import app
 from ftrace.config import TrainConfig
-from ftrace.corpus import Corpus, Sentence
+from ftrace.corpus import Corpus, Example, Sentence
 from ftrace.model import load_model
-from ftrace.model.batching import IGNORE, object_span_batch, object_span_rows
-from ftrace.model.objective import lm_loss
+from ftrace.model.batching import IGNORE, object_span_rows
+from ftrace.model.objective import Objective, lm_loss
 from ftrace.train import TrainError, checkpoint_dirs, select_checkpoints, traced_run, train
 from ftrace.train import checkpoints as ckpt
 from ftrace.train.examples import build_examples
@@ -215,11 +215,13 @@ def test_object_spans_label_exactly_the_object(tiny_model_dir):
         scored = [i for i, lab in enumerate(labels) if lab != IGNORE]
         assert scored == list(range(scored[0], scored[-1] + 1)) and scored[-1] < len(ids) - 1  # mid-sentence
         assert tok.decode([ids[i] for i in scored]).strip().lower() == obj.lower()
-    batch = object_span_batch(tok, texts[:3], objects[:3], max_tokens=64)
-    assert batch.labels.shape == batch.input_ids.shape and (batch.labels != IGNORE).sum() == sum(
-        sum(lab != IGNORE for lab in r[1]) for r in rows[:3])
-    with pytest.raises(ValueError):
-        object_span_batch(tok, texts, objects)
+    examples = [Example(id=str(i), sentence_id=str(i), text=t, object=o)
+                for i, (t, o) in enumerate(zip(texts, objects, strict=True))]
+    batch, fallbacks = Objective("object", tok, max_tokens=64).batch(examples)
+    assert fallbacks == 1 and batch.labels.shape == batch.input_ids.shape
+    for b, row in enumerate(rows[:3]):  # the batch scores exactly the rows' labels; the absent object, its sentence
+        assert batch.labels[b, :len(row[1])].tolist() == row[1]
+    assert (batch.labels[3] != IGNORE).sum() == batch.attention_mask[3].sum() - 1
 
 
 def test_object_examples_skip_sentences_without_their_object(tiny_model_dir):
@@ -232,7 +234,7 @@ def test_object_examples_skip_sentences_without_their_object(tiny_model_dir):
         Sentence(id="c", text="Mombasa is a port.", facts=[("Mombasa", "country", "Kenya")]),
         Sentence(id="d", text="The cat sat.", facts=[("cat", "article", "The")]),  # first token only
     ])
-    exset = build_examples(corpus, "object", tok, max_tokens=64)
+    exset = build_examples(corpus, Objective("object", tok, max_tokens=64))
     assert tok.tokenize("The cat sat.")[0] == "The"
     # One example per distinct object; the first token of a text is never scored.
     assert [(e.sentence_id, e.object) for e in exset.examples] == [("a", "Apple"), ("a", "iOS")]
@@ -375,12 +377,13 @@ def test_grouped_step_has_the_one_batch_gradient(sample, tiny_model_dir, example
     """A training step's loss and gradient, computed in length-sorted groups that are each padded to their own
     longest row (one long sentence no longer pads the rest), equal those of the batch padded as one (in bfloat16,
     to bfloat16's rounding: the groups are summed in float32)."""
-    from ftrace.model.objective import accumulate_gradient, loss_batch, sentence_examples
+    from ftrace.model.objective import accumulate_gradient
 
     lm = load_model(tiny_model_dir, dtype=dtype)
-    examples = sentence_examples(sample.sentences[:40], example_loss, lm.tokenizer)[:12]
+    objective = Objective(example_loss, lm.tokenizer)
+    examples = objective.training_examples(sample.sentences[:40])[:12]
     examples.append(examples[0].model_copy(update={"text": " ".join(s.text for s in sample.sentences[:6])}))
-    batch = loss_batch(examples, lm.tokenizer)
+    batch, _ = objective.batch(examples)
     assert batch.input_ids.shape[1] > 3 * float(batch.attention_mask.sum(1).float().median())  # padding dominates
 
     lm.model.zero_grad()

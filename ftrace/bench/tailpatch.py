@@ -38,7 +38,7 @@ from ftrace.config import MAX_TOKENS, TrainConfig
 from ftrace.corpus import Example, Sentence
 from ftrace.model import LoadedModel
 from ftrace.model.batching import IGNORE, LossBatch
-from ftrace.model.objective import lm_loss, loss_batch, sentence_examples, target_logprobs
+from ftrace.model.objective import Objective, lm_loss, target_logprobs
 from ftrace.runs import TRAINER, load_trainer, read_run, read_state, traced_run
 
 ORACLE, RANDOM, MOMENTUM = "oracle", "random", "momentum"
@@ -96,6 +96,7 @@ class TailPatcher:
         self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.moments = moments  # name -> (exp_avg, exp_avg_sq); None: a fresh optimizer
+        self.objective = Objective(settings.example_loss, lm.tokenizer, settings.max_tokens)  # the run's
 
     @classmethod
     def for_index(cls, lm: LoadedModel, train_dir: str | None, max_tokens: int, lr: float | None) -> TailPatcher:
@@ -131,7 +132,7 @@ class TailPatcher:
     # ---- the pieces
 
     def examples(self, sentences: Sequence[Sentence]) -> list[Example]:
-        return sentence_examples(sentences, self.s.example_loss, self.lm.tokenizer, self.s.max_tokens)
+        return self.objective.training_examples(sentences)
 
     def logprobs(self, prompts: Sequence[str], targets: Sequence[str],
                  params: dict[str, torch.Tensor] | None = None) -> list[float]:
@@ -140,7 +141,7 @@ class TailPatcher:
 
     def gradient(self, examples: Sequence[Example]) -> list[torch.Tensor | None]:
         """Gradient of the batch's mean token loss (None for a parameter the loss does not touch)."""
-        batch = loss_batch(examples, self.lm.tokenizer, self.s.max_tokens)
+        batch, _ = self.objective.batch(examples)
         scored = (batch.labels != IGNORE).any(dim=0).nonzero()
         end = int(scored.max()) + 1 if len(scored) else 1  # a causal LM: later tokens change no scored logit
         batch = LossBatch(batch.input_ids[:, :end], batch.attention_mask[:, :end], batch.labels[:, :end])

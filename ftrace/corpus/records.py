@@ -46,7 +46,7 @@ def find_object(text: str, obj: str) -> tuple[int, int] | None:
 
 
 def example_id(sentence_id: str) -> str:
-    """The id of an index's one example of a sentence (`Corpus.examples`)."""
+    """The id of an index's one example of a sentence (`ftrace.model.objective.index_example`)."""
     return f"{sentence_id}:lm"
 
 
@@ -90,19 +90,12 @@ class Example(BaseModel):
     """One training example: a sentence, and the object whose tokens the example loss "object" scores (given
     the text before them), or None (the whole sentence's LM loss).
 
-    An index holds one example per sentence (`Corpus.examples`, id "SENTENCE:lm"): its object is the first of
-    `stated_objects`, so the layout is the same whichever loss is used. Training and the tail-patch take one
-    example per stated object (`ftrace.model.objective.sentence_examples`)."""
+    Which examples a corpus gives, for training and for an index: `ftrace.model.objective`."""
 
     id: str
     sentence_id: str
     text: str
     object: str | None = None
-
-
-def index_example(s: Sentence) -> Example:
-    """A sentence's one example in an index: scoring its first stated object under the object loss."""
-    return Example(id=example_id(s.id), sentence_id=s.id, text=s.text, object=next(iter(stated_objects(s)), None))
 
 
 def fingerprint_of(sentences: Iterable[Sentence]) -> str:
@@ -118,10 +111,6 @@ class Corpus(BaseModel):
     sentences: list[Sentence]
     queries: list[Query] = Field(default_factory=list)
     passages: tuple[int, int] | None = None  # (tokens, stride) its long records were cut with, for a corpus of records
-
-    def examples(self) -> list[Example]:
-        """The index's examples: one per sentence (`index_example`)."""
-        return [index_example(s) for s in self.sentences]
 
     def by_id(self) -> dict[str, Sentence]:
         return {s.id: s for s in self.sentences}

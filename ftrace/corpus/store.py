@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from ftrace.corpus.files import CorpusError, Where
-from ftrace.corpus.records import Corpus, Example, Query, Sentence, fact_key, fingerprint_of, index_example, match_key
+from ftrace.corpus.records import Corpus, Query, Sentence, fact_key, fingerprint_of, match_key, stated_objects
 
 SCHEMA = """
 CREATE TABLE sentences (n INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, json TEXT NOT NULL);
@@ -64,7 +64,7 @@ class CorpusWriter:
         db.execute("BEGIN")
         self.count = 0
         self.cut = 0  # documents cut into passages
-        self.objects = 0  # rows whose index example scores an object
+        self.objects = 0  # rows that state an object (scored under the example loss "object")
         self.queries: list[Query] = []
         self._asked: dict[str, Where | None] = {}
         self._files: dict[Path, int] = {}
@@ -138,7 +138,7 @@ class CorpusWriter:
                             ((fact_key(t), base + k + 1) for k, (s, _) in enumerate(rows) for t in s.facts))
         for s, _ in rows:
             self._hash.update(s.id.encode() + b"\0" + s.text.encode() + b"\n")
-            self.objects += index_example(s).object is not None
+            self.objects += bool(stated_objects(s))
         self.count += len(rows)
 
     def _file(self, where: Where) -> int:
@@ -293,10 +293,6 @@ class CorpusStore:
                 out[n] = Sentence.model_validate_json(js)
         return [out[int(n)] for n in rows]
 
-    def examples_at(self, rows: Sequence[int] | np.ndarray) -> list[Example]:
-        """The index's examples of row numbers `rows` (`index_example`), in that order."""
-        return [index_example(s) for s in self.at(rows)]
-
     def iter_sentences(self, first: int = 1) -> Iterator[Sentence]:
         """Every sentence from row `first` on, in order, read `ROWS` at a time."""
         n = first - 1
@@ -333,11 +329,11 @@ class CorpusStore:
         return int(self._rows("SELECT count(*) FROM queries")[0][0])
 
     def has_objects(self) -> bool:
-        """Whether any example scores an object (`index_example`)."""
+        """Whether any sentence states an object (so the example loss "object" scores something)."""
         meta = self.meta()
         if "objects" in meta:
             return bool(meta["objects"])
-        return any(index_example(s).object is not None for s in self.iter_sentences())
+        return any(stated_objects(s) for s in self.iter_sentences())
 
     def corpus(self) -> Corpus:
         """The whole corpus, in its order."""

@@ -19,7 +19,7 @@ from ftrace.corpus import Corpus, CorpusStore, Example, write_corpus
 from ftrace.corpus.records import example_id
 from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoints
 from ftrace.features.embedding import EmbeddingFeaturizer
-from ftrace.features.gradients import TracInFeaturizer, example_loss_batch
+from ftrace.features.gradients import TracInFeaturizer
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import K1, B, build_lucene
 from ftrace.index.locks import LOCK_FILES, clear_progress, exclusive, reading, record_progress, writer
@@ -30,6 +30,7 @@ from ftrace.ingest import shards
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch, budget_batches, token_lengths
 from ftrace.model.corpus import store_selection
+from ftrace.model.objective import Objective, index_examples
 from ftrace.plumbing import describe_differences, log, release_freed_memory
 from ftrace.runs import TracedRun, traced_run
 
@@ -69,10 +70,11 @@ def calibration_batches(texts: CorpusStore, lm: LoadedModel, c: IngestConfig, n:
     if not total:
         return
     rng = np.random.default_rng(seed)
-    chosen = texts.examples_at(sorted(rng.choice(total, size=min(n, total), replace=False) + 1))
+    chosen = index_examples(texts.at(sorted(rng.choice(total, size=min(n, total), replace=False) + 1)))
     parts = batch_plan(token_lengths(lm.tokenizer, [e.text for e in chosen]), c)
+    objective = Objective(loss, lm.tokenizer, c.max_tokens)
     for part in tqdm(parts, desc="calibration sample", unit="batch", leave=False):
-        yield example_loss_batch(lm.tokenizer, chosen[part], loss, c.max_tokens)[0]
+        yield objective.batch(chosen[part])[0]
 
 
 def fit_featurizers(featurizers: list[Featurizer], texts: CorpusStore, lm: LoadedModel, c: IngestConfig,
@@ -323,14 +325,15 @@ def store_vectors(store: VectorStore, texts: CorpusStore, rows: Sequence[int], l
             "(--max-tokens)")
     # each featurizer's example loss: gradients may score object spans, embeddings read whole sentences
     loss_of = {f.name: f.example_loss for f in featurizers}
+    objectives = {loss: Objective(loss, lm.tokenizer, c.max_tokens) for loss in sorted(set(loss_of.values()))}
     fallbacks = 0
     n = 0
     with tqdm(total=todo, desc="vectors", unit="ex") as bar:
         for part in plan:
-            chunk = texts.examples_at(at[order[part]])
+            chunk = index_examples(texts.at(at[order[part]]))
             batches = {}
-            for loss in sorted(set(loss_of.values())):
-                batches[loss], fell_back = example_loss_batch(lm.tokenizer, chunk, loss, c.max_tokens)
+            for loss, objective in objectives.items():
+                batches[loss], fell_back = objective.batch(chunk)
                 fallbacks += fell_back
             vectors = {f.name: f.vectors(batches[loss_of[f.name]]) for f in featurizers}
             store.upsert([e.id for e in chunk], vectors,

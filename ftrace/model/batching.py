@@ -127,14 +127,3 @@ def object_span_rows(tokenizer, texts: Sequence[str], objects: Sequence[str],
                for i, (tok, (s, e)) in enumerate(zip(ids, offsets, strict=True))]
         rows.append((list(ids), lab) if any(t != IGNORE for t in lab) else None)
     return rows
-
-
-def object_span_batch(tokenizer, texts: Sequence[str], objects: Sequence[str],
-                      max_tokens: int = MAX_TOKENS) -> LossBatch:
-    """Loss of each object's tokens given the sentence prefix (see `object_span_rows`); every object
-    must have a labelled token (filter with `object_span_rows` first)."""
-    rows = object_span_rows(tokenizer, texts, objects, max_tokens)
-    for text, obj, row in zip(texts, objects, rows, strict=True):
-        if row is None:
-            raise ValueError(f"object {obj!r} has no labelled token in {text[:60]!r}")
-    return _pad([r for r in rows if r is not None], tokenizer.pad_token_id)

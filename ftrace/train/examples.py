@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 
 from ftrace.corpus import Corpus, Example
-from ftrace.model.objective import sentence_examples
+from ftrace.model.objective import Objective
 from ftrace.runs.errors import TrainError
 
 
@@ -25,12 +25,10 @@ class ExampleSet:
         return h.hexdigest()[:16]
 
 
-def build_examples(corpus: Corpus, example_loss: str, tokenizer, max_tokens: int) -> ExampleSet:
+def build_examples(corpus: Corpus, objective: Objective) -> ExampleSet:
     if not corpus.sentences:
         raise TrainError(f"corpus {corpus.source}: no sentences to train on")
-    if example_loss == "object" and not getattr(tokenizer, "is_fast", False):
-        raise TrainError("--example-loss object: needs a fast tokenizer (character offsets); this model's is slow")
-    kept = sentence_examples(corpus.sentences, example_loss, tokenizer, max_tokens)
+    kept = objective.training_examples(corpus.sentences)
     if not kept:
         raise TrainError("--example-loss object: no sentence of the corpus states a fact whose object appears "
                          "in its text")

@@ -34,7 +34,7 @@ from ftrace.corpus import Corpus, Example, Query
 from ftrace.index.manifest import versions
 from ftrace.model.corpus import load_selection
 from ftrace.model.loading import DTYPES, LoadedModel, load_model, resolve_device
-from ftrace.model.objective import accumulate_gradient, loss_batch
+from ftrace.model.objective import Objective, accumulate_gradient
 from ftrace.plumbing import log
 from ftrace.runs.checkpoints import checkpoint_dirs, load_trainer, read_state
 from ftrace.runs.errors import TrainError
@@ -120,7 +120,8 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     base = load_model(config.model)
     if base.is_seq2seq:
         raise TrainError(f"--model {config.model}: ftrace train fine-tunes causal LMs, not encoder-decoders")
-    exset = build_examples(corpus, config.example_loss, base.tokenizer, config.max_tokens)
+    objective = Objective(config.example_loss, base.tokenizer, config.max_tokens)
+    exset = build_examples(corpus, objective)
     plan = Plan(len(exset.examples), config.batch_size, config.epochs, config.max_steps, config.seed,
                 config.checkpoints, tuple(config.checkpoint_at or ()))
     identity = {"config": config.identity(), "corpus_fingerprint": corpus.fingerprint(),
@@ -163,13 +164,13 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
         facts = fact_sample(corpus, config.eval_facts, config.seed) if config.eval_facts else []
         if config.eval_facts and not facts:
             log(f"--eval-facts {config.eval_facts}: the corpus has no queries; no learning curve")
-        result.resumed_from = _run(config, plan, base, exset.examples, record, out, device, facts)
+        result.resumed_from = _run(config, plan, base, objective, exset.examples, record, out, device, facts)
     result.checkpoints = checkpoint_dirs(out)
     log(f"{out}: done, {plan.total_steps} steps; final weights in {result.checkpoints[-1]}")
     return result
 
 
-def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Example],
+def _run(config: TrainConfig, plan: Plan, base: LoadedModel, objective: Objective, examples: list[Example],
          record: dict[str, Any], out: Path, device: torch.device, facts: list[Query]) -> int | None:
     """The training loop proper (inside the lock); returns the step it resumed from, if any."""
     removed = remove_partial(out)
@@ -225,7 +226,7 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, examples: list[Exam
     try:
         with tqdm(total=plan.total_steps, initial=start, desc="train", unit="step", file=sys.stderr) as bar:
             for step in range(start, plan.total_steps):
-                batch = loss_batch([examples[i] for i in plan.batch(step)], base.tokenizer, config.max_tokens)
+                batch, _ = objective.batch([examples[i] for i in plan.batch(step)])
                 lr = scheduler.get_last_lr()[0]
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=DTYPES[config.autocast or config.dtype],

@@ -34,9 +34,10 @@ from scipy.stats import spearmanr
 from ftrace.bench.candidates import CorpusView, candidate_set, sample_queries
 from ftrace.config import GradientConfig
 from ftrace.features.base import input_embedding_name
-from ftrace.features.gradients import GradientFeaturizer, example_loss_batch
+from ftrace.features.gradients import GradientFeaturizer
 from ftrace.model import load_model, query_batch
 from ftrace.model.batching import IGNORE, LossBatch
+from ftrace.model.objective import Objective, index_examples
 from ftrace.query.tracer import Tracer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +78,8 @@ def main() -> None:
     weight = model.get_input_embeddings().weight
     weight.requires_grad_(True)
     corpus = tracer.corpus
-    examples = {e.sentence_id: e for e in corpus.examples()}
+    examples = {e.sentence_id: e for e in index_examples(corpus.sentences)}
+    objective = Objective(loss, lm.tokenizer, m.max_tokens)
     eligible = [q for q in corpus.queries if q.proponents and (a.split == "all" or q.split == a.split)]
     queries = sample_queries(eligible, a.queries, seed=0, purpose="peer-check")
     view = CorpusView(corpus)
@@ -94,7 +96,7 @@ def main() -> None:
         exact, f32 = {}, {}
         at_dim: dict[int, dict[str, float]] = {d: {} for d in sized}
         for sid in ids:
-            batch, _ = example_loss_batch(lm.tokenizer, [examples[sid]], loss, m.max_tokens)
+            batch, _ = objective.batch([examples[sid]])
             g = exact_gradient(model, weight, batch)
             exact[sid] = float(g @ gq / g.norm())
             f32[sid] = float(projected.vectors(batch)[0] @ pq)

@@ -4,10 +4,9 @@ forming a per-example gradient. The math and every convention: docs/gradients.md
 blocks.py      which weight matrices are blocks        projection.py  seeded projection matrices
 optimizer.py   Adam second-moment correction           collector.py   the hooked forward+backward
 whitening.py   TrackStar's R^-1/2                      featurizer.py  per-model and per-checkpoint featurizers
-examples.py    training examples' loss batches (sentence / object span)
+(the loss and the examples' batches: ftrace.model.objective)
 """
 
-from ftrace.features.gradients.examples import example_loss_batch
 from ftrace.features.gradients.featurizer import (
                                                   GradientError,
                                                   GradientFeaturizer,
@@ -16,5 +15,4 @@ from ftrace.features.gradients.featurizer import (
                                                   tied_norm_ratio,
 )
 
-__all__ = ["GradientError", "GradientFeaturizer", "TracInFeaturizer", "combine_checkpoints", "example_loss_batch",
-           "tied_norm_ratio"]
+__all__ = ["GradientError", "GradientFeaturizer", "TracInFeaturizer", "combine_checkpoints", "tied_norm_ratio"]

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ftrace.features.gradients.blocks import Block, GradientError, Use
-from ftrace.model.batching import IGNORE, LossBatch
+from ftrace.model.batching import LossBatch
+from ftrace.model.objective import scored_positions, summed_loss
 
 # model types whose logits are exactly `lm_head(last hidden state)` (no soft-capping or scaling)
 PLAIN_HEAD = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gpt2", "gpt_neox",
@@ -133,13 +134,12 @@ class GradientCollector:
         return hook
 
     def _loss(self, batch: LossBatch) -> torch.Tensor:
-        """Sum over the batch of the per-example summed token cross-entropy. For architectures whose
-        logits are just the LM head of the last hidden state, the head runs on the labelled
+        """Sum over the batch of the per-example summed token cross-entropy (`ftrace.model.objective`). For
+        architectures whose logits are just the LM head of the last hidden state, the head runs on the scored
         positions only (same loss, a fraction of the vocabulary-sized work)."""
         model, state = self.model, self._state
         assert state is not None
-        B = batch.input_ids.shape[0]
-        nxt = batch.labels[:, 1:]  # labels[b, t] is predicted from position t - 1
+        rows, positions, targets = scored_positions(batch)
         head = model.get_output_embeddings()
         base = getattr(model, "base_model", None)
         if (self.fast_head and head is not None and base is not None and base is not model
@@ -152,17 +152,13 @@ class GradientCollector:
                               use_cache=False).last_hidden_state
             if head_only:
                 hidden.requires_grad_()  # the head's output needs a graph even when its weight is frozen
-            b_idx, t_idx = (nxt != IGNORE).nonzero(as_tuple=True)
-            counts = torch.bincount(b_idx, minlength=B)
+            counts = torch.bincount(rows, minlength=state.batch_size)
             starts = torch.cumsum(counts, 0) - counts
-            within = torch.arange(len(b_idx), device=b_idx.device) - starts[b_idx]
-            state.rows = LabelledRows(b_idx, within, int(counts.max()) if len(b_idx) else 0)
-            logits = head(hidden[b_idx, t_idx])
-            return torch.nn.functional.cross_entropy(logits.float(), nxt[b_idx, t_idx], reduction="sum")
+            within = torch.arange(len(rows), device=rows.device) - starts[rows]
+            state.rows = LabelledRows(rows, within, int(counts.max()) if len(rows) else 0)
+            return summed_loss(head(hidden[rows, positions]), targets)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        labels = torch.cat([nxt, torch.full((B, 1), IGNORE, dtype=nxt.dtype, device=nxt.device)], 1)
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                                 ignore_index=IGNORE, reduction="sum")
+        return summed_loss(logits[rows, positions], targets)
 
     def collect(self, batch: LossBatch) -> list[torch.Tensor]:
         """Per block, the (B, size) projected (and optimizer-corrected) per-example gradients."""

@@ -263,7 +263,7 @@ class TracInFeaturizer:
     @property
     def example_loss(self) -> str:
         """Which LossBatch `vectors` wants for training examples ("sentence" or "object"):
-        `example_loss_batch(tokenizer, examples, f.example_loss, max_tokens)`."""
+        `Objective(f.example_loss, tokenizer, max_tokens).batch(examples)`."""
         return self.config.example_loss
 
     def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], index_dir: Path) -> None:
