@@ -726,3 +726,52 @@ def test_only_the_strict_slice_decides_it_before_the_draw(sample_index, sample, 
     strict = {q.id for q in sample.queries if q.prompt in at_final and q.prompt not in near}
     assert all(set(ids) <= strict and len(ids) == 5 for ids in r["queries"]["per_seed"].values())
     assert r["query_counts"]["fine-tune-learned-strict"] == r["query_counts"]["fine-tune-learned"] == [5, 5]
+
+
+# --- the learned slices on real parts ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def memorised(sample, tiny_model_dir, tmp_path_factory):
+    """A real fine-tune-learned slice: the tiny model trained (whole-sentence loss, 60 epochs, about 20 s) on
+    "PROMPT TARGET." for every other sample query, and the index built from that run: (index, the run's final
+    checkpoint, the ids of the trained queries)."""
+    from ftrace.config import IngestConfig, TrainConfig
+    from ftrace.corpus import Corpus, Sentence
+    from ftrace.ingest.pipeline import ingest
+    from ftrace.train import checkpoint_dirs, train
+
+    trained = sample.queries[::2]
+    corpus = Corpus(source="memorised", sentences=[
+        Sentence(id=f"m-{q.id}", text=f"{q.prompt} {q.target}.", facts=[q.fact]) for q in trained],
+        queries=[q.model_copy(update={"proponents": []}) for q in sample.queries]).link_proponents()
+    root = tmp_path_factory.mktemp("memorised")
+    corpus.write_jsonl(root / "corpus.jsonl")
+    run = root / "run"
+    train(TrainConfig(model=tiny_model_dir, lr=3e-2, epochs=60, batch_size=8, example_loss="sentence", checkpoints=1,
+                      warmup=2), corpus, run)
+    index = root / "index"
+    ingest(IngestConfig.model_validate({"index": index, "corpus": {"corpus": str(root / "corpus.jsonl")},
+                                        "tracin": {"train_dir": run, "select": "final", "dim": 64}}))
+    return index, str(checkpoint_dirs(run)[-1]), {q.id for q in trained}
+
+
+def test_the_learned_slice_of_a_real_training_run(memorised, sample, tiny_model_dir, tmp_path):
+    """No stand-in answers: `--only fine-tune-learned` on an index built from a real (tiny) training run draws exactly
+    the queries that its final checkpoint answers right and its base model wrong (asked here, apart from the bench),
+    all of them trained facts."""
+    from ftrace.model import load_model
+    from ftrace.model.answer import answers_right
+
+    index, final, trained = memorised
+    queries = [q for q in sample.queries if q.id in trained]  # the only ones with a proponent in this corpus
+
+    def right(model: str) -> set[str]:
+        said = answers_right(load_model(model), [q.prompt for q in queries], [q.target for q in queries])
+        return {q.id for q, r in zip(queries, said, strict=True) if r}
+
+    learned = right(final) - right(tiny_model_dir)
+    assert len(learned) >= 10, "60 epochs teach the tiny model most of its 40 facts"
+    r = bench_results(BenchConfig(index=index, split=None, queries=len(learned), seeds=1, out=tmp_path / "b",
+                                  only="fine-tune-learned", methods=["bm25", "tracin"]), write=False)
+    assert set(r["queries"]["per_seed"]["0"]) == learned and r["query_counts"]["fine-tune-learned"] == [len(learned)]
+    assert r["metrics"]["all"]["bm25"]["mrr"]["mean"] == 1.0  # each fact's one proponent is its own words
