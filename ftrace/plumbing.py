@@ -8,6 +8,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from functools import cache
@@ -40,6 +41,50 @@ def write_atomic(path: Path, text: str) -> None:
     """`path.write_text(text)` (UTF-8), atomically (`replacing`)."""
     with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def replacing_dir(path: Path, replace: bool = True) -> Iterator[Path]:
+    """A new directory beside `path`, unique to this process, put in place of `path` once the block has filled it:
+    an interrupted block leaves `path` as it was (and its directory removed). Where `path` exists the two are swapped
+    in one atomic exchange (Linux's renameat2), so `path` is never missing or half written; where the system cannot
+    exchange, the old one is renamed aside first (then `path` is missing for the moment between two renames). With
+    `replace` False an existing `path` is kept and the new directory dropped (another process made the same first)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if not path.exists():
+            try:
+                tmp.rename(path)
+            except OSError:  # made meanwhile by another process
+                if replace or not path.exists():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        elif not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # it holds the old one now
+        else:
+            old = path.with_name(f"{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (renameat2 with RENAME_EXCHANGE); False where the system cannot."""
+    libc = _libc()
+    renameat2 = getattr(libc, "renameat2", None) if libc is not None else None
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def try_lock(fd: int, how: int) -> bool:

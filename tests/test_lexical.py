@@ -41,14 +41,45 @@ def test_proponent_found_by_bm25(bm25, sample):
     assert set(q.proponents) & set(top10)
 
 
-def test_rebuild_replaces_atomically(tmp_path):
+def test_rebuild_replaces_atomically(tmp_path, monkeypatch):
+    """A rebuild swaps the new index in (never a moment without bm25/, nothing left beside it); one that fails leaves
+    the old index as it was."""
+    import ftrace.plumbing
+
     path = tmp_path / "bm25"
     build_lucene(path, [("a", "alpha beta"), ("b", "gamma")])
+    swapped = []
+    exchange = ftrace.plumbing._exchange
+    monkeypatch.setattr(ftrace.plumbing, "_exchange", lambda a, b: swapped.append(b) or exchange(a, b))
     build_lucene(path, [("c", "alpha delta")])
+    assert swapped == [path]  # one atomic exchange, not a rename aside and another in
     index = LuceneBM25(path)
     assert index.count() == 1 and [d for d, _ in index.search("alpha", 5)] == ["c"]
-    assert not (tmp_path / "bm25.building").exists()
     index.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bm25"]
+    with pytest.raises(ValueError, match="a document fails"):
+        build_lucene(path, ((i, "text") if i != "y" else (_ for _ in ()).throw(ValueError("a document fails"))
+                            for i in ("x", "y")))
+    index = LuceneBM25(path)
+    assert index.count() == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["bm25"]
+    index.close()
+
+
+def test_a_directory_is_replaced_whole_or_kept(tmp_path):
+    from ftrace.plumbing import replacing_dir
+
+    path = tmp_path / "d"
+    with replacing_dir(path) as tmp:
+        (tmp / "one").write_text("1")
+    with replacing_dir(path) as tmp:
+        (tmp / "two").write_text("2")
+    assert sorted(p.name for p in path.iterdir()) == ["two"]
+    with replacing_dir(path, replace=False) as tmp:  # another process made it first: theirs is kept
+        (tmp / "three").write_text("3")
+    with pytest.raises(KeyboardInterrupt), replacing_dir(path) as tmp:
+        (tmp / "four").write_text("4")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in path.iterdir()) == ["two"] and [p.name for p in tmp_path.iterdir()] == ["d"]
 
 
 def test_missing_index_is_a_clear_error(tmp_path):

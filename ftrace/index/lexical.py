@@ -8,7 +8,6 @@ query plus a non-scoring `id IN (...)` filter.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from ftrace import FtraceError
 from ftrace.index.jvm import autoclass, jstring_ref
+from ftrace.plumbing import replacing_dir
 
 K1, B = 0.9, 0.4  # Anserini's defaults
 
@@ -25,23 +25,15 @@ class LexicalError(FtraceError):
 
 
 def build_lucene(path: Path, docs: Iterable[tuple[str, str]], total: int | None = None, threads: int = 2) -> None:
-    """Index (id, text) pairs into `path`, atomically: built beside it, then renamed."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    indexer = autoclass("io.anserini.index.SimpleIndexer")(str(tmp), False, threads)
-    doc = autoclass("io.anserini.collection.JsonCollection$Document")
-    try:
-        for doc_id, text in tqdm(docs, total=total, desc="bm25 index", unit="doc", leave=False):
-            indexer.addJsonDocument(doc.fromFields(doc_id, text))
-    finally:
-        indexer.close()
-    old = path.with_name(path.name + ".old")  # the index it replaces: renamed aside, never missing from disk
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    """Index (id, text) pairs into `path`, atomically: built beside it, then put in its place (`replacing_dir`)."""
+    with replacing_dir(Path(path)) as tmp:
+        indexer = autoclass("io.anserini.index.SimpleIndexer")(str(tmp), False, threads)
+        doc = autoclass("io.anserini.collection.JsonCollection$Document")
+        try:
+            for doc_id, text in tqdm(docs, total=total, desc="bm25 index", unit="doc", leave=False):
+                indexer.addJsonDocument(doc.fromFields(doc_id, text))
+        finally:
+            indexer.close()
 
 
 def append_lucene(path: Path, docs: Sequence[tuple[str, str]], threads: int = 2) -> None:

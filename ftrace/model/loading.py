@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +14,7 @@ import torch
 
 from ftrace import FtraceError
 from ftrace.config import DEFAULT_MODEL
+from ftrace.plumbing import replacing_dir
 
 
 class ModelError(FtraceError):
@@ -64,15 +63,10 @@ def _default_model_dir() -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    # A private temporary directory, renamed into place: concurrent first runs cannot collide.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished first: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
+    # A private directory, renamed into place: concurrent first runs cannot collide (the first one's copy is kept).
+    with replacing_dir(target, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return target
 
 

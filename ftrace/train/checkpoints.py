@@ -25,7 +25,6 @@ and 0.54 GB of resume state, so `--checkpoints 3` needs about 4.8 GB).
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ftrace.plumbing import replacing_dir
 from ftrace.runs.checkpoints import MOMENTS, SHARED, STATE, TRAINER, checkpoint_dirs
 from ftrace.runs.errors import TrainError
 from ftrace.train.layout import write_json
@@ -62,17 +62,14 @@ def write_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, state: di
     final = out / f"step-{step}"
     if final.exists():
         raise TrainError(f"{final}: already exists; this run directory was changed by someone else")
-    tmp = out / f"step-{step}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if moments is not None:
-        torch.save(moments, tmp / MOMENTS)
-    torch.save(_without_moments(trainer, names, moments), tmp / TRAINER)
-    write_json(tmp / STATE, {**state, "second_moments": MOMENTS if moments is not None else None,
-                             "complete": True})
-    tmp.rename(final)
+    with replacing_dir(final) as tmp:  # step-N.tmp-PID/, removed on resume if a killed run left it
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if moments is not None:
+            torch.save(moments, tmp / MOMENTS)
+        torch.save(_without_moments(trainer, names, moments), tmp / TRAINER)
+        write_json(tmp / STATE, {**state, "second_moments": MOMENTS if moments is not None else None,
+                                 "complete": True})
     for older in checkpoint_dirs(out):  # only the latest needs the (large) resume state
         if older != final:
             (older / TRAINER).unlink(missing_ok=True)
