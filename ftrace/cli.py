@@ -23,9 +23,9 @@ from pydantic import BaseModel, ValidationError
 
 from ftrace import FtraceError
 from ftrace.config import (
-    DEFAULT_INDEX,
     BenchConfig,
     Cli,
+    InfoConfig,
     IngestConfig,
     QueryConfig,
     ServeConfig,
@@ -323,12 +323,14 @@ def serve(config: ServeConfig) -> None:
 
 
 @app.command()
-@friendly
-def info(index: Annotated[Path, typer.Option("--index", "-i", help="Index directory.")] = DEFAULT_INDEX) -> None:
+@command_from_config(InfoConfig)
+def info(config: InfoConfig) -> None:
     """Show what made an index (its manifest) and what it holds now (counts, completeness, size); asked of
     `ftrace serve` when one holds the index."""
     from ftrace.index.layout import IndexDir
     from ftrace.index.locks import reading, served_by
+
+    index = config.index
 
     server = served_by(index)
     if server is not None:

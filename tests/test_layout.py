@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ftrace"
 #           +-> index -------------+-> query -> bench (<- runs: the tail-patch), serve
 SHARED = {"config", "plumbing", "runrecord"}
 ALLOWED = {
+    "config": set(),  # shared by every layer, so it imports none (only ftrace.plumbing)
     "corpus": set(),
     "model": {"corpus"},
     "features": {"corpus", "model"},

@@ -1,0 +1,124 @@
+"""What an index's vectors are: the embedding and the gradient (TracIn / TrackStar) featurizers' settings,
+and the example loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from ftrace.config.base import Strict, cli
+
+MAX_VECTOR_SIZE = 65_535  # Qdrant's largest dense vector: a gradient vector's size, summed over its blocks
+
+# The example loss: the one name (--example-loss) for what a training example's loss scores, in ingest and train
+ExampleLoss = Literal["sentence", "object"]
+# ingest's example loss when neither --example-loss, an existing index nor a training run says: FTRACE's masked
+# object, 0.29 against the whole sentence's 0.21 tracin MRR on train-split facts (results/attribution/README.md#the-
+# example-loss); a corpus that states no objects gets the whole sentence
+DEFAULT_EXAMPLE_LOSS: ExampleLoss = "object"
+
+
+class EmbeddingConfig(Strict):
+    # hidden_states index: 0 = the embedding layer's output (FTRACE's best), i = output of block i.
+    layers: Annotated[list[int], cli("Hidden-state layers to pool (0 = embedding layer).", "--embed-layers",
+                                     split=True)] = [0]
+    # a plain mean of a model's token vectors is dominated by the direction all of them share and weighs "the" like
+    # "Toyota": idf pooling 0.69 against the mean's 0.24 embed MRR on train-split facts (results/attribution/README.md
+    # #embed); an existing index keeps its own (ftrace.ingest.pipeline.resolve_defaults)
+    pooling: Annotated[Literal["mean", "idf"],
+                       cli("idf: each token's hidden state weighted by its inverse document frequency, the corpus's "
+                           "mean token subtracted, both fitted at ingest on --embed-samples sentences; mean: FTRACE's "
+                           "plain mean (default: an existing index's own, else idf).", "--embed-pooling")] = "idf"
+    samples: Annotated[int, Field(ge=1), cli("Seeded sample of sentences the idf pooling is fitted on (unused by "
+                                             "the mean).", "--embed-samples", min=1)] = 4096
+
+
+class GradientConfig(Strict):
+    """What one gradient featurizer computes (recorded verbatim in the manifest's vector spec)."""
+
+    # fnmatch patterns over module names; the default is the (tied) embedding matrix.
+    layers: Annotated[list[str], cli("Module name patterns whose weight gradients are projected "
+                                     "(default: the input embedding).", "--tracin-layers", split=True)] = \
+        ["model.embed_tokens"]
+    # size of EACH block's projection; the sum over blocks must be <= MAX_VECTOR_SIZE
+    dim: Annotated[int, Field(ge=1), cli("Projection size per layer block (total at most 65535).", "--tracin-dim",
+                                         min=1)] = 4096
+    seed: Annotated[int, cli("Seed of the random projection.", "--tracin-seed")] = 0
+    projection: Annotated[Literal["factored", "dense"],
+                          cli("factored (LoGra-style, default) or dense: the reference the factored one is tested "
+                              "against, for small layers (a dense matrix per block).",
+                              "--tracin-projection")] = "factored"
+    # torch file: Adam/AdamW state_dict or {parameter name: exp_avg_sq}
+    optimizer_state: Annotated[str | None, cli("Adam/AdamW state (torch file): divide gradients by sqrt of "
+                                               "second moments.", "--optimizer-state")] = None
+    # divisor sqrt(v) + eps + floor x the block's mean sqrt(v): parameters the optimizer barely moved
+    # (e.g. the rows of tokens a fine-tune never saw, v ~ 0) are not multiplied by ~1/eps
+    optimizer_floor: Annotated[float, Field(ge=0), cli("With an optimizer state: add this times the block's mean "
+                                                       "sqrt(second moment) to the divisor (0: Adam's eps only); for "
+                                                       "a short run's state, whose many ~0 moments make noise.",
+                                                       "--optimizer-floor")] = 0.0
+    # TrackStar R^-1/2, fitted on a calibration sample
+    whiten: Annotated[bool, cli("TrackStar whitening by R^-1/2, fitted on a calibration sample.", "--whiten")] = False
+    # lambda = whiten_damping x the mean eigenvalue of R over the calibration sample's span (whitening.py)
+    whiten_damping: Annotated[float, Field(gt=0), cli("Whitening regulariser: (R + lambda I)^-1/2 with lambda = this "
+                                                      "x the mean eigenvalue of R.", "--whiten-damping")] = 0.1
+    # a weight shared by an Embedding and another module (SmolLM2's input embedding = LM head)
+    tied: Annotated[Literal["both", "input", "output"],
+                    cli("Gradient of a tied weight: both (the true gradient), input (its embedding lookup only) "
+                        "or output (its LM-head use only: no backward pass, about 2.5x faster for 0.045 lower MRR, "
+                        "for a quick first index).", "--tracin-tied")] = "both"
+    # the loss of each stored training example (ftrace.features.gradients.examples); queries always score their
+    # target tokens. The CLI option is TracInConfig's.
+    example_loss: ExampleLoss = DEFAULT_EXAMPLE_LOSS
+
+
+class TracInConfig(GradientConfig):
+    """The ingest-time "tracin" vector: gradients at one or more checkpoints, optionally whitened."""
+
+    enabled: Annotated[bool, cli("Store projected loss gradients (TracIn/TrackStar).", "--tracin/--no-tracin")] = True
+    whiten_samples: Annotated[int, Field(ge=1), cli("Training examples in the whitening calibration sample.",
+                                                    "--whiten-samples", min=1)] = 512
+    checkpoints: Annotated[list[str] | None, cli("Checkpoint(s) to take gradients at (repeat); default: --model.",
+                                                 "--checkpoint")] = None
+    train_dir: Annotated[Path | None, cli("An `ftrace train` output directory: gradients at its checkpoints, "
+                                          "answers and embeddings from its final checkpoint.", "--train-run",
+                                          metavar="TRAIN_DIR", renamed_from=("--checkpoints",))] = None
+    select: Annotated[Literal["all", "ftrace", "final", "base"],
+                      cli("With --train-run: every fine-tuned checkpoint, FTRACE's 3 spaced in inverse "
+                          "perplexity, the final one, or the base model (step 0: gradients before "
+                          "fine-tuning, answers and embeddings still from the final checkpoint).",
+                          "--checkpoint-select")] = "ftrace"
+    # off by default: after a short fine-tune most rows of a tied embedding have second moments ~0, and
+    # dividing by them turned the vectors into noise (results/train/README.md)
+    checkpoint_optimizer: Annotated[bool, cli("With --train-run: divide each checkpoint's gradients by its own "
+                                              "Adam second moments (TrackStar's correction; off: after a short run "
+                                              "they are ~0 for most rows and the vectors become noise).",
+                                              "--checkpoint-optimizer/--no-checkpoint-optimizer")] = False
+    # None: the model's input embedding, whatever its module name
+    layers: Annotated[list[str] | None,
+                      cli("Module name patterns whose weight gradients are projected (default: the input embedding).",
+                          "--tracin-layers", split=True)] = None  # type: ignore[assignment]
+    # None: decided by `loss_for` (ftrace.ingest.pipeline.resolve_defaults, before anything else reads it)
+    example_loss: Annotated[ExampleLoss | None,
+                            cli("Training examples' loss: sentence (LM loss of the whole sentence) or object (the "
+                                "object tokens of the sentence's first fact found in it, given the text before; "
+                                "whole sentence where none). Default: an existing index's own, else the training "
+                                f"run's with --train-run, else {DEFAULT_EXAMPLE_LOSS} (sentence for a corpus that "
+                                "states no objects).", "--example-loss",
+                                renamed_from=("--tracin-loss",))] = None  # type: ignore[assignment]
+
+    def loss_for(self, run: ExampleLoss | None = None, index: ExampleLoss | None = None,
+                 objects: bool = True) -> ExampleLoss:
+        """The one rule for the gradients' example loss: --example-loss, else the index's own (re-running or resuming
+        an ingest keeps what the index was built with), else the training run's (the loss its checkpoints learned
+        from: a fitted checkpoint's gradient under the other one points elsewhere, results/attribution), else
+        DEFAULT_EXAMPLE_LOSS where the corpus states `objects` at all, else the whole sentence."""
+        return self.example_loss or index or run or (DEFAULT_EXAMPLE_LOSS if objects else "sentence")
+
+    def gradient(self, input_embedding: str, run_loss: ExampleLoss | None = None) -> GradientConfig:
+        """The featurizer's own part of these settings (`input_embedding`: the default layer; the example loss by
+        `loss_for`, given the training run's)."""
+        return GradientConfig(**self.model_dump(include=set(GradientConfig.model_fields) - {"layers", "example_loss"}),
+                              layers=self.layers or [input_embedding], example_loss=self.loss_for(run_loss))
