@@ -94,6 +94,22 @@ def mem_mb(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def proc_status(pid: int | str = "self", fields: tuple[str, ...] = ("VmRSS", "VmHWM", "RssAnon", "RssFile")) -> dict:
+    """Memory of a process from /proc/PID/status, in KiB: its resident set (VmRSS) and peak (VmHWM), and the
+    resident set's anonymous part (RssAnon: heap, what the process really holds) and file-backed part (RssFile:
+    memory-mapped files, page cache the kernel can drop). Empty once the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in fields:
+            out[key] = int(value.split()[0])
+    return out
+
+
 def cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system

@@ -14,9 +14,11 @@ Protocol
   exact passage count is the index's.
 - Ingest: one `ftrace ingest --no-tracin --hnsw` process per size (BM25 and the default embed vectors of the default
   model in --dtype, HNSW built at the end), its wall time and peak RSS (the largest resident set of the process,
-  JVM included) from /usr/bin/time, its stages from the manifest's timings: reading and cutting the corpus into
-  the index's store (corpus_s), Lucene (bm25_s), embed vectors into Qdrant Edge (vectors_s: the plan's pass over
-  every row included), HNSW (hnsw_s); the rest is start-up (imports, model load) and fitting the idf pooling.
+  JVM included, and the largest anonymous and file-backed parts of it: Qdrant Edge memory-maps its segments, whose
+  pages count in the resident set but are page cache the kernel can drop) read from /proc, its stages from the
+  manifest's timings: reading and cutting the corpus into the index's store (corpus_s), Lucene (bm25_s), embed
+  vectors into Qdrant Edge (vectors_s: the plan's pass over every row included), HNSW (hnsw_s); the rest is
+  start-up (imports, model load) and fitting the idf pooling.
 - Disk: the bytes the index directory allocates (`ftrace info`'s bytes_on_disk), per passage.
 - Warm queries: `ftrace serve` on the index (1 torch thread), --warmup untimed requests then --requests timed ones
   per method (bm25, embed, embed+bm25) with the queries' targets, cycling through a seeded sample of the corpus's
@@ -39,11 +41,12 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, command_of, machine, rel, write_results
+from common import ROOT, command_of, machine, proc_status, rel, write_results
 from serve_latency import time_method
 
 FTRACE = [sys.executable, "-m", "ftrace.cli"]
@@ -89,17 +92,28 @@ def write_documents(docs: list[dict], queries: list[dict], counts: list[int], n:
 
 
 def ingest(corpus: Path, index: Path, dtype: str) -> dict:
-    """One `ftrace ingest` process: wall seconds and peak RSS (GiB) from /usr/bin/time."""
-    stats = index.with_name(index.name + ".time")
+    """One `ftrace ingest` process: wall seconds, and its memory read from /proc every 0.2 s: the peak resident set
+    (VmHWM, JVM included; its last reading before the process ends) and the largest anonymous (heap) and file-backed
+    (memory-mapped: Qdrant's segments, the model's weights) parts, in GiB."""
     start = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-o", str(stats), "-f", "%M %e", *FTRACE, "ingest", "--index", str(index),
-                        "--corpus", str(corpus), "--no-tracin", "--hnsw", "--dtype", dtype],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(2))
+    with subprocess.Popen([*FTRACE, "ingest", "--index", str(index), "--corpus", str(corpus), "--no-tracin", "--hnsw",
+                           "--dtype", dtype], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=env(2)) as p:
+        err: list[str] = []
+        reader = threading.Thread(target=lambda: err.append(p.stderr.read() if p.stderr else ""), daemon=True)
+        reader.start()
+        peaks = {"VmHWM": 0, "RssAnon": 0, "RssFile": 0}
+        while p.poll() is None:
+            for k, v in proc_status(p.pid, tuple(peaks)).items():
+                peaks[k] = max(peaks[k], v)
+            time.sleep(0.2)
+        reader.join()
     wall = time.perf_counter() - start
     if p.returncode:
-        raise SystemExit(f"ingest of {corpus} failed:\n{p.stderr[-3000:]}")
-    kib, seconds = stats.read_text().split()[-2:]
-    return {"wall_s": round(wall, 1), "time_s": float(seconds), "peak_rss_gib": round(int(kib) / 2**20, 2)}
+        raise SystemExit(f"ingest of {corpus} failed:\n{''.join(err)[-3000:]}")
+    gib = {k: round(v / 2**20, 2) for k, v in peaks.items()}
+    return {"wall_s": round(wall, 1), "peak_rss_gib": gib["VmHWM"], "peak_anon_gib": gib["RssAnon"],
+            "peak_file_gib": gib["RssFile"]}
 
 
 def env(threads: int) -> dict[str, str]:
@@ -262,18 +276,22 @@ def markdown(r: dict) -> str:
         f"SmolLM2-135M-Instruct (dequantised from its Q4_1 GGUF) in {r['dtype']}. "
         + (f"Host speed: plain forward {r['plain_forward_sentences_per_s']} LAMA sentences/s (fast day: 77). "
            if "plain_forward_sentences_per_s" in r else ""), "",
-        "| passages | documents (copies) | ingest | passages/s | peak RSS | disk / passage | corpus | bm25 | vectors "
-        "| hnsw | warm p50 / p95: bm25 | embed | embed+bm25 | cold query | HNSW recall@10 |",
+        "| passages | documents (copies) | ingest | passages/s | peak RSS (anon / file) | disk / passage | corpus "
+        "| bm25 | vectors | hnsw | warm p50 / p95: bm25 | embed | embed+bm25 | cold query | HNSW recall@10 |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     def ms(w: dict) -> str:
         return f"{1000 * w['p50']:.0f} / {1000 * w['p95']:.0f} ms"
+
+    def rss(run: dict) -> str:  # runs before the split read only the peak (/usr/bin/time)
+        split = f" ({run['peak_anon_gib']} / {run['peak_file_gib']})" if "peak_anon_gib" in run else ""
+        return f"{run['peak_rss_gib']} GiB{split}"
 
     for s in r["sizes"]:
         t, w = s["stages_s"], s["warm"]
         lines.append(
             f"| {s['passages']:,} | {s['corpus']['documents']:,} ({s['corpus']['copies']}) "
             f"| {s['ingest']['wall_s'] / 60:.1f} min "
-            f"| {s['passages_per_s']:,.0f} | {s['ingest']['peak_rss_gib']} GiB | {s['disk_bytes_per_passage']:,} B "
+            f"| {s['passages_per_s']:,.0f} | {rss(s['ingest'])} | {s['disk_bytes_per_passage']:,} B "
             f"| {t.get('corpus_s', 0):.0f} s | {t.get('bm25_s', 0):.0f} s | {t.get('vectors_s', 0):.0f} s "
             f"| {t.get('hnsw_s', 0):.0f} s | {ms(w['bm25'])} | {ms(w['embed'])} | {ms(w['embed+bm25'])} "
             f"| {s['cold_query']['median_s']} s | {s['hnsw_recall']['recall@10']} |")
