@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import glob
 import os
 import shutil
 import sys
@@ -51,8 +52,11 @@ def replacing_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     exchange, the old one is renamed aside first (then `path` is missing for the moment between two renames). With
     `replace` False an existing `path` is kept and the new directory dropped (another process made the same first)."""
     path = Path(path)
+    for left in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):  # by a process that died writing
+        pid = left.name.rpartition("-")[2]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(left, ignore_errors=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -75,6 +79,16 @@ def replacing_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _exchange(a: Path, b: Path) -> bool:

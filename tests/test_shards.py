@@ -114,7 +114,6 @@ def test_three_processes_build_the_index_a_plain_ingest_builds(tmp_path, sample_
 KILL_AT_THIRD_BATCH = """
 import os, signal
 from ftrace.features.embedding import EmbeddingFeaturizer
-from ftrace.model.objective import index_examples
 real, calls = EmbeddingFeaturizer.vectors, []
 def dying(self, batch):
     calls.append(1)
