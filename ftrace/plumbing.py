@@ -52,9 +52,14 @@ def replacing_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     exchange, the old one is renamed aside first (then `path` is missing for the moment between two renames). With
     `replace` False an existing `path` is kept and the new directory dropped (another process made the same first)."""
     path = Path(path)
-    for left in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):  # by a process that died writing
+    stem = glob.escape(path.name)
+    for left in sorted([*path.parent.glob(f"{stem}.tmp-*"), *path.parent.glob(f"{stem}.old-*")]):  # a dead writer's
         pid = left.name.rpartition("-")[2]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        if left.name.startswith(f"{path.name}.old-") and not path.exists():  # it died between its two renames
+            left.rename(path)
+        else:
             shutil.rmtree(left, ignore_errors=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
@@ -74,7 +79,11 @@ def replacing_dir(path: Path, replace: bool = True) -> Iterator[Path]:
         else:
             old = path.with_name(f"{path.name}.old-{os.getpid()}")
             path.rename(old)
-            tmp.rename(path)
+            try:
+                tmp.rename(path)
+            except BaseException:
+                old.rename(path)
+                raise
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,12 +1,12 @@
 """Where an embedded Qdrant (Edge) shard's memory goes while ftrace stores vectors and builds HNSW (issue 28: the 1M
 ingest peaked at 5.39 GiB RSS after storing its vectors).
 
-Each layout runs in a fresh process that does what `ftrace ingest --hnsw` does to its store, without the model: create
-the shard (ftrace's `EdgeStore.create`, with the layout's settings), upsert N seeded random unit vectors of the embed
-size (576) in batches of 32 with ftrace's payload, `optimize()` (the HNSW build), close. A thread samples
-/proc/self/status every 0.1 s; per stage the table gives the largest resident set (VmRSS), split into anonymous
-memory (RssAnon: the heap, what the process really holds) and file pages (RssFile: memory-mapped files, page cache
-the kernel can drop under pressure), with the stage's seconds.
+Each layout runs in a fresh process that does what `ftrace ingest --hnsw` does to its store, without the model:
+create the shard (an `EdgeStore` made with the layout's settings: `default` is `EdgeStore.create`'s), upsert N
+seeded random unit vectors of the embed size (576) in batches of 32 with ftrace's payload, `optimize()` (the HNSW
+build), close. A thread samples /proc/self/status every 0.1 s; per stage the table gives the largest resident set
+(VmRSS), split into anonymous memory (RssAnon: the heap, what the process really holds) and file pages (RssFile:
+memory-mapped files, page cache the kernel can drop under pressure), with the stage's seconds.
 
     python perf/store_memory.py --points 300000 --out perf/results/store_memory-cpu.json
 

@@ -80,6 +80,17 @@ def test_a_directory_is_replaced_whole_or_kept(tmp_path):
         (tmp / "four").write_text("4")
         raise KeyboardInterrupt
     assert sorted(p.name for p in path.iterdir()) == ["two"] and [p.name for p in tmp_path.iterdir()] == ["d"]
+    # a writer that died between its two renames left the old directory aside and its new one half written
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    path.rename(tmp_path / f"d.old-{dead}")
+    (tmp_path / f"d.tmp-{dead}").mkdir()
+    with pytest.raises(KeyboardInterrupt), replacing_dir(path) as tmp:
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in path.iterdir()) == ["two"] and [p.name for p in tmp_path.iterdir()] == ["d"]
 
 
 def test_missing_index_is_a_clear_error(tmp_path):

@@ -64,7 +64,7 @@ def _default_model_dir() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     # A private directory, renamed into place: concurrent first runs cannot collide (the first one's copy is kept).
-    with replacing_dir(target, replace=False) as tmp:
+    with replacing_dir(target, replace=target.exists()) as tmp:  # a target without config.json is broken: replaced
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return target

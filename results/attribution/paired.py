@@ -4,6 +4,8 @@ same run), optionally within one learned slice; paired t-test and Wilcoxon signe
 
     python results/attribution/paired.py RUN_A:METHOD RUN_B:METHOD [--slice fine-tune-learned] [--strict]
 
+A RUN may also be a per_part.py output (PARTS.json:PART): each draw's reciprocal rank under one part of the vector.
+
 Prints one markdown table row: A's MRR, B's MRR, the difference, both p-values and the number of queries.
 """
 
@@ -20,6 +22,13 @@ from scipy import stats
 def per_query_rr(run: Path, method: str, slice_: str | None = None, strict: bool = False) -> dict[str, float]:
     """query id -> mean over the seeds that drew it of 1 / (rank of its first proponent) under `method`."""
     per: dict[str, list[float]] = {}
+    if run.suffix == ".json":  # per_part.py's draws
+        for d in json.loads(run.read_text())["draws"]:
+            if strict and "strict" not in d:
+                raise SystemExit(f"{run}: its draws do not record the strict slice; run per_part.py again")
+            if (not slice_ or d["slice"] == slice_) and (not strict or d["strict"]):
+                per.setdefault(d["query"], []).append(d["rr"][method])
+        return {q: float(np.mean(v)) for q, v in per.items()}
     for line in (run / "rankings.jsonl").read_text().splitlines():
         x = json.loads(line)
         if x["method"] != method or (slice_ and x["slice"] != slice_) or (strict and not x.get("strict")):
