@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -50,7 +51,13 @@ def start(*args, patch: str = "", **extra):
     head = ([sys.executable, "-c", f"{KILLER}\n{patch}\nfrom ftrace.cli import main\nmain()"] if patch
             else [sys.executable, "-m", "ftrace.cli"])
     return subprocess.Popen([*head, *map(str, args)], cwd=ROOT, env=env(**extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_at_a_terminal)
+
+
+def ctrl_c_as_at_a_terminal():
+    """SIGINT's default disposition in the child, as a terminal gives it: a shell starts a background job (e.g. the
+    suite run with `&`) with SIGINT ignored, which Python then keeps, and Ctrl-C would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(p, timeout=600):  # generous: a loaded machine slows many processes alike
