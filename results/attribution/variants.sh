@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 27, after the main run: what else carries the gradient signal. Four indexes of the main run's corpus, one
+# checkpoint each, the gradients of 15 blocks from one backward pass (the tied embedding, as before, and the down_proj
+# of 14 of the 30 MLPs: layers 2, 4, ..., 28), 4,096 dimensions each; the bench of the main run on each (the same 600
+# draws), each block's part scored alone by per_part.py (with a layer chosen on three relations and reported on the
+# other three), and tracin+bm25 with its weight tuned the same way. Run 2026-12-06 (about 25-45 min an index beside
+# other jobs on 2 cores); final-whiten was not reached. RUNS: where the main run lives (main_run.sh).
+set -euo pipefail
+FT=${FT:-.venv/bin/ftrace}
+PY=${PY:-.venv/bin/python}
+RUNS=${RUNS:-$HOME/ftrace-runs}
+SEL=(--corpus ../shared/data/lama-trex --relation P131,P527,P37,P30,P136,P1303 --split train)
+LAYERS=model.embed_tokens
+for l in 2 4 6 8 10 12 14 16 18 20 22 24 26 28; do LAYERS="$LAYERS,model.layers.$l.mlp.down_proj"; done
+for v in "final --checkpoint-select final" "base --checkpoint-select base" \
+         "final-adam --checkpoint-select final --checkpoint-optimizer" "final-whiten --checkpoint-select final --whiten"; do
+  set -- $v; name=$1; shift
+  $FT ingest --index "$RUNS/index-$name" "${SEL[@]}" --train-run "$RUNS/attribution-main" --tracin-layers "$LAYERS" \
+      --dtype bfloat16 "$@"
+  $FT bench --index "$RUNS/index-$name" --mode rerank --split train --queries 200 --seeds 3 --only fine-tune-learned \
+      --out "results/attribution/variant-$name-rerank" > /dev/null
+  $PY results/attribution/per_part.py "results/attribution/variant-$name-rerank" --group mlp='model.layers.*' \
+      --folds P131,P527,P37/P30,P136,P1303 --out "results/attribution/variant-$name-parts.json"
+done
+A=P131,P527,P37; B=P30,P136,P1303
+for half in "1 $A $B" "2 $B $A"; do
+  set -- $half
+  $FT bench --index "$RUNS/index-final" --mode rerank --split train --queries 200 --seeds 3 --only fine-tune-learned \
+      --relation "$2" --tune-relation "$3" --tune-split train \
+      --methods bm25,embed,tracin,tracin+bm25,embed+bm25,random-target --out "results/attribution/variant-final-tuned-$1-rerank" > /dev/null
+done
