@@ -77,7 +77,9 @@ def patch_answers(monkeypatch, answers):
 
 @pytest.fixture
 def answers(monkeypatch, sample):
-    """The model 'knows' every third query's fact, fast."""
+    """The model 'knows' every third query's fact: a pre-train-learned slice on the sample index, whose random tiny
+    model knows none (the two tests of that slice's bookkeeping use it; the learned slice of a real run is
+    test_the_learned_slice_of_a_real_training_run's)."""
     patch_answers(monkeypatch, fake_answers({q.prompt: q.target for q in sample.queries[::3]}))
     return {q.id for q in sample.queries[::3]}
 
@@ -351,7 +353,7 @@ def test_rerank_run_reports_and_slices(sample_index, sample, answers, planned, t
             assert all(i in same for i, _ in x["top"][:k])
 
 
-def test_resume_reuses_cache_and_never_mixes_settings(sample_index, answers, planned, tmp_path, monkeypatch):
+def test_resume_reuses_cache_and_never_mixes_settings(sample_index, planned, tmp_path, monkeypatch):
     n = len(planned["singles"])  # single methods, each cached per (seed, query)
     out = tmp_path / "resume"
     s = BenchConfig(index=sample_index, split=None, queries=6, seeds=2, out=out,
@@ -399,7 +401,7 @@ def test_resume_reuses_cache_and_never_mixes_settings(sample_index, answers, pla
     assert full["cache"]["computed"] > 0 and full["cache"]["other_settings_entries"] == 2 * 2 * 6 * n
 
 
-def test_full_mode_matches_tracer_query(sample_index, sample, answers, planned, tmp_path):
+def test_full_mode_matches_tracer_query(sample_index, sample, planned, tmp_path):
     METHODS = planned["methods"]
     out = tmp_path / "full"
     s = BenchConfig(index=sample_index, mode="full", split=None, queries=5, seeds=2, depth=20, out=out)
@@ -427,7 +429,7 @@ def test_full_mode_matches_tracer_query(sample_index, sample, answers, planned, 
     assert [ours[row.sentence_id] for row in result.rows] == pytest.approx([row.score for row in result.rows], abs=1e-5)
 
 
-def test_tune_split_is_used_and_recorded(sample_index, answers, tmp_path):
+def test_tune_split_is_used_and_recorded(sample_index, tmp_path):
     s = BenchConfig(index=sample_index, split=None, tune_split=None, queries=4, seeds=1, out=tmp_path / "t",
                       methods=["bm25", "embed+bm25"], sizes=CandidateSizes(bm25=10, same_target=5, random=10))
     r = bench_results(s, write=False)
@@ -455,7 +457,7 @@ def test_tune_split_is_used_and_recorded(sample_index, answers, tmp_path):
     assert w["overlap_with_evaluated"] == 0
 
 
-def test_tune_on_other_relations_report_on_these(sample_index, sample, answers, tmp_path):
+def test_tune_on_other_relations_report_on_these(sample_index, sample, tmp_path):
     s = BenchConfig(index=sample_index, split=None, relations=["manufacturer"], tune_relations=["capital", "country"],
                     queries=5, seeds=2, out=tmp_path / "rel", methods=["bm25", "embed+bm25"],
                     sizes=CandidateSizes(bm25=10, same_target=5, random=10))
@@ -470,7 +472,7 @@ def test_tune_on_other_relations_report_on_these(sample_index, sample, answers, 
         bench_results(s.model_copy(update={"relations": ["P999"]}), write=False)
 
 
-def test_fusion_kinds_share_the_cache_and_learned_is_fitted(sample_index, sample, answers, tmp_path):
+def test_fusion_kinds_share_the_cache_and_learned_is_fitted(sample_index, sample, tmp_path):
     """Cascade then learned fusion on the same --out: the second run computes no score; learned is
     fitted on other relations' queries and its model recorded."""
     out = tmp_path / "kinds"
@@ -527,7 +529,7 @@ def test_learned_fusion_needs_tuning_queries(sample_index, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_bench_command(sample_index, answers, tmp_path):
+def test_bench_command(sample_index, tmp_path):
     from ftrace.cli import app
 
     runner = CliRunner()
@@ -549,7 +551,7 @@ def test_bench_command(sample_index, answers, tmp_path):
     assert r.exit_code == 1 and "no such directory" in r.output
 
 
-def test_bench_config_record_runs_it_again(sample_index, answers, tmp_path):
+def test_bench_config_record_runs_it_again(sample_index, tmp_path):
     """OUT/config.json records the validated config; `--config` re-runs it (to another --out here: the same
     numbers), options beside it replace its values, and a record of another command is refused."""
     from ftrace.cli import app
@@ -689,7 +691,7 @@ def test_only_draws_from_one_learned_slice_chosen_before_the_draw(sample_index, 
     assert "\n" not in str(e.value)
 
 
-def test_the_default_split_on_an_index_without_splits_evaluates_every_query(sample_index, answers, tmp_path):
+def test_the_default_split_on_an_index_without_splits_evaluates_every_query(sample_index, tmp_path):
     """`ftrace bench --index QUICKSTART` with its defaults works: the sample's queries have no splits, so the
     default --split dev becomes all (said on stderr); an explicit --split dev is refused in one line naming the
     index's splits and every relation."""
