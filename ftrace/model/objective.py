@@ -78,7 +78,7 @@ class Objective:
         """The training examples of these sentences, in order (under "object", none for a sentence whose text holds
         no object of its facts with a token to score)."""
         if self.example_loss == "sentence":
-            return [Example(id=f"{s.id}:lm", sentence_id=s.id, text=s.text) for s in sentences]
+            return [Example(id=example_id(s.id), sentence_id=s.id, text=s.text) for s in sentences]
         candidates = [Example(id=f"{s.id}:{k}", sentence_id=s.id, text=s.text, object=obj)
                       for s in sentences for k, obj in enumerate(stated_objects(s))]
         kept: list[Example] = []
