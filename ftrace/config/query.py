@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ftrace.config.base import DEFAULT_INDEX, Device, IndexPath, QueryDtype, Strict, Threads, cli
 
@@ -16,6 +16,11 @@ FUSION_WEIGHT = 0.5
 CASCADE_K = 20
 CascadeK = Annotated[int, Field(ge=1), cli("Cascade fusion: how many of the second method's top sentences "
                                           "the sum re-ranks.", "--cascade-k", min=1)]
+
+
+# what a blank prompt or target is told to give instead
+BLANK_HINTS = {"prompt": "the text the model completes, e.g. 'Toyota Avanza is produced by'",
+               "target": "the answer to trace, or leave it out to trace the model's own answer"}
 
 
 class TraceOptions(Strict):
@@ -39,18 +44,11 @@ class TraceOptions(Strict):
                              f"(default: the index's choice, else {CASCADE_K}).", "--cascade-k", min=1)] = None
     depth: Annotated[int, Field(ge=1), cli("Candidates each method retrieves before fusion.", min=1)] = 100
 
-    @field_validator("prompt")
+    @field_validator("prompt", "target")
     @classmethod
-    def _prompt_given(cls, v: str | None) -> str | None:
+    def _not_blank(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and not v.strip():
-            raise ValueError("blank; give the text the model completes, e.g. 'Toyota Avanza is produced by'")
-        return v
-
-    @field_validator("target")
-    @classmethod
-    def _target_given(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("blank; give the answer to trace, or leave it out to trace the model's own answer")
+            raise ValueError(f"blank; give {BLANK_HINTS[info.field_name or '']}")
         return v
 
 
