@@ -8,12 +8,16 @@ their seeds) and scores each candidate by one part of that vector alone (the sum
 mean of their cosines): each checkpoint (all its blocks), each block (at every checkpoint), each --group of blocks,
 and the whole ("sum"), which must reproduce the bench's own tracin MRR (a check).
 
-    python results/attribution/per_part.py RUN_DIR [--group NAME=GLOB ...] [--folds A,B/C,D] [--out FILE.json]
+    python results/attribution/per_part.py RUN_DIR [--group NAME=GLOB ...] [--folds A,B/C,D]
+        [--whiten D,D --whiten-samples N,N] [--out FILE.json]
 
 RUN_DIR: an `ftrace bench --mode rerank` output (its config.json and rankings.jsonl). GLOB matches block names
 (e.g. --group mlp='model.layers.*'). Prints a markdown table: one row per part, MRR per learned slice and relation.
 --folds: two groups of relations; for each, the part with the best MRR on its draws is chosen and reported on the
 other group's (a choice made on facts it is not reported on). The JSON keeps every draw's reciprocal rank per part.
+--whiten: every part is also scored after TrackStar's whitening, each (checkpoint, block) piece mapped by ftrace's
+(R + lambda I)^-1/2 (lambda = D x R's mean eigenvalue) fitted on N stored training vectors drawn at random, as
+`ftrace ingest --whiten --whiten-damping D --whiten-samples N` stores them (from an index built without --whiten).
 """
 
 from __future__ import annotations
@@ -50,6 +54,51 @@ def parts(spec: dict, groups: dict[str, str]) -> dict[str, np.ndarray]:
     return out
 
 
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def piece_spans(spec: dict) -> list[np.ndarray]:
+    """The stored vector's pieces, one per (checkpoint, block): what ingest unit-normalises and whitens."""
+    starts = np.cumsum([0] + [b["size"] for b in spec["blocks"]])
+    width = spec["per_checkpoint_size"]
+    return [np.arange(c * width + a, c * width + b) for c in range(len(spec["checkpoints"]))
+            for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+def fit_pieces(sample: np.ndarray, pieces: list[np.ndarray], dampings: list[float]) -> list[list]:
+    """Per damping, one W per piece: ftrace's whitening (whitening.py) fitted on the sample's pieces, which are
+    ingest's per-block-normalised gradients up to scale."""
+    import torch
+
+    from ftrace.features.gradients.whitening import unit, whitening_matrices
+
+    per_piece = []
+    for idx in pieces:
+        u = unit(torch.from_numpy(sample[:, idx]).double())
+        per_piece.append([W.float() for W, _ in whitening_matrices(u.T @ u / len(u), dampings)])
+    return [[Ws[k] for Ws in per_piece] for k in range(len(dampings))]
+
+
+def whiten(X: np.ndarray, pieces: list[np.ndarray], Ws: list) -> np.ndarray:
+    """Each piece of each row mapped by its W and re-normalised to the norm it had (so dot products stay the mean of
+    the pieces' cosines), as ingest stores a whitened vector."""
+    import torch
+
+    from ftrace.features.gradients.whitening import unit
+
+    out = np.empty_like(X)
+    for idx, W in zip(pieces, Ws, strict=True):
+        for a in range(0, len(X), 4096):
+            x = torch.from_numpy(X[a:a + 4096, idx])
+            out[a:a + 4096, idx] = (unit(x @ W) * x.norm(dim=-1, keepdim=True)).numpy()
+    return out
+
+
 def main() -> None:
     from ftrace.bench.candidates import seeded_tiebreak
     from ftrace.bench.runner import Bench
@@ -63,7 +112,13 @@ def main() -> None:
     ap.add_argument("--group", action="append", default=[], metavar="NAME=GLOB")
     ap.add_argument("--folds", default=None, metavar="A,B/C,D")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--whiten", type=floats, default=[], metavar="D,D",
+                    help="also score every part whitened as `ftrace ingest --whiten --whiten-damping D` would")
+    ap.add_argument("--whiten-samples", type=ints, default=[512], metavar="N,N",
+                    help="calibration sample sizes: N stored training vectors drawn at random (seed 0)")
     o = ap.parse_args()
+    if not o.whiten:
+        o.whiten_samples = []
     groups = dict(g.split("=", 1) for g in o.group)
     c = BenchConfig.model_validate(read_record(o.run / "config.json", "bench"))
     if c.mode != "rerank":
@@ -77,44 +132,61 @@ def main() -> None:
     vectors: dict[str, np.ndarray] = {}
     for ids, vecs, _ in tracer.store.points(["tracin"]):
         vectors.update({example_sentence(i): vecs["tracin"][j] for j, i in enumerate(ids)})
+    scored = sorted(rows.items())
+    cands = {key: scorer.candidates(key[0], queries[key[1]]).ids for key, _ in scored}
+    qvecs = {qid: tracer.query_vectors(queries[qid].prompt, queries[qid].target, ["tracin"])["tracin"]
+             for qid in sorted({qid for _, qid in rows})}
+    needed = sorted({i for group in cands.values() for i in group})
+    row_of = {i: r for r, i in enumerate(needed)}
+    X = np.stack([vectors[i] for i in needed]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    calibration = np.stack([vectors[i] for i in rng.permutation(sorted(vectors))[:max(o.whiten_samples, default=0)]])
+    del vectors
+    pieces = piece_spans(tracer.index.manifest.vectors["tracin"])
+    Q = np.stack([qvecs[q] for q in qvecs]).astype(np.float32)
+    q_row = {q: r for r, q in enumerate(qvecs)}
+    variants: list[tuple[str, np.ndarray, np.ndarray]] = [("", X, Q)]
+    for n in o.whiten_samples:
+        for d, Ws in zip(o.whiten, fit_pieces(calibration[:n], pieces, o.whiten), strict=True):
+            variants.append((f" @whiten d={d:g} n={n}", whiten(X, pieces, Ws), whiten(Q, pieces, Ws)))
     rr: dict[str, dict[str, list[float]]] = {}  # slice or relation -> part -> reciprocal ranks, one per (seed, query)
     draws: list[dict] = []  # per (seed, query): its slice, relation and reciprocal rank by each part
-    qvecs: dict[str, np.ndarray] = {}
-    for (seed, qid), row in sorted(rows.items()):
+    for (seed, qid), row in scored:
         q = queries[qid]
-        cands = scorer.candidates(seed, q).ids
-        if qid not in qvecs:
-            qvecs[qid] = tracer.query_vectors(q.prompt, q.target, ["tracin"])["tracin"]
-        qv = qvecs[qid]
-        m = np.stack([vectors[i] for i in cands])
+        ids = cands[seed, qid]
         props = set(q.proponents)
         relation = q.fact[1] if q.fact else qid.split("/")[0]
         draw = {"seed": seed, "query": qid, "slice": row["slice"], "strict": row.get("strict"), "relation": relation,
                 "rr": {}}
-        for name, idx in spans.items():
-            scores = dict(zip(cands, (m[:, idx].astype(np.float32) @ qv[idx]).tolist(), strict=True))
-            ranked = ranking(scores, seeded_tiebreak(seed, qid))
-            first = next((r for r, (i, _) in enumerate(ranked, 1) if i in props), None)
-            draw["rr"][name] = 1 / first if first else 0.0
-            for s in ("all", row["slice"], relation):
-                rr.setdefault(s, {}).setdefault(name, []).append(draw["rr"][name])
+        for suffix, Xv, Qv in variants:
+            m, qv = Xv[[row_of[i] for i in ids]], Qv[q_row[qid]]
+            for name, idx in spans.items():
+                scores = dict(zip(ids, (m[:, idx] @ qv[idx]).tolist(), strict=True))
+                ranked = ranking(scores, seeded_tiebreak(seed, qid))
+                first = next((r for r, (i, _) in enumerate(ranked, 1) if i in props), None)
+                draw["rr"][name + suffix] = 1 / first if first else 0.0
+                for s in ("all", row["slice"], relation):
+                    rr.setdefault(s, {}).setdefault(name + suffix, []).append(draw["rr"][name + suffix])
         draws.append(draw)
         bench_rank = min(row["proponent_ranks"]) if row["proponent_ranks"] else None
         rr.setdefault("all", {}).setdefault("bench", []).append(1 / bench_rank if bench_rank else 0.0)
+    names = [name + suffix for suffix, _, _ in variants for name in spans]
     tracer.close()
     table = {s: {n: float(np.mean(v)) for n, v in by.items()} | {"draws": len(by["sum"])} for s, by in rr.items()}
     slices = list(table)
     print("| part | " + " | ".join(f"{s} ({table[s]['draws']} draws)" for s in slices) + " |")
     print("|---|" + "---|" * len(slices))
-    for name in spans:
+    for name in names:
         print(f"| {name} | " + " | ".join(f"{table[s][name]:.3f}" for s in slices) + " |")
     print(f"\nbench's own tracin MRR over the same draws: {table['all']['bench']:.3f} (the sum row should match)")
-    chosen = cross_chosen(draws, list(spans), o.folds) if o.folds else []
-    for c in chosen:
-        print(f"\nchosen on {c['chosen_on']}: {c['part']} (MRR {c['mrr_chosen_on']:.3f} there); on {c['reported_on']} "
-              f"({c['draws']} draws): {c['mrr']:.3f}, the whole vector {c['mrr_sum']:.3f}")
+    chosen = cross_chosen(draws, names, o.folds) if o.folds else []
+    for ch in chosen:
+        print(f"\nchosen on {ch['chosen_on']}: {ch['part']} (MRR {ch['mrr_chosen_on']:.3f} there); "
+              f"on {ch['reported_on']} ({ch['draws']} draws): {ch['mrr']:.3f}, the whole vector {ch['mrr_sum']:.3f}")
     if o.out:
-        o.out.write_text(json.dumps({"run": o.run.as_posix(), "parts": list(spans), "mrr": table, "chosen": chosen,
+        whitening = {"dampings": o.whiten, "samples": o.whiten_samples}
+        o.out.write_text(json.dumps({"run": o.run.as_posix(), "parts": names, "whiten": whitening, "mrr": table,
+                                     "chosen": chosen,
                                      "draws": draws}, indent=1) + "\n")
 
 

@@ -57,17 +57,25 @@ def check_whitenable(blocks: list[Block]) -> None:
 
 def whitening_matrix(R: torch.Tensor, damping: float) -> tuple[torch.Tensor, int]:
     """W for the (k x k) autocorrelation R (module docstring) and the rank r it kept."""
+    return whitening_matrices(R, [damping])[0]
+
+
+def whitening_matrices(R: torch.Tensor, dampings: list[float]) -> list[tuple[torch.Tensor, int]]:
+    """`whitening_matrix` for several dampings from one eigendecomposition (the costly part)."""
     evals, evecs = torch.linalg.eigh(R.double())
     top = float(evals.max())
     if top <= 0:
         raise GradientError("whitening: every calibration gradient of a block is zero")
     keep = evals > RANK_TOL * top
     e, V = evals[keep], evecs[:, keep]
-    lam = damping * float(e.mean())
-    W = (V * (e + lam).rsqrt()) @ V.T
-    if len(e) < len(evals):
-        W += (float(e.mean()) + lam) ** -0.5 * (torch.eye(len(R), dtype=W.dtype) - V @ V.T)
-    return W, len(e)
+    out = []
+    for damping in dampings:
+        lam = damping * float(e.mean())
+        W = (V * (e + lam).rsqrt()) @ V.T
+        if len(e) < len(evals):
+            W += (float(e.mean()) + lam) ** -0.5 * (torch.eye(len(R), dtype=W.dtype) - V @ V.T)
+        out.append((W, len(e)))
+    return out
 
 
 def fit_whiteners(blocks: list[Block], projected: Iterable[list[torch.Tensor]], damping: float,
