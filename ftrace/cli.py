@@ -282,9 +282,10 @@ def ingest(config: IngestConfig) -> None:
 
 
 def _complete(index: Path) -> bool:
-    from ftrace.index.manifest import FILENAME, Manifest
+    from ftrace.index.files import MANIFEST
+    from ftrace.index.manifest import Manifest
 
-    return (index / FILENAME).is_file() and Manifest.read(index).complete
+    return (index / MANIFEST).is_file() and Manifest.read(index).complete
 
 
 @app.command()

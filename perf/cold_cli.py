@@ -47,7 +47,7 @@ from pathlib import Path
 from common import ROOT, command_of, rel, results_path, shell_line, write_results
 
 from ftrace.config import DEFAULT_MODEL
-from ftrace.index.locks import LOCK_FILES
+from ftrace.index.files import LOCK_FILES
 from ftrace.index.manifest import Manifest
 from ftrace.model.loading import cache_dir
 from ftrace.testing import start_server

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     import torch
 
+    from ftrace.index.files import STORES
     from ftrace.index.manifest import Manifest
     from ftrace.query.tracer import Tracer
 
@@ -69,13 +70,13 @@ def main(argv: list[str] | None = None) -> dict:
     if not built.exists():
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(source, copy, ignore=shutil.ignore_patterns(".*.lock", ".progress*", "train"))
-        exact_bytes = dir_bytes(copy / "qdrant")
+        exact_bytes = dir_bytes(copy / STORES["edge"])
         tracer = Tracer(copy, device="cpu")
         start = time.perf_counter()
         tracer.store.optimize()
         record = {"build_s": round(time.perf_counter() - start, 1), "qdrant_bytes_exact": exact_bytes}
         tracer.close()
-        record["qdrant_bytes_hnsw"] = dir_bytes(copy / "qdrant")
+        record["qdrant_bytes_hnsw"] = dir_bytes(copy / STORES["edge"])
         built.write_text(json.dumps(record) + "\n")
     record = json.loads(built.read_text())
     m = Manifest.read(copy)

@@ -133,6 +133,7 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     its `from_longest` longest ones, when given) in ingest's order and cut into the batches ingest's plan makes
     (`batch_plan`)."""
     from ftrace.corpus import write_corpus
+    from ftrace.index.layout import IndexDir
     from ftrace.ingest.pipeline import batch_plan, build_featurizers, fit_featurizers, ingest_order
     from ftrace.model import load_model
     from ftrace.model.batching import token_lengths
@@ -148,7 +149,7 @@ def ingest_batches(c, corpus, n: int, seed: int, from_longest: int = 0):
     lengths = [min(k, c.max_tokens) for k in lengths]
     featurizers = build_featurizers(lm, c, None)
     with tempfile.TemporaryDirectory() as fitted:  # what ingest fits (the idf pooling) on the corpus, as ingest does
-        fit_featurizers(featurizers, write_corpus(None, corpus), lm, c, Path(fitted))
+        fit_featurizers(featurizers, write_corpus(None, corpus), lm, c, IndexDir(Path(fitted)))
     return lm, featurizers, chosen, lengths, batch_plan(lengths, c)
 
 
@@ -288,6 +289,7 @@ def stand_in_all_but_tail(index: Path, corpus, args) -> int:
 def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
     """One `ftrace ingest` process for `size` sentences (None: the whole corpus), or its record."""
     from ftrace.config import DEFAULT_MODEL
+    from ftrace.index.files import MANIFEST
     from ftrace.index.manifest import Manifest
 
     longest = getattr(args, "longest", False)  # perf/serve_latency.py builds its indexes here too, without it
@@ -296,7 +298,7 @@ def ingest_size(corpus, size: int | None, args, work: Path) -> dict:
     tail = getattr(args, "tail", 0)
     index = work / f"lama-{name}{f'-tail{tail}' if tail else ''}{f'-bt{budget}' if budget else ''}"
     record = index.with_name(index.name + ".build.json")
-    if (index / "manifest.json").exists() and Manifest.read(index).complete and record.exists():
+    if (index / MANIFEST).exists() and Manifest.read(index).complete and record.exists():
         m = Manifest.read(index)
         wanted = (args.model or DEFAULT_MODEL, args.dtype)
         if (m.model.name, m.model.dtype) != wanted:

@@ -8,7 +8,6 @@ import pytest
 
 from ftrace import FtraceError
 from ftrace.config import IngestConfig
-from ftrace.features.embedding import STATE
 from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import Manifest
 from ftrace.ingest.pipeline import ingest
@@ -27,7 +26,7 @@ def idf_index(tmp_path_factory, tiny_model_dir):
 def test_idf_pooling_is_the_weighted_centred_mean_fitted_on_a_sample(idf_index, tiny_model_dir, sample):
     spec = Manifest.read(idf_index).vectors["embed"]
     assert spec["pooling"] == "idf" and spec["samples"] == 100
-    state = np.load(idf_index / STATE)
+    state = np.load(IndexDir(idf_index).state_file("embed"))
     assert int(state["sentences"]) == 100
     lm = load_model(tiny_model_dir)
     E = lm.model.get_input_embeddings().weight.detach().float().numpy()
@@ -66,9 +65,9 @@ def test_a_resumed_ingest_keeps_the_fitted_state(idf_index, tiny_model_dir, tmp_
 
     index = tmp_path / "resumed"
     shutil.copytree(idf_index, index)
-    with np.load(index / STATE) as state:
+    with np.load(IndexDir(index).state_file("embed")) as state:
         marked = {"idf": np.ones_like(state["idf"]), "means": state["means"], "sentences": state["sentences"]}
-    with open(index / STATE, "wb") as fh:  # a fit would overwrite these weights
+    with open(IndexDir(index).state_file("embed"), "wb") as fh:  # a fit would overwrite these weights
         np.savez(fh, **marked)
     m = Manifest.read(index)
     m.complete = False  # as an ingest killed after its fit leaves it
@@ -76,9 +75,9 @@ def test_a_resumed_ingest_keeps_the_fitted_state(idf_index, tiny_model_dir, tmp_
     ingest(IngestConfig.model_validate({"index": index, "model": tiny_model_dir, "tracin": {"enabled": False},
                                         "embed": {"pooling": "idf", "samples": 100}, "batch_size": 16}))
     assert Manifest.read(index).complete
-    with np.load(index / STATE) as state:
+    with np.load(IndexDir(index).state_file("embed")) as state:
         assert (state["idf"] == 1).all()
-    (index / STATE).unlink()
+    (IndexDir(index).state_file("embed")).unlink()
     with pytest.raises(FtraceError, match="embed-state.npz: missing or unreadable") as e:
         Tracer(index).featurizer("embed")
     assert "\n" not in str(e.value)

@@ -229,7 +229,8 @@ def test_padding_does_not_change_embeddings(tiny_model_dir, sample, pooling, tmp
 
     lm = load_model(tiny_model_dir)
     f = EmbeddingFeaturizer(lm.model, EmbeddingConfig(layers=[0, 1, 2], pooling=pooling))
-    f.fit(lambda n, seed: [example_batch(lm.tokenizer, [s.text for s in sample.sentences[:n]])], tmp_path)
+    f.fit(lambda n, seed: [example_batch(lm.tokenizer, [s.text for s in sample.sentences[:n]])],
+          lambda part: tmp_path / f"state-{part}.npz")
     short = "Toyota makes cars."
     alone = f.vectors(example_batch(lm.tokenizer, [short]))[0]
     padded = f.vectors(example_batch(lm.tokenizer, [short, "A much longer sentence that needs padding " * 3]))[0]

@@ -34,7 +34,7 @@ def test_ingest_with_object_loss_stores_object_span_gradients(tmp_path, tiny_mod
     # example without an object span got the whole-sentence one
     examples = index_examples(IndexDir(index).corpus.sentences)
     lm = load_model(tiny_model_dir)
-    tracin = from_specs(lm, Manifest.read(index).vectors, index, ["tracin"])["tracin"]
+    tracin = from_specs(lm, Manifest.read(index).vectors, IndexDir(index).state_file, ["tracin"])["tracin"]
     with_span = [e for e in examples if e.object][:3]
     without = [e for e in examples if not e.object][:2]
     chosen = with_span + without

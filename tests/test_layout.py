@@ -69,6 +69,28 @@ def test_the_import_check_sees_a_violation(tmp_path):
     assert "ftrace.ingest.pipeline" in imports(bad)
 
 
+def spelled_index_files(path: Path) -> list[str]:
+    """The string literals (and f-string pieces) of a module that spell a file of an index directory."""
+    from ftrace.index import files
+
+    # the file names (directories such as bm25/ and qdrant/ share their names with the back ends' timings)
+    names = {files.MANIFEST, files.CORPUS, files.LEGACY_CORPUS, files.STAGING, files.MERGING, *files.LOCK_FILES,
+             *files.FEATURE_STATES.values()}
+    stems = {n.split("{")[0] for n in files.FEATURE_STATES.values()}  # "tracin-state-" of an f-string
+    return [node.value for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and (node.value in names or node.value in stems)]
+
+
+def test_one_module_names_the_files_of_an_index(tmp_path):
+    spelled = {str(f.relative_to(PACKAGE)): found for f in sorted(PACKAGE.rglob("*.py"))
+               if f.name != "files.py" and (found := spelled_index_files(f))}
+    assert not spelled, f"index file names spelled outside ftrace/index/files.py: {spelled}"
+    bad = tmp_path / "bad.py"
+    bad.write_text('from pathlib import Path\nP = Path("x") / "manifest.json"\nQ = f"tracin-state-{1}.pt"\n')
+    assert spelled_index_files(bad) == ["manifest.json", "tracin-state-"]
+
+
 def test_cli_options_come_from_the_configs_and_only_given_values_reach_them(monkeypatch, tmp_path):
     import json
 

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 
 from ftrace.config import IngestConfig
+from ftrace.index.files import LOCK_FILES, PROGRESS
 from ftrace.index.layout import IndexDir
-from ftrace.index.locks import LOCK_FILES, PROGRESS, IndexBusyError, StoreLock, writer
+from ftrace.index.locks import IndexBusyError, StoreLock, writer
 from ftrace.index.manifest import Manifest, ManifestError
 from ftrace.index.vectors import open_store, point_id
 from ftrace.model.batching import budget_batches, token_lengths

@@ -3,11 +3,13 @@
 A featurizer turns a `LossBatch` into one unit vector per example. Its `spec()` is recorded in the
 index manifest under the vector's name; `from_specs` rebuilds the same featurizers from a manifest,
 so a query is featurized exactly as the training examples were. `fit` prepares state from training
-examples before any vector is stored (e.g. whitening) and saves it beside the index; `load` reads it.
+examples before any vector is stored (e.g. whitening) and saves it where the index says (a `StateFile`: the
+index layer names every file of an index); `load` reads it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ftrace import FtraceError
-from ftrace.features.embedding import EmbeddingFeaturizer
+from ftrace.features.embedding import EmbeddingFeaturizer, StateFile
 from ftrace.features.gradients import TracInFeaturizer
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch
@@ -36,36 +38,37 @@ class Featurizer(Protocol):
 
     def spec(self) -> dict: ...
 
-    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], index_dir: Path) -> None:
+    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], state: StateFile) -> None:
         """Fit what the vectors need from the corpus (`batches(n, seed)`: a sample of n training examples drawn with
-        the seed, which the spec records) and save it beside the index, or load it where a resumed ingest finds it
+        the seed, which the spec records) and save it in `state(part)`, or load it where a resumed ingest finds it
         saved; nothing for most featurizers."""
         ...
 
-    def load(self, index_dir: Path) -> None: ...
+    def load(self, state: StateFile) -> None: ...
 
     def vectors(self, batch: LossBatch) -> np.ndarray: ...
 
 
 # manifest "kind" -> how to rebuild that featurizer from its spec
-KINDS: dict[str, Callable[[LoadedModel, dict, Path], Any]] = {
+KINDS: dict[str, Callable[[LoadedModel, dict, StateFile], Any]] = {
     "embedding": EmbeddingFeaturizer.from_spec,
     "gradient": TracInFeaturizer.from_spec,
 }
 
 
-def from_specs(lm: LoadedModel, specs: dict[str, dict], index_dir: Path,
+def from_specs(lm: LoadedModel, specs: dict[str, dict], state_file: Callable[[str, int], Path],
                names: Iterable[str] | None = None) -> dict[str, Featurizer]:
-    """The featurizers recorded in a manifest (only `names`, when given), by vector name."""
+    """The featurizers recorded in a manifest (only `names`, when given), by vector name; `state_file(vector, part)`:
+    where the index keeps each one's fitted state (`IndexDir.state_file`)."""
     out: dict[str, Featurizer] = {}
     for name, spec in specs.items():
         if names is not None and name not in names:
             continue
         make = KINDS.get(spec.get("kind", ""))
         if make is None:
-            raise FeatureError(f"{index_dir}: vector {name!r} has unknown featurizer kind {spec.get('kind')!r} "
-                                f"(this ftrace knows {sorted(KINDS)})")
-        out[name] = make(lm, spec, index_dir)
+            raise FeatureError(f"{state_file(name, 0).parent}: vector {name!r} has unknown featurizer kind "
+                               f"{spec.get('kind')!r} (this ftrace knows {sorted(KINDS)})")
+        out[name] = make(lm, spec, functools.partial(state_file, name))
     return out
 
 

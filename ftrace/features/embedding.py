@@ -5,7 +5,7 @@ Pooling "mean" is FTRACE's EMBED: the plain mean over the tokens. Pooling "idf" 
 document frequency, log((n + 1) / (df + 0.5)) over a seeded sample of n sentences, and subtracts that sample's mean
 token hidden state per layer first: a plain mean of token vectors is dominated by the direction they all share and
 by the commonest words (results/attribution/README.md#embed). The fitted statistics are saved beside the index
-(embed-state.npz), so queries pool the same way.
+(the index names its file), so queries pool the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ftrace.config import EmbeddingConfig
 from ftrace.model.batching import LossBatch
 from ftrace.plumbing import replacing
 
-STATE = "embed-state.npz"
+StateFile = Callable[[int], Path]  # part -> the file an index keeps a featurizer's fitted state in
 SAMPLE_SEED = 0  # the idf pooling's sample (recorded in the spec)
 
 
@@ -40,10 +40,10 @@ class EmbeddingFeaturizer:
         self._means: torch.Tensor | None = None  # (layers, hidden): each layer's mean token hidden state
 
     @classmethod
-    def from_spec(cls, lm: Any, spec: dict, index_dir: Path) -> EmbeddingFeaturizer:
+    def from_spec(cls, lm: Any, spec: dict, state: StateFile) -> EmbeddingFeaturizer:
         f = cls(lm.model, EmbeddingConfig(layers=spec["layers"], pooling=spec.get("pooling", "mean"),
                                           **({"samples": spec["samples"]} if "samples" in spec else {})))
-        f.load(index_dir)
+        f.load(state)
         return f
 
     @property
@@ -59,13 +59,13 @@ class EmbeddingFeaturizer:
         return spec
 
     @torch.no_grad()
-    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], index_dir: Path) -> None:
+    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], state: StateFile) -> None:
         """"idf" pooling: document frequencies and mean token states over a seeded sample (reused when an
         interrupted ingest resumes, never refitted under stored vectors)."""
         if self.config.pooling != "idf":
             return
-        if (Path(index_dir) / STATE).exists():
-            self.load(index_dir)
+        if state(0).exists():
+            self.load(state)
             return
         vocabulary = self.model.get_input_embeddings().num_embeddings
         df = torch.zeros(vocabulary, dtype=torch.float64)
@@ -83,16 +83,16 @@ class EmbeddingFeaturizer:
             raise FtraceError("--embed-pooling idf: no sentence to fit it on")
         self._idf = torch.log((sentences + 1) / (df + 0.5)).float()
         self._means = (sums / tokens).float()
-        with replacing(Path(index_dir) / STATE) as tmp, open(tmp, "wb") as fh:
+        with replacing(state(0)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, idf=self._idf.numpy(), means=self._means.numpy(), sentences=sentences)
 
-    def load(self, index_dir: Path) -> None:
+    def load(self, state: StateFile) -> None:
         if self.config.pooling != "idf":
             return
-        path = Path(index_dir) / STATE
+        path = state(0)
         try:
-            with np.load(path) as state:
-                self._idf, self._means = torch.from_numpy(state["idf"]), torch.from_numpy(state["means"])
+            with np.load(path) as saved:
+                self._idf, self._means = torch.from_numpy(saved["idf"]), torch.from_numpy(saved["means"])
         except (OSError, KeyError, ValueError):
             raise FtraceError(f"{path}: missing or unreadable; the index's idf pooling needs it (ingest again)") \
                 from None

@@ -1,9 +1,6 @@
-"""An index directory: manifest.json, corpus.sqlite (the sentences and queries it was built from; corpus.jsonl in an
-index made before it),
-bm25/ (Lucene), and qdrant/ (Qdrant Edge) or qdrant-local/ (qdrant-client local mode). While a
-sharded ingest runs, shards/I-of-N/ holds each shard's staging directory: its manifest and, for the
-in-directory back ends, its own store (one writer each), merged into the index's by the final ingest.
-config.json records the last `ftrace ingest` run (ftrace.runrecord)."""
+"""An index directory, its paths and what it holds now. Its names (and what each file is) are in files.py. While a
+sharded ingest runs, shards/I-of-N/ holds each shard's staging directory: its manifest and, for the in-directory back
+ends, its own store (one writer each), merged into the index's by the final ingest."""
 
 from __future__ import annotations
 
@@ -14,8 +11,8 @@ from pathlib import Path
 from ftrace import FtraceError
 from ftrace.corpus import Corpus, CorpusStore
 from ftrace.corpus.loaders import store_records
+from ftrace.index import files
 from ftrace.index.lexical import LuceneBM25
-from ftrace.index.manifest import FILENAME as MANIFEST
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import VectorStore, open_store
 
@@ -27,35 +24,39 @@ class IndexDir:
     @property
     def corpus_file(self) -> Path:
         """The texts (`ftrace.corpus.store`); an index made before it holds corpus.jsonl instead."""
-        return self.path / "corpus.sqlite"
+        return self.path / files.CORPUS
 
     @property
     def legacy_corpus_file(self) -> Path:
         """An index made before corpus.sqlite holds its corpus here (ftrace's plain jsonl format)."""
-        return self.path / "corpus.jsonl"
+        return self.path / files.LEGACY_CORPUS
 
     @property
     def merging_file(self) -> Path:
         """`ftrace ingest --add`'s corpus: the index's with the addition's after it, renamed to `corpus_file`."""
-        return self.path / "corpus.sqlite.merging"
+        return self.path / files.MERGING
 
     @property
     def staging_file(self) -> Path:
         """The corpus an ingest reads its selection into first: renamed to `corpus_file` once the manifest
         accepts it (the same corpus, or a new index), removed otherwise."""
-        return self.path / "corpus.sqlite.staging"
+        return self.path / files.STAGING
 
     @property
     def bm25_dir(self) -> Path:
-        return self.path / "bm25"
+        return self.path / files.BM25
 
     @property
     def shards_dir(self) -> Path:
-        return self.path / "shards"
+        return self.path / files.SHARDS
+
+    def state_file(self, vector: str, part: int = 0) -> Path:
+        """Where the featurizer of `vector` keeps its fitted state (part `part`: a checkpoint's whitening)."""
+        return self.path / files.feature_state(vector, part)
 
     def shard(self, i: int, n: int) -> IndexDir:
         """The staging directory of shard I of N."""
-        return IndexDir(self.shards_dir / f"{i}-of-{n}")
+        return IndexDir(self.shards_dir / files.SHARD.format(i=i, n=n))
 
     def shards(self) -> dict[tuple[int, int], IndexDir]:
         """The staging directories present, by (I, N)."""
@@ -126,10 +127,10 @@ class IndexDir:
         shards = self.shards()
         if shards:  # a sharded ingest in progress: which shards have finished
             out["shards"] = {f"{i}/{n}": (("complete" if Manifest.read(d.path).complete else "incomplete")
-                                          if (d.path / MANIFEST).exists() else "starting")
+                                          if (d.path / files.MANIFEST).exists() else "starting")
                              for (i, n), d in shards.items()}
         # `ftrace train --index`'s checkpoints and `ftrace bench`'s results live beside it, not in it
-        outside = {self.path / "train", self.path / "bench"}
+        outside = {self.path / name for name in files.OUTSIDE}
         # allocated, as `du -s` counts (files and directories): Qdrant preallocates sparse files far larger than
         # what they hold
         out["bytes_on_disk"] = sum(p.lstat().st_blocks * 512 for p in [self.path, *self.path.rglob("*")]

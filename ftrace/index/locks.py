@@ -34,12 +34,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ftrace import FtraceError
-from ftrace.index.manifest import FILENAME as MANIFEST
+from ftrace.index.files import (
+    MANIFEST,
+    PROGRESS,
+    SERVE_LOCK,
+    SETUP_LOCK,
+    SHARDS,
+    STORE_LOCK,
+    WRITE_LOCK,
+)
 from ftrace.plumbing import directory_problem, try_lock, write_atomic
 
-WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK = ".write.lock", ".store.lock", ".serve.lock", ".setup.lock"
-PROGRESS = ".progress.json"
-LOCK_FILES = (WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK, PROGRESS)  # bookkeeping, not index content
 WAIT_ENV = "FTRACE_STORE_WAIT_S"
 
 
@@ -224,7 +229,7 @@ def progress_note(index_dir: Path) -> str:
         from ftrace.index.manifest import Manifest
 
         planned = Manifest.read(index_dir).corpus.examples
-    shards = [p for p in map(_progress, sorted(index_dir.glob(f"shards/*-of-*/{PROGRESS}"))) if p is not None]
+    shards = [p for p in map(_progress, sorted(index_dir.glob(f"{SHARDS}/*-of-*/{PROGRESS}"))) if p is not None]
     if shards:
         total = planned if planned is not None else sum(t for _, t in shards)
         return f" ({sum(s for s, _ in shards)} of {total} stored by {len(shards)} shard{'s' * (len(shards) > 1)})"

@@ -17,9 +17,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ftrace import FtraceError, __version__
 from ftrace.config import StoreConfig
+from ftrace.index.files import MANIFEST
 from ftrace.plumbing import differences, write_atomic
 
-FILENAME = "manifest.json"
 FORMAT = 1
 
 
@@ -115,13 +115,13 @@ class Manifest(BaseModel):
                                 f"not {embed_layers}")
 
     def write(self, index_dir: Path) -> None:
-        write_atomic(Path(index_dir) / FILENAME, self.model_dump_json(indent=2))  # never half a manifest
+        write_atomic(Path(index_dir) / MANIFEST, self.model_dump_json(indent=2))  # never half a manifest
 
     @classmethod
     def read(cls, index_dir: Path) -> Manifest:
-        path = Path(index_dir) / FILENAME
+        path = Path(index_dir) / MANIFEST
         if not path.exists():
-            raise ManifestError(f"{index_dir}: not an ftrace index ({FILENAME} missing); run `ftrace ingest` first")
+            raise ManifestError(f"{index_dir}: not an ftrace index ({MANIFEST} missing); run `ftrace ingest` first")
         try:
             raw = json.loads(path.read_text())
             return cls.model_validate(migrate_manifest(raw) if isinstance(raw, dict) else raw)

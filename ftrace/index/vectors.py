@@ -18,6 +18,7 @@ import numpy as np
 
 from ftrace import FtraceError
 from ftrace.config import MAX_VECTOR_SIZE
+from ftrace.index.files import STORES
 from ftrace.index.locks import StoreLock
 
 # HNSW's search beam (where `ingest --hnsw` built one; exact segments ignore it). Qdrant's default (its build's
@@ -250,9 +251,9 @@ def open_store(backend: str, index_dir: Path, collection: str = "ftrace", url: s
     """The store an index uses: Qdrant Edge in the index directory (default), qdrant-client's local
     mode in the index directory, or a remote Qdrant at `url`."""
     if backend == "edge":
-        return EdgeStore(Path(index_dir) / "qdrant")
+        return EdgeStore(Path(index_dir) / STORES["edge"])
     if backend == "local":
-        return ClientStore(collection, path=Path(index_dir) / "qdrant-local")
+        return ClientStore(collection, path=Path(index_dir) / STORES["local"])
     if backend == "remote":
         if not url:
             raise StoreError("a remote Qdrant needs --qdrant-url")

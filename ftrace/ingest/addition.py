@@ -58,7 +58,7 @@ def _add(c: IngestConfig, index: IndexDir, m: Manifest, addition: CorpusStore) -
     # everything that can refuse, before the index changes: the model and checkpoints as built, the store
     lm = load_model(m.model.name, c.device, m.model.dtype)
     m.model.check_weights(index.path, lm.fingerprint)
-    featurizers = list(from_specs(lm, m.vectors, index.path).values())
+    featurizers = list(from_specs(lm, m.vectors, index.state_file).values())
     store = index.open_store()  # an unreachable server refuses here
     held = index.open_texts()
     merged = held

@@ -20,10 +20,10 @@ from ftrace.corpus.records import example_id
 from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoints
 from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer
+from ftrace.index.files import LOCK_FILES, MANIFEST
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import K1, B, build_lucene
-from ftrace.index.locks import LOCK_FILES, clear_progress, exclusive, reading, record_progress, writer
-from ftrace.index.manifest import FILENAME as MANIFEST
+from ftrace.index.locks import clear_progress, exclusive, reading, record_progress, writer
 from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo, versions
 from ftrace.index.vectors import VectorStore
 from ftrace.ingest import shards
@@ -78,11 +78,12 @@ def calibration_batches(texts: CorpusStore, lm: LoadedModel, c: IngestConfig, n:
 
 
 def fit_featurizers(featurizers: list[Featurizer], texts: CorpusStore, lm: LoadedModel, c: IngestConfig,
-                    directory: Path) -> None:
-    """Fit what each featurizer fits (whitening, idf pooling) on its calibration sample, saving it in `directory`
+                    index: IndexDir) -> None:
+    """Fit what each featurizer fits (whitening, idf pooling) on its calibration sample, saving it in the index
     (or loading what an interrupted ingest saved there)."""
     for f in featurizers:
-        f.fit(functools.partial(calibration_batches, texts, lm, c, loss=f.example_loss), directory)
+        f.fit(functools.partial(calibration_batches, texts, lm, c, loss=f.example_loss),
+              functools.partial(index.state_file, f.name))
 
 
 def batch_plan(lengths: list[int], c: IngestConfig) -> list[slice]:
@@ -224,7 +225,7 @@ def _build(c: IngestConfig, texts: CorpusStore, run: TracedRun | None, index: In
             if not index.corpus_file.exists():  # else the index's own, the same texts (`_prepare`): left as it is
                 os.replace(target.staging_file, index.corpus_file)  # read on from its new name
                 index.legacy_corpus_file.unlink(missing_ok=True)
-            fit_featurizers(featurizers, texts, lm, c, index.path)  # fitted once, used by every shard
+            fit_featurizers(featurizers, texts, lm, c, index)  # fitted once, used by every shard
         if (c.shard_of or (0, 1))[0] == 0 and not index.bm25_dir.exists():
             with timed(timings, "bm25_s"):
                 build_lucene(index.bm25_dir, ((s.id, s.text) for s in texts.iter_sentences()), total=len(texts))

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from ftrace import FtraceError
+from ftrace.index.files import MANIFEST
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import writing
-from ftrace.index.manifest import FILENAME as MANIFEST
 from ftrace.index.manifest import Manifest
 from ftrace.index.vectors import VectorStore
 

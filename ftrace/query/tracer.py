@@ -98,7 +98,7 @@ class Tracer:
         if name not in self._featurizers:
             from ftrace.features.base import from_specs
 
-            self._featurizers.update(from_specs(self.lm, self.index.manifest.vectors, self.index.path, [name]))
+            self._featurizers.update(from_specs(self.lm, self.index.manifest.vectors, self.index.state_file, [name]))
         return self._featurizers[name]
 
     @cached_property

@@ -206,14 +206,10 @@ def _own_optimizer(config: GradientConfig, checkpoint: dict) -> GradientConfig:
     return config if state is None else config.model_copy(update={"optimizer_state": state})
 
 
-def state_file(index_dir: Path, checkpoint: int) -> Path:
-    return Path(index_dir) / f"tracin-state-{checkpoint}.pt"
-
-
 class TracInFeaturizer:
     """The "tracin" vector: one `GradientFeaturizer` per checkpoint. Whitening, when asked for, is
-    fitted per checkpoint on a seeded calibration sample and saved beside the index
-    (tracin-state-<i>.pt) so queries are whitened the same way."""
+    fitted per checkpoint on a seeded calibration sample and saved in the index (`state(i)` for checkpoint i) so
+    queries are whitened the same way."""
 
     name = "tracin"
 
@@ -231,17 +227,17 @@ class TracInFeaturizer:
                                 f"{MAX_VECTOR_SIZE}: lower --tracin-dim or take fewer checkpoints")
 
     @classmethod
-    def from_spec(cls, lm: Any, spec: dict, index_dir: Path) -> TracInFeaturizer:
+    def from_spec(cls, lm: Any, spec: dict, state: Callable[[int], Path]) -> TracInFeaturizer:
         from ftrace.features.base import load_checkpoints
 
         models, checkpoints = load_checkpoints(lm, [c["name"] for c in spec["checkpoints"]])
         recorded = [{"name": c["name"], "fingerprint": c["fingerprint"]} for c in spec["checkpoints"]]
         if checkpoints != recorded:
-            raise GradientError(f"{index_dir}: a gradient checkpoint has changed since the index was built "
+            raise GradientError(f"{state(0).parent}: a gradient checkpoint has changed since the index was built "
                                 f"(index {recorded}, now {checkpoints})")
         checkpoints = spec["checkpoints"]
         f = cls(models, checkpoints, GradientConfig(**spec["config"]), spec["corrections"]["whitening"]["samples"])
-        f.load(index_dir)
+        f.load(state)
         return f
 
     def spec(self) -> dict:
@@ -255,7 +251,7 @@ class TracInFeaturizer:
         spec["per_checkpoint_size"] = spec.pop("size")
         spec.update(size=self.size, checkpoints=self.checkpoints, config=self.config.model_dump(),
                     combination="per-checkpoint unit vectors / sqrt(C): dot = mean of per-checkpoint cosines")
-        if self.config.whiten:  # the fitted ranks are in the state files (tracin-state-<i>.pt)
+        if self.config.whiten:  # the fitted ranks are in the state files
             spec["corrections"]["whitening"] |= {"damping": self.config.whiten_damping, "lambda": LAMBDA_RULE,
                                                  "rank_deficient": COMPLEMENT_RULE}
         return spec
@@ -266,21 +262,21 @@ class TracInFeaturizer:
         `Objective(f.example_loss, tokenizer, max_tokens).batch(examples)`."""
         return self.config.example_loss
 
-    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], index_dir: Path) -> None:
+    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], state: Callable[[int], Path]) -> None:
         if not self.config.whiten:
             return
         for i, f in enumerate(self.per_checkpoint):
-            path = state_file(index_dir, i)
+            path = state(i)
             if path.exists():  # resumed ingest: reuse the fitted whitening, never refit under stored vectors
                 f.load(path)
                 continue
             f.fit_whitening(batches(self.whiten_samples, self.config.seed))
             f.save(path)
 
-    def load(self, index_dir: Path) -> None:
+    def load(self, state: Callable[[int], Path]) -> None:
         if self.config.whiten:
             for i, f in enumerate(self.per_checkpoint):
-                f.load(state_file(index_dir, i))
+                f.load(state(i))
 
     def vectors(self, batch: LossBatch) -> np.ndarray:
         per = [f.vectors(batch) for f in self.per_checkpoint]
