@@ -276,7 +276,8 @@ def train_args(tiny_model_dir, out):
 
 def test_train_says_the_disk_it_needs_and_stores_second_moments_once(tmp_path, tiny_model_dir):
     from ftrace.model import load_model
-    from ftrace.runs.checkpoints import MOMENTS, SHARED, TRAINER, load_trainer
+    from ftrace.runs.checkpoints import load_trainer
+    from ftrace.runs.layout import MOMENTS, SHARED, TRAINER
     from ftrace.train.checkpoints import CheckpointSizes, size
 
     r = cli(*train_args(tiny_model_dir, tmp_path / "run"))

@@ -1,4 +1,5 @@
-"""Reading a train run's checkpoints (their layout: ftrace.train.checkpoints, which writes them)."""
+"""Reading a train run's checkpoints (their files are named in ftrace.runs.layout; ftrace.train.checkpoints writes
+them)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,7 @@ from typing import Any
 import torch
 
 from ftrace.runs.errors import TrainError
-from ftrace.runs.layout import STEP_RE
-
-STATE = "state.json"
-MOMENTS = "exp_avg_sq.pt"
-TRAINER = "trainer.pt"
-SHARED = "exp_avg_sq_from"  # trainer.pt: {optimizer state index: [name, dtype]} of the moments left to MOMENTS
+from ftrace.runs.layout import MOMENTS, SHARED, STATE, STEP_RE, TRAINER
 
 
 def read_state(ckpt: Path) -> dict[str, Any] | None:

@@ -5,7 +5,8 @@
     loss.jsonl       one line per step: {"step", "epoch", "loss", "lr"}
     loss.png         the loss curve with the checkpoints marked
     config.json      the run's record: `ftrace train --config OUT/config.json` runs it again (ftrace.runrecord)
-    step-N/          a complete checkpoint (checkpoints.py)
+    step-N/          a complete checkpoint (checkpoints.py): the model's files (save_pretrained), state.json,
+                     trainer.pt (optimizer and scheduler) and exp_avg_sq.pt (Adam's second moments, by name)
     step-N.tmp-PID/  a checkpoint being written; left over by a killed run, removed on resume
 
 A directory holding anything else is not a train run and is refused.
@@ -26,6 +27,22 @@ LOCK = "run.lock"
 LOSS = "loss.jsonl"
 PLOT = "loss.png"
 STEP_RE = re.compile(r"step-(\d+)")
+# in a checkpoint
+STATE = "state.json"
+MOMENTS = "exp_avg_sq.pt"
+TRAINER = "trainer.pt"
+SHARED = "exp_avg_sq_from"  # trainer.pt: {optimizer state index: [name, dtype]} of the moments left to MOMENTS
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step}"
+
+
+def checkpoint_step(path: Path) -> int:
+    m = STEP_RE.fullmatch(path.name)
+    if m is None:
+        raise TrainError(f"{path}: not a checkpoint (step-N)")
+    return int(m.group(1))
 FORMAT = 1
 
 

@@ -20,9 +20,9 @@ from typing import Literal, get_args
 import numpy as np
 
 from ftrace.config import ExampleLoss
-from ftrace.runs.checkpoints import MOMENTS, checkpoint_dirs, read_state
+from ftrace.runs.checkpoints import checkpoint_dirs, read_state
 from ftrace.runs.errors import TrainError
-from ftrace.runs.layout import read_run
+from ftrace.runs.layout import MOMENTS, read_run
 
 FTRACE_COUNT = 3
 

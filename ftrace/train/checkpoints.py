@@ -33,8 +33,9 @@ from typing import Any
 import torch
 
 from ftrace.plumbing import replacing_dir
-from ftrace.runs.checkpoints import MOMENTS, SHARED, STATE, TRAINER, checkpoint_dirs
+from ftrace.runs.checkpoints import checkpoint_dirs
 from ftrace.runs.errors import TrainError
+from ftrace.runs.layout import MOMENTS, SHARED, STATE, TRAINER, checkpoint_name
 from ftrace.train.layout import write_json
 
 
@@ -59,7 +60,7 @@ def write_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, state: di
                      names: list[str] | None = None) -> Path:
     """Write checkpoint `step-N`; `names`: the parameter name of each optimizer state index (with it, the
     second moments in `moments` are not saved again in trainer.pt)."""
-    final = out / f"step-{step}"
+    final = out / checkpoint_name(step)
     if final.exists():
         raise TrainError(f"{final}: already exists; this run directory was changed by someone else")
     with replacing_dir(final) as tmp:  # step-N.tmp-PID/, removed on resume if a killed run left it

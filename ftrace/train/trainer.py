@@ -38,7 +38,7 @@ from ftrace.model.objective import Objective, accumulate_gradient
 from ftrace.plumbing import log
 from ftrace.runs.checkpoints import checkpoint_dirs, load_trainer, read_state
 from ftrace.runs.errors import TrainError
-from ftrace.runs.layout import FORMAT, LOSS, PLOT, RUN, read_run
+from ftrace.runs.layout import FORMAT, LOSS, PLOT, RUN, checkpoint_step, read_run
 from ftrace.train import checkpoints as ckpt
 from ftrace.train.examples import build_examples
 from ftrace.train.facts import fact_sample, facts_right
@@ -134,7 +134,7 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
             result.checkpoints, result.already_complete = checkpoint_dirs(out), True
             return result
     # the disk the checkpoints still to write need: refused (one line, nothing written) where it lacks the room
-    written = {int(d.name.removeprefix("step-")) for d in checkpoint_dirs(out)}  # resuming: those it has
+    written = {checkpoint_step(d) for d in checkpoint_dirs(out)}  # resuming: those it has
     todo = [s for s in (0, *plan.checkpoint_steps()) if s not in written]
     sizes = ckpt.CheckpointSizes.of(base.model, DTYPES[config.dtype], config.optimizer)
     disk = ckpt.check_disk(out, sizes, todo) if todo else None
