@@ -12,7 +12,8 @@ from ftrace.bench import metrics as M
 from ftrace.bench import scoring
 from ftrace.bench.candidates import CorpusView, candidate_set, sample_queries, seeded_tiebreak
 from ftrace.bench.evaluate import evaluate
-from ftrace.bench.runner import plan_methods, run_bench, tune_weight
+from ftrace.bench.methods import plan_methods, tune_weight
+from ftrace.bench.runner import run_bench
 from ftrace.bench.slices import answer_is_right, learned_slice
 from ftrace.config import BenchConfig, CandidateSizes, TraceOptions
 from ftrace.corpus import Query

@@ -11,10 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ftrace.cli import app, config_options
+from ftrace.cli import app
 from ftrace.config import BenchConfig, IngestConfig, QueryConfig, ServeConfig, TrainConfig
 from ftrace.corpus import CorpusError, load_corpus
 from ftrace.index.locks import IndexPathError, reading, writer
+from ftrace.options import config_options
 
 runner = CliRunner()
 AVANZA = "Toyota Avanza is produced by"

@@ -97,8 +97,9 @@ def test_cli_options_come_from_the_configs_and_only_given_values_reach_them(monk
     from typer.testing import CliRunner
 
     import ftrace.ingest.pipeline as pipeline
-    from ftrace.cli import app, config_options
+    from ftrace.cli import app
     from ftrace.config import IngestConfig
+    from ftrace.options import config_options
 
     names = {o.primary for o in config_options(IngestConfig)}
     assert {"--corpus", "--relation", "--embed-layers", "--tracin", "--tracin-dim", "--qdrant", "--max-tokens",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ftrace.bench.methods import RANDOM_TARGET
 from ftrace.bench.metrics import FISHER_RESAMPLES, LABELS, METRICS
 from ftrace.bench.paths import shown_paths
-from ftrace.bench.runner import RANDOM_TARGET, BenchRun
+from ftrace.bench.runner import BenchRun
 from ftrace.bench.slices import FINE_TUNE, FINE_TUNE_STRICT
 from ftrace.plumbing import replacing, write_atomic
 

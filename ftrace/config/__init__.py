@@ -1,7 +1,7 @@
 """Every command's settings, declared once: pydantic models composed per command.
 
 A setting is a field: its type, default, validation and help live here, and `ftrace.cli` turns the
-fields marked with `Cli(...)` into the command's options (`cli.command_from_config`). Sections
+fields marked with `Cli(...)` into the command's options (`ftrace.options.command_from_config`). Sections
 (corpus selection, embedding, gradients, store) are models of their own, reused by the commands
 that need them; the featurizers take their section (e.g. `GradientConfig`) as it is.
 
