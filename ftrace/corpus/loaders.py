@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 from pydantic import BaseModel, ValidationError
 
@@ -21,6 +21,8 @@ from ftrace.corpus.files import CorpusError, Where, is_records, json_error, read
 from ftrace.corpus.passages import Passages
 from ftrace.corpus.records import Corpus, Query, Sentence, find_object, sentence_id
 from ftrace.corpus.store import CorpusStore, CorpusWriter, write_corpus
+
+P = ParamSpec("P")
 
 # A record line of a jsonl corpus holds one sentence, document or query: a document may run to megabytes (a book), but
 # a line past this is a file that is not one record per line (a JSON array, a dump). The files ftrace writes itself
@@ -277,30 +279,8 @@ def load_trex(path: Path, templates: dict[str, str] | None = None) -> Corpus:
 
 # --- dispatch --------------------------------------------------------------------------------
 
-def load_corpus(
-    spec: str,
-    relations: Sequence[str] | None = None,
-    splits: Sequence[str] = SPLITS,
-    limit: int | None = None,
-    *,
-    text_field: str = "text",
-    id_field: str = "id",
-    passages: Passages | None = None,
-) -> Corpus:
-    """'sample', records (a .jsonl, .jsonl.gz, .jsonl.zst or .parquet file, a `datasets` directory, or a directory of
-    such files), a LAMA T-REx directory, or a raw T-REx .json file. `relations`, `splits` (other than all three) and
-    `limit` select LAMA facts, `text_field` and `id_field` name a record's fields: with a corpus of the other kind
-    they are refused, not ignored. `passages` cuts records longer than a passage; LAMA and T-REx sentences are kept
-    whole, one example each, as FTRACE does."""
-    got = _selected(spec, relations, splits, limit, text_field, id_field)
-    if isinstance(got, Corpus):
-        return got
-    return load_records(got, "sample" if spec == "sample" else None, text_field=text_field, id_field=id_field,
-                        passages=passages)
-
-
 def store_corpus(
-    dest: Path,
+    dest: Path | None,
     spec: str,
     relations: Sequence[str] | None = None,
     splits: Sequence[str] = SPLITS,
@@ -310,8 +290,12 @@ def store_corpus(
     id_field: str = "id",
     passages: Passages | None = None,
 ) -> CorpusStore:
-    """`load_corpus`'s corpus written to a corpus store at `dest`: records streamed there one at a time (memory
-    bounded by a batch of them, whatever the corpus's size), LAMA and T-REx loaded first."""
+    """'sample', records (a .jsonl, .jsonl.gz, .jsonl.zst or .parquet file, a `datasets` directory, or a directory of
+    such files), a LAMA T-REx directory, or a raw T-REx .json file, written to a corpus store at `dest` (in memory:
+    None): records streamed there one at a time (memory bounded by a batch of them, whatever the corpus's size), LAMA
+    and T-REx loaded first. `relations`, `splits` (other than all three) and `limit` select LAMA facts, `text_field`
+    and `id_field` name a record's fields: with a corpus of the other kind they are refused, not ignored. `passages`
+    cuts records longer than a passage; LAMA and T-REx sentences are kept whole, one example each, as FTRACE does."""
     got = _selected(spec, relations, splits, limit, text_field, id_field)
     if isinstance(got, Corpus):
         return write_corpus(dest, got)
@@ -357,3 +341,13 @@ def _lama_only(spec: str, kind: str, relations: Sequence[str] | None, splits: Se
         option, value = given[0]
         raise CorpusError(f"{option} {value}: the corpus {spec!r} is {kind}; --relation, --split and --limit select "
                           "facts of a LAMA T-REx directory (relations.jsonl + P*/{train,dev,test}.jsonl)")
+
+
+def _in_memory(store: Callable[Concatenate[Path | None, P], CorpusStore]) -> Callable[P, Corpus]:
+    def load(*args: P.args, **kwargs: P.kwargs) -> Corpus:
+        return store(None, *args, **kwargs).corpus()
+    load.__doc__ = "`store_corpus`'s corpus held in memory, as a `Corpus` (the same arguments, without `dest`)."
+    return load
+
+
+load_corpus = _in_memory(store_corpus)

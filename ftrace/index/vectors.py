@@ -149,14 +149,8 @@ class EdgeStore(VectorStore):
         return self.shard.count(self.qe.CountRequest(exact=True))
 
     def points(self, names, batch=256):
-        offset = None
-        while True:
-            recs, offset = self.shard.scroll(self.qe.ScrollRequest(offset=offset, limit=batch, with_payload=True,
-                                                                    with_vector=list(names)))
-            if recs:
-                yield _as_points(recs, names)
-            if offset is None:
-                return
+        return _scrolled(lambda offset: self.shard.scroll(self.qe.ScrollRequest(
+            offset=offset, limit=batch, with_payload=True, with_vector=list(names))), names)
 
     def optimize(self) -> None:
         self.shard.optimize()
@@ -234,17 +228,22 @@ class ClientStore(VectorStore):
         return self.client.count(self.collection, exact=True).count
 
     def points(self, names, batch=256):
-        offset = None
-        while True:
-            recs, offset = self.client.scroll(self.collection, limit=batch, offset=offset, with_payload=True,
-                                              with_vectors=list(names))
-            if recs:
-                yield _as_points(recs, names)
-            if offset is None:
-                return
+        return _scrolled(lambda offset: self.client.scroll(self.collection, limit=batch, offset=offset,
+                                                           with_payload=True, with_vectors=list(names)), names)
 
     def close(self) -> None:
         self.client.close()
+
+
+def _scrolled(scroll, names):
+    """Every point, a page at a time: `scroll(offset)` gives (records, next offset or None)."""
+    offset = None
+    while True:
+        recs, offset = scroll(offset)
+        if recs:
+            yield _as_points(recs, names)
+        if offset is None:
+            return
 
 
 def open_store(backend: str, index_dir: Path, collection: str = "ftrace", url: str | None = None) -> VectorStore:
