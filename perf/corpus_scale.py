@@ -9,7 +9,8 @@ Protocol
 - Text: the shared LAMA T-REx evidence sentences, joined into one document per subject by perf/make_documents.py
   (--documents), cut by ingest into passages of the default size (--max-tokens 256 tokens, every 192). A corpus of
   N passages: the documents in order, then again under varied ids ("SUBJECT~K") where the real text runs out, until
-  their passages (estimated from each document's token count) reach N; its queries: one per fact of the documents
+  their passages (estimated from each document's token count) reach N (with --distinct each copy ends with 30 words
+  of another document, so no two passages are the same text); its queries: one per fact of the documents
   it holds (their first copy; proponents linked by fact). Written once per size as plain .jsonl, not timed; the
   exact passage count is the index's.
 - Ingest: one `ftrace ingest --no-tracin --hnsw` process per size (BM25 and the default embed vectors of the default
@@ -54,6 +55,9 @@ TIE = 1e-6  # scores this close are a tie (identical passages have identical vec
 METHODS = ["bm25", "embed", "embed+bm25"]
 
 
+DISTINCT_WORDS, DISTINCT_STEP = 30, 7919  # --distinct: the words each copy borrows, and from which document
+
+
 def passages_per_document(docs: list[dict]) -> list[int]:
     """Each document's passages as ingest's defaults cut it, estimated from its token count (a window's edges
     snap between words, so the real count can differ by one now and then)."""
@@ -70,18 +74,24 @@ def passages_per_document(docs: list[dict]) -> list[int]:
     return counts
 
 
-def write_documents(docs: list[dict], queries: list[dict], counts: list[int], n: int, path: Path) -> dict:
+def write_documents(docs: list[dict], queries: list[dict], counts: list[int], n: int, path: Path,
+                    distinct: bool = False) -> dict:
     """The documents (copied under varied ids past the first pass) until their passages reach `n`, and the queries
-    of the subjects they hold."""
+    of the subjects they hold. `distinct`: copy K of document i ends with the first DISTINCT_WORDS words of document
+    (i + K x DISTINCT_STEP) mod D, so that no two passages are the same text (identical vectors make HNSW's ties)."""
     written, passages, subjects = 0, 0, set()
     tmp = path.with_suffix(".partial")
     with open(tmp, "w", encoding="utf-8") as f:
         k = 0
         while passages < n:
-            for d, c in zip(docs, counts, strict=True):
+            for i, (d, c) in enumerate(zip(docs, counts, strict=True)):
                 if passages >= n:
                     break
-                f.write(json.dumps(d if k == 0 else {**d, "id": f"{d['id']}~{k}"}, ensure_ascii=False) + "\n")
+                copy = d if k == 0 else {**d, "id": f"{d['id']}~{k}"}
+                if k and distinct:
+                    tail = docs[(i + k * DISTINCT_STEP) % len(docs)]["text"].split()[:DISTINCT_WORDS]
+                    copy["text"] = d["text"] + " " + " ".join(tail)
+                f.write(json.dumps(copy, ensure_ascii=False) + "\n")
                 subjects.add(d["id"])
                 written, passages = written + 1, passages + c
             k += 1
@@ -199,7 +209,7 @@ def run_size(n: int, docs, queries, counts, args) -> dict:
 
     work = Path(args.work)
     corpus, index = work / f"docs-{n}.jsonl", work / f"index-{n}"
-    made = write_documents(docs, queries, counts, n, corpus) if not corpus.exists() else json.loads(
+    made = write_documents(docs, queries, counts, n, corpus, args.distinct) if not corpus.exists() else json.loads(
         corpus.with_suffix(".json").read_text())
     corpus.with_suffix(".json").write_text(json.dumps(made))
     if index.exists():
@@ -238,6 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--recall-queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speed-check", type=Path, default=None, help="perf/ingest_scale.py's plain-forward check")
+    ap.add_argument("--distinct", action="store_true",
+                    help="copies end with words borrowed from another document: no two passages the same text")
     ap.add_argument("--keep", action="store_true", help="keep the indexes (default: delete each once measured)")
     ap.add_argument("--recall-of", metavar="SIZE=INDEX", default=None,
                     help="measure the HNSW recall again on a kept INDEX for SIZE's entry of --out, and stop")
@@ -255,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"command": command_of(__file__, argv), "documents": {
         "file": args.documents.name, "count": len(docs), "passages_estimated": int(sum(counts)),
         "words": sum(len(d["text"].split()) for d in docs), "queries": len(queries)},
-        "dtype": args.dtype, "machine": machine(torch.device("cpu")), "sizes": []}
+        "dtype": args.dtype, "distinct": args.distinct, "machine": machine(torch.device("cpu")), "sizes": []}
     if args.speed_check:
         ref = json.loads(args.speed_check.read_text())["reference"]["methods"]["plain forward"]
         res["plain_forward_sentences_per_s"] = round(ref["examples_per_s"]["median"], 1)
@@ -272,7 +284,10 @@ def markdown(r: dict) -> str:
         f"`{r['command']}`", "",
         f"Text: the shared LAMA T-REx evidence sentences joined into {d['count']:,} per-subject documents "
         f"({d['words']:,} words, about {d['passages_estimated']:,} passages of 256 tokens every 192); larger corpora "
-        "repeat them under varied ids (`SUBJECT~K`). BM25 + embed (no gradients), HNSW built at the end, "
+        "repeat them under varied ids (`SUBJECT~K`)"
+        + (f", each copy ending with the first {DISTINCT_WORDS} words of another document (`--distinct`: no two "
+           "passages the same text)" if r.get("distinct") else "")
+        + ". BM25 + embed (no gradients), HNSW built at the end, "
         f"SmolLM2-135M-Instruct (dequantised from its Q4_1 GGUF) in {r['dtype']}. "
         + (f"Host speed: plain forward {r['plain_forward_sentences_per_s']} LAMA sentences/s (fast day: 77). "
            if "plain_forward_sentences_per_s" in r else ""), "",
