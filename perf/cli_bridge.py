@@ -5,8 +5,9 @@ cost first. The candidates: tyro and pydantic-settings' CLI (`CliApp`).
     python perf/cli_bridge.py [--repeats 9] [--out perf/results/cli_bridge-cpu.json]
 
 Protocol
-- The two libraries are installed (pip, no dependencies that the project's environment already has: pydantic and
-  typing-extensions stay the project's) into a temporary directory put on PYTHONPATH, outside the timed region.
+- The two libraries (pinned) are installed by pip into a temporary directory put on PYTHONPATH, outside the timed
+  region, with only the dependencies the project's environment lacks (pydantic, rich, typing-extensions stay the
+  project's own, for every process timed).
 - Cold start: the wall clock of a fresh `python -c` process importing ftrace's CLI module alone, and with each library
   imported beside it (what adopting it would add to every `ftrace` command); one untimed warm-up each, then
   --repeats rounds, each round running every command once (so a load spike hits all alike); min / median / max.
@@ -20,17 +21,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 from common import ROOT, command_of, machine_busy_seconds, results_path, spread, write_results
 
-PACKAGES = ["tyro", "pydantic-settings"]
-SHARED = ("pydantic", "pydantic_core", "annotated_types", "typing_extensions", "typing_inspection")  # the project's
+PACKAGES = ["tyro==1.0.17", "pydantic-settings==2.16.3"]  # the newest on this machine's index
 
 PROTOTYPES = {
     "tyro": '''
@@ -62,12 +64,22 @@ IMPORTS = {"ftrace's CLI (typer + the bridge)": "import ftrace.cli",
 
 
 def install(target: Path) -> dict:
+    """The libraries and the dependencies the project's environment lacks (a dependency it has stays its own: the
+    same pydantic, rich, typing-extensions for every process timed); {distribution: version} of what was added."""
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(target), *PACKAGES],
                    check=True, capture_output=True)
-    for p in target.iterdir():  # keep the project's own pydantic (and its kin): only the libraries are compared
-        if p.name.split("-")[0] in SHARED or p.name.removesuffix(".py") in SHARED:
-            subprocess.run(["rm", "-rf", str(p)], check=True)
-    return dict(p.name.removesuffix(".dist-info").rsplit("-", 1) for p in target.glob("*.dist-info"))
+    added = {}
+    for info in sorted(target.glob("*.dist-info")):
+        name, version = info.name.removesuffix(".dist-info").rsplit("-", 1)
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            added[name] = version
+            continue
+        for line in (info / "RECORD").read_text().splitlines():  # the project has it: remove this copy
+            (target / line.split(",")[0]).unlink(missing_ok=True)
+        shutil.rmtree(info, ignore_errors=True)
+    return added
 
 
 def run(args: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -82,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         libs = Path(tmp) / "libs"
         versions = install(libs)
-        env = dict(os.environ, PYTHONPATH=str(libs))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(libs), os.environ.get("PYTHONPATH")])))
         py = [sys.executable, "-c"]
         for code in IMPORTS.values():  # warm-up (and a check that each imports)
             subprocess.run([*py, code], env=env, check=True)

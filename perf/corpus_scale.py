@@ -9,10 +9,10 @@ Protocol
 - Text: the shared LAMA T-REx evidence sentences, joined into one document per subject by perf/make_documents.py
   (--documents), cut by ingest into passages of the default size (--max-tokens 256 tokens, every 192). A corpus of
   N passages: the documents in order, then again under varied ids ("SUBJECT~K") where the real text runs out, until
-  their passages (estimated from each document's token count) reach N (with --distinct each copy ends with 30 words
-  of another document, so no two passages are the same text); its queries: one per fact of the documents
-  it holds (their first copy; proponents linked by fact). Written once per size as plain .jsonl, not timed; the
-  exact passage count is the index's.
+  their passages (estimated from each document's token count) reach N (with --distinct each copy starts with 30
+  words of another document, which shifts all its passage windows: no two passages are the same text); its queries:
+  one per fact of the documents it holds (their first copy; proponents linked by fact). Written once per size as
+  plain .jsonl, not timed; the exact passage count is the index's.
 - Ingest: one `ftrace ingest --no-tracin --hnsw` process per size (BM25 and the default embed vectors of the default
   model in --dtype, HNSW built at the end), its wall time and peak RSS (the largest resident set of the process,
   JVM included, and the largest anonymous and file-backed parts of it: Qdrant Edge memory-maps its segments, whose
@@ -77,8 +77,9 @@ def passages_per_document(docs: list[dict]) -> list[int]:
 def write_documents(docs: list[dict], queries: list[dict], counts: list[int], n: int, path: Path,
                     distinct: bool = False) -> dict:
     """The documents (copied under varied ids past the first pass) until their passages reach `n`, and the queries
-    of the subjects they hold. `distinct`: copy K of document i ends with the first DISTINCT_WORDS words of document
-    (i + K x DISTINCT_STEP) mod D, so that no two passages are the same text (identical vectors make HNSW's ties)."""
+    of the subjects they hold. `distinct`: copy K of document i starts with the first DISTINCT_WORDS words of document
+    (i + K x DISTINCT_STEP) mod D, which shifts every passage window of the copy, so that no two passages are the
+    same text (identical vectors make HNSW's ties)."""
     written, passages, subjects = 0, 0, set()
     tmp = path.with_suffix(".partial")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -90,7 +91,7 @@ def write_documents(docs: list[dict], queries: list[dict], counts: list[int], n:
                 copy = d if k == 0 else {**d, "id": f"{d['id']}~{k}"}
                 if k and distinct:
                     tail = docs[(i + k * DISTINCT_STEP) % len(docs)]["text"].split()[:DISTINCT_WORDS]
-                    copy["text"] = d["text"] + " " + " ".join(tail)
+                    copy["text"] = " ".join(tail) + " " + d["text"]
                 f.write(json.dumps(copy, ensure_ascii=False) + "\n")
                 subjects.add(d["id"])
                 written, passages = written + 1, passages + c
@@ -208,7 +209,7 @@ def run_size(n: int, docs, queries, counts, args) -> dict:
     from ftrace.index.layout import IndexDir
 
     work = Path(args.work)
-    corpus, index = work / f"docs-{n}.jsonl", work / f"index-{n}"
+    corpus, index = work / f"docs-{n}{'-distinct' if args.distinct else ''}.jsonl", work / f"index-{n}"
     made = write_documents(docs, queries, counts, n, corpus, args.distinct) if not corpus.exists() else json.loads(
         corpus.with_suffix(".json").read_text())
     corpus.with_suffix(".json").write_text(json.dumps(made))
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speed-check", type=Path, default=None, help="perf/ingest_scale.py's plain-forward check")
     ap.add_argument("--distinct", action="store_true",
-                    help="copies end with words borrowed from another document: no two passages the same text")
+                    help="copies start with words borrowed from another document: no two passages the same text")
     ap.add_argument("--keep", action="store_true", help="keep the indexes (default: delete each once measured)")
     ap.add_argument("--recall-of", metavar="SIZE=INDEX", default=None,
                     help="measure the HNSW recall again on a kept INDEX for SIZE's entry of --out, and stop")
@@ -285,8 +286,8 @@ def markdown(r: dict) -> str:
         f"Text: the shared LAMA T-REx evidence sentences joined into {d['count']:,} per-subject documents "
         f"({d['words']:,} words, about {d['passages_estimated']:,} passages of 256 tokens every 192); larger corpora "
         "repeat them under varied ids (`SUBJECT~K`)"
-        + (f", each copy ending with the first {DISTINCT_WORDS} words of another document (`--distinct`: no two "
-           "passages the same text)" if r.get("distinct") else "")
+        + (f", each copy starting with the first {DISTINCT_WORDS} words of another document (`--distinct`: every "
+           "passage window shifts, no two passages the same text)" if r.get("distinct") else "")
         + ". BM25 + embed (no gradients), HNSW built at the end, "
         f"SmolLM2-135M-Instruct (dequantised from its Q4_1 GGUF) in {r['dtype']}. "
         + (f"Host speed: plain forward {r['plain_forward_sentences_per_s']} LAMA sentences/s (fast day: 77). "

@@ -20,6 +20,7 @@ class CandidateSizes(Strict):
 
 
 GRID = [round(i / 10, 1) for i in range(11)]
+BENCH_DIR = "bench"  # a bench's default output, INDEX/bench/<mode> (ftrace.index.files lists it beside the index's)
 
 
 class BenchConfig(Strict):
@@ -109,7 +110,7 @@ class BenchConfig(Strict):
     def out_dir(self) -> Path:
         """--out, else beside the index it evaluates (a user's runs belong with their index, not in ftrace's own
         results/)."""
-        return self.out or Path(self.index) / "bench" / self.mode
+        return self.out or Path(self.index) / BENCH_DIR / self.mode
 
     def command(self) -> str:
         parts = ["ftrace bench", f"--index {self.index}", f"--mode {self.mode}", f"--queries {self.queries}",

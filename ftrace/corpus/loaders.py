@@ -7,6 +7,7 @@ malformed input raises `CorpusError` naming the file and line (or row).
 
 from __future__ import annotations
 
+import inspect
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -344,10 +345,15 @@ def _lama_only(spec: str, kind: str, relations: Sequence[str] | None, splits: Se
 
 
 def _in_memory(store: Callable[Concatenate[Path | None, P], CorpusStore]) -> Callable[P, Corpus]:
-    def load(*args: P.args, **kwargs: P.kwargs) -> Corpus:
+    """`store(None, ...)` read back whole, with `store`'s signature less `dest` (a LAMA corpus goes through the
+    in-memory store too: a few seconds at 100k sentences, for one definition of the arguments)."""
+    def load_corpus(*args: P.args, **kwargs: P.kwargs) -> Corpus:
         return store(None, *args, **kwargs).corpus()
-    load.__doc__ = "`store_corpus`'s corpus held in memory, as a `Corpus` (the same arguments, without `dest`)."
-    return load
+    sig = inspect.signature(store)
+    load_corpus.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:],  # type: ignore[attr-defined]
+                                            return_annotation="Corpus")
+    load_corpus.__doc__ = "`store_corpus`'s corpus held in memory, as a `Corpus` (the same arguments, without `dest`)."
+    return load_corpus
 
 
 load_corpus = _in_memory(store_corpus)

@@ -9,10 +9,14 @@
     embed-state.npz          the embed vector's fitted state (idf pooling)
     tracin-state-<i>.pt      the tracin vector's fitted state at checkpoint i (whitening)
     shards/<i>-of-<n>/       a sharded ingest's staging directories (each laid out as an index)
-    config.json              the last `ftrace ingest` run's record (ftrace.runrecord.RECORD)
+    config.json              the last `ftrace ingest` run's record (named by ftrace.runrecord.RECORD, which every
+                             command's run record shares)
     .write.lock, ...         bookkeeping of the processes using the index (locks.py): LOCK_FILES
     train/, bench/           beside the index's content: `ftrace train --index`'s run, `ftrace bench`'s results
+                             (bench/ named by its config, ftrace.config.bench, which no index module may import)
 """
+
+from ftrace.config.bench import BENCH_DIR
 
 MANIFEST = "manifest.json"
 CORPUS = "corpus.sqlite"
@@ -24,12 +28,20 @@ STORES = {"edge": "qdrant", "local": "qdrant-local"}  # by back end; a remote on
 FEATURE_STATES = {"embed": "embed-state.npz", "tracin": "tracin-state-{part}.pt"}  # by vector name
 SHARDS = "shards"
 SHARD = "{i}-of-{n}"  # under SHARDS
+ANY_SHARD = SHARD.format(i="*", n="*")
 WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK = ".write.lock", ".store.lock", ".serve.lock", ".setup.lock"
 PROGRESS = ".progress.json"
 LOCK_FILES = (WRITE_LOCK, STORE_LOCK, SERVE_LOCK, SETUP_LOCK, PROGRESS)  # bookkeeping, not index content
-OUTSIDE = ("train", "bench")
+TRAIN = "train"
+OUTSIDE = (TRAIN, BENCH_DIR)
 
 
 def feature_state(vector: str, part: int = 0) -> str:
     """The file a featurizer's fitted state (part `part`, e.g. a checkpoint) is kept in."""
-    return FEATURE_STATES[vector].format(part=part)
+    return FEATURE_STATES.get(vector, vector + "-state-{part}").format(part=part)
+
+
+def shard_of(name: str) -> tuple[int, int] | None:
+    """(I, N) of a shard's staging directory named SHARD, else None."""
+    i, _, n = name.partition(SHARD.format(i="", n=""))
+    return (int(i), int(n)) if i.isdigit() and n.isdigit() else None

@@ -50,6 +50,11 @@ class IndexDir:
     def shards_dir(self) -> Path:
         return self.path / files.SHARDS
 
+    @property
+    def train_dir(self) -> Path:
+        """`ftrace train --index`'s run, beside the index's content."""
+        return self.path / files.TRAIN
+
     def state_file(self, vector: str, part: int = 0) -> Path:
         """Where the featurizer of `vector` keeps its fitted state (part `part`: a checkpoint's whitening)."""
         return self.path / files.feature_state(vector, part)
@@ -61,10 +66,9 @@ class IndexDir:
     def shards(self) -> dict[tuple[int, int], IndexDir]:
         """The staging directories present, by (I, N)."""
         out = {}
-        for p in sorted(self.shards_dir.glob("*-of-*")) if self.shards_dir.is_dir() else []:
-            i, _, n = p.name.partition("-of-")
-            if i.isdigit() and n.isdigit():
-                out[int(i), int(n)] = IndexDir(p)
+        for p in sorted(self.shards_dir.glob(files.ANY_SHARD)) if self.shards_dir.is_dir() else []:
+            if (numbers := files.shard_of(p.name)) is not None:
+                out[numbers] = IndexDir(p)
         return out
 
     @cached_property

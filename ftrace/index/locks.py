@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ftrace import FtraceError
 from ftrace.index.files import (
+    ANY_SHARD,
     MANIFEST,
     PROGRESS,
     SERVE_LOCK,
@@ -229,7 +230,7 @@ def progress_note(index_dir: Path) -> str:
         from ftrace.index.manifest import Manifest
 
         planned = Manifest.read(index_dir).corpus.examples
-    shards = [p for p in map(_progress, sorted(index_dir.glob(f"{SHARDS}/*-of-*/{PROGRESS}"))) if p is not None]
+    shards = [p for p in map(_progress, sorted(index_dir.glob(f"{SHARDS}/{ANY_SHARD}/{PROGRESS}"))) if p is not None]
     if shards:
         total = planned if planned is not None else sum(t for _, t in shards)
         return f" ({sum(s for s, _ in shards)} of {total} stored by {len(shards)} shard{'s' * (len(shards) > 1)})"

@@ -99,7 +99,7 @@ def train_command(config: TrainConfig) -> TrainRun:
             raise TrainError(f"--model {config.model}: the index {index.path} was built with {built_with!r}; "
                              "train that model, or use --corpus")
         config = config.model_copy(update={"model": built_with})
-        return train(config, index.corpus, config.out or index.path / "train")
+        return train(config, index.corpus, config.out or index.train_dir)
     if config.corpus is None or config.out is None:
         raise TrainError("give --index INDEX, or --corpus CORPUS with --out DIR")
     return train(config, load_selection(config.corpus, config.model, config.max_tokens), config.out)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -35,11 +36,11 @@ def parts(spec: dict, groups: dict[str, str]) -> dict[str, np.ndarray]:
     each group of blocks, and the whole vector ("sum")."""
     blocks = [(b["name"], b["size"]) for b in spec["blocks"]]
     width = spec["per_checkpoint_size"]
-    starts = np.cumsum([0] + [s for _, s in blocks])
     ckpts = [Path(x["name"]).name for x in spec["checkpoints"]]
+    pieces = piece_spans(spec)
 
     def span(c: int, b: int) -> np.ndarray:
-        return np.arange(c * width + starts[b], c * width + starts[b + 1])
+        return pieces[c * len(blocks) + b]
 
     every = range(len(ckpts))
     out = {name: np.concatenate([span(c, b) for b in range(len(blocks))]) for c, name in enumerate(ckpts)}
@@ -116,16 +117,23 @@ def main() -> None:
                     help="also score every part whitened as `ftrace ingest --whiten --whiten-damping D` would")
     ap.add_argument("--whiten-samples", type=ints, default=[512], metavar="N,N",
                     help="calibration sample sizes: N stored training vectors drawn at random (seed 0)")
+    ap.add_argument("--query-cache", default=None, metavar="FILE.npz",
+                    help="keep the queries' vectors here (read back when it exists: the same bench run only)")
     o = ap.parse_args()
     if not o.whiten:
         o.whiten_samples = []
+    if any(d <= 0 for d in o.whiten):
+        raise SystemExit(f"--whiten {o.whiten}: dampings are positive")
     groups = dict(g.split("=", 1) for g in o.group)
     c = BenchConfig.model_validate(read_record(o.run / "config.json", "bench"))
     if c.mode != "rerank":
         raise SystemExit(f"{o.run}: a rerank run is needed (its candidate sets), not {c.mode}")
     bench = Bench(c)
     tracer, scorer = bench.tracer, bench.scorer
-    spans = parts(tracer.index.manifest.vectors["tracin"], groups)
+    spec = tracer.index.manifest.vectors["tracin"]
+    if o.whiten and spec["corrections"]["whitening"]["enabled"]:
+        raise SystemExit(f"{o.run}: its index's vectors are whitened already; --whiten takes an index built without")
+    spans = parts(spec, groups)
     rows = {(x["seed"], x["query"]): x for x in map(json.loads, (o.run / "rankings.jsonl").read_text().splitlines())
             if x["method"] == "tracin"}
     queries = {q.id: q for q in tracer.corpus.queries}
@@ -134,43 +142,59 @@ def main() -> None:
         vectors.update({example_sentence(i): vecs["tracin"][j] for j, i in enumerate(ids)})
     scored = sorted(rows.items())
     cands = {key: scorer.candidates(key[0], queries[key[1]]).ids for key, _ in scored}
-    qvecs = {qid: tracer.query_vectors(queries[qid].prompt, queries[qid].target, ["tracin"])["tracin"]
-             for qid in sorted({qid for _, qid in rows})}
+    cache = Path(o.query_cache) if o.query_cache else None
+    if cache and cache.exists():  # the queries' vectors of an earlier run on the same bench run
+        with np.load(cache) as saved:
+            qvecs = {str(q): v for q, v in zip(saved["ids"], saved["vectors"], strict=True)}
+    else:
+        qvecs = {qid: tracer.query_vectors(queries[qid].prompt, queries[qid].target, ["tracin"])["tracin"]
+                 for qid in sorted({qid for _, qid in rows})}
+        if cache:
+            np.savez(cache, ids=np.array(list(qvecs)), vectors=np.stack(list(qvecs.values())))
     needed = sorted({i for group in cands.values() for i in group})
     row_of = {i: r for r, i in enumerate(needed)}
     X = np.stack([vectors[i] for i in needed]).astype(np.float32)
     rng = np.random.default_rng(0)
-    calibration = np.stack([vectors[i] for i in rng.permutation(sorted(vectors))[:max(o.whiten_samples, default=0)]])
+    if o.whiten_samples and max(o.whiten_samples) > len(vectors):
+        raise SystemExit(f"--whiten-samples {max(o.whiten_samples)}: the index stores {len(vectors)} vectors")
+    calibration = (np.stack([vectors[i] for i in rng.permutation(sorted(vectors))[:max(o.whiten_samples)]])
+                   if o.whiten_samples else None)
     del vectors
-    pieces = piece_spans(tracer.index.manifest.vectors["tracin"])
+    pieces = piece_spans(spec)
     Q = np.stack([qvecs[q] for q in qvecs]).astype(np.float32)
     q_row = {q: r for r, q in enumerate(qvecs)}
-    variants: list[tuple[str, np.ndarray, np.ndarray]] = [("", X, Q)]
-    for n in o.whiten_samples:
-        for d, Ws in zip(o.whiten, fit_pieces(calibration[:n], pieces, o.whiten), strict=True):
-            variants.append((f" @whiten d={d:g} n={n}", whiten(X, pieces, Ws), whiten(Q, pieces, Ws)))
+
+    def variants() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """The stored vectors, then each whitening of them, one at a time (each a copy of the candidates')."""
+        yield "", X, Q
+        for n in o.whiten_samples:
+            assert calibration is not None
+            for d, Ws in zip(o.whiten, fit_pieces(calibration[:n], pieces, o.whiten), strict=True):
+                yield f" @whiten d={d:g} n={n}", whiten(X, pieces, Ws), whiten(Q, pieces, Ws)
+
     rr: dict[str, dict[str, list[float]]] = {}  # slice or relation -> part -> reciprocal ranks, one per (seed, query)
     draws: list[dict] = []  # per (seed, query): its slice, relation and reciprocal rank by each part
     for (seed, qid), row in scored:
         q = queries[qid]
-        ids = cands[seed, qid]
-        props = set(q.proponents)
-        relation = q.fact[1] if q.fact else qid.split("/")[0]
-        draw = {"seed": seed, "query": qid, "slice": row["slice"], "strict": row.get("strict"), "relation": relation,
-                "rr": {}}
-        for suffix, Xv, Qv in variants:
+        draws.append({"seed": seed, "query": qid, "slice": row["slice"], "strict": row.get("strict"),
+                      "relation": q.fact[1] if q.fact else qid.split("/")[0], "rr": {}})
+        bench_rank = min(row["proponent_ranks"]) if row["proponent_ranks"] else None
+        rr.setdefault("all", {}).setdefault("bench", []).append(1 / bench_rank if bench_rank else 0.0)
+    names = []
+    for suffix, Xv, Qv in variants():
+        names += [name + suffix for name in spans]
+        for draw in draws:
+            seed, qid = draw["seed"], draw["query"]
+            ids, props = cands[seed, qid], set(queries[qid].proponents)
             m, qv = Xv[[row_of[i] for i in ids]], Qv[q_row[qid]]
             for name, idx in spans.items():
                 scores = dict(zip(ids, (m[:, idx] @ qv[idx]).tolist(), strict=True))
                 ranked = ranking(scores, seeded_tiebreak(seed, qid))
                 first = next((r for r, (i, _) in enumerate(ranked, 1) if i in props), None)
                 draw["rr"][name + suffix] = 1 / first if first else 0.0
-                for s in ("all", row["slice"], relation):
+                for s in ("all", draw["slice"], draw["relation"]):
                     rr.setdefault(s, {}).setdefault(name + suffix, []).append(draw["rr"][name + suffix])
-        draws.append(draw)
-        bench_rank = min(row["proponent_ranks"]) if row["proponent_ranks"] else None
-        rr.setdefault("all", {}).setdefault("bench", []).append(1 / bench_rank if bench_rank else 0.0)
-    names = [name + suffix for suffix, _, _ in variants for name in spans]
+        del Xv, Qv
     tracer.close()
     table = {s: {n: float(np.mean(v)) for n, v in by.items()} | {"draws": len(by["sum"])} for s, by in rr.items()}
     slices = list(table)
