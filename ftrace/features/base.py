@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from ftrace import FtraceError
-from ftrace.features.embedding import EmbeddingFeaturizer, StateFile
+from ftrace.features import StateFile
+from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch

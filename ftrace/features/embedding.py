@@ -11,7 +11,6 @@ by the commonest words (results/attribution/README.md#embed). The fitted statist
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +18,10 @@ import torch
 
 from ftrace import FtraceError
 from ftrace.config import EmbeddingConfig
+from ftrace.features import StateFile
 from ftrace.model.batching import LossBatch
 from ftrace.plumbing import replacing
 
-StateFile = Callable[[int], Path]  # part -> the file an index keeps a featurizer's fitted state in
 SAMPLE_SEED = 0  # the idf pooling's sample (recorded in the spec)
 
 

@@ -27,6 +27,7 @@ LOCK = "run.lock"
 LOSS = "loss.jsonl"
 PLOT = "loss.png"
 STEP_RE = re.compile(r"step-(\d+)")
+FORMAT = 1  # run.json's
 # in a checkpoint
 STATE = "state.json"
 MOMENTS = "exp_avg_sq.pt"
@@ -43,7 +44,6 @@ def checkpoint_step(path: Path) -> int:
     if m is None:
         raise TrainError(f"{path}: not a checkpoint (step-N)")
     return int(m.group(1))
-FORMAT = 1
 
 
 def _foreign(entry: str) -> bool:

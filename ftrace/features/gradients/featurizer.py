@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ftrace.config import MAX_VECTOR_SIZE, GradientConfig
+from ftrace.features import StateFile
 from ftrace.features.gradients.blocks import Block, GradientError, find_block, resolve_blocks
 from ftrace.features.gradients.collector import GradientCollector
 from ftrace.features.gradients.optimizer import apply_optimizer_state
@@ -227,7 +228,7 @@ class TracInFeaturizer:
                                 f"{MAX_VECTOR_SIZE}: lower --tracin-dim or take fewer checkpoints")
 
     @classmethod
-    def from_spec(cls, lm: Any, spec: dict, state: Callable[[int], Path]) -> TracInFeaturizer:
+    def from_spec(cls, lm: Any, spec: dict, state: StateFile) -> TracInFeaturizer:
         from ftrace.features.base import load_checkpoints
 
         models, checkpoints = load_checkpoints(lm, [c["name"] for c in spec["checkpoints"]])
@@ -262,7 +263,7 @@ class TracInFeaturizer:
         `Objective(f.example_loss, tokenizer, max_tokens).batch(examples)`."""
         return self.config.example_loss
 
-    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], state: Callable[[int], Path]) -> None:
+    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], state: StateFile) -> None:
         if not self.config.whiten:
             return
         for i, f in enumerate(self.per_checkpoint):
@@ -273,7 +274,7 @@ class TracInFeaturizer:
             f.fit_whitening(batches(self.whiten_samples, self.config.seed))
             f.save(path)
 
-    def load(self, state: Callable[[int], Path]) -> None:
+    def load(self, state: StateFile) -> None:
         if self.config.whiten:
             for i, f in enumerate(self.per_checkpoint):
                 f.load(state(i))
