@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Issue 27, after the main run: what else carries the gradient signal. Four indexes of the main run's corpus, one
+# Issue 27, after the main run: what else carries the gradient signal. Three indexes of the main run's corpus, one
 # checkpoint each, the gradients of 15 blocks from one backward pass (the tied embedding, as before, and the down_proj
 # of 14 of the 30 MLPs: layers 2, 4, ..., 28), 4,096 dimensions each; the bench of the main run on each (the same 600
 # draws), each block's part scored alone by per_part.py (with a layer chosen on three relations and reported on the
 # other three), and tracin+bm25 with its weight tuned the same way. Run 2026-12-06 (about 25-45 min an index beside
-# other jobs on 2 cores); final-whiten was not reached. RUNS: where the main run lives (main_run.sh).
+# other jobs on 2 cores); whitening was measured on final-adam's stored vectors instead of a fourth index (below).
+# RUNS: where the main run lives (main_run.sh).
 set -euo pipefail
 FT=${FT:-.venv/bin/ftrace}
 PY=${PY:-.venv/bin/python}
@@ -13,7 +14,7 @@ SEL=(--corpus ../shared/data/lama-trex --relation P131,P527,P37,P30,P136,P1303 -
 LAYERS=model.embed_tokens
 for l in 2 4 6 8 10 12 14 16 18 20 22 24 26 28; do LAYERS="$LAYERS,model.layers.$l.mlp.down_proj"; done
 for v in "final --checkpoint-select final" "base --checkpoint-select base" \
-         "final-adam --checkpoint-select final --checkpoint-optimizer" "final-whiten --checkpoint-select final --whiten"; do
+         "final-adam --checkpoint-select final --checkpoint-optimizer"; do
   set -- $v; name=$1; shift
   $FT ingest --index "$RUNS/index-$name" "${SEL[@]}" --train-run "$RUNS/attribution-main" --tracin-layers "$LAYERS" \
       --dtype bfloat16 "$@"
@@ -29,3 +30,9 @@ for half in "1 $A $B" "2 $B $A"; do
       --relation "$2" --tune-relation "$3" --tune-split train \
       --methods bm25,embed,tracin,tracin+bm25,embed+bm25,random-target --out "results/attribution/variant-final-tuned-$1-rerank" > /dev/null
 done
+# Whitening, from the final-adam index's stored vectors (no new index: per_part.py whitens them as ingest would),
+# 2026-12-06, 47 min on 2 cores; --query-cache keeps the queries' vectors for a second run on the same bench run.
+$PY results/attribution/per_part.py results/attribution/variant-final-adam-rerank --group mlp='model.layers.*' \
+    --folds $A/$B --whiten 0.01,0.1,1 --whiten-samples 512,4096 \
+    --query-cache "$RUNS/final-adam-queries.npz" --out results/attribution/variant-final-adam-whiten-parts.json
+

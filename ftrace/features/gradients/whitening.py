@@ -11,7 +11,7 @@ Exactly, per block of size k, from the eigendecomposition R = sum_i e_i v_i v_i^
 - lambda = damping * e_bar (`whiten_damping`, default 0.1);
 - W = V diag((e_i + lambda)^-1/2) V^T + (e_bar + lambda)^-1/2 (I - V V^T).
 
-Why the second term: with n < k (the default 512 samples for 4096 numbers per block) R has rank
+Why the second term: with n < k (e.g. 512 samples for 4096 numbers per block; the default is 4,096) R has rank
 <= n and says nothing about the other k - r directions. Plain (R + lambda I)^-1/2 scales them by
 lambda^-1/2, the largest factor there is, so whatever a new example has outside the sample's span
 dominates its whitened vector (two near-duplicate sentences went from cosine 0.85 to 0.02). Here
