@@ -86,6 +86,11 @@ def run(args: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)
 
 
+def shown(text: str, tmp: str) -> str:
+    """An output as the results file keeps it: no path of this machine (the temporary directory, the repository)."""
+    return text.strip().replace(tmp, "$TMP").replace(f"{ROOT}/", "")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=9)
@@ -111,10 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
         for lib, code in PROTOTYPES.items():
             script = Path(tmp) / f"prototype-{lib}.py"  # not named like the library it imports
             script.write_text(code)
-            errors[lib] = {what: run([sys.executable, str(script), *bad], env).stderr.strip().replace(tmp, "$TMP")
+            errors[lib] = {what: shown(run([sys.executable, str(script), *bad], env).stderr, tmp)
                            for what, bad in BAD.items()}
         ftrace = [sys.executable, "-m", "ftrace.cli", "bench"]
-        errors["ftrace (typer + the bridge)"] = {what: run([*ftrace, *bad], env).stderr.strip()
+        errors["ftrace (typer + the bridge)"] = {what: shown(run([*ftrace, *bad], env).stderr, tmp)
                                                  for what, bad in BAD.items()}
     base = statistics.median(times[next(iter(IMPORTS))])
     result = {"command": command_of("perf/cli_bridge.py", argv), "versions": versions,
