@@ -4,7 +4,7 @@ ends, its own store (one writer each), merged into the index's by the final inge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -20,40 +20,20 @@ from ftrace.index.vectors import VectorStore, open_store
 @dataclass
 class IndexDir:
     path: Path
+    # where files.py's names lie in this index (what each holds: files.py)
+    corpus_file: Path = field(init=False)  # the texts (ftrace.corpus.store)
+    legacy_corpus_file: Path = field(init=False)  # an index made before corpus.sqlite holds its corpus here
+    merging_file: Path = field(init=False)  # `ingest --add`'s corpus, renamed to corpus_file once merged
+    staging_file: Path = field(init=False)  # an ingest's selection, renamed to corpus_file once accepted
+    bm25_dir: Path = field(init=False)
+    shards_dir: Path = field(init=False)
+    train_dir: Path = field(init=False)  # `ftrace train --index`'s run, beside the index's content
 
-    @property
-    def corpus_file(self) -> Path:
-        """The texts (`ftrace.corpus.store`); an index made before it holds corpus.jsonl instead."""
-        return self.path / files.CORPUS
-
-    @property
-    def legacy_corpus_file(self) -> Path:
-        """An index made before corpus.sqlite holds its corpus here (ftrace's plain jsonl format)."""
-        return self.path / files.LEGACY_CORPUS
-
-    @property
-    def merging_file(self) -> Path:
-        """`ftrace ingest --add`'s corpus: the index's with the addition's after it, renamed to `corpus_file`."""
-        return self.path / files.MERGING
-
-    @property
-    def staging_file(self) -> Path:
-        """The corpus an ingest reads its selection into first: renamed to `corpus_file` once the manifest
-        accepts it (the same corpus, or a new index), removed otherwise."""
-        return self.path / files.STAGING
-
-    @property
-    def bm25_dir(self) -> Path:
-        return self.path / files.BM25
-
-    @property
-    def shards_dir(self) -> Path:
-        return self.path / files.SHARDS
-
-    @property
-    def train_dir(self) -> Path:
-        """`ftrace train --index`'s run, beside the index's content."""
-        return self.path / files.TRAIN
+    def __post_init__(self) -> None:
+        p = self.path = Path(self.path)
+        self.corpus_file, self.legacy_corpus_file = p / files.CORPUS, p / files.LEGACY_CORPUS
+        self.merging_file, self.staging_file = p / files.MERGING, p / files.STAGING
+        self.bm25_dir, self.shards_dir, self.train_dir = p / files.BM25, p / files.SHARDS, p / files.TRAIN
 
     def state_file(self, vector: str, part: int = 0) -> Path:
         """Where the featurizer of `vector` keeps its fitted state (part `part`: a checkpoint's whitening)."""
