@@ -14,7 +14,7 @@ from ftrace.cli import app
 from ftrace.config import BenchConfig, IngestConfig, TrainConfig
 from ftrace.ingest.pipeline import ingest
 from ftrace.model import load_model
-from ftrace.runs import load_trainer
+from ftrace.runs import load_trainer, read_state
 from ftrace.train import checkpoint_dirs, train
 
 
@@ -62,6 +62,9 @@ def test_the_step_is_adamws_and_the_weights_never_change(run_dir, sample):
     assert any(not torch.equal(stepped[n], before[n]) for n in before)
 
     assert patcher.s.weight_decay == 0.1 and patcher.s.steps_taken == 12
+    # the run's configured lr, not its last step's (a linear schedule ends near 0, where a step moves nothing)
+    last = read_state(final)["lr"]
+    assert patcher.s.lr == 1e-2 and last < 1e-2 / 5 and "configured" in patcher.s.lr_source
 
     # the functional call (tied embedding / LM head included) scores like the really stepped copy
     q = sample.queries[0]

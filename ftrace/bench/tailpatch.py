@@ -8,8 +8,9 @@ For a query (prompt, target) and a set S of training sentences (a method's top k
    gradient g of the batch's mean token loss at the index's model (a run's final checkpoint);
 2. one AdamW step exactly as torch.optim.AdamW takes it, from the run's optimizer state (first and
    second moments, step count: the final checkpoint's trainer.pt, with the run's betas, eps and
-   weight decay) at the run's final learning rate (the lr of its last step; `--tailpatch-lr`
-   overrides it). An index that no run made steps from a fresh AdamW (zero moments) at lr 2e-4
+   weight decay) at the run's configured (peak) learning rate (TrackStar steps at the end of
+   pretraining, but ftrace train's schedule decays linearly to ~0 there, where a step moves nothing;
+   `--tailpatch-lr` overrides it). An index that no run made steps from a fresh AdamW (zero moments) at lr 2e-4
    (ftrace train's default) unless `--tailpatch-lr` is given;
 3. the change of log p(target | prompt), summed over the target's tokens, and of p.
 
@@ -71,8 +72,8 @@ def check_run(train_dir: Path, lr: float | None) -> tuple[Path, dict, dict]:
         raise FtraceError(f"{train_dir}: tail-patch steps like AdamW; this run used {run['config'].get('optimizer')}")
     final = traced_run(train_dir, "final").final
     state = read_state(final) or {}
-    if lr is None and not state.get("lr"):
-        raise FtraceError(f"{final}: records no learning rate; give --tailpatch-lr")
+    if lr is None and not run["config"].get("lr"):
+        raise FtraceError(f"{train_dir}: its run records no learning rate; give --tailpatch-lr")
     if not (final / TRAINER).exists():
         raise FtraceError(f"{final}: has no {TRAINER} (the optimizer state to step from)")
     return final, run["config"], state
@@ -113,8 +114,11 @@ class TailPatcher:
         if len(opt["state"]) != sum(p.requires_grad for p in lm.model.parameters()):
             raise FtraceError(f"{final}/{TRAINER}: optimizer state for {len(opt['state'])} parameters, not the "
                               "model's")
-        source = "--tailpatch-lr" if lr is not None else f"the lr of the run's last step ({final.name})"
-        s = StepSettings(lr=float(lr if lr is not None else state["lr"]), lr_source=source,
+        # the run's configured (peak) lr: ftrace train decays it linearly to ~0 by the last step, where one step
+        # moves nothing (results/attribution/README.md#tail-patch-on-the-trained-model)
+        source = "--tailpatch-lr" if lr is not None else (f"the run's configured lr (its peak; the last step's, at "
+                                                          f"{final.name}, was {state.get('lr') or 0:.3g})")
+        s = StepSettings(lr=float(lr if lr is not None else cfg["lr"]), lr_source=source,
                          betas=tuple(group["betas"]), eps=float(group["eps"]),
                          weight_decay=float(group["weight_decay"]), steps_taken=int(opt["state"][0]["step"]),
                          example_loss=cfg["example_loss"], state=f"{final}/{TRAINER}",

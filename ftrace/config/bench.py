@@ -62,7 +62,7 @@ class BenchConfig(Strict):
     tailpatch_k: Annotated[int, Field(ge=1), cli("Tail-patch: sentences per step (each method's top k).",
                                                  min=1)] = 10
     tailpatch_lr: Annotated[float | None, Field(gt=0), cli("Tail-patch learning rate (default: the lr of the "
-                                                           "training run's last step; 2e-4 for an index no run "
+                                                           "training run's config, its peak; 2e-4 for an index no run "
                                                            "made).")] = None
     out: Annotated[Path | None, cli("Output directory (default INDEX/bench/<mode>).")] = None
     save_default: Annotated[bool, cli("Record the best method by MRR over all queries (with its tuned fusion "
