@@ -68,12 +68,15 @@ def whitening_matrices(R: torch.Tensor, dampings: list[float]) -> list[tuple[tor
         raise GradientError("whitening: every calibration gradient of a block is zero")
     keep = evals > RANK_TOL * top
     e, V = evals[keep], evecs[:, keep]
+    e_bar = float(e.mean())
+    # the directions outside the sample's span, the same for every damping
+    outside = torch.eye(len(R), dtype=V.dtype) - V @ V.T if len(e) < len(evals) else None
     out = []
     for damping in dampings:
-        lam = damping * float(e.mean())
+        lam = damping * e_bar
         W = (V * (e + lam).rsqrt()) @ V.T
-        if len(e) < len(evals):
-            W += (float(e.mean()) + lam) ** -0.5 * (torch.eye(len(R), dtype=W.dtype) - V @ V.T)
+        if outside is not None:
+            W += (e_bar + lam) ** -0.5 * outside
         out.append((W, len(e)))
     return out
 
