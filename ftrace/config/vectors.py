@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ftrace.config.base import Strict, cli
 
@@ -18,6 +18,21 @@ ExampleLoss = Literal["sentence", "object"]
 # object, 0.29 against the whole sentence's 0.21 tracin MRR on train-split facts (results/attribution/README.md#the-
 # example-loss); a corpus that states no objects gets the whole sentence
 DEFAULT_EXAMPLE_LOSS: ExampleLoss = "object"
+# --checkpoint-select's named rules (ftrace.runs.select); anything else names checkpoint steps
+NAMED_SELECTIONS = ("all", "ftrace", "final", "base")
+
+
+def selected_steps(select: str) -> list[int] | None:
+    """The steps a --checkpoint-select names ("121" or "121,2014"), or None for a named rule."""
+    if select in NAMED_SELECTIONS:
+        return None
+    try:
+        steps = sorted({int(s) for s in select.split(",")})
+    except ValueError:
+        steps = []
+    if not steps or steps[0] < 0:
+        raise ValueError(f"choose {', '.join(NAMED_SELECTIONS)} or checkpoint steps (e.g. 121,2014)")
+    return steps
 
 
 class EmbeddingConfig(Strict):
@@ -88,11 +103,16 @@ class TracInConfig(GradientConfig):
     train_dir: Annotated[Path | None, cli("An `ftrace train` output directory: gradients at its checkpoints, "
                                           "answers and embeddings from its final checkpoint.", "--train-run",
                                           metavar="TRAIN_DIR", renamed_from=("--checkpoints",))] = None
-    select: Annotated[Literal["all", "ftrace", "final", "base"],
-                      cli("With --train-run: every fine-tuned checkpoint, FTRACE's 3 spaced in inverse "
-                          "perplexity, the final one, or the base model (step 0: gradients before "
-                          "fine-tuning, answers and embeddings still from the final checkpoint).",
-                          "--checkpoint-select")] = "ftrace"
+    select: Annotated[str, cli("With --train-run: all (every fine-tuned checkpoint), ftrace (FTRACE's 3 spaced in "
+                               "inverse perplexity), final, base (step 0: gradients before fine-tuning, answers "
+                               "and embeddings still from the final checkpoint), or the steps of chosen "
+                               "checkpoints (e.g. 121,2014).", "--checkpoint-select")] = "ftrace"
+
+    @field_validator("select")
+    @classmethod
+    def _select(cls, v: str) -> str:
+        selected_steps(v)
+        return v
     # off by default: after a short fine-tune most rows of a tied embedding have second moments ~0, and
     # dividing by them turned the vectors into noise (results/train/README.md)
     checkpoint_optimizer: Annotated[bool, cli("With --train-run: divide each checkpoint's gradients by its own "

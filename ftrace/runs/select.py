@@ -20,6 +20,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from ftrace.config import ExampleLoss
+from ftrace.config.vectors import selected_steps
 from ftrace.runs.checkpoints import checkpoint_dirs, read_state
 from ftrace.runs.errors import TrainError
 from ftrace.runs.layout import MOMENTS, read_run
@@ -65,10 +66,11 @@ class TracedRun:
     example_loss: ExampleLoss
 
 
-def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final", "base"] = "ftrace") -> TracedRun:
+def traced_run(train_dir: Path | str, which: str = "ftrace") -> TracedRun:
     """The checkpoints of a complete train run to trace with: fine-tuned ones (step > 0), or with
     "base" step 0 alone (the model before fine-tuning, which traced best in results/train; it has no
-    optimizer state). Paths are absolute, so the index works from any directory."""
+    optimizer state), or the checkpoints at the steps `which` names. Paths are absolute, so the index
+    works from any directory."""
     train_dir = Path(train_dir).resolve()
     run = read_run(train_dir)
     if run is None or not run.get("complete"):
@@ -77,7 +79,18 @@ def traced_run(train_dir: Path | str, which: Literal["all", "ftrace", "final", "
     tuned = [d for d in checkpoint_dirs(train_dir) if (read_state(d) or {}).get("step", 0) > 0]
     if not tuned:
         raise TrainError(f"--train-run {train_dir}: the run has no fine-tuned checkpoint")
-    if which == "base":
+    try:
+        steps = selected_steps(which)
+    except ValueError as e:
+        raise TrainError(f"--checkpoint-select: {e}") from None
+    if steps is not None:
+        at = {(read_state(d) or {}).get("step"): d for d in checkpoint_dirs(train_dir)}
+        missing = [s for s in steps if s not in at]
+        if missing:
+            raise TrainError(f"--checkpoint-select {which}: the run has no checkpoint at step {missing[0]} "
+                             f"(it has {', '.join(str(s) for s in sorted(at))})")
+        picked = [at[s] for s in steps]
+    elif which == "base":
         picked = [d for d in checkpoint_dirs(train_dir) if (read_state(d) or {}).get("step") == 0]
     elif which == "final":
         picked = tuned[-1:]
