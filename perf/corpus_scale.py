@@ -37,6 +37,7 @@ Protocol
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -44,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,14 +104,50 @@ def write_documents(docs: list[dict], queries: list[dict], counts: list[int], n:
     return {"documents": written, "copies": k, "passages_estimated": passages, "queries": len(kept)}
 
 
-def ingest(corpus: Path, index: Path, dtype: str) -> dict:
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")  # cgroup v1's memory controller (this machine's)
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit_gib: float | None) -> Iterator[Path | None]:
+    """A fresh memory cgroup limited to `limit_gib` (None: no cgroup). What the kernel charges to it is the process's
+    heap and the page cache it touches (its memory-mapped files included); at the limit it reclaims page cache, and
+    kills the process only when what it holds cannot be reclaimed: finishing under the limit shows the work fits in
+    that much memory."""
+    if limit_gib is None:
+        yield None
+        return
+    group = CGROUP_V1 / f"ftrace-scale-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(int(limit_gib * 2**30)))
+    except OSError as e:
+        raise SystemExit(f"--memory-limit: cannot make a memory cgroup under {CGROUP_V1} ({e.strerror}); it needs "
+                         "cgroup v1's memory controller, writable (root)") from None
+    try:
+        yield group
+    finally:
+        group.rmdir()
+
+
+def cgroup_report(group: Path, limit_gib: float) -> dict:
+    """What the memory cgroup saw: its limit, the most it charged (heap + page cache), how often it hit the limit, and
+    whether the kernel killed anything for memory."""
+    oom = dict(line.split() for line in (group / "memory.oom_control").read_text().splitlines())
+    return {"limit_gib": limit_gib, "max_usage_gib": round(int((group / "memory.max_usage_in_bytes").read_text())
+                                                           / 2**30, 2),
+            "limit_hits": int((group / "memory.failcnt").read_text()), "oom_kills": int(oom.get("oom_kill", 0))}
+
+
+def ingest(corpus: Path, index: Path, dtype: str, limit_gib: float | None = None) -> dict:
     """One `ftrace ingest` process: wall seconds, and its memory read from /proc every 0.2 s: the peak resident set
     (VmHWM, JVM included; its last reading before the process ends) and the largest anonymous (heap) and file-backed
-    (memory-mapped: Qdrant's segments, the model's weights) parts, in GiB."""
+    (memory-mapped: Qdrant's segments, the model's weights) parts, in GiB; with `limit_gib`, run in a memory cgroup of
+    that size (`memory_cgroup`) and its report."""
     start = time.perf_counter()
-    with subprocess.Popen([*FTRACE, "ingest", "--index", str(index), "--corpus", str(corpus), "--no-tracin", "--hnsw",
-                           "--dtype", dtype], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env=env(2)) as p:
+    with memory_cgroup(limit_gib) as group, subprocess.Popen(
+            [*FTRACE, "ingest", "--index", str(index), "--corpus", str(corpus), "--no-tracin", "--hnsw", "--dtype",
+             dtype], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(2),
+            preexec_fn=None if group is None else lambda: (group / "cgroup.procs").write_text(str(os.getpid()))) as p:
         err: list[str] = []
         reader = threading.Thread(target=lambda: err.append(p.stderr.read() if p.stderr else ""), daemon=True)
         reader.start()
@@ -119,12 +157,14 @@ def ingest(corpus: Path, index: Path, dtype: str) -> dict:
                 peaks[k] = max(peaks[k], v)
             time.sleep(0.2)
         reader.join()
-    wall = time.perf_counter() - start
+        wall = time.perf_counter() - start
+        capped = cgroup_report(group, limit_gib) if group is not None and limit_gib is not None else None
     if p.returncode:
-        raise SystemExit(f"ingest of {corpus} failed:\n{''.join(err)[-3000:]}")
+        raise SystemExit(f"ingest of {corpus} failed (exit {p.returncode}; {capped or 'no memory cgroup'}):\n"
+                         f"{''.join(err)[-3000:]}")
     gib = {k: round(v / 2**20, 2) for k, v in peaks.items()}
     return {"wall_s": round(wall, 1), "peak_rss_gib": gib["VmHWM"], "peak_anon_gib": gib["RssAnon"],
-            "peak_file_gib": gib["RssFile"]}
+            "peak_file_gib": gib["RssFile"]} | ({"memory_cgroup": capped} if capped else {})
 
 
 def env(threads: int) -> dict[str, str]:
@@ -216,7 +256,7 @@ def run_size(n: int, docs, queries, counts, args) -> dict:
     if index.exists():
         raise SystemExit(f"{index}: left by an earlier run; delete it to measure again")
     print(f"[{n}] ingest {rel(corpus)} ({made['documents']} documents)", flush=True)
-    built = ingest(corpus, index, args.dtype)
+    built = ingest(corpus, index, args.dtype, args.memory_limit)
     d = IndexDir(index)
     m = d.manifest
     passages = m.corpus.examples
@@ -251,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--speed-check", type=Path, default=None, help="perf/ingest_scale.py's plain-forward check")
     ap.add_argument("--distinct", action="store_true",
                     help="copies start with words borrowed from another document: no two passages the same text")
+    ap.add_argument("--memory-limit", type=float, default=None, metavar="GIB",
+                    help="run each ingest in a memory cgroup of GIB GiB (heap and page cache charged together)")
     ap.add_argument("--keep", action="store_true", help="keep the indexes (default: delete each once measured)")
     ap.add_argument("--recall-of", metavar="SIZE=INDEX", default=None,
                     help="measure the HNSW recall again on a kept INDEX for SIZE's entry of --out, and stop")
@@ -316,6 +358,14 @@ def markdown(r: dict) -> str:
               "is a fresh `ftrace query --method embed+bm25` process (median). HNSW recall: the embed vectors' top "
               "10 by HNSW against exact search on the same store, a tie (an identical passage of another copy) "
               "counting as found; the plain overlap of ids is `by_id` in the JSON beside this, with the rest."]
+    for s in r["sizes"]:
+        if "memory_cgroup" in s["ingest"]:
+            g = s["ingest"]["memory_cgroup"]
+            lines += ["", f"The {s['passages']:,}-passage ingest ran in a memory cgroup limited to "
+                      f"{g['limit_gib']} GiB (`--memory-limit`: heap and page cache charged together, page cache "
+                      "reclaimed at the limit): "
+                      f"it finished with {g['oom_kills']} kills for memory, the cgroup's usage peaked at "
+                      f"{g['max_usage_gib']} GiB and met the limit {g['limit_hits']:,} times."]
     again = [s for s in r["sizes"] if "command" in s["hnsw_recall"]]
     if again:
         lines += ["", "HNSW recall measured again on the kept index, as the script's first measure counted ties as "

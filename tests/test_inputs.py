@@ -149,6 +149,12 @@ def test_a_value_below_the_bound_is_one_line_exit_1(tmp_path, command, option, l
     assert "Usage:" not in r.output
 
 
+def test_a_checkpoint_selection_is_a_rule_or_steps(tmp_path):
+    r = cli("ingest", "--index", tmp_path / "idx", "--checkpoint-select", "121,early")
+    refused(r, "--checkpoint-select '121,early': choose all, ftrace, final, base or checkpoint steps (e.g. 121,2014)")
+    assert not (tmp_path / "idx").exists()
+
+
 def test_help_still_shows_the_bound():
     out = cli("query", "--help").output
     assert "Sentences to show. At least 1." in " ".join(out.split())

@@ -291,6 +291,13 @@ def test_traced_run_selections(full_run):
                      "final": ["step-12"], "base": ["step-0"]}
     base = traced_run(out, "base")
     assert base.final.name == "step-12" and base.moments == [None]  # answers still from the final checkpoint
+    chosen = traced_run(out, "12,4")  # checkpoints by step, in step order, each with its own moments
+    assert [p.name for p in chosen.checkpoints] == ["step-4", "step-12"] and chosen.final.name == "step-12"
+    assert [m.parent.name for m in chosen.moments] == ["step-4", "step-12"]
+    with pytest.raises(TrainError, match="no checkpoint at step 5 .it has 0, 4, 8, 12"):
+        traced_run(out, "4,5")
+    with pytest.raises(TrainError, match="choose all, ftrace, final, base or checkpoint steps"):
+        traced_run(out, "early")
 
 
 # --- train -> checkpoints -> ingest -> query ------------------------------------------------------

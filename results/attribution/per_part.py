@@ -9,7 +9,7 @@ mean of their cosines): each checkpoint (all its blocks), each block (at every c
 and the whole ("sum"), which must reproduce the bench's own tracin MRR (a check).
 
     python results/attribution/per_part.py RUN_DIR [--group NAME=GLOB ...] [--folds A,B/C,D]
-        [--whiten D,D --whiten-samples N,N] [--out FILE.json]
+        [--whiten D,D] [--kfac D,D] [--whiten-samples N,N] [--out FILE.json]
 
 RUN_DIR: an `ftrace bench --mode rerank` output (its config.json and rankings.jsonl). GLOB matches block names
 (e.g. --group mlp='model.layers.*'). Prints a markdown table: one row per part, MRR per learned slice and relation.
@@ -18,6 +18,10 @@ other group's (a choice made on facts it is not reported on). The JSON keeps eve
 --whiten: every part is also scored after TrackStar's whitening, each (checkpoint, block) piece mapped by ftrace's
 (R + lambda I)^-1/2 (lambda = D x R's mean eigenvalue) fitted on N stored training vectors drawn at random, as
 `ftrace ingest --whiten --whiten-damping D --whiten-samples N` stores them (from an index built without --whiten).
+--kfac: every part is also scored after a Kronecker-factored whitening (K-FAC's form of R, as LoGra and Kronfluence
+precondition): a piece is a factored projection G (k_r x k_c, the block's `factors`), mapped to
+(S + lambda I)^-1/2 G (A + lambda I)^-1/2 with S = E[G G^T] and A = E[G^T G] over the same N stored training vectors
+(lambda = D x the factor's mean eigenvalue), then re-normalised. Not an ingest option (yet): a measurement.
 """
 
 from __future__ import annotations
@@ -85,18 +89,47 @@ def fit_pieces(sample: np.ndarray, pieces: list[np.ndarray], dampings: list[floa
     return [[Ws[k] for Ws in per_piece] for k in range(len(dampings))]
 
 
-def whiten(X: np.ndarray, pieces: list[np.ndarray], Ws: list) -> np.ndarray:
-    """Each piece of each row mapped by its W and re-normalised to the norm it had (so dot products stay the mean of
-    the pieces' cosines), as ingest stores a whitened vector."""
+def fit_kfac(sample: np.ndarray, pieces: list[np.ndarray], factors: list[tuple[int, int]],
+             dampings: list[float]) -> list[list]:
+    """Per damping, one (W_r, W_c) per piece: the inverse square roots of the damped Kronecker factors S = E[G G^T]
+    and A = E[G^T G] of the sample's pieces, each G its (k_r x k_c) factored projection."""
+    import torch
+
+    from ftrace.features.gradients.whitening import unit
+
+    def inverse_root(F: torch.Tensor, d: float) -> torch.Tensor:
+        w, V = torch.linalg.eigh(F)
+        w = w.clamp(min=0) + d * w.clamp(min=0).mean()
+        return ((V / w.sqrt()) @ V.T).float()
+
+    per_piece = []
+    for idx, (kr, kc) in zip(pieces, factors, strict=True):
+        G = unit(torch.from_numpy(sample[:, idx]).double()).reshape(-1, kr, kc)
+        S = torch.einsum("nij,nkj->ik", G, G) / len(G)
+        A = torch.einsum("nji,njk->ik", G, G) / len(G)
+        per_piece.append([(inverse_root(S, d), inverse_root(A, d)) for d in dampings])
+    return [[Ws[k] for Ws in per_piece] for k in range(len(dampings))]
+
+
+def whiten(X: np.ndarray, pieces: list[np.ndarray], Ws: list,
+           factors: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Each piece of each row mapped by its W (or, with `factors`, by its Kronecker pair (W_r, W_c) as
+    W_r G W_c) and re-normalised to the norm it had (so dot products stay the mean of the pieces' cosines), as
+    ingest stores a whitened vector."""
     import torch
 
     from ftrace.features.gradients.whitening import unit
 
     out = np.empty_like(X)
-    for idx, W in zip(pieces, Ws, strict=True):
+    for k, (idx, W) in enumerate(zip(pieces, Ws, strict=True)):
         for a in range(0, len(X), 4096):
             x = torch.from_numpy(X[a:a + 4096, idx])
-            out[a:a + 4096, idx] = (unit(x @ W) * x.norm(dim=-1, keepdim=True)).numpy()
+            if factors is None:
+                y = x @ W
+            else:
+                (Wr, Wc), (kr, kc) = W, factors[k]
+                y = (Wr @ x.reshape(-1, kr, kc) @ Wc).reshape(len(x), -1)
+            out[a:a + 4096, idx] = (unit(y) * x.norm(dim=-1, keepdim=True)).numpy()
     return out
 
 
@@ -115,15 +148,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--whiten", type=floats, default=[], metavar="D,D",
                     help="also score every part whitened as `ftrace ingest --whiten --whiten-damping D` would")
+    ap.add_argument("--kfac", type=floats, default=[], metavar="D,D",
+                    help="also score every part under a Kronecker-factored whitening with damping D")
     ap.add_argument("--whiten-samples", type=ints, default=[512], metavar="N,N",
                     help="calibration sample sizes: N stored training vectors drawn at random (seed 0)")
     ap.add_argument("--query-cache", default=None, metavar="FILE.npz",
                     help="keep the queries' vectors here (read back when it exists: the same bench run only)")
     o = ap.parse_args()
-    if not o.whiten:
+    if not o.whiten and not o.kfac:
         o.whiten_samples = []
-    if any(d <= 0 for d in o.whiten):
-        raise SystemExit(f"--whiten {o.whiten}: dampings are positive")
+    if any(d <= 0 for d in o.whiten + o.kfac):
+        raise SystemExit(f"--whiten {o.whiten} --kfac {o.kfac}: dampings are positive")
     groups = dict(g.split("=", 1) for g in o.group)
     c = BenchConfig.model_validate(read_record(o.run / "config.json", "bench"))
     if c.mode != "rerank":
@@ -131,8 +166,9 @@ def main() -> None:
     bench = Bench(c)
     tracer, scorer = bench.tracer, bench.scorer
     spec = tracer.index.manifest.vectors["tracin"]
-    if o.whiten and spec["corrections"]["whitening"]["enabled"]:
-        raise SystemExit(f"{o.run}: its index's vectors are whitened already; --whiten takes an index built without")
+    if o.whiten_samples and spec["corrections"]["whitening"]["enabled"]:
+        raise SystemExit(f"{o.run}: its index's vectors are whitened already; --whiten and --kfac take an index built "
+                         "without")
     spans = parts(spec, groups)
     rows = {(x["seed"], x["query"]): x for x in map(json.loads, (o.run / "rankings.jsonl").read_text().splitlines())
             if x["method"] == "tracin"}
@@ -161,6 +197,7 @@ def main() -> None:
                    if o.whiten_samples else None)
     del vectors
     pieces = piece_spans(spec)
+    factors = [tuple(b["factors"]) for _ in spec["checkpoints"] for b in spec["blocks"]]
     Q = np.stack([qvecs[q] for q in qvecs]).astype(np.float32)
     q_row = {q: r for r, q in enumerate(qvecs)}
 
@@ -171,6 +208,8 @@ def main() -> None:
             assert calibration is not None
             for d, Ws in zip(o.whiten, fit_pieces(calibration[:n], pieces, o.whiten), strict=True):
                 yield f" @whiten d={d:g} n={n}", whiten(X, pieces, Ws), whiten(Q, pieces, Ws)
+            for d, Ws in zip(o.kfac, fit_kfac(calibration[:n], pieces, factors, o.kfac), strict=True):
+                yield f" @kfac d={d:g} n={n}", whiten(X, pieces, Ws, factors), whiten(Q, pieces, Ws, factors)
 
     rr: dict[str, dict[str, list[float]]] = {}  # slice or relation -> part -> reciprocal ranks, one per (seed, query)
     draws: list[dict] = []  # per (seed, query): its slice, relation and reciprocal rank by each part
@@ -208,7 +247,7 @@ def main() -> None:
         print(f"\nchosen on {ch['chosen_on']}: {ch['part']} (MRR {ch['mrr_chosen_on']:.3f} there); "
               f"on {ch['reported_on']} ({ch['draws']} draws): {ch['mrr']:.3f}, the whole vector {ch['mrr_sum']:.3f}")
     if o.out:
-        whitening = {"dampings": o.whiten, "samples": o.whiten_samples}
+        whitening = {"dampings": o.whiten, "kfac_dampings": o.kfac, "samples": o.whiten_samples}
         o.out.write_text(json.dumps({"run": o.run.as_posix(), "parts": names, "whiten": whitening, "mrr": table,
                                      "chosen": chosen,
                                      "draws": draws}, indent=1) + "\n")
