@@ -9,7 +9,7 @@ mean of their cosines): each checkpoint (all its blocks), each block (at every c
 and the whole ("sum"), which must reproduce the bench's own tracin MRR (a check).
 
     python results/attribution/per_part.py RUN_DIR [--group NAME=GLOB ...] [--folds A,B/C,D]
-        [--whiten D,D] [--kfac D,D] [--whiten-samples N,N] [--out FILE.json]
+        [--whiten D,D] [--kfac D,D] [--whiten-samples N,N] [--with INDEX] [--out FILE.json]
 
 RUN_DIR: an `ftrace bench --mode rerank` output (its config.json and rankings.jsonl). GLOB matches block names
 (e.g. --group mlp='model.layers.*'). Prints a markdown table: one row per part, MRR per learned slice and relation.
@@ -22,6 +22,8 @@ other group's (a choice made on facts it is not reported on). The JSON keeps eve
 precondition): a piece is a factored projection G (k_r x k_c, the block's `factors`), mapped to
 (S + lambda I)^-1/2 G (A + lambda I)^-1/2 with S = E[G G^T] and A = E[G^T G] over the same N stored training vectors
 (lambda = D x the factor's mean eigenvalue), then re-normalised. Not an ingest option (yet): a measurement.
+--with INDEX: a second index of the same corpus and blocks at another checkpoint; each vector becomes the two indexes'
+stored vectors joined (each / sqrt(2)), as one index of both checkpoints would store it, so each checkpoint is a part.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def whiten(X: np.ndarray, pieces: list[np.ndarray], Ws: list,
     out = np.empty_like(X)
     for k, (idx, W) in enumerate(zip(pieces, Ws, strict=True)):
         for a in range(0, len(X), 4096):
-            x = torch.from_numpy(X[a:a + 4096, idx])
+            x = torch.from_numpy(X[a:a + 4096, idx]).float()
             if factors is None:
                 y = x @ W
             else:
@@ -133,11 +135,26 @@ def whiten(X: np.ndarray, pieces: list[np.ndarray], Ws: list,
     return out
 
 
+def stored(tracer) -> dict[str, np.ndarray]:
+    """Every stored tracin vector of the tracer's index by sentence id, float16 (as Qdrant stores them)."""
+    from ftrace.corpus.records import example_sentence
+
+    vectors: dict[str, np.ndarray] = {}
+    for ids, vecs, _ in tracer.store.points(["tracin"]):
+        vectors.update({example_sentence(i): np.asarray(vecs["tracin"][j], dtype=np.float16)
+                        for j, i in enumerate(ids)})
+    return vectors
+
+
+def query_vectors(tracer, queries: dict, asked: list[str]) -> dict[str, np.ndarray]:
+    return {qid: tracer.query_vectors(queries[qid].prompt, queries[qid].target, ["tracin"])["tracin"]
+            for qid in asked}
+
+
 def main() -> None:
     from ftrace.bench.candidates import seeded_tiebreak
     from ftrace.bench.runner import Bench
     from ftrace.config import BenchConfig
-    from ftrace.corpus.records import example_sentence
     from ftrace.query.fusion import ranking
     from ftrace.runrecord import read_record
 
@@ -152,6 +169,9 @@ def main() -> None:
                     help="also score every part under a Kronecker-factored whitening with damping D")
     ap.add_argument("--whiten-samples", type=ints, default=[512], metavar="N,N",
                     help="calibration sample sizes: N stored training vectors drawn at random (seed 0)")
+    ap.add_argument("--with", dest="other", type=Path, default=None, metavar="INDEX",
+                    help="a second index of the same corpus and blocks (another checkpoint): its vectors joined to "
+                         "the run's index's as one index of both checkpoints stores them (mean of the two cosines)")
     ap.add_argument("--query-cache", default=None, metavar="FILE.npz",
                     help="keep the queries' vectors here (read back when it exists: the same bench run only)")
     o = ap.parse_args()
@@ -173,23 +193,38 @@ def main() -> None:
     rows = {(x["seed"], x["query"]): x for x in map(json.loads, (o.run / "rankings.jsonl").read_text().splitlines())
             if x["method"] == "tracin"}
     queries = {q.id: q for q in tracer.corpus.queries}
-    vectors: dict[str, np.ndarray] = {}
-    for ids, vecs, _ in tracer.store.points(["tracin"]):
-        vectors.update({example_sentence(i): vecs["tracin"][j] for j, i in enumerate(ids)})
+    vectors = stored(tracer)
     scored = sorted(rows.items())
     cands = {key: scorer.candidates(key[0], queries[key[1]]).ids for key, _ in scored}
     cache = Path(o.query_cache) if o.query_cache else None
+    asked = sorted({qid for _, qid in rows})
     if cache and cache.exists():  # the queries' vectors of an earlier run on the same bench run
         with np.load(cache) as saved:
             qvecs = {str(q): v for q, v in zip(saved["ids"], saved["vectors"], strict=True)}
     else:
-        qvecs = {qid: tracer.query_vectors(queries[qid].prompt, queries[qid].target, ["tracin"])["tracin"]
-                 for qid in sorted({qid for _, qid in rows})}
+        qvecs = query_vectors(tracer, queries, asked)
         if cache:
             np.savez(cache, ids=np.array(list(qvecs)), vectors=np.stack(list(qvecs.values())))
+    if o.other:  # a second checkpoint's index: both joined as one index of the two checkpoints stores them
+        from ftrace.query.tracer import Tracer
+
+        other = Tracer(o.other, device=c.device)
+        spec2 = other.index.manifest.vectors["tracin"]
+        if [b["name"] for b in spec2["blocks"]] != [b["name"] for b in spec["blocks"]]:
+            raise SystemExit(f"--with {o.other}: its gradient blocks differ from {o.run}'s index's")
+        vectors2, qvecs2 = stored(other), query_vectors(other, queries, asked)
+        other.close()
+        if vectors2.keys() != vectors.keys():
+            raise SystemExit(f"--with {o.other}: not the same corpus as {o.run}'s index")
+        spec = {**spec, "checkpoints": spec["checkpoints"] + spec2["checkpoints"],
+                "size": spec["size"] + spec2["size"]}
+        for i in list(vectors):  # in place: two indexes' vectors are several GB
+            vectors[i] = np.concatenate([vectors[i], vectors2.pop(i)]) / np.float16(np.sqrt(2))
+        qvecs = {q: np.concatenate([v, qvecs2[q]]) / np.sqrt(2) for q, v in qvecs.items()}
+        spans = parts(spec, groups)
     needed = sorted({i for group in cands.values() for i in group})
     row_of = {i: r for r, i in enumerate(needed)}
-    X = np.stack([vectors[i] for i in needed]).astype(np.float32)
+    X = np.stack([vectors[i] for i in needed])  # float16, as the index stores them
     rng = np.random.default_rng(0)
     if o.whiten_samples and max(o.whiten_samples) > len(vectors):
         raise SystemExit(f"--whiten-samples {max(o.whiten_samples)}: the index stores {len(vectors)} vectors")
@@ -225,7 +260,7 @@ def main() -> None:
         for draw in draws:
             seed, qid = draw["seed"], draw["query"]
             ids, props = cands[seed, qid], set(queries[qid].proponents)
-            m, qv = Xv[[row_of[i] for i in ids]], Qv[q_row[qid]]
+            m, qv = Xv[[row_of[i] for i in ids]].astype(np.float32), Qv[q_row[qid]]
             for name, idx in spans.items():
                 scores = dict(zip(ids, (m[:, idx] @ qv[idx]).tolist(), strict=True))
                 ranked = ranking(scores, seeded_tiebreak(seed, qid))
