@@ -40,11 +40,14 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,33 +112,49 @@ CGROUP_V1 = Path("/sys/fs/cgroup/memory")  # cgroup v1's memory controller (this
 
 @contextlib.contextmanager
 def memory_cgroup(limit_gib: float | None) -> Iterator[Path | None]:
-    """A fresh memory cgroup limited to `limit_gib` (None: no cgroup). What the kernel charges to it is the process's
-    heap and the page cache it touches (its memory-mapped files included); at the limit it reclaims page cache, and
-    kills the process only when what it holds cannot be reclaimed: finishing under the limit shows the work fits in
-    that much memory."""
+    """A fresh memory cgroup limited to `limit_gib` (None: no cgroup), swap included where the kernel accounts it.
+    What the kernel charges to it is the process's heap and the page cache it touches (its memory-mapped files
+    included); at the limit it reclaims page cache, and kills the process only when what it holds cannot be
+    reclaimed: finishing under the limit shows the work fits in that much memory."""
     if limit_gib is None:
         yield None
         return
     group = CGROUP_V1 / f"ftrace-scale-{os.getpid()}"
+    limit = str(int(limit_gib * 2**30))
     try:
         group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(int(limit_gib * 2**30)))
+        (group / "memory.limit_in_bytes").write_text(limit)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            group.rmdir()
         raise SystemExit(f"--memory-limit: cannot make a memory cgroup under {CGROUP_V1} ({e.strerror}); it needs "
                          "cgroup v1's memory controller, writable (root)") from None
+    with contextlib.suppress(OSError):  # absent where swap is not accounted (and then not used past the limit)
+        (group / "memory.memsw.limit_in_bytes").write_text(limit)
     try:
         yield group
-    finally:
-        group.rmdir()
+    finally:  # a process left in it (an interrupted run) is killed, so that the cgroup can go
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            print(f"warning: could not remove the memory cgroup {group}", file=sys.stderr)
 
 
 def cgroup_report(group: Path, limit_gib: float) -> dict:
     """What the memory cgroup saw: its limit, the most it charged (heap + page cache), how often it hit the limit, and
-    whether the kernel killed anything for memory."""
+    whether the kernel killed anything for memory (None: this kernel does not say)."""
     oom = dict(line.split() for line in (group / "memory.oom_control").read_text().splitlines())
     return {"limit_gib": limit_gib, "max_usage_gib": round(int((group / "memory.max_usage_in_bytes").read_text())
                                                            / 2**30, 2),
-            "limit_hits": int((group / "memory.failcnt").read_text()), "oom_kills": int(oom.get("oom_kill", 0))}
+            "limit_hits": int((group / "memory.failcnt").read_text()),
+            "oom_kills": int(oom["oom_kill"]) if "oom_kill" in oom else None}
 
 
 def ingest(corpus: Path, index: Path, dtype: str, limit_gib: float | None = None) -> dict:
@@ -144,10 +163,12 @@ def ingest(corpus: Path, index: Path, dtype: str, limit_gib: float | None = None
     (memory-mapped: Qdrant's segments, the model's weights) parts, in GiB; with `limit_gib`, run in a memory cgroup of
     that size (`memory_cgroup`) and its report."""
     start = time.perf_counter()
+    command = [*FTRACE, "ingest", "--index", str(index), "--corpus", str(corpus), "--no-tracin", "--hnsw", "--dtype",
+               dtype]
     with memory_cgroup(limit_gib) as group, subprocess.Popen(
-            [*FTRACE, "ingest", "--index", str(index), "--corpus", str(corpus), "--no-tracin", "--hnsw", "--dtype",
-             dtype], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(2),
-            preexec_fn=None if group is None else lambda: (group / "cgroup.procs").write_text(str(os.getpid()))) as p:
+            command if group is None else ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group / "cgroup.procs"),
+                                           *command],  # the shell joins the cgroup, then becomes the ingest
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(2)) as p:
         err: list[str] = []
         reader = threading.Thread(target=lambda: err.append(p.stderr.read() if p.stderr else ""), daemon=True)
         reader.start()
@@ -212,9 +233,10 @@ def cold(index: Path, q: dict, repeats: int) -> dict:
 def recall(index: Path, queries: list[dict], k: int) -> dict:
     """HNSW's top k against exact search's for the embed vectors. A corpus of repeated documents holds identical
     passages, whose vectors tie: a tie may come back under either id, so a hit counts when its score reaches the
-    exact k-th score (`recall@k`); `by_id` is the plain overlap of ids; `by_document` counts a hit that comes from a
-    copy of a document (`DOC~K`) one of the exact top k comes from: near-copies of a passage score nearly alike, and
-    which copy comes back is then a matter of near-ties, not of the graph."""
+    exact k-th score (`recall@k`); `by_id` is the plain overlap of ids; `by_document` the overlap of the documents
+    the hits were cut from, whichever copy (`DOC~K`), counted with multiplicity (per document, not per passage):
+    near-copies of a passage score nearly alike, and which copy comes back is then a matter of near-ties, not of the
+    graph."""
     from ftrace.query.tracer import Tracer
 
     tracer = Tracer(index, device="cpu")
@@ -227,8 +249,8 @@ def recall(index: Path, queries: list[dict], k: int) -> dict:
             floor = min(score for _, score in exact) - TIE
             got.append(sum(score >= floor for _, score in approx) / max(1, len(exact)))
             by_id.append(len({i for i, _ in exact} & {i for i, _ in approx}) / max(1, len(exact)))
-            sources = {source_document(i) for i, _ in exact}
-            by_document.append(min(1.0, sum(source_document(i) in sources for i, _ in approx) / max(1, len(exact))))
+            same = Counter(source_document(i) for i, _ in exact) & Counter(source_document(i) for i, _ in approx)
+            by_document.append(sum(same.values()) / max(1, len(exact)))
     finally:
         tracer.close()
     return {f"recall@{k}": round(float(np.mean(got)), 4), "min": round(float(np.min(got)), 2),
@@ -237,8 +259,8 @@ def recall(index: Path, queries: list[dict], k: int) -> dict:
 
 
 def source_document(passage_id: str) -> str:
-    """The document a passage was cut from, whichever copy: 'DOC~3#2' -> 'DOC'."""
-    return passage_id.rpartition("#")[0].rpartition("~")[0] or passage_id.rpartition("#")[0]
+    """The document a passage was cut from, whichever copy: 'DOC~3#2' -> 'DOC' (a passage id is DOCUMENT#N)."""
+    return re.sub(r"~\d+$", "", passage_id.rpartition("#")[0] or passage_id)
 
 
 def recall_of(args) -> None:

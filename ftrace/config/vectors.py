@@ -111,8 +111,8 @@ class TracInConfig(GradientConfig):
     @field_validator("select")
     @classmethod
     def _select(cls, v: str) -> str:
-        selected_steps(v)
-        return v
+        steps = selected_steps(v)
+        return v if steps is None else ",".join(map(str, steps))  # one spelling in records and logs
     # off by default: after a short fine-tune most rows of a tied embedding have second moments ~0, and
     # dividing by them turned the vectors into noise (results/train/README.md)
     checkpoint_optimizer: Annotated[bool, cli("With --train-run: divide each checkpoint's gradients by its own "

@@ -82,9 +82,9 @@ def traced_run(train_dir: Path | str, which: str = "ftrace") -> TracedRun:
     try:
         steps = selected_steps(which)
     except ValueError as e:
-        raise TrainError(f"--checkpoint-select: {e}") from None
+        raise TrainError(f"--checkpoint-select {which!r}: {e}") from None
     if steps is not None:
-        at = {(read_state(d) or {}).get("step"): d for d in checkpoint_dirs(train_dir)}
+        at = {step: d for d in checkpoint_dirs(train_dir) if (step := (read_state(d) or {}).get("step")) is not None}
         missing = [s for s in steps if s not in at]
         if missing:
             raise TrainError(f"--checkpoint-select {which}: the run has no checkpoint at step {missing[0]} "

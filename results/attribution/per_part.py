@@ -136,14 +136,30 @@ def whiten(X: np.ndarray, pieces: list[np.ndarray], Ws: list,
 
 
 def stored(tracer) -> dict[str, np.ndarray]:
-    """Every stored tracin vector of the tracer's index by sentence id, float16 (as Qdrant stores them)."""
+    """Every stored tracin vector of the tracer's index by sentence id, in the type the index stores (float16 by
+    default: half the memory of float32, and no rounding)."""
     from ftrace.corpus.records import example_sentence
 
+    dtype = np.float16 if tracer.index.manifest.store.float16 else np.float32
     vectors: dict[str, np.ndarray] = {}
     for ids, vecs, _ in tracer.store.points(["tracin"]):
-        vectors.update({example_sentence(i): np.asarray(vecs["tracin"][j], dtype=np.float16)
-                        for j, i in enumerate(ids)})
+        vectors.update({example_sentence(i): np.asarray(vecs["tracin"][j], dtype=dtype) for j, i in enumerate(ids)})
     return vectors
+
+
+def joinable(spec: dict, spec2: dict, other: Path) -> None:
+    """Refuse a --with index whose vectors cannot be joined to the run's index's as one index of both checkpoints."""
+    def layout(s: dict) -> list:
+        return [(b["name"], tuple(b["factors"]), b["size"]) for b in s["blocks"]] + [s["per_checkpoint_size"]]
+
+    if layout(spec2) != layout(spec):
+        raise SystemExit(f"--with {other}: its gradient blocks (names, projection sizes) differ from the run's index's")
+    if spec2["corrections"]["whitening"]["enabled"] != spec["corrections"]["whitening"]["enabled"]:
+        raise SystemExit(f"--with {other}: one of the two indexes is whitened and the other is not")
+    names = [Path(x["name"]).name for x in spec["checkpoints"] + spec2["checkpoints"]]
+    twice = [n for n in names if names.count(n) > 1]
+    if twice:
+        raise SystemExit(f"--with {other}: both indexes have a checkpoint named {twice[0]}; join different ones")
 
 
 def query_vectors(tracer, queries: dict, asked: list[str]) -> dict[str, np.ndarray]:
@@ -177,8 +193,9 @@ def main() -> None:
     o = ap.parse_args()
     if not o.whiten and not o.kfac:
         o.whiten_samples = []
-    if any(d <= 0 for d in o.whiten + o.kfac):
-        raise SystemExit(f"--whiten {o.whiten} --kfac {o.kfac}: dampings are positive")
+    for option, dampings in (("--whiten", o.whiten), ("--kfac", o.kfac)):
+        if any(d <= 0 for d in dampings):
+            raise SystemExit(f"{option} {','.join(f'{d:g}' for d in dampings)}: dampings are positive")
     groups = dict(g.split("=", 1) for g in o.group)
     c = BenchConfig.model_validate(read_record(o.run / "config.json", "bench"))
     if c.mode != "rerank":
@@ -210,8 +227,7 @@ def main() -> None:
 
         other = Tracer(o.other, device=c.device)
         spec2 = other.index.manifest.vectors["tracin"]
-        if [b["name"] for b in spec2["blocks"]] != [b["name"] for b in spec["blocks"]]:
-            raise SystemExit(f"--with {o.other}: its gradient blocks differ from {o.run}'s index's")
+        joinable(spec, spec2, o.other)
         vectors2, qvecs2 = stored(other), query_vectors(other, queries, asked)
         other.close()
         if vectors2.keys() != vectors.keys():
@@ -219,12 +235,12 @@ def main() -> None:
         spec = {**spec, "checkpoints": spec["checkpoints"] + spec2["checkpoints"],
                 "size": spec["size"] + spec2["size"]}
         for i in list(vectors):  # in place: two indexes' vectors are several GB
-            vectors[i] = np.concatenate([vectors[i], vectors2.pop(i)]) / np.float16(np.sqrt(2))
+            vectors[i] = np.concatenate([vectors[i], vectors2.pop(i)]) * vectors[i].dtype.type(np.sqrt(0.5))
         qvecs = {q: np.concatenate([v, qvecs2[q]]) / np.sqrt(2) for q, v in qvecs.items()}
         spans = parts(spec, groups)
     needed = sorted({i for group in cands.values() for i in group})
     row_of = {i: r for r, i in enumerate(needed)}
-    X = np.stack([vectors[i] for i in needed])  # float16, as the index stores them
+    X = np.stack([vectors[i] for i in needed])  # in the index's storage type (float16 by default)
     rng = np.random.default_rng(0)
     if o.whiten_samples and max(o.whiten_samples) > len(vectors):
         raise SystemExit(f"--whiten-samples {max(o.whiten_samples)}: the index stores {len(vectors)} vectors")

@@ -36,3 +36,16 @@ $PY results/attribution/per_part.py results/attribution/variant-final-adam-reran
     --folds $A/$B --whiten 0.01,0.1,1 --whiten-samples 512,4096 \
     --query-cache "$RUNS/final-adam-queries.npz" --out results/attribution/variant-final-adam-whiten-parts.json
 
+# Kronecker-factored whitening (K-FAC's form of R) of the same stored vectors, 2026-12-06 (about 50 min beside an
+# ingest and a bench); --query-cache as above.
+$PY results/attribution/per_part.py results/attribution/variant-final-adam-rerank --group mlp='model.layers.*' \
+    --folds $A/$B --kfac 0.01,0.1,1 --whiten-samples 4096 \
+    --query-cache "$RUNS/final-adam-queries.npz" --out results/attribution/variant-final-adam-kfac-parts.json
+# The earliest checkpoint (step 121, 6% of the run) with its own Adam second moments, the same 15 blocks (31 min
+# beside the K-FAC study), its bench, then its vectors joined to final-adam's as one index of both checkpoints.
+$FT ingest --index "$RUNS/index-early-adam" "${SEL[@]}" --train-run "$RUNS/attribution-main" --tracin-layers "$LAYERS" \
+    --dtype bfloat16 --checkpoint-select 121 --checkpoint-optimizer
+$FT bench --index "$RUNS/index-early-adam" --mode rerank --split train --queries 200 --seeds 3 --only fine-tune-learned \
+    --out results/attribution/variant-early-adam-rerank > /dev/null
+$PY results/attribution/per_part.py results/attribution/variant-early-adam-rerank --group mlp='model.layers.*' \
+    --folds $A/$B --with "$RUNS/index-final-adam" --out results/attribution/variant-early-final-adam-parts.json
