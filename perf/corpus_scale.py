@@ -230,15 +230,18 @@ def cold(index: Path, q: dict, repeats: int) -> dict:
             "max_s": round(max(times), 2), "repeats": repeats}
 
 
-def recall(index: Path, queries: list[dict], k: int) -> dict:
+def recall(index: Path, queries: list[dict], k: int, beam: int | None = None) -> dict:
     """HNSW's top k against exact search's for the embed vectors. A corpus of repeated documents holds identical
     passages, whose vectors tie: a tie may come back under either id, so a hit counts when its score reaches the
     exact k-th score (`recall@k`); `by_id` is the plain overlap of ids; `by_document` the overlap of the documents
     the hits were cut from, whichever copy (`DOC~K`), counted with multiplicity (per document, not per passage):
     near-copies of a passage score nearly alike, and which copy comes back is then a matter of near-ties, not of the
     graph."""
+    import ftrace.index.vectors
     from ftrace.query.tracer import Tracer
 
+    default = ftrace.index.vectors.HNSW_EF
+    ftrace.index.vectors.HNSW_EF = beam or default  # a measurement of other beams than ftrace's (read at each search)
     tracer = Tracer(index, device="cpu")
     try:
         got, by_id, by_document = [], [], []
@@ -253,9 +256,11 @@ def recall(index: Path, queries: list[dict], k: int) -> dict:
             by_document.append(sum(same.values()) / max(1, len(exact)))
     finally:
         tracer.close()
+        ftrace.index.vectors.HNSW_EF = default
     return {f"recall@{k}": round(float(np.mean(got)), 4), "min": round(float(np.min(got)), 2),
             "perfect": round(float(np.mean(np.array(got) == 1)), 3), "by_id": round(float(np.mean(by_id)), 4),
-            "by_document": round(float(np.mean(by_document)), 4), "queries": len(got)}
+            "by_document": round(float(np.mean(by_document)), 4), "queries": len(got),
+            "beam": beam or default}
 
 
 def source_document(passage_id: str) -> str:
@@ -273,6 +278,9 @@ def recall_of(args) -> None:
     qs = sample(Path(path), max(args.queries, args.recall_queries), args.seed)
     entry["hnsw_recall"] = recall(Path(path), qs[:args.recall_queries], 10) | {
         "command": command_of(__file__, None), "index": rel(path)}
+    if args.recall_ef:
+        entry["hnsw_recall"]["by_beam"] = {ef: recall(Path(path), qs[:args.recall_queries], 10, ef)
+                                           for ef in map(int, args.recall_ef.split(","))}
     write_results(out, res, markdown(res))
 
 
@@ -327,6 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--keep", action="store_true", help="keep the indexes (default: delete each once measured)")
     ap.add_argument("--recall-of", metavar="SIZE=INDEX", default=None,
                     help="measure the HNSW recall again on a kept INDEX for SIZE's entry of --out, and stop")
+    ap.add_argument("--recall-ef", default=None, metavar="EF,EF",
+                    help="with --recall-of: the recall again at these search beams (hnsw_ef) beside ftrace's")
     ap.add_argument("--out", default=str(ROOT / "perf" / "results" / "corpus_scale-cpu.json"))
     args = ap.parse_args(argv)
     if args.recall_of:
@@ -399,9 +409,15 @@ def markdown(r: dict) -> str:
                       f"{g['max_usage_gib']} GiB and met the limit {g['limit_hits']:,} times."]
     again = [s for s in r["sizes"] if "command" in s["hnsw_recall"]]
     if again:
-        lines += ["", "HNSW recall measured again on the kept index, as the script's first measure counted ties as "
-                  "misses: " + "; ".join(f"{s['passages']:,} passages: `{s['hnsw_recall']['command']}`"
-                                          for s in again) + "."]
+        lines += ["", "HNSW recall measured again on the kept index (`--recall-of`): " + "; ".join(
+            f"{s['passages']:,} passages: `{s['hnsw_recall']['command']}`" for s in again) + "."]
+        for s in again:
+            beams = s["hnsw_recall"].get("by_beam", {})
+            if beams:
+                lines += ["", f"Recall@10 at {s['passages']:,} passages by search beam (hnsw_ef; ftrace's is "
+                          f"{s['hnsw_recall']['beam']}): " + ", ".join(
+                              f"{ef}: {b['recall@10']} (by document {b['by_document']})" for ef, b in beams.items())
+                          + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from ftrace.runs.layout import MOMENTS, read_run
 FTRACE_COUNT = 3
 
 
-def select_checkpoints(train_dir: Path | str, which: Literal["all", "ftrace"] = "all") -> list[Path]:
+def select_checkpoints(train_dir: Path | str, which: str = "all") -> list[Path]:
     dirs = checkpoint_dirs(train_dir)
     if not dirs:
         raise TrainError(f"{train_dir}: no complete checkpoint (run ftrace train first)")
