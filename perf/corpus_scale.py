@@ -28,7 +28,9 @@ Protocol
 - HNSW recall@10 of the embed vectors: for --recall-queries seeded queries, the top 10 by HNSW (ftrace's search)
   against the top 10 by exact search (`exact=True`: a full scan of the same store); a hit counts when its score
   reaches the exact 10th score (repeated documents make identical passages, whose vectors tie and may come back
-  under either id; `by_id` is the plain overlap).
+  under either id; `by_id` is the plain overlap; `by_document` counts any copy of the same document), and the median
+  time of the HNSW search call alone (`search_ms_p50`, warm). `--recall-of SIZE=INDEX --recall-ef EF,EF` measures a
+  kept index again, also at other search beams.
 - Nothing else runs on the machine meanwhile (the host's speed varies from day to day: the plain-forward check of
   perf/ingest_scale.py, run just before, is recorded with --speed-check).
 - One run per results file: perf/results/corpus_scale-cpu.{json,md} (--out to change).
@@ -244,11 +246,13 @@ def recall(index: Path, queries: list[dict], k: int, beam: int | None = None) ->
     ftrace.index.vectors.HNSW_EF = beam or default  # a measurement of other beams than ftrace's (read at each search)
     tracer = Tracer(index, device="cpu")
     try:
-        got, by_id, by_document = [], [], []
+        got, by_id, by_document, seconds = [], [], [], []
         for q in queries:
             v = tracer.query_vectors(q["prompt"], q["target"], ["embed"])["embed"]
             exact = tracer.store.search("embed", v, k, exact=True)
+            start = time.perf_counter()
             approx = tracer.store.search("embed", v, k)
+            seconds.append(time.perf_counter() - start)
             floor = min(score for _, score in exact) - TIE
             got.append(sum(score >= floor for _, score in approx) / max(1, len(exact)))
             by_id.append(len({i for i, _ in exact} & {i for i, _ in approx}) / max(1, len(exact)))
@@ -260,7 +264,7 @@ def recall(index: Path, queries: list[dict], k: int, beam: int | None = None) ->
     return {f"recall@{k}": round(float(np.mean(got)), 4), "min": round(float(np.min(got)), 2),
             "perfect": round(float(np.mean(np.array(got) == 1)), 3), "by_id": round(float(np.mean(by_id)), 4),
             "by_document": round(float(np.mean(by_document)), 4), "queries": len(got),
-            "beam": beam or default}
+            "beam": beam or default, "search_ms_p50": round(1000 * float(np.median(seconds)), 1)}
 
 
 def source_document(passage_id: str) -> str:
@@ -416,7 +420,9 @@ def markdown(r: dict) -> str:
             if beams:
                 lines += ["", f"Recall@10 at {s['passages']:,} passages by search beam (hnsw_ef; ftrace's is "
                           f"{s['hnsw_recall']['beam']}): " + ", ".join(
-                              f"{ef}: {b['recall@10']} (by document {b['by_document']})" for ef, b in beams.items())
+                              f"{ef}: {b['recall@10']} (by document {b['by_document']}"
+                              + (f", search p50 {b['search_ms_p50']} ms" if "search_ms_p50" in b else "") + ")"
+                              for ef, b in beams.items())
                           + "."]
     return "\n".join(lines) + "\n"
 
