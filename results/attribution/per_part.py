@@ -292,7 +292,8 @@ def main() -> None:
     print("|---|" + "---|" * len(slices))
     for name in names:
         print(f"| {name} | " + " | ".join(f"{table[s][name]:.3f}" for s in slices) + " |")
-    print(f"\nbench's own tracin MRR over the same draws: {table['all']['bench']:.3f} (the sum row should match)")
+    check = f"the {Path(spec['checkpoints'][0]['name']).name} row" if o.other else "the sum row"
+    print(f"\nbench's own tracin MRR over the same draws: {table['all']['bench']:.3f} ({check} should match)")
     chosen = cross_chosen(draws, names, o.folds) if o.folds else []
     for ch in chosen:
         print(f"\nchosen on {ch['chosen_on']}: {ch['part']} (MRR {ch['mrr_chosen_on']:.3f} there); "
