@@ -232,8 +232,9 @@ def cold(index: Path, q: dict, repeats: int) -> dict:
             "max_s": round(max(times), 2), "repeats": repeats}
 
 
-def recall(index: Path, queries: list[dict], k: int, beam: int | None = None) -> dict:
-    """HNSW's top k against exact search's for the embed vectors. A corpus of repeated documents holds identical
+def recall(index: Path, queries: list[dict], k: int, beams: list[int] | None = None) -> dict[int, dict]:
+    """HNSW's top k against exact search's for the embed vectors, per search beam (hnsw_ef; default: ftrace's own),
+    each query's vector and exact top k computed once for all beams. A corpus of repeated documents holds identical
     passages, whose vectors tie: a tie may come back under either id, so a hit counts when its score reaches the
     exact k-th score (`recall@k`); `by_id` is the plain overlap of ids; `by_document` the overlap of the documents
     the hits were cut from, whichever copy (`DOC~K`), counted with multiplicity (per document, not per passage):
@@ -243,28 +244,31 @@ def recall(index: Path, queries: list[dict], k: int, beam: int | None = None) ->
     from ftrace.query.tracer import Tracer
 
     default = ftrace.index.vectors.HNSW_EF
-    ftrace.index.vectors.HNSW_EF = beam or default  # a measurement of other beams than ftrace's (read at each search)
+    beams = list(dict.fromkeys(beams or [default]))
+    got, by_id, by_document, seconds = ({b: [] for b in beams} for _ in range(4))
     tracer = Tracer(index, device="cpu")
     try:
-        got, by_id, by_document, seconds = [], [], [], []
         for q in queries:
             v = tracer.query_vectors(q["prompt"], q["target"], ["embed"])["embed"]
             exact = tracer.store.search("embed", v, k, exact=True)
-            start = time.perf_counter()
-            approx = tracer.store.search("embed", v, k)
-            seconds.append(time.perf_counter() - start)
             floor = min(score for _, score in exact) - TIE
-            got.append(sum(score >= floor for _, score in approx) / max(1, len(exact)))
-            by_id.append(len({i for i, _ in exact} & {i for i, _ in approx}) / max(1, len(exact)))
-            same = Counter(source_document(i) for i, _ in exact) & Counter(source_document(i) for i, _ in approx)
-            by_document.append(sum(same.values()) / max(1, len(exact)))
+            for b in beams:
+                ftrace.index.vectors.HNSW_EF = b  # a measurement of other beams than ftrace's (read at each search)
+                start = time.perf_counter()
+                approx = tracer.store.search("embed", v, k)
+                seconds[b].append(time.perf_counter() - start)
+                got[b].append(sum(score >= floor for _, score in approx) / max(1, len(exact)))
+                by_id[b].append(len({i for i, _ in exact} & {i for i, _ in approx}) / max(1, len(exact)))
+                same = Counter(source_document(i) for i, _ in exact) & Counter(source_document(i) for i, _ in approx)
+                by_document[b].append(sum(same.values()) / max(1, len(exact)))
     finally:
         tracer.close()
         ftrace.index.vectors.HNSW_EF = default
-    return {f"recall@{k}": round(float(np.mean(got)), 4), "min": round(float(np.min(got)), 2),
-            "perfect": round(float(np.mean(np.array(got) == 1)), 3), "by_id": round(float(np.mean(by_id)), 4),
-            "by_document": round(float(np.mean(by_document)), 4), "queries": len(got),
-            "beam": beam or default, "search_ms_p50": round(1000 * float(np.median(seconds)), 1)}
+    return {b: {f"recall@{k}": round(float(np.mean(got[b])), 4), "min": round(float(np.min(got[b])), 2),
+                "perfect": round(float(np.mean(np.array(got[b]) == 1)), 3),
+                "by_id": round(float(np.mean(by_id[b])), 4), "by_document": round(float(np.mean(by_document[b])), 4),
+                "queries": len(got[b]), "beam": b, "search_ms_p50": round(1000 * float(np.median(seconds[b])), 1)}
+            for b in beams}
 
 
 def source_document(passage_id: str) -> str:
@@ -275,16 +279,18 @@ def source_document(passage_id: str) -> str:
 def recall_of(args) -> None:
     """--recall-of SIZE=INDEX: the HNSW recall of an index kept from a run (or built by the same ingest command)
     measured again, into that size's entry of --out."""
+    from ftrace.index.vectors import HNSW_EF
+
     size, _, path = args.recall_of.partition("=")
     out = Path(args.out)
     res = json.loads(out.read_text())
     entry = next(s for s in res["sizes"] if s["target"] == int(size))
     qs = sample(Path(path), max(args.queries, args.recall_queries), args.seed)
-    entry["hnsw_recall"] = recall(Path(path), qs[:args.recall_queries], 10) | {
-        "command": command_of(__file__, None), "index": rel(path)}
-    if args.recall_ef:
-        entry["hnsw_recall"]["by_beam"] = {ef: recall(Path(path), qs[:args.recall_queries], 10, ef)
-                                           for ef in map(int, args.recall_ef.split(","))}
+    others = [int(ef) for ef in args.recall_ef.split(",")] if args.recall_ef else []
+    by_beam = recall(Path(path), qs[:args.recall_queries], 10, [HNSW_EF, *others])
+    entry["hnsw_recall"] = by_beam.pop(HNSW_EF) | {"command": command_of(__file__, None), "index": rel(path)}
+    if by_beam:
+        entry["hnsw_recall"]["by_beam"] = {str(ef): r for ef, r in by_beam.items()}
     write_results(out, res, markdown(res))
 
 
@@ -311,7 +317,7 @@ def run_size(n: int, docs, queries, counts, args) -> dict:
     qs = sample(index, max(args.queries, args.recall_queries), args.seed)
     out["warm"] = warm(index, qs[:args.queries], args)
     out["cold_query"] = cold(index, qs[0], args.cold_repeats)
-    out["hnsw_recall"] = recall(index, qs[:args.recall_queries], 10)
+    out["hnsw_recall"], = recall(index, qs[:args.recall_queries], 10).values()  # at ftrace's own beam
     if not args.keep:
         import shutil
 

@@ -76,7 +76,9 @@ def traced_run(train_dir: Path | str, which: str = "ftrace") -> TracedRun:
     if run is None or not run.get("complete"):
         raise TrainError(f"--train-run {train_dir}: no complete ftrace train run there (run or resume "
                          "`ftrace train` first)")
-    tuned = [d for d in checkpoint_dirs(train_dir) if (read_state(d) or {}).get("step", 0) > 0]
+    at = {step: d for d in checkpoint_dirs(train_dir)  # step -> checkpoint
+          if (step := (read_state(d) or {}).get("step")) is not None}
+    tuned = [d for step, d in at.items() if step > 0]
     if not tuned:
         raise TrainError(f"--train-run {train_dir}: the run has no fine-tuned checkpoint")
     try:
@@ -84,14 +86,13 @@ def traced_run(train_dir: Path | str, which: str = "ftrace") -> TracedRun:
     except ValueError as e:
         raise TrainError(f"--checkpoint-select {which!r}: {e}") from None
     if steps is not None:
-        at = {step: d for d in checkpoint_dirs(train_dir) if (step := (read_state(d) or {}).get("step")) is not None}
         missing = [s for s in steps if s not in at]
         if missing:
             raise TrainError(f"--checkpoint-select {which}: the run has no checkpoint at step {missing[0]} "
                              f"(it has {', '.join(str(s) for s in sorted(at))})")
         picked = [at[s] for s in steps]
     elif which == "base":
-        picked = [d for d in checkpoint_dirs(train_dir) if (read_state(d) or {}).get("step") == 0]
+        picked = [at[0]] if 0 in at else []
     elif which == "final":
         picked = tuned[-1:]
     else:

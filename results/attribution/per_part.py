@@ -93,23 +93,20 @@ def fit_pieces(sample: np.ndarray, pieces: list[np.ndarray], dampings: list[floa
 
 def fit_kfac(sample: np.ndarray, pieces: list[np.ndarray], factors: list[tuple[int, int]],
              dampings: list[float]) -> list[list]:
-    """Per damping, one (W_r, W_c) per piece: the inverse square roots of the damped Kronecker factors S = E[G G^T]
-    and A = E[G^T G] of the sample's pieces, each G its (k_r x k_c) factored projection."""
+    """Per damping, one (W_r, W_c) per piece: ftrace's whitening (whitening.py: the damped inverse square root) of
+    the Kronecker factors S = E[G G^T] and A = E[G^T G] of the sample's pieces, each G its (k_r x k_c) factored
+    projection."""
     import torch
 
-    from ftrace.features.gradients.whitening import unit
-
-    def inverse_root(F: torch.Tensor, d: float) -> torch.Tensor:
-        w, V = torch.linalg.eigh(F)
-        w = w.clamp(min=0) + d * w.clamp(min=0).mean()
-        return ((V / w.sqrt()) @ V.T).float()
+    from ftrace.features.gradients.whitening import unit, whitening_matrices
 
     per_piece = []
     for idx, (kr, kc) in zip(pieces, factors, strict=True):
         G = unit(torch.from_numpy(sample[:, idx]).double()).reshape(-1, kr, kc)
         S = torch.einsum("nij,nkj->ik", G, G) / len(G)
         A = torch.einsum("nji,njk->ik", G, G) / len(G)
-        per_piece.append([(inverse_root(S, d), inverse_root(A, d)) for d in dampings])
+        pairs = zip(whitening_matrices(S, dampings), whitening_matrices(A, dampings), strict=True)
+        per_piece.append([(Wr.float(), Wc.float()) for (Wr, _), (Wc, _) in pairs])
     return [[Ws[k] for Ws in per_piece] for k in range(len(dampings))]
 
 
