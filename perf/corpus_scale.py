@@ -232,28 +232,26 @@ def cold(index: Path, q: dict, repeats: int) -> dict:
             "max_s": round(max(times), 2), "repeats": repeats}
 
 
-def recall(index: Path, queries: list[dict], k: int, beams: list[int] | None = None) -> dict[int, dict]:
-    """HNSW's top k against exact search's for the embed vectors, per search beam (hnsw_ef; default: ftrace's own),
-    each query's vector and exact top k computed once for all beams. A corpus of repeated documents holds identical
-    passages, whose vectors tie: a tie may come back under either id, so a hit counts when its score reaches the
-    exact k-th score (`recall@k`); `by_id` is the plain overlap of ids; `by_document` the overlap of the documents
-    the hits were cut from, whichever copy (`DOC~K`), counted with multiplicity (per document, not per passage):
-    near-copies of a passage score nearly alike, and which copy comes back is then a matter of near-ties, not of the
-    graph."""
-    import ftrace.index.vectors
+def recall(index: Path, queries: list[dict], k: int, others: list[int] | None = None) -> dict[int, dict]:
+    """HNSW's top k against exact search's for the embed vectors, per search beam (hnsw_ef: the store's own, then
+    `others`), each query's vector and exact top k computed once for all beams. A corpus of repeated documents
+    holds identical passages, whose vectors tie: a tie may come back under either id, so a hit counts when its
+    score reaches the exact k-th score (`recall@k`); `by_id` is the plain overlap of ids; `by_document` the overlap
+    of the documents the hits were cut from, whichever copy (`DOC~K`), counted with multiplicity (per document, not
+    per passage): near-copies of a passage score nearly alike, and which copy comes back is then a matter of
+    near-ties, not of the graph."""
     from ftrace.query.tracer import Tracer
 
-    default = ftrace.index.vectors.HNSW_EF
-    beams = list(dict.fromkeys(beams or [default]))
-    got, by_id, by_document, seconds = ({b: [] for b in beams} for _ in range(4))
     tracer = Tracer(index, device="cpu")
     try:
+        beams = list(dict.fromkeys([tracer.store.search_ef(), *(others or [])]))
+        got, by_id, by_document, seconds = ({b: [] for b in beams} for _ in range(4))
         for q in queries:
             v = tracer.query_vectors(q["prompt"], q["target"], ["embed"])["embed"]
             exact = tracer.store.search("embed", v, k, exact=True)
             floor = min(score for _, score in exact) - TIE
             for b in beams:
-                ftrace.index.vectors.HNSW_EF = b  # a measurement of other beams than ftrace's (read at each search)
+                tracer.store.beam = b
                 start = time.perf_counter()
                 approx = tracer.store.search("embed", v, k)
                 seconds[b].append(time.perf_counter() - start)
@@ -263,7 +261,6 @@ def recall(index: Path, queries: list[dict], k: int, beams: list[int] | None = N
                 by_document[b].append(sum(same.values()) / max(1, len(exact)))
     finally:
         tracer.close()
-        ftrace.index.vectors.HNSW_EF = default
     return {b: {f"recall@{k}": round(float(np.mean(got[b])), 4), "min": round(float(np.min(got[b])), 2),
                 "perfect": round(float(np.mean(np.array(got[b]) == 1)), 3),
                 "by_id": round(float(np.mean(by_id[b])), 4), "by_document": round(float(np.mean(by_document[b])), 4),
@@ -279,16 +276,15 @@ def source_document(passage_id: str) -> str:
 def recall_of(args) -> None:
     """--recall-of SIZE=INDEX: the HNSW recall of an index kept from a run (or built by the same ingest command)
     measured again, into that size's entry of --out."""
-    from ftrace.index.vectors import HNSW_EF
-
     size, _, path = args.recall_of.partition("=")
     out = Path(args.out)
     res = json.loads(out.read_text())
     entry = next(s for s in res["sizes"] if s["target"] == int(size))
     qs = sample(Path(path), max(args.queries, args.recall_queries), args.seed)
     others = [int(ef) for ef in args.recall_ef.split(",")] if args.recall_ef else []
-    by_beam = recall(Path(path), qs[:args.recall_queries], 10, [HNSW_EF, *others])
-    entry["hnsw_recall"] = by_beam.pop(HNSW_EF) | {"command": command_of(__file__, None), "index": rel(path)}
+    by_beam = recall(Path(path), qs[:args.recall_queries], 10, others)
+    entry["hnsw_recall"] = by_beam.pop(next(iter(by_beam))) | {"command": command_of(__file__, None),
+                                                                 "index": rel(path)}
     if by_beam:
         entry["hnsw_recall"]["by_beam"] = {str(ef): r for ef, r in by_beam.items()}
     write_results(out, res, markdown(res))
@@ -317,7 +313,7 @@ def run_size(n: int, docs, queries, counts, args) -> dict:
     qs = sample(index, max(args.queries, args.recall_queries), args.seed)
     out["warm"] = warm(index, qs[:args.queries], args)
     out["cold_query"] = cold(index, qs[0], args.cold_repeats)
-    out["hnsw_recall"], = recall(index, qs[:args.recall_queries], 10).values()  # at ftrace's own beam
+    out["hnsw_recall"], = recall(index, qs[:args.recall_queries], 10).values()  # at the store's own beam
     if not args.keep:
         import shutil
 

@@ -11,7 +11,7 @@ Protocol
 - Queries: --queries seeded queries of the index with proponents (dev split first), their targets given;
   each query's vectors are computed once (the model's part is not what is measured here).
 - Per query and vector kind: the top --k by exact search (`exact=True`, a full scan) and by HNSW with each search
-  beam of --ef (hnsw_ef; 0 = Qdrant's default, ef_construct; ftrace's own is vectors.HNSW_EF); recall@k =
+  beam of --ef (hnsw_ef; 0 = Qdrant's default, ef_construct; ftrace's own is vectors.search_beam(points)); recall@k =
   the share of the exact top k that HNSW returns. Latency per search, min / median / p95 over the queries,
   after --warmup untimed searches.
 - Disk: bytes of the Qdrant directory before and after the build; memory: this process's RSS after the
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(ROOT / "indexes" / "scale"))
     ap.add_argument("--ef", default="0,128,256,512,1024",
-                    help="HNSW search beams to compare (0: Qdrant's default); ftrace searches with vectors.HNSW_EF")
+                    help="HNSW search beams to compare (0: Qdrant's default); ftrace's: vectors.search_beam(points)")
     ap.add_argument("--out", default=str(ROOT / "perf" / "results" / "hnsw_recall-cpu.json"))
     args = ap.parse_args(argv)
     import torch
@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
             for n in names:
                 store.search(n, v[n], args.k, exact=True)
                 store.search(n, v[n], args.k)
-        from ftrace.index import vectors
-
-        ftrace_ef = vectors.HNSW_EF
+        ftrace_ef = store.search_ef()
         beams = [int(x) for x in args.ef.split(",")]
         per: dict[str, dict] = {}
         for n in names:
@@ -105,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
             per[n] = {"dimensions": size, "raw_bytes_float16": m.corpus.examples * size * 2, "exact": pct(t_exact),
                       "hnsw": {}}
             for ef in beams:
-                vectors.HNSW_EF = ef or None  # the beam ftrace's searches use (0: Qdrant's default)
+                store.beam = ef  # the beam the store's searches use (0: Qdrant's default)
                 recall, t_hnsw = [], []
                 for v, ex in zip(qvecs, exact, strict=True):
                     t0 = time.perf_counter()
@@ -116,7 +114,6 @@ def main(argv: list[str] | None = None) -> dict:
                                                                  "min": float(np.min(recall)),
                                                                  "perfect": float(np.mean(np.array(recall) == 1))},
                                            "latency": pct(t_hnsw)}
-        vectors.HNSW_EF = ftrace_ef
         res = {"command": command_of(__file__, argv),
                "index": rel(source), "copy": rel(copy), "examples": m.corpus.examples, "queries": len(queries),
                "k": args.k, "build": record, "vectors": per, "rss_gib_after": round(rss_gib(), 2),

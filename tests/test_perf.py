@@ -269,6 +269,18 @@ def test_hnsw_recall_results_file(sample_index, tmp_path):
     assert Manifest.read(sample_index).model_dump() == before and (tmp_path / "w").exists()
 
 
+def test_corpus_scale_recall_by_beam(sample_index):
+    """perf/corpus_scale.py's HNSW recall on the tiny sample index (exact segments: every beam finds the exact top
+    k): the store's own beam first, then the others, a repeated beam measured once."""
+    from ftrace.index.vectors import HNSW_EF_MIN
+
+    mod = perf_script("corpus_scale")
+    by_beam = mod.recall(sample_index, mod.sample(sample_index, 4, 0), 3, [64, HNSW_EF_MIN, 64])
+    assert list(by_beam) == [HNSW_EF_MIN, 64]
+    for beam, r in by_beam.items():
+        assert r["beam"] == beam and r["queries"] == 4 and r["recall@3"] == r["by_id"] == r["by_document"] == 1.0
+
+
 def test_query_floor_results_file(sample_index, tmp_path):
     """perf/query_floor.py on the tiny model's sample index: ftrace's query vector and answer beside their floors
     (the bare decode loop must give the same answers, or the script stops), ratios and top ops in the file."""

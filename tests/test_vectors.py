@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from ftrace.index.vectors import ClientStore, EdgeStore, StoreError, open_store
+from ftrace.index.vectors import (
+    HNSW_EF_MAX,
+    HNSW_EF_MIN,
+    POINTS_PER_BEAM,
+    ClientStore,
+    EdgeStore,
+    StoreError,
+    open_store,
+    search_beam,
+)
 
 BACKENDS = ["edge", "local"]
 
@@ -57,6 +66,23 @@ def test_present_count_idempotent_upsert_and_reopen(filled):
     assert again.exists() and again.count() == 60
     assert again.search("embed", vectors["embed"][2], 1)[0][0] == ids[2]
     again.close()
+
+
+def test_the_search_beam_widens_with_the_collection(tmp_path, monkeypatch):
+    assert search_beam(0) == search_beam(HNSW_EF_MIN * POINTS_PER_BEAM) == HNSW_EF_MIN
+    assert HNSW_EF_MIN < search_beam(1_000_000) == 1_000_000 // POINTS_PER_BEAM < HNSW_EF_MAX == search_beam(10**9)
+    store = make("edge", tmp_path)
+    store.create({"embed": 4})
+    assert store.search("embed", np.ones(4), 1) == [] and store.beam is None  # empty: not kept
+    points = {"n": 1_000_000}  # what Qdrant would count in a million-passage collection
+    monkeypatch.setattr(store, "count", lambda: points["n"])
+    assert store.search("embed", np.ones(4), 1) == [] and store.beam == 1_000_000 // POINTS_PER_BEAM
+    points["n"] = 10  # kept for the store's life: one count a process
+    assert store.search_ef() == 1_000_000 // POINTS_PER_BEAM
+    store.beam = 0  # Qdrant's own default
+    store.upsert(["a"], {"embed": np.ones((1, 4))}, [{"example_id": "a"}])
+    assert store.search("embed", np.ones(4), 1)[0][0] == "a"
+    store.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -21,10 +21,19 @@ from ftrace.config import MAX_VECTOR_SIZE
 from ftrace.index.files import STORES
 from ftrace.index.locks import StoreLock
 
-# HNSW's search beam (where `ingest --hnsw` built one; exact segments ignore it). Qdrant's default (its build's
-# ef_construct, 100) finds 0.76-0.78 of the exact top 10 on the 102k LAMA index; 512 finds 0.91-0.92 in a sixth of
-# exact search's time (perf/results/hnsw_recall-cpu.md).
-HNSW_EF = 512
+# HNSW's search beam (hnsw_ef) where `ingest --hnsw` built one (exact segments ignore it). On the 102k LAMA sentences
+# Qdrant's default (its build's ef_construct, 100) finds 0.76-0.78 of the exact top 10 and 512 finds 0.91-0.92, in a
+# sixth of exact search's time (perf/results/hnsw_recall-cpu.md); at a million passages 512 finds 0.54, 2,048 0.70 and
+# 8,192 0.82 (perf/results/corpus_scale_capped-cpu.md). So the beam is 512 up to 131,072 points (HNSW_EF_MIN x
+# POINTS_PER_BEAM) and widens in proportion beyond, up to HNSW_EF_MAX (reached at about 2.1M points).
+HNSW_EF_MIN, HNSW_EF_MAX, POINTS_PER_BEAM = 512, 8192, 256
+
+
+def search_beam(points: int) -> int:
+    """The HNSW search beam for a collection of `points` (on a cluster, every shard searches with it)."""
+    return min(HNSW_EF_MAX, max(HNSW_EF_MIN, points // POINTS_PER_BEAM))
+
+
 _NAMESPACE = uuid.UUID("6f1d3c52-96a4-4f0c-9a4e-1f3b8f1e2a10")
 
 
@@ -52,6 +61,18 @@ def _as_points(records, names: Sequence[str]) -> Points:
 
 
 class VectorStore(ABC):
+    beam: int | None = None  # set: the beam every search of this store object uses
+
+    def search_ef(self) -> int:
+        """The hnsw_ef this store searches with (0: Qdrant's default, ef_construct): `beam`, else the collection's
+        search_beam, kept once the collection holds points."""
+        if self.beam is not None:
+            return self.beam
+        points = self.count()
+        if points:
+            self.beam = search_beam(points)
+        return search_beam(points)
+
     @abstractmethod
     def create(self, sizes: dict[str, int], float16: bool = True, shard_number: int = 1,
                replication_factor: int = 1) -> None:
@@ -136,7 +157,7 @@ class EdgeStore(VectorStore):
         hits = self.shard.query(qe.QueryRequest(
             limit=k, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=name),
             filter=flt, with_payload=["example_id"],
-            params=qe.SearchParams(exact=exact, hnsw_ef=None if exact else HNSW_EF)))
+            params=qe.SearchParams(exact=exact, hnsw_ef=None if exact else self.search_ef() or None)))
         return [(h.payload["example_id"], h.score) for h in hits]
 
     def present(self, ids):
@@ -212,10 +233,10 @@ class ClientStore(VectorStore):
     def search(self, name, vector, k, ids=None, exact=False):
         m = self.models
         flt = m.Filter(must=[m.HasIdCondition(has_id=[point_id(i) for i in ids])]) if ids is not None else None
+        ef = None if exact or not self.remote else self.search_ef() or None  # local mode is exact: no beam
         res = self.client.query_points(self.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=name,
                                        limit=k, query_filter=flt, with_payload=["example_id"],
-                                       search_params=m.SearchParams(exact=exact, hnsw_ef=None if exact else HNSW_EF)
-                                       if self.remote else None)
+                                       search_params=m.SearchParams(exact=exact, hnsw_ef=ef) if self.remote else None)
         return [((p.payload or {})["example_id"], p.score) for p in res.points]
 
     def present(self, ids):
