@@ -49,3 +49,16 @@ $FT bench --index "$RUNS/index-early-adam" --mode rerank --split train --queries
     --out results/attribution/variant-early-adam-rerank > /dev/null
 $PY results/attribution/per_part.py results/attribution/variant-early-adam-rerank --group mlp='model.layers.*' \
     --folds $A/$B --with "$RUNS/index-final-adam" --out results/attribution/variant-early-final-adam-parts.json
+
+# The main run's index rebuilt with each checkpoint's own Adam second moments: the embedding block (ingest's default)
+# at FTRACE's early checkpoints and the final one, FTRACE's recipe; 2026-12-06, alone on the cores (1 h 31 min on a
+# host at 0.43x the fast day). Its fine-tune-learned benches as the main run's, and the per-checkpoint parts (with the
+# fold check). (The pre-train-learned benches and tracin+bm25 tuned on the other relations were not run: time.)
+$FT ingest --index "$RUNS/index-main-adam" "${SEL[@]}" --train-run "$RUNS/attribution-main" \
+    --checkpoint-select 121,242,383,2014 --checkpoint-optimizer --dtype bfloat16
+for mode in rerank full; do
+  $FT bench --index "$RUNS/index-main-adam" --mode "$mode" --split train --queries 200 --seeds 3 --only fine-tune-learned \
+      --out "results/attribution/main-adam-fine-tune-learned-$mode" > /dev/null
+done
+$PY results/attribution/per_part.py results/attribution/main-adam-fine-tune-learned-rerank --folds $A/$B \
+    --out results/attribution/main-adam-per-checkpoint.json
