@@ -75,7 +75,7 @@ def test_the_search_beam_widens_with_the_collection(tmp_path, monkeypatch):
     store.create({"embed": 4})
     assert store.search("embed", np.ones(4), 1) == [] and store.beam is None  # empty: not kept
     points = {"n": 1_000_000}  # what Qdrant would count in a million-passage collection
-    monkeypatch.setattr(store, "count", lambda: points["n"])
+    monkeypatch.setattr(store, "count", lambda exact=True: points["n"])
     assert store.search("embed", np.ones(4), 1) == [] and store.beam == 1_000_000 // POINTS_PER_BEAM
     points["n"] = 10  # kept for the store's life: one count a process
     assert store.search_ef() == 1_000_000 // POINTS_PER_BEAM

@@ -68,7 +68,7 @@ class VectorStore(ABC):
         search_beam, kept once the collection holds points."""
         if self.beam is not None:
             return self.beam
-        points = self.count()
+        points = self.count(exact=False)  # the segments' own counts: 0.1 ms at 1M points, exact 100 ms
         if points:
             self.beam = search_beam(points)
         return search_beam(points)
@@ -94,7 +94,7 @@ class VectorStore(ABC):
         """Which of these example ids are stored."""
 
     @abstractmethod
-    def count(self) -> int: ...
+    def count(self, exact: bool = True) -> int: ...
 
     @abstractmethod
     def points(self, names: Sequence[str], batch: int = 256) -> Iterator[Points]:
@@ -166,8 +166,8 @@ class EdgeStore(VectorStore):
         recs = self.shard.retrieve([point_id(i) for i in ids], with_payload=["example_id"], with_vector=False)
         return {r.payload["example_id"] for r in recs}
 
-    def count(self) -> int:
-        return self.shard.count(self.qe.CountRequest(exact=True))
+    def count(self, exact: bool = True) -> int:
+        return self.shard.count(self.qe.CountRequest(exact=exact))
 
     def points(self, names, batch=256):
         return _scrolled(lambda offset: self.shard.scroll(self.qe.ScrollRequest(
@@ -245,8 +245,8 @@ class ClientStore(VectorStore):
         recs = self.client.retrieve(self.collection, [point_id(i) for i in ids], with_payload=["example_id"])
         return {(r.payload or {})["example_id"] for r in recs}
 
-    def count(self) -> int:
-        return self.client.count(self.collection, exact=True).count
+    def count(self, exact: bool = True) -> int:
+        return self.client.count(self.collection, exact=exact).count
 
     def points(self, names, batch=256):
         return _scrolled(lambda offset: self.client.scroll(self.collection, limit=batch, offset=offset,
