@@ -53,7 +53,8 @@ $PY results/attribution/per_part.py results/attribution/variant-early-adam-reran
 # The main run's index rebuilt with each checkpoint's own Adam second moments: the embedding block (ingest's default)
 # at FTRACE's early checkpoints and the final one, FTRACE's recipe; 2026-12-06, alone on the cores (1 h 31 min on a
 # host at 0.43x the fast day). Its fine-tune-learned benches as the main run's, and the per-checkpoint parts (with the
-# fold check). (The pre-train-learned benches and tracin+bm25 tuned on the other relations were not run: time.)
+# fold check), and tracin+bm25 with its weight tuned on the other three relations. (The pre-train-learned benches
+# were not run: time.)
 $FT ingest --index "$RUNS/index-main-adam" "${SEL[@]}" --train-run "$RUNS/attribution-main" \
     --checkpoint-select 121,242,383,2014 --checkpoint-optimizer --dtype bfloat16
 for mode in rerank full; do
@@ -62,3 +63,9 @@ for mode in rerank full; do
 done
 $PY results/attribution/per_part.py results/attribution/main-adam-fine-tune-learned-rerank --folds $A/$B \
     --out results/attribution/main-adam-per-checkpoint.json
+for half in "1 $A $B" "2 $B $A"; do
+  set -- $half
+  $FT bench --index "$RUNS/index-main-adam" --mode rerank --split train --queries 200 --seeds 3 --only fine-tune-learned \
+      --relation "$2" --tune-relation "$3" --tune-split train \
+      --methods bm25,embed,tracin,tracin+bm25,embed+bm25,random-target --out "results/attribution/main-adam-tuned-$1-rerank" > /dev/null
+done
