@@ -24,12 +24,18 @@ for v in "final --checkpoint-select final" "base --checkpoint-select base" \
       --folds P131,P527,P37/P30,P136,P1303 --out "results/attribution/variant-$name-parts.json"
 done
 A=P131,P527,P37; B=P30,P136,P1303
-for half in "1 $A $B" "2 $B $A"; do
-  set -- $half
-  $FT bench --index "$RUNS/index-final" --mode rerank --split train --queries 200 --seeds 3 --only fine-tune-learned \
-      --relation "$2" --tune-relation "$3" --tune-split train \
-      --methods bm25,embed,tracin,tracin+bm25,embed+bm25,random-target --out "results/attribution/variant-final-tuned-$1-rerank" > /dev/null
-done
+# tuned INDEX OUT: the fusion weights tuned on three relations' fine-tune-learned facts, reported on the other three's
+# (OUT-1-rerank, OUT-2-rerank: both halves)
+tuned() {
+  local index=$1 out=$2 half
+  for half in "1 $A $B" "2 $B $A"; do
+    set -- $half
+    $FT bench --index "$index" --mode rerank --split train --queries 200 --seeds 3 --only fine-tune-learned \
+        --relation "$2" --tune-relation "$3" --tune-split train \
+        --methods bm25,embed,tracin,tracin+bm25,embed+bm25,random-target --out "$out-$1-rerank" > /dev/null
+  done
+}
+tuned "$RUNS/index-final" results/attribution/variant-final-tuned
 # Whitening, from the final-adam index's stored vectors (no new index: per_part.py whitens them as ingest would),
 # 2026-12-06, 47 min on 2 cores; --query-cache keeps the queries' vectors for a second run on the same bench run.
 $PY results/attribution/per_part.py results/attribution/variant-final-adam-rerank --group mlp='model.layers.*' \
@@ -63,9 +69,4 @@ for mode in rerank full; do
 done
 $PY results/attribution/per_part.py results/attribution/main-adam-fine-tune-learned-rerank --folds $A/$B \
     --out results/attribution/main-adam-per-checkpoint.json
-for half in "1 $A $B" "2 $B $A"; do
-  set -- $half
-  $FT bench --index "$RUNS/index-main-adam" --mode rerank --split train --queries 200 --seeds 3 --only fine-tune-learned \
-      --relation "$2" --tune-relation "$3" --tune-split train \
-      --methods bm25,embed,tracin,tracin+bm25,embed+bm25,random-target --out "results/attribution/main-adam-tuned-$1-rerank" > /dev/null
-done
+tuned "$RUNS/index-main-adam" results/attribution/main-adam-tuned
