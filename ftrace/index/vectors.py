@@ -233,10 +233,10 @@ class ClientStore(VectorStore):
     def search(self, name, vector, k, ids=None, exact=False):
         m = self.models
         flt = m.Filter(must=[m.HasIdCondition(has_id=[point_id(i) for i in ids])]) if ids is not None else None
-        ef = None if exact or not self.remote else self.search_ef() or None  # local mode is exact: no beam
+        params = (m.SearchParams(exact=exact, hnsw_ef=None if exact else self.search_ef() or None)
+                  if self.remote else None)  # local mode searches exactly: no beam, nothing to count
         res = self.client.query_points(self.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=name,
-                                       limit=k, query_filter=flt, with_payload=["example_id"],
-                                       search_params=m.SearchParams(exact=exact, hnsw_ef=ef) if self.remote else None)
+                                       limit=k, query_filter=flt, with_payload=["example_id"], search_params=params)
         return [((p.payload or {})["example_id"], p.score) for p in res.points]
 
     def present(self, ids):
