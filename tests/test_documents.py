@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from ftrace.cli import app
 from ftrace.corpus import CorpusError, Passages, load_corpus
-from ftrace.corpus.passages import around, token_windows
+from ftrace.corpus.passages import AHEAD, SNAP, _Cut, around, token_windows
 from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import Manifest
-from ftrace.model.corpus import _offsets
+from ftrace.model.corpus import ModelTokens
 
 RECORDS = [{"doc_id": "d1", "content": "Spanish is the official language of Spain."},
            {"doc_id": 7, "content": "Apple developed macOS."},
@@ -121,12 +121,12 @@ def document(sample, n=30):
 
 
 def test_a_long_document_is_cut_into_passages_that_tile_it_with_the_stride(sample, tiny_model_dir):
-    offsets = _offsets(tiny_model_dir)
+    model_tokens = ModelTokens(tiny_model_dir)
     text = document(sample)
     size, stride = 64, 48
-    tokens = offsets(text)
+    tokens = model_tokens.offsets([text])[0]
     assert len(tokens) > 4 * size  # several passages
-    spans = Passages(size, stride, offsets).spans(text)
+    spans = Passages(size, stride, model_tokens).spans(text)
     windows = token_windows(len(tokens), size, stride)
     assert len(windows) - 1 <= len(spans) <= len(windows) + 1 and len(spans) > 4
     starts = [t[0] for t in tokens]
@@ -134,10 +134,94 @@ def test_a_long_document_is_cut_into_passages_that_tile_it_with_the_stride(sampl
         # each starts at its window's first token, or a few tokens before it, between two words
         nominal = starts[min(k * stride, len(tokens) - 1)]
         assert nominal - 60 <= a <= nominal + 1 and (a == 0 or not (text[a - 1].isalnum() and text[a].isalnum()))
-        assert len(offsets(text[a:b])) <= size  # and fits a passage, tokenised alone
+        assert model_tokens.counts([text[a:b]])[0] == len(model_tokens.offsets([text[a:b]])[0]) <= size  # fits
     assert spans[0][0] == 0 and spans[-1][1] == len(text)  # the first starts, the last ends, the document
     assert all(b1 > a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))  # overlapping: no gap
-    assert Passages(size, stride, offsets).spans(sample.sentences[0].text) == [(0, len(sample.sentences[0].text))]
+    assert Passages(size, stride, model_tokens).spans(sample.sentences[0].text) == [(0, len(sample.sentences[0].text))]
+
+
+def one_at_a_time(p: Passages, text: str) -> list[tuple[int, int]]:
+    """`Passages.spans` by its definition: each window checked, and shortened, before the next starts from its end."""
+    offs = p.tokens.offsets([text])[0]
+    n = len(offs)
+    if n <= p.size:
+        return [(0, len(text))]
+
+    def snapped(i, floor):
+        words = [j for j in range(i, max(floor, i - SNAP) - 1, -1)
+                 if j >= n or not (text[offs[j][0] - 1].isalnum() and text[offs[j][0]].isalnum())]
+        return words[0] if words else i
+
+    out, a = [], 0
+    while True:
+        b = min(a + p.size, n)
+        b = b if b == n else snapped(b, a + 1)
+        while True:
+            start, end = offs[a][0], offs[b - 1][1]
+            start += len(text[start:end]) - len(text[start:end].lstrip())
+            end -= len(text[start:end]) - len(text[start:end].rstrip())
+            over = p.tokens.counts([text[start:end]])[0] - p.size
+            if over <= 0 or b - a <= over:
+                break
+            b -= over
+        if end > start:
+            out.append((start, end))
+        if b >= n:
+            return out
+        a = snapped(min(a + p.stride, b), a + 1)
+
+
+class CountingTokens:
+    """A model's `Tokens`, counting the batches of window texts it is asked to count (one per round)."""
+
+    def __init__(self, tokens):
+        self.tokens, self.batches = tokens, 0
+
+    def offsets(self, texts):
+        return self.tokens.offsets(texts)
+
+    def counts(self, texts):
+        self.batches += len(texts) > 1
+        return self.tokens.counts(texts)
+
+
+def test_documents_cut_together_are_cut_as_one_at_a_time(sample, tiny_model_dir):
+    model_tokens = ModelTokens(tiny_model_dir)
+    texts = [s.text for s in sample.sentences]
+    docs = [" ".join(texts[k:k + 25]) for k in range(0, 400, 7)]
+    docs += ["x", "\U0001F600" * 40, "  word " * 90, texts[0] + " " * 500 + " ".join(texts[1:30]), " ".join(texts)]
+    for size, stride in ((64, 48), (24, 6), (24, 24)):
+        p = Passages(size, stride, model_tokens)
+        assert p.spans_of(docs) == [one_at_a_time(p, d) for d in docs], (size, stride)
+    # windows that run over, tokenised alone, are among them, and cut in more than one round
+    p, over = Passages(24, 24, model_tokens), 0
+    for d, offs in zip(docs, model_tokens.offsets(docs), strict=True):
+        if len(offs) > 24:
+            windows = _Cut(p, d, offs).rest()
+            over += sum(c > 24 for c in model_tokens.counts([d[w.start:w.end] for w in windows]))
+    assert over > 0
+    counting = CountingTokens(model_tokens)
+    Passages(24, 24, counting).spans_of([docs[-1]])  # the whole sample, one document: hundreds of windows
+    assert counting.batches > len(one_at_a_time(p, docs[-1])) / AHEAD > 1  # AHEAD windows a round, or fewer
+
+
+def test_model_tokens_are_the_tokenizers_own(sample, tiny_model_dir):
+    from ftrace.model.loading import load_tokenizer
+
+    wrapper = load_tokenizer(tiny_model_dir)
+    texts = [s.text for s in sample.sentences[:20]] + [f"{wrapper.eos_token} after a special token", " x  y "]
+    model_tokens = ModelTokens(tiny_model_dir)
+    wrapped = [list(map(tuple, wrapper(t, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]))
+               for t in texts]
+    assert model_tokens.offsets(texts) == wrapped
+    assert model_tokens.counts(texts) == [len(wrapper(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
+def test_a_text_that_is_not_unicode_is_refused_at_its_line(tmp_path, tiny_model_dir):
+    path = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "text": "A good sentence."}, {"id": "b", "text": "\ud800 x"}])
+    for passages in (None, Passages(64, 48, ModelTokens(tiny_model_dir))):
+        with pytest.raises(CorpusError, match=r"s\.jsonl:2: text is not valid Unicode"):
+            load_corpus(str(path), passages=passages)
 
 
 def test_passages_keep_their_document_span_and_facts(tmp_path, sample, tiny_model_dir):
@@ -148,7 +232,7 @@ def test_passages_keep_their_document_span_and_facts(tmp_path, sample, tiny_mode
         {"id": "short", "text": sample.sentences[40].text},
         {"prompt": "Spanish is the official language of", "target": "Spain", "fact": facts[0],
          "proponents": ["doc-1"]}])
-    c = load_corpus(str(path), passages=Passages(64, 48, _offsets(tiny_model_dir)))
+    c = load_corpus(str(path), passages=Passages(64, 48, ModelTokens(tiny_model_dir)))
     *passages, short = c.sentences
     assert short.id == "short" and short.document is None  # a short record is one example, as before
     assert [p.id for p in passages] == [f"doc-1#{k}" for k in range(len(passages))]
@@ -303,21 +387,21 @@ def test_an_index_grows_by_an_addition_as_if_built_whole(tmp_path, tiny_model_di
 
 
 def test_records_keep_their_own_fields_and_ids_stay_unique(tmp_path, tiny_model_dir):
-    offsets = _offsets(tiny_model_dir)
+    model_tokens = ModelTokens(tiny_model_dir)
     emoji = "\U0001F600" * 40  # 40 characters, 160 bytes: more tokens than characters, cut all the same
-    assert len(Passages(64, 48, offsets).spans(emoji)) > 1
+    assert len(Passages(64, 48, model_tokens).spans(emoji)) > 1
     # a user's field named like a passage's provenance is not taken for it (XSum's "document" is its text)
     c = load_corpus(str(write_jsonl(tmp_path / "x.jsonl", [{"id": "a", "document": "The text.", "summary": "s"}])),
-                    text_field="document", passages=Passages(64, 48, offsets))
+                    text_field="document", passages=Passages(64, 48, model_tokens))
     assert c.sentences[0].document is None and c.sentences[0].text == "The text."
     # a cut document's id is taken: a later record of the same id is refused
     path = write_jsonl(tmp_path / "d.jsonl", [{"id": "y", "text": emoji}, {"id": "y", "text": "short"}])
     with pytest.raises(CorpusError, match=r"d\.jsonl:2: duplicate id 'y' \(first on line 1\)"):
-        load_corpus(str(path), passages=Passages(64, 48, offsets))
+        load_corpus(str(path), passages=Passages(64, 48, model_tokens))
     # ... and by a later document's passage ("y#1" cut first, then "y" cut into "y#0", "y#1", ...)
     path = write_jsonl(tmp_path / "e.jsonl", [{"id": "y#1", "text": emoji}, {"id": "y", "text": emoji}])
     with pytest.raises(CorpusError, match=r"e\.jsonl:2: duplicate id 'y#1' \(first on line 1\)"):
-        load_corpus(str(path), passages=Passages(64, 48, offsets))
+        load_corpus(str(path), passages=Passages(64, 48, model_tokens))
     # the first error in the file is the one reported, though ids are checked a batch of records at a time
     path = write_jsonl(tmp_path / "f.jsonl", [{"id": "z", "text": "One."}, {"id": "z", "text": "Two."},
                                               {"id": "w", "text": ""}])
@@ -372,6 +456,6 @@ def test_ingest_of_records_never_holds_the_corpus(tmp_path, tiny_model_dir, docu
     monkeypatch.undo()
     assert not IndexDir(index).staging_file.exists()
     m = Manifest.read(index)
-    held = load_corpus(str(documents), passages=Passages(64, 48, _offsets(tiny_model_dir)))
+    held = load_corpus(str(documents), passages=Passages(64, 48, ModelTokens(tiny_model_dir)))
     assert m.complete and m.corpus.fingerprint == held.fingerprint() and m.corpus.examples == len(held.sentences)
     assert IndexDir(index).corpus.queries == held.queries

@@ -294,3 +294,23 @@ def test_query_floor_results_file(sample_index, tmp_path):
     assert set(res["x_floor"]) == {"query vector", "answer"} and all(x > 0 for x in res["x_floor"].values())
     assert all(len(ops) == 5 and ops[0]["self_ms"] >= ops[-1]["self_ms"] for ops in res["profiles"].values())
     assert f"| query vector | {1000 * s['query vector']['min']:.0f} /" in out.with_suffix(".md").read_text()
+
+
+def test_passage_cut_results_file(sample, tiny_model_dir, tmp_path):
+    """perf/passage_cut.py on the tiny model's tokenizer: the corpus stage, the cut one document at a time and the
+    floor, each timed, on documents long enough to be cut."""
+    mod = perf_script("passage_cut")
+    texts = [s.text for s in sample.sentences]
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": f"d{k}", "text": " ".join(texts[k:k + 40])}) + "\n"
+                            for k in range(0, 200, 20)))
+    out = tmp_path / "cut.json"
+    res = mod.main(["--documents", str(docs), "--limit", "8", "--repeats", "2", "--model", tiny_model_dir,
+                    "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert res["documents"] == 8 and res["passages"] > 8  # cut: more passages than documents
+    assert list(res["ways"]) == ["store", "each document alone", "floor"] and res["ways"]["floor"]["x_floor"] == 1.0
+    for w in res["ways"].values():
+        s = w["seconds"]
+        assert 0 < s["min"] <= s["median"] <= s["max"] and w["passages_per_s"] > w["documents_per_s"] > 0
+    assert "| each document alone |" in out.with_suffix(".md").read_text()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import inspect
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -24,12 +24,18 @@ from ftrace.corpus.records import Corpus, Query, Sentence, find_object, sentence
 from ftrace.corpus.store import CorpusStore, CorpusWriter, write_corpus
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 # A record line of a jsonl corpus holds one sentence, document or query: a document may run to megabytes (a book), but
 # a line past this is a file that is not one record per line (a JSON array, a dump). The files ftrace writes itself
 # (an index's corpus.jsonl, whose query lines list every proponent: 5,000 for one LAMA fact) and LAMA lines, with
 # all their evidence, are not capped.
 MAX_RECORD_LINE = 32 * 2**20
+# Records whose texts are cut into passages together (tokenised at once: `Passages.spans_of`): this many, or fewer
+# where their texts reach CUT_CHARS characters (a chunk's token offsets are Python objects held at once, about 100
+# bytes a token: some 100 MB at 4M characters).
+CUT_TOGETHER = 256
+CUT_CHARS = 4 * 2**20
 
 
 def _describe(err: ValidationError) -> str:
@@ -87,16 +93,54 @@ def store_records(dest: Path | None, path: Path, source: str | None = None, text
 
 def _read_into(w: CorpusWriter, path: Path, text_field: str, id_field: str, passages: Passages | None,
                own: bool) -> None:
+    def text(obj: dict[str, Any]) -> str | None:  # a text record's text, if it can be cut (else its error comes later)
+        t = obj.get(text_field)
+        return t if "prompt" not in obj and isinstance(t, str) and _unicode(t) else None
+
     try:
-        for where, obj in read_records(path, None if own else MAX_RECORD_LINE):
-            _add_record(w, where, obj, text_field, id_field, passages, own)
+        records = read_records(path, None if own else MAX_RECORD_LINE)
+        for chunk in _chunks(records, CUT_TOGETHER, lambda r: len(text(r[1]) or "")):
+            texts = {k: t for k, (_, obj) in enumerate(chunk) if (t := text(obj)) is not None}
+            cut = dict(zip(texts, passages.spans_of(list(texts.values())), strict=True)) if passages and not own else {}
+            for k, (where, obj) in enumerate(chunk):
+                _add_record(w, where, obj, text_field, id_field, cut.get(k), own)
     except CorpusError:
         w.flush()  # a duplicate id before this record is the first error in the file: raised here
         raise
 
 
+def _chunks(records: Iterator[T], n: int, size: Callable[[T], int]) -> Iterator[list[T]]:
+    """`records` n at a time, fewer where their sizes reach `CUT_CHARS`; an error reading one is raised after the
+    records before it are taken."""
+    chunk: list[T] = []
+    total = 0
+    try:
+        for r in records:
+            chunk.append(r)
+            total += size(r)
+            if len(chunk) == n or total >= CUT_CHARS:
+                yield chunk
+                chunk, total = [], 0
+    except CorpusError:
+        if chunk:
+            yield chunk
+        raise
+    if chunk:
+        yield chunk
+
+
+def _unicode(text: str) -> bool:
+    """Whether `text` is valid Unicode: JSON's escapes can hold a lone surrogate (\\ud800), which no encoding takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _add_record(w: CorpusWriter, where: Where, obj: dict[str, Any], text_field: str, id_field: str,
-                passages: Passages | None, own: bool) -> None:
+                spans: list[tuple[int, int]] | None, own: bool) -> None:
+    """Add one record; `spans`: where a text record is cut into passages (`Passages.spans`; None: kept whole)."""
     if "prompt" in obj:
         obj.setdefault("id", where.default_id("q"))
         q = _parse(Query, obj, str(where))
@@ -108,9 +152,10 @@ def _add_record(w: CorpusWriter, where: Where, obj: dict[str, Any], text_field: 
         raw = _parse(_PlainSentence, record, str(where))
         if not raw.text.strip():
             raise CorpusError(f"{where}: text is empty")
+        if not _unicode(raw.text):
+            raise CorpusError(f"{where}: text is not valid Unicode (a lone surrogate such as \\ud800)")
         sid = raw.id or sentence_id(raw.text)
-        spans = passages.spans(raw.text) if passages and not own else [(0, len(raw.text))]
-        if len(spans) == 1:
+        if spans is None or len(spans) == 1:
             w.add(Sentence(id=sid, text=raw.text, facts=raw.facts, document=raw.document, span=raw.span,
                            passage=raw.passage), where)
         else:

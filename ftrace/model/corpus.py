@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from functools import cache
+import copy
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from ftrace.config import DEFAULT_MODEL, CorpusSelection
 from ftrace.corpus import Corpus, CorpusStore, Passages, load_corpus, store_corpus
-from ftrace.corpus.passages import Offsets
 
 
 def load_selection(sel: CorpusSelection, model: str | None, max_tokens: int) -> Corpus:
@@ -25,18 +25,29 @@ def store_selection(dest: Path, sel: CorpusSelection, model: str | None, max_tok
 
 
 def _passages(sel: CorpusSelection, model: str | None, max_tokens: int) -> Passages:
-    return Passages(*sel.passages(max_tokens), _offsets(model or DEFAULT_MODEL))
+    return Passages(*sel.passages(max_tokens), ModelTokens(model or DEFAULT_MODEL))
 
 
-def _offsets(model: str) -> Offsets:
-    @cache
-    def tokenizer() -> Any:
+class ModelTokens:
+    """`Tokens` of a model's fast tokenizer, loaded on first use. Calls its Rust tokenizer directly: transformers'
+    wrapper costs more per call than the tokenising of a sentence, and cutting a million passages makes millions."""
+
+    def __init__(self, model: str):
+        self.model = model
+
+    @cached_property
+    def _rust(self) -> Any:
         from ftrace.model.loading import load_tokenizer
 
-        return load_tokenizer(model)
+        wrapper = load_tokenizer(self.model)
+        rust = copy.deepcopy(wrapper.backend_tokenizer)  # settings of its own, not the wrapper's
+        rust.no_truncation()  # as the wrapper tokenises: no truncation or padding, its own special-token rule
+        rust.no_padding()
+        rust.encode_special_tokens = bool(getattr(wrapper, "split_special_tokens", False))
+        return rust
 
-    def offsets(text: str) -> list[tuple[int, int]]:
-        return [tuple(o) for o in tokenizer()(text, add_special_tokens=False, return_offsets_mapping=True)[
-            "offset_mapping"]]
+    def offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        return [e.offsets for e in self._rust.encode_batch(texts, add_special_tokens=False)]
 
-    return offsets
+    def counts(self, texts: list[str]) -> list[int]:
+        return [len(e) for e in self._rust.encode_batch(texts, add_special_tokens=False)]

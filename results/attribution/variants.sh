@@ -70,3 +70,17 @@ done
 $PY results/attribution/per_part.py results/attribution/main-adam-fine-tune-learned-rerank --folds $A/$B \
     --out results/attribution/main-adam-per-checkpoint.json
 tuned "$RUNS/index-main-adam" results/attribution/main-adam-tuned
+
+# Two single changes to that recipe (2026-12-07): the input side of the tied embedding alone (FTRACE's mT5 has an untied
+# input embedding), its benches as above (59 min beside short profiling jobs); and the 300-step pilot's index with
+# Adam's moments (does the short-run finding of results/train hold under the object loss?), the pilot's bench.
+$FT ingest --index "$RUNS/index-main-input" "${SEL[@]}" --train-run "$RUNS/attribution-main" \
+    --checkpoint-select 121,242,383,2014 --checkpoint-optimizer --tracin-tied input --dtype bfloat16
+for mode in rerank full; do
+  $FT bench --index "$RUNS/index-main-input" --mode "$mode" --split train --queries 200 --seeds 3 --only fine-tune-learned \
+      --out "results/attribution/main-input-fine-tune-learned-$mode" > /dev/null
+done
+$FT ingest --index "$RUNS/index-pilot-adam" "${SEL[@]}" --limit 40 --train-run runs/attribution/pilot-object \
+    --dtype bfloat16 --checkpoint-optimizer
+$FT bench --index "$RUNS/index-pilot-adam" --mode rerank --split train --queries 200 --seeds 3 \
+    --out results/attribution/pilot-adam-rerank > /dev/null
