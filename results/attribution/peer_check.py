@@ -13,13 +13,16 @@ For a seeded draw of an index's queries, each query's FTRACE rerank candidate se
   enough for whole candidate sets: the 49,152 x 576 matrices are never formed); `--check-pairs` of them are
   compared with plain `torch.autograd.grad` of the same loss on the float32 model (FTRACE's way, the full matrix),
   a test of the factored arithmetic. A candidate whose loss scores no token has no gradient: cosine 0.
-- for each of `--dims`: ftrace's featurizer at that projection size on the same model (what size keeps the ranking).
+- for each of `--dims`: ftrace's featurizer at that projection size on the same model (what size keeps the ranking);
+- an ideal random projection's floor: each exact cosine c moved by the error a dense Gaussian projection to the
+  index's k numbers would give it (normal, variance (1 + c^2) / k), to tell ftrace's projection from any.
 Reported: Spearman's rank correlation per query between the score lists, as mean, median and min over queries and
 how many reach 0.9, over the whole candidate set and over its first `--hard` (the proponents and BM25's best
 non-proponents: the hard part of the ranking); the overlap of the stored and exact top 10; and the spread of each
 query's exact cosines (their range and the median gap between neighbours, which a projection's error of about
-1/sqrt(k) must not bridge). Issue target: Spearman at least 0.9. (The first version of this check took its
-reference on the float32 model: the index's bfloat16 model moved the projected scores' ranking by 0.003.)
+1/sqrt(k) must not bridge); per query, every candidate's exact and stored score (`scores`). Issue target: Spearman
+at least 0.9. (The first version of this check took its reference on the float32 model: the index's bfloat16 model
+moved the projected scores' ranking by 0.003.)
 
     python results/attribution/peer_check.py --index indexes/attribution/loss-object --queries 100 \
         --out results/attribution/peer_check.json
@@ -204,10 +207,17 @@ def main() -> None:
         row = {"query": q.id, "candidates": len(ids), "top10_overlap": top,
                "exact_cosine_range": float(max(e.values()) - min(e.values())), "exact_median_gap": float(
                    np.median(gaps))}
+        # an ideal random projection's floor: each exact cosine c moved by the error of a dense Gaussian projection
+        # to k numbers, variance (1 + c^2) / k (k: the index's numbers per block), the same draw for every query
+        c = np.array([e[s] for s in ids])
+        noisy = c + np.random.default_rng(0).standard_normal(len(c)) * np.sqrt((1 + c**2) / spec["dim"])
+        ideal = dict(zip(ids, noisy.tolist(), strict=True))
         for name, ranks in (("all", ids), ("hard", hard)):
             row[f"stored_vs_exact_{name}"] = rho(stored[q.id], e, ranks)
+            row[f"ideal_projection_{name}"] = rho(ideal, e, ranks)
             for d in a.dims:
                 row[f"projection_{d}_{name}"] = rho(at_dim[d][q.id], e, ranks)
+        row["scores"] = {"ids": ids, "exact": c.tolist(), "stored": [stored[q.id][s] for s in ids]}
         rows.append(row)
     top10 = np.array([r["top10_overlap"] for r in rows])
 
@@ -226,7 +236,7 @@ def main() -> None:
         "reference": f"exact cosine of the full gradients w.r.t. the tied input embedding ({dtype} model), in "
                      "factored form",
         "factored_vs_autograd": checks, "queries": len(rows), "candidates": len(order),
-        "spearman": {k: summary(k) for k in rows[0] if k.startswith(("stored", "projection"))},
+        "spearman": {k: summary(k) for k in rows[0] if k.startswith(("stored", "projection", "ideal"))},
         "top10_overlap": {"mean": top10.mean(), "min": top10.min()},
         "exact_cosine_range": summary("exact_cosine_range"), "exact_median_gap": summary("exact_median_gap"),
         "per_query": rows, "seconds": round(time.perf_counter() - start, 1),
