@@ -29,8 +29,8 @@ def _passages(sel: CorpusSelection, model: str | None, max_tokens: int) -> Passa
 
 
 class ModelTokens:
-    """`Tokens` of a model's fast tokenizer, loaded on first use. Calls its Rust tokenizer directly: transformers'
-    wrapper costs more per call than the tokenising of a sentence, and cutting a million passages makes millions."""
+    """`Tokens` of a model's fast tokenizer, loaded on first use: its Rust tokenizer called directly, many texts at a
+    time (spread over the cores), with the settings transformers' wrapper would use."""
 
     def __init__(self, model: str):
         self.model = model
