@@ -97,9 +97,13 @@ def _read_into(w: CorpusWriter, path: Path, text_field: str, id_field: str, pass
         t = obj.get(text_field)
         return t if "prompt" not in obj and isinstance(t, str) and _unicode(t) else None
 
+    def chars(record: tuple[Where, dict[str, Any]]) -> int:  # a record's share of a chunk's CUT_CHARS
+        t = record[1].get(text_field)
+        return len(t) if isinstance(t, str) else 0
+
     try:
         records = read_records(path, None if own else MAX_RECORD_LINE)
-        for chunk in _chunks(records, CUT_TOGETHER, lambda r: len(text(r[1]) or "")):
+        for chunk in _chunks(records, CUT_TOGETHER, chars):
             texts = {k: t for k, (_, obj) in enumerate(chunk) if (t := text(obj)) is not None}
             cut = dict(zip(texts, passages.spans_of(list(texts.values())), strict=True)) if passages and not own else {}
             for k, (where, obj) in enumerate(chunk):

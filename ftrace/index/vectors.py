@@ -69,9 +69,10 @@ class VectorStore(ABC):
         if self.beam is not None:
             return self.beam
         points = self.count(exact=False)  # the segments' own counts: 0.1 ms at 1M points, exact 100 ms
+        beam = search_beam(points)
         if points:
-            self.beam = search_beam(points)
-        return search_beam(points)
+            self.beam = beam
+        return beam
 
     @abstractmethod
     def create(self, sizes: dict[str, int], float16: bool = True, shard_number: int = 1,
