@@ -39,9 +39,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import spearmanr, weightedtau
 
 from ftrace.bench.candidates import CorpusView, candidate_set, sample_queries
+from ftrace.bench.metrics import paired_pvalues, per_query
 from ftrace.config import GradientConfig
 from ftrace.features.base import input_embedding_name
 from ftrace.features.gradients import GradientFeaturizer
@@ -116,6 +117,41 @@ def rho(x: dict[str, float], y: dict[str, float], ids: list[str]) -> float:
     return float(spearmanr([x[s] for s in ids], [y[s] for s in ids]).statistic)
 
 
+def ideal(exact: np.ndarray, k: int) -> np.ndarray:
+    """Each exact cosine c moved by the error of a dense Gaussian projection to k numbers (normal, variance
+    (1 + c^2) / k), the same draw for every query."""
+    return exact + np.random.default_rng(0).standard_normal(len(exact)) * np.sqrt((1 + exact**2) / k)
+
+
+def outcomes(rows: list[dict], proponents: dict[str, list[str]], k: int) -> dict:
+    """What the bench would see: each score list's reciprocal rank of the first proponent in the query's candidate
+    set (per query, in `rows`; the stored scores against the exact ones, paired over the queries), and a rank
+    correlation weighted to the top (scipy's weighted tau, hyperbolic weights, both lists' tops)."""
+    ranked = {name: {} for name in ("exact", "stored", "ideal", "ideal_65535")}
+    for row in rows:
+        ids, sc = row["scores"]["ids"], row["scores"]
+        exact = np.asarray(sc["exact"])
+        lists = {"exact": exact, "stored": np.asarray(sc["stored"]), "ideal": ideal(exact, k),
+                 "ideal_65535": ideal(exact, 65_535)}
+        for name, v in lists.items():
+            ranked[name][row["query"]] = [ids[i] for i in np.argsort(-v, kind="stable")]
+        row["weighted_tau"] = float(weightedtau(lists["stored"], exact).statistic)
+        row["weighted_tau_ideal"] = float(weightedtau(lists["ideal"], exact).statistic)
+    props = {row["query"]: proponents[row["query"]] for row in rows}
+    rr = {name: per_query(props, r, ["mrr"])["mrr"] for name, r in ranked.items()}
+    for row in rows:
+        row["rr"] = {name: rr[name][row["query"]] for name in rr}
+    order = [row["query"] for row in rows]
+    return {"mrr": {name: float(np.mean(list(v.values()))) for name, v in rr.items()},
+            "mrr_stored_vs_exact_p": paired_pvalues([rr["stored"][q] for q in order], [rr["exact"][q] for q in order]),
+            "weighted_tau": {key: summary(rows, key) for key in ("weighted_tau", "weighted_tau_ideal")}}
+
+
+def summary(rows: list[dict], key: str) -> dict:
+    v = np.array([r[key] for r in rows])
+    return {"mean": v.mean(), "median": float(np.median(v)), "min": v.min(), "at_least_0.9": int((v >= 0.9).sum())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--index", type=Path, required=True)
@@ -128,10 +164,23 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--check-pairs", type=int, default=3, help="pairs whose factored inner product is checked "
                     "against plain autograd's full gradients")
+    ap.add_argument("--rescore", type=Path, help="an earlier run's JSON: recompute what its kept scores give (the "
+                    "proponents' reciprocal ranks, the weighted rank correlation) without the model")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     start = time.perf_counter()
     tracer = Tracer(a.index)
+    if a.rescore:
+        result = json.loads(a.rescore.read_text())
+        proponents = {q.id: q.proponents for q in tracer.corpus.queries}
+        tracer.close()
+        result |= outcomes(result["per_query"], proponents, result["projection"]["dim"])
+        rel = {k: os.path.relpath(v.resolve(), ROOT) for k, v in (("rescore", a.rescore), ("out", a.out))}
+        result["rescored_by"] = (f"python results/attribution/peer_check.py --index {result['index']} "
+                                 f"--rescore {rel['rescore']} --out {rel['out']}")
+        a.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        print(json.dumps({k: result[k] for k in ("mrr", "mrr_stored_vs_exact_p", "weighted_tau")}, default=float))
+        return
     m = tracer.index.manifest
     spec = m.vectors["tracin"]
     corrections = spec["corrections"]
@@ -207,24 +256,16 @@ def main() -> None:
         row = {"query": q.id, "candidates": len(ids), "top10_overlap": top,
                "exact_cosine_range": float(max(e.values()) - min(e.values())), "exact_median_gap": float(
                    np.median(gaps))}
-        # an ideal random projection's floor: each exact cosine c moved by the error of a dense Gaussian projection
-        # to k numbers, variance (1 + c^2) / k (k: the index's numbers per block), the same draw for every query
-        c = np.array([e[s] for s in ids])
-        noisy = c + np.random.default_rng(0).standard_normal(len(c)) * np.sqrt((1 + c**2) / spec["dim"])
-        ideal = dict(zip(ids, noisy.tolist(), strict=True))
+        c = np.array([e[s] for s in ids])  # an ideal random projection's floor at the index's numbers per block
+        floor = dict(zip(ids, ideal(c, spec["dim"]).tolist(), strict=True))
         for name, ranks in (("all", ids), ("hard", hard)):
             row[f"stored_vs_exact_{name}"] = rho(stored[q.id], e, ranks)
-            row[f"ideal_projection_{name}"] = rho(ideal, e, ranks)
+            row[f"ideal_projection_{name}"] = rho(floor, e, ranks)
             for d in a.dims:
                 row[f"projection_{d}_{name}"] = rho(at_dim[d][q.id], e, ranks)
         row["scores"] = {"ids": ids, "exact": c.tolist(), "stored": [stored[q.id][s] for s in ids]}
         rows.append(row)
     top10 = np.array([r["top10_overlap"] for r in rows])
-
-    def summary(key: str) -> dict:
-        v = np.array([r[key] for r in rows])
-        return {"mean": v.mean(), "median": float(np.median(v)), "min": v.min(), "at_least_0.9": int((v >= 0.9).sum())}
-
     result = {
         "command": "python results/attribution/peer_check.py " + " ".join(
             f"--{k.replace('_', '-')} " + (os.path.relpath(v.resolve(), ROOT) if isinstance(v, Path)
@@ -236,9 +277,11 @@ def main() -> None:
         "reference": f"exact cosine of the full gradients w.r.t. the tied input embedding ({dtype} model), in "
                      "factored form",
         "factored_vs_autograd": checks, "queries": len(rows), "candidates": len(order),
-        "spearman": {k: summary(k) for k in rows[0] if k.startswith(("stored", "projection", "ideal"))},
+        "spearman": {k: summary(rows, k) for k in rows[0] if k.startswith(("stored", "projection", "ideal"))},
         "top10_overlap": {"mean": top10.mean(), "min": top10.min()},
-        "exact_cosine_range": summary("exact_cosine_range"), "exact_median_gap": summary("exact_median_gap"),
+        "exact_cosine_range": summary(rows, "exact_cosine_range"),
+        "exact_median_gap": summary(rows, "exact_median_gap"),
+        **outcomes(rows, {q.id: q.proponents for q in queries}, spec["dim"]),
         "per_query": rows, "seconds": round(time.perf_counter() - start, 1),
     }
     a.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
