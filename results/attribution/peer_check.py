@@ -15,17 +15,21 @@ For a seeded draw of an index's queries, each query's FTRACE rerank candidate se
   a test of the factored arithmetic. A candidate whose loss scores no token has no gradient: cosine 0.
 - for each of `--dims`: ftrace's featurizer at that projection size on the same model (what size keeps the ranking);
 - an ideal random projection's floor: each exact cosine c moved by the error a dense Gaussian projection to the
-  index's k numbers would give it (normal, variance (1 + c^2) / k), to tell ftrace's projection from any.
+  index's k numbers would give it (normal, variance (1 + c^2) / k; 5 draws per query, averaged), to tell ftrace's
+  projection from any.
 Reported: Spearman's rank correlation per query between the score lists, as mean, median and min over queries and
 how many reach 0.9, over the whole candidate set and over its first `--hard` (the proponents and BM25's best
 non-proponents: the hard part of the ranking); the overlap of the stored and exact top 10; and the spread of each
 query's exact cosines (their range and the median gap between neighbours, which a projection's error of about
 1/sqrt(k) must not bridge); per query, every candidate's exact and stored score (`scores`). Issue target: Spearman
-at least 0.9. (The first version of this check took its reference on the float32 model: the index's bfloat16 model
-moved the projected scores' ranking by 0.003.)
+at least 0.9. And what the bench would see: each score list's MRR over the same candidate sets (the first
+proponent's reciprocal rank, ties in the bench's order), stored against exact paired over the queries, and a rank
+correlation weighted to the top (weighted tau). (The first version of this check took its reference on the float32
+model: the index's bfloat16 model moved the projected scores' ranking by 0.003.)
 
     python results/attribution/peer_check.py --index indexes/attribution/loss-object --queries 100 \
         --out results/attribution/peer_check.json
+    python results/attribution/peer_check.py --index INDEX --rescore RUN.json --out RUN.json   # from kept scores
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import argparse
 import json
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +46,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr, weightedtau
 
-from ftrace.bench.candidates import CorpusView, candidate_set, sample_queries
+from ftrace.bench.candidates import CorpusView, candidate_set, sample_queries, seeded_tiebreak
 from ftrace.bench.metrics import paired_pvalues, per_query
 from ftrace.config import GradientConfig
 from ftrace.features.base import input_embedding_name
@@ -49,6 +54,7 @@ from ftrace.features.gradients import GradientFeaturizer
 from ftrace.model import load_model, query_batch
 from ftrace.model.batching import IGNORE, LossBatch
 from ftrace.model.objective import Objective, index_examples
+from ftrace.query.fusion import ranking
 from ftrace.query.tracer import Tracer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,33 +123,48 @@ def rho(x: dict[str, float], y: dict[str, float], ids: list[str]) -> float:
     return float(spearmanr([x[s] for s in ids], [y[s] for s in ids]).statistic)
 
 
-def ideal(exact: np.ndarray, k: int) -> np.ndarray:
+DRAWS = 5  # the ideal projection's draws per query
+
+
+def ideal(exact: np.ndarray, k: int, query: str, draw: int) -> np.ndarray:
     """Each exact cosine c moved by the error of a dense Gaussian projection to k numbers (normal, variance
-    (1 + c^2) / k), the same draw for every query."""
-    return exact + np.random.default_rng(0).standard_normal(len(exact)) * np.sqrt((1 + exact**2) / k)
+    (1 + c^2) / k), drawn afresh for each (query, draw)."""
+    rng = np.random.default_rng([draw, zlib.crc32(query.encode())])
+    return exact + rng.standard_normal(len(exact)) * np.sqrt((1 + exact**2) / k)
 
 
-def outcomes(rows: list[dict], proponents: dict[str, list[str]], k: int) -> dict:
-    """What the bench would see: each score list's reciprocal rank of the first proponent in the query's candidate
-    set (per query, in `rows`; the stored scores against the exact ones, paired over the queries), and a rank
-    correlation weighted to the top (scipy's weighted tau, hyperbolic weights, both lists' tops)."""
-    ranked = {name: {} for name in ("exact", "stored", "ideal", "ideal_65535")}
+def reciprocal_rank(query: str, ids: list[str], scores: np.ndarray, proponents: list[str]) -> float:
+    """1 / the rank of the first proponent, ties in the bench's seeded order (seed 0, the candidate set's)."""
+    ranked = [i for i, _ in ranking(dict(zip(ids, scores.tolist(), strict=True)), seeded_tiebreak(0, query))]
+    return per_query({query: proponents}, {query: ranked}, ["mrr"])["mrr"][query]
+
+
+def outcomes(rows: list[dict], proponents: dict[str, list[str]], k: int, hard: int) -> dict:
+    """From each row's kept scores: an ideal projection's Spearman (whole set and first `hard`, the mean of DRAWS
+    draws); what the bench would see, each score list's reciprocal rank of the first proponent in the query's
+    candidate set, ranked as `ftrace bench` ranks (ties in the bench's seeded order; the exact cosines rounded to
+    1e-6 so that equal gradients tie), the stored against the exact paired over the queries; and a rank correlation
+    weighted to the top (scipy's weighted tau, hyperbolic weights, both lists' tops)."""
+    lists = {"exact": [], "stored": [], **{f"ideal_{d}": [] for d in (k, 65_535)}}
+    rr: dict[str, list[float]] = {name: [] for name in lists}
     for row in rows:
-        ids, sc = row["scores"]["ids"], row["scores"]
-        exact = np.asarray(sc["exact"])
-        lists = {"exact": exact, "stored": np.asarray(sc["stored"]), "ideal": ideal(exact, k),
-                 "ideal_65535": ideal(exact, 65_535)}
-        for name, v in lists.items():
-            ranked[name][row["query"]] = [ids[i] for i in np.argsort(-v, kind="stable")]
-        row["weighted_tau"] = float(weightedtau(lists["stored"], exact).statistic)
-        row["weighted_tau_ideal"] = float(weightedtau(lists["ideal"], exact).statistic)
-    props = {row["query"]: proponents[row["query"]] for row in rows}
-    rr = {name: per_query(props, r, ["mrr"])["mrr"] for name, r in ranked.items()}
-    for row in rows:
-        row["rr"] = {name: rr[name][row["query"]] for name in rr}
-    order = [row["query"] for row in rows]
-    return {"mrr": {name: float(np.mean(list(v.values()))) for name, v in rr.items()},
-            "mrr_stored_vs_exact_p": paired_pvalues([rr["stored"][q] for q in order], [rr["exact"][q] for q in order]),
+        qid, ids, sc = row["query"], row["scores"]["ids"], row["scores"]
+        exact, stored = np.asarray(sc["exact"]), np.asarray(sc["stored"])
+        e = dict(zip(ids, exact.tolist(), strict=True))
+        draws = {d: [ideal(exact, d, qid, n) for n in range(DRAWS)] for d in (k, 65_535)}
+        for name, part in (("all", ids), ("hard", ids[:hard])):
+            row[f"ideal_projection_{name}"] = float(np.mean(
+                [rho(dict(zip(ids, v.tolist(), strict=True)), e, part) for v in draws[k]]))
+        row["rr"] = {"exact": reciprocal_rank(qid, ids, np.round(exact, 6), proponents[qid]),
+                     "stored": reciprocal_rank(qid, ids, stored, proponents[qid])} | {
+            f"ideal_{d}": float(np.mean([reciprocal_rank(qid, ids, v, proponents[qid]) for v in vs]))
+            for d, vs in draws.items()}
+        for name in rr:
+            rr[name].append(row["rr"][name])
+        row["weighted_tau"] = float(weightedtau(stored, exact).statistic)
+        row["weighted_tau_ideal"] = float(np.mean([weightedtau(v, exact).statistic for v in draws[k]]))
+    return {"mrr": {name: float(np.mean(v)) for name, v in rr.items()},
+            "mrr_stored_vs_exact_p": paired_pvalues(rr["stored"], rr["exact"]),
             "weighted_tau": {key: summary(rows, key) for key in ("weighted_tau", "weighted_tau_ideal")}}
 
 
@@ -172,9 +193,14 @@ def main() -> None:
     tracer = Tracer(a.index)
     if a.rescore:
         result = json.loads(a.rescore.read_text())
+        index = os.path.relpath(a.index.resolve(), ROOT)
+        if index != result["index"]:
+            raise SystemExit(f"--rescore {a.rescore}: made from {result['index']}, not --index {index}")
         proponents = {q.id: q.proponents for q in tracer.corpus.queries}
         tracer.close()
-        result |= outcomes(result["per_query"], proponents, result["projection"]["dim"])
+        rows = result["per_query"]
+        result |= outcomes(rows, proponents, result["projection"]["dim"], a.hard)
+        result["spearman"] |= {k: summary(rows, k) for k in result["spearman"] if k.startswith("ideal")}
         rel = {k: os.path.relpath(v.resolve(), ROOT) for k, v in (("rescore", a.rescore), ("out", a.out))}
         result["rescored_by"] = (f"python results/attribution/peer_check.py --index {result['index']} "
                                  f"--rescore {rel['rescore']} --out {rel['out']}")
@@ -256,16 +282,15 @@ def main() -> None:
         row = {"query": q.id, "candidates": len(ids), "top10_overlap": top,
                "exact_cosine_range": float(max(e.values()) - min(e.values())), "exact_median_gap": float(
                    np.median(gaps))}
-        c = np.array([e[s] for s in ids])  # an ideal random projection's floor at the index's numbers per block
-        floor = dict(zip(ids, ideal(c, spec["dim"]).tolist(), strict=True))
+        c = np.array([e[s] for s in ids])
         for name, ranks in (("all", ids), ("hard", hard)):
             row[f"stored_vs_exact_{name}"] = rho(stored[q.id], e, ranks)
-            row[f"ideal_projection_{name}"] = rho(floor, e, ranks)
             for d in a.dims:
                 row[f"projection_{d}_{name}"] = rho(at_dim[d][q.id], e, ranks)
         row["scores"] = {"ids": ids, "exact": c.tolist(), "stored": [stored[q.id][s] for s in ids]}
         rows.append(row)
     top10 = np.array([r["top10_overlap"] for r in rows])
+    seen = outcomes(rows, {q.id: q.proponents for q in queries}, spec["dim"], a.hard)
     result = {
         "command": "python results/attribution/peer_check.py " + " ".join(
             f"--{k.replace('_', '-')} " + (os.path.relpath(v.resolve(), ROOT) if isinstance(v, Path)
@@ -281,7 +306,7 @@ def main() -> None:
         "top10_overlap": {"mean": top10.mean(), "min": top10.min()},
         "exact_cosine_range": summary(rows, "exact_cosine_range"),
         "exact_median_gap": summary(rows, "exact_median_gap"),
-        **outcomes(rows, {q.id: q.proponents for q in queries}, spec["dim"]),
+        **seen,
         "per_query": rows, "seconds": round(time.perf_counter() - start, 1),
     }
     a.out.write_text(json.dumps(result, indent=1, default=float) + "\n")

@@ -84,3 +84,23 @@ $FT ingest --index "$RUNS/index-pilot-adam" "${SEL[@]}" --limit 40 --train-run r
     --dtype bfloat16 --checkpoint-optimizer
 $FT bench --index "$RUNS/index-pilot-adam" --mode rerank --split train --queries 200 --seeds 3 \
     --out results/attribution/pilot-adam-rerank > /dev/null
+
+# The early MLP blocks beside the embedding block at the main run's four checkpoints, each with its Adam moments
+# (2026-12-07, 61 min, its first ten minutes beside the test suite): its benches, each part scored alone (with the fold
+# check), the same parts K-FAC-whitened, and tracin+bm25 with its weight tuned on the other three relations.
+EARLY=model.embed_tokens,model.layers.2.mlp.down_proj,model.layers.4.mlp.down_proj
+$FT ingest --index "$RUNS/index-main-early" "${SEL[@]}" --train-run "$RUNS/attribution-main" \
+    --checkpoint-select 121,242,383,2014 --checkpoint-optimizer --tracin-layers "$EARLY" --dtype bfloat16
+for mode in rerank full; do
+  $FT bench --index "$RUNS/index-main-early" --mode "$mode" --split train --queries 200 --seeds 3 --only fine-tune-learned \
+      --out "results/attribution/main-early-fine-tune-learned-$mode" > /dev/null
+done
+$FT bench --index "$RUNS/index-main-early" --mode rerank --split train --queries 200 --seeds 3 --only pre-train-learned \
+    --out results/attribution/main-early-pre-train-learned-rerank > /dev/null
+PARTS=(--group mlp='model.layers.*' --group 'embed+layer2=*s.[w2]*' --group 'embed+layer4=*s.[w4]*' --folds $A/$B)
+$PY results/attribution/per_part.py results/attribution/main-early-fine-tune-learned-rerank "${PARTS[@]}" \
+    --out results/attribution/main-early-per-part.json
+$PY results/attribution/per_part.py results/attribution/main-early-fine-tune-learned-rerank "${PARTS[@]}" \
+    --kfac 0.01 --whiten-samples 4096 --query-cache "$RUNS/main-early-queries.npz" \
+    --out results/attribution/main-early-kfac-per-part.json
+tuned "$RUNS/index-main-early" results/attribution/main-early-tuned
