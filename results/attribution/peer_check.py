@@ -124,6 +124,7 @@ def rho(x: dict[str, float], y: dict[str, float], ids: list[str]) -> float:
 
 
 DRAWS = 5  # the ideal projection's draws per query
+LARGER = (16_384, 65_535, 262_144)  # the ideal projection's Spearman at these sizes too (Qdrant's largest: 65,535)
 
 
 def ideal(exact: np.ndarray, k: int, query: str, draw: int) -> np.ndarray:
@@ -131,6 +132,11 @@ def ideal(exact: np.ndarray, k: int, query: str, draw: int) -> np.ndarray:
     (1 + c^2) / k), drawn afresh for each (query, draw)."""
     rng = np.random.default_rng([draw, zlib.crc32(query.encode())])
     return exact + rng.standard_normal(len(exact)) * np.sqrt((1 + exact**2) / k)
+
+
+def ideal_rho(draws: list[np.ndarray], ids: list[str], exact: dict[str, float], part: list[str]) -> float:
+    """The mean over the draws of an ideal projection's Spearman with the exact cosines over `part`."""
+    return float(np.mean([rho(dict(zip(ids, v.tolist(), strict=True)), exact, part) for v in draws]))
 
 
 def reciprocal_rank(query: str, ids: list[str], scores: np.ndarray, proponents: list[str]) -> float:
@@ -145,20 +151,19 @@ def outcomes(rows: list[dict], proponents: dict[str, list[str]], k: int, hard: i
     candidate set, ranked as `ftrace bench` ranks (ties in the bench's seeded order; the exact cosines rounded to
     1e-6 so that equal gradients tie), the stored against the exact paired over the queries; and a rank correlation
     weighted to the top (scipy's weighted tau, hyperbolic weights, both lists' tops)."""
-    lists = {"exact": [], "stored": [], **{f"ideal_{d}": [] for d in (k, 65_535)}}
-    rr: dict[str, list[float]] = {name: [] for name in lists}
+    rr: dict[str, list[float]] = {name: [] for name in ("exact", "stored", f"ideal_{k}", "ideal_65535")}
     for row in rows:
         qid, ids, sc = row["query"], row["scores"]["ids"], row["scores"]
         exact, stored = np.asarray(sc["exact"]), np.asarray(sc["stored"])
         e = dict(zip(ids, exact.tolist(), strict=True))
-        draws = {d: [ideal(exact, d, qid, n) for n in range(DRAWS)] for d in (k, 65_535)}
-        for name, part in (("all", ids), ("hard", ids[:hard])):
-            row[f"ideal_projection_{name}"] = float(np.mean(
-                [rho(dict(zip(ids, v.tolist(), strict=True)), e, part) for v in draws[k]]))
+        draws = {d: [ideal(exact, d, qid, n) for n in range(DRAWS)] for d in (k, *LARGER)}
+        row["ideal_projection_all"] = ideal_rho(draws[k], ids, e, ids)
+        row["ideal_projection_hard"] = ideal_rho(draws[k], ids, e, ids[:hard])
+        row |= {f"ideal_projection_{d}_all": ideal_rho(draws[d], ids, e, ids) for d in LARGER}
         row["rr"] = {"exact": reciprocal_rank(qid, ids, np.round(exact, 6), proponents[qid]),
                      "stored": reciprocal_rank(qid, ids, stored, proponents[qid])} | {
-            f"ideal_{d}": float(np.mean([reciprocal_rank(qid, ids, v, proponents[qid]) for v in vs]))
-            for d, vs in draws.items()}
+            f"ideal_{d}": float(np.mean([reciprocal_rank(qid, ids, v, proponents[qid]) for v in draws[d]]))
+            for d in (k, 65_535)}
         for name in rr:
             rr[name].append(row["rr"][name])
         row["weighted_tau"] = float(weightedtau(stored, exact).statistic)
@@ -200,7 +205,7 @@ def main() -> None:
         tracer.close()
         rows = result["per_query"]
         result |= outcomes(rows, proponents, result["projection"]["dim"], a.hard)
-        result["spearman"] |= {k: summary(rows, k) for k in result["spearman"] if k.startswith("ideal")}
+        result["spearman"] |= {k: summary(rows, k) for k in rows[0] if k.startswith("ideal_projection")}
         rel = {k: os.path.relpath(v.resolve(), ROOT) for k, v in (("rescore", a.rescore), ("out", a.out))}
         result["rescored_by"] = (f"python results/attribution/peer_check.py --index {result['index']} "
                                  f"--rescore {rel['rescore']} --out {rel['out']}")

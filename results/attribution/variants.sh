@@ -86,7 +86,7 @@ $FT bench --index "$RUNS/index-pilot-adam" --mode rerank --split train --queries
     --out results/attribution/pilot-adam-rerank > /dev/null
 
 # The early MLP blocks beside the embedding block at the main run's four checkpoints, each with its Adam moments
-# (2026-12-07, 61 min, its first ten minutes beside the test suite): its benches, each part scored alone (with the fold
+# (2026-12-07; the ingest 61 min, its first ten minutes beside the test suite): its benches, each part scored alone (with the fold
 # check), the same parts K-FAC-whitened, and tracin+bm25 with its weight tuned on the other three relations.
 EARLY=model.embed_tokens,model.layers.2.mlp.down_proj,model.layers.4.mlp.down_proj
 $FT ingest --index "$RUNS/index-main-early" "${SEL[@]}" --train-run "$RUNS/attribution-main" \
