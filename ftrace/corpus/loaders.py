@@ -101,11 +101,14 @@ def _read_into(w: CorpusWriter, path: Path, text_field: str, id_field: str, pass
         t = record[1].get(text_field)
         return len(t) if isinstance(t, str) else 0
 
+    cutting = passages if passages and not own else None
     try:
         records = read_records(path, None if own else MAX_RECORD_LINE)
         for chunk in _chunks(records, CUT_TOGETHER, chars):
-            texts = {k: t for k, (_, obj) in enumerate(chunk) if (t := text(obj)) is not None}
-            cut = dict(zip(texts, passages.spans_of(list(texts.values())), strict=True)) if passages and not own else {}
+            cut: dict[int, list[tuple[int, int]]] = {}
+            if cutting:  # else every record is kept whole: no text to look at here
+                texts = {k: t for k, (_, obj) in enumerate(chunk) if (t := text(obj)) is not None}
+                cut = dict(zip(texts, cutting.spans_of(list(texts.values())), strict=True))
             for k, (where, obj) in enumerate(chunk):
                 _add_record(w, where, obj, text_field, id_field, cut.get(k), own)
     except CorpusError:
