@@ -151,7 +151,6 @@ def outcomes(rows: list[dict], proponents: dict[str, list[str]], k: int, hard: i
     candidate set, ranked as `ftrace bench` ranks (ties in the bench's seeded order; the exact cosines rounded to
     1e-6 so that equal gradients tie), the stored against the exact paired over the queries; and a rank correlation
     weighted to the top (scipy's weighted tau, hyperbolic weights, both lists' tops)."""
-    rr: dict[str, list[float]] = {name: [] for name in ("exact", "stored", f"ideal_{k}", "ideal_65535")}
     for row in rows:
         qid, ids, sc = row["query"], row["scores"]["ids"], row["scores"]
         exact, stored = np.asarray(sc["exact"]), np.asarray(sc["stored"])
@@ -164,10 +163,9 @@ def outcomes(rows: list[dict], proponents: dict[str, list[str]], k: int, hard: i
                      "stored": reciprocal_rank(qid, ids, stored, proponents[qid])} | {
             f"ideal_{d}": float(np.mean([reciprocal_rank(qid, ids, v, proponents[qid]) for v in draws[d]]))
             for d in (k, 65_535)}
-        for name in rr:
-            rr[name].append(row["rr"][name])
         row["weighted_tau"] = float(weightedtau(stored, exact).statistic)
         row["weighted_tau_ideal"] = float(np.mean([weightedtau(v, exact).statistic for v in draws[k]]))
+    rr = {name: [row["rr"][name] for row in rows] for name in rows[0]["rr"]}
     return {"mrr": {name: float(np.mean(v)) for name, v in rr.items()},
             "mrr_stored_vs_exact_p": paired_pvalues(rr["stored"], rr["exact"]),
             "weighted_tau": {key: summary(rows, key) for key in ("weighted_tau", "weighted_tau_ideal")}}
@@ -283,11 +281,10 @@ def main() -> None:
         ids, e = sets[q.id], exact[q.id]
         hard = ids[:a.hard]
         top = len(set(sorted(ids, key=stored[q.id].get)[-10:]) & set(sorted(ids, key=e.get)[-10:])) / 10
-        gaps = np.diff(np.sort([e[s] for s in ids]))
-        row = {"query": q.id, "candidates": len(ids), "top10_overlap": top,
-               "exact_cosine_range": float(max(e.values()) - min(e.values())), "exact_median_gap": float(
-                   np.median(gaps))}
         c = np.array([e[s] for s in ids])
+        row = {"query": q.id, "candidates": len(ids), "top10_overlap": top,
+               "exact_cosine_range": float(c.max() - c.min()),
+               "exact_median_gap": float(np.median(np.diff(np.sort(c))))}
         for name, ranks in (("all", ids), ("hard", hard)):
             row[f"stored_vs_exact_{name}"] = rho(stored[q.id], e, ranks)
             for d in a.dims:
