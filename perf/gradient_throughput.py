@@ -32,6 +32,7 @@ Methods
   ordinary training step, every weight gradient): the second reference.
 - ftrace-embed / ftrace-linear: GradientFeaturizer (factored) with the default embedding block
   (dim 4096) and with every decoder Linear (dim 256 per block, 16 x 16 like bergson's default).
+- sketch-embed / sketch-linear: the same with the TensorSketch projection (`projection="sketch"`).
 - naive-embed / naive-linear: FTRACE's way, one example at a time: loss.backward() and the chosen
   weights' .grad flattened and copied out to host memory.
 - bergson: bergson's InMemoryCollector + CollectorComputer (projection_dim 16, its default Rademacher
@@ -65,8 +66,11 @@ from common import (
 )
 
 LINEAR_LAYERS = ["model.layers.*.self_attn.*_proj", "model.layers.*.mlp.*_proj"]
-METHODS = ["plain", "no-hooks", "ftrace-embed", "ftrace-linear", "naive-embed", "naive-linear", "bergson"]
-NAIVE_OF = {"ftrace-embed": "naive-embed", "ftrace-linear": "naive-linear", "bergson": "naive-linear"}
+METHODS = ["plain", "no-hooks", "ftrace-embed", "ftrace-linear", "sketch-embed", "sketch-linear", "naive-embed",
+           "naive-linear", "bergson"]
+PROJECTION = {"ftrace": "factored", "sketch": "sketch"}
+NAIVE_OF = {"ftrace-embed": "naive-embed", "ftrace-linear": "naive-linear", "sketch-embed": "naive-embed",
+            "sketch-linear": "naive-linear", "bergson": "naive-linear"}
 TARGETS = [("ftrace-linear", "no-hooks", 0.9), ("ftrace-linear", "bergson", 1.3)]
 
 
@@ -214,11 +218,12 @@ def build(args, model, batches) -> dict[str, Method]:
             made[name] = Method("plain", plain)
         elif name == "no-hooks":
             made[name] = Method("no-hooks", nohooks)
-        elif name == "ftrace-embed":
-            made[name] = ftrace(name, GradientConfig(layers=args.layers or ["model.embed_tokens"],
-                                                     dim=args.dim or 4096))
-        elif name == "ftrace-linear":
-            made[name] = ftrace(name, GradientConfig(layers=args.layers or LINEAR_LAYERS, dim=args.dim or 256))
+        elif name in ("ftrace-embed", "sketch-embed"):
+            made[name] = ftrace(name, GradientConfig(layers=args.layers or ["model.embed_tokens"], dim=args.dim or 4096,
+                                                     projection=PROJECTION[name.split("-")[0]]))
+        elif name in ("ftrace-linear", "sketch-linear"):
+            made[name] = ftrace(name, GradientConfig(layers=args.layers or LINEAR_LAYERS, dim=args.dim or 256,
+                                                     projection=PROJECTION[name.split("-")[0]]))
         elif name == "naive-embed":
             made[name] = naive(name, GradientConfig(layers=args.layers or ["model.embed_tokens"]))
         elif name == "naive-linear":

@@ -46,7 +46,8 @@ def cpu_and_gpu(tiny_model_dir):
 def test_gradient_vectors_on_the_gpu_equal_the_cpu(cpu_and_gpu, sample):
     lm, gpu = cpu_and_gpu
     texts = [s.text for s in sample.sentences[:12]]
-    for config in (GradientConfig(layers=LAYERS, dim=64), GradientConfig(dim=256, tied="input")):
+    for config in (GradientConfig(layers=LAYERS, dim=64), GradientConfig(dim=256, tied="input"),
+                   GradientConfig(layers=LAYERS, dim=97, projection="sketch")):
         batch = example_batch(lm.tokenizer, texts)
         here = GradientFeaturizer(lm.model, config).vectors(batch)
         there = GradientFeaturizer(gpu, config).vectors(batch)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from ftrace.cli import app
+from ftrace.corpus.records import example_sentence
 from ftrace.features.base import from_specs
 from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import Manifest
-from ftrace.model import example_batch, load_model
+from ftrace.model import example_batch, load_model, query_batch
 from ftrace.model.objective import Objective, index_examples
 
 
@@ -53,3 +56,41 @@ def test_ingest_with_object_loss_stores_object_span_gradients(tmp_path, tiny_mod
                 np.testing.assert_allclose(v, w, atol=1e-6)
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_ingest_with_the_sketch_projection_stores_and_queries_it(tmp_path, tiny_model_dir):
+    """`--tracin-projection sketch` end to end: recorded in the manifest, the stored vectors are the featurizer's, and
+    `ftrace query` loads the same sketch to score."""
+    index = tmp_path / "sketch"
+    r = CliRunner().invoke(app, ["ingest", "--index", str(index), "--model", tiny_model_dir, "--tracin-projection",
+                                 "sketch", "--tracin-dim", "100", "--batch-size", "16"])
+    assert r.exit_code == 0, r.output
+    spec = Manifest.read(index).vectors["tracin"]
+    assert spec["projection"] == "sketch" and spec["size"] == 100 and spec["blocks"][0]["factors"] == [100, 1]
+    examples = index_examples(IndexDir(index).corpus.sentences)[:4]
+    lm = load_model(tiny_model_dir)
+    tracin = from_specs(lm, Manifest.read(index).vectors, IndexDir(index).state_file, ["tracin"])["tracin"]
+    expected = tracin.vectors(Objective(spec["config"]["example_loss"], lm.tokenizer).batch(examples)[0])
+    store = IndexDir(index).open_store()
+    try:
+        for e, v in zip(examples, expected, strict=True):
+            ((hit, score),) = store.search("tracin", v, 1, ids=[e.id], exact=True)
+            assert hit == e.id and score > 0.999
+    finally:
+        store.close()
+    prompt, target = examples[0].text.rstrip(".").rsplit(" ", 1)
+    r = CliRunner().invoke(app, ["query", prompt, "--target", target, "--index", str(index), "--method", "tracin",
+                                 "--json", "-k", "3"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["method"] == "tracin" and len(result["rows"]) == 3
+    # the query's vector is this sketch's: its nearest stored vector and score are the query's first row
+    store = IndexDir(index).open_store()
+    try:
+        ((hit, score),) = store.search("tracin", tracin.vectors(query_batch(lm.tokenizer, [prompt], [target]))[0], 1,
+                                       exact=True)
+    finally:
+        store.close()
+    first = result["rows"][0]
+    assert first["sentence_id"] == example_sentence(hit) and first["scores"]["tracin"] == pytest.approx(score, abs=1e-3)

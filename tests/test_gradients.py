@@ -120,7 +120,8 @@ def test_lm_head_on_labelled_positions_only_equals_full_logits(lm):
     close(fast, full)
 
 
-def test_gpt2_conv1d_and_position_embeddings(lm):
+@pytest.mark.parametrize("projection,dim", [("factored", 16), ("sketch", 41)])
+def test_gpt2_conv1d_and_position_embeddings(lm, projection, dim):
     """Conv1D weights (in x out) and an embedding that is not downstream of the token embedding."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -128,11 +129,11 @@ def test_gpt2_conv1d_and_position_embeddings(lm):
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(lm.tokenizer), n_positions=128, n_embd=16, n_layer=1,
                                       n_head=2, attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0)).eval()
     layers = ["transformer.wte", "transformer.wpe", "transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj"]
-    feat = GradientFeaturizer(gpt2, GradientConfig(layers=layers, dim=16))
+    feat = GradientFeaturizer(gpt2, GradientConfig(layers=layers, dim=dim, projection=projection))
     assert [u.kind for b in feat.blocks for u in b.uses] == ["embedding", "linear", "embedding", "conv1d", "conv1d"]
     batch = example_batch(lm.tokenizer, [TEXTS[7], TEXTS[8] + " " + TEXTS[9]])
     grads = naive_grads(SimpleNamespace(model=gpt2), batch, [b.name for b in feat.blocks])
-    refs = factored_reference(feat, grads)
+    refs = (factored_reference if projection == "factored" else sketch_reference)(feat, grads)
     assert all(r.abs().max() > 0 for r in refs)
     close(feat.projections(batch, normalize_blocks=False), torch.cat(refs, 1))
 
@@ -145,6 +146,72 @@ def test_dense_projection_matches_naive_reference(lm):
     refs = [grads[b.name].reshape(len(batch), -1) @ feat.projection(b.name)["dense"] for b in feat.blocks]
     close(feat.projections(batch, normalize_blocks=False), torch.cat(refs, 1))
     close(feat.vectors(batch), finish(refs))
+
+
+def sketch_reference(feat, grads, scale=None):
+    """The TensorSketch of each materialised gradient: entry (i, j) of G (divided by `scale`[block] where given)
+    added, with sign s_r(i) s_c(j), to bucket (h_r(i) + h_c(j)) mod k."""
+    refs = []
+    for b in feat.blocks:
+        m, k = feat.projection(b.name), b.size
+        G = grads[b.name] if scale is None else grads[b.name] / scale[b.name]
+        signs = torch.outer(m["rows"], m["cols"]).reshape(-1)
+        at = ((m["rows_at"][:, None] + m["cols_at"][None, :]) % k).reshape(-1)
+        out = torch.zeros(len(G), k, dtype=torch.float64)
+        out.index_add_(1, at, (G.reshape(len(G), -1) * signs).double())
+        refs.append(out.float())
+    return refs
+
+
+def test_sketch_projection_is_the_tensor_sketch_of_the_naive_gradient(lm):
+    feat = GradientFeaturizer(lm.model, GradientConfig(layers=LINEARS, dim=97, seed=5, projection="sketch"))
+    assert [b.size for b in feat.blocks] == [97] * len(LINEARS)  # any size, odd too: no factoring
+    batch = example_batch(lm.tokenizer, TEXTS[6:11])
+    grads = naive_grads(lm, batch, [b.name for b in feat.blocks])
+    refs = sketch_reference(feat, grads)
+    assert all(r.abs().max() > 0 for r in refs)
+    close(feat.projections(batch, normalize_blocks=False), torch.cat(refs, 1))
+    close(feat.vectors(batch), finish(refs))
+    assert feat.spec()["projection"] == "sketch"
+
+
+def test_sketch_tied_sides_add_up_and_whitening_applies(lm, tmp_path):
+    """The tied embedding's two uses add up in the sketch as in the gradient; whitening works on sketched blocks
+    and round-trips through the state file."""
+    layers = ["model.embed_tokens", "model.layers.0.mlp.down_proj"]
+    batch = example_batch(lm.tokenizer, TEXTS[:5])
+    raw = {t: GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=33, tied=t, projection="sketch"))
+           .projections(batch, normalize_blocks=False) for t in ("both", "input", "output")}
+    close(raw["input"][:, :33] + raw["output"][:, :33], raw["both"][:, :33])
+    assert np.abs(raw["input"][:, :33]).max() > 0 and np.abs(raw["output"][:, :33]).max() > 0
+    config = GradientConfig(layers=layers, dim=33, projection="sketch", whiten=True)
+    feat = GradientFeaturizer(lm.model, config)
+    feat.fit_whitening([example_batch(lm.tokenizer, TEXTS[i:i + 20]) for i in (0, 20)])
+    white = feat.vectors(batch)
+    plain = GradientFeaturizer(lm.model, config.model_copy(update={"whiten": False})).vectors(batch)
+    assert np.abs(white - plain).max() > 0.05
+    feat.save(tmp_path / "state.pt")
+    again = GradientFeaturizer(lm.model, config)
+    again.load(tmp_path / "state.pt")
+    np.testing.assert_allclose(again.vectors(batch), white, atol=1e-6)
+
+
+def test_sketch_keeps_exact_cosines_closer_than_the_factored_projection(lm):
+    """The reason the sketch exists: on the tied embedding's few-token gradients, whose hidden-state side is much
+    alike from example to example, the factored projection's cosines stray far more (docs/gradients.md)."""
+    batch = example_batch(lm.tokenizer, TEXTS[:24])
+    name = "model.embed_tokens.weight"
+    G = naive_grads(lm, batch, [name])[name].reshape(len(batch), -1)
+    G = torch.nn.functional.normalize(G, dim=1)
+    exact = (G @ G.T).numpy()
+    errors = {}
+    for kind in ("factored", "sketch"):
+        errs = []
+        for seed in range(4):
+            v = GradientFeaturizer(lm.model, GradientConfig(dim=256, seed=seed, projection=kind)).vectors(batch)
+            errs.append(np.abs(v @ v.T - exact)[np.triu_indices(len(batch), 1)].mean())
+        errors[kind] = float(np.mean(errs))
+    assert errors["sketch"] < 0.8 * errors["factored"], errors  # 0.62 with these seeds; 0.53-0.75 with others
 
 
 def test_padding_and_batch_composition_do_not_change_a_vector(lm):
@@ -270,7 +337,7 @@ def adam_state(lm, tmp_path_factory):
     return path, sq
 
 
-def test_optimizer_correction_dense_exact_and_factored_rank1(lm, adam_state, tmp_path):
+def test_optimizer_correction_dense_exact_factored_and_sketch_rank1(lm, adam_state, tmp_path):
     path, sq = adam_state
     layers = ["model.embed_tokens", "model.layers.1.self_attn.q_proj"]
     batch = example_batch(lm.tokenizer, TEXTS[30:35])
@@ -298,6 +365,15 @@ def test_optimizer_correction_dense_exact_and_factored_rank1(lm, adam_state, tmp
         close(fac.projections(batch, normalize_blocks=False), torch.cat(refs, 1), rtol=2e-4)
     uncorrected = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=36)).vectors(batch)
     assert np.abs(fac.vectors(batch) - uncorrected).max() > 0.05
+    # sketch: the same rank-1 approximation, folded into the signs
+    sketch = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=50, projection="sketch",
+                                                         optimizer_state=str(path)))
+    approx = {}
+    for b in sketch.blocks:
+        S = sq[b.name].double().sqrt() + 1e-6
+        approx[b.name] = torch.outer(S.mean(1), S.mean(0) / S.mean()).float()
+    close(sketch.projections(batch, normalize_blocks=False), torch.cat(sketch_reference(sketch, grads, approx), 1),
+          rtol=2e-4)
     # a floor relative to the block's mean sqrt(v): exact on the dense path, and a huge floor undoes the correction
     floored = GradientFeaturizer(lm.model, GradientConfig(layers=layers, dim=40, projection="dense",
                                                           optimizer_state=str(path), optimizer_floor=0.5))

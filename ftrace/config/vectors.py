@@ -61,9 +61,10 @@ class GradientConfig(Strict):
     dim: Annotated[int, Field(ge=1), cli("Projection size per layer block (total at most 65535).", "--tracin-dim",
                                          min=1)] = 4096
     seed: Annotated[int, cli("Seed of the random projection.", "--tracin-seed")] = 0
-    projection: Annotated[Literal["factored", "dense"],
-                          cli("factored (LoGra-style, default) or dense: the reference the factored one is tested "
-                              "against, for small layers (a dense matrix per block).",
+    projection: Annotated[Literal["factored", "dense", "sketch"],
+                          cli("factored (LoGra-style, default); sketch (TensorSketch: as cheap, keeps the exact "
+                              "cosines' order far better on rank-few gradients); or dense: the reference, for small "
+                              "layers (a dense matrix per block).",
                               "--tracin-projection")] = "factored"
     # torch file: Adam/AdamW state_dict or {parameter name: exp_avg_sq}
     optimizer_state: Annotated[str | None, cli("Adam/AdamW state (torch file): divide gradients by sqrt of "

@@ -13,7 +13,8 @@ For a seeded draw of an index's queries, each query's FTRACE rerank candidate se
   enough for whole candidate sets: the 49,152 x 576 matrices are never formed); `--check-pairs` of them are
   compared with plain `torch.autograd.grad` of the same loss on the float32 model (FTRACE's way, the full matrix),
   a test of the factored arithmetic. A candidate whose loss scores no token has no gradient: cosine 0.
-- for each of `--dims`: ftrace's featurizer at that projection size on the same model (what size keeps the ranking);
+- for each of `--projections`: ftrace's featurizer with that projection and size on the same model (what size and
+  which projection keep the ranking; e.g. `sketch:4096`, the TensorSketch, against the index's factored one);
 - an ideal random projection's floor: each exact cosine c moved by the error a dense Gaussian projection to the
   index's k numbers would give it (normal, variance (1 + c^2) / k; 5 draws per query, averaged), to tell ftrace's
   projection from any.
@@ -159,16 +160,19 @@ def outcomes(rows: list[dict], proponents: dict[str, list[str]], k: int, hard: i
         row["ideal_projection_all"] = ideal_rho(draws[k], ids, e, ids)
         row["ideal_projection_hard"] = ideal_rho(draws[k], ids, e, ids[:hard])
         row |= {f"ideal_projection_{d}_all": ideal_rho(draws[d], ids, e, ids) for d in LARGER}
+        projected = {name: np.asarray(v) for name, v in sc.items() if name.startswith("projection_")}
         row["rr"] = {"exact": reciprocal_rank(qid, ids, np.round(exact, 6), proponents[qid]),
                      "stored": reciprocal_rank(qid, ids, stored, proponents[qid])} | {
             f"ideal_{d}": float(np.mean([reciprocal_rank(qid, ids, v, proponents[qid]) for v in draws[d]]))
-            for d in (k, 65_535)}
+            for d in (k, 65_535)} | {name: reciprocal_rank(qid, ids, v, proponents[qid])
+                                     for name, v in projected.items()}
         row["weighted_tau"] = float(weightedtau(stored, exact).statistic)
+        row |= {f"weighted_tau_{name}": float(weightedtau(v, exact).statistic) for name, v in projected.items()}
         row["weighted_tau_ideal"] = float(np.mean([weightedtau(v, exact).statistic for v in draws[k]]))
     rr = {name: [row["rr"][name] for row in rows] for name in rows[0]["rr"]}
     return {"mrr": {name: float(np.mean(v)) for name, v in rr.items()},
             "mrr_stored_vs_exact_p": paired_pvalues(rr["stored"], rr["exact"]),
-            "weighted_tau": {key: summary(rows, key) for key in ("weighted_tau", "weighted_tau_ideal")}}
+            "weighted_tau": {key: summary(rows, key) for key in rows[0] if key.startswith("weighted_tau")}}
 
 
 def summary(rows: list[dict], key: str) -> dict:
@@ -182,8 +186,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--hard", type=int, default=40, help="the first N of each candidate set, scored apart too")
     ap.add_argument("--split", default="train")
-    ap.add_argument("--dims", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
-                    help="other projection sizes per block to check against the exact cosine, e.g. 16384")
+    ap.add_argument("--projections", type=lambda v: [x if ":" in x else f"factored:{x}" for x in v.split(",") if x],
+                    default=[], help="other projections to check against the exact cosine, KIND:SIZE or SIZE "
+                    "(factored), e.g. 16384,sketch:4096")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="the reference model's (default: the index's)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--check-pairs", type=int, default=3, help="pairs whose factored inner product is checked "
@@ -220,7 +225,9 @@ def main() -> None:
     checkpoint, dtype = spec["checkpoints"][0]["name"], a.dtype or m.model.dtype
     lm = load_model(checkpoint, "cpu", dtype)
     model = lm.model.eval()
-    sized = {d: GradientFeaturizer(model, GradientConfig(**spec["config"] | {"dim": d})) for d in a.dims}
+    sized = {label.replace(":", "_"): GradientFeaturizer(model, GradientConfig(
+        **spec["config"] | {"projection": label.split(":")[0], "dim": int(label.split(":")[1])}))
+        for label in a.projections}
     for p in model.parameters():
         p.requires_grad_(False)
     corpus = tracer.corpus
@@ -245,7 +252,7 @@ def main() -> None:
             wanted.setdefault(sid, []).append(qid)
     order = sorted(wanted, key=lambda s: len(examples[s].text))  # length-sorted batches
     exact: dict[str, dict[str, float]] = {qid: {} for qid in sets}
-    at_dim: dict[int, dict[str, dict[str, float]]] = {d: {qid: {} for qid in sets} for d in sized}
+    at_dim: dict[str, dict[str, dict[str, float]]] = {d: {qid: {} for qid in sets} for d in sized}
     qnorm = {qid: dot(f, f) ** 0.5 for qid, f in qf.items()}
     for n in range(0, len(order), a.batch):
         ids = order[n:n + a.batch]
@@ -287,9 +294,10 @@ def main() -> None:
                "exact_median_gap": float(np.median(np.diff(np.sort(c))))}
         for name, ranks in (("all", ids), ("hard", hard)):
             row[f"stored_vs_exact_{name}"] = rho(stored[q.id], e, ranks)
-            for d in a.dims:
+            for d in sized:
                 row[f"projection_{d}_{name}"] = rho(at_dim[d][q.id], e, ranks)
-        row["scores"] = {"ids": ids, "exact": c.tolist(), "stored": [stored[q.id][s] for s in ids]}
+        row["scores"] = {"ids": ids, "exact": c.tolist(), "stored": [stored[q.id][s] for s in ids]} | {
+            f"projection_{d}": [at_dim[d][q.id][s] for s in ids] for d in sized}
         rows.append(row)
     top10 = np.array([r["top10_overlap"] for r in rows])
     seen = outcomes(rows, {q.id: q.proponents for q in queries}, spec["dim"], a.hard)

@@ -203,6 +203,8 @@ def main() -> None:
     if o.whiten_samples and spec["corrections"]["whitening"]["enabled"]:
         raise SystemExit(f"{o.run}: its index's vectors are whitened already; --whiten and --kfac take an index built "
                          "without")
+    if o.kfac and spec.get("projection", "factored") != "factored":
+        raise SystemExit(f"{o.run}: --kfac needs a factored projection's pieces; its index's is {spec['projection']}")
     spans = parts(spec, groups)
     rows = {(x["seed"], x["query"]): x for x in map(json.loads, (o.run / "rankings.jsonl").read_text().splitlines())
             if x["method"] == "tracin"}

@@ -1,11 +1,15 @@
-"""The hooked pass: per-example projected gradients of every block from ONE batched forward and
-ONE backward (docs/gradients.md, "How it runs").
+"""The hooked pass: per-example projected gradients of every block from ONE batched forward and ONE
+backward (docs/gradients.md, "How it runs").
 
 Forward hooks on every module that uses a block project its input (Linear, Conv1D) or gather P_r
 rows (Embedding) and hook its output; the output-gradient hook projects the gradient and adds the
-per-example (k_r x k_c) outer products. The backward is `torch.autograd.grad(loss, input
-embeddings)`: no parameter gets `.grad`, the weight-gradient matmuls are skipped. For plain-head
-architectures the LM head runs at the labelled positions only.
+per-example (k_r x k_c) outer products. The sketch projection keeps the raw input and, in the
+gradient hook, count-sketches both sides and adds the per-token products of their Fourier transforms
+(the transform of the circular convolution that is the TensorSketch of g_t x_t^T; an Embedding's
+one-hot rows are scattered straight into their buckets), one inverse transform per example at the
+end. The backward is `torch.autograd.grad(loss, input embeddings)`: no parameter gets `.grad`, the
+weight-gradient matmuls are skipped. For plain-head architectures the LM head runs at the labelled
+positions only.
 """
 
 from __future__ import annotations
@@ -43,14 +47,16 @@ class PassState:
     batch_size: int
     seq_len: int
     mask: torch.Tensor  # (B, T) float, 1 = real token
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # block name -> (B, k_r, k_c) or (B, R, C)
+    # block name -> (B, k_r, k_c), (B, R, C) (dense) or (B, k // 2 + 1) complex (sketch: a Fourier transform)
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
     rows: LabelledRows | None = None
     outputs: list[torch.Tensor] = field(default_factory=list)  # the hooked outputs: where the backward stops
 
 
 class GradientCollector:
-    def __init__(self, model: Any, blocks: list[Block], dense: bool):
-        self.model, self.blocks, self.dense = model, blocks, dense
+    def __init__(self, model: Any, blocks: list[Block], kind: str):
+        self.model, self.blocks, self.kind = model, blocks, kind
+        self.dense = kind == "dense"
         self.device = next(model.parameters()).device
         self.fast_head = True  # LM head on labelled positions only, where the architecture allows
         self._state: PassState | None = None
@@ -89,11 +95,11 @@ class GradientCollector:
                     keep = keep * (ids != module.padding_idx)
                 keep = keep.reshape(B, -1, 1)
                 ids = ids.reshape(B, -1)
-                saved = (ids, keep) if self.dense else (block.mats["rows"][ids] * keep)
+                saved = (block.mats["rows"][ids] * keep) if self.kind == "factored" else (ids, keep)
             else:
                 x = args[0].detach()
                 side = "cols" if use.kind == "linear" else "rows"
-                x = x.float() if self.dense else x.float() @ block.mats[side]
+                x = x.float() @ block.mats[side] if self.kind == "factored" else x.float()
                 saved = self._as_examples(x, use.module_name)
                 if saved.shape[1] == T:  # padding gets no gradient anyway; make sure of it
                     saved = saved * state.mask.unsqueeze(-1)
@@ -121,6 +127,18 @@ class GradientCollector:
                     G = torch.bmm(g.transpose(1, 2), saved)
                 else:
                     G = torch.bmm(saved.transpose(1, 2), g)
+            elif self.kind == "sketch":
+                g = self._as_examples(g, use.module_name)
+                if use.kind == "embedding":  # entry (id_t, j) straight into bucket (h_r(id_t) + h_c(j)) mod k
+                    ids, keep = saved
+                    at = (block.mats["rows_at"][ids].unsqueeze(-1) + block.mats["cols_at"]) % block.size
+                    at = at + block.size * torch.arange(B, device=g.device).reshape(B, 1, 1)
+                    signed = block.mats["rows"][ids].unsqueeze(-1) * block.mats["cols"] * g * keep
+                    flat = g.new_zeros(B * block.size).index_add_(0, at.reshape(-1), signed.reshape(-1))
+                    G = torch.fft.rfft(flat.reshape(B, block.size))
+                else:  # the transforms of both sides' count sketches, multiplied per token
+                    rows, cols = (g, saved) if use.kind == "linear" else (saved, g)
+                    G = (self._transform(block, "rows", rows) * self._transform(block, "cols", cols)).sum(1)
             elif use.kind == "embedding":  # rows: gathered P_r rows, cols: projected output grads
                 G = torch.bmm(saved.transpose(1, 2), self._as_examples(g @ block.mats["cols"], use.module_name))
             elif use.kind == "linear":  # rows: projected output grads, cols: projected inputs
@@ -132,6 +150,14 @@ class GradientCollector:
             return None
 
         return hook
+
+    @staticmethod
+    def _transform(block: Block, side: str, x: torch.Tensor) -> torch.Tensor:
+        """The Fourier transform ((..., k // 2 + 1) complex) of the count sketch of x (..., n), one side of
+        the block."""
+        sketch = x.new_zeros((*x.shape[:-1], block.size))
+        sketch.index_add_(x.dim() - 1, block.mats[f"{side}_at"], x * block.mats[side])
+        return torch.fft.rfft(sketch)
 
     def _loss(self, batch: LossBatch) -> torch.Tensor:
         """Sum over the batch of the per-example summed token cross-entropy (`ftrace.model.objective`). For
@@ -204,6 +230,8 @@ class GradientCollector:
                 if b.scale is not None:
                     G = G / b.scale
                 out.append(G.reshape(B, -1) @ b.mats["dense"])
+            elif self.kind == "sketch":
+                out.append(torch.fft.irfft(G, n=b.size))
             else:
                 out.append(G.reshape(B, -1))
         return out

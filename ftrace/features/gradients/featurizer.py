@@ -52,10 +52,9 @@ class GradientFeaturizer:
             raise GradientError("gradient layers: give at least one module name pattern")
         self.model, self.config = model, config
         self.device = next(model.parameters()).device
-        self.dense = config.projection == "dense"
         self.blocks: list[Block] = resolve_blocks(model, config.layers, config.tied)
         for b in self.blocks:
-            assign_projection(b, config.dim, config.seed, self.dense, self.device)
+            assign_projection(b, config.dim, config.seed, config.projection, self.device)
         self.size = sum(b.size for b in self.blocks)
         if self.size > MAX_VECTOR_SIZE:
             raise GradientError(
@@ -65,15 +64,16 @@ class GradientFeaturizer:
             check_whitenable(self.blocks)
         self._optimizer: dict | None = None
         if config.optimizer_state is not None:
-            self._optimizer = apply_optimizer_state(self.blocks, config.optimizer_state, model, self.dense,
+            self._optimizer = apply_optimizer_state(self.blocks, config.optimizer_state, model, config.projection,
                                                     self.device, config.optimizer_floor)
         self._whitening: dict | None = None  # {"damping", "samples", ...} once fitted
-        self.collector = GradientCollector(model, self.blocks, self.dense)
+        self.collector = GradientCollector(model, self.blocks, config.projection)
 
     def projection(self, name: str) -> dict[str, torch.Tensor]:
         """The seeded matrices of block `name`, before any optimizer correction: {"rows", "cols"}
-        (factored; projected = rows^T G cols) or {"dense"} (projected = vec(G) @ dense)."""
-        return seeded_matrices(find_block(self.blocks, name), self.config.seed, self.dense)
+        (factored; projected = rows^T G cols), {"dense"} (projected = vec(G) @ dense) or the sketch's
+        signs and buckets (projection.py)."""
+        return seeded_matrices(find_block(self.blocks, name), self.config.seed, self.config.projection)
 
     def spec(self) -> dict:
         return {

@@ -4,8 +4,8 @@ The state is a torch file with an Adam/AdamW `state_dict()` (entries mapped to
 `model.parameters()` by position; shapes must match) or a dict {parameter name: exp_avg_sq}; eps
 comes from the optimizer's param group, else 1e-8. Dense projection divides exactly. Factored
 projection uses the rank-1 (Adafactor-style) approximation S ~= a b^T, a = row means of S,
-b = column means of S / mean(S), folded into the projection matrices (P_r / a, P_c / b): free at
-run time, exact when S is rank-1.
+b = column means of S / mean(S), folded into the projection matrices (P_r / a, P_c / b; the sketch's
+signs likewise): free at run time, exact when S is rank-1.
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module, dense: bool,
+def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module, kind: str,
                           device: torch.device, floor: float = 0.0) -> dict:
     """Fold the correction into each block; returns its description for the spec."""
+    dense = kind == "dense"
     state, eps = load_optimizer_state(path, model)
     for b in blocks:
         v = state.get(b.name)
@@ -81,8 +82,9 @@ def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module
         else:
             a = S.mean(1)
             c = S.mean(0) / S.mean()
-            b.mats["rows"] = (b.mats["rows"].double().cpu() / a[:, None]).float().to(device)
-            b.mats["cols"] = (b.mats["cols"].double().cpu() / c[:, None]).float().to(device)
+            for side, by in (("rows", a), ("cols", c)):  # per row of P (factored) or per sketch sign
+                m = b.mats[side]
+                b.mats[side] = (m.double().cpu() / by.reshape(-1, *[1] * (m.dim() - 1))).float().to(device)
     out = {"path": str(path), "sha256": _sha256(path), "eps": eps, "divide_by": "sqrt(exp_avg_sq) + eps",
            "approximation": "exact" if dense else "rank-1: row means x column means / mean"}
     if floor:

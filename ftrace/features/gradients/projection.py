@@ -4,6 +4,11 @@ Factored (LoGra): P_r (R x k_r) and P_c (C x k_c), k_r * k_c = dim with k_r as c
 as divisors allow, the larger factor on the larger side, and no side given more numbers than it
 has. Dense: one (R*C x k) matrix, for small layers (the reference path). Entries are N(0, 1/k) per
 matrix, from a generator seeded by sha256(seed, parameter name, side): the same in every process.
+Sketch (TensorSketch, Pham & Pagh 2013): per side a CountSketch, a bucket in [0, k) and a sign for
+each row (R) and each column (C); entry (i, j) of G goes to bucket (h_r(i) + h_c(j)) mod k with sign
+s_r(i) s_c(j). Its inner products are unbiased with an error of about 1/sqrt(k) of the norms, as a
+dense projection's, where the factored one's error on a rank-1 gradient is about 1/sqrt(k_r) times
+the other side's cosine (docs/gradients.md).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 
 from ftrace.features.gradients.blocks import Block, GradientError
 
+PROJECTIONS = ("factored", "sketch", "dense")
 DENSE_MAX_ELEMENTS = 1 << 27  # 512 MB of float32 for one dense projection matrix
 
 
@@ -25,6 +31,15 @@ def gaussian(seed: int, name: str, side: str, rows: int, cols: int) -> torch.Ten
     return torch.randn(rows, cols, generator=gen, dtype=torch.float32) / math.sqrt(cols)
 
 
+def count_sketch(seed: int, name: str, side: str, rows: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(signs, buckets): a +-1 float and a bucket in [0, k) for each of `rows`, from (seed, name, side)."""
+    digest = hashlib.sha256(f"ftrace-grad/{seed}/{name}/{side}/sketch".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    buckets = torch.randint(0, k, (rows,), generator=gen)
+    signs = torch.randint(0, 2, (rows,), generator=gen).float().mul_(2).sub_(1)
+    return signs, buckets
+
+
 def _factor(k: int) -> tuple[int, int]:
     a = math.isqrt(k)
     while k % a:
@@ -32,14 +47,20 @@ def _factor(k: int) -> tuple[int, int]:
     return a, k // a
 
 
-def assign_projection(block: Block, dim: int, seed: int, dense: bool, device: torch.device) -> None:
+def assign_projection(block: Block, dim: int, seed: int, kind: str, device: torch.device) -> None:
     """Give the block its factors, size and (uncorrected) projection matrices."""
     R, C = block.shape
-    if dense:
+    if kind not in PROJECTIONS:
+        raise GradientError(f"gradient projection {kind!r}: one of {', '.join(PROJECTIONS)}")
+    if kind == "sketch":
+        block.factors, block.size = (min(dim, R * C), 1), min(dim, R * C)
+        block.mats = {m: t.to(device) for m, t in seeded_matrices(block, seed, kind).items()}
+        return
+    if kind == "dense":
         k = min(dim, R * C)
         if R * C * k > DENSE_MAX_ELEMENTS:
             raise GradientError(f"gradient projection 'dense' would need a {R * C} x {k} matrix for "
-                                f"{block.name}; use projection 'factored' or a smaller dim")
+                                f"{block.name}; use projection 'sketch' or 'factored', or a smaller dim")
         block.factors, block.size = (k, 1), k
         block.mats = {"dense": gaussian(seed, block.name, "dense", R * C, k).to(device)}
         return
@@ -54,9 +75,15 @@ def assign_projection(block: Block, dim: int, seed: int, dense: bool, device: to
                   "cols": gaussian(seed, block.name, "cols", C, kc).to(device)}
 
 
-def seeded_matrices(block: Block, seed: int, dense: bool) -> dict[str, torch.Tensor]:
-    """The block's seeded matrices before any optimizer correction (for references and tests)."""
-    if dense:
+def seeded_matrices(block: Block, seed: int, kind: str) -> dict[str, torch.Tensor]:
+    """The block's seeded matrices before any optimizer correction (for references and tests):
+    {"rows", "cols"} (factored: Gaussian factors; sketch: signs, with buckets "rows_at", "cols_at")
+    or {"dense"}."""
+    if kind == "sketch":
+        (rows, rows_at), (cols, cols_at) = (count_sketch(seed, block.name, side, n, block.size)
+                                            for side, n in zip(("rows", "cols"), block.shape, strict=True))
+        return {"rows": rows, "rows_at": rows_at, "cols": cols, "cols_at": cols_at}
+    if kind == "dense":
         return {"dense": gaussian(seed, block.name, "dense", block.shape[0] * block.shape[1], block.size)}
     return {"rows": gaussian(seed, block.name, "rows", block.shape[0], block.factors[0]),
             "cols": gaussian(seed, block.name, "cols", block.shape[1], block.factors[1])}
