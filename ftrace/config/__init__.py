@@ -47,6 +47,7 @@ from ftrace.config.vectors import (
     EmbeddingConfig,
     ExampleLoss,
     GradientConfig,
+    Projection,
     TracInConfig,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "ADD_OPTIONS", "BenchConfig", "CASCADE_K", "CandidateSizes", "CascadeK", "Cli", "CorpusSelection",
     "DEFAULT_EXAMPLE_LOSS", "DEFAULT_INDEX", "DEFAULT_MODEL", "Device", "Dtype", "EmbeddingConfig",
     "ExampleLoss", "FUSION_WEIGHT", "GRID", "GradientConfig", "IndexPath", "InfoConfig", "IngestConfig", "MAX_TOKENS",
-    "MAX_VECTOR_SIZE", "PASSAGE_OVERLAP", "QueryConfig", "QueryDtype", "SPLITS", "SQUARE_FROM", "ServeConfig",
-    "StoreConfig", "Strict", "Threads", "TracInConfig", "TraceOptions", "TrainConfig", "cli", "option_name",
+    "MAX_VECTOR_SIZE", "PASSAGE_OVERLAP", "Projection", "QueryConfig", "QueryDtype", "SPLITS", "SQUARE_FROM",
+    "ServeConfig", "StoreConfig", "Strict", "Threads", "TracInConfig", "TraceOptions", "TrainConfig", "cli",
+    "option_name",
 ]

@@ -56,7 +56,6 @@ class PassState:
 class GradientCollector:
     def __init__(self, model: Any, blocks: list[Block], kind: str):
         self.model, self.blocks, self.kind = model, blocks, kind
-        self.dense = kind == "dense"
         self.device = next(model.parameters()).device
         self.fast_head = True  # LM head on labelled positions only, where the architecture allows
         self._state: PassState | None = None
@@ -115,7 +114,7 @@ class GradientCollector:
             assert state is not None
             B = state.batch_size
             g = grad.detach().float()
-            if self.dense:
+            if self.kind == "dense":
                 g = self._as_examples(g, use.module_name)
                 if use.kind == "embedding":
                     ids, keep = saved
@@ -128,17 +127,19 @@ class GradientCollector:
                 else:
                     G = torch.bmm(saved.transpose(1, 2), g)
             elif self.kind == "sketch":
-                g = self._as_examples(g, use.module_name)
                 if use.kind == "embedding":  # entry (id_t, j) straight into bucket (h_r(id_t) + h_c(j)) mod k
                     ids, keep = saved
+                    g = self._as_examples(g, use.module_name)
                     at = (block.mats["rows_at"][ids].unsqueeze(-1) + block.mats["cols_at"]) % block.size
                     at = at + block.size * torch.arange(B, device=g.device).reshape(B, 1, 1)
                     signed = block.mats["rows"][ids].unsqueeze(-1) * block.mats["cols"] * g * keep
                     flat = g.new_zeros(B * block.size).index_add_(0, at.reshape(-1), signed.reshape(-1))
                     G = torch.fft.rfft(flat.reshape(B, block.size))
-                else:  # the transforms of both sides' count sketches, multiplied per token
-                    rows, cols = (g, saved) if use.kind == "linear" else (saved, g)
-                    G = (self._transform(block, "rows", rows) * self._transform(block, "cols", cols)).sum(1)
+                else:  # the transforms of both sides' count sketches, multiplied per token; the gradient's
+                    # sketched before it is padded per example (the LM head's rows are the labelled ones only)
+                    side, other = ("rows", "cols") if use.kind == "linear" else ("cols", "rows")
+                    g = self._as_examples(self._transform(block, side, g), use.module_name)
+                    G = (g * self._transform(block, other, saved)).sum(1)
             elif use.kind == "embedding":  # rows: gathered P_r rows, cols: projected output grads
                 G = torch.bmm(saved.transpose(1, 2), self._as_examples(g @ block.mats["cols"], use.module_name))
             elif use.kind == "linear":  # rows: projected output grads, cols: projected inputs
@@ -226,7 +227,7 @@ class GradientCollector:
             G = sums.get(b.name)
             if G is None:
                 out.append(torch.zeros(B, b.size, device=self.device))
-            elif self.dense:
+            elif self.kind == "dense":
                 if b.scale is not None:
                     G = G / b.scale
                 out.append(G.reshape(B, -1) @ b.mats["dense"])

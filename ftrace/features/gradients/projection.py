@@ -6,8 +6,8 @@ has. Dense: one (R*C x k) matrix, for small layers (the reference path). Entries
 matrix, from a generator seeded by sha256(seed, parameter name, side): the same in every process.
 Sketch (TensorSketch, Pham & Pagh 2013): per side a CountSketch, a bucket in [0, k) and a sign for
 each row (R) and each column (C); entry (i, j) of G goes to bucket (h_r(i) + h_c(j)) mod k with sign
-s_r(i) s_c(j). Its inner products are unbiased with an error of about 1/sqrt(k) of the norms, as a
-dense projection's, where the factored one's error on a rank-1 gradient is about 1/sqrt(k_r) times
+s_r(i) s_c(j). Its inner products are unbiased with an error of the order of 1/sqrt(k) of the norms,
+as a dense projection's, where the factored one's error on a rank-1 gradient is about 1/sqrt(k_r) times
 the other side's cosine (docs/gradients.md).
 """
 
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import get_args
 
 import torch
 
+from ftrace.config import Projection
 from ftrace.features.gradients.blocks import Block, GradientError
 
-PROJECTIONS = ("factored", "sketch", "dense")
+PROJECTIONS = get_args(Projection)
 DENSE_MAX_ELEMENTS = 1 << 27  # 512 MB of float32 for one dense projection matrix
 
 
