@@ -8,13 +8,16 @@ their seeds) and scores each candidate by one part of that vector alone (the sum
 mean of their cosines): each checkpoint (all its blocks), each block (at every checkpoint), each --group of blocks,
 and the whole ("sum"), which must reproduce the bench's own tracin MRR (a check).
 
-    python results/attribution/per_part.py RUN_DIR [--group NAME=GLOB ...] [--folds A,B/C,D]
+    python results/attribution/per_part.py RUN_DIR [--group NAME=GLOB ...] [--folds A,B/C,D] [--fold-groups]
         [--whiten D,D] [--kfac D,D] [--whiten-samples N,N] [--with INDEX] [--out FILE.json]
 
 RUN_DIR: an `ftrace bench --mode rerank` output (its config.json and rankings.jsonl). GLOB matches block names
 (e.g. --group mlp='model.layers.*'). Prints a markdown table: one row per part, MRR per learned slice and relation.
 --folds: two groups of relations; for each, the part with the best MRR on its draws is chosen and reported on the
-other group's (a choice made on facts it is not reported on). The JSON keeps every draw's reciprocal rank per part.
+other group's (a choice made on facts it is not reported on); --fold-groups: among the --group parts and the whole
+vector only, and their whitened variants (where single blocks are many and small, choosing among them fits noise).
+The JSON keeps every draw's reciprocal rank per part, but for an index of more than 32 blocks only the checkpoints',
+groups', whole vector's and chosen parts' (their MRRs all stay in the table).
 --whiten: every part is also scored after TrackStar's whitening, each (checkpoint, block) piece mapped by ftrace's
 (R + lambda I)^-1/2 (lambda = D x R's mean eigenvalue) fitted on N stored training vectors drawn at random, as
 `ftrace ingest --whiten --whiten-damping D --whiten-samples N` stores them (from an index built without --whiten).
@@ -35,6 +38,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
+
+MANY_BLOCKS = 32  # above this, the JSON's draws omit single blocks' ranks (hundreds of parts: tens of MB)
 
 
 def parts(spec: dict, groups: dict[str, str]) -> dict[str, np.ndarray]:
@@ -175,6 +180,8 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--group", action="append", default=[], metavar="NAME=GLOB")
     ap.add_argument("--folds", default=None, metavar="A,B/C,D")
+    ap.add_argument("--fold-groups", action="store_true",
+                    help="--folds chooses among the --group parts and the whole vector only")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--whiten", type=floats, default=[], metavar="D,D",
                     help="also score every part whitened as `ftrace ingest --whiten --whiten-damping D` would")
@@ -194,6 +201,8 @@ def main() -> None:
         if any(d <= 0 for d in dampings):
             raise SystemExit(f"{option} {','.join(f'{d:g}' for d in dampings)}: dampings are positive")
     groups = dict(g.split("=", 1) for g in o.group)
+    if o.fold_groups and not (o.folds and groups):
+        raise SystemExit("--fold-groups: needs --folds and at least one --group")
     c = BenchConfig.model_validate(read_record(o.run / "config.json", "bench"))
     if c.mode != "rerank":
         raise SystemExit(f"{o.run}: a rerank run is needed (its candidate sets), not {c.mode}")
@@ -293,12 +302,17 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{table[s][name]:.3f}" for s in slices) + " |")
     check = f"the {Path(spec['checkpoints'][0]['name']).name} row" if o.other else "the sum row"
     print(f"\nbench's own tracin MRR over the same draws: {table['all']['bench']:.3f} ({check} should match)")
-    chosen = cross_chosen(draws, names, o.folds) if o.folds else []
+    among = [n for n in names if n.split(" @")[0] in {*groups, "sum"}] if o.fold_groups else names
+    chosen = cross_chosen(draws, among, o.folds) if o.folds else []
     for ch in chosen:
         print(f"\nchosen on {ch['chosen_on']}: {ch['part']} (MRR {ch['mrr_chosen_on']:.3f} there); "
               f"on {ch['reported_on']} ({ch['draws']} draws): {ch['mrr']:.3f}, the whole vector {ch['mrr_sum']:.3f}")
     if o.out:
         whitening = {"dampings": o.whiten, "kfac_dampings": o.kfac, "samples": o.whiten_samples}
+        if len(spec["blocks"]) > MANY_BLOCKS:  # each draw keeps the checkpoints', groups', whole's and chosen ranks
+            single, kept = {b["name"] for b in spec["blocks"]}, {ch["part"] for ch in chosen}
+            for d in draws:
+                d["rr"] = {n: r for n, r in d["rr"].items() if n.split(" @")[0] not in single or n in kept}
         o.out.write_text(json.dumps({"run": o.run.as_posix(), "parts": names, "whiten": whitening, "mrr": table,
                                      "chosen": chosen,
                                      "draws": draws}, indent=1) + "\n")
