@@ -28,8 +28,8 @@ def per_query_rr(run: Path, method: str, slice_: str | None = None, strict: bool
                 raise SystemExit(f"{run}: its draws do not record the strict slice; run per_part.py again")
             if (not slice_ or d["slice"] == slice_) and (not strict or d["strict"]):
                 if method not in d["rr"]:
-                    raise SystemExit(f"{run}: its draws keep no ranks for {method!r} (per_part.py keeps single blocks' "
-                                     "only for indexes of at most 32 blocks; their MRRs are in its mrr table)")
+                    raise SystemExit(f"{run}: its draws keep no ranks for {method!r} (per_part.py omits single blocks' "
+                                     "ranks for indexes of many blocks; their MRRs are in its mrr table)")
                 per.setdefault(d["query"], []).append(d["rr"][method])
         return {q: float(np.mean(v)) for q, v in per.items()}
     for line in (run / "rankings.jsonl").read_text().splitlines():

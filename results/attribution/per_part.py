@@ -16,8 +16,8 @@ RUN_DIR: an `ftrace bench --mode rerank` output (its config.json and rankings.js
 --folds: two groups of relations; for each, the part with the best MRR on its draws is chosen and reported on the
 other group's (a choice made on facts it is not reported on); --fold-groups: among the --group parts and the whole
 vector only, and their whitened variants (where single blocks are many and small, choosing among them fits noise).
-The JSON keeps every draw's reciprocal rank per part, but for an index of more than 32 blocks only the checkpoints',
-groups', whole vector's and chosen parts' (their MRRs all stay in the table).
+The JSON keeps every draw's reciprocal rank per part, but for an index of more than MANY_BLOCKS (32) blocks only the
+checkpoints', groups', whole vector's and chosen parts' (their MRRs all stay in the table).
 --whiten: every part is also scored after TrackStar's whitening, each (checkpoint, block) piece mapped by ftrace's
 (R + lambda I)^-1/2 (lambda = D x R's mean eigenvalue) fitted on N stored training vectors drawn at random, as
 `ftrace ingest --whiten --whiten-damping D --whiten-samples N` stores them (from an index built without --whiten).
@@ -40,6 +40,11 @@ from pathlib import Path
 import numpy as np
 
 MANY_BLOCKS = 32  # above this, the JSON's draws omit single blocks' ranks (hundreds of parts: tens of MB)
+
+
+def base_part(name: str) -> str:
+    """The part a scored name belongs to: its whitening variant's " @..." suffix aside."""
+    return name.split(" @")[0]
 
 
 def parts(spec: dict, groups: dict[str, str]) -> dict[str, np.ndarray]:
@@ -302,7 +307,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{table[s][name]:.3f}" for s in slices) + " |")
     check = f"the {Path(spec['checkpoints'][0]['name']).name} row" if o.other else "the sum row"
     print(f"\nbench's own tracin MRR over the same draws: {table['all']['bench']:.3f} ({check} should match)")
-    among = [n for n in names if n.split(" @")[0] in {*groups, "sum"}] if o.fold_groups else names
+    among = [n for n in names if base_part(n) in {*groups, "sum"}] if o.fold_groups else names
     chosen = cross_chosen(draws, among, o.folds) if o.folds else []
     for ch in chosen:
         print(f"\nchosen on {ch['chosen_on']}: {ch['part']} (MRR {ch['mrr_chosen_on']:.3f} there); "
@@ -312,7 +317,7 @@ def main() -> None:
         if len(spec["blocks"]) > MANY_BLOCKS:  # each draw keeps the checkpoints', groups', whole's and chosen ranks
             single, kept = {b["name"] for b in spec["blocks"]}, {ch["part"] for ch in chosen}
             for d in draws:
-                d["rr"] = {n: r for n, r in d["rr"].items() if n.split(" @")[0] not in single or n in kept}
+                d["rr"] = {n: r for n, r in d["rr"].items() if base_part(n) not in single or n in kept}
         o.out.write_text(json.dumps({"run": o.run.as_posix(), "parts": names, "whiten": whitening, "mrr": table,
                                      "chosen": chosen,
                                      "draws": draws}, indent=1) + "\n")
