@@ -54,7 +54,7 @@ def rank1(state: str | None, model: torch.nn.Module, floor: float) -> tuple[torc
     """ftrace's rank-1 form (a, c) of the block's S = sqrt(v) + eps (+ floor x mean): ones without a state."""
     from ftrace.features.gradients.optimizer import load_optimizer_state
 
-    w = model.get_input_embeddings().weight
+    w = model.get_input_embeddings().weight  # type: ignore[operator]
     if state is None:
         return torch.ones(w.shape[0]), torch.ones(w.shape[1])
     moments, eps = load_optimizer_state(state, model)
@@ -148,8 +148,8 @@ def main() -> None:
             qb = query_batch(tokenizer, [queries[qid].prompt], [queries[qid].target], m.max_tokens)
             qf[qid] = {v: (f, dot(f, f) ** 0.5) for v, f in forms(factors(model, qb)[0], variants).items()}
         cos: dict[str, dict[tuple[str, str], float]] = {v: {} for v in variants}
-        for n in range(0, len(order), o.batch):
-            ids = order[n:n + o.batch]
+        for at in range(0, len(order), o.batch):
+            ids = order[at:at + o.batch]
             batch, _ = objective.batch([examples[s] for s in ids])
             for sid, f0 in zip(ids, factors(model, batch), strict=True):
                 for v, f in forms(f0, variants).items():
@@ -157,8 +157,8 @@ def main() -> None:
                     for qid in pairs[sid]:
                         g, gnorm = qf[qid][v]
                         cos[v][qid, sid] = dot(f, g) / (norm * gnorm) if norm and gnorm else 0.0
-            if n // o.batch % 100 == 0:
-                print(f"{name}: {n + len(ids)}/{len(order)} candidates ({time.perf_counter() - start:.0f} s)",
+            if at // o.batch % 100 == 0:
+                print(f"{name}: {at + len(ids)}/{len(order)} candidates ({time.perf_counter() - start:.0f} s)",
                       flush=True)
         exact |= {name + v: c_ for v, c_ in cos.items()}
         del model
@@ -188,7 +188,9 @@ def main() -> None:
             exact_scores["exact" + v] = {key: np.mean([exact_scores[f"exact {n}{v}"][key] for n in wanted], axis=0)
                                          for key in draws}
     scores = {("stored" if n == "sum" else f"stored {n}"): v for n, v in stored_scores.items()} | exact_scores
-    out_draws, rr, spear = [], {}, {n: [] for n in wanted}
+    out_draws: list[dict] = []
+    rr: dict[str, dict[str, list[float]]] = {}  # slice or relation -> part -> reciprocal ranks
+    spear: dict[str, list[float]] = {n: [] for n in wanted}
     for seed, qid in draws:
         row, q = rows[seed, qid], queries[qid]
         props = set(q.proponents)
