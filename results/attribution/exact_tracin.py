@@ -41,27 +41,26 @@ def scaled(f: Factors, a: torch.Tensor, c: torch.Tensor) -> Factors:
     return Factors(f.tokens, f.rows / a[f.tokens, None] / c, f.D / a, f.H / c)
 
 
-def forms(f: Factors, variants: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Factors]:
-    """`f` under each variant's (a, c); " input side": the lookup rows alone, no LM-head term."""
-    out = {v: scaled(f, *ac) for v, ac in variants.items()}
-    if " input side" in out:
-        g = out[" input side"]
-        out[" input side"] = Factors(g.tokens, g.rows, g.D[:0], g.H[:0])
+def forms(f: Factors, variants: dict[str, tuple[torch.Tensor, torch.Tensor, bool]]) -> dict[str, Factors]:
+    """`f` under each variant's (a, c, head): without the head, the lookup rows alone (no LM-head term)."""
+    out = {}
+    for v, (a, c, head) in variants.items():
+        g = scaled(f, a, c)
+        out[v] = g if head else Factors(g.tokens, g.rows, g.D[:0], g.H[:0])
     return out
 
 
-def rank1(state: str | None, model: torch.nn.Module, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """ftrace's rank-1 form (a, c) of the block's S = sqrt(v) + eps (+ floor x mean): ones without a state."""
-    from ftrace.features.gradients.optimizer import load_optimizer_state
+def correction(state: str | None, model: torch.nn.Module, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """ftrace's rank-1 form (a, c) of the block's divisor S (optimizer.py's): ones without a state."""
+    from ftrace.features.gradients.optimizer import divisor, load_optimizer_state, rank1
 
     w = model.get_input_embeddings().weight  # type: ignore[operator]
     if state is None:
         return torch.ones(w.shape[0]), torch.ones(w.shape[1])
     moments, eps = load_optimizer_state(state, model)
     name = next(n for n, p in model.named_parameters() if p is w)
-    root = moments[name].to(torch.float64).clamp(min=0).sqrt()
-    S = root + eps + floor * root.mean()
-    return S.mean(1).float(), (S.mean(0) / S.mean()).float()
+    a, c = rank1(divisor(moments[name], eps, floor))
+    return a.float(), c.float()
 
 
 def main() -> None:
@@ -111,8 +110,8 @@ def main() -> None:
     vectors = stored(tracer)
     qvecs = query_vectors(tracer, queries, asked)
     stored_scores: dict[str, dict[tuple, np.ndarray]] = {}
-    for name in [*wanted, "sum"] if len(wanted) > 1 else wanted:
-        idx = spans[name]
+    combined = {"stored": np.concatenate([spans[n] for n in wanted])} if len(wanted) > 1 else {}
+    for name, idx in ({f"stored {n}": spans[n] for n in wanted} | combined).items():
         stored_scores[name] = {key: np.stack([vectors[i][idx] for i in cands[key]]).astype(np.float32)
                                @ qvecs[key[1]][idx].astype(np.float32) for key in draws}
     del vectors
@@ -136,12 +135,12 @@ def main() -> None:
         model = load_model(ck["name"], "cpu", m.model.dtype).model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        a, cc = rank1(ck.get("optimizer_state"), model, floor)
-        variants = {"": (a, cc)}  # the index's own correction, then the others (see VARIANTS)
+        a, cc = correction(ck.get("optimizer_state"), model, floor)
+        variants = {"": (a, cc, True)}  # the index's own correction, then the module docstring's variants
         if ck.get("optimizer_state"):
-            variants |= {" uncorrected": rank1(None, model, 0.0),
-                         f" floor={FLOOR:g}": rank1(ck["optimizer_state"], model, FLOOR),
-                         " input side": (a, cc)}
+            variants |= {" uncorrected": (*correction(None, model, 0.0), True),
+                         f" floor={FLOOR:g}": (*correction(ck["optimizer_state"], model, FLOOR), True),
+                         " input side": (a, cc, False)}
 
         qf = {}
         for qid in asked:
@@ -187,7 +186,7 @@ def main() -> None:
         for v in suffixes:
             exact_scores["exact" + v] = {key: np.mean([exact_scores[f"exact {n}{v}"][key] for n in wanted], axis=0)
                                          for key in draws}
-    scores = {("stored" if n == "sum" else f"stored {n}"): v for n, v in stored_scores.items()} | exact_scores
+    scores = stored_scores | exact_scores
     out_draws: list[dict] = []
     rr: dict[str, dict[str, list[float]]] = {}  # slice or relation -> part -> reciprocal ranks
     spear: dict[str, list[float]] = {n: [] for n in wanted}

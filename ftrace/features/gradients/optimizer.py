@@ -61,6 +61,17 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def divisor(v: torch.Tensor, eps: float, floor: float = 0.0) -> torch.Tensor:
+    """S = sqrt(v) + eps (+ floor x the mean of sqrt(v)), in float64."""
+    root = v.to(torch.float64).clamp(min=0).sqrt()
+    return root + eps + floor * root.mean()
+
+
+def rank1(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S ~= a c^T: a = S's row means, c = its column means / its mean."""
+    return S.mean(1), S.mean(0) / S.mean()
+
+
 def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module, kind: str,
                           device: torch.device, floor: float = 0.0) -> dict:
     """Fold the correction into each block; returns its description for the spec."""
@@ -75,14 +86,11 @@ def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module
         if tuple(v.shape) != b.shape:
             raise GradientError(f"optimizer_state {path}: {b.name} has shape {tuple(v.shape)}, "
                                 f"the model's is {b.shape}")
-        root = v.to(torch.float64).clamp(min=0).sqrt()
-        S = root + eps + floor * root.mean()
+        S = divisor(v, eps, floor)
         if dense:
             b.scale = S.to(torch.float32).to(device)
         else:
-            a = S.mean(1)
-            c = S.mean(0) / S.mean()
-            for side, by in (("rows", a), ("cols", c)):  # per row of P (factored) or per sketch sign
+            for side, by in zip(("rows", "cols"), rank1(S), strict=True):  # per row of P (factored) or per sketch sign
                 m = b.mats[side]
                 b.mats[side] = (m.double().cpu() / by.reshape(-1, *[1] * (m.dim() - 1))).float().to(device)
     out = {"path": str(path), "sha256": _sha256(path), "eps": eps, "divide_by": "sqrt(exp_avg_sq) + eps",
