@@ -59,15 +59,19 @@ def test_ingest_with_object_loss_stores_object_span_gradients(tmp_path, tiny_mod
 
 
 @pytest.mark.slow
-def test_ingest_with_the_sketch_projection_stores_and_queries_it(tmp_path, tiny_model_dir):
-    """`--tracin-projection sketch` end to end: recorded in the manifest, the stored vectors are the featurizer's, and
-    `ftrace query` loads the same sketch to score."""
-    index = tmp_path / "sketch"
+@pytest.mark.parametrize("projection", ["sketch", "rows"])
+def test_ingest_with_another_projection_stores_and_queries_it(tmp_path, tiny_model_dir, projection):
+    """`--tracin-projection sketch` and `rows` (the exact lookup gradient in a sparse vector) end to end: recorded in
+    the manifest, the stored vectors are the featurizer's, and `ftrace query` loads the same projection to score."""
+    index = tmp_path / projection
+    options = {"sketch": ["--tracin-dim", "100"], "rows": ["--tracin-tied", "input"]}[projection]
     r = CliRunner().invoke(app, ["ingest", "--index", str(index), "--model", tiny_model_dir, "--tracin-projection",
-                                 "sketch", "--tracin-dim", "100", "--batch-size", "16"])
+                                 projection, *options, "--batch-size", "16"])
     assert r.exit_code == 0, r.output
     spec = Manifest.read(index).vectors["tracin"]
-    assert spec["projection"] == "sketch" and spec["size"] == 100 and spec["blocks"][0]["factors"] == [100, 1]
+    rows, cols = spec["blocks"][0]["shape"]
+    size, factors = {"sketch": (100, [100, 1]), "rows": (rows * cols, [rows, cols])}[projection]
+    assert spec["projection"] == projection and spec["size"] == size and spec["blocks"][0]["factors"] == factors
     examples = index_examples(IndexDir(index).corpus.sentences)[:4]
     lm = load_model(tiny_model_dir)
     tracin = from_specs(lm, Manifest.read(index).vectors, IndexDir(index).state_file, ["tracin"])["tracin"]

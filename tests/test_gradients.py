@@ -566,3 +566,54 @@ def test_object_span_examples_take_the_gradient_of_the_object_tokens(lm):
     objectless = [e.model_copy(update={"object": None}) for e in examples]
     batch, fallbacks = Objective("object", lm.tokenizer).batch(objectless)
     assert fallbacks == len(examples) and torch.equal(batch.labels, sentence.labels)
+
+
+def as_dense(vectors, size):
+    """Sparse vectors as an (N, size) array."""
+    out = np.zeros((len(vectors), size), dtype=np.float64)
+    for i, v in enumerate(vectors):
+        out[i, v.indices] = v.values
+    return out
+
+
+def test_rows_projection_is_the_exact_input_side_gradient_sparse(lm, adam_state):
+    """The rows projection stores the embedding lookup's gradient itself (the naive gradient of an untied input
+    embedding), optimizer-corrected by the rank-1 S ~= a c^T as the factored projection is, as sparse vectors holding
+    the example's own token rows only; fewer numbers a row project each row's columns; several checkpoints sit side
+    by side, as dense ones do."""
+    path, sq = adam_state
+    batch = example_batch(lm.tokenizer, TEXTS[:5])
+    name = "model.embed_tokens.weight"
+    R, C = lm.model.model.embed_tokens.weight.shape
+    grads = naive_grads(untied(lm), batch, [name])[name].double()
+    S = sq[name].double().sqrt() + 1e-6
+    for state, ref in ((None, grads), (str(path), grads / torch.outer(S.mean(1), S.mean(0) / S.mean()))):
+        feat = GradientFeaturizer(lm.model, GradientConfig(dim=4096, projection="rows", tied="input",
+                                                           optimizer_state=state))
+        assert feat.sparse and feat.size == R * C and feat.blocks[0].factors == (R, C)
+        got = feat.vectors(batch)
+        for v, b in zip(got, range(len(batch)), strict=True):  # the example's own tokens' rows, no other
+            tokens = set(batch.input_ids[b][batch.attention_mask[b].bool()].tolist())
+            assert set((v.indices // C).tolist()) <= tokens and len(v.indices) <= len(tokens) * C
+            assert np.all(np.diff(v.indices) > 0)
+        want = torch.nn.functional.normalize(ref.reshape(len(batch), -1), dim=-1).numpy()
+        np.testing.assert_allclose(as_dense(got, R * C), want, atol=1e-5)
+        assert got[0].dot(got[1]) == pytest.approx(float(want[0] @ want[1]), abs=1e-5)
+    # 8 numbers a row: each row's columns through the seeded (C x 8) Gaussian
+    small = GradientFeaturizer(lm.model, GradientConfig(dim=8, projection="rows", tied="input"))
+    cols = small.projection(name)["cols"].double()
+    want = torch.nn.functional.normalize((grads @ cols).reshape(len(batch), -1), dim=-1).numpy()
+    np.testing.assert_allclose(as_dense(small.vectors(batch), R * 8), want, atol=1e-5)
+    # two checkpoints: side by side / sqrt(2), so the dot product is the mean of their cosines
+    from ftrace.features.gradients import TracInFeaturizer
+    one = {"name": "m", "fingerprint": "x"}
+    two = TracInFeaturizer([lm.model, lm.model], [one, one], GradientConfig(projection="rows", tied="input"))
+    both, each = two.vectors(batch), two.per_checkpoint[0].vectors(batch)
+    assert two.sparse and two.size == 2 * R * C and both[0].indices.max() >= R * C
+    assert both[0].dot(both[1]) == pytest.approx(each[0].dot(each[1]), abs=1e-6)
+    with pytest.raises(FtraceError, match="rows.*--tracin-tied input"):
+        GradientFeaturizer(lm.model, GradientConfig(projection="rows"))
+    with pytest.raises(FtraceError, match="rows.*lm_head"):
+        GradientFeaturizer(lm.model, GradientConfig(layers=["lm_head"], projection="rows", tied="output"))
+    with pytest.raises(FtraceError, match="whiten"):
+        GradientFeaturizer(lm.model, GradientConfig(projection="rows", tied="input", whiten=True))

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from ftrace.features.sparse import SparseVector, SparseVectors
 from ftrace.index.vectors import (
     HNSW_EF_MAX,
     HNSW_EF_MIN,
@@ -66,6 +67,40 @@ def test_present_count_idempotent_upsert_and_reopen(filled):
     assert again.exists() and again.count() == 60
     assert again.search("embed", vectors["embed"][2], 1)[0][0] == ids[2]
     again.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_vectors_score_by_dot_product_round_trip_and_merge(backend, tmp_path):
+    """A sparse vector beside a dense one: searched over the whole store and within a candidate set by its dot
+    product (the featurizers' unit vectors: their cosine), scrolled back out as it went in (shard merges)."""
+    rng = np.random.default_rng(2)
+    dim = 30_000_000  # far past a dense vector's limit: an embedding's rows x columns
+    ids = [f"s{i}:lm" for i in range(40)]
+    sparse = SparseVectors()
+    for _ in ids:
+        at = np.sort(rng.choice(2_000, size=50, replace=False)) * 15_000  # shared dimensions, spread out
+        values = rng.normal(size=50)
+        sparse.append(SparseVector(at.astype(np.int64), (values / np.linalg.norm(values)).astype(np.float32)))
+    store = make(backend, tmp_path)
+    store.create({"embed": 4, "tracin": dim}, float16=False, sparse={"tracin"})
+    store.upsert(ids, {"embed": rng.normal(size=(40, 4)).astype(np.float32), "tracin": sparse},
+                 [{"example_id": i, "sentence_id": i} for i in ids])
+    q = sparse[5]
+    dots = np.array([q.dot(v) for v in sparse])
+    hits = store.search("tracin", q, 5, exact=True)
+    order = np.argsort(-dots)[:5]
+    assert hits[0] == (ids[5], pytest.approx(1.0, abs=1e-5))
+    assert [h[0] for h in hits] == [ids[i] for i in order]
+    assert [h[1] for h in hits] == pytest.approx(dots[order], abs=1e-5)
+    within = dict(store.search("tracin", q, 10, ids=[ids[1], ids[2], ids[5]], exact=True))
+    assert within.keys() <= {ids[1], ids[2], ids[5]} and within[ids[5]] == pytest.approx(1.0, abs=1e-5)
+    for i in (1, 2):  # a candidate sharing no dimension with the query scores 0, where Qdrant lists it at all
+        assert within.get(ids[i], 0.0) == pytest.approx(dots[i], abs=1e-5)
+    got_ids, vectors, _ = next(iter(store.points(["tracin"], batch=100)))
+    back = dict(zip(got_ids, vectors["tracin"], strict=True))
+    np.testing.assert_array_equal(back[ids[7]].indices, sparse[7].indices)
+    np.testing.assert_allclose(back[ids[7]].values, sparse[7].values, rtol=1e-6)
+    store.close()
 
 
 def test_the_search_beam_widens_with_the_collection(tmp_path, monkeypatch):

@@ -17,7 +17,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from ftrace.bench.cache import ResultCache, settings_hash
@@ -25,6 +24,7 @@ from ftrace.bench.candidates import CandidateSet, CorpusView, candidate_set
 from ftrace.bench.slices import STRICT_BEAMS
 from ftrace.config import BenchConfig
 from ftrace.corpus import Query
+from ftrace.features.sparse import Vector
 from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.answer import RIGHT_RULE_VERSION, answers_right, greedy_answers, in_top_answers
@@ -80,9 +80,9 @@ class Scorer:
                                               **dtype, **limit})
         self.cache = ResultCache(out / "cache.jsonl", {self.key, self.answer_key, self.base_answer_key})
         self.computed = 0
-        self._qvec: dict[str, dict[str, np.ndarray]] = {}
+        self._qvec: dict[str, dict[str, Vector]] = {}
 
-    def _vectors(self, q: Query) -> dict[str, np.ndarray] | None:
+    def _vectors(self, q: Query) -> dict[str, Vector] | None:
         """The query's vectors, for the vector methods this run uses (computed once per query)."""
         names = [m for m in self.singles if m != "bm25"]
         if not names:

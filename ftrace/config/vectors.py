@@ -15,7 +15,7 @@ MAX_VECTOR_SIZE = 65_535  # Qdrant's largest dense vector: a gradient vector's s
 # The example loss: the one name (--example-loss) for what a training example's loss scores, in ingest and train
 ExampleLoss = Literal["sentence", "object"]
 # how a block's gradient becomes its numbers (ftrace/features/gradients/projection.py)
-Projection = Literal["factored", "sketch", "dense"]
+Projection = Literal["factored", "sketch", "dense", "rows"]
 # ingest's example loss when neither --example-loss, an existing index nor a training run says: FTRACE's masked
 # object, 0.29 against the whole sentence's 0.21 tracin MRR on train-split facts (results/attribution/README.md#the-
 # example-loss); a corpus that states no objects gets the whole sentence
@@ -60,13 +60,17 @@ class GradientConfig(Strict):
                                      "(default: the input embedding).", "--tracin-layers", split=True)] = \
         ["model.embed_tokens"]
     # size of EACH block's projection; the sum over blocks must be <= MAX_VECTOR_SIZE
-    dim: Annotated[int, Field(ge=1), cli("Projection size per layer block (total at most 65535).", "--tracin-dim",
-                                         min=1)] = 4096
+    dim: Annotated[int, Field(ge=1), cli("Projection size per layer block (total at most 65535); with "
+                                         "--tracin-projection rows, numbers per row (exact at the hidden size or "
+                                         "more).", "--tracin-dim", min=1)] = 4096
     seed: Annotated[int, cli("Seed of the random projection.", "--tracin-seed")] = 0
     projection: Annotated[Projection,
                           cli("factored (LoGra-style, default); sketch (TensorSketch: a little slower, keeps the "
-                              "exact cosines' order better, e.g. Spearman 0.81 against 0.72 at 4096); or dense: the "
-                              "reference, for small layers (a dense matrix per block).",
+                              "exact cosines' order better, e.g. Spearman 0.81 against 0.72 at 4096); dense: the "
+                              "reference, for small layers (a dense matrix per block); or rows: an embedding "
+                              "lookup's gradient as it is, the rows of the example's own tokens, in a sparse vector "
+                              "(--tracin-tied input or an untied input embedding; --tracin-dim: numbers per row, "
+                              "exact at the hidden size or more, else each row projected).",
                               "--tracin-projection")] = "factored"
     # torch file: Adam/AdamW state_dict or {parameter name: exp_avg_sq}
     optimizer_state: Annotated[str | None, cli("Adam/AdamW state (torch file): divide gradients by sqrt of "

@@ -14,12 +14,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from ftrace import FtraceError
 from ftrace.features import StateFile
 from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer
+from ftrace.features.sparse import Vectors
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch
 
@@ -31,6 +30,7 @@ class FeatureError(FtraceError):
 class Featurizer(Protocol):
     name: str  # the stored vector's name ("embed", "tracin")
     size: int
+    sparse: bool  # its vectors are `SparseVectors` (ftrace.features.sparse), not an (N, size) array
 
     @property
     def example_loss(self) -> str:
@@ -47,7 +47,7 @@ class Featurizer(Protocol):
 
     def load(self, state: StateFile) -> None: ...
 
-    def vectors(self, batch: LossBatch) -> np.ndarray: ...
+    def vectors(self, batch: LossBatch) -> Vectors: ...
 
 
 # manifest "kind" -> how to rebuild that featurizer from its spec

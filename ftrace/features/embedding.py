@@ -27,6 +27,7 @@ SAMPLE_SEED = 0  # the idf pooling's sample (recorded in the spec)
 
 class EmbeddingFeaturizer:
     name = "embed"
+    sparse = False
 
     def __init__(self, model: Any, config: EmbeddingConfig):
         n = model.config.num_hidden_layers

@@ -4,20 +4,23 @@
 - `ClientStore`: `qdrant-client`, for a server or cluster (`url`) or its local mode (`path`).
 
 Points are keyed by a UUID derived from the example id (so re-ingesting is idempotent) and carry
-the example and sentence ids as payload. Vectors are compared by cosine; scores: higher is better.
+the example and sentence ids as payload. Vectors are compared by cosine; scores: higher is better. A vector named in
+`create(sparse=...)` is a Qdrant sparse vector (`ftrace.features.sparse`), compared by dot product: the featurizers
+store unit vectors, so that too is their cosine.
 """
 
 from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ftrace import FtraceError
 from ftrace.config import MAX_VECTOR_SIZE
+from ftrace.features.sparse import SparseVector, SparseVectors, Vector, Vectors
 from ftrace.index.files import STORES
 from ftrace.index.locks import StoreLock
 
@@ -45,19 +48,28 @@ def point_id(example_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, example_id))
 
 
-def _check_sizes(sizes: dict[str, int]) -> None:
+def _check_sizes(sizes: dict[str, int], sparse: Collection[str]) -> None:
     for name, size in sizes.items():
-        if not 0 < size <= MAX_VECTOR_SIZE:
+        if name not in sparse and not 0 < size <= MAX_VECTOR_SIZE:
             raise StoreError(f"vector {name!r} has size {size}; Qdrant takes 1..{MAX_VECTOR_SIZE}")
 
 
-Points = tuple[list[str], dict[str, np.ndarray], list[dict]]  # example ids, vectors by name, payloads
+Points = tuple[list[str], dict[str, Vectors], list[dict]]  # example ids, vectors by name, payloads
 
 
 def _as_points(records, names: Sequence[str]) -> Points:
     ids = [r.payload["example_id"] for r in records]
-    vectors = {n: np.asarray([r.vector[n] for r in records], dtype=np.float32) for n in names}
+    vectors = {n: _stored(r.vector[n] for r in records) for n in names}
     return ids, vectors, [dict(r.payload) for r in records]
+
+
+def _stored(vectors) -> Vectors:
+    """Stored vectors as the featurizers give them: an (N, d) array, or sparse vectors."""
+    vectors = list(vectors)
+    if vectors and hasattr(vectors[0], "indices"):
+        return SparseVectors(SparseVector(np.asarray(v.indices, dtype=np.int64), np.asarray(v.values, dtype=np.float32))
+                             for v in vectors)
+    return np.asarray(vectors, dtype=np.float32)
 
 
 class VectorStore(ABC):
@@ -76,17 +88,18 @@ class VectorStore(ABC):
 
     @abstractmethod
     def create(self, sizes: dict[str, int], float16: bool = True, shard_number: int = 1,
-               replication_factor: int = 1) -> None:
-        """Make the (empty) collection; the layout arguments apply to a Qdrant server."""
+               replication_factor: int = 1, sparse: Collection[str] = ()) -> None:
+        """Make the (empty) collection, the vectors named in `sparse` sparse; the layout arguments apply to a Qdrant
+        server."""
 
     @abstractmethod
     def exists(self) -> bool: ...
 
     @abstractmethod
-    def upsert(self, ids: Sequence[str], vectors: dict[str, np.ndarray], payloads: Sequence[dict]) -> None: ...
+    def upsert(self, ids: Sequence[str], vectors: dict[str, Vectors], payloads: Sequence[dict]) -> None: ...
 
     @abstractmethod
-    def search(self, name: str, vector: np.ndarray, k: int, ids: Sequence[str] | None = None,
+    def search(self, name: str, vector: Vector, k: int, ids: Sequence[str] | None = None,
                exact: bool = False) -> list[tuple[str, float]]:
         """Top-k (example id, cosine); with `ids`, only among those examples (a candidate set)."""
 
@@ -138,25 +151,32 @@ class EdgeStore(VectorStore):
         return self.path.is_dir() and any(self.path.iterdir())
 
     def create(self, sizes: dict[str, int], float16: bool = True, shard_number: int = 1,
-               replication_factor: int = 1) -> None:
-        _check_sizes(sizes)
+               replication_factor: int = 1, sparse: Collection[str] = ()) -> None:
+        _check_sizes(sizes, sparse)
         qe = self.qe
         dtype = qe.VectorStorageDatatype.Float16 if float16 else qe.VectorStorageDatatype.Float32
         config = qe.EdgeConfig(vectors={n: qe.EdgeVectorParams(size=s, distance=qe.Distance.Cosine, datatype=dtype)
-                                        for n, s in sizes.items()})
+                                        for n, s in sizes.items() if n not in sparse},
+                               sparse_vectors={n: qe.EdgeSparseVectorParams(datatype=dtype) for n in sizes
+                                               if n in sparse})
         self._open(lambda: qe.EdgeShard.create(str(self.path), config))
 
     def upsert(self, ids, vectors, payloads) -> None:
         qe = self.qe
-        points = [qe.Point(point_id(i), {n: v[j].tolist() for n, v in vectors.items()}, payloads[j])
+        points = [qe.Point(point_id(i), {n: self._vector(v[j]) for n, v in vectors.items()}, payloads[j])
                   for j, i in enumerate(ids)]
         self.shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def _vector(self, v):
+        if isinstance(v, SparseVector):
+            return self.qe.SparseVector(v.indices.tolist(), v.values.tolist())
+        return np.asarray(v, dtype=np.float32).tolist()
 
     def search(self, name, vector, k, ids=None, exact=False):
         qe = self.qe
         flt = qe.Filter(must=[qe.HasIdCondition({point_id(i) for i in ids})]) if ids is not None else None
         hits = self.shard.query(qe.QueryRequest(
-            limit=k, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=name),
+            limit=k, query=qe.Query.Nearest(self._vector(vector), using=name),
             filter=flt, with_payload=["example_id"],
             params=qe.SearchParams(exact=exact, hnsw_ef=None if exact else self.search_ef() or None)))
         return [(h.payload["example_id"], h.score) for h in hits]
@@ -206,19 +226,23 @@ class ClientStore(VectorStore):
         return self.client.collection_exists(self.collection)
 
     def collection_params(self, sizes: dict[str, int], float16: bool = True, shard_number: int = 1,
-                          replication_factor: int = 1) -> dict:
-        """create_collection's arguments: named cosine vectors, their storage type, and the layout over a
-        cluster's nodes (shards, and copies of each; qdrant-client's local mode takes and ignores them)."""
-        _check_sizes(sizes)
+                          replication_factor: int = 1, sparse: Collection[str] = ()) -> dict:
+        """create_collection's arguments: named cosine vectors (and sparse ones), their storage type, and the layout
+        over a cluster's nodes (shards, and copies of each; qdrant-client's local mode takes and ignores them)."""
+        _check_sizes(sizes, sparse)
         m = self.models
         dtype = m.Datatype.FLOAT16 if float16 else m.Datatype.FLOAT32
-        return {"vectors_config": {n: m.VectorParams(size=s, distance=m.Distance.COSINE, datatype=dtype)
-                                   for n, s in sizes.items()},
-                "shard_number": shard_number, "replication_factor": replication_factor}
+        params = {"vectors_config": {n: m.VectorParams(size=s, distance=m.Distance.COSINE, datatype=dtype)
+                                     for n, s in sizes.items() if n not in sparse},
+                  "shard_number": shard_number, "replication_factor": replication_factor}
+        if any(n in sparse for n in sizes):
+            params["sparse_vectors_config"] = {
+                n: m.SparseVectorParams(index=m.SparseIndexParams(datatype=dtype)) for n in sizes if n in sparse}
+        return params
 
     def create(self, sizes: dict[str, int], float16: bool = True, shard_number: int = 1,
-               replication_factor: int = 1) -> None:
-        params = self.collection_params(sizes, float16, shard_number, replication_factor)
+               replication_factor: int = 1, sparse: Collection[str] = ()) -> None:
+        params = self.collection_params(sizes, float16, shard_number, replication_factor, sparse)
         try:
             self.client.create_collection(self.collection, **params)
         except Exception:
@@ -227,16 +251,21 @@ class ClientStore(VectorStore):
 
     def upsert(self, ids, vectors, payloads) -> None:
         m = self.models
-        points = [m.PointStruct(id=point_id(i), vector={n: v[j].tolist() for n, v in vectors.items()},
+        points = [m.PointStruct(id=point_id(i), vector={n: self._vector(v[j]) for n, v in vectors.items()},
                                 payload=payloads[j]) for j, i in enumerate(ids)]
         self.client.upsert(self.collection, points=points, wait=True)
+
+    def _vector(self, v):
+        if isinstance(v, SparseVector):
+            return self.models.SparseVector(indices=v.indices.tolist(), values=v.values.tolist())
+        return np.asarray(v, dtype=np.float32).tolist()
 
     def search(self, name, vector, k, ids=None, exact=False):
         m = self.models
         flt = m.Filter(must=[m.HasIdCondition(has_id=[point_id(i) for i in ids])]) if ids is not None else None
         params = (m.SearchParams(exact=exact, hnsw_ef=None if exact else self.search_ef() or None)
                   if self.remote else None)  # local mode searches exactly: no beam, nothing to count
-        res = self.client.query_points(self.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=name,
+        res = self.client.query_points(self.collection, query=self._vector(vector), using=name,
                                        limit=k, query_filter=flt, with_payload=["example_id"], search_params=params)
         return [((p.payload or {})["example_id"], p.score) for p in res.points]
 

@@ -257,7 +257,7 @@ def ensure_store(store: VectorStore, featurizers: list[Featurizer], c: IngestCon
     """Create the collection the featurizers' vectors go to, unless it is there already."""
     if not store.exists():
         store.create({f.name: f.size for f in featurizers}, c.store.float16, c.store.shard_number,
-                     c.store.replication_factor)
+                     c.store.replication_factor, sparse={f.name for f in featurizers if f.sparse})
 
 
 def _build_shard(c: IngestConfig, texts: CorpusStore, lm: LoadedModel, featurizers: list[Featurizer],

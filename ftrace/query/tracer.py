@@ -18,13 +18,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ftrace import FtraceError
 from ftrace.config import CASCADE_K, FUSION_WEIGHT, TraceOptions
 from ftrace.corpus import Corpus, Query, Sentence, match_key
 from ftrace.corpus.passages import around
 from ftrace.corpus.records import example_id, example_sentence
+from ftrace.features.sparse import Vector
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
@@ -152,7 +151,7 @@ class Tracer:
         with self._timed("answer"):
             return greedy_answer(self.lm, prompt, max_tokens=self.index.manifest.max_tokens)
 
-    def query_vectors(self, prompt: str, target: str, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    def query_vectors(self, prompt: str, target: str, names: Iterable[str] | None = None) -> dict[str, Vector]:
         """The query's vectors (only `names`, when given: a gradient costs a forward+backward)."""
         wanted = [n for n in self.index.manifest.vectors if names is None or n in set(names)]
         if not wanted:
@@ -168,7 +167,7 @@ class Tracer:
             raise FtraceError(f"--method {method!r}: this index has {self.methods} (and their a+b fusions)")
 
     def retrieve(self, method: str, prompt: str, target: str, depth: int,
-                 qvec: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                 qvec: dict[str, Vector] | None = None) -> dict[str, float]:
         """Top sentences of one single method over the whole corpus."""
         self._check(method)
         if method == "bm25":
@@ -179,7 +178,7 @@ class Tracer:
             return by_sentence(dict(self.store.search(method, vec, depth)), example_sentence)
 
     def score(self, method: str, prompt: str, target: str, sentence_ids: list[str],
-              qvec: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+              qvec: dict[str, Vector] | None = None) -> dict[str, float]:
         """Scores of exactly these sentences under one single method (a candidate set)."""
         self._check(method)
         if method == "bm25":
@@ -192,7 +191,7 @@ class Tracer:
             return by_sentence(dict(hits), example_sentence)
 
     def runs(self, method: Method, prompt: str, target: str, depth: int,
-             qvec: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+             qvec: dict[str, Vector] | None = None) -> dict[str, dict[str, float]]:
         """Per component, the scores a method ranks by: a single method's top `depth`; for a fusion,
         both components' scores of the union of their top `depth` (the one fusion path)."""
         if not method.is_fusion:

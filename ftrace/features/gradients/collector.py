@@ -7,8 +7,9 @@ per-example (k_r x k_c) outer products. The sketch projection keeps the raw inpu
 gradient hook, count-sketches both sides and adds the per-token products of their Fourier transforms
 (the transform of the circular convolution that is the TensorSketch of g_t x_t^T; an Embedding's
 one-hot rows are scattered straight into their buckets), one inverse transform per example at the
-end. The backward is `torch.autograd.grad(loss, input embeddings)`: no parameter gets `.grad`, the
-weight-gradient matmuls are skipped. For plain-head architectures the LM head runs at the labelled
+end. The rows projection keeps an embedding lookup's token ids and gradients and sums them per row at the end (a
+sparse vector per example). The backward is `torch.autograd.grad(loss, input embeddings)`: no parameter gets
+`.grad`, the weight-gradient matmuls are skipped. For plain-head architectures the LM head runs at the labelled
 positions only.
 """
 
@@ -19,9 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ftrace.features.gradients.blocks import Block, GradientError, Use
+from ftrace.features.sparse import SparseVector, SparseVectors
 from ftrace.model.batching import LossBatch
 from ftrace.model.objective import scored_positions, summed_loss
 
@@ -49,6 +52,7 @@ class PassState:
     mask: torch.Tensor  # (B, T) float, 1 = real token
     # block name -> (B, k_r, k_c), (B, R, C) (dense) or (B, k // 2 + 1) complex (sketch: a Fourier transform)
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    lookups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)  # rows: (ids, grads)
     rows: LabelledRows | None = None
     outputs: list[torch.Tensor] = field(default_factory=list)  # the hooked outputs: where the backward stops
 
@@ -114,6 +118,10 @@ class GradientCollector:
             assert state is not None
             B = state.batch_size
             g = grad.detach().float()
+            if self.kind == "rows":  # the lookup's (B, L) ids and (B, L, C) gradients, summed per row in `collect`
+                ids, keep = saved
+                state.lookups.setdefault(block.name, []).append((ids, self._as_examples(g, use.module_name) * keep))
+                return None
             if self.kind == "dense":
                 g = self._as_examples(g, use.module_name)
                 if use.kind == "embedding":
@@ -189,6 +197,31 @@ class GradientCollector:
 
     def collect(self, batch: LossBatch) -> list[torch.Tensor]:
         """Per block, the (B, size) projected (and optimizer-corrected) per-example gradients."""
+        if self.kind == "rows":
+            raise GradientError("the rows projection's gradients are sparse: collect_rows")
+        sums, _, B = self._pass(batch)
+        out = []
+        for b in self.blocks:
+            G = sums.get(b.name)
+            if G is None:
+                out.append(torch.zeros(B, b.size, device=self.device))
+            elif self.kind == "dense":
+                if b.scale is not None:
+                    G = G / b.scale
+                out.append(G.reshape(B, -1) @ b.mats["dense"])
+            elif self.kind == "sketch":
+                out.append(torch.fft.irfft(G, n=b.size))
+            else:
+                out.append(G.reshape(B, -1))
+        return out
+
+    def collect_rows(self, batch: LossBatch) -> list[SparseVectors]:
+        """Per block, the rows projection's per-example (optimizer-corrected) gradients: sparse vectors (`_rows`)."""
+        _, lookups, B = self._pass(batch)
+        return [_rows(b, lookups.get(b.name, []), B) for b in self.blocks]
+
+    def _pass(self, batch: LossBatch) -> tuple[dict[str, torch.Tensor], dict[str, list], int]:
+        """The hooked forward and backward: the hooks' per-block sums and lookups, and the batch size."""
         batch = batch.to(self.device)
         B, T = batch.input_ids.shape
         model = self.model
@@ -216,26 +249,37 @@ class GradientCollector:
                 if loss.requires_grad and wanted:
                     torch.autograd.grad(loss, wanted, allow_unused=True)
                 del loss
-            sums = self._state.sums
+            sums, lookups = self._state.sums, self._state.lookups
         finally:
             self._state = None
             for h in handles:
                 h.remove()
             model.train(was_training)
-        out = []
-        for b in self.blocks:
-            G = sums.get(b.name)
-            if G is None:
-                out.append(torch.zeros(B, b.size, device=self.device))
-            elif self.kind == "dense":
-                if b.scale is not None:
-                    G = G / b.scale
-                out.append(G.reshape(B, -1) @ b.mats["dense"])
-            elif self.kind == "sketch":
-                out.append(torch.fft.irfft(G, n=b.size))
-            else:
-                out.append(G.reshape(B, -1))
-        return out
+        return sums, lookups, B
+
+
+def _rows(block: Block, lookups: list[tuple[torch.Tensor, torch.Tensor]], batch_size: int) -> SparseVectors:
+    """Each example's gradient of an embedding lookup, G = sum_t onehot(x_t) g_t^T, as a sparse vector over the
+    block's R x k numbers (row-major): the rows of its tokens with a nonzero gradient, each times its row weight
+    and through the columns' matrix (the identity or a projection; the optimizer's rank-1 correction folded into
+    both, as for the factored projection)."""
+    k = block.factors[1]
+    weight, cols = block.mats["rows"], block.mats["cols"]
+    out = SparseVectors()
+    for e in range(batch_size):
+        ids = torch.cat([i[e].reshape(-1) for i, _ in lookups]) if lookups else torch.zeros(0, dtype=torch.long)
+        if len(ids) == 0:
+            out.append(SparseVector(np.zeros(0, np.int64), np.zeros(0, np.float32)))
+            continue
+        grads = torch.cat([g[e].reshape(-1, g.shape[-1]) for _, g in lookups])
+        rows, where = torch.unique(ids, return_inverse=True)
+        G = grads.new_zeros(len(rows), grads.shape[-1]).index_add_(0, where, grads)
+        G = (G * weight[rows].unsqueeze(1)) @ cols
+        kept = G.abs().amax(1) > 0  # padding and the tokens after the last scored one have no gradient
+        rows, G = rows[kept], G[kept]
+        at = rows.unsqueeze(1) * k + torch.arange(k, device=rows.device)
+        out.append(SparseVector(at.reshape(-1).cpu().numpy(), G.reshape(-1).cpu().numpy().astype(np.float32)))
+    return out
 
 
 def _inside(module: torch.nn.Module, root: torch.nn.Module) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from ftrace.features.gradients.whitening import (
     unit,
     whitener,
 )
+from ftrace.features.sparse import SparseVectors, Vectors
 from ftrace.model.batching import LossBatch
 from ftrace.plumbing import replacing
 
@@ -56,7 +57,11 @@ class GradientFeaturizer:
         for b in self.blocks:
             assign_projection(b, config.dim, config.seed, config.projection, self.device)
         self.size = sum(b.size for b in self.blocks)
-        if self.size > MAX_VECTOR_SIZE:
+        self.sparse = config.projection == "rows"  # a Qdrant sparse vector: its size is not bounded
+        if self.sparse and config.whiten:
+            raise GradientError("gradient whiten: whitening needs a projected vector ('factored' or 'sketch'), not "
+                                "the rows projection's sparse one")
+        if self.size > MAX_VECTOR_SIZE and not self.sparse:
             raise GradientError(
                 f"gradient dim {config.dim} x {len(self.blocks)} blocks = {self.size} numbers, over the "
                 f"limit of {MAX_VECTOR_SIZE}: lower dim or select fewer layers")
@@ -110,7 +115,11 @@ class GradientFeaturizer:
                 per_block = [p @ whitener(b) for p, b in zip(per_block, self.blocks, strict=True)]
         return torch.cat(per_block, 1).cpu().numpy().astype(np.float32)
 
-    def vectors(self, batch: LossBatch) -> np.ndarray:
+    def vectors(self, batch: LossBatch) -> Vectors:
+        if self.sparse:  # the same normalisation, on sparse vectors: per block unit, side by side, unit
+            parts = [p.unit() for p in self.collector.collect_rows(batch)]
+            offsets = np.cumsum([0] + [b.size for b in self.blocks[:-1]]).tolist()
+            return SparseVectors.joined(parts, offsets).unit()
         if self.config.whiten and self._whitening is None:
             raise GradientError("gradient whiten: fit_whitening (or load the index's whitening state) first")
         per_block = [unit(p) for p in self.collector.collect(batch)]
@@ -222,7 +231,8 @@ class TracInFeaturizer:
                                zip(models, checkpoints, strict=True)]
         self.checkpoints, self.config, self.whiten_samples = checkpoints, config, whiten_samples
         self.size = self.per_checkpoint[0].size * len(self.per_checkpoint)
-        if self.size > MAX_VECTOR_SIZE:
+        self.sparse = self.per_checkpoint[0].sparse
+        if self.size > MAX_VECTOR_SIZE and not self.sparse:
             each = self.per_checkpoint[0].size
             raise GradientError(f"{len(checkpoints)} checkpoints x {each} numbers = {self.size}, over Qdrant's "
                                 f"{MAX_VECTOR_SIZE}: lower --tracin-dim or take fewer checkpoints")
@@ -279,6 +289,12 @@ class TracInFeaturizer:
             for i, f in enumerate(self.per_checkpoint):
                 f.load(state(i))
 
-    def vectors(self, batch: LossBatch) -> np.ndarray:
+    def vectors(self, batch: LossBatch) -> Vectors:
         per = [f.vectors(batch) for f in self.per_checkpoint]
-        return per[0] if len(per) == 1 else combine_checkpoints(per)
+        if len(per) == 1:
+            return per[0]
+        if self.sparse:  # combine_checkpoints' concatenation / sqrt(C), on sparse vectors
+            each = self.per_checkpoint[0].size
+            return SparseVectors.joined(cast(list[SparseVectors], per), [i * each for i in range(len(per))],
+                                        1 / np.sqrt(len(per)))
+        return combine_checkpoints(cast(list[np.ndarray], per))

@@ -4,6 +4,9 @@ Factored (LoGra): P_r (R x k_r) and P_c (C x k_c), k_r * k_c = dim with k_r as c
 as divisors allow, the larger factor on the larger side, and no side given more numbers than it
 has. Dense: one (R*C x k) matrix, for small layers (the reference path). Entries are N(0, 1/k) per
 matrix, from a generator seeded by sha256(seed, parameter name, side): the same in every process.
+Rows (embedding lookups only): no matrix mixes the rows; the gradient's nonzero rows (the example's own tokens) are
+kept in a sparse vector of R x k numbers, each row's C columns as they are (k = C: exact) or projected by a seeded
+(C x k) Gaussian; "rows" holds a weight per row (ones), so the optimizer's rank-1 correction folds in as elsewhere.
 Sketch (TensorSketch, Pham & Pagh 2013): per side a CountSketch, a bucket in [0, k) and a sign for
 each row (R) and each column (C); entry (i, j) of G goes to bucket (h_r(i) + h_c(j)) mod k with sign
 s_r(i) s_c(j). Its inner products are unbiased with an error of the order of 1/sqrt(k) of the norms,
@@ -58,6 +61,15 @@ def assign_projection(block: Block, dim: int, seed: int, kind: str, device: torc
         block.factors, block.size = (min(dim, R * C), 1), min(dim, R * C)
         block.mats = {m: t.to(device) for m, t in seeded_matrices(block, seed, kind).items()}
         return
+    if kind == "rows":
+        if any(u.kind != "embedding" for u in block.uses):
+            other = next(u.module_name for u in block.uses if u.kind != "embedding")
+            raise GradientError(f"gradient projection 'rows' keeps an embedding lookup's rows; {block.name} is used "
+                                f"by {other}, not a lookup (for a tied embedding, give --tracin-tied input)")
+        k = min(dim, C)
+        block.factors, block.size = (R, k), R * k
+        block.mats = {m: t.to(device) for m, t in seeded_matrices(block, seed, kind).items()}
+        return
     if kind == "dense":
         k = min(dim, R * C)
         if R * C * k > DENSE_MAX_ELEMENTS:
@@ -87,5 +99,9 @@ def seeded_matrices(block: Block, seed: int, kind: str) -> dict[str, torch.Tenso
         return {"rows": rows, "rows_at": rows_at, "cols": cols, "cols_at": cols_at}
     if kind == "dense":
         return {"dense": gaussian(seed, block.name, "dense", block.shape[0] * block.shape[1], block.size)}
+    if kind == "rows":  # a weight per row (ones: the optimizer's correction divides them) and the columns kept
+        R, C = block.shape  # as they are or projected where fewer numbers a row are asked for
+        k = block.factors[1]
+        return {"rows": torch.ones(R), "cols": torch.eye(C) if k >= C else gaussian(seed, block.name, "cols", C, k)}
     return {"rows": gaussian(seed, block.name, "rows", block.shape[0], block.factors[0]),
             "cols": gaussian(seed, block.name, "cols", block.shape[1], block.factors[1])}
