@@ -15,6 +15,7 @@ from ftrace.index.layout import IndexDir
 from ftrace.index.manifest import Manifest
 from ftrace.model import example_batch, load_model, query_batch
 from ftrace.model.objective import Objective, index_examples
+from ftrace.query.tracer import Tracer
 
 
 @pytest.mark.slow
@@ -98,3 +99,13 @@ def test_ingest_with_another_projection_stores_and_queries_it(tmp_path, tiny_mod
         store.close()
     first = result["rows"][0]
     assert first["sentence_id"] == example_sentence(hit) and first["scores"]["tracin"] == pytest.approx(score, abs=1e-3)
+    # a candidate set is scored whole: with sparse vectors, those sharing no token with the query score 0
+    tracer = Tracer(index, model=tiny_model_dir)
+    try:
+        every = [s.id for s in tracer.corpus.sentences]
+        scored = tracer.score("tracin", prompt, target, every)
+    finally:
+        tracer.close()
+    assert set(scored) == set(every)
+    if projection == "rows":
+        assert any(v == 0.0 for v in scored.values())

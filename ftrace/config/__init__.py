@@ -43,6 +43,7 @@ from ftrace.config.store import StoreConfig
 from ftrace.config.train import TrainConfig
 from ftrace.config.vectors import (
     DEFAULT_EXAMPLE_LOSS,
+    MAX_SPARSE_SIZE,
     MAX_VECTOR_SIZE,
     EmbeddingConfig,
     ExampleLoss,
@@ -55,7 +56,8 @@ __all__ = [
     "ADD_OPTIONS", "BenchConfig", "CASCADE_K", "CandidateSizes", "CascadeK", "Cli", "CorpusSelection",
     "DEFAULT_EXAMPLE_LOSS", "DEFAULT_INDEX", "DEFAULT_MODEL", "Device", "Dtype", "EmbeddingConfig",
     "ExampleLoss", "FUSION_WEIGHT", "GRID", "GradientConfig", "IndexPath", "InfoConfig", "IngestConfig", "MAX_TOKENS",
-    "MAX_VECTOR_SIZE", "PASSAGE_OVERLAP", "Projection", "QueryConfig", "QueryDtype", "SPLITS", "SQUARE_FROM",
+    "MAX_SPARSE_SIZE", "MAX_VECTOR_SIZE", "PASSAGE_OVERLAP", "Projection", "QueryConfig", "QueryDtype", "SPLITS",
+    "SQUARE_FROM",
     "ServeConfig", "StoreConfig", "Strict", "Threads", "TracInConfig", "TraceOptions", "TrainConfig", "cli",
     "option_name",
 ]

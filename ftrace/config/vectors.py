@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from ftrace.config.base import Strict, cli
 
 MAX_VECTOR_SIZE = 65_535  # Qdrant's largest dense vector: a gradient vector's size, summed over its blocks
+MAX_SPARSE_SIZE = 1 << 32  # a Qdrant sparse vector's indices are u32: the rows projection's size, all checkpoints
 
 # The example loss: the one name (--example-loss) for what a training example's loss scores, in ingest and train
 ExampleLoss = Literal["sentence", "object"]

@@ -5,12 +5,13 @@ product: the featurizer makes them unit vectors, so the dot product is the cosin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import numpy as np
 
 
-class SparseVector(NamedTuple):
+@dataclass(frozen=True, slots=True)  # not a tuple: np.asarray must refuse it rather than make a (2, n) array
+class SparseVector:
     indices: np.ndarray  # int64, strictly increasing
     values: np.ndarray  # float32
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ftrace import FtraceError
-from ftrace.config import MAX_VECTOR_SIZE
+from ftrace.config import MAX_SPARSE_SIZE, MAX_VECTOR_SIZE
 from ftrace.features.sparse import SparseVector, SparseVectors, Vector, Vectors
 from ftrace.index.files import STORES
 from ftrace.index.locks import StoreLock
@@ -50,8 +50,9 @@ def point_id(example_id: str) -> str:
 
 def _check_sizes(sizes: dict[str, int], sparse: Collection[str]) -> None:
     for name, size in sizes.items():
-        if name not in sparse and not 0 < size <= MAX_VECTOR_SIZE:
-            raise StoreError(f"vector {name!r} has size {size}; Qdrant takes 1..{MAX_VECTOR_SIZE}")
+        most = MAX_SPARSE_SIZE if name in sparse else MAX_VECTOR_SIZE
+        if not 0 < size <= most:
+            raise StoreError(f"vector {name!r} has size {size}; Qdrant takes 1..{most}")
 
 
 Points = tuple[list[str], dict[str, Vectors], list[dict]]  # example ids, vectors by name, payloads
@@ -101,7 +102,8 @@ class VectorStore(ABC):
     @abstractmethod
     def search(self, name: str, vector: Vector, k: int, ids: Sequence[str] | None = None,
                exact: bool = False) -> list[tuple[str, float]]:
-        """Top-k (example id, cosine); with `ids`, only among those examples (a candidate set)."""
+        """Top-k (example id, cosine); with `ids`, only among those examples (a candidate set). A sparse vector's
+        search lists only examples sharing an index with it (the others' cosine is 0), so it may give fewer."""
 
     @abstractmethod
     def present(self, ids: Sequence[str]) -> set[str]:

@@ -23,7 +23,7 @@ from ftrace.config import CASCADE_K, FUSION_WEIGHT, TraceOptions
 from ftrace.corpus import Corpus, Query, Sentence, match_key
 from ftrace.corpus.passages import around
 from ftrace.corpus.records import example_id, example_sentence
-from ftrace.features.sparse import Vector
+from ftrace.features.sparse import SparseVector, Vector
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
@@ -187,8 +187,10 @@ class Tracer:
         vec = (qvec or self.query_vectors(prompt, target, [method]))[method]
         examples = [example_id(s) for s in sentence_ids]
         with self._timed("qdrant"):
-            hits = self.store.search(method, vec, len(examples), ids=examples, exact=True)
-            return by_sentence(dict(hits), example_sentence)
+            hits = dict(self.store.search(method, vec, len(examples), ids=examples, exact=True))
+            if isinstance(vec, SparseVector):  # Qdrant leaves out what shares no index with the query: cosine 0
+                hits = {e: hits.get(e, 0.0) for e in examples}
+            return by_sentence(hits, example_sentence)
 
     def runs(self, method: Method, prompt: str, target: str, depth: int,
              qvec: dict[str, Vector] | None = None) -> dict[str, dict[str, float]]:

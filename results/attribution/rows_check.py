@@ -1,7 +1,8 @@
 """Issue 27: the rows projection (`--tracin-projection rows`: the lookup's exact gradient rows in a Qdrant sparse
 vector) on a bench run's own draws, before an index is built with it. Each draw's rerank candidates (rebuilt from
 their seeds, as per_part.py and exact_tracin.py do) are scored at one checkpoint by ftrace's rows featurizer (the
-input side of the tied embedding, divided by the checkpoint's Adam moments entry by entry) at several numbers a row:
+input side of the tied embedding, divided by the rank-1 form of the checkpoint's Adam moments, as the index's
+factored and sketched vectors and exact_tracin.py's input side are) at several numbers a row:
 the hidden size (exact) and fewer (each row's columns through the seeded Gaussian, as ingest projects them). Beside
 them, from an exact_tracin.py JSON of the same run, the stored vector's and the exact cosines' reciprocal ranks on
 the same draws.
@@ -98,7 +99,8 @@ def main() -> None:
     for key in draws:
         q = queries[key[1]]
         props = set(q.proponents)
-        d = {"seed": key[0], "query": key[1], "relation": q.fact[1] if q.fact else key[1].split("/")[0], "rr": {}}
+        d = {"seed": key[0], "query": key[1], "slice": rows[key]["slice"],
+             "relation": q.fact[1] if q.fact else key[1].split("/")[0], "rr": {}}
         for k in per_row:
             scores = {s: round(cosine(qv[key[1]][k], cv[s][k]), 6) for s in cands[key]}
             ranked = ranking(scores, seeded_tiebreak(*key))

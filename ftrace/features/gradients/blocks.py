@@ -49,10 +49,11 @@ class Block:
     param: torch.nn.Parameter
     uses: list[Use]
     shape: tuple[int, int]
-    factors: tuple[int, int] = (0, 0)  # (k_r, k_c) for factored; (k, 1) for dense and sketch
+    factors: tuple[int, int] = (0, 0)  # (k_r, k_c) for factored; (k, 1) for dense and sketch; (R, k) for rows
     size: int = 0
     # projection matrices actually applied (optimizer correction folded in): {"rows", "cols"} (factored: Gaussian
-    # factors; sketch: signs, beside their buckets "rows_at", "cols_at") or {"dense"}
+    # factors; sketch: signs, beside their buckets "rows_at", "cols_at"; rows: a weight per row and the columns'
+    # matrix) or {"dense"}
     mats: dict[str, torch.Tensor] = field(default_factory=dict)
     scale: torch.Tensor | None = None  # dense + optimizer state: S = sqrt(v) + eps
     whitener: torch.Tensor | None = None  # (size, size), once whitening is fitted or loaded

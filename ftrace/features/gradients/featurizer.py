@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 
-from ftrace.config import MAX_VECTOR_SIZE, GradientConfig
+from ftrace.config import MAX_SPARSE_SIZE, MAX_VECTOR_SIZE, GradientConfig
 from ftrace.features import StateFile
 from ftrace.features.gradients.blocks import Block, GradientError, find_block, resolve_blocks
 from ftrace.features.gradients.collector import GradientCollector
@@ -47,7 +48,7 @@ class GradientFeaturizer:
             raise GradientError("gradient features need a decoder-only causal LM, not an encoder-decoder")
         if config.dim < 1:
             raise GradientError(f"gradient dim {config.dim}: must be at least 1")
-        if config.dim > MAX_VECTOR_SIZE:
+        if config.dim > MAX_VECTOR_SIZE and config.projection != "rows":  # rows: dim is numbers a row
             raise GradientError(f"gradient dim {config.dim}: a vector may have at most {MAX_VECTOR_SIZE} numbers")
         if not config.layers:
             raise GradientError("gradient layers: give at least one module name pattern")
@@ -57,10 +58,10 @@ class GradientFeaturizer:
         for b in self.blocks:
             assign_projection(b, config.dim, config.seed, config.projection, self.device)
         self.size = sum(b.size for b in self.blocks)
-        self.sparse = config.projection == "rows"  # a Qdrant sparse vector: its size is not bounded
+        self.sparse = config.projection == "rows"  # a Qdrant sparse vector: indices up to 2^32
         if self.sparse and config.whiten:
-            raise GradientError("gradient whiten: whitening needs a projected vector ('factored' or 'sketch'), not "
-                                "the rows projection's sparse one")
+            raise GradientError("--whiten needs a vector of fixed size (--tracin-projection factored, sketch or "
+                                "dense), not the rows projection's sparse one")
         if self.size > MAX_VECTOR_SIZE and not self.sparse:
             raise GradientError(
                 f"gradient dim {config.dim} x {len(self.blocks)} blocks = {self.size} numbers, over the "
@@ -76,8 +77,8 @@ class GradientFeaturizer:
 
     def projection(self, name: str) -> dict[str, torch.Tensor]:
         """The seeded matrices of block `name`, before any optimizer correction: {"rows", "cols"}
-        (factored; projected = rows^T G cols), {"dense"} (projected = vec(G) @ dense) or the sketch's
-        signs and buckets (projection.py)."""
+        (factored; projected = rows^T G cols), {"dense"} (projected = vec(G) @ dense), the sketch's
+        signs and buckets, or the rows projection's row weights and columns' matrix (projection.py)."""
         return seeded_matrices(find_block(self.blocks, name), self.config.seed, self.config.projection)
 
     def spec(self) -> dict:
@@ -118,7 +119,7 @@ class GradientFeaturizer:
     def vectors(self, batch: LossBatch) -> Vectors:
         if self.sparse:  # the same normalisation, on sparse vectors: per block unit, side by side, unit
             parts = [p.unit() for p in self.collector.collect_rows(batch)]
-            offsets = np.cumsum([0] + [b.size for b in self.blocks[:-1]]).tolist()
+            offsets = list(accumulate((b.size for b in self.blocks[:-1]), initial=0))
             return SparseVectors.joined(parts, offsets).unit()
         if self.config.whiten and self._whitening is None:
             raise GradientError("gradient whiten: fit_whitening (or load the index's whitening state) first")
@@ -232,6 +233,11 @@ class TracInFeaturizer:
         self.checkpoints, self.config, self.whiten_samples = checkpoints, config, whiten_samples
         self.size = self.per_checkpoint[0].size * len(self.per_checkpoint)
         self.sparse = self.per_checkpoint[0].sparse
+        if self.sparse and self.size > MAX_SPARSE_SIZE:
+            each = self.per_checkpoint[0].size
+            raise GradientError(f"--tracin-projection rows: {len(checkpoints)} checkpoints x {each} indices = "
+                                f"{self.size}, over a Qdrant sparse vector's {MAX_SPARSE_SIZE}: lower --tracin-dim "
+                                "or take fewer checkpoints")
         if self.size > MAX_VECTOR_SIZE and not self.sparse:
             each = self.per_checkpoint[0].size
             raise GradientError(f"{len(checkpoints)} checkpoints x {each} numbers = {self.size}, over Qdrant's "

@@ -64,8 +64,10 @@ def assign_projection(block: Block, dim: int, seed: int, kind: str, device: torc
     if kind == "rows":
         if any(u.kind != "embedding" for u in block.uses):
             other = next(u.module_name for u in block.uses if u.kind != "embedding")
-            raise GradientError(f"gradient projection 'rows' keeps an embedding lookup's rows; {block.name} is used "
-                                f"by {other}, not a lookup (for a tied embedding, give --tracin-tied input)")
+            hint = ("give --tracin-tied input for the lookup's term" if block.tied else
+                    "use --tracin-projection factored, sketch or dense for it")
+            raise GradientError(f"--tracin-projection rows keeps an embedding lookup's rows; {block.name} is used by "
+                                f"{other}, not a lookup: {hint}")
         k = min(dim, C)
         block.factors, block.size = (R, k), R * k
         block.mats = {m: t.to(device) for m, t in seeded_matrices(block, seed, kind).items()}
