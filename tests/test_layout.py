@@ -9,11 +9,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "ftrace"
 
 # layer -> the ftrace layers it may import (besides ftrace itself and the top-level modules every layer may use:
-# ftrace.config, ftrace.plumbing, ftrace.runrecord): the README's
+# ftrace.config, ftrace.plumbing, ftrace.runrecord, ftrace.sparse): the README's
 # diagram,
 #   corpus -+-> model -> features -+-> ingest  <- runs (train runs, read only) <- train
 #           +-> index -------------+-> query -> bench (<- runs: the tail-patch), serve
-SHARED = {"config", "plumbing", "runrecord"}
+SHARED = {"config", "plumbing", "runrecord", "sparse"}
 ALLOWED = {
     "config": set(),  # shared by every layer, so it imports none (only ftrace.plumbing)
     "corpus": set(),

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from ftrace.features.sparse import SparseVector, SparseVectors
 from ftrace.index.vectors import (
     HNSW_EF_MAX,
     HNSW_EF_MIN,
@@ -12,6 +11,7 @@ from ftrace.index.vectors import (
     open_store,
     search_beam,
 )
+from ftrace.sparse import SparseVector, SparseVectors
 
 BACKENDS = ["edge", "local"]
 

@@ -24,12 +24,12 @@ from ftrace.bench.candidates import CandidateSet, CorpusView, candidate_set
 from ftrace.bench.slices import STRICT_BEAMS
 from ftrace.config import BenchConfig
 from ftrace.corpus import Query
-from ftrace.features.sparse import Vector
 from ftrace.index.manifest import ManifestError
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.answer import RIGHT_RULE_VERSION, answers_right, greedy_answers, in_top_answers
 from ftrace.query.methods import fused_parts, parse_method
 from ftrace.query.tracer import Tracer
+from ftrace.sparse import Vector
 
 
 def ids_digest(ids: Sequence[str], size: int = 12) -> str:

@@ -18,9 +18,9 @@ from ftrace import FtraceError
 from ftrace.features import StateFile
 from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer
-from ftrace.features.sparse import Vectors
 from ftrace.model import LoadedModel, load_model
 from ftrace.model.batching import LossBatch
+from ftrace.sparse import Vectors
 
 
 class FeatureError(FtraceError):
@@ -30,7 +30,7 @@ class FeatureError(FtraceError):
 class Featurizer(Protocol):
     name: str  # the stored vector's name ("embed", "tracin")
     size: int
-    sparse: bool  # its vectors are `SparseVectors` (ftrace.features.sparse), not an (N, size) array
+    sparse: bool  # its vectors are `SparseVectors` (ftrace.sparse), not an (N, size) array
 
     @property
     def example_loss(self) -> str:

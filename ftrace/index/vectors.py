@@ -5,7 +5,7 @@
 
 Points are keyed by a UUID derived from the example id (so re-ingesting is idempotent) and carry
 the example and sentence ids as payload. Vectors are compared by cosine; scores: higher is better. A vector named in
-`create(sparse=...)` is a Qdrant sparse vector (`ftrace.features.sparse`), compared by dot product: the featurizers
+`create(sparse=...)` is a Qdrant sparse vector (`ftrace.sparse`), compared by dot product: the featurizers
 store unit vectors, so that too is their cosine.
 """
 
@@ -20,9 +20,9 @@ import numpy as np
 
 from ftrace import FtraceError
 from ftrace.config import MAX_SPARSE_SIZE, MAX_VECTOR_SIZE
-from ftrace.features.sparse import SparseVector, SparseVectors, Vector, Vectors
 from ftrace.index.files import STORES
 from ftrace.index.locks import StoreLock
+from ftrace.sparse import SparseVector, SparseVectors, Vector, Vectors
 
 # HNSW's search beam (hnsw_ef) where `ingest --hnsw` built one (exact segments ignore it). On the 102k LAMA sentences
 # Qdrant's default (its build's ef_construct, 100) finds 0.76-0.78 of the exact top 10 and 512 finds 0.91-0.92, in a

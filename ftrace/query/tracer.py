@@ -23,13 +23,13 @@ from ftrace.config import CASCADE_K, FUSION_WEIGHT, TraceOptions
 from ftrace.corpus import Corpus, Query, Sentence, match_key
 from ftrace.corpus.passages import around
 from ftrace.corpus.records import example_id, example_sentence
-from ftrace.features.sparse import SparseVector, Vector
 from ftrace.index.layout import IndexDir
 from ftrace.index.locks import progress_note, reading
 from ftrace.index.manifest import ManifestError
 from ftrace.query.fusion import by_sentence, ranking
 from ftrace.query.methods import Fuser, Fusion, Method, fused_parts, parse_method
 from ftrace.query.result import GroundTruth, QueryResult, Row
+from ftrace.sparse import SparseVector, Vector
 
 if TYPE_CHECKING:  # torch and transformers behind these load in seconds: imported where the model is needed
     from ftrace.features.base import Featurizer

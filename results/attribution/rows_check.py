@@ -26,11 +26,11 @@ def main() -> None:
     from ftrace.bench.runner import Bench
     from ftrace.config import BenchConfig, GradientConfig
     from ftrace.features.gradients import GradientFeaturizer
-    from ftrace.features.sparse import SparseVector
     from ftrace.model import load_model, query_batch
     from ftrace.model.objective import Objective, index_examples
     from ftrace.query.fusion import ranking
     from ftrace.runrecord import read_record
+    from ftrace.sparse import SparseVector
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from ftrace.features.gradients.blocks import Block, GradientError, Use
-from ftrace.features.sparse import SparseVector, SparseVectors
 from ftrace.model.batching import LossBatch
 from ftrace.model.objective import scored_positions, summed_loss
+from ftrace.sparse import SparseVector, SparseVectors
 
 # model types whose logits are exactly `lm_head(last hidden state)` (no soft-capping or scaling)
 PLAIN_HEAD = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gpt2", "gpt_neox",

@@ -28,9 +28,9 @@ from ftrace.features.gradients.whitening import (
     unit,
     whitener,
 )
-from ftrace.features.sparse import SparseVectors, Vectors
 from ftrace.model.batching import LossBatch
 from ftrace.plumbing import replacing
+from ftrace.sparse import SparseVectors, Vectors
 
 FORMAT_VERSION = 2  # 2: whitening lambda relative to the spectrum, rank-deficient R handled; tied, example loss
 EXAMPLE_LOSS = {"sentence": "whole sentence",
