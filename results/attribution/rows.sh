@@ -6,7 +6,8 @@
 #    had scored the same draws: the rows featurizer against the exact cosines, at 576 (exact), 144, 64 and 16 a row.
 # 2. The main run's index with that one change (the main-input index of variants.sh: 4 checkpoints, each with its
 #    Adam moments, the input side of the tied embedding), benched on the main run's 600 draws; reported against it.
-# RUNS: where the main run lives (main_run.sh); its training must have finished (step 2,014).
+# RUNS: where the main run lives (main_run.sh); its training must have finished (step 2,014). Run 2026-12-07 (the
+# check 12 minutes beside the training; the index 51 minutes, its first 17 beside the test suite; each bench 5).
 set -euo pipefail
 FT=${FT:-.venv/bin/ftrace}
 PY=${PY:-.venv/bin/python}
