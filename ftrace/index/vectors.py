@@ -116,6 +116,15 @@ class VectorStore(ABC):
     def points(self, names: Sequence[str], batch: int = 256) -> Iterator[Points]:
         """Every stored point with the vectors `names`, in batches (to merge one store into another)."""
 
+    def _vector(self, v: Vector):
+        """A vector as the back end's client takes it: a list of floats, or its sparse vector type."""
+        if isinstance(v, SparseVector):
+            return self._sparse(v.indices.tolist(), v.values.tolist())
+        return np.asarray(v, dtype=np.float32).tolist()
+
+    @abstractmethod
+    def _sparse(self, indices: list[int], values: list[float]): ...
+
     def optimize(self) -> None:  # noqa: B027 - optional: back ends that build no index on request do nothing
         """Build the ANN index where the back end does it on request (search is exact before)."""
 
@@ -169,10 +178,8 @@ class EdgeStore(VectorStore):
                   for j, i in enumerate(ids)]
         self.shard.update(qe.UpdateOperation.upsert_points(points))
 
-    def _vector(self, v):
-        if isinstance(v, SparseVector):
-            return self.qe.SparseVector(v.indices.tolist(), v.values.tolist())
-        return np.asarray(v, dtype=np.float32).tolist()
+    def _sparse(self, indices, values):
+        return self.qe.SparseVector(indices, values)
 
     def search(self, name, vector, k, ids=None, exact=False):
         qe = self.qe
@@ -257,10 +264,8 @@ class ClientStore(VectorStore):
                                 payload=payloads[j]) for j, i in enumerate(ids)]
         self.client.upsert(self.collection, points=points, wait=True)
 
-    def _vector(self, v):
-        if isinstance(v, SparseVector):
-            return self.models.SparseVector(indices=v.indices.tolist(), values=v.values.tolist())
-        return np.asarray(v, dtype=np.float32).tolist()
+    def _sparse(self, indices, values):
+        return self.models.SparseVector(indices=indices, values=values)
 
     def search(self, name, vector, k, ids=None, exact=False):
         m = self.models

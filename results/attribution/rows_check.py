@@ -65,8 +65,9 @@ def main() -> None:
     feat = GradientFeaturizer(model, config)
     hidden = feat.blocks[0].factors[1]
     per_row = [int(k) for k in o.per_row.split(",")]
-    cols = {k: GradientFeaturizer(model, config.model_copy(update={"dim": k})).projection(
-        feat.blocks[0].name).get("cols") for k in per_row if k < hidden}
+    # the seeded (uncorrected) columns' projection at each smaller k: the exact rows are corrected already
+    cols = {k: GradientFeaturizer(model, config.model_copy(update={"dim": k, "optimizer_state": None})).projection(
+        feat.blocks[0].name)["cols"] for k in per_row if k < hidden}
 
     def at(v: SparseVector, k: int) -> dict[int, np.ndarray]:
         """row -> its k numbers (projected as ingest would, unnormalised)."""
