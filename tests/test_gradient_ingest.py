@@ -60,19 +60,26 @@ def test_ingest_with_object_loss_stores_object_span_gradients(tmp_path, tiny_mod
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("projection", ["sketch", "rows"])
-def test_ingest_with_another_projection_stores_and_queries_it(tmp_path, tiny_model_dir, projection):
-    """`--tracin-projection sketch` and `rows` (the exact lookup gradient in a sparse vector) end to end: recorded in
-    the manifest, the stored vectors are the featurizer's, and `ftrace query` loads the same projection to score."""
+@pytest.mark.parametrize("projection,whiten", [("sketch", False), ("rows", False), ("rows", True)])
+def test_ingest_with_another_projection_stores_and_queries_it(tmp_path, tiny_model_dir, projection, whiten):
+    """`--tracin-projection sketch` and `rows` (the exact lookup gradient in a sparse vector; whitened in its rows
+    form, with an MLP block factored beside it) end to end: recorded in the manifest, the stored vectors are the
+    featurizer's (with the index's fitted state), and `ftrace query` loads the same projection to score."""
     index = tmp_path / projection
     options = {"sketch": ["--tracin-dim", "100"], "rows": ["--tracin-tied", "input"]}[projection]
+    options += ["--whiten", "--whiten-samples", "16", "--tracin-layers",
+                "model.embed_tokens,model.layers.0.mlp.down_proj", "--tracin-block-dim", "16"] if whiten else []
     r = CliRunner().invoke(app, ["ingest", "--index", str(index), "--model", tiny_model_dir, "--tracin-projection",
                                  projection, *options, "--batch-size", "16"])
     assert r.exit_code == 0, r.output
     spec = Manifest.read(index).vectors["tracin"]
     rows, cols = spec["blocks"][0]["shape"]
     size, factors = {"sketch": (100, [100, 1]), "rows": (rows * cols, [rows, cols])}[projection]
+    size += 16 if whiten else 0
     assert spec["projection"] == projection and spec["size"] == size and spec["blocks"][0]["factors"] == factors
+    assert spec["corrections"]["whitening"]["enabled"] == whiten
+    if whiten:
+        assert "diag(r)" in spec["corrections"]["whitening"]["lambda"]
     examples = index_examples(IndexDir(index).corpus.sentences)[:4]
     lm = load_model(tiny_model_dir)
     tracin = from_specs(lm, Manifest.read(index).vectors, IndexDir(index).state_file, ["tracin"])["tracin"]
@@ -107,5 +114,5 @@ def test_ingest_with_another_projection_stores_and_queries_it(tmp_path, tiny_mod
     finally:
         tracer.close()
     assert set(scored) == set(every)
-    if projection == "rows":
+    if projection == "rows" and not whiten:  # (the MLP block's dense part is shared by every vector)
         assert any(v == 0.0 for v in scored.values())

@@ -401,7 +401,7 @@ def test_bad_arguments_raise_ftrace_errors_naming_them(lm, tmp_path):
         GradientFeaturizer(lm.model, GradientConfig(layers=["model.norm"]))
     with pytest.raises(FtraceError, match="optimizer_state .*no such file"):
         GradientFeaturizer(lm.model, GradientConfig(optimizer_state=str(tmp_path / "missing.pt")))
-    with pytest.raises(FtraceError, match="whiten: block model.embed_tokens.weight has 12800 numbers"):
+    with pytest.raises(FtraceError, match="whiten: block model.embed_tokens.weight keeps 12800 numbers.*--tracin-dim"):
         GradientFeaturizer(lm.model, GradientConfig(dim=12800, whiten=True))
     with pytest.raises(FtraceError, match="projection 'dense'"):
         GradientFeaturizer(lm.model, GradientConfig(dim=65000, projection="dense"))
@@ -615,5 +615,80 @@ def test_rows_projection_is_the_exact_input_side_gradient_sparse(lm, adam_state)
         GradientFeaturizer(lm.model, GradientConfig(projection="rows"))
     with pytest.raises(FtraceError, match="rows.*lm_head"):
         GradientFeaturizer(lm.model, GradientConfig(layers=["lm_head"], projection="rows", tied="output"))
-    with pytest.raises(FtraceError, match="whiten"):
-        GradientFeaturizer(lm.model, GradientConfig(projection="rows", tied="input", whiten=True))
+
+
+def test_rows_whitening_is_the_kronecker_form_with_a_row_weight_and_round_trips(lm, tmp_path):
+    """--whiten on the rows projection (whitening.py's rows form): row t of each example's unit gradient scaled by
+    (r_t + lambda)^-1/2, r_t its mean energy over the calibration sample, and the columns mapped by
+    (A + lambda' I)^-1/2, A = E[G^T G]; checked against the naive input-side gradient; a row the sample never touched
+    gets the largest weight; the fitted state round-trips, and vectors before a fit are refused."""
+    name, damping = "model.embed_tokens.weight", 0.05
+    R, C = lm.model.model.embed_tokens.weight.shape
+    config = GradientConfig(dim=4096, projection="rows", tied="input", whiten=True, whiten_damping=damping)
+    feat = GradientFeaturizer(lm.model, config)
+    calibration = [example_batch(lm.tokenizer, TEXTS[i:i + 20]) for i in (0, 20)]
+    with pytest.raises(FtraceError, match="fit_whitening"):
+        feat.vectors(calibration[0])
+    feat.fit_whitening(calibration)
+    G = torch.cat([naive_grads(untied(lm), b, [name])[name] for b in calibration]).double()
+    G = G / G.flatten(1).norm(dim=1)[:, None, None]
+    energy = (G ** 2).sum((0, 2)) / len(G)
+    seen = energy > 0
+    row_w = (energy + damping * energy[seen].mean()).rsqrt()
+    A = torch.einsum("nrc,nrd->cd", G, G) / len(G)
+    e, U = torch.linalg.eigh(A)
+    assert e.min() > 1e-6 * e.max()  # full rank: (A + lambda' I)^-1/2 plainly
+    W = (U * (e + damping * e.mean()).rsqrt()) @ U.T
+    spec = feat.spec()["corrections"]["whitening"]
+    assert spec["fitted"] and spec["samples"] == len(G) and spec["rows_touched"][name] == int(seen.sum()) < R
+    np.testing.assert_allclose(feat.blocks[0].row_whitener.double().numpy(), row_w.numpy(), rtol=1e-4)
+    assert float(feat.blocks[0].row_whitener.max()) == pytest.approx(float(row_w[~seen][0]), rel=1e-5)
+    batch = example_batch(lm.tokenizer, TEXTS[:5])
+    ref = naive_grads(untied(lm), batch, [name])[name].double()
+    want = torch.nn.functional.normalize(((ref * row_w[None, :, None]) @ W).reshape(len(batch), -1), dim=-1)
+    got = feat.vectors(batch)
+    np.testing.assert_allclose(as_dense(got, R * C), want.numpy(), atol=1e-5)
+    plain = GradientFeaturizer(lm.model, config.model_copy(update={"whiten": False})).vectors(batch)
+    assert abs(got[0].dot(got[1]) - plain[0].dot(plain[1])) > 1e-3  # whitening changed the cosine
+    feat.save(tmp_path / "state.pt")
+    again = GradientFeaturizer(lm.model, config)
+    again.load(tmp_path / "state.pt")
+    np.testing.assert_allclose(as_dense(again.vectors(batch), R * C), as_dense(got, R * C), atol=1e-6)
+
+
+
+def test_rows_projection_takes_other_blocks_factored_beside_the_rows(lm, tmp_path):
+    """A rows index's blocks that no lookup uses (an MLP's Linear) are factored at --tracin-block-dim and stored as
+    dense parts of the sparse vector: the vector is the rows-only vector and the factored block's, each a unit part,
+    side by side; whitening fits each in its own form; layers with no lookup at all are refused."""
+    mlp = "model.layers.0.mlp.down_proj"
+    R, C = lm.model.model.embed_tokens.weight.shape
+    batch = example_batch(lm.tokenizer, TEXTS[:5])
+    both = GradientFeaturizer(lm.model, GradientConfig(layers=["model.embed_tokens", mlp], projection="rows",
+                                                       tied="input", block_dim=16))
+    assert [b.kind for b in both.blocks] == ["rows", "factored"] and both.blocks[1].size == 16
+    assert both.size == R * C + 16
+    rows = GradientFeaturizer(lm.model, GradientConfig(projection="rows", tied="input")).vectors(batch)
+    dense = GradientFeaturizer(lm.model, GradientConfig(layers=[mlp], dim=16)).vectors(batch)
+    want = np.concatenate([as_dense(rows, R * C), dense], 1) / np.sqrt(2)
+    np.testing.assert_allclose(as_dense(both.vectors(batch), R * C + 16), want, atol=1e-5)
+    calibration = [example_batch(lm.tokenizer, TEXTS[i:i + 20]) for i in (0, 20)]
+    whitened = GradientFeaturizer(lm.model, both.config.model_copy(update={"whiten": True}))
+    whitened.fit_whitening(calibration)
+    (emb, lin) = whitened.blocks
+    assert emb.row_whitener is not None and emb.whitener.shape == (C, C)
+    assert lin.row_whitener is None and lin.whitener.shape == (16, 16)
+    alone = GradientFeaturizer(lm.model, GradientConfig(layers=[mlp], dim=16, whiten=True))
+    alone.fit_whitening(calibration)  # the factored block's part is whitened as a dense index's would be
+    got = as_dense(whitened.vectors(batch), R * C + 16)
+    np.testing.assert_allclose(got[:, R * C:], alone.vectors(batch) / np.sqrt(2), atol=1e-5)
+    whitened.fit_whitening(calibration)  # a refit starts from the plain vectors: the same whitening, not twice
+    np.testing.assert_allclose(as_dense(whitened.vectors(batch), R * C + 16), got, atol=1e-5)
+    whitened.save(tmp_path / "state.pt")
+    again = GradientFeaturizer(lm.model, whitened.config)
+    again.load(tmp_path / "state.pt")  # both blocks' whiteners come back
+    np.testing.assert_allclose(as_dense(again.vectors(batch), R * C + 16), got, atol=1e-6)
+    with pytest.raises(FtraceError, match="--tracin-block-dim 16: only with --tracin-projection rows"):
+        GradientFeaturizer(lm.model, GradientConfig(layers=[mlp], block_dim=16))
+    with pytest.raises(FtraceError, match="rows.*selects none"):
+        GradientFeaturizer(lm.model, GradientConfig(layers=[mlp], projection="rows"))

@@ -64,6 +64,10 @@ class GradientConfig(Strict):
     dim: Annotated[int, Field(ge=1), cli("Projection size per layer block (total at most 65535); with "
                                          "--tracin-projection rows, numbers per row (exact at the hidden size or "
                                          "more).", "--tracin-dim", min=1)] = 4096
+    # a rows index's other blocks (e.g. MLP Linears: no rows to keep) are factored, dense parts of its sparse vector
+    block_dim: Annotated[int | None, Field(ge=1), cli("With --tracin-projection rows: the factored projection size "
+                                                      "of each block that is not an embedding lookup (e.g. an "
+                                                      "MLP's; default 4096).", "--tracin-block-dim", min=1)] = None
     seed: Annotated[int, cli("Seed of the random projection.", "--tracin-seed")] = 0
     projection: Annotated[Projection,
                           cli("factored (LoGra-style, default); sketch (TensorSketch: a little slower, keeps the "

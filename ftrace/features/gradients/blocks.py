@@ -50,13 +50,15 @@ class Block:
     uses: list[Use]
     shape: tuple[int, int]
     factors: tuple[int, int] = (0, 0)  # (k_r, k_c) for factored; (k, 1) for dense and sketch; (R, k) for rows
+    kind: str = "factored"  # its projection: the featurizer's, but factored for a non-lookup block of a rows one
     size: int = 0
     # projection matrices actually applied (optimizer correction folded in): {"rows", "cols"} (factored: Gaussian
     # factors; sketch: signs, beside their buckets "rows_at", "cols_at"; rows: a weight per row and the columns'
     # matrix) or {"dense"}
     mats: dict[str, torch.Tensor] = field(default_factory=dict)
     scale: torch.Tensor | None = None  # dense + optimizer state: S = sqrt(v) + eps
-    whitener: torch.Tensor | None = None  # (size, size), once whitening is fitted or loaded
+    whitener: torch.Tensor | None = None  # (size, size), once whitening is fitted or loaded; rows: (k, k)
+    row_whitener: torch.Tensor | None = None  # rows projection's whitening: a weight per row (R,)
     tied: bool = False  # used by an Embedding and by another module (before `uses` was filtered)
 
 

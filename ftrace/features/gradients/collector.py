@@ -58,8 +58,8 @@ class PassState:
 
 
 class GradientCollector:
-    def __init__(self, model: Any, blocks: list[Block], kind: str):
-        self.model, self.blocks, self.kind = model, blocks, kind
+    def __init__(self, model: Any, blocks: list[Block]):
+        self.model, self.blocks = model, blocks  # each block hooked by its own projection kind
         self.device = next(model.parameters()).device
         self.fast_head = True  # LM head on labelled positions only, where the architecture allows
         self._state: PassState | None = None
@@ -98,11 +98,11 @@ class GradientCollector:
                     keep = keep * (ids != module.padding_idx)
                 keep = keep.reshape(B, -1, 1)
                 ids = ids.reshape(B, -1)
-                saved = (block.mats["rows"][ids] * keep) if self.kind == "factored" else (ids, keep)
+                saved = (block.mats["rows"][ids] * keep) if block.kind == "factored" else (ids, keep)
             else:
                 x = args[0].detach()
                 side = "cols" if use.kind == "linear" else "rows"
-                x = x.float() @ block.mats[side] if self.kind == "factored" else x.float()
+                x = x.float() @ block.mats[side] if block.kind == "factored" else x.float()
                 saved = self._as_examples(x, use.module_name)
                 if saved.shape[1] == T:  # padding gets no gradient anyway; make sure of it
                     saved = saved * state.mask.unsqueeze(-1)
@@ -118,11 +118,11 @@ class GradientCollector:
             assert state is not None
             B = state.batch_size
             g = grad.detach().float()
-            if self.kind == "rows":  # the lookup's (B, L) ids and (B, L, C) gradients, summed per row in `collect`
+            if block.kind == "rows":  # the lookup's (B, L) ids and (B, L, C) gradients, summed per row in `collect`
                 ids, keep = saved
                 state.lookups.setdefault(block.name, []).append((ids, self._as_examples(g, use.module_name) * keep))
                 return None
-            if self.kind == "dense":
+            if block.kind == "dense":
                 g = self._as_examples(g, use.module_name)
                 if use.kind == "embedding":
                     ids, keep = saved
@@ -134,7 +134,7 @@ class GradientCollector:
                     G = torch.bmm(g.transpose(1, 2), saved)
                 else:
                     G = torch.bmm(saved.transpose(1, 2), g)
-            elif self.kind == "sketch":
+            elif block.kind == "sketch":
                 if use.kind == "embedding":  # entry (id_t, j) straight into bucket (h_r(id_t) + h_c(j)) mod k
                     ids, keep = saved
                     g = self._as_examples(g, use.module_name)
@@ -197,28 +197,26 @@ class GradientCollector:
 
     def collect(self, batch: LossBatch) -> list[torch.Tensor]:
         """Per block, the (B, size) projected (and optimizer-corrected) per-example gradients."""
-        if self.kind == "rows":
+        if any(b.kind == "rows" for b in self.blocks):
             raise GradientError("the rows projection's gradients are sparse: collect_rows")
         sums, _, B = self._pass(batch)
-        out = []
-        for b in self.blocks:
-            G = sums.get(b.name)
-            if G is None:
-                out.append(torch.zeros(B, b.size, device=self.device))
-            elif self.kind == "dense":
-                if b.scale is not None:
-                    G = G / b.scale
-                out.append(G.reshape(B, -1) @ b.mats["dense"])
-            elif self.kind == "sketch":
-                out.append(torch.fft.irfft(G, n=b.size))
-            else:
-                out.append(G.reshape(B, -1))
-        return out
+        return [_projected(b, sums.get(b.name), B, self.device) for b in self.blocks]
 
     def collect_rows(self, batch: LossBatch) -> list[SparseVectors]:
-        """Per block, the rows projection's per-example (optimizer-corrected) gradients: sparse vectors (`_rows`)."""
-        _, lookups, B = self._pass(batch)
-        return [_rows(b, lookups.get(b.name, []), B) for b in self.blocks]
+        """Per block, the rows projection's per-example (optimizer-corrected, whitened where fitted) gradients as
+        sparse vectors: a lookup's rows (`_rows`), or a factored block's numbers, every index."""
+        sums, lookups, B = self._pass(batch)
+        out = []
+        for b in self.blocks:
+            if b.kind == "rows":
+                out.append(_rows(b, lookups.get(b.name, []), B))
+                continue
+            p = _projected(b, sums.get(b.name), B, self.device)
+            if b.whitener is not None:  # the dense whitening, as the featurizer applies it to a dense vector
+                p = p @ b.whitener
+            values = p.cpu().numpy().astype(np.float32)
+            out.append(SparseVectors(SparseVector(np.arange(b.size, dtype=np.int64), v) for v in values))
+        return out
 
     def _pass(self, batch: LossBatch) -> tuple[dict[str, torch.Tensor], dict[str, list], int]:
         """The hooked forward and backward: the hooks' per-block sums and lookups, and the batch size."""
@@ -258,6 +256,18 @@ class GradientCollector:
         return sums, lookups, B
 
 
+def _projected(b: Block, G: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor:
+    """A (non-rows) block's (B, size) projected gradients from its hooks' sums (zeros where the pass never
+    reached it)."""
+    if G is None:
+        return torch.zeros(batch_size, b.size, device=device)
+    if b.kind == "dense":
+        return (G / b.scale if b.scale is not None else G).reshape(batch_size, -1) @ b.mats["dense"]
+    if b.kind == "sketch":
+        return torch.fft.irfft(G, n=b.size)
+    return G.reshape(batch_size, -1)
+
+
 def _rows(block: Block, lookups: list[tuple[torch.Tensor, torch.Tensor]], batch_size: int) -> SparseVectors:
     """Each example's gradient of an embedding lookup, G = sum_t onehot(x_t) g_t^T, as a sparse vector over the
     block's R x k numbers (row-major): the rows of its tokens with a nonzero gradient, each times its row weight
@@ -275,6 +285,8 @@ def _rows(block: Block, lookups: list[tuple[torch.Tensor, torch.Tensor]], batch_
         rows, where = torch.unique(ids, return_inverse=True)
         G = grads.new_zeros(len(rows), grads.shape[-1]).index_add_(0, where, grads)
         G = (G * weight[rows].unsqueeze(1)) @ cols
+        if block.row_whitener is not None and block.whitener is not None:  # whitening.py's rows form: a weight
+            G = (G * block.row_whitener[rows].unsqueeze(1)) @ block.whitener  # per row, the columns' matrix
         kept = G.abs().amax(1) > 0  # padding and the tokens after the last scored one have no gradient
         rows, G = rows[kept], G[kept]
         at = rows.unsqueeze(1) * k + torch.arange(k, device=rows.device)

@@ -23,7 +23,9 @@ from ftrace.features.gradients.projection import assign_projection, seeded_matri
 from ftrace.features.gradients.whitening import (
     COMPLEMENT_RULE,
     LAMBDA_RULE,
+    ROWS_RULE,
     check_whitenable,
+    fit_row_whiteners,
     fit_whiteners,
     unit,
     whitener,
@@ -48,6 +50,9 @@ class GradientFeaturizer:
             raise GradientError("gradient features need a decoder-only causal LM, not an encoder-decoder")
         if config.dim < 1:
             raise GradientError(f"gradient dim {config.dim}: must be at least 1")
+        if config.block_dim is not None and config.projection != "rows":
+            raise GradientError(f"--tracin-block-dim {config.block_dim}: only with --tracin-projection rows (the "
+                                "other projections size every block by --tracin-dim)")
         if config.dim > MAX_VECTOR_SIZE and config.projection != "rows":  # rows: dim is numbers a row
             raise GradientError(f"gradient dim {config.dim}: a vector may have at most {MAX_VECTOR_SIZE} numbers")
         if not config.layers:
@@ -56,12 +61,12 @@ class GradientFeaturizer:
         self.device = next(model.parameters()).device
         self.blocks: list[Block] = resolve_blocks(model, config.layers, config.tied)
         for b in self.blocks:
-            assign_projection(b, config.dim, config.seed, config.projection, self.device)
+            assign_projection(b, config.dim, config.seed, config.projection, self.device, config.block_dim)
         self.size = sum(b.size for b in self.blocks)
         self.sparse = config.projection == "rows"  # a Qdrant sparse vector: indices up to 2^32
-        if self.sparse and config.whiten:
-            raise GradientError("--whiten needs a vector of fixed size (--tracin-projection factored, sketch or "
-                                "dense), not the rows projection's sparse one")
+        if self.sparse and not any(b.kind == "rows" for b in self.blocks):
+            raise GradientError(f"--tracin-projection rows keeps embedding lookups' rows; --tracin-layers "
+                                f"{','.join(config.layers)} selects none (add the input embedding)")
         if self.size > MAX_VECTOR_SIZE and not self.sparse:
             raise GradientError(
                 f"gradient dim {config.dim} x {len(self.blocks)} blocks = {self.size} numbers, over the "
@@ -73,13 +78,13 @@ class GradientFeaturizer:
             self._optimizer = apply_optimizer_state(self.blocks, config.optimizer_state, model, config.projection,
                                                     self.device, config.optimizer_floor)
         self._whitening: dict | None = None  # {"damping", "samples", ...} once fitted
-        self.collector = GradientCollector(model, self.blocks, config.projection)
+        self.collector = GradientCollector(model, self.blocks)
 
     def projection(self, name: str) -> dict[str, torch.Tensor]:
         """The seeded matrices of block `name`, before any optimizer correction: {"rows", "cols"}
         (factored; projected = rows^T G cols), {"dense"} (projected = vec(G) @ dense), the sketch's
         signs and buckets, or the rows projection's row weights and columns' matrix (projection.py)."""
-        return seeded_matrices(find_block(self.blocks, name), self.config.seed, self.config.projection)
+        return seeded_matrices(find_block(self.blocks, name), self.config.seed)
 
     def spec(self) -> dict:
         return {
@@ -117,12 +122,12 @@ class GradientFeaturizer:
         return torch.cat(per_block, 1).cpu().numpy().astype(np.float32)
 
     def vectors(self, batch: LossBatch) -> Vectors:
-        if self.sparse:  # the same normalisation, on sparse vectors: per block unit, side by side, unit
-            parts = [p.unit() for p in self.collector.collect_rows(batch)]
-            offsets = list(accumulate((b.size for b in self.blocks[:-1]), initial=0))
-            return SparseVectors.joined(parts, offsets).unit()
         if self.config.whiten and self._whitening is None:
             raise GradientError("gradient whiten: fit_whitening (or load the index's whitening state) first")
+        if self.sparse:  # the same normalisation, on sparse vectors (whitened within collect_rows): per block unit,
+            parts = [p.unit() for p in self.collector.collect_rows(batch)]  # side by side, unit
+            offsets = list(accumulate((b.size for b in self.blocks[:-1]), initial=0))
+            return SparseVectors.joined(parts, offsets).unit()
         per_block = [unit(p) for p in self.collector.collect(batch)]
         if self._whitening is not None:
             per_block = [unit(p @ whitener(b)) for p, b in zip(per_block, self.blocks, strict=True)]
@@ -137,6 +142,12 @@ class GradientFeaturizer:
         if not self.config.whiten:
             raise GradientError("gradient whiten is off: set whiten=True to fit whitening")
         damping = self.config.whiten_damping if damping is None else damping
+        if self.sparse:  # collect_rows whitens where fitted: a refit starts from the plain vectors
+            for b in self.blocks:
+                b.whitener = b.row_whitener = None
+            self._whitening = fit_row_whiteners(self.blocks, (self.collector.collect_rows(b) for b in batches),
+                                                damping, self.device)
+            return
         self._whitening = fit_whiteners(self.blocks, (self.collector.collect(b) for b in batches), damping,
                                         self.device)
 
@@ -150,7 +161,8 @@ class GradientFeaturizer:
         """What queries need besides the config: the fitted whitening (if any) and the spec."""
         return {"format": FORMAT_VERSION, "spec": json.dumps(self._identity(), sort_keys=True),
                 "whitening": None if self._whitening is None else dict(self._whitening),
-                "whiteners": {b.name: b.whitener.cpu() for b in self.blocks if b.whitener is not None}}
+                "whiteners": {b.name: b.whitener.cpu() for b in self.blocks if b.whitener is not None},
+                "row_whiteners": {b.name: b.row_whitener.cpu() for b in self.blocks if b.row_whitener is not None}}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self._identity()
@@ -163,6 +175,8 @@ class GradientFeaturizer:
                 raise GradientError("gradient state holds whitening but whiten is off in this configuration")
             for b in self.blocks:
                 b.whitener = state["whiteners"][b.name].float().to(self.device)
+                if b.kind == "rows":
+                    b.row_whitener = state["row_whiteners"][b.name].float().to(self.device)
             self._whitening = dict(state["whitening"])
 
     def save(self, path: str | Path) -> None:
@@ -268,7 +282,9 @@ class TracInFeaturizer:
         spec["per_checkpoint_size"] = spec.pop("size")
         spec.update(size=self.size, checkpoints=self.checkpoints, config=self.config.model_dump(),
                     combination="per-checkpoint unit vectors / sqrt(C): dot = mean of per-checkpoint cosines")
-        if self.config.whiten:  # the fitted ranks are in the state files
+        if self.config.whiten and self.sparse:  # the fitted ranks are in the state files
+            spec["corrections"]["whitening"] |= {"damping": self.config.whiten_damping, "lambda": ROWS_RULE}
+        elif self.config.whiten:
             spec["corrections"]["whitening"] |= {"damping": self.config.whiten_damping, "lambda": LAMBDA_RULE,
                                                  "rank_deficient": COMPLEMENT_RULE}
         return spec

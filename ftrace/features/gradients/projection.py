@@ -4,9 +4,10 @@ Factored (LoGra): P_r (R x k_r) and P_c (C x k_c), k_r * k_c = dim with k_r as c
 as divisors allow, the larger factor on the larger side, and no side given more numbers than it
 has. Dense: one (R*C x k) matrix, for small layers (the reference path). Entries are N(0, 1/k) per
 matrix, from a generator seeded by sha256(seed, parameter name, side): the same in every process.
-Rows (embedding lookups only): no matrix mixes the rows; the gradient's nonzero rows (the example's own tokens) are
-kept in a sparse vector of R x k numbers, each row's C columns as they are (k = C: exact) or projected by a seeded
-(C x k) Gaussian; "rows" holds a weight per row (ones), so the optimizer's rank-1 correction folds in as elsewhere.
+Rows (embedding lookups; a block no lookup uses is factored beside them): no matrix mixes the rows; the gradient's
+nonzero rows (the example's own tokens) are kept in a sparse vector of R x k numbers, each row's C columns as they
+are (k = C: exact) or projected by a seeded (C x k) Gaussian; "rows" holds a weight per row (ones), so the
+optimizer's rank-1 correction folds in as elsewhere.
 Sketch (TensorSketch, Pham & Pagh 2013): per side a CountSketch, a bucket in [0, k) and a sign for
 each row (R) and each column (C); entry (i, j) of G goes to bucket (h_r(i) + h_c(j)) mod k with sign
 s_r(i) s_c(j). Its inner products are unbiased with an error of the order of 1/sqrt(k) of the norms,
@@ -52,25 +53,31 @@ def _factor(k: int) -> tuple[int, int]:
     return a, k // a
 
 
-def assign_projection(block: Block, dim: int, seed: int, kind: str, device: torch.device) -> None:
-    """Give the block its factors, size and (uncorrected) projection matrices."""
+BLOCK_DIM = 4096  # a rows featurizer's factored blocks without --tracin-block-dim: the factored projection's default
+
+def assign_projection(block: Block, dim: int, seed: int, kind: str, device: torch.device,
+                      block_dim: int | None = None) -> None:
+    """Give the block its kind, factors, size and (uncorrected) projection matrices. The rows projection keeps an
+    embedding lookup's rows (`dim` numbers a row); a block no lookup uses (an MLP's Linear) beside it is factored
+    to `block_dim` numbers (default BLOCK_DIM), a dense part of the sparse vector."""
     R, C = block.shape
     if kind not in PROJECTIONS:
         raise GradientError(f"gradient projection {kind!r}: one of {', '.join(PROJECTIONS)}")
+    if kind == "rows" and not block.tied and not any(u.kind == "embedding" for u in block.uses):
+        kind, dim = "factored", block_dim or BLOCK_DIM
+    block.kind = kind
     if kind == "sketch":
         block.factors, block.size = (min(dim, R * C), 1), min(dim, R * C)
-        block.mats = {m: t.to(device) for m, t in seeded_matrices(block, seed, kind).items()}
+        block.mats = {m: t.to(device) for m, t in seeded_matrices(block, seed).items()}
         return
     if kind == "rows":
-        if any(u.kind != "embedding" for u in block.uses):
+        if any(u.kind != "embedding" for u in block.uses):  # a tied weight's head term, dense over the vocabulary
             other = next(u.module_name for u in block.uses if u.kind != "embedding")
-            hint = ("give --tracin-tied input for the lookup's term" if block.tied else
-                    "use --tracin-projection factored, sketch or dense for it")
-            raise GradientError(f"--tracin-projection rows keeps an embedding lookup's rows; {block.name} is used by "
-                                f"{other}, not a lookup: {hint}")
+            raise GradientError(f"--tracin-projection rows keeps an embedding lookup's rows; {block.name} is also "
+                                f"used by {other}, not a lookup: give --tracin-tied input for the lookup's term")
         k = min(dim, C)
         block.factors, block.size = (R, k), R * k
-        block.mats = {m: t.to(device) for m, t in seeded_matrices(block, seed, kind).items()}
+        block.mats = {m: t.to(device) for m, t in seeded_matrices(block, seed).items()}
         return
     if kind == "dense":
         k = min(dim, R * C)
@@ -91,10 +98,11 @@ def assign_projection(block: Block, dim: int, seed: int, kind: str, device: torc
                   "cols": gaussian(seed, block.name, "cols", C, kc).to(device)}
 
 
-def seeded_matrices(block: Block, seed: int, kind: str) -> dict[str, torch.Tensor]:
-    """The block's seeded matrices before any optimizer correction (for references and tests):
+def seeded_matrices(block: Block, seed: int) -> dict[str, torch.Tensor]:
+    """The block's seeded matrices before any optimizer correction (for references and tests), by its kind:
     {"rows", "cols"} (factored: Gaussian factors; sketch: signs, with buckets "rows_at", "cols_at")
     or {"dense"}."""
+    kind = block.kind
     if kind == "sketch":
         (rows, rows_at), (cols, cols_at) = (count_sketch(seed, block.name, side, n, block.size)
                                             for side, n in zip(("rows", "cols"), block.shape, strict=True))

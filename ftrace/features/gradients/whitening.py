@@ -28,9 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 from ftrace.features.gradients.blocks import Block, GradientError
+from ftrace.sparse import SparseVectors
 
 WHITEN_MAX = 8192  # largest block whose k x k whitening matrix we keep
 RANK_TOL = 1e-6  # eigenvalues at most this times the largest are outside the calibration span
@@ -48,11 +50,19 @@ def whitener(block: Block) -> torch.Tensor:
     return block.whitener
 
 
+def kept_size(block: Block) -> int:
+    """The side of the k x k matrix whitening keeps for a block: its size, or (rows projection) its numbers a row."""
+    return block.factors[1] if block.kind == "rows" else block.size
+
+
 def check_whitenable(blocks: list[Block]) -> None:
-    big = [b for b in blocks if b.size > WHITEN_MAX]
+    big = [b for b in blocks if kept_size(b) > WHITEN_MAX]
     if big:
-        raise GradientError(f"gradient whiten: block {big[0].name} has {big[0].size} numbers and whitening keeps "
-                            f"a k x k matrix per block (at most {WHITEN_MAX}); lower dim")
+        beside_rows = big[0].kind == "factored" and any(b.kind == "rows" for b in blocks)
+        option = "--tracin-block-dim" if beside_rows else "--tracin-dim"
+        raise GradientError(f"gradient whiten: block {big[0].name} keeps {kept_size(big[0])} numbers (a row's, for "
+                            f"the rows projection) and whitening keeps a k x k matrix of them (at most {WHITEN_MAX}); "
+                            f"lower {option}")
 
 
 def whitening_matrix(R: torch.Tensor, damping: float) -> tuple[torch.Tensor, int]:
@@ -105,3 +115,50 @@ def fit_whiteners(blocks: list[Block], projected: Iterable[list[torch.Tensor]], 
         b.whitener = W.float().to(device)
     return {"damping": damping, "samples": n, "scope": "per block", "lambda": LAMBDA_RULE,
             "rank": ranks, "size": {b.name: b.size for b in blocks}, "rank_deficient": COMPLEMENT_RULE}
+
+
+ROWS_RULE = ("R ~ diag(r) (x) A: row t scaled by (r_t + lambda)^-1/2, r_t = E[|G_t|^2], lambda = damping x the mean r "
+             "over the rows the sample touches; the columns mapped by (A + lambda' I)^-1/2, A = E[G^T G] (lambda' as "
+             "for a dense block); a factored block beside them (every index stored) whitened as a dense one")
+
+
+def fit_row_whiteners(blocks: list[Block], collected: Iterable[list[SparseVectors]], damping: float,
+                      device: torch.device) -> dict:
+    """The rows projection's whitening: TrackStar's R in the one form a sparse vector keeps. A dense R^-1/2 mixes
+    the rows the projection keeps apart, so R is Kronecker-factored with a diagonal row factor (ROWS_RULE): r_t is
+    how much of the sample's (per-block unit) gradient energy token t's row carries, large for tokens every
+    sentence has (where IDF is small); a row the sample never touched gets the largest weight, lambda^-1/2 (a rare
+    token is what tells two sentences apart). Sets a rows block's `row_whitener` (R,) and `whitener` (k x k); a
+    factored block beside it (every index stored) gets the dense `whitener` of `fit_whiteners`."""
+    if damping <= 0:
+        raise GradientError(f"whitening damping {damping}: must be positive")
+    energy = [torch.zeros(b.factors[0], dtype=torch.float64) for b in blocks]
+    cols = [torch.zeros(kept_size(b), kept_size(b), dtype=torch.float64) for b in blocks]
+    n = 0
+    for per_block in collected:
+        for e, A, vs, b in zip(energy, cols, per_block, blocks, strict=True):
+            k = kept_size(b)
+            if b.kind != "rows":  # every index stored: the batch's vectors stacked, as fit_whiteners sums them
+                U = torch.from_numpy(np.stack([v.values for v in vs.unit()])).double()
+                A += U.T @ U
+                continue
+            for v in vs.unit():
+                G = torch.from_numpy(v.values).double().reshape(-1, k)
+                e.index_add_(0, torch.from_numpy(v.indices[::k] // k), (G ** 2).sum(1))
+                A += G.T @ G
+        n += len(per_block[0])
+    if n == 0:
+        raise GradientError("whitening: the calibration sample is empty")
+    ranks, touched = {}, {}
+    for e, A, b in zip(energy, cols, blocks, strict=True):
+        try:
+            W, ranks[b.name] = whitening_matrix(A / n, damping)
+        except GradientError as err:
+            raise GradientError(f"{err} ({b.name})") from None
+        b.whitener = W.float().to(device)
+        if b.kind == "rows":
+            r, seen = e / n, e > 0
+            b.row_whitener = (r + damping * r[seen].mean()).rsqrt().float().to(device)
+            touched[b.name] = int(seen.sum())
+    return {"damping": damping, "samples": n, "scope": "per block; a lookup's rows x columns", "lambda": ROWS_RULE,
+            "rank": ranks, "rows_touched": touched, "size": {b.name: b.size for b in blocks}}

@@ -1,0 +1,272 @@
+"""Issue 27: TrackStar's whitening in the form a rows-projection index can keep. A dense R^-1/2 would mix the
+embedding rows that the rows projection keeps apart (and fill the sparse vector), so R is taken Kronecker-factored
+with a diagonal row factor: R ~ diag(r) (x) A, r_t = E[|G_t|^2] (how much of the corpus's gradient energy token t's
+row carries: large for tokens every sentence has, as IDF is small for them) and A = E[G^T G] (k x k, the columns'
+covariance), each fitted per checkpoint on the index's own stored vectors (its training examples). A stored or query
+vector's row t becomes (r_t + lambda)^-1/2 G_t (A + lambda' I)^-1/2 (lambda = D x the mean r over rows that occur,
+lambda' = D x A's mean eigenvalue: ftrace's whitening damping), each checkpoint's piece re-normalised as ingest
+stores it. Scored on a rows index's bench run's own draws and candidate sets (rebuilt from their seeds, as
+per_part.py does): the stored vectors as they are (must reproduce the bench's tracin MRR), rows only, columns only,
+both, and IDF weights (w_t^2 = log(N / df_t), a peer without a fit), at each damping.
+
+    python results/attribution/rows_whiten.py RUN_DIR --damping 0.01,0.1,1 --folds A,B/C,D [--samples N] \
+        [--checkpoints-at D] [--query-cache FILE.npz] --out FILE.json
+    python results/attribution/rows_whiten.py RUN_DIR --parts --out FILE.json   (an index whitened at ingest, or
+        with blocks beside the rows: each part of its stored vector scored alone)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def inv_sqrt(M: np.ndarray, damping: float) -> np.ndarray:
+    """(M + lambda I)^-1/2 with lambda = damping x M's mean eigenvalue: ftrace's whitening_matrix where M has full
+    rank (the columns' A here, 144 x 144 from 10^5 rows and more), without its rule for directions outside the span."""
+    e, U = np.linalg.eigh(M.astype(np.float64))
+    e = np.clip(e, 0, None)
+    return ((U / np.sqrt(e + damping * e.mean())) @ U.T).astype(np.float32)
+
+
+class Rows:
+    """Sparse vectors of a rows index as a CSR matrix (one row per vector), with their blocks of k numbers: each
+    block is one (checkpoint, token row) of one vector."""
+
+    def __init__(self, X: sp.csr_matrix, k: int, vocab: int, ckpts: int):
+        self.X, self.k, self.vocab, self.ckpts = X, k, vocab, ckpts
+        first = X.indices[::k].astype(np.int64)
+        step = 1 << 20  # blocks at a time: the check's int64 copy of every index would take GBs
+        if len(X.indices) % k or any(
+                not np.all(X.indices[a * k:(a + step) * k].reshape(-1, k) - first[a:a + step, None] == np.arange(k))
+                for a in range(0, len(first), step)):
+            raise SystemExit("stored vectors are not whole rows of k numbers")
+        self.ckpt = first // (vocab * k)
+        self.token = first % (vocab * k) // k
+        self.owner = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr) // k)
+
+    def blocks(self) -> np.ndarray:
+        return self.X.data.reshape(-1, self.k)
+
+    def transformed(self, row_w: np.ndarray | None, col_w: list[np.ndarray] | None,
+                    ckpts: list[int] | None = None) -> sp.csr_matrix:
+        """Each block scaled by row_w[ckpt, token] and mapped by col_w[ckpt]; each (vector, checkpoint) piece
+        re-normalised to 1/sqrt(C), as ingest joins unit pieces; with `ckpts`, the other checkpoints' pieces zero
+        (the dot product is then the mean cosine of those checkpoints, up to a constant)."""
+        B = self.blocks().astype(np.float32, copy=True)
+        if col_w is not None:
+            for c in range(self.ckpts):
+                sel = self.ckpt == c
+                B[sel] = B[sel] @ col_w[c]
+        if row_w is not None:
+            B *= row_w[self.ckpt, self.token][:, None]
+        piece = self.owner * self.ckpts + self.ckpt
+        norms = np.sqrt(np.bincount(piece, weights=(B.astype(np.float64) ** 2).sum(1), minlength=self.X.shape[0]
+                                    * self.ckpts))
+        B /= (norms[piece] * np.sqrt(self.ckpts))[:, None].astype(np.float32)
+        if ckpts is not None:
+            B *= np.isin(self.ckpt, ckpts)[:, None]
+        return sp.csr_matrix((B.reshape(-1), self.X.indices, self.X.indptr), shape=self.X.shape)
+
+
+def whole_rows(v, k: int):
+    """The vector with every row it touches complete (k numbers): Qdrant drops a sparse vector's exact zeros."""
+    rows = np.unique(v.indices // k)
+    if len(v.indices) == len(rows) * k:
+        return v
+    full = (rows[:, None] * k + np.arange(k)).ravel()
+    values = np.zeros(len(full), dtype=np.float32)
+    values[np.searchsorted(full, v.indices)] = v.values
+    return type(v)(full, values)
+
+
+def as_csr(vectors: list, size: int, k: int | None) -> sp.csr_matrix:
+    """The vectors as rows of a CSR matrix; with `k`, each row of the lookup made whole (`whole_rows`)."""
+    vectors = [whole_rows(v, k) for v in vectors] if k else vectors
+    indptr = np.cumsum([0] + [len(v.indices) for v in vectors])
+    values = np.concatenate([v.values for v in vectors]).astype(np.float32)
+    indices = np.concatenate([v.indices for v in vectors]).astype(np.int32 if size < 2**31 else np.int64)
+    return sp.csr_matrix((values, indices, indptr), shape=(len(vectors), size))
+
+Makers = dict[str, Callable[[], tuple[sp.csr_matrix, sp.csr_matrix]]]  # variant -> its (stored, query) matrices
+
+
+def part_scorer(spec: dict, X: sp.csr_matrix, Q: sp.csr_matrix) -> Makers:
+    """Each part of the stored vector (a block at every checkpoint, a checkpoint's blocks, the blocks no lookup uses,
+    the whole): the query's other indices zero, so the dot product is the sum of those pieces' cosines."""
+    width, C = spec["per_checkpoint_size"], len(spec["checkpoints"])
+    starts = np.cumsum([0] + [b["size"] for b in spec["blocks"]])
+    spans = {b["name"]: [(c * width + a, c * width + e) for c in range(C)]
+             for b, a, e in zip(spec["blocks"], starts[:-1], starts[1:], strict=True)}
+    parts = {Path(x["name"]).name: [(c * width, (c + 1) * width)] for c, x in enumerate(spec["checkpoints"])}
+    parts |= spans
+    others = [s for b in spec["blocks"][1:] for s in spans[b["name"]]]
+    if len(spec["blocks"]) > 2:
+        parts["blocks beside the rows"] = others
+    parts["sum"] = [(0, C * width)]
+
+    def masked(where: list[tuple[int, int]]):
+        def make():
+            m = np.zeros(Q.shape[1], dtype=np.float32)
+            for a, e in where:
+                m[a:e] = 1
+            return X, sp.csr_matrix(Q.multiply(m[None, :]))
+        return make
+
+    return {name: masked(where) for name, where in parts.items()}
+
+
+def whitening_scorer(spec: dict, Xc: sp.csr_matrix, Qc: sp.csr_matrix, o: argparse.Namespace,
+                     n_stored: int) -> Makers:
+    """The stored vectors re-whitened (module docstring) at each damping, and the peers: made one at a time."""
+    vocab, k = spec["blocks"][0]["factors"]
+    C = len(spec["checkpoints"])
+    X, Q = Rows(Xc, k, vocab, C), Rows(Qc, k, vocab, C)
+    # the fit: every stored vector is a training example (TrackStar fits R on training gradients)
+    n = min(o.samples, n_stored) or n_stored
+    fit = np.isin(X.owner, np.random.default_rng(0).permutation(n_stored)[:n]) if o.samples else slice(None)
+    Bk, ckpt, token = X.blocks()[fit].astype(np.float64), X.ckpt[fit], X.token[fit]
+    energy = np.zeros((C, vocab))
+    np.add.at(energy, (ckpt, token), (Bk ** 2).sum(1))
+    energy /= n
+    A = [(Bk[ckpt == ck].T @ Bk[ckpt == ck]) / n for ck in range(C)]
+    df = np.zeros(vocab)
+    np.add.at(df, token[ckpt == 0], 1)
+    del Bk
+    idf = np.sqrt(np.log(n / np.maximum(df, 1)))
+    variants: dict[str, tuple] = {"stored": (None, None, None),
+                                  "idf": (np.broadcast_to(idf, (C, vocab)), None, None)}
+    for d in o.damping:
+        lam = np.array([e[e > 0].mean() for e in energy])[:, None] * d
+        row_w = (1 / np.sqrt(energy + lam)).astype(np.float32)
+        col_w = [inv_sqrt(a, d) for a in A]
+        variants |= {f"rows d={d:g}": (row_w, None, None), f"cols d={d:g}": (None, col_w, None),
+                     f"rows+cols d={d:g}": (row_w, col_w, None)}
+        if d == o.checkpoints_at:
+            names = [Path(x["name"]).name for x in spec["checkpoints"]]
+            for keep in [[c] for c in range(C)] + [[c for c in range(C) if c != out] for out in range(C)]:
+                variants[f"rows+cols d={d:g} @{'+'.join(names[c] for c in keep)}"] = (row_w, col_w, keep)
+            variants |= {f"stored @{names[c]}": (None, None, [c]) for c in range(C)}
+
+    def made(w: tuple) -> Callable[[], tuple[sp.csr_matrix, sp.csr_matrix]]:
+        return lambda: (X.transformed(*w), Q.transformed(*w))
+
+    return {name: made(w) for name, w in variants.items()}
+
+
+def main() -> None:
+    from ftrace.bench.candidates import seeded_tiebreak
+    from ftrace.bench.runner import Bench
+    from ftrace.config import BenchConfig
+    from ftrace.corpus.records import example_sentence
+    from ftrace.query.fusion import ranking
+    from ftrace.runrecord import read_record
+    from ftrace.sparse import SparseVector
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--damping", type=floats, default=[0.01, 0.1, 1.0])
+    ap.add_argument("--checkpoints-at", type=float, default=None, metavar="D",
+                    help="also score each checkpoint alone and each leave-one-out set, whitened (rows+cols) at D")
+    ap.add_argument("--folds", default="P131,P37,P527/P1303,P136,P30")
+    ap.add_argument("--samples", type=int, default=0,
+                    help="fit on this many stored vectors drawn at random (seed 0), as ingest's --whiten-samples; "
+                         "0: on every stored vector")
+    ap.add_argument("--parts", action="store_true",
+                    help="score each part of the stored vector alone (each block, each checkpoint, the MLP blocks, "
+                         "the whole) instead of re-whitening: for an index whose vectors are whitened or have "
+                         "blocks beside the rows")
+    ap.add_argument("--query-cache", type=Path, default=None)
+    ap.add_argument("--out", type=Path, required=True)
+    o = ap.parse_args()
+    start = time.perf_counter()
+    c = BenchConfig.model_validate(read_record(o.run / "config.json", "bench"))
+    bench = Bench(c)
+    tracer, scorer = bench.tracer, bench.scorer
+    spec = tracer.index.manifest.vectors["tracin"]
+    if spec.get("projection") != "rows":
+        raise SystemExit(f"{o.run}: its index's projection is {spec.get('projection')}, not rows")
+    k = spec["blocks"][0]["factors"][1]
+    rankings = {(x["seed"], x["query"]): x for x in map(json.loads, (o.run / "rankings.jsonl").read_text().splitlines())
+                if x["method"] == "tracin"}
+    queries = {q.id: q for q in tracer.corpus.queries}
+    draws = sorted(rankings)
+    cands = {key: scorer.candidates(key[0], queries[key[1]]).ids for key in draws}
+    ids, stored = [], []
+    for pids, vecs, _ in tracer.store.points(["tracin"]):
+        ids += [example_sentence(i) for i in pids]
+        stored += list(vecs["tracin"])
+    row_of = {i: r for r, i in enumerate(ids)}
+    Xc = as_csr(stored, spec["size"], None if o.parts else k)
+    del stored
+    print(f"{len(ids)} stored vectors, {Xc.nnz / len(ids):.0f} numbers each ({time.perf_counter() - start:.0f} s)",
+          flush=True)
+    asked = sorted({q for _, q in draws})
+    if o.query_cache and o.query_cache.exists():
+        with np.load(o.query_cache) as z:
+            spans = zip(z["ptr"][:-1], z["ptr"][1:], strict=True)
+            qv = [SparseVector(z["indices"][a:b], z["values"][a:b]) for a, b in spans]
+    else:
+        qv = [tracer.query_vectors(queries[q].prompt, queries[q].target, ["tracin"])["tracin"] for q in asked]
+        if o.query_cache:
+            np.savez(o.query_cache, ids=np.array(asked), ptr=np.cumsum([0] + [len(v.indices) for v in qv]),
+                     indices=np.concatenate([v.indices for v in qv]), values=np.concatenate([v.values for v in qv]))
+    tracer.close()
+    Qc = as_csr(qv, spec["size"], None if o.parts else k)
+    q_row = {q: r for r, q in enumerate(asked)}
+    print(f"{len(asked)} query vectors ({time.perf_counter() - start:.0f} s)", flush=True)
+    makers = part_scorer(spec, Xc, Qc) if o.parts else whitening_scorer(spec, Xc, Qc, o, len(ids))
+    baseline = "sum" if o.parts else "stored"  # the stored vectors as the bench scored them
+
+    rr: dict[str, list[float]] = {}
+    out_draws = [{"seed": s, "query": q, "relation": queries[q].fact[1], "rr": {}} for s, q in draws]
+    for name, make in makers.items():
+        Xv, Qv = make()
+        for d, key in zip(out_draws, draws, strict=True):
+            cand = cands[key]
+            scores = Xv[[row_of[i] for i in cand]] @ Qv[q_row[key[1]]].T
+            ranked = ranking(dict(zip(cand, scores.toarray().ravel().tolist(), strict=True)), seeded_tiebreak(*key))
+            props = set(queries[key[1]].proponents)
+            first = next((r for r, (i, _) in enumerate(ranked, 1) if i in props), None)
+            d["rr"][name] = 1 / first if first else 0.0
+        rr[name] = [d["rr"][name] for d in out_draws]
+        print(f"| {name} | {np.mean(rr[name]):.3f} | ({time.perf_counter() - start:.0f} s)", flush=True)
+        del Xv, Qv
+    bench_rr = [1 / min(rankings[key]["proponent_ranks"]) if rankings[key]["proponent_ranks"] else 0.0
+                for key in draws]
+    print(f"bench's own tracin MRR over the same draws: {np.mean(bench_rr):.3f} (the stored row should match)")
+    relations = sorted({d["relation"] for d in out_draws})
+    table = {name: {"all": float(np.mean(v))} | {r: float(np.mean([d["rr"][name] for d in out_draws
+                                                                   if d["relation"] == r])) for r in relations}
+             for name, v in rr.items()}
+    chosen = []
+    halves = [set(g.split(",")) for g in o.folds.split("/")]
+    for tune, report in (halves, halves[::-1]):
+        on = [d for d in out_draws if d["relation"] in tune]
+        off = [d for d in out_draws if d["relation"] in report]
+        best = max(makers, key=lambda n: np.mean([d["rr"][n] for d in on]))
+        chosen.append({"chosen_on": ",".join(sorted(tune)), "reported_on": ",".join(sorted(report)), "variant": best,
+                       "draws": len(off), "mrr": float(np.mean([d["rr"][best] for d in off])),
+                       "mrr_stored": float(np.mean([d["rr"][baseline] for d in off]))})
+        print(f"chosen on {chosen[-1]['chosen_on']}: {best}; on {chosen[-1]['reported_on']} ({len(off)} draws) "
+              f"{chosen[-1]['mrr']:.3f} against the stored vectors' {chosen[-1]['mrr_stored']:.3f}")
+    command = "python results/attribution/rows_whiten.py " + shlex.join(sys.argv[1:])
+    o.out.write_text(json.dumps({"run": o.run.as_posix(), "command": command, "bench_mrr": float(np.mean(bench_rr)),
+                                 "mrr": table, "chosen": chosen, "seconds": round(time.perf_counter() - start),
+                                 "draws": out_draws}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
