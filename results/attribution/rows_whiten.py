@@ -103,9 +103,10 @@ def as_csr(vectors: list, size: int, k: int | None) -> sp.csr_matrix:
 Makers = dict[str, Callable[[], tuple[sp.csr_matrix, sp.csr_matrix]]]  # variant -> its (stored, query) matrices
 
 
-def part_scorer(spec: dict, X: sp.csr_matrix, Q: sp.csr_matrix) -> Makers:
+def part_scorer(spec: dict, X: sp.csr_matrix, Q: sp.csr_matrix, weights: list[float]) -> Makers:
     """Each part of the stored vector (a block at every checkpoint, a checkpoint's blocks, the blocks no lookup uses,
-    the whole): the query's other indices zero, so the dot product is the sum of those pieces' cosines."""
+    the whole): the query's other indices zero, so the dot product is the sum of those pieces' cosines; and per
+    weight w, the first block's cosines plus w times the other blocks' (the blocks weighed unlike)."""
     width, C = spec["per_checkpoint_size"], len(spec["checkpoints"])
     starts = np.cumsum([0] + [b["size"] for b in spec["blocks"]])
     spans = {b["name"]: [(c * width + a, c * width + e) for c in range(C)]
@@ -117,15 +118,17 @@ def part_scorer(spec: dict, X: sp.csr_matrix, Q: sp.csr_matrix) -> Makers:
         parts["blocks beside the rows"] = others
     parts["sum"] = [(0, C * width)]
 
-    def masked(where: list[tuple[int, int]]):
+    def masked(where: list[tuple[int, int]], rest: float = 0.0):
         def make():
-            m = np.zeros(Q.shape[1], dtype=np.float32)
+            m = np.full(Q.shape[1], rest, dtype=np.float32)
             for a, e in where:
                 m[a:e] = 1
             return X, sp.csr_matrix(Q.multiply(m[None, :]))
         return make
 
-    return {name: masked(where) for name, where in parts.items()}
+    first = spec["blocks"][0]["name"]
+    return ({name: masked(where) for name, where in parts.items()}
+            | {f"{first} + {w:g} x the others": masked(spans[first], w) for w in weights})
 
 
 def whitening_scorer(spec: dict, Xc: sp.csr_matrix, Qc: sp.csr_matrix, o: argparse.Namespace,
@@ -188,6 +191,8 @@ def main() -> None:
                     help="score each part of the stored vector alone (each block, each checkpoint, the MLP blocks, "
                          "the whole) instead of re-whitening: for an index whose vectors are whitened or have "
                          "blocks beside the rows")
+    ap.add_argument("--weights", type=floats, default=[], metavar="W,W",
+                    help="with --parts: also the first block's cosines plus W times the other blocks'")
     ap.add_argument("--query-cache", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
     o = ap.parse_args()
@@ -227,7 +232,7 @@ def main() -> None:
     Qc = as_csr(qv, spec["size"], None if o.parts else k)
     q_row = {q: r for r, q in enumerate(asked)}
     print(f"{len(asked)} query vectors ({time.perf_counter() - start:.0f} s)", flush=True)
-    makers = part_scorer(spec, Xc, Qc) if o.parts else whitening_scorer(spec, Xc, Qc, o, len(ids))
+    makers = part_scorer(spec, Xc, Qc, o.weights) if o.parts else whitening_scorer(spec, Xc, Qc, o, len(ids))
     baseline = "sum" if o.parts else "stored"  # the stored vectors as the bench scored them
 
     rr: dict[str, list[float]] = {}
@@ -262,7 +267,10 @@ def main() -> None:
                        "mrr_stored": float(np.mean([d["rr"][baseline] for d in off]))})
         print(f"chosen on {chosen[-1]['chosen_on']}: {best}; on {chosen[-1]['reported_on']} ({len(off)} draws) "
               f"{chosen[-1]['mrr']:.3f} against the stored vectors' {chosen[-1]['mrr_stored']:.3f}")
-    command = "python results/attribution/rows_whiten.py " + shlex.join(sys.argv[1:])
+    argv = sys.argv[1:]  # the query cache aside: where it lives says nothing of the result
+    if "--query-cache" in argv:
+        del argv[argv.index("--query-cache"):argv.index("--query-cache") + 2]
+    command = "python results/attribution/rows_whiten.py " + shlex.join(argv)
     o.out.write_text(json.dumps({"run": o.run.as_posix(), "command": command, "bench_mrr": float(np.mean(bench_rr)),
                                  "mrr": table, "chosen": chosen, "seconds": round(time.perf_counter() - start),
                                  "draws": out_draws}, indent=1) + "\n")

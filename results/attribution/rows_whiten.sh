@@ -6,8 +6,9 @@
 # 2. The main run's index with it (`--whiten --whiten-damping 0.01`), and the early MLP blocks beside the rows
 #    (layers 2 and 4, the main-early index's, chosen on these facts in variants.sh; factored at 1,024 numbers each
 #    so that the sparse index fits this machine's memory: ~26 bytes a stored number in Qdrant Edge's RAM).
-# 3. Both benches, and the parts of the new index's vector (rows_whiten.py --parts).
-# RUNS: where the main run lives (main_run.sh); the rows index of rows.sh must exist for step 1.
+# 3. Its bench, and the parts of the new index's vector (rows_whiten.py --parts), with the MLP blocks weighed less.
+# RUNS: where the main run lives (main_run.sh); the rows index of rows.sh must exist for step 1. Run 2026-12-07
+# (step 1 about 8 minutes a run; the index 75 minutes, alone on the cores but for short test runs; the bench 15).
 set -euo pipefail
 FT=${FT:-.venv/bin/ftrace}
 PY=${PY:-.venv/bin/python}
@@ -24,9 +25,8 @@ $FT ingest --index "$RUNS/index-main-rows-mlp" "${SEL[@]}" --train-run "$RUNS/at
     --checkpoint-select 121,242,383,2014 --checkpoint-optimizer --tracin-tied input --tracin-projection rows \
     --tracin-dim 144 --tracin-layers model.embed_tokens,model.layers.2.mlp.down_proj,model.layers.4.mlp.down_proj \
     --tracin-block-dim 1024 --whiten --whiten-damping 0.01 --dtype bfloat16
-for mode in rerank full; do
-  $FT bench --index "$RUNS/index-main-rows-mlp" --mode "$mode" --split train --queries 200 --seeds 3 \
-      --only fine-tune-learned --out "results/attribution/main-rows-mlp-fine-tune-learned-$mode" > /dev/null
-done
+# (full retrieval, `--mode full`, not run for lack of session time)
+$FT bench --index "$RUNS/index-main-rows-mlp" --mode rerank --split train --queries 200 --seeds 3 \
+    --only fine-tune-learned --out results/attribution/main-rows-mlp-fine-tune-learned-rerank > /dev/null
 (cd results/attribution && OMP_WAIT_POLICY=PASSIVE ../../$PY rows_whiten.py main-rows-mlp-fine-tune-learned-rerank \
-    --parts --out main-rows-mlp-parts.json)
+    --parts --weights 0.1,0.25,0.5 --out main-rows-mlp-parts.json)
