@@ -124,8 +124,8 @@ class GradientFeaturizer:
     def vectors(self, batch: LossBatch) -> Vectors:
         if self.config.whiten and self._whitening is None:
             raise GradientError("gradient whiten: fit_whitening (or load the index's whitening state) first")
-        if self.sparse:  # the same normalisation, on sparse vectors (whitened within collect_rows): per block unit,
-            parts = [p.unit() for p in self.collector.collect_rows(batch)]  # side by side, unit
+        if self.sparse:  # the same normalisation on sparse vectors, whitened in collect_rows: block unit, joined, unit
+            parts = [p.unit() for p in self.collector.collect_rows(batch)]
             offsets = list(accumulate((b.size for b in self.blocks[:-1]), initial=0))
             return SparseVectors.joined(parts, offsets).unit()
         per_block = [unit(p) for p in self.collector.collect(batch)]

@@ -55,6 +55,7 @@ def _factor(k: int) -> tuple[int, int]:
 
 BLOCK_DIM = 4096  # a rows featurizer's factored blocks without --tracin-block-dim: the factored projection's default
 
+
 def assign_projection(block: Block, dim: int, seed: int, kind: str, device: torch.device,
                       block_dim: int | None = None) -> None:
     """Give the block its kind, factors, size and (uncorrected) projection matrices. The rows projection keeps an
