@@ -42,6 +42,7 @@ from ftrace.config.serve import ServeConfig
 from ftrace.config.store import StoreConfig
 from ftrace.config.train import TrainConfig
 from ftrace.config.vectors import (
+    BLOCK_DIM,
     DEFAULT_EXAMPLE_LOSS,
     MAX_SPARSE_SIZE,
     MAX_VECTOR_SIZE,
@@ -53,7 +54,7 @@ from ftrace.config.vectors import (
 )
 
 __all__ = [
-    "ADD_OPTIONS", "BenchConfig", "CASCADE_K", "CandidateSizes", "CascadeK", "Cli", "CorpusSelection",
+    "ADD_OPTIONS", "BLOCK_DIM", "BenchConfig", "CASCADE_K", "CandidateSizes", "CascadeK", "Cli", "CorpusSelection",
     "DEFAULT_EXAMPLE_LOSS", "DEFAULT_INDEX", "DEFAULT_MODEL", "Device", "Dtype", "EmbeddingConfig",
     "ExampleLoss", "FUSION_WEIGHT", "GRID", "GradientConfig", "IndexPath", "InfoConfig", "IngestConfig", "MAX_TOKENS",
     "MAX_SPARSE_SIZE", "MAX_VECTOR_SIZE", "PASSAGE_OVERLAP", "Projection", "QueryConfig", "QueryDtype", "SPLITS",

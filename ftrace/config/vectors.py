@@ -12,6 +12,7 @@ from ftrace.config.base import Strict, cli
 
 MAX_VECTOR_SIZE = 65_535  # Qdrant's largest dense vector: a gradient vector's size, summed over its blocks
 MAX_SPARSE_SIZE = 1 << 32  # a Qdrant sparse vector's indices are u32: the rows projection's size, all checkpoints
+BLOCK_DIM = 4096  # a factored block's numbers by default (--tracin-dim; --tracin-block-dim beside a rows lookup)
 
 # The example loss: the one name (--example-loss) for what a training example's loss scores, in ingest and train
 ExampleLoss = Literal["sentence", "object"]
@@ -63,7 +64,7 @@ class GradientConfig(Strict):
     # size of EACH block's projection; the sum over blocks must be <= MAX_VECTOR_SIZE
     dim: Annotated[int, Field(ge=1), cli("Projection size per layer block (total at most 65535); with "
                                          "--tracin-projection rows, numbers per row (exact at the hidden size or "
-                                         "more).", "--tracin-dim", min=1)] = 4096
+                                         "more).", "--tracin-dim", min=1)] = BLOCK_DIM
     # a rows index's other blocks (e.g. MLP Linears: no rows to keep) are factored, dense parts of its sparse vector
     block_dim: Annotated[int | None, Field(ge=1), cli("With --tracin-projection rows: the factored projection size "
                                                       "of each block that is not an embedding lookup (e.g. an "

@@ -10,7 +10,9 @@ per_part.py does): the stored vectors as they are (must reproduce the bench's tr
 both, and IDF weights (w_t^2 = log(N / df_t), a peer without a fit), at each damping.
 
     python results/attribution/rows_whiten.py RUN_DIR --damping 0.01,0.1,1 --folds A,B/C,D [--samples N] \
-        [--checkpoints-at D] [--query-cache FILE.npz] --out FILE.json
+        [--sample-seeds S,S] [--whiteners-from INDEX] [--checkpoints-at D] [--query-cache FILE.npz] --out FILE.json
+    (--sample-seeds: other calibration samples of N; --whiteners-from: the fit an ingest saved in INDEX, applied to
+    these vectors, alone and factor by factor beside this script's)
     python results/attribution/rows_whiten.py RUN_DIR --parts --out FILE.json   (an index whitened at ingest, or
         with blocks beside the rows: each part of its stored vector scored alone)
 """
@@ -131,29 +133,39 @@ def part_scorer(spec: dict, X: sp.csr_matrix, Q: sp.csr_matrix, weights: list[fl
             | {f"{first} + {w:g} x the others": masked(spans[first], w) for w in weights})
 
 
+def fitted(X: Rows, n_stored: int, samples: int, seed: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, int]:
+    """The row energies r (C x vocab) and the columns' A (per checkpoint) on `samples` stored vectors drawn with
+    `seed` (0: every stored vector; every stored vector is a training example, and TrackStar fits R on training
+    gradients), each row's document frequency in them, and how many vectors they are."""
+    n = min(samples, n_stored) or n_stored
+    fit = np.isin(X.owner, np.random.default_rng(seed).permutation(n_stored)[:n]) if samples else slice(None)
+    Bk, ckpt, token = X.blocks()[fit].astype(np.float64), X.ckpt[fit], X.token[fit]
+    energy = np.zeros((X.ckpts, X.vocab))
+    np.add.at(energy, (ckpt, token), (Bk ** 2).sum(1))
+    df = np.zeros(X.vocab)
+    np.add.at(df, token[ckpt == 0], 1)
+    return energy / n, [(Bk[ckpt == ck].T @ Bk[ckpt == ck]) / n for ck in range(X.ckpts)], df, n
+
+
+def row_weights(energy: np.ndarray, damping: float) -> np.ndarray:
+    """(r_t + lambda)^-1/2, lambda = damping x the mean r over the rows the sample touched (per checkpoint)."""
+    lam = np.array([e[e > 0].mean() for e in energy])[:, None] * damping
+    return (1 / np.sqrt(energy + lam)).astype(np.float32)
+
+
 def whitening_scorer(spec: dict, Xc: sp.csr_matrix, Qc: sp.csr_matrix, o: argparse.Namespace,
-                     n_stored: int) -> Makers:
-    """The stored vectors re-whitened (module docstring) at each damping, and the peers: made one at a time."""
+                     n_stored: int, notes: dict) -> Makers:
+    """The stored vectors re-whitened (module docstring) at each damping, and the peers: made one at a time. With
+    --whiteners-from, how ingest's fit compares with this script's goes into `notes`."""
     vocab, k = spec["blocks"][0]["factors"]
     C = len(spec["checkpoints"])
     X, Q = Rows(Xc, k, vocab, C), Rows(Qc, k, vocab, C)
-    # the fit: every stored vector is a training example (TrackStar fits R on training gradients)
-    n = min(o.samples, n_stored) or n_stored
-    fit = np.isin(X.owner, np.random.default_rng(0).permutation(n_stored)[:n]) if o.samples else slice(None)
-    Bk, ckpt, token = X.blocks()[fit].astype(np.float64), X.ckpt[fit], X.token[fit]
-    energy = np.zeros((C, vocab))
-    np.add.at(energy, (ckpt, token), (Bk ** 2).sum(1))
-    energy /= n
-    A = [(Bk[ckpt == ck].T @ Bk[ckpt == ck]) / n for ck in range(C)]
-    df = np.zeros(vocab)
-    np.add.at(df, token[ckpt == 0], 1)
-    del Bk
+    energy, A, df, n = fitted(X, n_stored, o.samples, 0)
     idf = np.sqrt(np.log(n / np.maximum(df, 1)))
     variants: dict[str, tuple] = {"stored": (None, None, None),
                                   "idf": (np.broadcast_to(idf, (C, vocab)), None, None)}
     for d in o.damping:
-        lam = np.array([e[e > 0].mean() for e in energy])[:, None] * d
-        row_w = (1 / np.sqrt(energy + lam)).astype(np.float32)
+        row_w = row_weights(energy, d)
         col_w = [inv_sqrt(a, d) for a in A]
         variants |= {f"rows d={d:g}": (row_w, None, None), f"cols d={d:g}": (None, col_w, None),
                      f"rows+cols d={d:g}": (row_w, col_w, None)}
@@ -163,10 +175,62 @@ def whitening_scorer(spec: dict, Xc: sp.csr_matrix, Qc: sp.csr_matrix, o: argpar
                 variants[f"rows+cols d={d:g} @{'+'.join(names[c] for c in keep)}"] = (row_w, col_w, keep)
             variants |= {f"stored @{names[c]}": (None, None, [c]) for c in range(C)}
 
+    if o.whiteners_from:  # ingest's own fit, saved in that index's state files, on these vectors
+        import torch
+        states = [torch.load(o.whiteners_from / f"tracin-state-{c}.pt", weights_only=False) for c in range(C)]
+        if any(s["whitening"]["damping"] != o.damping[0] for s in states):
+            raise SystemExit(f"{o.whiteners_from}: fitted at damping {states[0]['whitening']['damping']}, "
+                             f"not --damping's first, {o.damping[0]}")
+        name = spec["blocks"][0]["name"]
+        ingest_rows = np.stack([s["row_whiteners"][name].numpy() for s in states])
+        ingest_cols = [s["whiteners"][name].numpy() for s in states]
+        d = o.damping[0]
+        here_rows = row_weights(energy, d)
+        here_cols = [inv_sqrt(a, d) for a in A]
+        variants |= {"ingest's rows+cols": (ingest_rows, ingest_cols, None),
+                     f"ingest's rows, cols d={d:g} here": (ingest_rows, here_cols, None),
+                     f"rows d={d:g} here, ingest's cols": (here_rows, ingest_cols, None)}
+        for c in range(C):
+            seen_there = ingest_rows[c] < ingest_rows[c].max()  # a row ingest's sample never saw: the largest
+            both = (energy[c] > 0) & seen_there
+            corr = np.corrcoef(np.log(ingest_rows[c][both]), np.log(here_rows[c][both]))[0, 1]
+            there, here = (m / np.trace(m) for m in (ingest_cols[c], here_cols[c]))
+            notes.setdefault("ingest's fit against this script's (its first sample)", []).append(
+                {"checkpoint": Path(spec["checkpoints"][c]["name"]).name, "rows_seen_here": int((energy[c] > 0).sum()),
+                 "rows_seen_by_ingest": int(seen_there.sum()), "rows_seen_by_both": int(both.sum()),
+                 "log_row_weights_correlation": round(float(corr), 4),
+                 "column_matrices_relative_difference": round(float(np.linalg.norm(there - here)
+                                                                    / np.linalg.norm(here)), 4)})
+            print(notes["ingest's fit against this script's (its first sample)"][-1], flush=True)
+
+    if o.sample_seeds and (not o.samples or 0 in o.sample_seeds):
+        raise SystemExit("--sample-seeds: needs --samples N, and seeds other than 0 (seed 0 is the first fit)")
+    for seed in o.sample_seeds:  # other calibration samples of the same size, at the first damping
+        e, a, _, _ = fitted(X, n_stored, o.samples, seed)
+        variants[f"rows+cols d={o.damping[0]:g}, sample seed {seed}"] = (
+            row_weights(e, o.damping[0]), [inv_sqrt(m, o.damping[0]) for m in a], None)
+
     def made(w: tuple) -> Callable[[], tuple[sp.csr_matrix, sp.csr_matrix]]:
         return lambda: (X.transformed(*w), Q.transformed(*w))
 
     return {name: made(w) for name, w in variants.items()}
+
+
+def recorded(argv: list[str]) -> str:
+    """The command line as the results record it: the query cache aside (where it lives says nothing of the
+    result), an index by its name under $RUNS (as the results name ~/ftrace-runs' indexes)."""
+    out: list[str] = []
+    args = iter(argv)
+    for a in args:
+        name, eq, value = a.partition("=")
+        if name == "--query-cache":
+            if not eq:
+                next(args, None)
+        elif name == "--whiteners-from":
+            out.append(f'--whiteners-from "$RUNS/{Path(value if eq else next(args, "")).name}"')
+        else:
+            out.append(shlex.quote(a))
+    return " ".join(out)
 
 
 def main() -> None:
@@ -178,7 +242,7 @@ def main() -> None:
     from ftrace.runrecord import read_record
     from ftrace.sparse import SparseVector
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("run", type=Path)
     ap.add_argument("--damping", type=floats, default=[0.01, 0.1, 1.0])
     ap.add_argument("--checkpoints-at", type=float, default=None, metavar="D",
@@ -187,12 +251,17 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=0,
                     help="fit on this many stored vectors drawn at random (seed 0), as ingest's --whiten-samples; "
                          "0: on every stored vector")
+    ap.add_argument("--sample-seeds", type=lambda t: [int(x) for x in t.split(",")], default=[], metavar="S,S",
+                    help="with --samples: also fit on the samples these seeds draw (both factors, the first damping)")
     ap.add_argument("--parts", action="store_true",
                     help="score each part of the stored vector alone (each block, each checkpoint, the MLP blocks, "
                          "the whole) instead of re-whitening: for an index whose vectors are whitened or have "
                          "blocks beside the rows")
     ap.add_argument("--weights", type=floats, default=[], metavar="W,W",
                     help="with --parts: also the first block's cosines plus W times the other blocks'")
+    ap.add_argument("--whiteners-from", type=Path, default=None, metavar="INDEX",
+                    help="also whiten by the fit ingest saved in INDEX's state files (its rows block), and each of "
+                         "its two factors beside this script's fit at the first damping")
     ap.add_argument("--query-cache", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
     o = ap.parse_args()
@@ -232,7 +301,8 @@ def main() -> None:
     Qc = as_csr(qv, spec["size"], None if o.parts else k)
     q_row = {q: r for r, q in enumerate(asked)}
     print(f"{len(asked)} query vectors ({time.perf_counter() - start:.0f} s)", flush=True)
-    makers = part_scorer(spec, Xc, Qc, o.weights) if o.parts else whitening_scorer(spec, Xc, Qc, o, len(ids))
+    notes: dict = {}
+    makers = part_scorer(spec, Xc, Qc, o.weights) if o.parts else whitening_scorer(spec, Xc, Qc, o, len(ids), notes)
     baseline = "sum" if o.parts else "stored"  # the stored vectors as the bench scored them
 
     rr: dict[str, list[float]] = {}
@@ -267,12 +337,9 @@ def main() -> None:
                        "mrr_stored": float(np.mean([d["rr"][baseline] for d in off]))})
         print(f"chosen on {chosen[-1]['chosen_on']}: {best}; on {chosen[-1]['reported_on']} ({len(off)} draws) "
               f"{chosen[-1]['mrr']:.3f} against the stored vectors' {chosen[-1]['mrr_stored']:.3f}")
-    argv = sys.argv[1:]  # the query cache aside: where it lives says nothing of the result
-    if "--query-cache" in argv:
-        del argv[argv.index("--query-cache"):argv.index("--query-cache") + 2]
-    command = "python results/attribution/rows_whiten.py " + shlex.join(argv)
+    command = "python results/attribution/rows_whiten.py " + recorded(sys.argv[1:])
     o.out.write_text(json.dumps({"run": o.run.as_posix(), "command": command, "bench_mrr": float(np.mean(bench_rr)),
-                                 "mrr": table, "chosen": chosen, "seconds": round(time.perf_counter() - start),
+                                 "mrr": table, "chosen": chosen, **notes, "seconds": round(time.perf_counter() - start),
                                  "draws": out_draws}, indent=1) + "\n")
 
 

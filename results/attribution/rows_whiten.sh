@@ -30,3 +30,13 @@ $FT bench --index "$RUNS/index-main-rows-mlp" --mode rerank --split train --quer
     --only fine-tune-learned --out results/attribution/main-rows-mlp-fine-tune-learned-rerank > /dev/null
 (cd results/attribution && OMP_WAIT_POLICY=PASSIVE ../../$PY rows_whiten.py main-rows-mlp-fine-tune-learned-rerank \
     --parts --weights 0.1,0.25,0.5 --out main-rows-mlp-parts.json)
+# 4. (the next session, 2026-12-07 evening) Why ingest's whitening gave less than the refit: ingest's fit (saved in
+#    the MLP index's state files) applied to the rows index's own vectors, beside five other samples of 4,096.
+(cd results/attribution &&
+  OMP_WAIT_POLICY=PASSIVE ../../$PY rows_whiten.py main-rows-fine-tune-learned-rerank --damping 0.01 --samples 4096 \
+      --sample-seeds 1,2,3,4,5 --whiteners-from "$RUNS/index-main-rows-mlp" --out main-rows-whiten-ingest-fit.json)
+# 5. The rows index's pre-train-learned slice (FTRACE's Table 2 rows), rerank and full.
+for mode in rerank full; do
+  $FT bench --index "$RUNS/index-main-rows" --mode "$mode" --queries 200 --seeds 3 --split train \
+      --only pre-train-learned --out "results/attribution/main-rows-pre-train-learned-$mode" > /dev/null
+done

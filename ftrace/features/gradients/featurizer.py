@@ -75,7 +75,7 @@ class GradientFeaturizer:
             check_whitenable(self.blocks)
         self._optimizer: dict | None = None
         if config.optimizer_state is not None:
-            self._optimizer = apply_optimizer_state(self.blocks, config.optimizer_state, model, config.projection,
+            self._optimizer = apply_optimizer_state(self.blocks, config.optimizer_state, model,
                                                     self.device, config.optimizer_floor)
         self._whitening: dict | None = None  # {"damping", "samples", ...} once fitted
         self.collector = GradientCollector(model, self.blocks)

@@ -72,10 +72,9 @@ def rank1(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return S.mean(1), S.mean(0) / S.mean()
 
 
-def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module, kind: str,
-                          device: torch.device, floor: float = 0.0) -> dict:
-    """Fold the correction into each block; returns its description for the spec."""
-    exact = kind == "dense"  # the whole S divides the gradient before the projection
+def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module, device: torch.device,
+                          floor: float = 0.0) -> dict:
+    """Fold the correction into each block by its projection kind; returns its description for the spec."""
     state, eps = load_optimizer_state(path, model)
     for b in blocks:
         v = state.get(b.name)
@@ -87,12 +86,13 @@ def apply_optimizer_state(blocks: list[Block], path: str, model: torch.nn.Module
             raise GradientError(f"optimizer_state {path}: {b.name} has shape {tuple(v.shape)}, "
                                 f"the model's is {b.shape}")
         S = divisor(v, eps, floor)
-        if exact:
+        if b.kind == "dense":  # the whole S divides the gradient before the projection
             b.scale = S.to(torch.float32).to(device)
         else:
             for side, by in zip(("rows", "cols"), rank1(S), strict=True):  # per row of P or sketch sign, or row weight
                 m = b.mats[side]
                 b.mats[side] = (m.double().cpu() / by.reshape(-1, *[1] * (m.dim() - 1))).float().to(device)
+    exact = all(b.kind == "dense" for b in blocks)
     out = {"path": str(path), "sha256": _sha256(path), "eps": eps, "divide_by": "sqrt(exp_avg_sq) + eps",
            "approximation": "exact" if exact else "rank-1: row means x column means / mean"}
     if floor:

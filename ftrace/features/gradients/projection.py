@@ -23,7 +23,7 @@ from typing import get_args
 
 import torch
 
-from ftrace.config import Projection
+from ftrace.config import BLOCK_DIM, Projection
 from ftrace.features.gradients.blocks import Block, GradientError
 
 PROJECTIONS = get_args(Projection)
@@ -51,9 +51,6 @@ def _factor(k: int) -> tuple[int, int]:
     while k % a:
         a -= 1
     return a, k // a
-
-
-BLOCK_DIM = 4096  # a rows featurizer's factored blocks without --tracin-block-dim: the factored projection's default
 
 
 def assign_projection(block: Block, dim: int, seed: int, kind: str, device: torch.device,
