@@ -68,7 +68,8 @@ class GradientConfig(Strict):
     # a rows index's other blocks (e.g. MLP Linears: no rows to keep) are factored, dense parts of its sparse vector
     block_dim: Annotated[int | None, Field(ge=1), cli("With --tracin-projection rows: the factored projection size "
                                                       "of each block that is not an embedding lookup (e.g. an "
-                                                      "MLP's; default 4096).", "--tracin-block-dim", min=1)] = None
+                                                      f"MLP's; default {BLOCK_DIM}).", "--tracin-block-dim",
+                                                      min=1)] = None
     seed: Annotated[int, cli("Seed of the random projection.", "--tracin-seed")] = 0
     projection: Annotated[Projection,
                           cli("factored (LoGra-style, default); sketch (TensorSketch: a little slower, keeps the "
