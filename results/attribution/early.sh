@@ -40,6 +40,8 @@ $FT ingest --index "$RUNS/index-main-rows-early" "${SEL[@]}" --train-run "$TRACE
     --checkpoint-optimizer --tracin-tied input --tracin-projection rows --tracin-dim 144 --dtype bfloat16
 $FT bench --index "$RUNS/index-main-rows-early" --mode rerank --split train --queries 200 --seeds 3 \
     --only fine-tune-learned --out results/attribution/main-rows-early-fine-tune-learned-rerank > /dev/null
+$FT bench --index "$RUNS/index-main-rows-early" --mode full --depth 100 --split train --queries 200 --seeds 3 \
+    --only fine-tune-learned --out results/attribution/main-rows-early-fine-tune-learned-full > /dev/null
 # each checkpoint alone, and the three whitened offline (as rows_whiten.sh step 1)
 (cd results/attribution && OMP_WAIT_POLICY=PASSIVE ../../$PY rows_whiten.py main-rows-early-fine-tune-learned-rerank \
     --damping 0.01 --samples 4096 --checkpoints-at 0.01 --sample-seeds 1,2 --out main-rows-early-whiten.json)
