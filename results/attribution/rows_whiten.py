@@ -35,6 +35,10 @@ def floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",")]
 
 
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
 def inv_sqrt(M: np.ndarray, damping: float) -> np.ndarray:
     """(M + lambda I)^-1/2 with lambda = damping x M's mean eigenvalue: ftrace's whitening_matrix where M has full
     rank (the columns' A here, 144 x 144 from 10^5 rows and more), without its rule for directions outside the span."""
@@ -147,10 +151,11 @@ def fitted(X: Rows, n_stored: int, samples: int, seed: int) -> tuple[np.ndarray,
     return energy / n, [(Bk[ckpt == ck].T @ Bk[ckpt == ck]) / n for ck in range(X.ckpts)], df, n
 
 
-def row_weights(energy: np.ndarray, damping: float) -> np.ndarray:
-    """(r_t + lambda)^-1/2, lambda = damping x the mean r over the rows the sample touched (per checkpoint)."""
+def whiteners(energy: np.ndarray, A: list[np.ndarray], damping: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The row weights (r_t + lambda)^-1/2 (lambda = damping x the mean r over the rows the sample touched, per
+    checkpoint) and each checkpoint's column matrix (A + lambda' I)^-1/2."""
     lam = np.array([e[e > 0].mean() for e in energy])[:, None] * damping
-    return (1 / np.sqrt(energy + lam)).astype(np.float32)
+    return (1 / np.sqrt(energy + lam)).astype(np.float32), [inv_sqrt(a, damping) for a in A]
 
 
 def whitening_scorer(spec: dict, Xc: sp.csr_matrix, Qc: sp.csr_matrix, o: argparse.Namespace,
@@ -164,9 +169,8 @@ def whitening_scorer(spec: dict, Xc: sp.csr_matrix, Qc: sp.csr_matrix, o: argpar
     idf = np.sqrt(np.log(n / np.maximum(df, 1)))
     variants: dict[str, tuple] = {"stored": (None, None, None),
                                   "idf": (np.broadcast_to(idf, (C, vocab)), None, None)}
-    for d in o.damping:
-        row_w = row_weights(energy, d)
-        col_w = [inv_sqrt(a, d) for a in A]
+    fits = {d: whiteners(energy, A, d) for d in o.damping}
+    for d, (row_w, col_w) in fits.items():
         variants |= {f"rows d={d:g}": (row_w, None, None), f"cols d={d:g}": (None, col_w, None),
                      f"rows+cols d={d:g}": (row_w, col_w, None)}
         if d == o.checkpoints_at:
@@ -185,8 +189,7 @@ def whitening_scorer(spec: dict, Xc: sp.csr_matrix, Qc: sp.csr_matrix, o: argpar
         ingest_rows = np.stack([s["row_whiteners"][name].numpy() for s in states])
         ingest_cols = [s["whiteners"][name].numpy() for s in states]
         d = o.damping[0]
-        here_rows = row_weights(energy, d)
-        here_cols = [inv_sqrt(a, d) for a in A]
+        here_rows, here_cols = fits[d]
         variants |= {"ingest's rows+cols": (ingest_rows, ingest_cols, None),
                      f"ingest's rows, cols d={d:g} here": (ingest_rows, here_cols, None),
                      f"rows d={d:g} here, ingest's cols": (here_rows, ingest_cols, None)}
@@ -203,12 +206,9 @@ def whitening_scorer(spec: dict, Xc: sp.csr_matrix, Qc: sp.csr_matrix, o: argpar
                                                                     / np.linalg.norm(here)), 4)})
             print(notes["ingest's fit against this script's (its first sample)"][-1], flush=True)
 
-    if o.sample_seeds and (not o.samples or 0 in o.sample_seeds):
-        raise SystemExit("--sample-seeds: needs --samples N, and seeds other than 0 (seed 0 is the first fit)")
     for seed in o.sample_seeds:  # other calibration samples of the same size, at the first damping
         e, a, _, _ = fitted(X, n_stored, o.samples, seed)
-        variants[f"rows+cols d={o.damping[0]:g}, sample seed {seed}"] = (
-            row_weights(e, o.damping[0]), [inv_sqrt(m, o.damping[0]) for m in a], None)
+        variants[f"rows+cols d={o.damping[0]:g}, sample seed {seed}"] = (*whiteners(e, a, o.damping[0]), None)
 
     def made(w: tuple) -> Callable[[], tuple[sp.csr_matrix, sp.csr_matrix]]:
         return lambda: (X.transformed(*w), Q.transformed(*w))
@@ -251,7 +251,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=0,
                     help="fit on this many stored vectors drawn at random (seed 0), as ingest's --whiten-samples; "
                          "0: on every stored vector")
-    ap.add_argument("--sample-seeds", type=lambda t: [int(x) for x in t.split(",")], default=[], metavar="S,S",
+    ap.add_argument("--sample-seeds", type=ints, default=[], metavar="S,S",
                     help="with --samples: also fit on the samples these seeds draw (both factors, the first damping)")
     ap.add_argument("--parts", action="store_true",
                     help="score each part of the stored vector alone (each block, each checkpoint, the MLP blocks, "
@@ -265,6 +265,8 @@ def main() -> None:
     ap.add_argument("--query-cache", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
     o = ap.parse_args()
+    if o.sample_seeds and (not o.samples or 0 in o.sample_seeds):  # before the minutes of loading
+        ap.error("--sample-seeds: needs --samples N, and seeds other than 0 (seed 0 is the first fit)")
     start = time.perf_counter()
     c = BenchConfig.model_validate(read_record(o.run / "config.json", "bench"))
     bench = Bench(c)
