@@ -116,3 +116,67 @@ def test_ingest_with_another_projection_stores_and_queries_it(tmp_path, tiny_mod
     assert set(scored) == set(every)
     if projection == "rows" and not whiten:  # (the MLP block's dense part is shared by every vector)
         assert any(v == 0.0 for v in scored.values())
+
+
+@pytest.mark.slow
+def test_whitening_with_query_gradients_is_recorded_and_its_queries_are_not_benched(tmp_path, tiny_model_dir,
+                                                                                      monkeypatch):
+    """`--whiten-queries N`: the whitening's R mixes in N of the corpus's queries' gradients (each checkpoint's state
+    says how many, at which mix), the stored vectors are whitened by that state, and `ftrace bench` leaves out of its
+    draws exactly the queries ingest fitted on (fitted into R, a query weighs its own subject down), also after an
+    addition; without --whiten, or a mix without queries, it is refused."""
+    import ftrace.ingest.pipeline as pipeline
+    from ftrace.bench.runner import whitening_held_out
+    from ftrace.index.manifest import Addition
+
+    fitted_on: list[str] = []
+
+    def recording(tokenizer, prompts, targets, max_tokens):
+        fitted_on.extend(prompts)
+        return query_batch(tokenizer, prompts, targets, max_tokens)
+
+    monkeypatch.setattr(pipeline, "query_batch", recording)
+    index = tmp_path / "mixed"
+    r = CliRunner().invoke(app, ["ingest", "--index", str(index), "--model", tiny_model_dir, "--tracin-projection",
+                                 "rows", "--tracin-tied", "input", "--whiten", "--whiten-samples", "32",
+                                 "--whiten-queries", "6", "--whiten-query-mix", "0.9", "--batch-size", "16"])
+    assert r.exit_code == 0, r.output
+    assert len(fitted_on) == 6  # one checkpoint, six queries
+    manifest = Manifest.read(index)
+    whitening = manifest.vectors["tracin"]["corrections"]["whitening"]
+    assert whitening["queries"] == 6 and whitening["query_mix"] == 0.9 and "queries" in whitening["fitted_on"]
+    lm = load_model(tiny_model_dir)
+    tracin = from_specs(lm, manifest.vectors, IndexDir(index).state_file, ["tracin"])["tracin"]
+    fitted = tracin.per_checkpoint[0].spec()["corrections"]["whitening"]
+    assert fitted["queries"] == 6 and fitted["query_mix"] == 0.9 and fitted["samples"] == 32
+    examples = index_examples(IndexDir(index).corpus.sentences)[:3]
+    store = IndexDir(index).open_store()
+    try:
+        for e, v in zip(examples, tracin.vectors(Objective("object", lm.tokenizer).batch(examples)[0]), strict=True):
+            ((hit, score),) = store.search("tracin", v, 1, ids=[e.id], exact=True)
+            assert hit == e.id and score > 0.999
+    finally:
+        store.close()
+    queries = IndexDir(index).corpus.queries
+    held = whitening_held_out(manifest, queries)
+    assert len(held) == 6 and sorted(q.prompt for q in queries if q.id in held) == sorted(fitted_on)
+    # an addition appends its queries after the index's own: the same ones stay held out
+    more = [q.model_copy(update={"id": f"{q.id}~1"}) for q in queries]
+    added = manifest.model_copy(update={
+        "corpus": manifest.corpus.model_copy(update={"queries": 2 * len(queries)}),
+        "additions": [Addition(source="more", fingerprint="f", sentences=0, examples=0, queries=len(queries),
+                               corpus="g")]})
+    assert whitening_held_out(added, queries + more) == held
+    out = tmp_path / "bench"
+    r = CliRunner().invoke(app, ["bench", "--index", str(index), "--split", "all", "--queries", "100", "--seeds", "1",
+                                 "--methods", "tracin,bm25", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    drawn = set(res["queries"]["per_seed"]["0"])
+    assert res["queries"]["held_out_by_whitening"] == 6 and drawn and not drawn & held
+    assert len(drawn) == len([q for q in queries if q.proponents and q.id not in held])
+    for options, message in [(["--whiten-queries", "6"], "error: --whiten-queries: needs --whiten"),
+                             (["--whiten", "--whiten-query-mix", "0.5"], "--whiten-query-mix: only with")]:
+        r = CliRunner().invoke(app, ["ingest", "--index", str(tmp_path / "refused"), "--model", tiny_model_dir,
+                                     *options])
+        assert r.exit_code != 0 and message in r.output, r.output

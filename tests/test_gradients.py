@@ -657,6 +657,52 @@ def test_rows_whitening_is_the_kronecker_form_with_a_row_weight_and_round_trips(
 
 
 
+@pytest.mark.parametrize("projection", ["rows", "factored"])
+def test_query_gradients_mix_into_the_whitening(lm, tmp_path, projection):
+    """--whiten-queries (TrackStar's task-specific R): R = mix x the queries' + (1 - mix) x the training examples',
+    factor by factor on the rows projection (row energies, columns' covariance) and whole on a dense block; mix 0
+    is the plain whitening; the state records it and round-trips."""
+    from ftrace.features.gradients.whitening import _dense_moments, _row_moments, whitening_matrix
+
+    damping, mix = 0.05, 0.7
+    config = GradientConfig(dim=4096 if projection == "rows" else 16, projection=projection,
+                            tied="input" if projection == "rows" else "both", whiten=True, whiten_damping=damping)
+    calibration = [example_batch(lm.tokenizer, TEXTS[i:i + 20]) for i in (0, 20)]
+    prompts, targets = zip(*(t.rstrip(".").rsplit(" ", 1) for t in TEXTS[:12]), strict=True)
+    queries = [query_batch(lm.tokenizer, list(prompts[i:i + 6]), list(targets[i:i + 6])) for i in (0, 6)]
+    feat = GradientFeaturizer(lm.model, config)
+    collect = feat.collector.collect_rows if projection == "rows" else feat.collector.collect
+    moments = _row_moments if projection == "rows" else _dense_moments
+    train, q = (moments(feat.blocks, map(collect, b)) for b in (calibration, queries))
+    feat.fit_whitening(calibration, queries=queries, mix=mix)
+    block = feat.blocks[0]
+    spec = feat.spec()["corrections"]["whitening"]
+    assert spec["queries"] == 12 and spec["query_mix"] == mix and spec["samples"] == 40
+    if projection == "rows":
+        r = mix * q[0][0] + (1 - mix) * train[0][0]
+        A = mix * q[1][0] + (1 - mix) * train[1][0]
+        want_rows = (r + damping * r[r > 0].mean()).rsqrt()
+        np.testing.assert_allclose(block.row_whitener.double().numpy(), want_rows.numpy(), rtol=1e-4)
+        assert not torch.allclose(r, train[0][0])  # the queries' template rows weigh in
+    else:
+        A = mix * q[0][0] + (1 - mix) * train[0][0]
+    np.testing.assert_allclose(block.whitener.double().numpy(), whitening_matrix(A, damping)[0].numpy(), atol=1e-5)
+    batch = example_batch(lm.tokenizer, TEXTS[:5])
+    got = feat.vectors(batch)
+    plain = GradientFeaturizer(lm.model, config)
+    plain.fit_whitening(calibration)
+    unmixed = GradientFeaturizer(lm.model, config)
+    unmixed.fit_whitening(calibration, queries=queries, mix=0.0)
+    as_array = (lambda v: as_dense(v, feat.size)) if projection == "rows" else np.asarray
+    np.testing.assert_allclose(as_array(unmixed.vectors(batch)), as_array(plain.vectors(batch)), atol=1e-6)
+    assert np.abs(as_array(got) - as_array(plain.vectors(batch))).max() > 1e-3
+    feat.save(tmp_path / "state.pt")
+    again = GradientFeaturizer(lm.model, config)
+    again.load(tmp_path / "state.pt")
+    np.testing.assert_allclose(as_array(again.vectors(batch)), as_array(got), atol=1e-6)
+    assert again.spec()["corrections"]["whitening"]["query_mix"] == mix
+
+
 def test_rows_projection_takes_other_blocks_factored_beside_the_rows(lm, tmp_path):
     """A rows index's blocks that no lookup uses (an MLP's Linear) are factored at --tracin-block-dim and stored as
     dense parts of the sparse vector: the vector is the rows-only vector and the factored block's, each a unit part,

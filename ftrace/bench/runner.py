@@ -78,6 +78,19 @@ class BenchRun:
     tailpatch: dict[tuple[int, str, str], dict] | None = None  # (seed, query id, set) -> its tail-patch
 
 
+def whitening_held_out(manifest: Manifest, queries: Sequence[Query]) -> set[str]:
+    """The ids of the queries an index's whitening was fitted on (`--whiten-queries`): a query fitted into R weighs
+    its own subject down, so no bench draws them. Drawn as ingest drew them, from the index's own queries (an
+    `ftrace ingest --add` appends its queries after them)."""
+    whitening = manifest.vectors.get("tracin", {}).get("corrections", {}).get("whitening", {})
+    if not whitening.get("queries"):
+        return set()
+    from ftrace.features.gradients.whitening import whitening_queries
+
+    own = manifest.corpus.queries - sum(a.queries for a in manifest.additions)
+    return {q.id for q in whitening_queries(queries[:own], whitening["queries"], manifest.vectors["tracin"]["seed"])}
+
+
 class Bench:
     def __init__(self, c: BenchConfig, tracer: Tracer | None = None):
         if c.fusion == "learned" and not c.tune_split and not c.tune_relations:
@@ -98,6 +111,10 @@ class Bench:
                 self.tracer.close()
             raise
         self.manifest = self.tracer.index.manifest
+        self.held_out_ids = whitening_held_out(self.manifest, self.tracer.corpus.queries)
+        if self.held_out_ids:
+            log(f"{len(self.held_out_ids)} of the index's queries are left out of the draws: its whitening was "
+                "fitted on their gradients (--whiten-queries)")
         self.corpus = self.tracer.corpus
         if "split" not in c.model_fields_set and c.split and not any(q.split for q in self.corpus.queries):
             log("the index's queries have no splits (a plain corpus): evaluating all of them, not --split "
@@ -113,7 +130,8 @@ class Bench:
         """Queries with proponents, of `splits` (None or 'all': any) and `relations` (None: any)."""
         split = None if splits is None or "all" in splits else ",".join(splits)
         qs = [q for q in self.corpus.queries if q.proponents and (split is None or q.split in (splits or ()))
-              and (relations is None or (q.fact is not None and q.fact[1] in relations))]
+              and (relations is None or (q.fact is not None and q.fact[1] in relations))
+              and q.id not in self.held_out_ids]
         if not qs:
             have = [q for q in self.corpus.queries if q.proponents]
             its_splits = sorted({q.split for q in have if q.split})
@@ -122,9 +140,11 @@ class Bench:
             if relations:
                 given.append(f"{'--tune-relation' if tuning else '--relation'} {','.join(relations)}")
             what = " ".join(given)
+            held = (f"; {len(self.held_out_ids)} left out: its whitening was fitted on them"
+                    if self.held_out_ids else "")
             raise FtraceError(f"{what}: no queries with proponents in this index (its splits: "
                               f"{', '.join(its_splits) or 'none'}; its {len(rels)} relations: "
-                              f"{', '.join(rels) or 'none'}; use --split all for every query)")
+                              f"{', '.join(rels) or 'none'}{held}; use --split all for every query)")
         return qs
 
     def method_scores(self, seed: int, q: Query, scores: QueryScores, method: str) -> dict[str, float]:
@@ -299,8 +319,8 @@ class Bench:
             "candidate_sizes": c.sizes.model_dump() if c.mode == "rerank" else None,
             "depth": c.depth if c.mode == "full" else None,
             "seeds": list(per_seed),
-            "queries": {"split": c.split, "eligible": len(pool), "per_seed": {str(k): [q.id for q in v]
-                                                                              for k, v in per_seed.items()},
+            "queries": {"split": c.split, "eligible": len(pool), "held_out_by_whitening": len(self.held_out_ids),
+                        "per_seed": {str(k): [q.id for q in v] for k, v in per_seed.items()},
                         "note": None if len(pool) > c.queries else
                         f"only {len(pool)} eligible queries: every seed evaluates all of them"},
             "methods": self.methods,

@@ -88,6 +88,10 @@ class IngestConfig(Strict):
             raise ValueError("--qdrant remote needs --qdrant-url")
         if self.tracin.train_dir is not None and self.tracin.checkpoints:
             raise ValueError("--checkpoint and --train-run: give model checkpoints or a training run, not both")
+        if self.tracin.whiten_queries and not self.tracin.whiten:
+            raise ValueError("--whiten-queries: needs --whiten (the queries' R is mixed into the whitening's)")
+        if "whiten_query_mix" in self.tracin.model_fields_set and not self.tracin.whiten_queries:
+            raise ValueError("--whiten-query-mix: only with --whiten-queries N (the queries it mixes in)")
         self.corpus.check_passages(self.max_tokens)
         if self.add is not None:
             asked = sorted({f"the {f} options" if f in ("embed", "tracin", "store") else "--" + f.replace("_", "-")

@@ -112,6 +112,20 @@ class TracInConfig(GradientConfig):
     whiten_samples: Annotated[int, Field(ge=1), cli("Training examples in the whitening calibration sample (at least "
                                                     "the block size, so R has full rank; capped at the corpus).",
                                                     "--whiten-samples", min=1)] = 4096
+    # TrackStar's task-specific R (its appendix A.1.3): the directions every query shares (a relation's template, the
+    # answer space) weigh less. On the trained model's rows index: +0.036 MRR over R from training gradients alone,
+    # lam chosen on facts not reported; a query fitted into R weighs its own subject down, so the bench leaves the
+    # sample's queries out (results/attribution/README.md#trackstars-task-specific-whitening-the-query-gradients-
+    # autocorrelation-mixed-in)
+    whiten_queries: Annotated[int, Field(ge=0), cli("With --whiten: also fit R on the query gradients of this many of "
+                                                    "the corpus's queries, drawn with the seed (TrackStar's "
+                                                    "task-specific whitening); `ftrace bench` leaves them out of its "
+                                                    "draws. 0: training gradients only.", "--whiten-queries",
+                                                    min=0)] = 0
+    whiten_query_mix: Annotated[float, Field(ge=0, le=1),
+                                cli("With --whiten-queries: R = this x the queries' R + (1 - this) x the training "
+                                    "examples' R (0.99: chosen at --whiten-damping 0.01 on a trained model's "
+                                    "fine-tune-learned facts).", "--whiten-query-mix")] = 0.99
     checkpoints: Annotated[list[str] | None, cli("Checkpoint(s) to take gradients at (repeat); default: --model.",
                                                  "--checkpoint")] = None
     train_dir: Annotated[Path | None, cli("An `ftrace train` output directory: gradients at its checkpoints, "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ftrace import FtraceError
-from ftrace.features import StateFile
+from ftrace.features import Calibration, StateFile
 from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer
 from ftrace.model import LoadedModel, load_model
@@ -39,10 +39,10 @@ class Featurizer(Protocol):
 
     def spec(self) -> dict: ...
 
-    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], state: StateFile) -> None:
+    def fit(self, batches: Calibration, state: StateFile) -> None:
         """Fit what the vectors need from the corpus (`batches(n, seed)`: a sample of n training examples drawn with
-        the seed, which the spec records) and save it in `state(part)`, or load it where a resumed ingest finds it
-        saved; nothing for most featurizers."""
+        the seed, which the spec records; `batches(n, seed, queries=True)`: of its queries) and save it in
+        `state(part)`, or load it where a resumed ingest finds it saved; nothing for most featurizers."""
         ...
 
     def load(self, state: StateFile) -> None: ...

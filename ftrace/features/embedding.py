@@ -10,7 +10,6 @@ by the commonest words (results/attribution/README.md#embed). The fitted statist
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 
 from ftrace import FtraceError
 from ftrace.config import EmbeddingConfig
-from ftrace.features import StateFile
+from ftrace.features import Calibration, StateFile
 from ftrace.model.batching import LossBatch
 from ftrace.plumbing import replacing
 
@@ -59,7 +58,7 @@ class EmbeddingFeaturizer:
         return spec
 
     @torch.no_grad()
-    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], state: StateFile) -> None:
+    def fit(self, batches: Calibration, state: StateFile) -> None:
         """"idf" pooling: document frequencies and mean token states over a seeded sample (reused when an
         interrupted ingest resumes, never refitted under stored vectors)."""
         if self.config.pooling != "idf":

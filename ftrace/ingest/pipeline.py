@@ -20,6 +20,7 @@ from ftrace.corpus.records import example_id
 from ftrace.features.base import Featurizer, input_embedding_name, load_checkpoints
 from ftrace.features.embedding import EmbeddingFeaturizer
 from ftrace.features.gradients import TracInFeaturizer
+from ftrace.features.gradients.whitening import whitening_queries
 from ftrace.index.files import LOCK_FILES, MANIFEST
 from ftrace.index.layout import IndexDir
 from ftrace.index.lexical import K1, B, build_lucene
@@ -28,7 +29,7 @@ from ftrace.index.manifest import CorpusInfo, Manifest, ManifestError, ModelInfo
 from ftrace.index.vectors import VectorStore
 from ftrace.ingest import shards
 from ftrace.model import LoadedModel, load_model
-from ftrace.model.batching import LossBatch, budget_batches, token_lengths
+from ftrace.model.batching import LossBatch, budget_batches, query_batch, token_lengths
 from ftrace.model.corpus import store_selection
 from ftrace.model.objective import Objective, index_examples
 from ftrace.plumbing import describe_differences, log, release_freed_memory
@@ -58,14 +59,25 @@ def build_featurizers(lm: LoadedModel, c: IngestConfig, run: TracedRun | None) -
                     raise FtraceError(f"--train-run: {entry['name']} has no saved second moments; "
                                       "give --no-checkpoint-optimizer")
                 entry["optimizer_state"] = str(moments)
-        out.append(TracInFeaturizer(models, checkpoints, gradient, t.whiten_samples if t.whiten else 0))
+        out.append(TracInFeaturizer(models, checkpoints, gradient, t.whiten_samples if t.whiten else 0,
+                                    t.whiten_queries, t.whiten_query_mix))
     return out
 
 
 def calibration_batches(texts: CorpusStore, lm: LoadedModel, c: IngestConfig, n: int, seed: int,
-                        loss: str) -> Iterator[LossBatch]:
+                        loss: str, queries: bool = False) -> Iterator[LossBatch]:
     """A sample of n training examples drawn with `seed`, under `loss`, for fitting what a featurizer fits
-    (`Featurizer.fit`: whitening, idf pooling)."""
+    (`Featurizer.fit`: whitening, idf pooling); with `queries`, n of the corpus's queries (`whitening_queries`)
+    under the query loss."""
+    if queries:
+        chosen_queries = whitening_queries(texts.queries(), n, seed)
+        if not chosen_queries:  # refused before any work (_staged); a tokenizer called with no text raises
+            return
+        lengths = token_lengths(lm.tokenizer, [f"{q.prompt} {q.target}" for q in chosen_queries])
+        for part in tqdm(batch_plan(lengths, c), desc="calibration queries", unit="batch", leave=False):
+            picked = chosen_queries[part]
+            yield query_batch(lm.tokenizer, [q.prompt for q in picked], [q.target for q in picked], c.max_tokens)
+        return
     total = len(texts)
     if not total:
         return
@@ -174,6 +186,12 @@ def _staged(c: IngestConfig, corpus: Corpus | None, run: TracedRun | None, index
             raise FtraceError(f"--example-loss object: no sentence of {texts.source} states a fact whose object "
                               "appears in its text")
         log(f"corpus: {len(texts)} sentences, {texts.query_count()} queries ({texts.source})")
+        held = c.tracin.whiten_queries if c.tracin.enabled and c.tracin.whiten else 0
+        if held and not texts.query_count():
+            raise FtraceError(f"--whiten-queries {held}: {texts.source} has no queries to fit the whitening on")
+        if held >= texts.query_count() > 0:
+            log(f"--whiten-queries {held}: every one of the corpus's {texts.query_count()} queries goes into the "
+                "whitening, so `ftrace bench` will have none left to draw")
         return _build(c, texts, run, index, target, timings)
     finally:
         if texts is not None:

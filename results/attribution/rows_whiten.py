@@ -106,6 +106,64 @@ def as_csr(vectors: list, size: int, k: int | None) -> sp.csr_matrix:
     indices = np.concatenate([v.indices for v in vectors]).astype(np.int32 if size < 2**31 else np.int64)
     return sp.csr_matrix((values, indices, indptr), shape=(len(vectors), size))
 
+
+def bench_run(run: Path) -> tuple:
+    """A rows index's bench run reopened: its Bench (tracer and scorer), the index's tracin spec, the run's tracin
+    rankings by draw (seed, query id), and the index's queries by id."""
+    from ftrace.bench.runner import Bench
+    from ftrace.config import BenchConfig
+    from ftrace.runrecord import read_record
+
+    bench = Bench(BenchConfig.model_validate(read_record(run / "config.json", "bench")))
+    spec = bench.tracer.index.manifest.vectors["tracin"]
+    if spec.get("projection") != "rows":
+        raise SystemExit(f"{run}: its index's projection is {spec.get('projection')}, not rows")
+    rankings = {(x["seed"], x["query"]): x for x in map(json.loads, (run / "rankings.jsonl").read_text().splitlines())
+                if x["method"] == "tracin"}
+    return bench, spec, rankings, {q.id: q for q in bench.tracer.corpus.queries}
+
+
+def stored_vectors(tracer, spec: dict, k: int | None) -> tuple[list[str], sp.csr_matrix]:
+    """Every stored tracin vector (its sentence id, and the vectors as CSR rows: `as_csr`)."""
+    from ftrace.corpus.records import example_sentence
+
+    ids, stored = [], []
+    for pids, vecs, _ in tracer.store.points(["tracin"]):
+        ids += [example_sentence(i) for i in pids]
+        stored += list(vecs["tracin"])
+    return ids, as_csr(stored, spec["size"], k)
+
+
+def query_vectors(tracer, queries: list, cache: Path | None) -> list:
+    """The queries' tracin vectors (a gradient pass each), kept in `cache` (.npz) when given and read from it
+    when it exists (it must hold these queries, in this order)."""
+    from ftrace.sparse import SparseVector
+
+    ids = [q.id for q in queries]
+    if cache and cache.exists():
+        with np.load(cache) as z:
+            if list(z["ids"]) != ids:
+                raise SystemExit(f"{cache}: holds other queries than these {len(ids)}; delete it to recompute")
+            return [SparseVector(z["indices"][a:b], z["values"][a:b]) for a, b in zip(z["ptr"][:-1], z["ptr"][1:],
+                                                                                           strict=True)]
+    qv = [tracer.query_vectors(q.prompt, q.target, ["tracin"])["tracin"] for q in queries]
+    if cache:
+        np.savez(cache, ids=np.array(ids), ptr=np.cumsum([0] + [len(v.indices) for v in qv]),
+                 indices=np.concatenate([v.indices for v in qv]), values=np.concatenate([v.values for v in qv]))
+    return qv
+
+
+def reciprocal_rank(cand: list[str], scores: np.ndarray, proponents: list[str], draw: tuple[int, str]) -> float:
+    """1 / the rank of the first proponent among the candidates by these scores, ties broken as the bench does."""
+    from ftrace.bench.candidates import seeded_tiebreak
+    from ftrace.query.fusion import ranking
+
+    ranked = ranking(dict(zip(cand, scores.tolist(), strict=True)), seeded_tiebreak(*draw))
+    props = set(proponents)
+    first = next((r for r, (i, _) in enumerate(ranked, 1) if i in props), None)
+    return 1 / first if first else 0.0
+
+
 Makers = dict[str, Callable[[], tuple[sp.csr_matrix, sp.csr_matrix]]]  # variant -> its (stored, query) matrices
 
 
@@ -217,13 +275,13 @@ def whitening_scorer(spec: dict, Xc: sp.csr_matrix, Qc: sp.csr_matrix, o: argpar
 
 
 def recorded(argv: list[str]) -> str:
-    """The command line as the results record it: the query cache aside (where it lives says nothing of the
+    """The command line as the results record it: the query caches aside (where they live says nothing of the
     result), an index by its name under $RUNS (as the results name ~/ftrace-runs' indexes)."""
     out: list[str] = []
     args = iter(argv)
     for a in args:
         name, eq, value = a.partition("=")
-        if name == "--query-cache":
+        if name in ("--query-cache", "--tune-cache"):
             if not eq:
                 next(args, None)
         elif name == "--whiteners-from":
@@ -234,14 +292,6 @@ def recorded(argv: list[str]) -> str:
 
 
 def main() -> None:
-    from ftrace.bench.candidates import seeded_tiebreak
-    from ftrace.bench.runner import Bench
-    from ftrace.config import BenchConfig
-    from ftrace.corpus.records import example_sentence
-    from ftrace.query.fusion import ranking
-    from ftrace.runrecord import read_record
-    from ftrace.sparse import SparseVector
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("run", type=Path)
     ap.add_argument("--damping", type=floats, default=[0.01, 0.1, 1.0])
@@ -268,37 +318,17 @@ def main() -> None:
     if o.sample_seeds and (not o.samples or 0 in o.sample_seeds):  # before the minutes of loading
         ap.error("--sample-seeds: needs --samples N, and seeds other than 0 (seed 0 is the first fit)")
     start = time.perf_counter()
-    c = BenchConfig.model_validate(read_record(o.run / "config.json", "bench"))
-    bench = Bench(c)
+    bench, spec, rankings, queries = bench_run(o.run)
     tracer, scorer = bench.tracer, bench.scorer
-    spec = tracer.index.manifest.vectors["tracin"]
-    if spec.get("projection") != "rows":
-        raise SystemExit(f"{o.run}: its index's projection is {spec.get('projection')}, not rows")
     k = spec["blocks"][0]["factors"][1]
-    rankings = {(x["seed"], x["query"]): x for x in map(json.loads, (o.run / "rankings.jsonl").read_text().splitlines())
-                if x["method"] == "tracin"}
-    queries = {q.id: q for q in tracer.corpus.queries}
     draws = sorted(rankings)
     cands = {key: scorer.candidates(key[0], queries[key[1]]).ids for key in draws}
-    ids, stored = [], []
-    for pids, vecs, _ in tracer.store.points(["tracin"]):
-        ids += [example_sentence(i) for i in pids]
-        stored += list(vecs["tracin"])
+    ids, Xc = stored_vectors(tracer, spec, None if o.parts else k)
     row_of = {i: r for r, i in enumerate(ids)}
-    Xc = as_csr(stored, spec["size"], None if o.parts else k)
-    del stored
     print(f"{len(ids)} stored vectors, {Xc.nnz / len(ids):.0f} numbers each ({time.perf_counter() - start:.0f} s)",
           flush=True)
     asked = sorted({q for _, q in draws})
-    if o.query_cache and o.query_cache.exists():
-        with np.load(o.query_cache) as z:
-            spans = zip(z["ptr"][:-1], z["ptr"][1:], strict=True)
-            qv = [SparseVector(z["indices"][a:b], z["values"][a:b]) for a, b in spans]
-    else:
-        qv = [tracer.query_vectors(queries[q].prompt, queries[q].target, ["tracin"])["tracin"] for q in asked]
-        if o.query_cache:
-            np.savez(o.query_cache, ids=np.array(asked), ptr=np.cumsum([0] + [len(v.indices) for v in qv]),
-                     indices=np.concatenate([v.indices for v in qv]), values=np.concatenate([v.values for v in qv]))
+    qv = query_vectors(tracer, [queries[q] for q in asked], o.query_cache)
     tracer.close()
     Qc = as_csr(qv, spec["size"], None if o.parts else k)
     q_row = {q: r for r, q in enumerate(asked)}
@@ -314,10 +344,7 @@ def main() -> None:
         for d, key in zip(out_draws, draws, strict=True):
             cand = cands[key]
             scores = Xv[[row_of[i] for i in cand]] @ Qv[q_row[key[1]]].T
-            ranked = ranking(dict(zip(cand, scores.toarray().ravel().tolist(), strict=True)), seeded_tiebreak(*key))
-            props = set(queries[key[1]].proponents)
-            first = next((r for r, (i, _) in enumerate(ranked, 1) if i in props), None)
-            d["rr"][name] = 1 / first if first else 0.0
+            d["rr"][name] = reciprocal_rank(cand, scores.toarray().ravel(), queries[key[1]].proponents, key)
         rr[name] = [d["rr"][name] for d in out_draws]
         print(f"| {name} | {np.mean(rr[name]):.3f} | ({time.perf_counter() - start:.0f} s)", flush=True)
         del Xv, Qv

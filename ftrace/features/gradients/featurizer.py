@@ -6,7 +6,7 @@ per-checkpoint TracIn/TrackStar scores). Conventions: docs/gradients.md."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, cast
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ftrace.config import MAX_SPARSE_SIZE, MAX_VECTOR_SIZE, GradientConfig
-from ftrace.features import StateFile
+from ftrace.features import Calibration, StateFile
 from ftrace.features.gradients.blocks import Block, GradientError, find_block, resolve_blocks
 from ftrace.features.gradients.collector import GradientCollector
 from ftrace.features.gradients.optimizer import apply_optimizer_state
@@ -23,6 +23,7 @@ from ftrace.features.gradients.projection import assign_projection, seeded_matri
 from ftrace.features.gradients.whitening import (
     COMPLEMENT_RULE,
     LAMBDA_RULE,
+    QUERY_RULE,
     ROWS_RULE,
     check_whitenable,
     fit_row_whiteners,
@@ -135,21 +136,24 @@ class GradientFeaturizer:
 
     # --- whitening state ------------------------------------------------------------------------
 
-    def fit_whitening(self, batches: Iterable[LossBatch], damping: float | None = None) -> None:
+    def fit_whitening(self, batches: Iterable[LossBatch], damping: float | None = None,
+                      queries: Iterable[LossBatch] | None = None, mix: float = 0.0) -> None:
         """Fit per-block (R + lambda I)^-1/2 (whitening.py: lambda = damping x mean eigenvalue, rank
-        deficiency handled) on per-block-normalised projected training gradients; damping defaults
-        to the config's whiten_damping."""
+        deficiency handled) on per-block-normalised projected training gradients, with `queries`' gradients mixed
+        into R at `mix` (TrackStar's task-specific R); damping defaults to the config's whiten_damping."""
         if not self.config.whiten:
             raise GradientError("gradient whiten is off: set whiten=True to fit whitening")
         damping = self.config.whiten_damping if damping is None else damping
         if self.sparse:  # collect_rows whitens where fitted: a refit starts from the plain vectors
             for b in self.blocks:
                 b.whitener = b.row_whitener = None
-            self._whitening = fit_row_whiteners(self.blocks, (self.collector.collect_rows(b) for b in batches),
-                                                damping, self.device)
+            collect_rows = self.collector.collect_rows
+            self._whitening = fit_row_whiteners(self.blocks, map(collect_rows, batches), damping, self.device,
+                                                None if queries is None else map(collect_rows, queries), mix)
             return
-        self._whitening = fit_whiteners(self.blocks, (self.collector.collect(b) for b in batches), damping,
-                                        self.device)
+        collect = self.collector.collect
+        self._whitening = fit_whiteners(self.blocks, map(collect, batches), damping, self.device,
+                                        None if queries is None else map(collect, queries), mix)
 
     def _identity(self) -> dict:
         s = self.spec()
@@ -239,12 +243,14 @@ class TracInFeaturizer:
     name = "tracin"
 
     def __init__(self, models: list[torch.nn.Module], checkpoints: list[dict], config: GradientConfig,
-                 whiten_samples: int = 0):
+                 whiten_samples: int = 0, whiten_queries: int = 0, query_mix: float = 0.0):
         """`checkpoints`: {"name", "fingerprint"} per model, plus "optimizer_state" where that
-        checkpoint's gradients are divided by its own second moments (a training run's)."""
+        checkpoint's gradients are divided by its own second moments (a training run's). `whiten_queries`: the
+        corpus's queries whose gradients are mixed into the whitening's R at `query_mix` (0: none)."""
         self.per_checkpoint = [GradientFeaturizer(m, _own_optimizer(config, c)) for m, c in
                                zip(models, checkpoints, strict=True)]
         self.checkpoints, self.config, self.whiten_samples = checkpoints, config, whiten_samples
+        self.whiten_queries, self.query_mix = whiten_queries, query_mix
         self.size = self.per_checkpoint[0].size * len(self.per_checkpoint)
         self.sparse = self.per_checkpoint[0].sparse
         if self.sparse and self.size > MAX_SPARSE_SIZE:
@@ -267,7 +273,9 @@ class TracInFeaturizer:
             raise GradientError(f"{state(0).parent}: a gradient checkpoint has changed since the index was built "
                                 f"(index {recorded}, now {checkpoints})")
         checkpoints = spec["checkpoints"]
-        f = cls(models, checkpoints, GradientConfig(**spec["config"]), spec["corrections"]["whitening"]["samples"])
+        whitening = spec["corrections"]["whitening"]
+        f = cls(models, checkpoints, GradientConfig(**spec["config"]), whitening["samples"],
+                whitening.get("queries", 0), whitening.get("query_mix", 0.0))
         f.load(state)
         return f
 
@@ -279,6 +287,10 @@ class TracInFeaturizer:
             spec["corrections"]["optimizer"] = [f.spec()["corrections"]["optimizer"] for f in self.per_checkpoint]
         spec["corrections"]["whitening"] = {"enabled": self.config.whiten, "samples": self.whiten_samples,
                                             "fitted_on": "seeded sample of training examples"}
+        if self.whiten_queries:  # `ftrace bench` reads these to leave the sample's queries out of its draws
+            spec["corrections"]["whitening"] |= {
+                "fitted_on": "seeded samples of training examples and of the corpus's queries (the same seed)",
+                "queries": self.whiten_queries, "query_mix": self.query_mix, "query_rule": QUERY_RULE}
         spec["per_checkpoint_size"] = spec.pop("size")
         spec.update(size=self.size, checkpoints=self.checkpoints, config=self.config.model_dump(),
                     combination="per-checkpoint unit vectors / sqrt(C): dot = mean of per-checkpoint cosines")
@@ -295,7 +307,7 @@ class TracInFeaturizer:
         `Objective(f.example_loss, tokenizer, max_tokens).batch(examples)`."""
         return self.config.example_loss
 
-    def fit(self, batches: Callable[[int, int], Iterable[LossBatch]], state: StateFile) -> None:
+    def fit(self, batches: Calibration, state: StateFile) -> None:
         if not self.config.whiten:
             return
         for i, f in enumerate(self.per_checkpoint):
@@ -303,7 +315,8 @@ class TracInFeaturizer:
             if path.exists():  # resumed ingest: reuse the fitted whitening, never refit under stored vectors
                 f.load(path)
                 continue
-            f.fit_whitening(batches(self.whiten_samples, self.config.seed))
+            queries = batches(self.whiten_queries, self.config.seed, queries=True) if self.whiten_queries else None
+            f.fit_whitening(batches(self.whiten_samples, self.config.seed), queries=queries, mix=self.query_mix)
             f.save(path)
 
     def load(self, state: StateFile) -> None:

@@ -1,7 +1,8 @@
 """TrackStar whitening: each per-block-normalised projected gradient u is mapped to W u and
 re-normalised (so dot products stay means of per-block cosines). W ~= (R + lambda I)^-1/2, R =
 mean(u u^T) over a calibration sample of training examples, per block (block-diagonal over the
-whole vector; with one block it is TrackStar's full R).
+whole vector; with one block it is TrackStar's full R); with --whiten-queries, mixed with the same
+mean over a sample of the corpus's queries (TrackStar's task-specific R: `mixed_with_queries`).
 
 Exactly, per block of size k, from the eigendecomposition R = sum_i e_i v_i v_i^T:
 
@@ -26,11 +27,12 @@ lambda = damping * trace(R) / k, the former rule (whose default damping was 1e-3
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
+from ftrace.corpus.records import Query
 from ftrace.features.gradients.blocks import Block, GradientError
 from ftrace.sparse import SparseVectors
 
@@ -91,12 +93,8 @@ def whitening_matrices(R: torch.Tensor, dampings: list[float]) -> list[tuple[tor
     return out
 
 
-def fit_whiteners(blocks: list[Block], projected: Iterable[list[torch.Tensor]], damping: float,
-                  device: torch.device) -> dict:
-    """Set each block's whitener from batches of per-block raw projected gradients; returns the
-    description recorded in the state and the spec (with each block's rank)."""
-    if damping <= 0:
-        raise GradientError(f"whitening damping {damping}: must be positive")
+def _dense_moments(blocks: list[Block], projected: Iterable[list[torch.Tensor]]) -> tuple[list[torch.Tensor], int]:
+    """Per block, the mean of u u^T over per-block unit vectors u (trace 1), and how many examples."""
     sums = [torch.zeros(b.size, b.size, dtype=torch.float64) for b in blocks]
     n = 0
     for per_block in projected:
@@ -104,17 +102,60 @@ def fit_whiteners(blocks: list[Block], projected: Iterable[list[torch.Tensor]], 
             u = unit(p).double().cpu()
             s += u.T @ u
         n += len(per_block[0])
+    return [s / max(n, 1) for s in sums], n
+
+
+QUERY_RULE = "R = query_mix x the query gradients' R + (1 - query_mix) x the training gradients' (TrackStar A.1.3)"
+ROWS_QUERY_RULE = ("each factor of R ~ diag(r) (x) A mixed: r and A = query_mix x the query gradients' + (1 - "
+                   "query_mix) x the training gradients' (TrackStar A.1.3, factor by factor)")
+
+
+def mixed_with_queries(train: list, queries: list, mix: float) -> list:
+    """TrackStar's task-specific R (Chang et al. 2024, appendix A.1.3): mix x the queries' + (1 - mix) x the
+    training examples', item by item (None stays None: a block without that factor); each is a mean over unit
+    vectors (trace 1), so they mix as they are."""
+    return [None if t is None else mix * q + (1 - mix) * t for q, t in zip(queries, train, strict=True)]
+
+
+def _queries_described(m: int | None, mix: float, rule: str) -> dict:
+    return {} if m is None else {"queries": m, "query_mix": mix, "query_rule": rule}
+
+
+def whitening_queries(queries: Sequence[Query], n: int, seed: int) -> list[Query]:
+    """The corpus's queries whose gradients `--whiten-queries n` mixes into R: n drawn with the seed, in corpus
+    order. One rule for ingest (which fits on them) and `ftrace bench` (which leaves them out of its draws: a
+    query fitted into R weighs its own subject's rows down)."""
+    picked = np.random.default_rng(seed).permutation(len(queries))[:n]
+    return [queries[i] for i in sorted(picked)]
+
+
+def fit_whiteners(blocks: list[Block], projected: Iterable[list[torch.Tensor]], damping: float,
+                  device: torch.device, queries: Iterable[list[torch.Tensor]] | None = None,
+                  mix: float = 0.0) -> dict:
+    """Set each block's whitener from batches of per-block raw projected gradients (and, with `queries`, queries'
+    gradients mixed in at `mix`); returns the description recorded in the state and the spec (with each block's
+    rank)."""
+    if damping <= 0:
+        raise GradientError(f"whitening damping {damping}: must be positive")
+    R, n = _dense_moments(blocks, projected)
     if n == 0:
         raise GradientError("whitening: the calibration sample is empty")
+    m = None
+    if queries is not None:
+        R_queries, m = _dense_moments(blocks, queries)
+        if m == 0:
+            raise GradientError("whitening: the queries' calibration sample is empty")
+        R = mixed_with_queries(R, R_queries, mix)
     ranks = {}
-    for s, b in zip(sums, blocks, strict=True):
+    for r, b in zip(R, blocks, strict=True):
         try:
-            W, ranks[b.name] = whitening_matrix(s / n, damping)
+            W, ranks[b.name] = whitening_matrix(r, damping)
         except GradientError as e:
             raise GradientError(f"{e} ({b.name})") from None
         b.whitener = W.float().to(device)
     return {"damping": damping, "samples": n, "scope": "per block", "lambda": LAMBDA_RULE,
-            "rank": ranks, "size": {b.name: b.size for b in blocks}, "rank_deficient": COMPLEMENT_RULE}
+            "rank": ranks, "size": {b.name: b.size for b in blocks}, "rank_deficient": COMPLEMENT_RULE,
+            **_queries_described(m, mix, QUERY_RULE)}
 
 
 ROWS_RULE = ("R ~ diag(r) (x) A: row t scaled by (r_t + lambda)^-1/2, r_t = E[|G_t|^2], lambda = damping x the mean r "
@@ -122,23 +163,16 @@ ROWS_RULE = ("R ~ diag(r) (x) A: row t scaled by (r_t + lambda)^-1/2, r_t = E[|G
              "for a dense block); a factored block beside them (every index stored) whitened as a dense one")
 
 
-def fit_row_whiteners(blocks: list[Block], collected: Iterable[list[SparseVectors]], damping: float,
-                      device: torch.device) -> dict:
-    """The rows projection's whitening: TrackStar's R in the one form a sparse vector keeps. A dense R^-1/2 mixes
-    the rows the projection keeps apart, so R is Kronecker-factored with a diagonal row factor (ROWS_RULE): r_t is
-    how much of the sample's (per-block unit) gradient energy token t's row carries, large for tokens every
-    sentence has (where IDF is small); a row the sample never touched gets the largest weight, lambda^-1/2 (a rare
-    token is what tells two sentences apart). Sets a rows block's `row_whitener` (R,) and `whitener` (k x k); a
-    factored block beside it (every index stored) gets the dense `whitener` of `fit_whiteners`."""
-    if damping <= 0:
-        raise GradientError(f"whitening damping {damping}: must be positive")
-    energy = [torch.zeros(b.factors[0], dtype=torch.float64) for b in blocks]
+def _row_moments(blocks: list[Block], collected: Iterable[list[SparseVectors]]) -> tuple[list, list, int]:
+    """Per block, the mean row energies r (a rows block; None for a factored one) and columns' A = E[G^T G] (a
+    factored block: E[u u^T]) over per-block unit vectors, and how many examples."""
+    energy = [torch.zeros(b.factors[0], dtype=torch.float64) if b.kind == "rows" else None for b in blocks]
     cols = [torch.zeros(kept_size(b), kept_size(b), dtype=torch.float64) for b in blocks]
     n = 0
     for per_block in collected:
         for e, A, vs, b in zip(energy, cols, per_block, blocks, strict=True):
             k = kept_size(b)
-            if b.kind != "rows":  # every index stored: the batch's vectors stacked, as fit_whiteners sums them
+            if e is None:  # every index stored: the batch's vectors stacked, as fit_whiteners sums them
                 U = torch.from_numpy(np.stack([v.values for v in vs.unit()])).double()
                 A += U.T @ U
                 continue
@@ -147,18 +181,42 @@ def fit_row_whiteners(blocks: list[Block], collected: Iterable[list[SparseVector
                 e.index_add_(0, torch.from_numpy(v.indices[::k] // k), (G ** 2).sum(1))
                 A += G.T @ G
         n += len(per_block[0])
+    d = max(n, 1)
+    return [None if e is None else e / d for e in energy], [A / d for A in cols], n
+
+
+def fit_row_whiteners(blocks: list[Block], collected: Iterable[list[SparseVectors]], damping: float,
+                      device: torch.device, queries: Iterable[list[SparseVectors]] | None = None,
+                      mix: float = 0.0) -> dict:
+    """The rows projection's whitening: TrackStar's R in the one form a sparse vector keeps. A dense R^-1/2 mixes
+    the rows the projection keeps apart, so R is Kronecker-factored with a diagonal row factor (ROWS_RULE): r_t is
+    how much of the sample's (per-block unit) gradient energy token t's row carries, large for tokens every
+    sentence has (where IDF is small); a row the sample never touched gets the largest weight, lambda^-1/2 (a rare
+    token is what tells two sentences apart). With `queries`, both factors are mixed with the queries' own at `mix`
+    (`mixed_with_queries`). Sets a rows block's `row_whitener` (R,) and `whitener` (k x k); a factored block beside
+    it (every index stored) gets the dense `whitener` of `fit_whiteners`."""
+    if damping <= 0:
+        raise GradientError(f"whitening damping {damping}: must be positive")
+    energy, cols, n = _row_moments(blocks, collected)
     if n == 0:
         raise GradientError("whitening: the calibration sample is empty")
+    m = None
+    if queries is not None:
+        q_energy, q_cols, m = _row_moments(blocks, queries)
+        if m == 0:
+            raise GradientError("whitening: the queries' calibration sample is empty")
+        energy, cols = mixed_with_queries(energy, q_energy, mix), mixed_with_queries(cols, q_cols, mix)
     ranks, touched = {}, {}
-    for e, A, b in zip(energy, cols, blocks, strict=True):
+    for r, A, b in zip(energy, cols, blocks, strict=True):
         try:
-            W, ranks[b.name] = whitening_matrix(A / n, damping)
+            W, ranks[b.name] = whitening_matrix(A, damping)
         except GradientError as err:
             raise GradientError(f"{err} ({b.name})") from None
         b.whitener = W.float().to(device)
-        if b.kind == "rows":
-            r, seen = e / n, e > 0
+        if r is not None:
+            seen = r > 0
             b.row_whitener = (r + damping * r[seen].mean()).rsqrt().float().to(device)
             touched[b.name] = int(seen.sum())
     return {"damping": damping, "samples": n, "scope": "per block; a lookup's rows x columns", "lambda": ROWS_RULE,
-            "rank": ranks, "rows_touched": touched, "size": {b.name: b.size for b in blocks}}
+            "rank": ranks, "rows_touched": touched, "size": {b.name: b.size for b in blocks},
+            **_queries_described(m, mix, ROWS_QUERY_RULE)}
