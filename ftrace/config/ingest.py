@@ -90,7 +90,8 @@ class IngestConfig(Strict):
             raise ValueError("--checkpoint and --train-run: give model checkpoints or a training run, not both")
         if self.tracin.whiten_queries and not self.tracin.whiten:
             raise ValueError("--whiten-queries: needs --whiten (the queries' R is mixed into the whitening's)")
-        if "whiten_query_mix" in self.tracin.model_fields_set and not self.tracin.whiten_queries:
+        mix = self.tracin.whiten_query_mix  # a recorded config (--config) sets it to the default: not a choice
+        if mix != type(self.tracin).model_fields["whiten_query_mix"].default and not self.tracin.whiten_queries:
             raise ValueError("--whiten-query-mix: only with --whiten-queries N (the queries it mixes in)")
         self.corpus.check_passages(self.max_tokens)
         if self.add is not None:

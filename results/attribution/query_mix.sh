@@ -15,6 +15,7 @@ cd results/attribution
 OMP_WAIT_POLICY=PASSIVE "../../$PY" query_mix.py main-rows-fine-tune-learned-rerank \
     --tune-cache "$RUNS/main-rows-tune-queries.npz" --query-cache "$RUNS/main-rows-queries.npz" \
     --out main-rows-query-mix.json
+# (the pre-train-learned run below: started and stopped to free the cores for step 3; not yet run to its end)
 OMP_WAIT_POLICY=PASSIVE "../../$PY" query_mix.py main-rows-pre-train-learned-rerank --mix 0:0,0.5:0.5,0.9:0.9,0.99:0.99 \
     --tune-cache "$RUNS/main-rows-pt-tune-queries.npz" --query-cache "$RUNS/main-rows-pt-queries.npz" \
     --out main-rows-pre-train-learned-query-mix.json
