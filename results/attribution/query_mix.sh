@@ -6,7 +6,7 @@
 # the other half), reported on the bench's 600 draws (rerank and full retrieval); then the same on the
 # pre-train-learned slice (its own draws; lam chosen on fine-tune-learned facts). No hypothesis was written down
 # before the first (scratch) run, which fitted R_eval on the very queries it scored: see the README.
-# Each run holds every stored number about twice (peak RSS 17.4 GB): alone on the cores, nothing beside it.
+# Each run peaks at 17.3 GB RSS: alone on the cores, nothing beside it.
 # RUNS: where the index and its query caches live.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
