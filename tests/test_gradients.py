@@ -679,13 +679,13 @@ def test_query_gradients_mix_into_the_whitening(lm, tmp_path, projection):
     spec = feat.spec()["corrections"]["whitening"]
     assert spec["queries"] == 12 and spec["query_mix"] == mix and spec["samples"] == 40
     if projection == "rows":
-        r = mix * q[0][0] + (1 - mix) * train[0][0]
-        A = mix * q[1][0] + (1 - mix) * train[1][0]
+        r = mix * q[0][0][0] + (1 - mix) * train[0][0][0]
+        A = mix * q[0][1][0] + (1 - mix) * train[0][1][0]
         want_rows = (r + damping * r[r > 0].mean()).rsqrt()
         np.testing.assert_allclose(block.row_whitener.double().numpy(), want_rows.numpy(), rtol=1e-4)
-        assert not torch.allclose(r, train[0][0])  # the queries' template rows weigh in
+        assert not torch.allclose(r, train[0][0][0])  # the queries' template rows weigh in
     else:
-        A = mix * q[0][0] + (1 - mix) * train[0][0]
+        A = mix * q[0][0][0] + (1 - mix) * train[0][0][0]
     np.testing.assert_allclose(block.whitener.double().numpy(), whitening_matrix(A, damping)[0].numpy(), atol=1e-5)
     batch = example_batch(lm.tokenizer, TEXTS[:5])
     got = feat.vectors(batch)

@@ -186,7 +186,7 @@ def _staged(c: IngestConfig, corpus: Corpus | None, run: TracedRun | None, index
             raise FtraceError(f"--example-loss object: no sentence of {texts.source} states a fact whose object "
                               "appears in its text")
         log(f"corpus: {len(texts)} sentences, {texts.query_count()} queries ({texts.source})")
-        held = c.tracin.whiten_queries if c.tracin.enabled and c.tracin.whiten else 0
+        held = c.tracin.whiten_queries if c.tracin.enabled else 0  # (IngestConfig: only with --whiten)
         if held and not texts.query_count():
             raise FtraceError(f"--whiten-queries {held}: {texts.source} has no queries to fit the whitening on")
         if held >= texts.query_count() > 0:

@@ -27,7 +27,7 @@ lambda = damping * trace(R) / k, the former rule (whose default damping was 1e-3
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -93,8 +93,8 @@ def whitening_matrices(R: torch.Tensor, dampings: list[float]) -> list[tuple[tor
     return out
 
 
-def _dense_moments(blocks: list[Block], projected: Iterable[list[torch.Tensor]]) -> tuple[list[torch.Tensor], int]:
-    """Per block, the mean of u u^T over per-block unit vectors u (trace 1), and how many examples."""
+def _dense_moments(blocks: list[Block], projected: Iterable[list[torch.Tensor]]) -> tuple[list[list], int]:
+    """One factor: per block, the mean of u u^T over per-block unit vectors u (trace 1); and how many examples."""
     sums = [torch.zeros(b.size, b.size, dtype=torch.float64) for b in blocks]
     n = 0
     for per_block in projected:
@@ -102,7 +102,7 @@ def _dense_moments(blocks: list[Block], projected: Iterable[list[torch.Tensor]])
             u = unit(p).double().cpu()
             s += u.T @ u
         n += len(per_block[0])
-    return [s / max(n, 1) for s in sums], n
+    return [[s / max(n, 1) for s in sums]], n
 
 
 QUERY_RULE = "R = query_mix x the query gradients' R + (1 - query_mix) x the training gradients' (TrackStar A.1.3)"
@@ -115,6 +115,25 @@ def mixed_with_queries(train: list, queries: list, mix: float) -> list:
     training examples', item by item (None stays None: a block without that factor); each is a mean over unit
     vectors (trace 1), so they mix as they are."""
     return [None if t is None else mix * q + (1 - mix) * t for q, t in zip(queries, train, strict=True)]
+
+
+def _calibrated(moments: Callable[[list[Block], Iterable], tuple[list[list], int]], blocks: list[Block],
+                collected: Iterable, damping: float, queries: Iterable | None, mix: float) -> tuple[list[list], int,
+                                                                                                   int | None]:
+    """The factors `moments` gives of the calibration sample (each a list over blocks), mixed with the queries'
+    (`mixed_with_queries`) where given; the two samples' sizes (None: no queries). Refuses a damping that is not
+    positive and an empty sample."""
+    if damping <= 0:
+        raise GradientError(f"whitening damping {damping}: must be positive")
+    factors, n = moments(blocks, collected)
+    if n == 0:
+        raise GradientError("whitening: the calibration sample is empty")
+    if queries is None:
+        return factors, n, None
+    of_queries, m = moments(blocks, queries)
+    if m == 0:
+        raise GradientError("whitening: the queries' calibration sample is empty")
+    return [mixed_with_queries(t, q, mix) for t, q in zip(factors, of_queries, strict=True)], n, m
 
 
 def _queries_described(m: int | None, mix: float, rule: str) -> dict:
@@ -135,17 +154,7 @@ def fit_whiteners(blocks: list[Block], projected: Iterable[list[torch.Tensor]], 
     """Set each block's whitener from batches of per-block raw projected gradients (and, with `queries`, queries'
     gradients mixed in at `mix`); returns the description recorded in the state and the spec (with each block's
     rank)."""
-    if damping <= 0:
-        raise GradientError(f"whitening damping {damping}: must be positive")
-    R, n = _dense_moments(blocks, projected)
-    if n == 0:
-        raise GradientError("whitening: the calibration sample is empty")
-    m = None
-    if queries is not None:
-        R_queries, m = _dense_moments(blocks, queries)
-        if m == 0:
-            raise GradientError("whitening: the queries' calibration sample is empty")
-        R = mixed_with_queries(R, R_queries, mix)
+    (R,), n, m = _calibrated(_dense_moments, blocks, projected, damping, queries, mix)
     ranks = {}
     for r, b in zip(R, blocks, strict=True):
         try:
@@ -163,9 +172,9 @@ ROWS_RULE = ("R ~ diag(r) (x) A: row t scaled by (r_t + lambda)^-1/2, r_t = E[|G
              "for a dense block); a factored block beside them (every index stored) whitened as a dense one")
 
 
-def _row_moments(blocks: list[Block], collected: Iterable[list[SparseVectors]]) -> tuple[list, list, int]:
-    """Per block, the mean row energies r (a rows block; None for a factored one) and columns' A = E[G^T G] (a
-    factored block: E[u u^T]) over per-block unit vectors, and how many examples."""
+def _row_moments(blocks: list[Block], collected: Iterable[list[SparseVectors]]) -> tuple[list[list], int]:
+    """Two factors: per block, the mean row energies r (a rows block; None for a factored one) and columns' A =
+    E[G^T G] (a factored block: E[u u^T]) over per-block unit vectors; and how many examples."""
     energy = [torch.zeros(b.factors[0], dtype=torch.float64) if b.kind == "rows" else None for b in blocks]
     cols = [torch.zeros(kept_size(b), kept_size(b), dtype=torch.float64) for b in blocks]
     n = 0
@@ -182,7 +191,7 @@ def _row_moments(blocks: list[Block], collected: Iterable[list[SparseVectors]]) 
                 A += G.T @ G
         n += len(per_block[0])
     d = max(n, 1)
-    return [None if e is None else e / d for e in energy], [A / d for A in cols], n
+    return [[None if e is None else e / d for e in energy], [A / d for A in cols]], n
 
 
 def fit_row_whiteners(blocks: list[Block], collected: Iterable[list[SparseVectors]], damping: float,
@@ -195,17 +204,7 @@ def fit_row_whiteners(blocks: list[Block], collected: Iterable[list[SparseVector
     token is what tells two sentences apart). With `queries`, both factors are mixed with the queries' own at `mix`
     (`mixed_with_queries`). Sets a rows block's `row_whitener` (R,) and `whitener` (k x k); a factored block beside
     it (every index stored) gets the dense `whitener` of `fit_whiteners`."""
-    if damping <= 0:
-        raise GradientError(f"whitening damping {damping}: must be positive")
-    energy, cols, n = _row_moments(blocks, collected)
-    if n == 0:
-        raise GradientError("whitening: the calibration sample is empty")
-    m = None
-    if queries is not None:
-        q_energy, q_cols, m = _row_moments(blocks, queries)
-        if m == 0:
-            raise GradientError("whitening: the queries' calibration sample is empty")
-        energy, cols = mixed_with_queries(energy, q_energy, mix), mixed_with_queries(cols, q_cols, mix)
+    (energy, cols), n, m = _calibrated(_row_moments, blocks, collected, damping, queries, mix)
     ranks, touched = {}, {}
     for r, A, b in zip(energy, cols, blocks, strict=True):
         try:
