@@ -149,6 +149,7 @@ def test_whitening_with_query_gradients_is_recorded_and_its_queries_are_not_benc
     tracin = from_specs(lm, manifest.vectors, IndexDir(index).state_file, ["tracin"])["tracin"]
     fitted = tracin.per_checkpoint[0].spec()["corrections"]["whitening"]
     assert fitted["queries"] == 6 and fitted["query_mix"] == 0.9 and fitted["samples"] == 32
+    assert whitening["query_rule"] == fitted["query_rule"]  # the rows form, in the manifest as in the state
     examples = index_examples(IndexDir(index).corpus.sentences)[:3]
     store = IndexDir(index).open_store()
     try:

@@ -140,6 +140,36 @@ def test_resume_after_interruption_is_bit_identical(full_run, tmp_path, sample, 
             torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
+def test_resume_from_the_state_saved_between_checkpoints(full_run, tmp_path, sample, tiny_model_dir, monkeypatch):
+    """--save-every 3 saves resume/ at steps 3, 6 and 9 (4, 8, 12 are checkpoints); killed while writing step-8, the
+    run goes on from step 6, not 4, and ends as the uninterrupted run without --save-every did."""
+    out, _ = full_run
+    real = ckpt.write_checkpoint
+
+    def killed_at_step_8(where, step, *args, **kwargs):
+        if step == 8:
+            raise KeyboardInterrupt
+        return real(where, step, *args, **kwargs)
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(ckpt, "write_checkpoint", killed_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_model_dir, save_every=3), sample, run_dir)
+    monkeypatch.setattr(ckpt, "write_checkpoint", real)
+    assert [d.name for d in checkpoint_dirs(run_dir)] == ["step-0", "step-4"]
+    assert json.loads((run_dir / "resume" / "state.json").read_text())["step"] == 6
+
+    resumed = train(config(tiny_model_dir, save_every=3), sample, run_dir)
+    assert resumed.resumed_from == 6
+    assert not (run_dir / "resume").exists()  # removed by the checkpoints after it
+    assert same_weights(run_dir / f"step-{STEPS}", out / f"step-{STEPS}")
+    assert (run_dir / "loss.jsonl").read_text() == (out / "loss.jsonl").read_text()
+    # step-8's train_loss is the mean over steps 5-8: the two before the kill count too
+    for step in (8, STEPS):
+        a, b = (json.loads((d / f"step-{step}" / "state.json").read_text()) for d in (run_dir, out))
+        assert a == b
+
+
 def test_rerun_after_completion_does_nothing(full_run, sample, tiny_model_dir, capsys):
     out, _ = full_run
     before = snapshot(out)

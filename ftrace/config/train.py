@@ -15,7 +15,7 @@ from ftrace.config.vectors import ExampleLoss
 class TrainConfig(Strict):
     """`ftrace train`: fine-tune the model on training sentences, saving checkpoints to trace with.
 
-    Everything but `device` and where the data comes from / goes is the run's identity: resuming or
+    Everything but `device`, `save_every` and where the data comes from / goes is the run's identity: resuming or
     re-running an output directory with any other value is refused."""
 
     index: Annotated[Path | None, cli("Train on this index's sentences with its model; checkpoints go to "
@@ -38,6 +38,10 @@ class TrainConfig(Strict):
                              cli("Checkpoints at these fractions of the run instead of evenly spaced, e.g. "
                                  "0.06,0.12,0.19,0.5 (the final step is always one).", "--checkpoint-at",
                                  split=True)] = None
+    # not the run's identity: how often it is saved to resume from changes nothing it computes
+    save_every: Annotated[int, Field(ge=0), cli("Also save the weights and optimizer every this many steps between "
+                                                "checkpoints (OUT/resume/, not traced), so that a stopped run "
+                                                "resumes from there (0: at checkpoints only).", min=0)] = 200
     eval_facts: Annotated[int, Field(ge=0), cli("At every checkpoint, check this many of the corpus's facts (a "
                                                 "seeded sample of its queries) for a right answer, recorded in "
                                                 "its state.json: the learning curve (0: none).", min=0)] = 0
@@ -85,4 +89,4 @@ class TrainConfig(Strict):
 
     def identity(self) -> dict:
         """What must match for a run directory to be resumed."""
-        return self.model_dump(exclude={"device", "index", "corpus", "out"})
+        return self.model_dump(exclude={"device", "save_every", "index", "corpus", "out"})

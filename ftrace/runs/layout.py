@@ -8,6 +8,8 @@
     step-N/          a complete checkpoint (checkpoints.py): the model's files (save_pretrained), state.json,
                      trainer.pt (optimizer and scheduler) and exp_avg_sq.pt (Adam's second moments, by name)
     step-N.tmp-PID/  a checkpoint being written; left over by a killed run, removed on resume
+    resume/          with --save-every: the weights, trainer.pt and state.json of a step between checkpoints, to
+                     resume from (not a checkpoint to trace); replaced atomically, removed at the next checkpoint
 
 A directory holding anything else is not a train run and is refused.
 """
@@ -32,6 +34,7 @@ FORMAT = 1  # run.json's
 STATE = "state.json"
 MOMENTS = "exp_avg_sq.pt"
 TRAINER = "trainer.pt"
+RESUME = "resume"  # the run's resume state between checkpoints (a directory in the run)
 SHARED = "exp_avg_sq_from"  # trainer.pt: {optimizer state index: [name, dtype]} of the moments left to MOMENTS
 
 
@@ -47,8 +50,8 @@ def checkpoint_step(path: Path) -> int:
 
 
 def _foreign(entry: str) -> bool:
-    base = re.sub(r"\.tmp-\d+$", "", entry)  # a file or checkpoint being written
-    return not (base in (RUN, LOCK, LOSS, PLOT, RECORD) or STEP_RE.fullmatch(base))
+    base = re.sub(r"\.(tmp|old)-\d+$", "", entry)  # a file or directory being written or replaced
+    return not (base in (RUN, LOCK, LOSS, PLOT, RECORD, RESUME) or STEP_RE.fullmatch(base))
 
 
 def read_run(out: Path) -> dict[str, Any] | None:

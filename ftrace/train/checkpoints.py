@@ -16,6 +16,10 @@ A checkpoint `step-N/` holds
 
 It is written into `step-N.tmp-PID/`, state.json last, then renamed: a `step-N/` is always complete.
 
+Between checkpoints, `--save-every N` keeps `resume/` (the same files but exp_avg_sq.pt, trainer.pt whole, state.json
+{"step", "complete"}): a long run stopped between two checkpoints resumes from there, not from the last checkpoint.
+It is replaced atomically (ftrace.plumbing.replacing_dir) and removed once the next checkpoint is complete.
+
 Disk: `CheckpointSizes` estimates a checkpoint's files from the model's parameters and the dtype, and
 `check_disk` prints what a run's checkpoints will take and refuses one whose file system lacks the room,
 before training starts (SmolLM2-135M in float32 with AdamW: 0.54 GB of weights, 0.54 GB of second moments
@@ -35,7 +39,7 @@ import torch
 from ftrace.plumbing import replacing_dir
 from ftrace.runs.checkpoints import checkpoint_dirs
 from ftrace.runs.errors import TrainError
-from ftrace.runs.layout import MOMENTS, SHARED, STATE, TRAINER, checkpoint_name
+from ftrace.runs.layout import MOMENTS, RESUME, SHARED, STATE, TRAINER, checkpoint_name
 from ftrace.train.layout import write_json
 
 
@@ -74,7 +78,18 @@ def write_checkpoint(out: Path, step: int, model: Any, tokenizer: Any, state: di
     for older in checkpoint_dirs(out):  # only the latest needs the (large) resume state
         if older != final:
             (older / TRAINER).unlink(missing_ok=True)
+    shutil.rmtree(out / RESUME, ignore_errors=True)  # older than this checkpoint now
     return final
+
+
+def write_resume(out: Path, step: int, model: Any, tokenizer: Any, trainer: dict[str, Any]) -> Path:
+    """Replace `resume/` with the state after `step` (a step between checkpoints)."""
+    with replacing_dir(out / RESUME) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(trainer, tmp / TRAINER)
+        write_json(tmp / STATE, {"step": step, "complete": True})
+    return out / RESUME
 
 
 # --- disk ------------------------------------------------------------------------------------------------
@@ -100,27 +115,29 @@ class CheckpointSizes:
         return cls(weights=itemsize * sum(p.numel() for p in params),
                    moments=4 * sum(p.numel() for p in trainable), resume=resume)
 
-    def needed(self, steps: list[int]) -> int:
+    def needed(self, steps: list[int], save_every: bool = False) -> int:
         """The room checkpoints at `steps` need: their files, plus two resume states (a checkpoint's is removed
-        only once the next one is complete)."""
+        only once the next one is complete), and with `save_every` two of resume/ (one while it is replaced)."""
         if not steps:
             return 0
-        return sum(self.weights + (self.moments if s > 0 else 0) for s in steps) + 2 * self.resume
+        between = 2 * (self.weights + self.resume + self.moments) if save_every else 0
+        return sum(self.weights + (self.moments if s > 0 else 0) for s in steps) + 2 * self.resume + between
 
 
 def size(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def check_disk(out: Path, sizes: CheckpointSizes, steps: list[int]) -> str:
+def check_disk(out: Path, sizes: CheckpointSizes, steps: list[int], save_every: int = 0) -> str:
     """One line saying how much disk the checkpoints at `steps` (those still to write) need in `out` and how much
     its file system has free; TrainError, in one line, when that is not enough."""
-    needed = sizes.needed(steps)
+    needed = sizes.needed(steps, save_every > 0)
     where = next(p for p in (out, *out.parents) if p.exists())  # `out` itself may not exist yet
     free = shutil.disk_usage(where).free
     what = (f"{len(steps)} checkpoint{'s' * (len(steps) != 1)} (steps {', '.join(map(str, steps))}) of "
             f"{size(sizes.weights)} weights + {size(sizes.moments)} second moments after step 0, and "
-            f"{size(sizes.resume)} resume state in the latest")
+            f"{size(sizes.resume)} resume state in the latest"
+            + (f", and resume/ every {save_every} steps" if save_every else ""))
     if needed > free:
         raise TrainError(f"{out}: needs about {size(needed)} of disk for {what}, and only {size(free)} is free "
                          "there; free some space, choose another --out, or save fewer --checkpoints")

@@ -7,8 +7,10 @@ says which). Order of events (plan.py fixes the steps and batches):
    training examples) with nothing touched; if it is complete, say so and return.
 2. Seed torch with `seed`, turn on deterministic algorithms (warn-only where an op has none), save
    the base model as step-0 (or, resuming, remove half-written checkpoints and continue from the
-   latest complete one: its weights, optimizer, scheduler and RNG states).
-3. Train, writing a checkpoint at each planned step; mark run.json complete at the end.
+   latest complete one, or from resume/ where --save-every saved a later step: its weights,
+   optimizer, scheduler and RNG states).
+3. Train, writing a checkpoint at each planned step (and resume/ every --save-every steps between
+   them); mark run.json complete at the end.
 
 On the same device and software, a run resumed from any checkpoint ends with bit-identical weights
 to an uninterrupted one, and two runs with the same seed are identical.
@@ -38,7 +40,7 @@ from ftrace.model.objective import Objective, accumulate_gradient
 from ftrace.plumbing import log
 from ftrace.runs.checkpoints import checkpoint_dirs, load_trainer, read_state
 from ftrace.runs.errors import TrainError
-from ftrace.runs.layout import FORMAT, LOSS, PLOT, RUN, checkpoint_step, read_run
+from ftrace.runs.layout import FORMAT, LOSS, PLOT, RESUME, RUN, checkpoint_step, read_run
 from ftrace.train import checkpoints as ckpt
 from ftrace.train.examples import build_examples
 from ftrace.train.facts import fact_sample, facts_right
@@ -85,6 +87,12 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _resume_from(out: Path, last: Path) -> Path:
+    """Where a stopped run goes on from: resume/ where it holds a step after the last checkpoint `last`."""
+    saved = read_state(out / RESUME)
+    return out / RESUME if saved is not None and saved["step"] > checkpoint_step(last) else last
 
 
 def train_command(config: TrainConfig) -> TrainRun:
@@ -137,7 +145,7 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     written = {checkpoint_step(d) for d in checkpoint_dirs(out)}  # resuming: those it has
     todo = [s for s in (0, *plan.checkpoint_steps()) if s not in written]
     sizes = ckpt.CheckpointSizes.of(base.model, DTYPES[config.dtype], config.optimizer)
-    disk = ckpt.check_disk(out, sizes, todo) if todo else None
+    disk = ckpt.check_disk(out, sizes, todo, config.save_every) if todo else None
     mixed = f" (forward and backward in {config.autocast})" if config.autocast else ""
     log(f"model {base.name} ({base.fingerprint}) on {device} in {config.dtype}{mixed}; {config.optimizer}, "
         f"lr {config.lr:g}, loss {config.example_loss}")
@@ -176,16 +184,21 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, objective: Objectiv
     removed = remove_partial(out)
     done = checkpoint_dirs(out)
     model, resumed = base.model, None
+    since: list[float] = []  # the losses of the steps since the last checkpoint
     if done:
-        state = read_state(done[-1])
-        assert state is not None  # checkpoint_dirs lists complete checkpoints only
+        source = _resume_from(out, done[-1])
+        state = read_state(source)
+        assert state is not None  # complete: checkpoint_dirs and _resume_from say so
         resumed = state["step"]
-        trainer = load_trainer(done[-1])
-        model = load_model(str(done[-1])).model  # the exact saved weights
+        trainer = load_trainer(source)
+        model = load_model(str(source)).model  # the exact saved weights
         base.model = None  # free the base copy
         truncate_losses(out / LOSS, resumed)
+        # from resume/: its steps since the last checkpoint count in the next one's train_loss (flushed before)
+        since = [r["loss"] for r in read_losses(out / LOSS) if r["step"] > checkpoint_step(done[-1])]
         partial = f" (removed partial {', '.join(removed)})" if removed else ""
-        log(f"resuming from {done[-1].name}{partial}")
+        at = f" (step {resumed}; the last checkpoint is {done[-1].name})" if source != done[-1] else ""
+        log(f"resuming from {source.name}{at}{partial}")
     else:
         (out / LOSS).unlink(missing_ok=True)
     record["checkpoints"] = [read_state(d) for d in done]
@@ -198,15 +211,17 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, objective: Objectiv
         _set_rng_state(trainer["rng"], device)
     targets = set(plan.checkpoint_steps())
 
+    def trainer_state(step: int) -> dict[str, Any]:
+        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "rng": _rng_state(device)}
+
     def checkpoint(step: int, train_loss: float | None, lr: float | None) -> None:
         state: dict[str, Any] = {"step": step, "epoch": plan.epoch_of(step), "train_loss": train_loss, "lr": lr,
                                  "optimizer": config.optimizer, "device": str(device)}
         if facts:  # the learning curve; reads the weights only (no RNG, no gradient)
             state["facts"] = facts_right(model, base.tokenizer, facts, config.max_tokens)
-        trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "step": step, "rng": _rng_state(device)}
         moments = second_moments(optimizer, model) if step > 0 else None
-        path = ckpt.write_checkpoint(out, step, model, base.tokenizer, state, moments, trainer_state,
+        path = ckpt.write_checkpoint(out, step, model, base.tokenizer, state, moments, trainer_state(step),
                                      state_names(optimizer, model))
         record["checkpoints"].append(read_state(path))
         write_json(out / RUN, record)
@@ -222,7 +237,6 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, objective: Objectiv
     if not done:
         checkpoint(0, None, None)
     losses = LossLog(out / LOSS)
-    since: list[float] = []
     try:
         with tqdm(total=plan.total_steps, initial=start, desc="train", unit="step", file=sys.stderr) as bar:
             for step in range(start, plan.total_steps):
@@ -244,6 +258,9 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, objective: Objectiv
                     losses.flush()
                     checkpoint(step + 1, sum(since) / len(since), lr)
                     since = []
+                elif config.save_every and (step + 1) % config.save_every == 0:
+                    losses.flush()
+                    ckpt.write_resume(out, step + 1, model, base.tokenizer, trainer_state(step + 1))
     finally:
         losses.close()
     record["complete"] = True

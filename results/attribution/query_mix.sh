@@ -29,18 +29,4 @@ for pair in "$J:rows 0.99, cols 0.99|main-rows-fine-tune-learned-rerank:random-t
             "$J:rows 0.99, cols 0.99, full|$J:stored, full" "$J:rows 0.99, cols 0.99, full|$J:rows 0, cols 0, full"; do
   "../../$PY" paired.py "${pair%%|*}" "${pair##*|}" --slice fine-tune-learned --ratio
 done
-# 3. The product form, one index: the rows index of rows.sh whitened at ingest with 600 of the corpus's queries'
-# gradients mixed in at 0.99 (`--whiten-queries`, the mix's default; D = 0.01 as chosen before). Its bench leaves
-# those 600 queries out of its draws, so its draws are not the rows index's: tracin is read against the
-# random-target of its own draws.
-cd ../..
-FT=${FT:-.venv/bin/ftrace}
-SEL=(--corpus ../shared/data/lama-trex --relation P131,P527,P37,P30,P136,P1303 --split train)
-OMP_WAIT_POLICY=PASSIVE $FT ingest --index "$RUNS/index-main-rows-qmix" "${SEL[@]}" \
-    --train-run "$RUNS/attribution-main" --checkpoint-select 121,242,383,2014 --checkpoint-optimizer \
-    --tracin-tied input --tracin-projection rows --tracin-dim 144 --whiten --whiten-damping 0.01 \
-    --whiten-queries 600 --dtype bfloat16
-for mode in rerank full; do
-  OMP_WAIT_POLICY=PASSIVE $FT bench --index "$RUNS/index-main-rows-qmix" --mode $mode --depth 100 --split train \
-      --queries 200 --seeds 3 --only fine-tune-learned --out "results/attribution/main-rows-qmix-fine-tune-learned-$mode"
-done
+# 3. The product form, one index: qmix_index.sh.

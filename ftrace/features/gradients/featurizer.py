@@ -24,6 +24,7 @@ from ftrace.features.gradients.whitening import (
     COMPLEMENT_RULE,
     LAMBDA_RULE,
     QUERY_RULE,
+    ROWS_QUERY_RULE,
     ROWS_RULE,
     check_whitenable,
     fit_row_whiteners,
@@ -290,7 +291,8 @@ class TracInFeaturizer:
         if self.whiten_queries:  # `ftrace bench` reads these to leave the sample's queries out of its draws
             spec["corrections"]["whitening"] |= {
                 "fitted_on": "seeded samples of training examples and of the corpus's queries (the same seed)",
-                "queries": self.whiten_queries, "query_mix": self.query_mix, "query_rule": QUERY_RULE}
+                "queries": self.whiten_queries, "query_mix": self.query_mix,
+                "query_rule": ROWS_QUERY_RULE if self.sparse else QUERY_RULE}
         spec["per_checkpoint_size"] = spec.pop("size")
         spec.update(size=self.size, checkpoints=self.checkpoints, config=self.config.model_dump(),
                     combination="per-checkpoint unit vectors / sqrt(C): dot = mean of per-checkpoint cosines")
