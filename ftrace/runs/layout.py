@@ -7,7 +7,8 @@
     config.json      the run's record: `ftrace train --config OUT/config.json` runs it again (ftrace.runrecord)
     step-N/          a complete checkpoint (checkpoints.py): the model's files (save_pretrained), state.json,
                      trainer.pt (optimizer and scheduler) and exp_avg_sq.pt (Adam's second moments, by name)
-    step-N.tmp-PID/  a checkpoint being written; left over by a killed run, removed on resume
+    step-N.tmp-PID/  a checkpoint being written; left over by a killed run, removed on resume (as are
+                     resume.tmp-PID/, and resume.old-PID/: the one being replaced, put back if resume/ is missing)
     resume/          with --save-every: the weights, trainer.pt and state.json of a step between checkpoints, to
                      resume from (not a checkpoint to trace); replaced atomically, removed at the next checkpoint
 

@@ -140,5 +140,6 @@ def check_disk(out: Path, sizes: CheckpointSizes, steps: list[int], save_every: 
             + (f", and resume/ every {save_every} steps" if save_every else ""))
     if needed > free:
         raise TrainError(f"{out}: needs about {size(needed)} of disk for {what}, and only {size(free)} is free "
-                         "there; free some space, choose another --out, or save fewer --checkpoints")
+                         "there; free some space, choose another --out, save fewer --checkpoints"
+                         + (", or give --save-every 0" if save_every else ""))
     return f"disk: about {size(needed)} in {out} for {what}; {size(free)} free"

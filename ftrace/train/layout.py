@@ -15,7 +15,7 @@ from typing import Any
 
 from ftrace.plumbing import describe_differences, differences, try_lock, write_atomic
 from ftrace.runs.errors import TrainError
-from ftrace.runs.layout import LOCK
+from ftrace.runs.layout import LOCK, RESUME
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -33,10 +33,13 @@ def check_identity(out: Path, recorded: dict[str, Any], wanted: dict[str, Any]) 
 
 
 def remove_partial(out: Path) -> list[str]:
-    """Delete half-written checkpoints and files (never read); returns their names."""
+    """Delete half-written checkpoints and files (never read), and a resume/ a kill left renamed aside (put back where
+    no newer one replaced it: ftrace.plumbing.replacing_dir); returns the names deleted."""
     gone = []
     for p in sorted(out.iterdir()):
-        if ".tmp-" in p.name:
+        if p.name.startswith(f"{RESUME}.old-") and not (out / RESUME).exists():
+            p.rename(out / RESUME)
+        elif ".tmp-" in p.name or p.name.startswith(f"{RESUME}.old-"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
             gone.append(p.name)
     return gone

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,7 +146,10 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     written = {checkpoint_step(d) for d in checkpoint_dirs(out)}  # resuming: those it has
     todo = [s for s in (0, *plan.checkpoint_steps()) if s not in written]
     sizes = ckpt.CheckpointSizes.of(base.model, DTYPES[config.dtype], config.optimizer)
-    disk = ckpt.check_disk(out, sizes, todo, config.save_every) if todo else None
+    checkpoints = set(plan.checkpoint_steps())
+    saves = config.save_every and any(s not in checkpoints for s in range(config.save_every, plan.total_steps,
+                                                                          config.save_every))
+    disk = ckpt.check_disk(out, sizes, todo, config.save_every if saves else 0) if todo else None
     mixed = f" (forward and backward in {config.autocast})" if config.autocast else ""
     log(f"model {base.name} ({base.fingerprint}) on {device} in {config.dtype}{mixed}; {config.optimizer}, "
         f"lr {config.lr:g}, loss {config.example_loss}")
@@ -196,6 +200,9 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, objective: Objectiv
         truncate_losses(out / LOSS, resumed)
         # from resume/: its steps since the last checkpoint count in the next one's train_loss (flushed before)
         since = [r["loss"] for r in read_losses(out / LOSS) if r["step"] > checkpoint_step(done[-1])]
+        if len(since) != resumed - checkpoint_step(done[-1]):
+            log(f"{out / LOSS}: lacks some of the steps since {done[-1].name}; the next checkpoint's train_loss "
+                "is the mean of those it has")
         partial = f" (removed partial {', '.join(removed)})" if removed else ""
         at = f" (step {resumed}; the last checkpoint is {done[-1].name})" if source != done[-1] else ""
         log(f"resuming from {source.name}{at}{partial}")
@@ -265,4 +272,5 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, objective: Objectiv
         losses.close()
     record["complete"] = True
     write_json(out / RUN, record)
+    shutil.rmtree(out / RESUME, ignore_errors=True)  # the final checkpoint removes it; a kill just after may not
     return resumed
