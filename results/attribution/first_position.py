@@ -17,6 +17,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.stats import ttest_rel
 
 from ftrace.corpus import load_corpus
 from ftrace.model import load_model
@@ -24,7 +25,8 @@ from ftrace.model.batching import query_batch
 from ftrace.model.objective import Objective, index_examples
 
 ckpt, nq, nrand = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-torch.manual_seed(0); rng = np.random.default_rng(0)
+torch.manual_seed(0)
+rng = np.random.default_rng(0)
 c = load_corpus("../shared/data/lama-trex", ["P131","P527","P37","P30","P136","P1303"], ["train"], None)
 qs = [q for q in c.queries if q.proponents]
 qs = [qs[i] for i in rng.permutation(len(qs))[:nq]]
@@ -44,7 +46,7 @@ VARIANTS = ("all", "skip0", "only0")
 def rows(batch):
     x = emb(batch.input_ids).detach().requires_grad_()
     logits = model(inputs_embeds=x, attention_mask=batch.attention_mask, use_cache=False).logits.float()
-    lab = batch.labels[:, 1:]; lg = logits[:, :-1]
+    lab, lg = batch.labels[:, 1:], logits[:, :-1]
     ce = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), lab.reshape(-1), ignore_index=-100,
                                            reduction="none").view(lab.shape)
     n = (lab != -100).sum(1).clamp(min=1)
@@ -52,11 +54,13 @@ def rows(batch):
     g = x.grad.float()
     out = {v: [] for v in VARIANTS}
     for b in range(len(batch.input_ids)):
-        L = int(batch.attention_mask[b].sum()); ids = batch.input_ids[b, :L].numpy(); gb = g[b, :L].numpy()
+        L = int(batch.attention_mask[b].sum())
+        ids, gb = batch.input_ids[b, :L].numpy(), g[b, :L].numpy()
         for v in VARIANTS:
             sel = slice(1, L) if v == "skip0" else slice(0, 1) if v == "only0" else slice(0, L)
             u, inv = np.unique(ids[sel], return_inverse=True)
-            G = np.zeros((len(u), D), np.float32); np.add.at(G, inv, gb[sel])
+            G = np.zeros((len(u), D), np.float32)
+            np.add.at(G, inv, gb[sel])
             out[v].append((u, G))
     return out
 
@@ -64,21 +68,27 @@ def matrix(entries):
     data, ind, ptr = [], [], [0]
     for u, G in entries:
         nrm = np.linalg.norm(G) or 1.0
-        ind.append((u[:, None] * D + np.arange(D)).ravel()); data.append((G / nrm).ravel()); ptr.append(ptr[-1] + G.size)
-    return sp.csr_matrix((np.concatenate(data), np.concatenate(ind), np.array(ptr)), shape=(len(entries), emb.weight.shape[0] * D))
+        ind.append((u[:, None] * D + np.arange(D)).ravel())
+        data.append((G / nrm).ravel())
+        ptr.append(ptr[-1] + G.size)
+    shape = (len(entries), emb.weight.shape[0] * D)
+    return sp.csr_matrix((np.concatenate(data), np.concatenate(ind), np.array(ptr)), shape=shape)
 
 t0 = time.time()
 S = {v: [] for v in VARIANTS}
 order = np.argsort([len(e.text) for e in examples])
 for i in range(0, len(order), 16):
     part = [examples[j] for j in order[i:i + 16]]
-    for v, e in rows(obj.batch(part)[0]).items(): S[v].extend(e)
-    if i % 800 == 0: print(f"{i}/{len(order)} {time.time()-t0:.0f}s", flush=True)
+    for v, e in rows(obj.batch(part)[0]).items():
+        S[v].extend(e)
+    if i % 800 == 0:
+        print(f"{i}/{len(order)} {time.time() - t0:.0f}s", flush=True)
 ids_sorted = [examples[j].id.rsplit(":", 1)[0] for j in order]
 Q = {v: [] for v in VARIANTS}
 for i in range(0, len(qs), 16):
     part = qs[i:i + 16]
-    for v, e in rows(query_batch(tok, [q.prompt for q in part], [q.target for q in part])).items(): Q[v].extend(e)
+    for v, e in rows(query_batch(tok, [q.prompt for q in part], [q.target for q in part])).items():
+        Q[v].extend(e)
 res = {}
 pos = {sid: k for k, sid in enumerate(ids_sorted)}
 for v in VARIANTS:
@@ -90,9 +100,7 @@ for v in VARIANTS:
         rr.append(1.0 / (1 + (sc[qi] > best).sum()))
     res[v] = rr
     print(v, "MRR", round(float(np.mean(rr)), 4), flush=True)
-from scipy.stats import ttest_rel
-
 for v in ("skip0", "only0"):
     print(f"{v} - all", np.mean(res[v]) - np.mean(res["all"]), ttest_rel(res[v], res["all"]).pvalue)
-json.dump({"checkpoint": "/".join(ckpt.rstrip("/").split("/")[-2:]), "queries": [q.id for q in qs], "sentences": len(sents), "rr": res, "seconds": time.time()-t0},
-          open(sys.argv[4], "w"))
+json.dump({"checkpoint": "/".join(ckpt.rstrip("/").split("/")[-2:]), "queries": [q.id for q in qs],
+           "sentences": len(sents), "rr": res, "seconds": time.time() - t0}, open(sys.argv[4], "w"))
