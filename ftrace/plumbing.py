@@ -44,6 +44,24 @@ def write_atomic(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def recover_dir(path: Path) -> list[str]:
+    """What a dead writer of `replacing_dir(path)` left beside `path`: the old `path` it had renamed aside is put back
+    where `path` is missing (it died between its two renames), anything else removed; returns the names removed."""
+    path = Path(path)
+    stem = glob.escape(path.name)
+    removed = []
+    for left in sorted([*path.parent.glob(f"{stem}.tmp-*"), *path.parent.glob(f"{stem}.old-*")]):
+        pid = left.name.rpartition("-")[2]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        if left.name.startswith(f"{path.name}.old-") and not path.exists():
+            left.rename(path)
+        else:
+            shutil.rmtree(left, ignore_errors=True)
+            removed.append(left.name)
+    return removed
+
+
 @contextlib.contextmanager
 def replacing_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     """A new directory beside `path`, unique to this process, put in place of `path` once the block has filled it:
@@ -52,15 +70,7 @@ def replacing_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     exchange, the old one is renamed aside first (then `path` is missing for the moment between two renames). With
     `replace` False an existing `path` is kept and the new directory dropped (another process made the same first)."""
     path = Path(path)
-    stem = glob.escape(path.name)
-    for left in sorted([*path.parent.glob(f"{stem}.tmp-*"), *path.parent.glob(f"{stem}.old-*")]):  # a dead writer's
-        pid = left.name.rpartition("-")[2]
-        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
-            continue
-        if left.name.startswith(f"{path.name}.old-") and not path.exists():  # it died between its two renames
-            left.rename(path)
-        else:
-            shutil.rmtree(left, ignore_errors=True)
+    recover_dir(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ftrace.plumbing import describe_differences, differences, try_lock, write_atomic
+from ftrace.plumbing import describe_differences, differences, recover_dir, try_lock, write_atomic
 from ftrace.runs.errors import TrainError
 from ftrace.runs.layout import LOCK, RESUME
 
@@ -33,13 +33,11 @@ def check_identity(out: Path, recorded: dict[str, Any], wanted: dict[str, Any]) 
 
 
 def remove_partial(out: Path) -> list[str]:
-    """Delete half-written checkpoints and files (never read), and a resume/ a kill left renamed aside (put back where
-    no newer one replaced it: ftrace.plumbing.replacing_dir); returns the names deleted."""
-    gone = []
+    """Delete half-written checkpoints and files (never read), and put back a resume/ a kill left renamed aside
+    (`recover_dir`); returns the names deleted."""
+    gone = recover_dir(out / RESUME)
     for p in sorted(out.iterdir()):
-        if p.name.startswith(f"{RESUME}.old-") and not (out / RESUME).exists():
-            p.rename(out / RESUME)
-        elif ".tmp-" in p.name or p.name.startswith(f"{RESUME}.old-"):
+        if ".tmp-" in p.name:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
             gone.append(p.name)
     return gone

@@ -7,7 +7,8 @@
   depends only on (seed, step), so a resumed run sees exactly the batches an uninterrupted one does.
 - K checkpoints fall at steps ceil(k x total / K) for k = 1..K (duplicates dropped when total < K),
   so the last is the final step; or, given fractions f (`at`), at steps ceil(f x total) and the final step.
-  Step 0 (the base model) is always saved as well.
+  Step 0 (the base model) is always saved as well. With --save-every N, resume/ is saved at the multiples of N
+  that are not checkpoints.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class Plan:
         if self.at:
             return sorted({max(1, math.ceil(f * total)) for f in self.at} | {total})
         return sorted({math.ceil(i * total / k) for i in range(1, k + 1)})
+
+    def resume_steps(self, every: int) -> list[int]:
+        """The steps between checkpoints that save resume/ (`--save-every every`; 0: none), ascending."""
+        checkpoints = set(self.checkpoint_steps())
+        return [s for s in range(every, self.total_steps, every) if s not in checkpoints] if every else []
 
     def epoch_of(self, step: int) -> float:
         """Epochs completed after `step` steps (fractional)."""

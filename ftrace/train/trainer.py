@@ -146,10 +146,8 @@ def train(config: TrainConfig, corpus: Corpus, out: Path | str) -> TrainRun:
     written = {checkpoint_step(d) for d in checkpoint_dirs(out)}  # resuming: those it has
     todo = [s for s in (0, *plan.checkpoint_steps()) if s not in written]
     sizes = ckpt.CheckpointSizes.of(base.model, DTYPES[config.dtype], config.optimizer)
-    checkpoints = set(plan.checkpoint_steps())
-    saves = config.save_every and any(s not in checkpoints for s in range(config.save_every, plan.total_steps,
-                                                                          config.save_every))
-    disk = ckpt.check_disk(out, sizes, todo, config.save_every if saves else 0) if todo else None
+    saves = config.save_every if plan.resume_steps(config.save_every) else 0
+    disk = ckpt.check_disk(out, sizes, todo, saves) if todo else None
     mixed = f" (forward and backward in {config.autocast})" if config.autocast else ""
     log(f"model {base.name} ({base.fingerprint}) on {device} in {config.dtype}{mixed}; {config.optimizer}, "
         f"lr {config.lr:g}, loss {config.example_loss}")
@@ -216,7 +214,7 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, objective: Objectiv
         optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
         _set_rng_state(trainer["rng"], device)
-    targets = set(plan.checkpoint_steps())
+    targets, saves = set(plan.checkpoint_steps()), set(plan.resume_steps(config.save_every))
 
     def trainer_state(step: int) -> dict[str, Any]:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
@@ -265,7 +263,7 @@ def _run(config: TrainConfig, plan: Plan, base: LoadedModel, objective: Objectiv
                     losses.flush()
                     checkpoint(step + 1, sum(since) / len(since), lr)
                     since = []
-                elif config.save_every and (step + 1) % config.save_every == 0:
+                elif step + 1 in saves:
                     losses.flush()
                     ckpt.write_resume(out, step + 1, model, base.tokenizer, trainer_state(step + 1))
     finally:
